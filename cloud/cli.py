@@ -1,0 +1,138 @@
+"""`festival-cloud`: the operator's command line (DESIGN.md, "CLI").
+
+Parsing lives here; each verb's work lives in the module that owns it, imported only when that
+verb runs so `festival-cloud keygen` needs no database driver and `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cloud.settings import CloudSettings, SettingsError, load_settings
+
+Handler = Callable[[argparse.Namespace, CloudSettings], int]
+
+# Options whose value may legitimately begin with "-" (a base64url public key can).
+OPTIONS_TAKING_DASH_VALUES = ("--public-key",)
+
+
+def _join_dash_values(argv: Sequence[str]) -> list[str]:
+    """Turn `--public-key -abc` into `--public-key=-abc`, which argparse accepts."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in OPTIONS_TAKING_DASH_VALUES and index + 1 < len(argv):
+            joined.append(f"{arg}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(arg)
+        index += 1
+    return joined
+
+
+def _handler(module: str, function: str) -> Handler:
+    def run(args: argparse.Namespace, settings: CloudSettings) -> int:
+        target: Handler = getattr(importlib.import_module(module), function)
+        return target(args, settings)
+
+    return run
+
+
+def _keygen(args: argparse.Namespace, settings: CloudSettings) -> int:
+    from protocol.keys import generate_private_key, public_key_b64, save_private_key
+
+    key = generate_private_key()
+    save_private_key(key, Path(args.out))
+    print(public_key_b64(key))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="festival-cloud", description="Festival cashless payments: cloud side."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    db = verbs.add_parser("db", help="database migrations").add_subparsers(
+        dest="db_verb", required=True
+    )
+    upgrade = db.add_parser("upgrade", help="migrate up to REV (default: head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=_handler("cloud.admin", "db_upgrade"))
+    downgrade = db.add_parser("downgrade", help="migrate down to REV ('base' removes all)")
+    downgrade.add_argument("revision")
+    downgrade.set_defaults(handler=_handler("cloud.admin", "db_downgrade"))
+    current = db.add_parser("current", help="print the current revision")
+    current.set_defaults(handler=_handler("cloud.admin", "db_current"))
+
+    keygen = verbs.add_parser("keygen", help="create the cloud's Ed25519 signing key")
+    keygen.add_argument("--out", required=True, help="PEM file to write (mode 0600)")
+    keygen.set_defaults(handler=_keygen)
+
+    kiosk = verbs.add_parser("kiosk", help="register and manage kiosks").add_subparsers(
+        dest="kiosk_verb", required=True
+    )
+    add = kiosk.add_parser("add", help="register a kiosk's public key")
+    add.add_argument("kiosk_id")
+    add.add_argument("--public-key", required=True, help="base64url of the raw 32-byte key")
+    add.add_argument("--role", required=True, choices=["bar", "checkpoint", "all"])
+    add.set_defaults(handler=_handler("cloud.admin", "kiosk_add"))
+    disable = kiosk.add_parser("disable", help="refuse every further request of a kiosk")
+    disable.add_argument("kiosk_id")
+    disable.set_defaults(handler=_handler("cloud.admin", "kiosk_disable"))
+    listing = kiosk.add_parser("list", help="list registered kiosks")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_handler("cloud.admin", "kiosk_list"))
+
+    card = verbs.add_parser("card", help="inspect, block and unblock cards").add_subparsers(
+        dest="card_verb", required=True
+    )
+    show = card.add_parser("show", help="balance and status of a card")
+    show.add_argument("uid")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_handler("cloud.admin", "card_show"))
+    block = card.add_parser("block", help="block a lost or stolen card")
+    block.add_argument("uid")
+    block.set_defaults(handler=_handler("cloud.admin", "card_block"))
+    unblock = card.add_parser("unblock", help="unblock a card")
+    unblock.add_argument("uid")
+    unblock.set_defaults(handler=_handler("cloud.admin", "card_unblock"))
+
+    consumer = verbs.add_parser("consumer", help="run the MQTT consumer")
+    consumer.set_defaults(handler=_handler("cloud.consumer", "run_from_cli"))
+
+    api = verbs.add_parser("api", help="run the HTTP API (Stripe webhooks, monitoring)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(handler=_handler("cloud.api", "run_from_cli"))
+
+    check = verbs.add_parser("check", help="verify the ledger's invariants (exit 1 on violation)")
+    check.set_defaults(handler=_handler("cloud.admin", "check"))
+    cleanup = verbs.add_parser("cleanup", help="delete expired idempotency cache rows")
+    cleanup.set_defaults(handler=_handler("cloud.admin", "cleanup"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
+    try:
+        settings = load_settings()
+        return int(args.handler(args, settings))
+    except SettingsError as error:
+        print(f"festival-cloud: configuration error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        print(f"festival-cloud {args.verb}: not available in this build ({error})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

