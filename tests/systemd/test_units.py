@@ -1,0 +1,114 @@
+"""The systemd units verify cleanly and carry the hardening the operations guide promises."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).resolve().parents[2] / "systemd"
+INSTALLED_BIN = "/opt/festival/.venv/bin/"
+
+
+def _directives(unit: Path) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", "[")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def _systemd_analyze() -> str:
+    program = shutil.which("systemd-analyze")
+    assert program, "systemd-analyze not found: apt-get install -y systemd"
+    return program
+
+
+@pytest.fixture(scope="module")
+def rendered_units(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The units with ExecStart pointing at this checkout's venv (verify checks the binaries)."""
+    target = tmp_path_factory.mktemp("units")
+    venv_bin = str(Path(sys.executable).parent) + "/"
+    for unit in UNITS.iterdir():
+        text = unit.read_text().replace(INSTALLED_BIN, venv_bin)
+        name = unit.name.replace("@.service", "@1.service")
+        (target / name).write_text(text)
+    return target
+
+
+def test_every_unit_verifies_without_warnings(rendered_units: Path) -> None:
+    units = sorted(str(path) for path in rendered_units.iterdir())
+    assert len(units) >= 7
+    result = subprocess.run(
+        [_systemd_analyze(), "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_verify_catches_a_broken_unit(rendered_units: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "festival-broken.service"
+    broken.write_text(
+        (rendered_units / "festival-api.service")
+        .read_text()
+        .replace("Type=simple", "Type=simple\nExecStart=/nonexistent/festival-cloud")
+    )
+    result = subprocess.run(
+        [_systemd_analyze(), "verify", "--man=no", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0 or result.stderr.strip() != ""
+
+
+def test_kiosk_unit_is_hardened_for_pcscd_and_gpio() -> None:
+    kiosk = _directives(UNITS / "festival-kiosk.service")
+    assert kiosk["Type"] == ["notify"]
+    assert kiosk["Restart"] == ["always"]
+    assert kiosk["StartLimitIntervalSec"] == ["0"]
+    assert int(kiosk["WatchdogSec"][0]) > 0
+    assert any("pcscd.service" in value for value in kiosk["After"])
+    assert kiosk["StateDirectory"] == ["festival-kiosk"]
+    assert kiosk["User"] == ["festival-kiosk"]
+    assert "gpio" in kiosk["SupplementaryGroups"][0].split()
+    assert kiosk["ProtectSystem"] == ["strict"]
+    assert kiosk["NoNewPrivileges"] == ["yes"]
+    # These two break pcscd access and GPIO on a Pi.
+    assert "PrivateDevices" not in kiosk
+    assert "PrivateUsers" not in kiosk
+
+
+@pytest.mark.parametrize("unit", ["festival-consumer@.service", "festival-api.service"])
+def test_cloud_units_read_settings_from_an_environment_file(unit: str) -> None:
+    directives = _directives(UNITS / unit)
+    assert directives["EnvironmentFile"] == ["/etc/festival/cloud.env"]
+    assert directives["NoNewPrivileges"] == ["yes"]
+    assert directives["ProtectSystem"] == ["strict"]
+    assert directives["Restart"] == ["always"]
+
+
+def test_consumer_unit_is_supervised_by_the_watchdog() -> None:
+    consumer = _directives(UNITS / "festival-consumer@.service")
+    assert consumer["Type"] == ["notify"]
+    assert int(consumer["WatchdogSec"][0]) > 0
+    assert any(value.startswith("CONSUMER_ID=") for value in consumer["Environment"])
+
+
+def test_cleanup_timer_runs_the_cleanup_verb() -> None:
+    timer = _directives(UNITS / "festival-cleanup.timer")
+    service = _directives(UNITS / "festival-cleanup.service")
+    assert timer["OnCalendar"]
+    assert service["ExecStart"][0].endswith("festival-cloud cleanup")
+    assert service["Type"] == ["oneshot"]
