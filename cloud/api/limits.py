@@ -1,0 +1,96 @@
+"""Every bound of the HTTP API, in one place (STYLE.md: "put a limit on everything").
+
+Units are last in the names. The money limits (single top-up, card balance) come from settings;
+the rest are fixed here. `ApiLimits` groups the ones a test or a deployment may want to change
+(create_app(limits=...)); the defaults are what production runs with.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+# --- request bodies -------------------------------------------------------------------------
+# Every JSON body we accept is small: a seed bar order with 50 items is ~5 KiB.
+BODY_BYTES_MAX: Final = 64 * 1024
+# Stripe events carry whole API objects (a charge with its refunds list); Stripe keeps them far
+# below this, and the signature must be checked over the complete raw body.
+WEBHOOK_BODY_BYTES_MAX: Final = 512 * 1024
+# JSON nesting of the seed bodies: object > items array > item object.
+SEED_JSON_DEPTH_MAX: Final = 4
+# Stripe events nest deeper (event > data > object > payment_method_details > card > checks).
+WEBHOOK_JSON_DEPTH_MAX: Final = 32
+
+# --- request tracing ------------------------------------------------------------------------
+REQUEST_ID_HEADER: Final = "x-request-id"
+# A caller's X-Request-ID is kept only when it is this well-formed (it goes into log lines and
+# the transaction log); anything else is replaced by a generated one.
+REQUEST_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
+
+# --- Stripe ---------------------------------------------------------------------------------
+# Stripe's own default tolerance; we apply it to timestamps in the future too (a signature
+# dated ahead is as suspicious as an old one, and stripe-python does not refuse it).
+WEBHOOK_TOLERANCE_S: Final = 300
+STRIPE_SIGNATURE_HEADER_BYTES_MAX: Final = 4096
+STRIPE_SIGNATURES_PER_HEADER_MAX: Final = 16
+STRIPE_EVENT_ID_PATTERN: Final = re.compile(r"\Aevt_[A-Za-z0-9_]{1,250}\Z")
+STRIPE_OBJECT_ID_PATTERN: Final = re.compile(r"\A[a-z]{2,5}_[A-Za-z0-9_]{1,250}\Z")
+STRIPE_EVENT_TYPE_PATTERN: Final = re.compile(r"\A[a-z0-9_.]{1,100}\Z")
+# Seconds the API waits for Stripe per attempt, and how often the client retries (with the
+# same idempotency key, so a retry can never create a second session).
+STRIPE_TIMEOUT_S: Final = 10.0
+STRIPE_NETWORK_RETRIES_MAX: Final = 2
+# Stripe refuses card payments below 0.50 in EUR/USD/GBP; refusing earlier gives a clear error.
+CHECKOUT_AMOUNT_CENTS_MIN: Final = 50
+
+# --- pages ------------------------------------------------------------------------------------
+TOPUP_FORM_FIELD_LENGTH_MAX: Final = 64
+
+# --- admin -------------------------------------------------------------------------------------
+CARD_TRANSACTIONS_MAX: Final = 50
+DASHBOARD_MINUTES_MAX: Final = 120
+DASHBOARD_ROWS_MAX: Final = 20
+
+# --- seed-compatible endpoints ------------------------------------------------------------------
+# The kiosk_id the HTTP point-of-sale requests carry in the ledger (docs/api.md).
+POS_HTTP_KIOSK_ID: Final = "pos-http"
+
+# --- metrics ------------------------------------------------------------------------------------
+LATENCY_BUCKETS_S: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """The tunable bounds of one app instance."""
+
+    # Public checkout: a token bucket per client IP. An attendee needs one or two sessions;
+    # a burst of 5 and one more every 6 s stops a script from creating sessions in bulk.
+    checkout_burst: int = 5
+    checkout_refill_per_s: float = 1 / 6
+    # Buckets kept in memory at most; the least recently seen client is forgotten first.
+    rate_limit_clients_max: int = 10_000
+    body_bytes_max: int = BODY_BYTES_MAX
+    webhook_body_bytes_max: int = WEBHOOK_BODY_BYTES_MAX
+    webhook_tolerance_s: int = WEBHOOK_TOLERANCE_S
+
+    def __post_init__(self) -> None:
+        assert self.checkout_burst >= 1
+        assert self.checkout_refill_per_s > 0
+        assert self.rate_limit_clients_max >= 1
+        assert 0 < self.body_bytes_max <= self.webhook_body_bytes_max
+        assert self.webhook_tolerance_s >= 1

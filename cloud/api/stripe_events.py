@@ -1,0 +1,348 @@
+"""Stripe webhooks, the pure part: signature verification and what an event asks us to do.
+
+`verify_signature` checks `Stripe-Signature` over the raw body exactly as Stripe documents it
+(`t=<unix seconds>,v1=<hex HMAC-SHA256 of f"{t}.{body}">`, several `v1` allowed during a secret
+rotation), and refuses timestamps more than the tolerance in the past *or* the future
+(stripe-python's `construct_event` accepts future ones). `parse_event` decodes the body strictly;
+`classify` turns an event into one action for the ledger. Nothing here does I/O: the clock, the
+secret and the deployment's currency come in as arguments.
+
+Events are triggers, not truth we re-check against Stripe (pretix's model): the signature is what
+makes them trustworthy, and each handler in the ledger is idempotent on its own key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cloud.api.limits import (
+    STRIPE_EVENT_ID_PATTERN,
+    STRIPE_EVENT_TYPE_PATTERN,
+    STRIPE_OBJECT_ID_PATTERN,
+    STRIPE_SIGNATURE_HEADER_BYTES_MAX,
+    STRIPE_SIGNATURES_PER_HEADER_MAX,
+    WEBHOOK_JSON_DEPTH_MAX,
+)
+from protocol.errors import ProtocolError, quote
+from protocol.limits import CARD_UID_PATTERN
+from protocol.strict_json import loads_strict
+
+TIMESTAMP_DIGITS_MAX = 12
+
+
+class SignatureError(ValueError):
+    """The Stripe-Signature header is missing, malformed, wrong or outside the tolerance."""
+
+
+class EventError(ValueError):
+    """A correctly signed body that is not a Stripe event we can read."""
+
+
+# --------------------------------------------------------------------------------------------
+# Signature
+# --------------------------------------------------------------------------------------------
+
+
+def verify_signature(
+    payload: bytes, header: str | None, secret: str, *, now_s: float, tolerance_s: int
+) -> int:
+    """Return the signed timestamp if one `v1` signature matches and the time is within range."""
+    if not header:
+        raise SignatureError("missing Stripe-Signature header")
+    if len(header) > STRIPE_SIGNATURE_HEADER_BYTES_MAX:
+        raise SignatureError("Stripe-Signature header too long")
+    timestamps: list[str] = []
+    signatures: list[str] = []
+    for element in header.split(","):
+        key, separator, value = element.strip().partition("=")
+        if not separator:
+            continue
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            signatures.append(value)
+    if len(timestamps) != 1:
+        raise SignatureError("Stripe-Signature needs exactly one timestamp")
+    timestamp_text = timestamps[0]
+    if not (timestamp_text.isascii() and timestamp_text.isdigit()) or (
+        len(timestamp_text) > TIMESTAMP_DIGITS_MAX
+    ):
+        raise SignatureError("Stripe-Signature timestamp is not a number")
+    if not signatures:
+        raise SignatureError("no v1 signature in Stripe-Signature")
+    if len(signatures) > STRIPE_SIGNATURES_PER_HEADER_MAX:
+        raise SignatureError("too many signatures in Stripe-Signature")
+    expected = hmac.new(
+        secret.encode("utf-8"), timestamp_text.encode("ascii") + b"." + payload, hashlib.sha256
+    ).hexdigest()
+    # Compare every candidate (constant time each) so timing says nothing about which matched.
+    matched = False
+    for signature in signatures:
+        matched |= hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8"))
+    if not matched:
+        raise SignatureError("no signature matches the payload")
+    timestamp = int(timestamp_text)
+    if now_s - timestamp > tolerance_s:
+        raise SignatureError("signature timestamp too old")
+    if timestamp - now_s > tolerance_s:
+        raise SignatureError("signature timestamp in the future")
+    return timestamp
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StripeEvent:
+    event_id: str
+    event_type: str
+    created: int
+    livemode: bool
+    data_object: Mapping[str, Any]
+    document: Mapping[str, Any]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise EventError(message)
+
+
+def parse_event(payload: bytes) -> StripeEvent:
+    """Decode a webhook body into an event; raise EventError when it is not one."""
+    try:
+        document = loads_strict(payload, depth_max=WEBHOOK_JSON_DEPTH_MAX)
+    except ProtocolError as error:
+        raise EventError(error.message) from None
+    _require(type(document) is dict, "event body is not a JSON object")
+    assert isinstance(document, dict)
+    _require(document.get("object") == "event", "body is not a Stripe event object")
+    event_id = document.get("id")
+    _require(
+        type(event_id) is str and STRIPE_EVENT_ID_PATTERN.match(event_id) is not None,
+        f"invalid event id {quote(event_id)}",
+    )
+    event_type = document.get("type")
+    _require(
+        type(event_type) is str and STRIPE_EVENT_TYPE_PATTERN.match(event_type) is not None,
+        f"invalid event type {quote(event_type)}",
+    )
+    created = document.get("created")
+    _require(type(created) is int and created >= 0, "event created is not a timestamp")
+    data = document.get("data")
+    _require(type(data) is dict, "event data is not an object")
+    assert isinstance(data, dict)
+    data_object = data.get("object")
+    _require(type(data_object) is dict, "event data.object is not an object")
+    assert isinstance(event_id, str) and isinstance(event_type, str) and isinstance(created, int)
+    assert isinstance(data_object, dict)
+    return StripeEvent(
+        event_id=event_id,
+        event_type=event_type,
+        created=created,
+        livemode=document.get("livemode") is True,
+        data_object=data_object,
+        document=document,
+    )
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreditTopup:
+    """A Checkout payment succeeded: credit `amount_cents` to `card_uid`, keyed by the session."""
+
+    session_id: str
+    card_uid: str
+    amount_cents: int
+    currency: str
+    payment_intent_id: str | None
+    topup_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailTopup:
+    """A delayed payment failed: the pending top-up will never be paid."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefundCharge:
+    """A charge was refunded (partly): `amount_refunded_cents` is Stripe's cumulative total."""
+
+    payment_intent_id: str
+    charge_id: str
+    amount_refunded_cents: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeCharge:
+    """The payer disputed a charge: the card is blocked."""
+
+    payment_intent_id: str
+    charge_id: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    """Nothing to do (an event type we do not handle, a session that is not paid yet, ...)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Correctly signed, but we cannot act on it safely (another currency, no card uid, ...).
+
+    Recorded with the event and logged as an error for a human; answered 200 because Stripe
+    resending it would not change anything.
+    """
+
+    reason: str
+
+
+Action = CreditTopup | FailTopup | RefundCharge | DisputeCharge | Ignore | Anomaly
+
+CHECKOUT_CREDIT_TYPES = frozenset(
+    {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
+)
+HANDLED_TYPES = CHECKOUT_CREDIT_TYPES | {
+    "checkout.session.async_payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
+}
+
+
+def _object_id(value: object, prefix: str, what: str) -> str:
+    _require(
+        type(value) is str
+        and value.startswith(prefix)
+        and STRIPE_OBJECT_ID_PATTERN.match(value) is not None,
+        f"invalid {what} {quote(value)}",
+    )
+    assert isinstance(value, str)
+    return value
+
+
+def _expandable_id(value: object, prefix: str, what: str) -> str | None:
+    """An id field Stripe may send as a string, as the expanded object, or null."""
+    if value is None:
+        return None
+    if type(value) is dict:
+        value = value.get("id")
+    return _object_id(value, prefix, what)
+
+
+def _amount(value: object, what: str) -> int:
+    _require(type(value) is int and 0 <= value < 2**63, f"invalid {what} {quote(value)}")
+    assert isinstance(value, int)
+    return value
+
+
+def _currency(value: object) -> str:
+    _require(
+        type(value) is str and len(value) == 3 and value.isascii() and value.isalpha(),
+        f"invalid currency {quote(value)}",
+    )
+    assert isinstance(value, str)
+    return value.upper()
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = obj.get("metadata")
+    if metadata is None:
+        return {}
+    _require(type(metadata) is dict, "metadata is not an object")
+    assert isinstance(metadata, dict)
+    return metadata
+
+
+def _card_uid(obj: Mapping[str, Any]) -> str | None:
+    """metadata.card_uid first (we set it); client_reference_id as the fallback."""
+    for candidate in (_metadata(obj).get("card_uid"), obj.get("client_reference_id")):
+        if type(candidate) is str and CARD_UID_PATTERN.match(candidate):
+            return candidate
+    return None
+
+
+def classify(event: StripeEvent, *, currency: str) -> Action:
+    """What `event` asks of the ledger. `currency` is the deployment's (ISO code, any case).
+
+    Raises EventError when an event of a type we handle lacks the fields that type always has.
+    """
+    obj = event.data_object
+    event_type = event.event_type
+    if event_type not in HANDLED_TYPES:
+        return Ignore(f"event type {event_type} is not handled")
+    expected_currency = currency.upper()
+
+    if event_type.startswith("checkout.session."):
+        _require(obj.get("object") == "checkout.session", "data.object is not a checkout.session")
+        session_id = _object_id(obj.get("id"), "cs_", "checkout session id")
+        if event_type == "checkout.session.async_payment_failed":
+            return FailTopup(session_id)
+        if obj.get("mode") != "payment":
+            return Ignore(f"checkout session mode {quote(obj.get('mode'))} is not payment")
+        payment_status = obj.get("payment_status")
+        if event_type == "checkout.session.completed" and payment_status != "paid":
+            # "unpaid": a delayed payment method; async_payment_succeeded will follow.
+            return Ignore(f"checkout session payment_status is {quote(payment_status)}")
+        amount_cents = _amount(obj.get("amount_total"), "amount_total")
+        session_currency = _currency(obj.get("currency"))
+        payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
+        topup_id = _metadata(obj).get("topup_id")
+        card_uid = _card_uid(obj)
+        if session_currency != expected_currency:
+            return Anomaly(f"paid in {session_currency}, the festival runs in {expected_currency}")
+        if card_uid is None:
+            return Anomaly("checkout session carries no valid card uid")
+        if amount_cents == 0:
+            return Ignore("checkout session total is zero")
+        return CreditTopup(
+            session_id=session_id,
+            card_uid=card_uid,
+            amount_cents=amount_cents,
+            currency=session_currency,
+            payment_intent_id=payment_intent_id,
+            topup_id=topup_id if type(topup_id) is str and topup_id else None,
+        )
+
+    if event_type == "charge.refunded":
+        _require(obj.get("object") == "charge", "data.object is not a charge")
+        charge_id = _object_id(obj.get("id"), "ch_", "charge id")
+        amount_refunded_cents = _amount(obj.get("amount_refunded"), "amount_refunded")
+        charge_currency = _currency(obj.get("currency"))
+        payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
+        if payment_intent_id is None:
+            return Anomaly("refunded charge has no payment_intent to link it to a top-up")
+        if charge_currency != expected_currency:
+            return Anomaly(f"refund in {charge_currency}, the festival runs in {expected_currency}")
+        return RefundCharge(
+            payment_intent_id=payment_intent_id,
+            charge_id=charge_id,
+            amount_refunded_cents=amount_refunded_cents,
+            currency=charge_currency,
+        )
+
+    assert event_type == "charge.dispute.created"
+    _require(obj.get("object") == "dispute", "data.object is not a dispute")
+    _object_id(obj.get("id"), "d", "dispute id")  # "du_" today, "dp_" in older accounts
+    disputed_charge_id = _expandable_id(obj.get("charge"), "ch_", "charge")
+    payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
+    if payment_intent_id is None:
+        return Anomaly("dispute has no payment_intent to link it to a top-up")
+    reason = obj.get("reason")
+    return DisputeCharge(
+        payment_intent_id=payment_intent_id,
+        charge_id=disputed_charge_id,
+        reason=reason if type(reason) is str else None,
+    )

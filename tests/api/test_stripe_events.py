@@ -1,0 +1,269 @@
+"""Stripe webhook signature checks and event classification (pure, no network)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import stripe
+
+from cloud.api.stripe_events import (
+    Anomaly,
+    CreditTopup,
+    DisputeCharge,
+    EventError,
+    FailTopup,
+    Ignore,
+    RefundCharge,
+    SignatureError,
+    classify,
+    parse_event,
+    verify_signature,
+)
+from cloud.stripe_fake import (
+    charge_dispute_created_event,
+    charge_object,
+    charge_refunded_event,
+    checkout_session_async_payment_failed_event,
+    checkout_session_async_payment_succeeded_event,
+    checkout_session_completed_event,
+    checkout_session_object,
+    dispute_object,
+    encode_event,
+    make_event,
+    signature_header,
+)
+
+SECRET = "whsec_test_0123456789abcdef"
+CARD = "04A1B2C3D4E5F6"
+
+
+def paid_session(**overrides: object) -> dict[str, object]:
+    fields: dict[str, object] = {
+        "amount_total": 2500,
+        "client_reference_id": CARD,
+        "metadata": {"card_uid": CARD, "topup_id": "tu_1"},
+        "status": "complete",
+        "payment_status": "paid",
+        "payment_intent": "pi_3AbCdEfGhIjKlMnOpQrStUv",
+    }
+    fields.update(overrides)
+    return checkout_session_object(**fields)  # type: ignore[arg-type]
+
+
+# --- signatures ------------------------------------------------------------------------------
+
+
+def test_signature_made_by_the_fake_verifies_with_stripe_python_too() -> None:
+    payload = encode_event(checkout_session_completed_event(paid_session()))
+    header = signature_header(payload, SECRET)
+    now = time.time()
+    assert abs(verify_signature(payload, header, SECRET, now_s=now, tolerance_s=300) - now) < 5
+    event = stripe.Webhook.construct_event(payload.decode(), header, SECRET)
+    assert event["type"] == "checkout.session.completed"
+
+
+def test_stripe_python_signature_verifies_with_ours() -> None:
+    payload = b'{"id": "evt_1"}'
+    timestamp = int(time.time())
+    signature = stripe.WebhookSignature._compute_signature(
+        f"{timestamp}.{payload.decode()}", SECRET
+    )
+    header = f"t={timestamp},v1={signature}"
+    assert verify_signature(payload, header, SECRET, now_s=timestamp, tolerance_s=300) == timestamp
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (None, "missing"),
+        ("", "missing"),
+        ("garbage", "exactly one timestamp"),
+        ("t=abc,v1=00", "not a number"),
+        ("t=1,t=2,v1=00", "exactly one timestamp"),
+        ("t=1700000000", "no v1"),
+        ("t=1700000000,v0=abcd", "no v1"),
+        ("t=1700000000,v1=" + "0" * 64, "no signature matches"),
+        ("t=99999999999999999,v1=00", "not a number"),
+    ],
+)
+def test_bad_headers_are_refused(header: str | None, message: str) -> None:
+    with pytest.raises(SignatureError, match=message):
+        verify_signature(b"{}", header, SECRET, now_s=1_700_000_000, tolerance_s=300)
+
+
+def test_tampered_body_wrong_secret_and_non_ascii_signature_are_refused() -> None:
+    payload = b'{"amount": 100}'
+    header = signature_header(payload, SECRET, timestamp=1_700_000_000)
+    with pytest.raises(SignatureError):
+        verify_signature(b'{"amount": 900}', header, SECRET, now_s=1_700_000_000, tolerance_s=300)
+    with pytest.raises(SignatureError):
+        verify_signature(payload, header, "whsec_other", now_s=1_700_000_000, tolerance_s=300)
+    with pytest.raises(SignatureError):
+        verify_signature(
+            payload, "t=1700000000,v1=\u00e9\u00e9", SECRET, now_s=1_700_000_000, tolerance_s=300
+        )
+
+
+def test_any_of_several_signatures_may_match_during_secret_rotation() -> None:
+    payload = b"{}"
+    good = signature_header(payload, SECRET, timestamp=1_700_000_000).split(",")[1]
+    header = f"t=1700000000,v1={'f' * 64},{good}"
+    assert verify_signature(payload, header, SECRET, now_s=1_700_000_000, tolerance_s=300)
+
+
+@pytest.mark.parametrize(
+    ("offset_s", "ok"), [(-300, True), (-301, False), (300, True), (301, False)]
+)
+def test_timestamps_outside_the_tolerance_are_refused_both_ways(offset_s: int, ok: bool) -> None:
+    now = 1_700_000_000
+    payload = b"{}"
+    header = signature_header(payload, SECRET, timestamp=now + offset_s)
+    if ok:
+        assert (
+            verify_signature(payload, header, SECRET, now_s=now, tolerance_s=300) == now + offset_s
+        )
+    else:
+        with pytest.raises(SignatureError, match=r"too old|future"):
+            verify_signature(payload, header, SECRET, now_s=now, tolerance_s=300)
+
+
+# --- parsing -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"object": "event"}',
+        b'{"object": "charge", "id": "evt_1", "type": "x", "created": 1, "data": {"object": {}}}',
+        b'{"object": "event", "id": "ch_1", "type": "x", "created": 1, "data": {"object": {}}}',
+        b'{"object": "event", "id": "evt_1", "type": "X Y", "created": 1, "data": {"object": {}}}',
+        b'{"object": "event", "id": "evt_1", "type": "a.b", "created": 1, "data": {}}',
+        b'{"object": "event", "id": "evt_1", "type": "a.b", "created": 1.5, '
+        b'"data": {"object": {}}}',
+        b'{"object": "event", "object": "event"}',
+        b"\xff\xfe",
+    ],
+)
+def test_bodies_that_are_not_events_are_refused(body: bytes) -> None:
+    with pytest.raises(EventError):
+        parse_event(body)
+
+
+def test_a_real_shaped_event_parses() -> None:
+    event = parse_event(encode_event(checkout_session_completed_event(paid_session())))
+    assert event.event_id.startswith("evt_")
+    assert event.event_type == "checkout.session.completed"
+    assert event.livemode is False
+    assert event.data_object["object"] == "checkout.session"
+
+
+# --- classification ----------------------------------------------------------------------------
+
+
+def classify_event(event: dict[str, object], currency: str = "EUR") -> object:
+    return classify(parse_event(encode_event(event)), currency=currency)
+
+
+def test_completed_paid_session_credits_the_card() -> None:
+    session = paid_session()
+    action = classify_event(checkout_session_completed_event(session))
+    assert action == CreditTopup(
+        session_id=str(session["id"]),
+        card_uid=CARD,
+        amount_cents=2500,
+        currency="EUR",
+        payment_intent_id="pi_3AbCdEfGhIjKlMnOpQrStUv",
+        topup_id="tu_1",
+    )
+
+
+def test_completed_but_unpaid_session_waits_for_the_async_result() -> None:
+    session = paid_session(payment_status="unpaid")
+    assert isinstance(classify_event(checkout_session_completed_event(session)), Ignore)
+    succeeded = checkout_session_async_payment_succeeded_event(paid_session())
+    assert isinstance(classify_event(succeeded), CreditTopup)
+    failed = checkout_session_async_payment_failed_event(session)
+    assert classify_event(failed) == FailTopup(str(session["id"]))
+
+
+def test_client_reference_id_is_the_fallback_for_the_card_uid() -> None:
+    session = paid_session(metadata={})
+    action = classify_event(checkout_session_completed_event(session))
+    assert isinstance(action, CreditTopup) and action.card_uid == CARD and action.topup_id is None
+
+
+def test_sessions_without_a_valid_card_or_in_another_currency_are_anomalies() -> None:
+    no_card = paid_session(metadata={"card_uid": "04a1b2c3"}, client_reference_id=None)
+    assert isinstance(classify_event(checkout_session_completed_event(no_card)), Anomaly)
+    usd = paid_session(currency="usd")
+    action = classify_event(checkout_session_completed_event(usd))
+    assert isinstance(action, Anomaly) and "USD" in action.reason
+
+
+def test_expanded_payment_intent_is_accepted() -> None:
+    session = paid_session(payment_intent=None)
+    session["payment_intent"] = {"id": "pi_3Expanded000", "object": "payment_intent"}
+    action = classify_event(checkout_session_completed_event(session))
+    assert isinstance(action, CreditTopup) and action.payment_intent_id == "pi_3Expanded000"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"amount_total": "2500"},
+        {"amount_total": 25.0},
+        {"amount_total": -1},
+        {"amount_total": None},
+        {"currency": 978},
+        {"id": "not-a-session"},
+        {"object": "charge"},
+        {"payment_intent": "ch_wrong_prefix"},
+    ],
+)
+def test_malformed_handled_events_are_event_errors(change: dict[str, object]) -> None:
+    session = paid_session()
+    session.update(change)
+    with pytest.raises(EventError):
+        classify_event(checkout_session_completed_event(session))
+
+
+def test_refund_carries_the_cumulative_amount_and_the_payment_intent() -> None:
+    charge = charge_object(payment_intent="pi_3Refund0001", amount=2500, amount_refunded=1000)
+    action = classify_event(charge_refunded_event(charge))
+    assert action == RefundCharge(
+        payment_intent_id="pi_3Refund0001",
+        charge_id=str(charge["id"]),
+        amount_refunded_cents=1000,
+        currency="EUR",
+    )
+    orphan = charge_object(payment_intent="pi_3x", amount=100, amount_refunded=100)
+    orphan["payment_intent"] = None
+    assert isinstance(classify_event(charge_refunded_event(orphan)), Anomaly)
+
+
+def test_dispute_created_blocks_and_other_dispute_events_are_ignored() -> None:
+    dispute = dispute_object(
+        charge_id="ch_3Disputed01", payment_intent="pi_3Disputed01", amount=900
+    )
+    action = classify_event(charge_dispute_created_event(dispute))
+    assert action == DisputeCharge(
+        payment_intent_id="pi_3Disputed01", charge_id="ch_3Disputed01", reason="fraudulent"
+    )
+    closed = make_event("charge.dispute.closed", dispute)
+    assert isinstance(classify_event(closed), Ignore)
+
+
+def test_unhandled_types_are_ignored() -> None:
+    event = make_event("customer.created", {"id": "cus_1", "object": "customer"})
+    action = classify_event(event)
+    assert isinstance(action, Ignore) and "customer.created" in action.reason
+
+
+def test_events_round_trip_through_json_unchanged() -> None:
+    event = checkout_session_completed_event(paid_session())
+    assert json.loads(encode_event(event)) == event
