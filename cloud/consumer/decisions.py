@@ -1,0 +1,174 @@
+"""What to do with one received request: the consumer's pure core (no I/O, no clock).
+
+PROTOCOL.md's rules, in the order they are checked:
+1. ``authenticate`` (signature under the key of the kiosk named by the topic, kid and payload
+   kiosk_id equal to it). Not authenticated -> a dead letter, answered with a rejection that
+   echoes nothing. A message that never authenticated claims no request_id.
+2. Authenticated: the kiosk is disabled -> KIOSK_DISABLED; its role does not permit the request's
+   type -> OPERATION_NOT_ALLOWED; the schema or the age is wrong -> INVALID_REQUEST /
+   STALE_REQUEST. Each is a permanent outcome stored under the request_id (replays return it),
+   which needs a valid request_id: without one it can only be a dead letter.
+3. Otherwise the request goes to the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.models import BarOrder, CheckpointRecharge, Request, echo_fields
+
+# Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
+# role").
+TYPES_ALLOWED_BY_ROLE: Final[dict[str, frozenset[str]]] = {
+    "bar": frozenset({BarOrder.type}),
+    "checkpoint": frozenset({CheckpointRecharge.type}),
+    "all": frozenset({BarOrder.type, CheckpointRecharge.type}),
+}
+TYPES_ALL: Final = frozenset({BarOrder.type, CheckpointRecharge.type})
+NO_ECHO: Final[dict[str, object]] = {
+    "request_id": None,
+    "kiosk_id": None,
+    "seq": None,
+    "card_uid": None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class KioskView:
+    """What the decision needs to know about the kiosk named by the topic, read for this batch."""
+
+    public_key: Ed25519PublicKey
+    enabled: bool
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """The deployment's rules for requests (from CloudSettings)."""
+
+    currency: str
+    stale_after_s: int
+    future_skew_s: int
+    topup_cents_max: int
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """The request fields a result may carry back (each None when not valid)."""
+
+    request_id: str | None
+    kiosk_id: str | None
+    seq: int | None
+    card_uid: str | None
+
+    @classmethod
+    def of(cls, fields: dict[str, object]) -> Echo:
+        request_id, kiosk_id = fields.get("request_id"), fields.get("kiosk_id")
+        seq, card_uid = fields.get("seq"), fields.get("card_uid")
+        return cls(
+            request_id=request_id if isinstance(request_id, str) else None,
+            kiosk_id=kiosk_id if isinstance(kiosk_id, str) else None,
+            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+            card_uid=card_uid if isinstance(card_uid, str) else None,
+        )
+
+    @classmethod
+    def of_request(cls, request: Request) -> Echo:
+        return cls(request.request_id, request.kiosk_id, request.seq, request.card_uid)
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """A valid, authenticated request for the ledger."""
+
+    request: Request
+    payload_sha256: str
+    echo: Echo
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """An authenticated request refused for good; stored under its request_id."""
+
+    code: ErrorCode
+    message: str
+    payload_sha256: str
+    echo: Echo
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that cannot own a request_id: kept with its raw bytes and the reason."""
+
+    code: ErrorCode
+    message: str
+    echo: Echo
+    authenticated: bool
+
+
+Decision: TypeAlias = Apply | Reject | DeadLetter
+
+
+def decide_request(
+    raw: bytes,
+    *,
+    topic_kiosk_id: str,
+    kiosk: KioskView | None,
+    policy: RequestPolicy,
+    now_ms: int,
+) -> Decision:
+    def public_key_for(kiosk_id: str) -> Ed25519PublicKey | None:
+        return kiosk.public_key if kiosk is not None and kiosk_id == topic_kiosk_id else None
+
+    try:
+        message = authenticate(raw, topic_kiosk_id=topic_kiosk_id, public_key_for=public_key_for)
+    except ProtocolError as error:
+        return DeadLetter(error.code, error.message, Echo.of(NO_ECHO), authenticated=False)
+    assert kiosk is not None  # authenticate() found its key
+    return _decide_authenticated(message, kiosk, policy, now_ms)
+
+
+def _decide_authenticated(
+    message: AuthenticatedMessage, kiosk: KioskView, policy: RequestPolicy, now_ms: int
+) -> Decision:
+    refusal: ProtocolError | None = None
+    request: Request | None = None
+    if not kiosk.enabled:
+        refusal = ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
+    else:
+        request_type = message.document.get("type")
+        allowed = TYPES_ALLOWED_BY_ROLE.get(kiosk.role, frozenset())
+        if (
+            isinstance(request_type, str)
+            and request_type in TYPES_ALL
+            and (request_type not in allowed)
+        ):
+            refusal = ProtocolError(
+                ErrorCode.OPERATION_NOT_ALLOWED,
+                f"a {kiosk.role} kiosk may not send {request_type}",
+            )
+        else:
+            try:
+                request = parse_authenticated(
+                    message,
+                    currency=policy.currency,
+                    now_ms=now_ms,
+                    stale_after_s=policy.stale_after_s,
+                    future_skew_s=policy.future_skew_s,
+                    topup_cents_max=policy.topup_cents_max,
+                )
+            except ProtocolError as error:
+                refusal = error
+    if request is not None:
+        return Apply(request, message.payload_sha256, Echo.of_request(request))
+    assert refusal is not None
+    echo = Echo.of(echo_fields(message.document))
+    if echo.request_id is None:
+        return DeadLetter(refusal.code, refusal.message, echo, authenticated=True)
+    return Reject(refusal.code, refusal.message, message.payload_sha256, echo, echo.request_id)

@@ -1,0 +1,77 @@
+"""Kiosk records for one batch, with parsed public keys cached.
+
+The record (enabled, role, key) is read from the database for every batch, after the batch's
+messages arrived, so `festival-cloud kiosk disable` is effective for every request received after
+it returned (PROTOCOL.md) and a re-registered key is used at once. Only the parsing of the
+base64url key into a key object is cached, keyed by the key text itself, so the cache can never
+answer with a stale key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Final, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from cloud.consumer.decisions import KioskView
+from protocol.keys import load_public_key_b64
+
+PARSED_KEYS_MAX: Final = 10_000
+# Up to this many distinct kiosks in a batch are read one by one; more, and all kiosks are read
+# in one query (a festival has hundreds of kiosks, not millions).
+LOOKUPS_ONE_BY_ONE_MAX: Final = 4
+
+
+class KioskRecordLike(Protocol):
+    @property
+    def kiosk_id(self) -> str: ...
+    @property
+    def public_key_b64(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def enabled(self) -> bool: ...
+
+
+class KioskSource(Protocol):
+    def kiosk(self, kiosk_id: str) -> KioskRecordLike | None: ...
+    def kiosks(self) -> Collection[KioskRecordLike]: ...
+
+
+class KioskDirectory:
+    def __init__(self, source: KioskSource) -> None:
+        self._source = source
+        self._keys: dict[str, Ed25519PublicKey | None] = {}
+
+    def views(self, kiosk_ids: Collection[str]) -> dict[str, KioskView]:
+        """The registered kiosks among ``kiosk_ids`` (read now from the database)."""
+        if not kiosk_ids:
+            return {}
+        if len(kiosk_ids) <= LOOKUPS_ONE_BY_ONE_MAX:
+            records = [self._source.kiosk(kiosk_id) for kiosk_id in kiosk_ids]
+        else:
+            wanted = set(kiosk_ids)
+            records = [r for r in self._source.kiosks() if r.kiosk_id in wanted]
+        views: dict[str, KioskView] = {}
+        for record in records:
+            if record is None:
+                continue
+            key = self._key(record.public_key_b64)
+            if key is not None:
+                views[record.kiosk_id] = KioskView(key, bool(record.enabled), str(record.role))
+        return views
+
+    def _key(self, public_key_b64: str) -> Ed25519PublicKey | None:
+        try:
+            return self._keys[public_key_b64]
+        except KeyError:
+            pass
+        if len(self._keys) >= PARSED_KEYS_MAX:
+            self._keys.clear()
+        try:
+            key: Ed25519PublicKey | None = load_public_key_b64(public_key_b64)
+        except ValueError:
+            key = None  # a corrupt registration authenticates nothing: UNKNOWN_KIOSK
+        self._keys[public_key_b64] = key
+        return key

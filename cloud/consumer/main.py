@@ -1,0 +1,116 @@
+"""The consumer process's composition root: settings -> adapters -> worker -> main loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from cloud.consumer import limits
+from cloud.consumer.backoff import Backoff
+from cloud.consumer.decisions import RequestPolicy
+from cloud.consumer.inbox import Inbox
+from cloud.consumer.lifecycle import Lifecycle
+from cloud.consumer.metrics import ConsumerMetrics
+from cloud.consumer.mqtt_link import MqttLink, Subscription, TlsFiles
+from cloud.consumer.service import ConsumerService
+from cloud.consumer.signing_key import load_signing_key
+from cloud.consumer.worker import Worker
+from cloud.logs import configure_logging
+from cloud.settings import CloudSettings
+from protocol.topics import TopicKind, shared_subscription
+
+log = logging.getLogger("cloud.consumer")
+
+
+def run(settings: CloudSettings) -> int:
+    configure_logging()
+    settings.require("database_url", "mqtt_url", "cloud_signing_key_file")
+    assert settings.cloud_signing_key_file is not None and settings.database_url is not None
+    signing_key = load_signing_key(settings.cloud_signing_key_file)
+    endpoint = settings.mqtt_endpoint
+
+    # Imported here: `festival-cloud --help` and the kiosk extra need no database driver.
+    from cloud.database import TransientDatabaseError, make_engine
+    from cloud.ledger import Ledger, LedgerRequest
+
+    engine = make_engine(
+        settings.database_url,
+        pool_size=2,
+        application_name=f"festival-consumer {settings.consumer_id}"[:63],
+    )
+    ledger = Ledger(
+        engine,
+        max_balance_cents=settings.festival_max_balance_cents,
+        max_topup_cents=settings.festival_max_topup_cents,
+    )
+    metrics = ConsumerMetrics.create()
+    metrics.serve(settings.consumer_metrics_port)
+    metrics.database_available.set(1)
+
+    batch_max = settings.consumer_batch_max
+    inbox = Inbox(
+        messages_max=limits.INBOX_MESSAGES_MAX,
+        scans_max=limits.INBOX_SCANS_MAX,
+        events_max=limits.INBOX_EVENTS_MAX,
+    )
+    prefix = settings.festival_topic_prefix
+    link = MqttLink(
+        endpoint=endpoint,
+        client_id=settings.consumer_id,
+        inbox=inbox,
+        subscriptions=[
+            Subscription(shared_subscription(prefix, TopicKind.TX), 1),
+            # Shared too: with two consumers each scan and status is recorded once. (A shared
+            # subscription gets no retained messages; statuses arrive live and are kept in the
+            # database.)
+            Subscription(shared_subscription(prefix, TopicKind.SCAN), 0),
+            Subscription(shared_subscription(prefix, TopicKind.STATUS), 1),
+        ],
+        receive_maximum=limits.receive_maximum_for(batch_max),
+        tls=TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file),
+    )
+    lifecycle = Lifecycle(grace_s=limits.SHUTDOWN_GRACE_S)
+    signal.signal(signal.SIGTERM, lifecycle.request_stop)
+    signal.signal(signal.SIGINT, lifecycle.request_stop)
+    worker = Worker(
+        ledger=ledger,
+        ledger_request=LedgerRequest,
+        transient_errors=(TransientDatabaseError,),
+        link=link,
+        signing_key=signing_key,
+        policy=RequestPolicy(
+            currency=settings.festival_currency,
+            stale_after_s=settings.festival_stale_after_s,
+            future_skew_s=settings.festival_future_skew_s,
+            topup_cents_max=settings.festival_max_topup_cents,
+        ),
+        prefix=prefix,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        backoff_factory=lambda: Backoff(
+            limits.DATABASE_RETRY_DELAY_MIN_S, limits.DATABASE_RETRY_DELAY_MAX_S
+        ),
+    )
+    service = ConsumerService(
+        inbox=inbox,
+        link=link,
+        worker=worker,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        batch_max=batch_max,
+    )
+    log.info(
+        "consumer starting",
+        extra={
+            "context": {
+                "consumer_id": settings.consumer_id,
+                "broker": repr(endpoint),
+                "batch_max": batch_max,
+                "metrics_port": settings.consumer_metrics_port,
+            }
+        },
+    )
+    try:
+        return service.run()
+    finally:
+        engine.dispose()

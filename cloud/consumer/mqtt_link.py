@@ -1,0 +1,296 @@
+"""The consumer's one MQTT adapter: paho-mqtt 2.x, MQTT 5, durable session, manual acks.
+
+Only this module imports paho. Its callbacks run on paho's network thread and only hand what
+they received to the `Inbox` (an exception there would kill that thread). The worker calls
+`subscribe()`, `publish()`, `ack()` and `restart()` from its own thread.
+
+Acknowledgements carry a connection *generation*: a message may be acknowledged only on the
+connection it arrived on. After a reconnect the broker redelivers every unacknowledged message
+with the same packet id; acknowledging the old copy on the new connection as well as the
+redelivered one could acknowledge a different message that reused the id. So an ack from an
+older generation is skipped: the redelivered copy is processed (replayed) and acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from cloud.consumer import limits
+from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState
+from protocol.mqtt_url import MqttEndpoint
+
+log = logging.getLogger("cloud.consumer.mqtt")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: Path | None
+    cert_file: Path | None
+    key_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    topic_filter: str
+    qos: int
+
+
+class MqttLink:
+    def __init__(
+        self,
+        *,
+        endpoint: MqttEndpoint,
+        client_id: str,
+        inbox: Inbox,
+        subscriptions: Sequence[Subscription],
+        receive_maximum: int,
+        tls: TlsFiles | None = None,
+        inflight_max: int = limits.RESULT_INFLIGHT_MAX,
+        queued_max: int = limits.RESULT_QUEUE_MAX,
+    ) -> None:
+        self._endpoint = endpoint
+        self._inbox = inbox
+        self._subscriptions = tuple(subscriptions)
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._connected = False
+        self._pending_subscribe: dict[int, int] = {}  # SUBSCRIBE mid -> generation
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        # Belt and braces: our callbacks catch everything, but a bug must never end the
+        # network thread (paho re-raises callback exceptions unless told otherwise).
+        client.suppress_exceptions = True
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            files = tls or TlsFiles(None, None, None)
+            client.tls_set(
+                ca_certs=str(files.ca_file) if files.ca_file else None,
+                certfile=str(files.cert_file) if files.cert_file else None,
+                keyfile=str(files.key_file) if files.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        # Both must be set before connect(); paho's queue is unbounded by default.
+        client.max_inflight_messages_set(inflight_max)
+        client.max_queued_messages_set(queued_max)
+        client.reconnect_delay_set(limits.RECONNECT_DELAY_MIN_S, limits.RECONNECT_DELAY_MAX_S)
+        client.on_socket_open = self._on_socket_open
+        client.on_pre_connect = self._on_pre_connect
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        self._client = client
+        # A durable session from the very first connect: a v5 session first created with
+        # clean_start=True does not survive a broker restart (ENVIRONMENT.md).
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = limits.SESSION_EXPIRY_S
+        properties.ReceiveMaximum = receive_maximum
+        self._connect_properties = properties
+
+    # --- worker-side API ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; paho retries until the broker answers."""
+        self._client.connect_async(
+            self._endpoint.host,
+            self._endpoint.port,
+            keepalive=limits.KEEPALIVE_S,
+            clean_start=False,
+            properties=self._connect_properties,
+        )
+        self._client.loop_start()
+
+    def subscribe(self) -> None:
+        """Subscribe to everything; the broker's SUBACK arrives as a LinkEvent."""
+        topics = [(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in self._subscriptions]
+        result, mid = self._client.subscribe(topics)
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            with self._lock:
+                self._pending_subscribe[mid] = self._generation
+        else:
+            log.warning("subscribe not sent", extra={"context": {"rc": int(result)}})
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool:
+        """Queue a publish; False when paho refused it (its bounded queue is full)."""
+        info = self._client.publish(topic, payload, qos=qos)
+        return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    def ack(self, messages: Sequence[InboundMessage]) -> int:
+        """Acknowledge QoS 1 messages received on the current connection; returns how many.
+
+        Messages from an older connection are left alone: the broker has redelivered them.
+        """
+        acked = 0
+        with self._lock:
+            if not self._connected:
+                return 0
+            generation = self._generation
+            client = self._client
+            for message in messages:
+                if message.qos == 1 and message.generation == generation:
+                    client.ack(message.mid, 1)
+                    acked += 1
+        return acked
+
+    def restart(self) -> None:
+        """Disconnect and connect again (same durable session): the broker then redelivers
+        every message we did not acknowledge. Called from the worker's thread, never paho's."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.start()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def stop(self, timeout_s: float = limits.DISCONNECT_TIMEOUT_S) -> None:
+        """Send what is queued (results, acks), disconnect cleanly, stop the network thread."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self._connected and self._client.want_write():
+            time.sleep(0.01)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def outgoing_queued(self) -> int:
+        """Results not yet acknowledged by the broker (paho's in-memory queue)."""
+        return len(getattr(self._client, "_out_messages", ()))
+
+    # --- paho callbacks (network thread): hand over, never raise ---------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Nagle + delayed ACK turn a 1 ms round trip into ~88 ms (ENVIRONMENT.md); paho never
+        # sets TCP_NODELAY itself.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        with self._lock:
+            self._generation += 1
+            self._connected = False
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._inbox.put_event(
+                    LinkEvent(LinkState.DISCONNECTED, self._generation, reason=str(reason_code))
+                )
+                return
+            with self._lock:
+                self._generation += 1
+                self._connected = True
+                generation = self._generation
+            self._inbox.put_event(
+                LinkEvent(
+                    LinkState.CONNECTED,
+                    generation,
+                    session_present=bool(flags.session_present),
+                    reason=str(getattr(properties, "ReceiveMaximum", "")),
+                )
+            )
+        except Exception:  # pragma: no cover - a bug must not end paho's thread
+            log.exception("on_connect failed")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        try:
+            self._inbox.put_event(
+                LinkEvent(LinkState.DISCONNECTED, self._generation, reason="connect failed")
+            )
+        except Exception:  # pragma: no cover
+            log.exception("on_connect_fail failed")
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._lock:
+                self._generation += 1
+                self._connected = False
+                generation = self._generation
+            self._inbox.put_event(
+                LinkEvent(LinkState.DISCONNECTED, generation, reason=str(reason_code))
+            )
+        except Exception:  # pragma: no cover
+            log.exception("on_disconnect failed")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            with self._lock:
+                generation = self._pending_subscribe.pop(mid, self._generation)
+            failed = [str(code) for code in reason_codes if code.is_failure]
+            self._inbox.put_event(
+                LinkEvent(
+                    LinkState.SUBSCRIBED if not failed else LinkState.SUBSCRIBE_FAILED,
+                    generation,
+                    reason=", ".join(failed),
+                )
+            )
+        except Exception:  # pragma: no cover
+            log.exception("on_subscribe failed")
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = ""  # not UTF-8: still handed over, so it ends as a dead letter
+        try:
+            self._inbox.put_message(
+                InboundMessage(
+                    topic=topic,
+                    payload=bytes(message.payload),
+                    qos=message.qos,
+                    mid=message.mid,
+                    retain=bool(message.retain),
+                    generation=self._generation,
+                    received_at=time.monotonic(),
+                    received_at_ms=time.time_ns() // 1_000_000,
+                )
+            )
+        except Exception:  # pragma: no cover
+            log.exception("on_message failed")

@@ -1,0 +1,29 @@
+"""The cloud's result-signing key (CLOUD_SIGNING_KEY_FILE): only its owner may read it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.settings import SettingsError
+from protocol.keys import load_private_key
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load the PEM PKCS#8 Ed25519 key; SettingsError when missing, unreadable, not a key, or
+    readable or writable by anyone but its owner (mode 0600, or stricter 0400)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as error:
+        raise SettingsError(f"CLOUD_SIGNING_KEY_FILE {path}: {error.strerror}") from None
+    if mode & 0o077:
+        raise SettingsError(
+            f"CLOUD_SIGNING_KEY_FILE {path} has mode {mode:04o}: it must be 0600 (chmod 600)"
+        )
+    try:
+        return load_private_key(path)
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"CLOUD_SIGNING_KEY_FILE: {error}") from None

@@ -1,0 +1,424 @@
+"""The worker: one batch of received messages -> database -> signed results -> acknowledgements.
+
+Order per batch, and why:
+1. Read the records of the kiosks named by the topics (enabled, role, key) - after the messages
+   arrived, so a `kiosk disable` that returned before is always seen.
+2. Decide every request (signature, role, schema, age: `decisions.decide_request`).
+3. Database: all valid requests in ONE `Ledger.apply_batch` transaction (each keeps its own
+   idempotency), then the permanent rejections, then the dead letters. A transient fault is
+   retried with backoff; a step that committed is never repeated, and nothing is acknowledged
+   or answered until every step of the batch has committed.
+4. Publish each signed result (QoS 1) to the result topic of the kiosk named by the TOPIC.
+5. Acknowledge the batch's messages. The result is queued before the acknowledgement on the
+   same connection, so the broker holds the answer before it forgets the request. A crash
+   anywhere before the acknowledgement means redelivery, and the permanent idempotency record
+   turns the redelivered request into a replay of the same outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.consumer.decisions import (
+    Apply,
+    DeadLetter,
+    Decision,
+    Echo,
+    KioskView,
+    Reject,
+    RequestPolicy,
+    decide_request,
+)
+from cloud.consumer.directory import KioskDirectory
+from cloud.consumer.inbox import InboundMessage
+from cloud.consumer.lifecycle import Lifecycle
+from cloud.consumer.metrics import ConsumerMetrics
+from protocol.codec import build_result, decode_scan, decode_status, encode_result
+from protocol.errors import ErrorCode, ProtocolError, Status
+from protocol.models import Result
+from protocol.topics import Topic, TopicKind, parse_topic, topic_for
+
+log = logging.getLogger("cloud.consumer")
+T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """The shutdown deadline passed while the database was away: leave the batch unacknowledged."""
+
+
+class LinkLike(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
+    def ack(self, messages: Sequence[InboundMessage]) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What one tx message led to: its result (None: unanswerable) and a label for metrics."""
+
+    result: Result | None
+    outcome: str  # approved | declined | rejected | replayed | dead_letter
+    code: str
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        ledger: Any,
+        ledger_request: Callable[..., Any],
+        transient_errors: tuple[type[BaseException], ...],
+        link: LinkLike,
+        signing_key: Ed25519PrivateKey,
+        policy: RequestPolicy,
+        prefix: str,
+        metrics: ConsumerMetrics,
+        lifecycle: Lifecycle,
+        backoff_factory: Callable[[], Any],
+    ) -> None:
+        self._ledger = ledger
+        self._ledger_request = ledger_request
+        self._transient = transient_errors
+        self._link = link
+        self._signing_key = signing_key
+        self._policy = policy
+        self._prefix = prefix
+        self._metrics = metrics
+        self._lifecycle = lifecycle
+        self._backoff = backoff_factory()
+        self._directory = KioskDirectory(ledger)
+        self._database_down = False
+        self._result_topics: dict[str, str] = {}
+        self._counters: dict[tuple[str, str, str], Any] = {}
+        self._processing = {
+            kind: metrics.processing_seconds.labels(kind=kind) for kind in ("tx", "scan", "status")
+        }
+
+    # --- entry point ---------------------------------------------------------------------------
+
+    def handle(self, messages: Sequence[InboundMessage]) -> None:
+        """Process one batch to the end (or raise Abandoned at the shutdown deadline)."""
+        requests: list[tuple[InboundMessage, Topic]] = []
+        scans: list[tuple[InboundMessage, Topic]] = []
+        statuses: list[tuple[InboundMessage, Topic]] = []
+        strays: list[InboundMessage] = []
+        prefix = self._prefix
+        for message in messages:
+            try:
+                topic = parse_topic(message.topic, prefix)
+            except (ProtocolError, ValueError):
+                strays.append(message)
+                continue
+            if topic.kind is TopicKind.TX:
+                requests.append((message, topic))
+            elif topic.kind is TopicKind.SCAN:
+                scans.append((message, topic))
+            elif topic.kind is TopicKind.STATUS:
+                statuses.append((message, topic))
+            else:
+                strays.append(message)
+        if requests:
+            self._handle_requests(requests)
+        if scans:
+            self._handle_scans(scans)
+        if statuses:
+            self._handle_statuses(statuses)
+        if strays:
+            self._handle_strays(strays)
+
+    # --- requests (tx) -------------------------------------------------------------------------
+
+    def _handle_requests(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
+        kiosk_ids = {topic.kiosk_id for _, topic in batch}
+        views: dict[str, KioskView] = self._database(lambda: self._directory.views(kiosk_ids))
+        now_ms = time.time_ns() // 1_000_000
+        policy = self._policy
+        decisions: list[Decision] = [
+            decide_request(
+                message.payload,
+                topic_kiosk_id=topic.kiosk_id,
+                kiosk=views.get(topic.kiosk_id),
+                policy=policy,
+                now_ms=now_ms,
+            )
+            for message, topic in batch
+        ]
+        outcomes = self._record(batch, decisions)
+        answers = [
+            self._answer(decision, outcome)
+            for decision, outcome in zip(decisions, outcomes, strict=True)
+        ]
+        unpublished = self._publish_results(
+            [topic.kiosk_id for _, topic in batch], [a.result for a in answers]
+        )
+        to_ack = [m for index, (m, _) in enumerate(batch) if index not in unpublished]
+        self._link.ack(to_ack)
+        self._account(batch, decisions, answers)
+
+    def _record(
+        self, batch: list[tuple[InboundMessage, Topic]], decisions: list[Decision]
+    ) -> list[Any]:
+        """Commit every decision; returns the ledger Outcome per message (None: dead letter)."""
+        outcomes: list[Any] = [None] * len(decisions)
+        applies = [(index, d) for index, d in enumerate(decisions) if isinstance(d, Apply)]
+        if applies:
+            items = [
+                self._ledger_request(request=d.request, payload_sha256=d.payload_sha256)
+                for _, d in applies
+            ]
+            applied = self._database(lambda: self._ledger.apply_batch(items))
+            assert len(applied) == len(items), "apply_batch must answer every request"
+            for (index, _), outcome in zip(applies, applied, strict=True):
+                outcomes[index] = outcome
+            self._metrics.batch_size.observe(len(items))
+        for index, decision in enumerate(decisions):
+            if isinstance(decision, Reject):
+                outcomes[index] = self._database(partial(self._record_rejection, decision))
+            elif isinstance(decision, DeadLetter):
+                message, topic = batch[index]
+                self._dead_letter(message, topic.kiosk_id, decision.code, decision.message, "tx")
+        return outcomes
+
+    def _record_rejection(self, decision: Reject) -> Any:
+        echo = decision.echo
+        return self._ledger.record_rejection(
+            request_id=decision.request_id,
+            kiosk_id=echo.kiosk_id,
+            seq=echo.seq,
+            card_uid=echo.card_uid,
+            payload_sha256=decision.payload_sha256,
+            error_code=decision.code,
+            message=decision.message,
+        )
+
+    def _answer(self, decision: Decision, outcome: Any) -> Answer:
+        echo = decision.echo
+        if isinstance(decision, DeadLetter):
+            result = self._result(
+                echo, decision.code, decision.message, None, None, None, False, _now_ms()
+            )
+            return Answer(result, "dead_letter", decision.code.value)
+        card_uid = echo.card_uid if echo.card_uid is not None else outcome.card_uid
+        result = self._result(
+            Echo(outcome.request_id, echo.kiosk_id, echo.seq, card_uid),
+            outcome.error_code,
+            outcome.message,
+            outcome.transaction_id,
+            outcome.previous_balance_cents,
+            outcome.new_balance_cents,
+            bool(outcome.replayed),
+            outcome.processed_at_ms,
+        )
+        code = outcome.error_code.value if outcome.error_code is not None else ""
+        label = "replayed" if outcome.replayed else Status(outcome.status).value
+        return Answer(result, label, code)
+
+    def _result(
+        self,
+        echo: Echo,
+        error_code: ErrorCode | None,
+        message: str,
+        transaction_id: str | None,
+        previous_balance_cents: int | None,
+        new_balance_cents: int | None,
+        replayed: bool,
+        processed_at_ms: int,
+    ) -> Result | None:
+        try:
+            return build_result(
+                request_id=echo.request_id,
+                kiosk_id=echo.kiosk_id,
+                seq=echo.seq,
+                card_uid=echo.card_uid,
+                error_code=error_code,
+                message=message,
+                transaction_id=transaction_id,
+                previous_balance_cents=previous_balance_cents,
+                new_balance_cents=new_balance_cents,
+                replayed=replayed,
+                processed_at_ms=processed_at_ms,
+            )
+        except ValueError:
+            # The outcome is committed; an inconsistent one is a bug to fix, not a reason to
+            # stop answering everyone else. The kiosk retries and gets the stored outcome.
+            log.exception(
+                "cannot build a result", extra={"context": {"request_id": echo.request_id}}
+            )
+            return None
+
+    def _publish_results(self, kiosk_ids: list[str], results: list[Result | None]) -> set[int]:
+        """Sign and publish each result; returns the indexes paho refused (left unacked)."""
+        unpublished: set[int] = set()
+        key = self._signing_key
+        for index, (kiosk_id, result) in enumerate(zip(kiosk_ids, results, strict=True)):
+            if result is None:
+                continue
+            topic = self._result_topics.get(kiosk_id)
+            if topic is None:
+                topic = topic_for(self._prefix, kiosk_id, TopicKind.RESULT)
+                self._result_topics[kiosk_id] = topic
+            if not self._link.publish(topic, encode_result(result, key), 1):
+                unpublished.add(index)
+                self._metrics.results_unpublished.inc()
+        return unpublished
+
+    def _account(
+        self,
+        batch: list[tuple[InboundMessage, Topic]],
+        decisions: list[Decision],
+        answers: list[Answer],
+    ) -> None:
+        """One log line and the metrics per request."""
+        done = time.monotonic()
+        observe = self._processing["tx"].observe
+        info = log.info
+        batch_size = len(batch)
+        for (message, topic), decision, answer in zip(batch, decisions, answers, strict=True):
+            duration_s = done - message.received_at
+            observe(duration_s)
+            self._count("tx", answer.outcome, answer.code)
+            result = answer.result
+            echo = decision.echo
+            info(
+                "request processed",
+                extra={
+                    "context": {
+                        "kiosk_id": topic.kiosk_id,
+                        "request_id": echo.request_id,
+                        "card_uid": echo.card_uid,
+                        "seq": echo.seq,
+                        "outcome": answer.outcome,
+                        "status": result.status.value if result is not None else None,
+                        "code": answer.code or None,
+                        "replayed": result.replayed if result is not None else None,
+                        "new_balance_cents": result.new_balance_cents if result else None,
+                        "duration_ms": round(duration_s * 1000, 2),
+                        "batch_size": batch_size,
+                    }
+                },
+            )
+
+    # --- scans, statuses, strays -----------------------------------------------------------------
+
+    def _handle_scans(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
+        kiosk_ids = {topic.kiosk_id for _, topic in batch}
+        views = self._database(lambda: self._directory.views(kiosk_ids))
+        ledger = self._ledger
+        for message, topic in batch:
+            view = views.get(topic.kiosk_id)
+            try:
+                scan = decode_scan(
+                    message.payload,
+                    topic_kiosk_id=topic.kiosk_id,
+                    public_key_for=lambda _kiosk_id: view.public_key if view else None,  # noqa: B023
+                )
+                if view is not None and not view.enabled:
+                    raise ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
+            except ProtocolError as error:
+                self._dead_letter(message, topic.kiosk_id, error.code, error.message, "scan")
+                continue
+            self._database(partial(ledger.record_scan, scan))
+            self._count("scan", "recorded", "")
+            self._processing["scan"].observe(time.monotonic() - message.received_at)
+        self._link.ack([m for m, _ in batch if m.qos == 1])
+
+    def _handle_statuses(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
+        ledger = self._ledger
+        for message, topic in batch:
+            try:
+                status = decode_status(message.payload, topic_kiosk_id=topic.kiosk_id)
+            except ProtocolError as error:
+                self._dead_letter(message, topic.kiosk_id, error.code, error.message, "status")
+                continue
+            self._database(
+                partial(ledger.record_kiosk_status, status, received_at_ms=message.received_at_ms)
+            )
+            self._count("status", "recorded", "")
+            self._processing["status"].observe(time.monotonic() - message.received_at)
+            log.info(
+                "kiosk status",
+                extra={"context": {"kiosk_id": status.kiosk_id, "state": status.state}},
+            )
+        self._link.ack([m for m, _ in batch])
+
+    def _handle_strays(self, messages: list[InboundMessage]) -> None:
+        for message in messages:
+            self._dead_letter(
+                message,
+                None,
+                ErrorCode.INVALID_REQUEST,
+                "not a topic this consumer handles",
+                "other",
+            )
+        self._link.ack(messages)
+
+    def _dead_letter(
+        self,
+        message: InboundMessage,
+        kiosk_id: str | None,
+        code: ErrorCode,
+        reason: str,
+        kind: str,
+    ) -> None:
+        ledger = self._ledger
+        self._database(
+            partial(
+                ledger.record_dead_letter,
+                topic=message.topic,
+                payload=message.payload,
+                error_code=code,
+                reason=reason,
+                kiosk_id=kiosk_id,
+            )
+        )
+        self._metrics.dead_letters.labels(kind=kind, code=code.value).inc()
+        if kind != "tx":  # tx dead letters are counted with their answer
+            self._count(kind, "dead_letter", code.value)
+            log.warning(
+                "dead letter",
+                extra={"context": {"kiosk_id": kiosk_id, "kind": kind, "code": code.value}},
+            )
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _count(self, kind: str, outcome: str, code: str) -> None:
+        key = (kind, outcome, code)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._metrics.messages.labels(kind=kind, outcome=outcome, code=code)
+            self._counters[key] = counter
+        counter.inc()
+
+    def _database(self, call: Callable[[], T]) -> T:
+        """Run ``call``; on a transient fault retry it with capped backoff until it succeeds.
+
+        Logs "database unavailable" once and "database back" once per outage.
+        """
+        while True:
+            try:
+                value = call()
+            except self._transient as error:
+                self._metrics.database_retries.inc()
+                if not self._database_down:
+                    self._database_down = True
+                    self._metrics.database_available.set(0)
+                    log.warning("database unavailable", extra={"context": {"error": str(error)}})
+                if not self._lifecycle.sleep(self._backoff.next_delay_s()):
+                    raise Abandoned from error
+                continue
+            if self._database_down:
+                self._database_down = False
+                self._metrics.database_available.set(1)
+                log.info("database back", extra={"context": {"retries": self._backoff.attempts}})
+            self._backoff.reset()
+            return value
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,98 @@
+"""The bounded hand-over between paho's thread and the worker, and the retry backoff."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from cloud.consumer.backoff import Backoff
+from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState
+
+
+def message(mid: int, qos: int = 1) -> InboundMessage:
+    return InboundMessage(
+        topic="festival/v1/kiosks/bar-1/tx",
+        payload=b"x",
+        qos=qos,
+        mid=mid,
+        retain=False,
+        generation=1,
+        received_at=time.monotonic(),
+        received_at_ms=0,
+    )
+
+
+def test_take_returns_messages_in_arrival_order_up_to_the_batch_size() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=4)
+    for mid in range(1, 6):
+        assert inbox.put_message(message(mid))
+    events, first = inbox.take(3, timeout_s=0.1)
+    _, rest = inbox.take(10, timeout_s=0.1)
+    assert events == []
+    assert [m.mid for m in first] == [1, 2, 3]
+    assert [m.mid for m in rest] == [4, 5]
+
+
+def test_qos1_messages_beyond_the_cap_are_refused_and_counted() -> None:
+    inbox = Inbox(messages_max=2, scans_max=5, events_max=4)
+    assert inbox.put_message(message(1)) and inbox.put_message(message(2))
+    assert not inbox.put_message(message(3))
+    assert inbox.refused_messages == 1
+    assert inbox.depth() == 2
+
+
+def test_scans_have_their_own_cap_and_never_crowd_out_requests() -> None:
+    inbox = Inbox(messages_max=2, scans_max=1, events_max=4)
+    assert inbox.put_message(message(1, qos=0))
+    assert not inbox.put_message(message(2, qos=0))
+    assert inbox.dropped_scans == 1
+    assert inbox.put_message(message(3)) and inbox.put_message(message(4))
+    _, taken = inbox.take(10, timeout_s=0.1)
+    assert [m.mid for m in taken] == [1, 3, 4]
+    assert inbox.put_message(message(5, qos=0))  # the scan slot is free again
+
+
+def test_take_waits_for_a_message_from_another_thread() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=4)
+    timer = threading.Timer(0.05, lambda: inbox.put_message(message(7)))
+    timer.start()
+    _, taken = inbox.take(10, timeout_s=5)
+    timer.join()
+    assert [m.mid for m in taken] == [7]
+
+
+def test_take_returns_nothing_after_its_timeout() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=4)
+    started = time.monotonic()
+    assert inbox.take(10, timeout_s=0.05) == ([], [])
+    assert time.monotonic() - started >= 0.05
+
+
+def test_events_are_delivered_with_messages_and_the_oldest_dropped_when_full() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=2)
+    for generation in range(3):
+        inbox.put_event(LinkEvent(LinkState.CONNECTED, generation))
+    inbox.put_message(message(1))
+    events, taken = inbox.take(10, timeout_s=0.1)
+    assert [e.generation for e in events] == [1, 2]
+    assert len(taken) == 1
+
+
+def test_a_closed_inbox_takes_no_more_messages_but_keeps_what_it_has() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=2)
+    inbox.put_message(message(1))
+    inbox.close()
+    assert not inbox.put_message(message(2))
+    assert inbox.refused_messages == 0  # not an overflow: redelivered after the restart
+    assert [m.mid for m in inbox.drain()] == [1]
+
+
+def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
+    backoff = Backoff(0.1, 1.0)
+    delays = [backoff.next_delay_s() for _ in range(8)]
+    assert 0.08 <= delays[0] <= 0.12
+    assert 0.16 <= delays[1] <= 0.24
+    assert all(delay <= 1.0 for delay in delays)
+    assert delays[-1] >= 0.8
+    backoff.reset()
+    assert backoff.next_delay_s() <= 0.12
