@@ -1,0 +1,90 @@
+"""Every limit and default of the kiosk firmware, in one place.
+
+Names follow the project style: ``*_max`` / ``*_min``, units last. ``*_DEFAULT`` values can be
+changed by a setting (docs/kiosk.md lists them); the others are fixed here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- outbox ----------------------------------------------------------------------------------
+# Requests waiting for their signed result. When the outbox is full the kiosk refuses new sales
+# (visibly) instead of growing without bound while the cloud is unreachable.
+OUTBOX_MAX_DEFAULT: Final = 500
+OUTBOX_MAX_MIN: Final = 1
+OUTBOX_MAX_MAX: Final = 100_000
+# Finished requests kept for the screen and for diagnostics (oldest deleted first).
+OUTBOX_HISTORY_MAX: Final = 200
+OUTBOX_FILE_NAME: Final = "outbox.sqlite3"
+# How long a writer waits for SQLite's lock (only our own process writes; this is a safety net).
+OUTBOX_BUSY_TIMEOUT_MS: Final = 5_000
+
+# --- waiting for results and resending ---------------------------------------------------------
+# After this long without a result the screen says "no answer yet"; the request stays pending.
+RESULT_TIMEOUT_S_DEFAULT: Final = 5.0
+RESULT_TIMEOUT_S_MIN: Final = 0.1
+RESULT_TIMEOUT_S_MAX: Final = 600.0
+# A request the broker acknowledged but the cloud never answered is published again (same bytes)
+# after RESEND_AFTER_S, then after doubling intervals up to RESEND_AFTER_S_MAX.
+RESEND_AFTER_S_DEFAULT: Final = 10.0
+RESEND_AFTER_S_MIN: Final = 0.05
+RESEND_AFTER_S_MAX: Final = 300.0
+# How long approved / declined stay on screen before the kiosk returns to idle.
+OUTCOME_DISPLAY_S: Final = 6.0
+# Results that arrived for a request no longer on screen, kept for the page's "late results".
+LATE_RESULTS_MAX: Final = 10
+
+# --- event loop --------------------------------------------------------------------------------
+# Reader, MQTT and HTTP threads only enqueue on this queue; the main loop decides.
+EVENT_QUEUE_MAX: Final = 1_000
+# The loop wakes at least this often to run timers (timeouts, resends, watchdog).
+LOOP_TICK_S: Final = 0.1
+# How long an HTTP request waits for the main loop to answer its command.
+COMMAND_REPLY_TIMEOUT_S: Final = 5.0
+
+# --- MQTT ------------------------------------------------------------------------------------
+SESSION_EXPIRY_S: Final = 24 * 3600
+KEEPALIVE_S: Final = 30
+RECONNECT_DELAY_S_MIN: Final = 1
+RECONNECT_DELAY_S_MAX: Final = 30
+# paho's own queue of unsent publishes is unbounded by default; ours never holds more than the
+# outbox plus some scan and status messages.
+MQTT_INFLIGHT_MAX: Final = 100
+MQTT_QUEUED_EXTRA: Final = 100
+# Waiting for the final "offline" status to leave on a clean shutdown.
+SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 2.0
+
+# --- card reader ------------------------------------------------------------------------------
+# SCardGetStatusChange timeout: how quickly the reader thread notices a stop request.
+READER_POLL_MS: Final = 500
+# Rebuilding the PC/SC context after pcscd went away: first and largest pause.
+READER_RETRY_S_MIN: Final = 0.2
+READER_RETRY_S_MAX: Final = 5.0
+READER_NAME_LENGTH_MAX: Final = 64
+# 4, 7 or 10 byte UIDs are what the protocol carries; anything else is an unsupported card.
+CARD_UID_BYTES_ALLOWED: Final = frozenset({4, 7, 10})
+
+# --- local HTTP interface ------------------------------------------------------------------------
+HTTP_PORT_DEFAULT: Final = 8080
+HTTP_BODY_BYTES_MAX: Final = 16 * 1024
+STATIC_FILE_BYTES_MAX: Final = 1024 * 1024
+
+# --- menu --------------------------------------------------------------------------------------
+MENU_FILE_BYTES_MAX: Final = 256 * 1024
+MENU_PRODUCTS_MAX: Final = 100
+MENU_DEPOSITS_MAX: Final = 10
+# The page's preset amounts for checkpoints; a request is still validated by the protocol.
+RECHARGE_PRESETS_CENTS: Final = (1000, 2000, 5000, 10000)
+
+# --- indicators (GPIO) --------------------------------------------------------------------------
+GREEN_PIN_DEFAULT: Final = 17
+RED_PIN_DEFAULT: Final = 27
+BUZZER_PIN_DEFAULT: Final = 22
+GPIO_PIN_MIN: Final = 2
+GPIO_PIN_MAX: Final = 27
+# Patterns queued for the indicator thread; a newer pattern replaces older ones.
+INDICATOR_QUEUE_MAX: Final = 8
+RECORDED_PIN_CHANGES_MAX: Final = 10_000
+
+FIRMWARE_DEFAULT: Final = "festival-kiosk/0.1.0"
