@@ -155,11 +155,15 @@ class MqttLink:
         return acked
 
     def restart(self) -> None:
-        """Disconnect and connect again (same durable session): the broker then redelivers
-        every message we did not acknowledge. Called from the worker's thread, never paho's."""
-        self._client.disconnect()
-        self._client.loop_stop()
-        self.start()
+        """Drop the connection (same durable session); paho reconnects by itself and the broker
+        then redelivers every message we did not acknowledge. Shutting the socket down makes
+        paho's own thread notice a lost connection, so the worker never races it on the socket."""
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     @property
     def connected(self) -> bool:
@@ -171,11 +175,18 @@ class MqttLink:
 
     def stop(self, timeout_s: float = limits.DISCONNECT_TIMEOUT_S) -> None:
         """Send what is queued (results, acks), disconnect cleanly, stop the network thread."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self._connected and self._client.want_write():
-            time.sleep(0.01)
+        self.flush(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until paho has written everything queued (results, acks) to the socket."""
+        deadline = time.monotonic() + timeout_s
+        while self._connected and self._client.want_write():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def outgoing_queued(self) -> int:
         """Results not yet acknowledged by the broker (paho's in-memory queue)."""
