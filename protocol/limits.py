@@ -1,0 +1,101 @@
+"""Every limit of wire protocol v1, in one place.
+
+Names follow the project style: ``*_max`` / ``*_min``, units last. Values that a deployment may
+configure end in ``_DEFAULT``; the others are fixed by PROTOCOL.md or chosen in docs/protocol.md.
+
+The ``*_PATTERN`` constants are compiled regular expressions anchored with ``\\A`` and ``\\Z`` and
+written with explicit ASCII classes (never ``\\d`` or ``\\w``, which match non-ASCII digits and
+letters in Python), so ``match``, ``search`` and ``fullmatch`` all accept exactly the same strings.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+# Whole MQTT payload (the JWS compact string), in bytes.
+MESSAGE_BYTES_MAX: Final = 8192
+# Nesting of JSON containers: a request is object > items array > item object, i.e. depth 3.
+JSON_DEPTH_MAX: Final = 4
+
+REQUEST_ID_LENGTH_MIN: Final = 1
+REQUEST_ID_LENGTH_MAX: Final = 64
+KIOSK_ID_LENGTH_MIN: Final = 1
+KIOSK_ID_LENGTH_MAX: Final = 32
+# Kiosk ids that can never be registered: "cloud" is the kid of results.
+KIOSK_IDS_RESERVED: Final = frozenset({"cloud"})
+CLOUD_KID: Final = "cloud"
+
+SEQ_MIN: Final = 1
+# seq and every *_ms timestamp must fit a PostgreSQL bigint.
+SEQ_MAX: Final = 2**63 - 1
+# Unix milliseconds: 1970-01-01T00:00:00.000Z .. 9999-12-31T23:59:59.999Z, so that every
+# timestamp converts to a Python datetime and a PostgreSQL timestamptz.
+TIMESTAMP_MS_MIN: Final = 0
+TIMESTAMP_MS_MAX: Final = 253_402_300_799_999
+
+ITEMS_MIN: Final = 1
+ITEMS_MAX: Final = 50
+ITEM_NAME_LENGTH_MIN: Final = 1
+ITEM_NAME_LENGTH_MAX: Final = 64
+ITEM_QUANTITY_MIN: Final = 1
+ITEM_QUANTITY_MAX: Final = 99
+UNIT_PRICE_CENTS_MIN: Final = 0
+UNIT_PRICE_CENTS_MAX: Final = 100_000
+SKU_LENGTH_MIN: Final = 1
+SKU_LENGTH_MAX: Final = 32
+STAFF_ID_LENGTH_MIN: Final = 1
+STAFF_ID_LENGTH_MAX: Final = 64
+CHECKPOINT_ID_LENGTH_MIN: Final = 1
+CHECKPOINT_ID_LENGTH_MAX: Final = 64
+# The largest |total_cents| a valid bar order can have (50 x 99 x 1000.00).
+ORDER_TOTAL_CENTS_MAX: Final = ITEMS_MAX * ITEM_QUANTITY_MAX * UNIT_PRICE_CENTS_MAX
+
+TOPUP_CENTS_MIN: Final = 1
+TOPUP_CENTS_MAX_DEFAULT: Final = 100_000
+BALANCE_CENTS_MAX_DEFAULT: Final = 150_000
+# Balances in results are never negative and must fit a PostgreSQL bigint.
+BALANCE_CENTS_MIN: Final = 0
+BALANCE_CENTS_WIRE_MAX: Final = 2**63 - 1
+
+STALE_AFTER_S_DEFAULT: Final = 7 * 24 * 3600
+FUTURE_SKEW_S_DEFAULT: Final = 5 * 60
+SESSION_EXPIRY_S_DEFAULT: Final = 24 * 3600
+
+RESULT_MESSAGE_LENGTH_MIN: Final = 0
+RESULT_MESSAGE_LENGTH_MAX: Final = 200
+TRANSACTION_ID_LENGTH_MIN: Final = 1
+TRANSACTION_ID_LENGTH_MAX: Final = 64
+
+READER_NAME_LENGTH_MIN: Final = 0
+READER_NAME_LENGTH_MAX: Final = 64
+SCAN_DURATION_MS_MIN: Final = 0
+SCAN_DURATION_MS_MAX: Final = 3_600_000
+FIRMWARE_LENGTH_MIN: Final = 1
+FIRMWARE_LENGTH_MAX: Final = 64
+
+TOPIC_PREFIX_LENGTH_MAX: Final = 64
+SHARE_GROUP_LENGTH_MAX: Final = 32
+# How much of an offending value an error message may quote.
+ERROR_QUOTE_LENGTH_MAX: Final = 32
+ERROR_MESSAGE_LENGTH_MAX: Final = 200
+
+KIOSK_ID_PATTERN: Final = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
+REQUEST_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
+TRANSACTION_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
+# 4, 7 or 10 bytes as upper-case hex.
+CARD_UID_PATTERN: Final = re.compile(r"\A(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")
+# ISO 4217 alphabetic code.
+CURRENCY_PATTERN: Final = re.compile(r"\A[A-Z]{3}\Z")
+# One or more topic levels of [A-Za-z0-9_-]; never a wildcard, "$" or an empty level.
+TOPIC_PREFIX_PATTERN: Final = re.compile(r"\A[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*\Z")
+SHARE_GROUP_PATTERN: Final = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
+# Characters refused in every free-text field (item names, staff ids, messages, ...):
+# C0/C1 controls and DEL (PostgreSQL refuses NUL; newlines break one-line logs and receipts),
+# line/paragraph separators, bidirectional overrides and isolates (they can make a receipt
+# read differently from what was charged) and lone surrogates (not encodable as UTF-8).
+TEXT_FORBIDDEN_PATTERN: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)

@@ -1,0 +1,742 @@
+"""Typed messages of protocol v1 and their strict schemas.
+
+``parse_*`` take a decoded JSON value (from ``loads_strict``) and either return a frozen model or
+raise ``ProtocolError(INVALID_REQUEST)`` naming the first rule broken. ``*_to_dict`` turn a model
+back into the JSON object the wire carries. The checks run in a fixed order, documented in
+docs/protocol.md: object, ``v``, ``type``, unknown fields, missing fields, then each field in the
+order of PROTOCOL.md's tables, then cross-field rules (totals, result consistency).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Final, Literal, NoReturn, TypeAlias
+
+from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
+from protocol.limits import (
+    BALANCE_CENTS_MIN,
+    BALANCE_CENTS_WIRE_MAX,
+    CARD_UID_PATTERN,
+    CHECKPOINT_ID_LENGTH_MAX,
+    CHECKPOINT_ID_LENGTH_MIN,
+    CURRENCY_PATTERN,
+    FIRMWARE_LENGTH_MAX,
+    FIRMWARE_LENGTH_MIN,
+    ITEM_NAME_LENGTH_MAX,
+    ITEM_NAME_LENGTH_MIN,
+    ITEM_QUANTITY_MAX,
+    ITEM_QUANTITY_MIN,
+    ITEMS_MAX,
+    ITEMS_MIN,
+    KIOSK_ID_PATTERN,
+    KIOSK_IDS_RESERVED,
+    PROTOCOL_VERSION,
+    READER_NAME_LENGTH_MAX,
+    READER_NAME_LENGTH_MIN,
+    REQUEST_ID_PATTERN,
+    RESULT_MESSAGE_LENGTH_MAX,
+    RESULT_MESSAGE_LENGTH_MIN,
+    SCAN_DURATION_MS_MAX,
+    SCAN_DURATION_MS_MIN,
+    SEQ_MAX,
+    SEQ_MIN,
+    SKU_LENGTH_MAX,
+    SKU_LENGTH_MIN,
+    STAFF_ID_LENGTH_MAX,
+    STAFF_ID_LENGTH_MIN,
+    TEXT_FORBIDDEN_PATTERN,
+    TIMESTAMP_MS_MAX,
+    TIMESTAMP_MS_MIN,
+    TOPUP_CENTS_MAX_DEFAULT,
+    TOPUP_CENTS_MIN,
+    TRANSACTION_ID_PATTERN,
+    UNIT_PRICE_CENTS_MAX,
+    UNIT_PRICE_CENTS_MIN,
+)
+
+# Re-exported: the brief of this package placed them here; they live in strict_json.
+from protocol.strict_json import dumps_canonical as dumps_canonical
+from protocol.strict_json import loads_strict as loads_strict
+
+PaymentMethod: TypeAlias = Literal["cash", "card"]
+ScanStatus: TypeAlias = Literal["ok", "read_error", "unsupported_card", "removed_early"]
+KioskState: TypeAlias = Literal["online", "offline"]
+
+PAYMENT_METHODS: Final[tuple[PaymentMethod, ...]] = ("cash", "card")
+SCAN_STATUSES: Final[tuple[ScanStatus, ...]] = (
+    "ok",
+    "read_error",
+    "unsupported_card",
+    "removed_early",
+)
+KIOSK_STATES: Final[tuple[KioskState, ...]] = ("online", "offline")
+# The request fields a result echoes (PROTOCOL.md "Which fields a result carries").
+ECHO_FIELDS: Final = ("request_id", "kiosk_id", "seq", "card_uid")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BarItem:
+    """One line of a bar order. A return (a cup brought back) counts negative."""
+
+    name: str
+    quantity: int
+    unit_price_cents: int
+    sku: str | None = None
+    is_deposit: bool = False
+    is_return: bool = False
+
+    @property
+    def signed_cents(self) -> int:
+        """quantity x unit price, negative for a return."""
+        cents = self.quantity * self.unit_price_cents
+        return -cents if self.is_return else cents
+
+
+@dataclass(frozen=True, slots=True)
+class BarOrder:
+    """A ``bar_order`` request: charge (or, for returns only, credit) a card."""
+
+    type: ClassVar[Literal["bar_order"]] = "bar_order"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    items: tuple[BarItem, ...]
+    total_cents: int
+    staff_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecharge:
+    """A ``checkpoint_recharge`` request: staff took cash or a card payment and top up a card."""
+
+    type: ClassVar[Literal["checkpoint_recharge"]] = "checkpoint_recharge"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    amount_cents: int
+    payment_method: PaymentMethod
+    staff_id: str
+    checkpoint_id: str | None = None
+
+    @property
+    def effective_checkpoint_id(self) -> str:
+        """The checkpoint that took the money: ``checkpoint_id``, defaulting to ``kiosk_id``."""
+        return self.kiosk_id if self.checkpoint_id is None else self.checkpoint_id
+
+
+Request: TypeAlias = BarOrder | CheckpointRecharge
+REQUEST_TYPES: Final = (BarOrder.type, CheckpointRecharge.type)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The cloud's signed answer to a request. See PROTOCOL.md's result table."""
+
+    request_id: str | None
+    kiosk_id: str | None
+    seq: int | None
+    card_uid: str | None
+    status: Status
+    error_code: ErrorCode | None
+    message: str
+    transaction_id: str | None
+    previous_balance_cents: int | None
+    new_balance_cents: int | None
+    replayed: bool
+    processed_at_ms: int
+
+    @property
+    def approved(self) -> bool:
+        return self.status is Status.APPROVED
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """One NFC read attempt, for diagnostics; never affects money."""
+
+    type: ClassVar[Literal["scan"]] = "scan"
+
+    kiosk_id: str
+    scanned_at_ms: int
+    card_uid: str | None
+    status: ScanStatus
+    reader: str
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KioskStatus:
+    """A kiosk's retained presence message (unsigned)."""
+
+    kiosk_id: str
+    state: KioskState
+    at_ms: int
+    firmware: str
+
+
+# --- field rules -----------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    raise ProtocolError(ErrorCode.INVALID_REQUEST, message)
+
+
+def _int(value: object, name: str, low: int, high: int) -> int:
+    # type() and not isinstance(): a JSON true is a Python bool, which is an int subclass.
+    if type(value) is not int:
+        _fail(f"{name} must be an integer, got {json_type_name(value)}")
+    if not low <= value <= high:
+        _fail(f"{name} must be {low}..{high}, got {quote(value)}")
+    return value
+
+
+def _bool(value: object, name: str) -> bool:
+    if type(value) is not bool:
+        _fail(f"{name} must be a boolean, got {json_type_name(value)}")
+    return value
+
+
+def _matching(value: object, name: str, pattern: re.Pattern[str]) -> str:
+    if type(value) is not str:
+        _fail(f"{name} must be a string, got {json_type_name(value)}")
+    if not pattern.match(value):
+        _fail(f"invalid {name} {quote(value)}")
+    return value
+
+
+def _text(value: object, name: str, length_min: int, length_max: int) -> str:
+    if type(value) is not str:
+        _fail(f"{name} must be a string, got {json_type_name(value)}")
+    if not length_min <= len(value) <= length_max:
+        _fail(f"{name} must be {length_min}..{length_max} characters, got {len(value)}")
+    if TEXT_FORBIDDEN_PATTERN.search(value):
+        _fail(f"{name} contains a control, bidi or surrogate character")
+    return value
+
+
+def _kiosk_id(value: object, name: str = "kiosk_id") -> str:
+    kiosk_id = _matching(value, name, KIOSK_ID_PATTERN)
+    if kiosk_id in KIOSK_IDS_RESERVED:
+        _fail(f"{name} {quote(kiosk_id)} is reserved")
+    return kiosk_id
+
+
+def _check_fields(
+    document: Mapping[str, object],
+    required: frozenset[str],
+    optional: frozenset[str],
+    where: str,
+) -> None:
+    keys = document.keys()
+    unknown = keys - required - optional
+    if unknown:
+        _fail(f"unknown field {quote(min(unknown))} in {where}")
+    missing = required - keys
+    if missing:
+        _fail(f"missing field {min(missing)} in {where}")
+
+
+def _object(value: object, where: str) -> dict[str, object]:
+    if type(value) is not dict:
+        _fail(f"{where} must be a JSON object, got {json_type_name(value)}")
+    return value
+
+
+def _version(document: Mapping[str, object], where: str) -> None:
+    if "v" not in document:
+        _fail(f"missing field v in {where}")
+    version = document["v"]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        _fail(f"unsupported protocol version {quote(version)}, expected {PROTOCOL_VERSION}")
+
+
+def is_valid_request_id(value: object) -> bool:
+    """Whether ``value`` is a valid ``request_id``."""
+    return type(value) is str and REQUEST_ID_PATTERN.match(value) is not None
+
+
+def is_valid_card_uid(value: object) -> bool:
+    """Whether ``value`` is a card UID: 8, 14 or 20 upper-case hex digits."""
+    return type(value) is str and CARD_UID_PATTERN.match(value) is not None
+
+
+def is_valid_seq(value: object) -> bool:
+    """Whether ``value`` is a valid ``seq``."""
+    return type(value) is int and SEQ_MIN <= value <= SEQ_MAX
+
+
+def _is_valid_kiosk_id(value: object) -> bool:
+    return (
+        type(value) is str
+        and KIOSK_ID_PATTERN.match(value) is not None
+        and value not in KIOSK_IDS_RESERVED
+    )
+
+
+def validate_request_id(value: object) -> str:
+    """Return ``value`` if it is a valid ``request_id``, else raise ProtocolError."""
+    return _matching(value, "request_id", REQUEST_ID_PATTERN)
+
+
+def validate_card_uid(value: object) -> str:
+    """Return ``value`` if it is a valid ``card_uid``, else raise ProtocolError."""
+    return _matching(value, "card_uid", CARD_UID_PATTERN)
+
+
+def validate_currency(currency: str) -> str:
+    """Return ``currency`` if it is an ISO 4217 code, else raise ValueError (configuration)."""
+    if not CURRENCY_PATTERN.match(currency):
+        raise ValueError(f"invalid currency {quote(currency)}: need an ISO 4217 code")
+    return currency
+
+
+def echo_fields(document: object) -> dict[str, object]:
+    """The request fields a result may echo: each one's value when valid, else None."""
+    echo: dict[str, object] = dict.fromkeys(ECHO_FIELDS)
+    if type(document) is dict:
+        request_id = document.get("request_id")
+        kiosk_id = document.get("kiosk_id")
+        seq = document.get("seq")
+        card_uid = document.get("card_uid")
+        if is_valid_request_id(request_id):
+            echo["request_id"] = request_id
+        if _is_valid_kiosk_id(kiosk_id):
+            echo["kiosk_id"] = kiosk_id
+        if is_valid_seq(seq):
+            echo["seq"] = seq
+        if is_valid_card_uid(card_uid):
+            echo["card_uid"] = card_uid
+    return echo
+
+
+# --- requests --------------------------------------------------------------------------------
+
+_COMMON_REQUIRED: Final = frozenset(
+    {"v", "type", "request_id", "kiosk_id", "seq", "created_at_ms", "card_uid", "currency"}
+)
+_BAR_ORDER_REQUIRED: Final = _COMMON_REQUIRED | {"items", "total_cents"}
+_BAR_ORDER_OPTIONAL: Final = frozenset({"staff_id"})
+_RECHARGE_REQUIRED: Final = _COMMON_REQUIRED | {"amount_cents", "payment_method", "staff_id"}
+_RECHARGE_OPTIONAL: Final = frozenset({"checkpoint_id"})
+_ITEM_REQUIRED: Final = frozenset({"name", "quantity", "unit_price_cents"})
+_ITEM_OPTIONAL: Final = frozenset({"sku", "is_deposit", "is_return"})
+
+
+def parse_request(
+    obj: object, *, currency: str, topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
+) -> Request:
+    """Validate a decoded request payload against every rule of PROTOCOL.md.
+
+    ``currency`` is the deployment's currency; ``topup_cents_max`` its single top-up limit.
+    Raises ProtocolError(INVALID_REQUEST) describing the first rule broken.
+    """
+    validate_currency(currency)
+    if type(topup_cents_max) is not int or topup_cents_max < TOPUP_CENTS_MIN:
+        raise ValueError(f"topup_cents_max must be an integer >= {TOPUP_CENTS_MIN}")
+    document = _object(obj, "request")
+    _version(document, "request")
+    request_type = document.get("type")
+    if request_type == BarOrder.type:
+        _check_fields(document, _BAR_ORDER_REQUIRED, _BAR_ORDER_OPTIONAL, "bar_order")
+    elif request_type == CheckpointRecharge.type:
+        _check_fields(document, _RECHARGE_REQUIRED, _RECHARGE_OPTIONAL, "checkpoint_recharge")
+    elif "type" not in document:
+        _fail("missing field type in request")
+    else:
+        _fail(f"unknown request type {quote(request_type)}")
+
+    request_id = _matching(document["request_id"], "request_id", REQUEST_ID_PATTERN)
+    kiosk_id = _kiosk_id(document["kiosk_id"])
+    seq = _int(document["seq"], "seq", SEQ_MIN, SEQ_MAX)
+    created_at_ms = _int(
+        document["created_at_ms"], "created_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
+    )
+    card_uid = _matching(document["card_uid"], "card_uid", CARD_UID_PATTERN)
+    request_currency = document["currency"]
+    if request_currency != currency:
+        if type(request_currency) is not str:
+            _fail(f"currency must be a string, got {json_type_name(request_currency)}")
+        _fail(f"currency must be {currency}, got {quote(request_currency)}")
+
+    if request_type == BarOrder.type:
+        items = _items(document["items"])
+        total_cents = document["total_cents"]
+        if type(total_cents) is not int:
+            _fail(f"total_cents must be an integer, got {json_type_name(total_cents)}")
+        staff_id = None
+        if "staff_id" in document:
+            staff_id = _text(
+                document["staff_id"], "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX
+            )
+        computed_cents = sum(item.signed_cents for item in items)
+        if total_cents != computed_cents:
+            _fail(
+                f"total_cents {quote(total_cents)} does not equal the items' sum {computed_cents}"
+            )
+        return BarOrder(
+            request_id=request_id,
+            kiosk_id=kiosk_id,
+            seq=seq,
+            created_at_ms=created_at_ms,
+            card_uid=card_uid,
+            currency=currency,
+            items=items,
+            total_cents=total_cents,
+            staff_id=staff_id,
+        )
+
+    amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
+    payment_method = document["payment_method"]
+    if type(payment_method) is not str or payment_method not in PAYMENT_METHODS:
+        _fail(f"payment_method must be cash or card, got {quote(payment_method)}")
+    staff_id = _text(document["staff_id"], "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+    checkpoint_id = None
+    if "checkpoint_id" in document:
+        checkpoint_id = _text(
+            document["checkpoint_id"],
+            "checkpoint_id",
+            CHECKPOINT_ID_LENGTH_MIN,
+            CHECKPOINT_ID_LENGTH_MAX,
+        )
+    return CheckpointRecharge(
+        request_id=request_id,
+        kiosk_id=kiosk_id,
+        seq=seq,
+        created_at_ms=created_at_ms,
+        card_uid=card_uid,
+        currency=currency,
+        amount_cents=amount_cents,
+        payment_method=payment_method,
+        staff_id=staff_id,
+        checkpoint_id=checkpoint_id,
+    )
+
+
+def _items(value: object) -> tuple[BarItem, ...]:
+    if type(value) is not list:
+        _fail(f"items must be an array, got {json_type_name(value)}")
+    if not ITEMS_MIN <= len(value) <= ITEMS_MAX:
+        _fail(f"items must hold {ITEMS_MIN}..{ITEMS_MAX} entries, got {len(value)}")
+    return tuple(_item(entry, f"items[{index}]") for index, entry in enumerate(value))
+
+
+def _item(value: object, where: str) -> BarItem:
+    item = _object(value, where)
+    _check_fields(item, _ITEM_REQUIRED, _ITEM_OPTIONAL, where)
+    name = _text(item["name"], f"{where}.name", ITEM_NAME_LENGTH_MIN, ITEM_NAME_LENGTH_MAX)
+    quantity = _int(item["quantity"], f"{where}.quantity", ITEM_QUANTITY_MIN, ITEM_QUANTITY_MAX)
+    unit_price_cents = _int(
+        item["unit_price_cents"],
+        f"{where}.unit_price_cents",
+        UNIT_PRICE_CENTS_MIN,
+        UNIT_PRICE_CENTS_MAX,
+    )
+    sku = None
+    if "sku" in item:
+        sku = _text(item["sku"], f"{where}.sku", SKU_LENGTH_MIN, SKU_LENGTH_MAX)
+    is_deposit = _bool(item["is_deposit"], f"{where}.is_deposit") if "is_deposit" in item else False
+    is_return = _bool(item["is_return"], f"{where}.is_return") if "is_return" in item else False
+    return BarItem(
+        name=name,
+        quantity=quantity,
+        unit_price_cents=unit_price_cents,
+        sku=sku,
+        is_deposit=is_deposit,
+        is_return=is_return,
+    )
+
+
+def request_to_dict(request: Request) -> dict[str, object]:
+    """The JSON object of ``request``, with ``v`` and ``type``; absent optionals are omitted."""
+    document: dict[str, object] = {
+        "v": PROTOCOL_VERSION,
+        "type": request.type,
+        "request_id": request.request_id,
+        "kiosk_id": request.kiosk_id,
+        "seq": request.seq,
+        "created_at_ms": request.created_at_ms,
+        "card_uid": request.card_uid,
+        "currency": request.currency,
+    }
+    if isinstance(request, BarOrder):
+        document["items"] = [_item_to_dict(item) for item in request.items]
+        document["total_cents"] = request.total_cents
+        if request.staff_id is not None:
+            document["staff_id"] = request.staff_id
+    else:
+        document["amount_cents"] = request.amount_cents
+        document["payment_method"] = request.payment_method
+        document["staff_id"] = request.staff_id
+        if request.checkpoint_id is not None:
+            document["checkpoint_id"] = request.checkpoint_id
+    return document
+
+
+def _item_to_dict(item: BarItem) -> dict[str, object]:
+    document: dict[str, object] = {
+        "name": item.name,
+        "quantity": item.quantity,
+        "unit_price_cents": item.unit_price_cents,
+    }
+    if item.sku is not None:
+        document["sku"] = item.sku
+    if item.is_deposit:
+        document["is_deposit"] = True
+    if item.is_return:
+        document["is_return"] = True
+    return document
+
+
+def validate_request(
+    request: Request, *, topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
+) -> Request:
+    """Return ``request`` if its wire form passes ``parse_request`` unchanged, else raise.
+
+    For the sending side: a kiosk checks what it built (from a menu, from staff input) before
+    signing, so that an invalid request is caught where it can be fixed.
+    """
+    parsed = parse_request(
+        request_to_dict(request), currency=request.currency, topup_cents_max=topup_cents_max
+    )
+    if parsed != request:
+        _fail("request does not survive its own wire form (wrong Python types?)")
+    return request
+
+
+# --- results ---------------------------------------------------------------------------------
+
+_RESULT_FIELDS: Final = frozenset(
+    {
+        "v",
+        "request_id",
+        "kiosk_id",
+        "seq",
+        "card_uid",
+        "status",
+        "error_code",
+        "message",
+        "transaction_id",
+        "previous_balance_cents",
+        "new_balance_cents",
+        "replayed",
+        "processed_at_ms",
+    }
+)
+
+
+_STATUS_VALUES: Final = frozenset(status.value for status in Status)
+_ERROR_CODE_VALUES: Final = frozenset(code.value for code in ErrorCode)
+
+
+def _nullable_balance(value: object, name: str) -> int | None:
+    if value is None:
+        return None
+    return _int(value, name, BALANCE_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
+
+
+def parse_result(obj: object) -> Result:
+    """Validate a decoded result payload; raise ProtocolError(INVALID_REQUEST)."""
+    document = _object(obj, "result")
+    _version(document, "result")
+    _check_fields(document, _RESULT_FIELDS, frozenset(), "result")
+    request_id = document["request_id"]
+    if request_id is not None:
+        request_id = _matching(request_id, "request_id", REQUEST_ID_PATTERN)
+    kiosk_id = document["kiosk_id"]
+    if kiosk_id is not None:
+        kiosk_id = _kiosk_id(kiosk_id)
+    seq = document["seq"]
+    if seq is not None:
+        seq = _int(seq, "seq", SEQ_MIN, SEQ_MAX)
+    card_uid = document["card_uid"]
+    if card_uid is not None:
+        card_uid = _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+    status_text = document["status"]
+    if type(status_text) is not str or status_text not in _STATUS_VALUES:
+        _fail(f"unknown status {quote(status_text)}")
+    status = Status(status_text)
+    error_code_text = document["error_code"]
+    error_code = None
+    if error_code_text is not None:
+        if type(error_code_text) is not str or error_code_text not in _ERROR_CODE_VALUES:
+            _fail(f"unknown error_code {quote(error_code_text)}")
+        error_code = ErrorCode(error_code_text)
+    message = _text(
+        document["message"], "message", RESULT_MESSAGE_LENGTH_MIN, RESULT_MESSAGE_LENGTH_MAX
+    )
+    transaction_id = document["transaction_id"]
+    if transaction_id is not None:
+        transaction_id = _matching(transaction_id, "transaction_id", TRANSACTION_ID_PATTERN)
+    previous_balance_cents = _nullable_balance(
+        document["previous_balance_cents"], "previous_balance_cents"
+    )
+    new_balance_cents = _nullable_balance(document["new_balance_cents"], "new_balance_cents")
+    replayed = _bool(document["replayed"], "replayed")
+    processed_at_ms = _int(
+        document["processed_at_ms"], "processed_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
+    )
+    result = Result(
+        request_id=request_id,
+        kiosk_id=kiosk_id,
+        seq=seq,
+        card_uid=card_uid,
+        status=status,
+        error_code=error_code,
+        message=message,
+        transaction_id=transaction_id,
+        previous_balance_cents=previous_balance_cents,
+        new_balance_cents=new_balance_cents,
+        replayed=replayed,
+        processed_at_ms=processed_at_ms,
+    )
+    problem = result_inconsistency(result)
+    if problem is not None:
+        _fail(problem)
+    return result
+
+
+def result_inconsistency(result: Result) -> str | None:
+    """What makes ``result`` self-contradictory per PROTOCOL.md, or None when it is consistent.
+
+    - ``status`` is the error code's status (``approved`` exactly when there is no code);
+    - ``transaction_id`` is present exactly when approved;
+    - approved and declined outcomes echo all of request_id, kiosk_id, seq and card_uid
+      (only a valid, authenticated request gets that far);
+    - balances are both null (rejected, CARD_NOT_FOUND) or both integers (every other outcome),
+      and a decline leaves the balance unchanged.
+    """
+    if result.status is not status_for(result.error_code):
+        return f"status {result.status} contradicts error_code {result.error_code}"
+    approved = result.status is Status.APPROVED
+    if approved != (result.transaction_id is not None):
+        return "transaction_id must be present exactly when approved"
+    if result.status is not Status.REJECTED and None in (
+        result.request_id,
+        result.kiosk_id,
+        result.seq,
+        result.card_uid,
+    ):
+        return f"a {result.status} result must echo request_id, kiosk_id, seq and card_uid"
+    balances_expected = result.status is not Status.REJECTED and (
+        result.error_code is not ErrorCode.CARD_NOT_FOUND
+    )
+    balances = (result.previous_balance_cents, result.new_balance_cents)
+    if balances_expected and None in balances:
+        return f"a {result.error_code or result.status} result must carry both balances"
+    if not balances_expected and balances != (None, None):
+        return f"a {result.error_code or result.status} result must carry no balances"
+    if result.status is Status.DECLINED and balances[0] != balances[1]:
+        return "a declined result must leave the balance unchanged"
+    return None
+
+
+def result_to_dict(result: Result) -> dict[str, object]:
+    """The JSON object of ``result``: every field, always present, nulls as None."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "request_id": result.request_id,
+        "kiosk_id": result.kiosk_id,
+        "seq": result.seq,
+        "card_uid": result.card_uid,
+        "status": str(result.status),
+        "error_code": None if result.error_code is None else str(result.error_code),
+        "message": result.message,
+        "transaction_id": result.transaction_id,
+        "previous_balance_cents": result.previous_balance_cents,
+        "new_balance_cents": result.new_balance_cents,
+        "replayed": result.replayed,
+        "processed_at_ms": result.processed_at_ms,
+    }
+
+
+# --- scan records and status -----------------------------------------------------------------
+
+_SCAN_FIELDS: Final = frozenset(
+    {"v", "type", "kiosk_id", "scanned_at_ms", "card_uid", "status", "reader", "duration_ms"}
+)
+_STATUS_FIELDS: Final = frozenset({"v", "kiosk_id", "state", "at_ms", "firmware"})
+
+
+def parse_scan(obj: object) -> ScanRecord:
+    """Validate a decoded scan record; raise ProtocolError(INVALID_REQUEST)."""
+    document = _object(obj, "scan record")
+    _version(document, "scan record")
+    if document.get("type") != ScanRecord.type:
+        _fail(f"scan record type must be scan, got {quote(document.get('type'))}")
+    _check_fields(document, _SCAN_FIELDS, frozenset(), "scan record")
+    kiosk_id = _kiosk_id(document["kiosk_id"])
+    scanned_at_ms = _int(
+        document["scanned_at_ms"], "scanned_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
+    )
+    card_uid = document["card_uid"]
+    if card_uid is not None:
+        card_uid = _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+    status = document["status"]
+    if type(status) is not str or status not in SCAN_STATUSES:
+        _fail(f"unknown scan status {quote(status)}")
+    if status == "ok" and card_uid is None:
+        _fail("a scan with status ok must carry a card_uid")
+    reader = _text(document["reader"], "reader", READER_NAME_LENGTH_MIN, READER_NAME_LENGTH_MAX)
+    duration_ms = _int(
+        document["duration_ms"], "duration_ms", SCAN_DURATION_MS_MIN, SCAN_DURATION_MS_MAX
+    )
+    return ScanRecord(
+        kiosk_id=kiosk_id,
+        scanned_at_ms=scanned_at_ms,
+        card_uid=card_uid,
+        status=status,
+        reader=reader,
+        duration_ms=duration_ms,
+    )
+
+
+def scan_to_dict(record: ScanRecord) -> dict[str, object]:
+    """The JSON object of ``record``; ``card_uid`` is always present (null when unread)."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": ScanRecord.type,
+        "kiosk_id": record.kiosk_id,
+        "scanned_at_ms": record.scanned_at_ms,
+        "card_uid": record.card_uid,
+        "status": record.status,
+        "reader": record.reader,
+        "duration_ms": record.duration_ms,
+    }
+
+
+def parse_status(obj: object) -> KioskStatus:
+    """Validate a decoded status message; raise ProtocolError(INVALID_REQUEST)."""
+    document = _object(obj, "status")
+    _version(document, "status")
+    _check_fields(document, _STATUS_FIELDS, frozenset(), "status")
+    kiosk_id = _kiosk_id(document["kiosk_id"])
+    state = document["state"]
+    if type(state) is not str or state not in KIOSK_STATES:
+        _fail(f"state must be online or offline, got {quote(state)}")
+    at_ms = _int(document["at_ms"], "at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+    firmware = _text(document["firmware"], "firmware", FIRMWARE_LENGTH_MIN, FIRMWARE_LENGTH_MAX)
+    return KioskStatus(kiosk_id=kiosk_id, state=state, at_ms=at_ms, firmware=firmware)
+
+
+def status_to_dict(status: KioskStatus) -> dict[str, object]:
+    """The JSON object of ``status``."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "kiosk_id": status.kiosk_id,
+        "state": status.state,
+        "at_ms": status.at_ms,
+        "firmware": status.firmware,
+    }
