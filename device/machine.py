@@ -1,0 +1,675 @@
+"""The kiosk's state machine: what the screen shows, when to send, when to give up waiting.
+
+Pure: no I/O, no clock, no randomness. ``step(state, event, config, now_ms)`` returns the next
+state, the effects the shell must carry out (create a request, publish one, drive the
+indicators) and, for commands from the local page, a reply. The shell (device/kiosk.py) owns the
+outbox, the MQTT link and the reader and feeds their outcomes back in as events.
+
+Rules that matter for money:
+- An order is consumed by the first card read: it becomes exactly one request, stored in the
+  outbox before it is published. Nothing here ever makes a second request for the same order.
+- A request that gets no result in time stays pending (screen ``timed_out``); it is resent with
+  the same bytes and its late result is shown when it arrives.
+- When the outbox is full the kiosk refuses new orders and taps, and says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TypeAlias
+
+from device.limits import LATE_RESULTS_MAX
+from protocol.models import BarItem, PaymentMethod
+
+
+class Mode(StrEnum):
+    BAR = "bar"
+    CHECKPOINT = "checkpoint"
+
+
+class Screen(StrEnum):
+    IDLE = "idle"
+    ORDER_PENDING = "order_pending"  # an order waits for a card
+    CARD_READ = "card_read"  # the card was read; the request is being stored
+    WAITING = "waiting"  # the request is stored and sent; waiting for the signed result
+    APPROVED = "approved"
+    DECLINED = "declined"  # declined or rejected by the cloud
+    TIMED_OUT = "timed_out"  # no result in time; the request stays pending
+    OFFLINE = "offline"  # the request is stored but the link is down
+
+
+class Signal(StrEnum):
+    """What the indicators (LEDs, buzzer) should play."""
+
+    CARD_READ = "card_read"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+# --- what an order is before it is signed -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BarDraft:
+    items: tuple[BarItem, ...]
+    total_cents: int
+    staff_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RechargeDraft:
+    amount_cents: int
+    payment_method: PaymentMethod
+    staff_id: str
+    checkpoint_id: str | None = None
+
+
+Draft: TypeAlias = BarDraft | RechargeDraft
+
+
+def draft_amount_cents(draft: Draft) -> int:
+    """What the card is charged (bar, negative for returns only) or credited (checkpoint)."""
+    return draft.total_cents if isinstance(draft, BarDraft) else draft.amount_cents
+
+
+# --- state -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MachineConfig:
+    mode: Mode
+    outbox_max: int
+    result_timeout_ms: int
+    resend_after_ms: int
+    resend_after_ms_max: int
+    outcome_display_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A request in the outbox, waiting for its signed result."""
+
+    request_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    amount_cents: int
+    # Publishes handed to the MQTT client by this process (0: never, e.g. loaded at start).
+    sends: int = 0
+    # The broker acknowledged the last publish (PUBACK); only then do we count towards a resend.
+    acked: bool = False
+    resend_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A verified result, as the screen shows it."""
+
+    request_id: str
+    seq: int
+    card_uid: str
+    approved: bool
+    status: str
+    error_code: str | None
+    message: str
+    amount_cents: int
+    previous_balance_cents: int | None
+    new_balance_cents: int | None
+    replayed: bool
+    at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class KioskState:
+    screen: Screen = Screen.IDLE
+    online: bool = False
+    # The order on screen: waiting for a card, or the order of the current request.
+    draft: Draft | None = None
+    current_request_id: str | None = None
+    card_uid: str | None = None
+    deadline_ms: int | None = None
+    outcome: Outcome | None = None
+    pending: tuple[PendingRequest, ...] = ()
+    notice: str | None = None
+    late_results: tuple[Outcome, ...] = ()
+    version: int = 0
+
+    @property
+    def outstanding_ids(self) -> frozenset[str]:
+        return frozenset(request.request_id for request in self.pending)
+
+    def pending_request(self, request_id: str | None) -> PendingRequest | None:
+        return next((p for p in self.pending if p.request_id == request_id), None)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEntered:
+    draft: Draft
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPressed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DismissPressed:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CardTapped:
+    card_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class CardFailed:
+    """A read that produced no usable UID (unsupported card, read error, removed too early)."""
+
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStored:
+    request: PendingRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRefused:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLoaded:
+    requests: tuple[PendingRequest, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PublishAcked:
+    request_id: str
+    refused_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResultArrived:
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    pass
+
+
+Event: TypeAlias = (
+    OrderEntered
+    | CancelPressed
+    | DismissPressed
+    | CardTapped
+    | CardFailed
+    | RequestStored
+    | RequestRefused
+    | OutboxLoaded
+    | LinkUp
+    | LinkDown
+    | PublishAcked
+    | ResultArrived
+    | Tick
+)
+
+
+# --- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    """Allocate seq and request_id, sign, store in the outbox; answer RequestStored/Refused."""
+
+    draft: Draft
+    card_uid: str
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish the stored bytes of this request (QoS 1)."""
+
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Indicate:
+    signal: Signal
+
+
+Effect: TypeAlias = CreateRequest | Publish | Indicate
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    state: KioskState
+    effects: tuple[Effect, ...] = ()
+    reply: Reply | None = None
+
+
+# --- the transition function --------------------------------------------------------------------
+
+_BUSY_SCREENS = frozenset({Screen.CARD_READ, Screen.WAITING})
+_DISMISSABLE_SCREENS = frozenset(
+    {Screen.APPROVED, Screen.DECLINED, Screen.TIMED_OUT, Screen.OFFLINE}
+)
+_AWAITING_SCREENS = frozenset({Screen.CARD_READ, Screen.WAITING, Screen.TIMED_OUT, Screen.OFFLINE})
+
+
+def step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -> Transition:
+    """The next state, effects and reply for one event."""
+    transition = _step(state, event, config, now_ms)
+    if transition.state != state:
+        transition = replace(transition, state=replace(transition.state, version=state.version + 1))
+    return transition
+
+
+def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -> Transition:
+    if isinstance(event, Tick):
+        return _tick(state, config, now_ms)
+    if isinstance(event, OrderEntered):
+        return _order_entered(state, event.draft, config)
+    if isinstance(event, CancelPressed):
+        if state.screen is Screen.ORDER_PENDING:
+            return Transition(_idle(state), reply=Reply(True, "order cancelled"))
+        if state.screen is Screen.IDLE:
+            return Transition(state, reply=Reply(True, "nothing to cancel"))
+        if state.screen in _BUSY_SCREENS or state.screen in _DISMISSABLE_SCREENS:
+            return Transition(
+                state,
+                reply=Reply(False, "the card was already read: this payment cannot be cancelled"),
+            )
+    if isinstance(event, DismissPressed):
+        if state.screen in _DISMISSABLE_SCREENS or state.screen is Screen.IDLE:
+            return Transition(_idle(state), reply=Reply(True, "ready"))
+        return Transition(state, reply=Reply(False, f"cannot dismiss while {state.screen}"))
+    if isinstance(event, CardTapped):
+        return _card_tapped(state, event.card_uid, config, now_ms)
+    if isinstance(event, CardFailed):
+        if state.screen is Screen.ORDER_PENDING:
+            notice = _card_failure_text(event.status)
+            return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
+        return Transition(state)
+    if isinstance(event, RequestStored):
+        return _request_stored(state, event.request, config, now_ms)
+    if isinstance(event, RequestRefused):
+        if state.screen is Screen.CARD_READ:
+            refused = replace(
+                state, screen=Screen.ORDER_PENDING, card_uid=None, notice=event.reason
+            )
+            return Transition(refused, (Indicate(Signal.ERROR),))
+        return Transition(replace(state, notice=event.reason))
+    if isinstance(event, OutboxLoaded):
+        known = state.outstanding_ids
+        added = tuple(request for request in event.requests if request.request_id not in known)
+        pending = tuple(sorted(state.pending + added, key=lambda request: request.seq))
+        return _send_unsent(replace(state, pending=pending), now_ms)
+    if isinstance(event, LinkUp):
+        return _link_up(state, config, now_ms)
+    if isinstance(event, LinkDown):
+        return _link_down(state)
+    if isinstance(event, PublishAcked):
+        return _publish_acked(state, event, config, now_ms)
+    if isinstance(event, ResultArrived):
+        return _result_arrived(state, event.outcome, config, now_ms)
+    raise AssertionError(f"unhandled event {event!r}")
+
+
+def _idle(state: KioskState) -> KioskState:
+    return replace(
+        state,
+        screen=Screen.IDLE,
+        draft=None,
+        current_request_id=None,
+        card_uid=None,
+        deadline_ms=None,
+        outcome=None,
+        notice=None,
+    )
+
+
+def outbox_full(state: KioskState, config: MachineConfig) -> bool:
+    return len(state.pending) >= config.outbox_max
+
+
+def _outbox_full_text(state: KioskState) -> str:
+    return (
+        f"outbox full: {len(state.pending)} payments wait for the network;"
+        " no new sales until they are confirmed"
+    )
+
+
+def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Transition:
+    expected = BarDraft if config.mode is Mode.BAR else RechargeDraft
+    if not isinstance(draft, expected):
+        return Transition(state, reply=Reply(False, f"this kiosk is a {config.mode} kiosk"))
+    if state.screen in _BUSY_SCREENS:
+        return Transition(state, reply=Reply(False, "busy: waiting for the current payment"))
+    if outbox_full(state, config):
+        notice = _outbox_full_text(state)
+        return Transition(
+            replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
+        )
+    pending = replace(_idle(state), screen=Screen.ORDER_PENDING, draft=draft)
+    return Transition(pending, reply=Reply(True, "tap your wristband"))
+
+
+def _card_tapped(
+    state: KioskState, card_uid: str, config: MachineConfig, now_ms: int
+) -> Transition:
+    if state.screen is not Screen.ORDER_PENDING or state.draft is None:
+        # A band tapped with no order (or held again after paying) never makes a request.
+        return Transition(state)
+    if outbox_full(state, config):
+        notice = _outbox_full_text(state)
+        return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
+    read = replace(state, screen=Screen.CARD_READ, card_uid=card_uid, notice=None)
+    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid, now_ms))
+    return Transition(read, effects)
+
+
+def _request_stored(
+    state: KioskState, request: PendingRequest, config: MachineConfig, now_ms: int
+) -> Transition:
+    assert state.pending_request(request.request_id) is None, "request stored twice"
+    effects: list[Effect] = []
+    if state.online:
+        request = replace(request, sends=request.sends + 1, acked=False, resend_at_ms=None)
+        effects.append(Publish(request.request_id))
+    new_state = replace(state, pending=(*state.pending, request))
+    if state.screen is Screen.CARD_READ:
+        screen = Screen.WAITING if state.online else Screen.OFFLINE
+        new_state = replace(
+            new_state,
+            screen=screen,
+            current_request_id=request.request_id,
+            deadline_ms=now_ms + config.result_timeout_ms,
+        )
+        if not state.online:
+            effects.append(Indicate(Signal.OFFLINE))
+    return Transition(new_state, tuple(effects))
+
+
+def _send_unsent(state: KioskState, now_ms: int) -> Transition:
+    """Publish, in seq order, every pending request this process never handed to MQTT."""
+    if not state.online:
+        return Transition(state)
+    effects: list[Effect] = []
+    pending: list[PendingRequest] = []
+    for request in state.pending:
+        if request.sends == 0:
+            request = replace(request, sends=1, acked=False, resend_at_ms=None)
+            effects.append(Publish(request.request_id))
+        pending.append(request)
+    return Transition(replace(state, pending=tuple(pending)), tuple(effects))
+
+
+def _link_up(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
+    # Requests the MQTT client already holds unacknowledged are resent by the client itself on
+    # reconnect (same packet); publishing them again would only make duplicates.
+    state = replace(state, online=True)
+    if state.screen is Screen.OFFLINE:
+        state = replace(state, screen=Screen.WAITING, deadline_ms=now_ms + config.result_timeout_ms)
+    return _send_unsent(state, now_ms)
+
+
+def _link_down(state: KioskState) -> Transition:
+    if not state.online:
+        return Transition(state)
+    offline = replace(state, online=False)
+    if state.screen is Screen.WAITING:
+        offline = replace(offline, screen=Screen.OFFLINE)
+    return Transition(offline, (Indicate(Signal.OFFLINE),))
+
+
+def _resend_delay_ms(config: MachineConfig, sends: int) -> int:
+    exponent = min(max(sends - 1, 0), 20)
+    return int(min(config.resend_after_ms * (2**exponent), config.resend_after_ms_max))
+
+
+def _publish_acked(
+    state: KioskState, event: PublishAcked, config: MachineConfig, now_ms: int
+) -> Transition:
+    request = state.pending_request(event.request_id)
+    if request is None:
+        return Transition(state)  # its result came first
+    acked = replace(
+        request, acked=True, resend_at_ms=now_ms + _resend_delay_ms(config, request.sends)
+    )
+    pending = tuple(acked if p.request_id == request.request_id else p for p in state.pending)
+    new_state = replace(state, pending=pending)
+    if event.refused_reason is not None:
+        notice = f"the broker refused a request: {event.refused_reason}"
+        new_state = replace(new_state, notice=notice)
+    return Transition(new_state)
+
+
+def _result_arrived(
+    state: KioskState, outcome: Outcome, config: MachineConfig, now_ms: int
+) -> Transition:
+    if state.pending_request(outcome.request_id) is None:
+        return Transition(state)  # a duplicate (replayed) result: the first one was shown
+    pending = tuple(p for p in state.pending if p.request_id != outcome.request_id)
+    state = replace(state, pending=pending)
+    if state.current_request_id == outcome.request_id and state.screen in _AWAITING_SCREENS:
+        screen = Screen.APPROVED if outcome.approved else Screen.DECLINED
+        shown = replace(
+            state,
+            screen=screen,
+            outcome=outcome,
+            deadline_ms=now_ms + config.outcome_display_ms,
+            notice=None,
+        )
+        signal = Signal.APPROVED if outcome.approved else Signal.DECLINED
+        return Transition(shown, (Indicate(signal),))
+    late = (*state.late_results, replace(outcome, at_ms=now_ms))[-LATE_RESULTS_MAX:]
+    return Transition(replace(state, late_results=late))
+
+
+def _tick(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
+    effects: list[Effect] = []
+    if state.deadline_ms is not None and now_ms >= state.deadline_ms:
+        if state.screen is Screen.WAITING:
+            state = replace(state, screen=Screen.TIMED_OUT, deadline_ms=None)
+            effects.append(Indicate(Signal.ERROR))
+        elif state.screen in (Screen.APPROVED, Screen.DECLINED):
+            state = _idle(state)
+    if state.online and any(_resend_due(p, now_ms) for p in state.pending):
+        pending: list[PendingRequest] = []
+        for request in state.pending:
+            if _resend_due(request, now_ms):
+                request = replace(request, sends=request.sends + 1, acked=False, resend_at_ms=None)
+                effects.append(Publish(request.request_id))
+            pending.append(request)
+        state = replace(state, pending=tuple(pending))
+    return Transition(state, tuple(effects))
+
+
+def _resend_due(request: PendingRequest, now_ms: int) -> bool:
+    return request.acked and request.resend_at_ms is not None and request.resend_at_ms <= now_ms
+
+
+def _card_failure_text(status: str) -> str:
+    texts = {
+        "unsupported_card": "this card is not supported: use a festival wristband",
+        "removed_early": "the band was removed too early: tap again and hold it still",
+        "read_error": "the band could not be read: tap again",
+    }
+    return texts.get(status, "the band could not be read: tap again")
+
+
+def next_deadline_ms(state: KioskState) -> int | None:
+    """When the next timer of this state fires (for the shell's sleep), or None."""
+    candidates = [] if state.deadline_ms is None else [state.deadline_ms]
+    if state.online:
+        candidates += [
+            p.resend_at_ms for p in state.pending if p.acked and p.resend_at_ms is not None
+        ]
+    return min(candidates) if candidates else None
+
+
+# --- what the page shows -------------------------------------------------------------------------
+
+
+def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
+    if draft is None:
+        return None
+    if isinstance(draft, BarDraft):
+        return {
+            "type": "bar_order",
+            "items": [
+                {
+                    "name": item.name,
+                    "sku": item.sku,
+                    "quantity": item.quantity,
+                    "unit_price_cents": item.unit_price_cents,
+                    "is_deposit": item.is_deposit,
+                    "is_return": item.is_return,
+                    "line_cents": item.signed_cents,
+                }
+                for item in draft.items
+            ],
+            "total_cents": draft.total_cents,
+            "staff_id": draft.staff_id,
+        }
+    return {
+        "type": "checkpoint_recharge",
+        "amount_cents": draft.amount_cents,
+        "payment_method": draft.payment_method,
+        "staff_id": draft.staff_id,
+        "checkpoint_id": draft.checkpoint_id,
+    }
+
+
+def outcome_to_dict(outcome: Outcome | None) -> dict[str, object] | None:
+    if outcome is None:
+        return None
+    return {
+        "request_id": outcome.request_id,
+        "seq": outcome.seq,
+        "card_uid": outcome.card_uid,
+        "approved": outcome.approved,
+        "status": outcome.status,
+        "error_code": outcome.error_code,
+        "message": outcome.message,
+        "amount_cents": outcome.amount_cents,
+        "previous_balance_cents": outcome.previous_balance_cents,
+        "new_balance_cents": outcome.new_balance_cents,
+        "replayed": outcome.replayed,
+        "at_ms": outcome.at_ms,
+    }
+
+
+def screen_text(state: KioskState) -> str:
+    """One line for the screen (the page may render more from the structured view)."""
+    if state.screen is Screen.IDLE:
+        return "Ready" if state.online else "Ready (offline: payments are queued)"
+    if state.screen is Screen.ORDER_PENDING:
+        return state.notice or "Tap your wristband"
+    if state.screen is Screen.CARD_READ:
+        return "Card read"
+    if state.screen is Screen.WAITING:
+        return "Processing..."
+    if state.screen is Screen.APPROVED and state.outcome is not None:
+        return state.outcome.message or "Approved"
+    if state.screen is Screen.DECLINED and state.outcome is not None:
+        return state.outcome.message or "Declined"
+    if state.screen is Screen.TIMED_OUT:
+        return "No answer yet: the payment is queued and will be applied once. Do not charge again."
+    if state.screen is Screen.OFFLINE:
+        return "Offline: the payment is stored and will be sent when the network is back."
+    return str(state.screen)
+
+
+def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
+    """The JSON the page polls (GET /api/state), minus the shell's own fields."""
+    current = state.pending_request(state.current_request_id)
+    request: dict[str, object] | None = None
+    if state.current_request_id is not None:
+        request = {
+            "request_id": state.current_request_id,
+            "seq": current.seq if current else (state.outcome.seq if state.outcome else None),
+            "card_uid": state.card_uid,
+            "pending": current is not None,
+        }
+    return {
+        "mode": str(config.mode),
+        "screen": str(state.screen),
+        "online": state.online,
+        "version": state.version,
+        "message": screen_text(state),
+        "notice": state.notice,
+        "card_uid": state.card_uid,
+        "order": draft_to_dict(state.draft),
+        "request": request,
+        "outcome": outcome_to_dict(state.outcome),
+        "outbox": {
+            "pending": len(state.pending),
+            "max": config.outbox_max,
+            "full": outbox_full(state, config),
+            "oldest_seq": state.pending[0].seq if state.pending else None,
+        },
+        "late_results": [outcome_to_dict(outcome) for outcome in state.late_results],
+    }
+
+
+__all__ = [
+    "BarDraft",
+    "CancelPressed",
+    "CardFailed",
+    "CardTapped",
+    "CreateRequest",
+    "DismissPressed",
+    "Draft",
+    "Effect",
+    "Event",
+    "Indicate",
+    "KioskState",
+    "LinkDown",
+    "LinkUp",
+    "MachineConfig",
+    "Mode",
+    "OrderEntered",
+    "OutboxLoaded",
+    "Outcome",
+    "PendingRequest",
+    "Publish",
+    "PublishAcked",
+    "RechargeDraft",
+    "Reply",
+    "RequestRefused",
+    "RequestStored",
+    "ResultArrived",
+    "Screen",
+    "Signal",
+    "Tick",
+    "Transition",
+    "step",
+    "view",
+]

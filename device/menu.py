@@ -1,0 +1,305 @@
+"""The bar's menu and the pricing of an order: pure, no I/O.
+
+The bartender's page sends only SKUs and quantities; the kiosk computes every price, deposit and
+cup return from the menu file, so a page (or anyone on the loopback interface) cannot choose a
+price. The result is a ``BarDraft``: protocol ``BarItem`` lines and their total in cents.
+
+Menu file (JSON, prices in the deployment's currency, integer cents)::
+
+    {"currency": "EUR", "title": "Main bar",
+     "products": [{"sku": "beer", "name": "Beer 0.5 l", "unit_price_cents": 550,
+                   "deposit_sku": "cup"}],
+     "deposits": [{"sku": "cup", "name": "Cup deposit", "return_name": "Cup return",
+                   "unit_price_cents": 200}]}
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from device.limits import MENU_DEPOSITS_MAX, MENU_PRODUCTS_MAX
+from device.machine import BarDraft
+from protocol.errors import ProtocolError
+from protocol.limits import (
+    ITEM_NAME_LENGTH_MAX,
+    ITEM_QUANTITY_MAX,
+    ITEM_QUANTITY_MIN,
+    ITEMS_MAX,
+    SKU_LENGTH_MAX,
+    STAFF_ID_LENGTH_MAX,
+    TEXT_FORBIDDEN_PATTERN,
+    UNIT_PRICE_CENTS_MAX,
+    UNIT_PRICE_CENTS_MIN,
+)
+from protocol.models import BarItem
+from protocol.strict_json import loads_strict
+
+SKU_PATTERN: Final = re.compile(rf"\A[A-Za-z0-9._-]{{1,{SKU_LENGTH_MAX}}}\Z")
+TITLE_LENGTH_MAX: Final = 64
+
+
+class MenuError(ValueError):
+    """The menu file is not a valid menu (a configuration error: the kiosk does not start)."""
+
+
+class OrderError(ValueError):
+    """An order from the page cannot be priced (unknown SKU, bad quantity, too many lines)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    unit_price_cents: int
+    deposit_sku: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deposit:
+    sku: str
+    name: str
+    return_name: str
+    unit_price_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class Menu:
+    currency: str
+    title: str
+    products: tuple[Product, ...]
+    deposits: tuple[Deposit, ...]
+
+    def product(self, sku: str) -> Product | None:
+        return next((product for product in self.products if product.sku == sku), None)
+
+    def deposit(self, sku: str) -> Deposit | None:
+        return next((deposit for deposit in self.deposits if deposit.sku == sku), None)
+
+    def to_dict(self) -> dict[str, object]:
+        """The menu as the page reads it (GET /api/menu)."""
+        return {
+            "currency": self.currency,
+            "title": self.title,
+            "products": [
+                {
+                    "sku": product.sku,
+                    "name": product.name,
+                    "unit_price_cents": product.unit_price_cents,
+                    "deposit_sku": product.deposit_sku,
+                }
+                for product in self.products
+            ],
+            "deposits": [
+                {
+                    "sku": deposit.sku,
+                    "name": deposit.name,
+                    "return_name": deposit.return_name,
+                    "unit_price_cents": deposit.unit_price_cents,
+                }
+                for deposit in self.deposits
+            ],
+        }
+
+
+# --- menu file ---------------------------------------------------------------------------------
+
+
+def parse_menu(data: bytes, *, currency: str) -> Menu:
+    """Parse and check a menu file's bytes; raise MenuError naming the first problem."""
+    try:
+        document = loads_strict(data)
+    except ProtocolError as error:
+        raise MenuError(f"menu is not strict JSON: {error.message}") from None
+    if not isinstance(document, dict):
+        raise MenuError("menu must be a JSON object")
+    _only_keys(document, {"currency", "title", "products", "deposits"}, "menu", MenuError)
+    if document.get("currency") != currency:
+        raise MenuError(f"menu currency must be {currency}, got {document.get('currency')!r}")
+    title = _menu_text(document.get("title", "Bar"), "title", TITLE_LENGTH_MAX)
+    deposits = tuple(
+        _deposit(entry, index)
+        for index, entry in enumerate(_list(document.get("deposits", []), "deposits"))
+    )
+    products = tuple(
+        _product(entry, index)
+        for index, entry in enumerate(_list(document.get("products"), "products"))
+    )
+    if not 1 <= len(products) <= MENU_PRODUCTS_MAX:
+        raise MenuError(f"menu must have 1..{MENU_PRODUCTS_MAX} products")
+    if len(deposits) > MENU_DEPOSITS_MAX:
+        raise MenuError(f"menu may have at most {MENU_DEPOSITS_MAX} deposits")
+    skus = [entry.sku for entry in products] + [entry.sku for entry in deposits]
+    duplicates = sorted({sku for sku in skus if skus.count(sku) > 1})
+    if duplicates:
+        raise MenuError(f"duplicate sku {duplicates[0]!r} in menu")
+    deposit_skus = {deposit.sku for deposit in deposits}
+    for product in products:
+        if product.deposit_sku is not None and product.deposit_sku not in deposit_skus:
+            raise MenuError(
+                f"product {product.sku!r} names unknown deposit {product.deposit_sku!r}"
+            )
+    return Menu(currency=currency, title=title, products=products, deposits=deposits)
+
+
+def _list(value: object, name: str) -> list[object]:
+    if not isinstance(value, list):
+        raise MenuError(f"menu {name} must be an array")
+    return value
+
+
+def _only_keys(
+    document: Mapping[str, object], allowed: set[str], where: str, error: type[ValueError]
+) -> None:
+    unknown = sorted(set(document) - allowed)
+    if unknown:
+        raise error(f"unknown field {unknown[0]!r} in {where}")
+
+
+def _menu_text(value: object, name: str, length_max: int) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= length_max:
+        raise MenuError(f"menu {name} must be a string of 1..{length_max} characters")
+    if TEXT_FORBIDDEN_PATTERN.search(value):
+        raise MenuError(f"menu {name} contains a control character")
+    return value
+
+
+def _menu_sku(value: object, where: str) -> str:
+    if not isinstance(value, str) or not SKU_PATTERN.match(value):
+        raise MenuError(f"{where}.sku must be 1..{SKU_LENGTH_MAX} characters of [A-Za-z0-9._-]")
+    return value
+
+
+def _menu_price(value: object, where: str) -> int:
+    if type(value) is not int or not UNIT_PRICE_CENTS_MIN <= value <= UNIT_PRICE_CENTS_MAX:
+        raise MenuError(
+            f"{where}.unit_price_cents must be an integer {UNIT_PRICE_CENTS_MIN}.."
+            f"{UNIT_PRICE_CENTS_MAX} (cents)"
+        )
+    return value
+
+
+def _product(value: object, index: int) -> Product:
+    where = f"products[{index}]"
+    if not isinstance(value, dict):
+        raise MenuError(f"{where} must be an object")
+    _only_keys(value, {"sku", "name", "unit_price_cents", "deposit_sku"}, where, MenuError)
+    deposit_sku = value.get("deposit_sku")
+    return Product(
+        sku=_menu_sku(value.get("sku"), where),
+        name=_menu_text(value.get("name"), f"{where}.name", ITEM_NAME_LENGTH_MAX),
+        unit_price_cents=_menu_price(value.get("unit_price_cents"), where),
+        deposit_sku=None if deposit_sku is None else _menu_sku(deposit_sku, f"{where}.deposit"),
+    )
+
+
+def _deposit(value: object, index: int) -> Deposit:
+    where = f"deposits[{index}]"
+    if not isinstance(value, dict):
+        raise MenuError(f"{where} must be an object")
+    _only_keys(value, {"sku", "name", "return_name", "unit_price_cents"}, where, MenuError)
+    return Deposit(
+        sku=_menu_sku(value.get("sku"), where),
+        name=_menu_text(value.get("name"), f"{where}.name", ITEM_NAME_LENGTH_MAX),
+        return_name=_menu_text(
+            value.get("return_name"), f"{where}.return_name", ITEM_NAME_LENGTH_MAX
+        ),
+        unit_price_cents=_menu_price(value.get("unit_price_cents"), where),
+    )
+
+
+# --- pricing an order --------------------------------------------------------------------------
+
+
+def price_order(menu: Menu, document: object) -> BarDraft:
+    """Price the page's order ``{"items": [{"sku", "quantity"}], "returns": [...], "staff_id"}``.
+
+    ``items`` are products; each product with a deposit adds a deposit line per deposit SKU;
+    ``returns`` are deposit SKUs brought back (cups), credited. Raises OrderError.
+    """
+    if not isinstance(document, dict):
+        raise OrderError("order must be a JSON object")
+    _only_keys(document, {"items", "returns", "staff_id"}, "order", OrderError)
+    products = _quantities(document.get("items", []), "items")
+    returns = _quantities(document.get("returns", []), "returns")
+    if not products and not returns:
+        raise OrderError("order is empty")
+    lines: list[BarItem] = []
+    deposit_quantities: dict[str, int] = {}
+    for sku, quantity in products.items():
+        product = menu.product(sku)
+        if product is None:
+            raise OrderError(f"unknown product sku {sku!r}")
+        lines.append(BarItem(product.name, quantity, product.unit_price_cents, sku=product.sku))
+        if product.deposit_sku is not None:
+            deposit_quantities[product.deposit_sku] = (
+                deposit_quantities.get(product.deposit_sku, 0) + quantity
+            )
+    for sku, quantity in deposit_quantities.items():
+        deposit = menu.deposit(sku)
+        assert deposit is not None, "parse_menu checked every deposit_sku"
+        lines.append(
+            BarItem(
+                deposit.name,
+                _line_quantity(quantity, deposit.name),
+                deposit.unit_price_cents,
+                sku=deposit.sku,
+                is_deposit=True,
+            )
+        )
+    for sku, quantity in returns.items():
+        deposit = menu.deposit(sku)
+        if deposit is None:
+            raise OrderError(f"unknown deposit sku {sku!r} in returns")
+        lines.append(
+            BarItem(
+                deposit.return_name,
+                quantity,
+                deposit.unit_price_cents,
+                sku=deposit.sku,
+                is_return=True,
+            )
+        )
+    if len(lines) > ITEMS_MAX:
+        raise OrderError(f"an order has at most {ITEMS_MAX} lines")
+    staff_id = document.get("staff_id")
+    if staff_id is not None and (
+        not isinstance(staff_id, str)
+        or not 1 <= len(staff_id) <= STAFF_ID_LENGTH_MAX
+        or TEXT_FORBIDDEN_PATTERN.search(staff_id)
+    ):
+        raise OrderError(f"staff_id must be 1..{STAFF_ID_LENGTH_MAX} printable characters")
+    total_cents = sum(line.signed_cents for line in lines)
+    return BarDraft(items=tuple(lines), total_cents=total_cents, staff_id=staff_id)
+
+
+def _quantities(value: object, name: str) -> dict[str, int]:
+    """``[{"sku", "quantity"}]`` as {sku: quantity}, lines of one SKU added up, in order."""
+    if not isinstance(value, list):
+        raise OrderError(f"{name} must be an array")
+    if len(value) > ITEMS_MAX:
+        raise OrderError(f"{name} may hold at most {ITEMS_MAX} lines")
+    quantities: dict[str, int] = {}
+    for index, entry in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, dict):
+            raise OrderError(f"{where} must be an object")
+        _only_keys(entry, {"sku", "quantity"}, where, OrderError)
+        sku = entry.get("sku")
+        quantity = entry.get("quantity")
+        if not isinstance(sku, str) or not SKU_PATTERN.match(sku):
+            raise OrderError(f"{where}.sku is not a valid sku")
+        if type(quantity) is not int or not ITEM_QUANTITY_MIN <= quantity <= ITEM_QUANTITY_MAX:
+            raise OrderError(
+                f"{where}.quantity must be an integer {ITEM_QUANTITY_MIN}..{ITEM_QUANTITY_MAX}"
+            )
+        quantities[sku] = _line_quantity(quantities.get(sku, 0) + quantity, sku)
+    return quantities
+
+
+def _line_quantity(quantity: int, what: str) -> int:
+    if quantity > ITEM_QUANTITY_MAX:
+        raise OrderError(f"at most {ITEM_QUANTITY_MAX} of {what!r} in one order")
+    return quantity

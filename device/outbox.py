@@ -1,0 +1,285 @@
+"""The durable outbox: every request is on disk before it is published, until its result arrives.
+
+SQLite in WAL mode with ``synchronous=FULL``: a committed store survives kill -9 and power loss.
+A request is stored with its request_id (UUIDv7) and seq and the exact signed bytes; every resend
+publishes those bytes again, never a re-serialisation (the cloud compares payload hashes). The seq
+counter lives in the same database and is advanced in the same transaction as the insert, so a
+seq is never reused, even after the request is gone. The outbox is bounded: ``store`` raises
+``OutboxFull`` at capacity, and the kiosk refuses new sales until results drain it.
+
+This is the only module that imports sqlite3. One instance is used from one thread (the kiosk's
+main loop).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from device.limits import OUTBOX_BUSY_TIMEOUT_MS, OUTBOX_HISTORY_MAX
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL CHECK (value >= 0)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+    request_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    card_uid TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    card_uid TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    error_code TEXT,
+    new_balance_cents INTEGER,
+    completed_at_ms INTEGER NOT NULL
+);
+"""
+
+
+class OutboxError(RuntimeError):
+    """The outbox database cannot be used (wrong kiosk, not WAL, corrupt)."""
+
+
+class OutboxFull(OutboxError):
+    """The outbox holds ``capacity`` requests: no new request until results arrive."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    request_id: str
+    seq: int
+    kind: str
+    created_at_ms: int
+    card_uid: str
+    amount_cents: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    request_id: str
+    seq: int
+    kind: str
+    created_at_ms: int
+    card_uid: str
+    amount_cents: int
+    status: str
+    error_code: str | None
+    new_balance_cents: int | None
+    completed_at_ms: int
+
+
+class Outbox:
+    """The kiosk's outbox database at ``path`` (created with mode 0600 if absent)."""
+
+    def __init__(self, path: Path, *, kiosk_id: str, capacity: int) -> None:
+        assert capacity >= 1
+        self.path = path
+        self.capacity = capacity
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.exists():
+            # Create it 0600 ourselves: the outbox holds signed payment requests.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, timeout=OUTBOX_BUSY_TIMEOUT_MS / 1000
+            )
+            self._configure()
+            self._migrate(kiosk_id)
+        except sqlite3.DatabaseError as error:
+            raise OutboxError(f"cannot open the outbox {path}: {error}") from error
+        self._count = self._scalar("SELECT count(*) FROM requests")
+
+    def _configure(self) -> None:
+        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise OutboxError(f"the outbox needs WAL mode, SQLite gave {mode!r}")
+        # FULL: the WAL is synced at every commit, so a stored request survives a power cut.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA busy_timeout={OUTBOX_BUSY_TIMEOUT_MS}")
+
+    def _migrate(self, kiosk_id: str) -> None:
+        # executescript commits by itself; CREATE ... IF NOT EXISTS makes it safe to repeat.
+        self._db.executescript(_SCHEMA)
+        with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise OutboxError(f"outbox schema version {version} is newer than this firmware")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'kiosk_id'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('kiosk_id', ?)", (kiosk_id,))
+            elif row[0] != kiosk_id:
+                # Its requests are signed as another kiosk: sending them as this one would fail.
+                raise OutboxError(
+                    f"the outbox at {self.path} belongs to kiosk {row[0]!r}, not {kiosk_id!r}"
+                )
+            self._db.execute("INSERT OR IGNORE INTO counters VALUES ('seq', 0)")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _scalar(self, sql: str, parameters: tuple[object, ...] = ()) -> int:
+        value = self._db.execute(sql, parameters).fetchone()[0]
+        return int(value)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def full(self) -> bool:
+        return self._count >= self.capacity
+
+    def last_seq(self) -> int:
+        return self._scalar("SELECT value FROM counters WHERE name = 'seq'")
+
+    def outstanding(self) -> list[StoredRequest]:
+        """Every request still waiting for its result, oldest (lowest seq) first."""
+        rows = self._db.execute(
+            "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload"
+            " FROM requests ORDER BY seq"
+        ).fetchall()
+        return [_stored(row) for row in rows]
+
+    def payload(self, request_id: str) -> bytes | None:
+        row = self._db.execute(
+            "SELECT payload FROM requests WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def history(self, limit: int = OUTBOX_HISTORY_MAX) -> list[Completed]:
+        """Finished requests, newest first."""
+        rows = self._db.execute(
+            "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, status,"
+            " error_code, new_balance_cents, completed_at_ms FROM history"
+            " ORDER BY seq DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Completed(*row) for row in rows]
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def store(
+        self,
+        *,
+        kind: str,
+        created_at_ms: int,
+        card_uid: str,
+        amount_cents: int,
+        new_request_id: Callable[[], str],
+        sign: Callable[[str, int], bytes],
+    ) -> StoredRequest:
+        """Allocate the next seq and a request id, sign, and store, in one durable transaction.
+
+        ``sign(request_id, seq)`` returns the exact bytes to publish (now and on every resend).
+        Raises OutboxFull at capacity; nothing is stored and no seq is consumed then.
+        """
+        if self.full:
+            raise OutboxFull(f"the outbox holds {self._count} requests (capacity {self.capacity})")
+        with self._transaction():
+            seq = self.last_seq() + 1
+            request_id = new_request_id()
+            payload = sign(request_id, seq)
+            self._db.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (seq,))
+            self._db.execute(
+                "INSERT INTO requests (seq, request_id, kind, created_at_ms, card_uid,"
+                " amount_cents, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (seq, request_id, kind, created_at_ms, card_uid, amount_cents, payload),
+            )
+        self._count += 1
+        return StoredRequest(request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload)
+
+    def complete(
+        self,
+        request_id: str,
+        *,
+        status: str,
+        error_code: str | None,
+        new_balance_cents: int | None,
+        completed_at_ms: int,
+    ) -> StoredRequest | None:
+        """Remove a request whose verified result arrived; keep a line of history.
+
+        Returns the removed request, or None when it was not outstanding (a duplicate result).
+        """
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload"
+                " FROM requests WHERE request_id = ?",
+                (request_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            stored = _stored(row)
+            self._db.execute("DELETE FROM requests WHERE request_id = ?", (request_id,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stored.seq,
+                    stored.request_id,
+                    stored.kind,
+                    stored.created_at_ms,
+                    stored.card_uid,
+                    stored.amount_cents,
+                    status,
+                    error_code,
+                    new_balance_cents,
+                    completed_at_ms,
+                ),
+            )
+            self._db.execute(
+                "DELETE FROM history WHERE seq <= (SELECT seq FROM history"
+                " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (OUTBOX_HISTORY_MAX,),
+            )
+        self._count -= 1
+        return stored
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRequest:
+    request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload = row
+    return StoredRequest(
+        request_id, seq, kind, created_at_ms, card_uid, amount_cents, bytes(payload)
+    )
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if kind is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

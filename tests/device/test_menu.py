@@ -1,0 +1,129 @@
+"""Menu files and order pricing: the kiosk, not the page, decides every price."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import device
+from device.menu import MenuError, OrderError, parse_menu, price_order
+from protocol.models import BarItem
+
+DEFAULT_MENU = Path(device.__file__).parent / "menus" / "default.json"
+
+
+def menu_bytes(**changes: object) -> bytes:
+    document: dict[str, object] = {
+        "currency": "EUR",
+        "title": "Test bar",
+        "products": [
+            {"sku": "beer", "name": "Beer", "unit_price_cents": 550, "deposit_sku": "cup"},
+            {"sku": "shot", "name": "Shot", "unit_price_cents": 350},
+        ],
+        "deposits": [
+            {
+                "sku": "cup",
+                "name": "Cup deposit",
+                "return_name": "Cup return",
+                "unit_price_cents": 200,
+            }
+        ],
+    }
+    document.update(changes)
+    return json.dumps(document).encode()
+
+
+def test_default_menu_is_valid() -> None:
+    menu = parse_menu(DEFAULT_MENU.read_bytes(), currency="EUR")
+    assert menu.product("beer") is not None
+    assert menu.deposit("cup") is not None
+
+
+def test_order_with_deposits_and_returns() -> None:
+    menu = parse_menu(menu_bytes(), currency="EUR")
+    draft = price_order(
+        menu,
+        {
+            "items": [{"sku": "beer", "quantity": 2}, {"sku": "shot", "quantity": 1}],
+            "returns": [{"sku": "cup", "quantity": 3}],
+            "staff_id": "anna",
+        },
+    )
+    assert draft.items == (
+        BarItem("Beer", 2, 550, sku="beer"),
+        BarItem("Shot", 1, 350, sku="shot"),
+        BarItem("Cup deposit", 2, 200, sku="cup", is_deposit=True),
+        BarItem("Cup return", 3, 200, sku="cup", is_return=True),
+    )
+    assert draft.total_cents == 1100 + 350 + 400 - 600
+    assert draft.staff_id == "anna"
+
+
+def test_returns_only_is_a_credit() -> None:
+    menu = parse_menu(menu_bytes(), currency="EUR")
+    draft = price_order(menu, {"returns": [{"sku": "cup", "quantity": 2}]})
+    assert draft.total_cents == -400
+
+
+def test_same_sku_twice_is_added_up() -> None:
+    menu = parse_menu(menu_bytes(), currency="EUR")
+    draft = price_order(menu, {"items": [{"sku": "shot", "quantity": 1}] * 3})
+    assert draft.items == (BarItem("Shot", 3, 350, sku="shot"),)
+
+
+@pytest.mark.parametrize(
+    ("order", "problem"),
+    [
+        ({}, "empty"),
+        ({"items": [{"sku": "gin", "quantity": 1}]}, "unknown product"),
+        ({"items": [{"sku": "beer", "quantity": 0}]}, "quantity"),
+        ({"items": [{"sku": "beer", "quantity": 1.0}]}, "quantity"),
+        ({"items": [{"sku": "beer", "quantity": True}]}, "quantity"),
+        (
+            {"items": [{"sku": "beer", "quantity": 60}, {"sku": "beer", "quantity": 60}]},
+            "at most 99",
+        ),
+        ({"items": [{"sku": "beer", "quantity": 1, "unit_price_cents": 1}]}, "unknown field"),
+        ({"items": [{"sku": "beer", "quantity": 1}], "total_cents": 1}, "unknown field"),
+        ({"returns": [{"sku": "beer", "quantity": 1}]}, "unknown deposit"),
+        ({"items": [{"sku": "beer", "quantity": 1}], "staff_id": ""}, "staff_id"),
+        ({"items": "beer"}, "array"),
+        ([], "object"),
+    ],
+)
+def test_bad_orders_are_refused(order: object, problem: str) -> None:
+    menu = parse_menu(menu_bytes(), currency="EUR")
+    with pytest.raises(OrderError, match=problem):
+        price_order(menu, order)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"currency": "USD"}, "currency"),
+        ({"products": []}, "1..100 products"),
+        ({"products": [{"sku": "x", "name": "X", "unit_price_cents": 1.5}]}, "unit_price_cents"),
+        ({"products": [{"sku": "x", "name": "X", "unit_price_cents": -1}]}, "unit_price_cents"),
+        (
+            {
+                "products": [
+                    {"sku": "x", "name": "X", "unit_price_cents": 1, "deposit_sku": "glass"}
+                ]
+            },
+            "unknown deposit",
+        ),
+        ({"products": [{"sku": "cup", "name": "X", "unit_price_cents": 1}]}, "duplicate sku"),
+        ({"products": [{"sku": "x", "name": "X\n", "unit_price_cents": 1}]}, "control"),
+        ({"extra": 1}, "unknown field"),
+    ],
+)
+def test_bad_menus_are_refused(changes: dict[str, object], problem: str) -> None:
+    with pytest.raises(MenuError, match=problem):
+        parse_menu(menu_bytes(**changes), currency="EUR")
+
+
+def test_menu_with_duplicate_json_keys_is_refused() -> None:
+    with pytest.raises(MenuError, match="strict JSON"):
+        parse_menu(b'{"currency": "EUR", "currency": "EUR"}', currency="EUR")
