@@ -1,0 +1,192 @@
+"""The PostgreSQL adapter: engines, migrations, and the one place database errors are translated.
+
+Callers get `TransientDatabaseError` for faults that a retry of the same transaction can cure
+(serialization failure, deadlock, lost or refused connection, administrator shutdown, lock or
+statement timeout, a full connection pool) and the original exception for everything else, which
+is a bug or a misconfiguration and must not be retried blindly. Because every ledger procedure is
+idempotent by its request id, retrying a transaction whose commit outcome is unknown is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
+
+from cloud.settings import normalise_database_url
+
+CONNECT_TIMEOUT_S: Final = 5
+STATEMENT_TIMEOUT_MS: Final = 30_000
+LOCK_TIMEOUT_MS: Final = 10_000
+# Kill a session that holds locks while its client went silent (a consumer that froze mid-batch).
+IDLE_IN_TRANSACTION_TIMEOUT_MS: Final = 60_000
+POOL_TIMEOUT_S: Final = 10.0
+POOL_RECYCLE_S: Final = 1800
+
+# SQLSTATEs a retry can cure. Classes: 08 connection exception, 53 insufficient resources
+# (too many connections, disk full: the operator's problem, not the request's).
+TRANSIENT_SQLSTATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure (also raised by our procedures for a lost claim race)
+        "40P01",  # deadlock_detected
+        "40003",  # statement_completion_unknown
+        "55P03",  # lock_not_available (lock_timeout)
+        "57014",  # query_canceled (statement_timeout, or an operator's pg_cancel_backend)
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, recovering)
+        "25006",  # read_only_sql_transaction (we reached a standby during a failover)
+    }
+)
+TRANSIENT_SQLSTATE_CLASSES: Final = frozenset({"08", "53"})
+
+
+class TransientDatabaseError(Exception):
+    """A database fault that a retry (after a backoff) may cure; nothing was committed
+    by the failed attempt, or whatever was is harmless to repeat (idempotent procedures)."""
+
+
+def make_engine(
+    url: str, *, pool_size: int = 5, application_name: str = "festival"
+) -> sqlalchemy.Engine:
+    """An engine for the ledger: bounded pool, liveness checks, and timeouts on everything."""
+    options = " ".join(
+        [
+            f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            f"-c lock_timeout={LOCK_TIMEOUT_MS}",
+            f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+        ]
+    )
+    return sqlalchemy.create_engine(
+        normalise_database_url(url),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_recycle=POOL_RECYCLE_S,
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": application_name[:63],
+            "options": options,
+            # Notice a dead server on an idle pooled connection within about half a minute.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        },
+    )
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def classify(error: BaseException) -> bool:
+    """True when `error` is transient (retry the transaction), False when it is permanent."""
+    if isinstance(error, TransientDatabaseError):
+        return True
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+        return True  # the pool had no connection for us, or lost one
+    original: BaseException = error
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        if error.orig is not None:
+            original = error.orig
+    code = _sqlstate(original)
+    if code is not None:
+        return code in TRANSIENT_SQLSTATES or code[:2] in TRANSIENT_SQLSTATE_CLASSES
+    # No SQLSTATE: the driver itself failed - cannot connect, connection closed, server gone.
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - the cloud extra always has it
+        return False
+    return isinstance(original, psycopg2.OperationalError | psycopg2.InterfaceError)
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Re-raise transient database faults as TransientDatabaseError; let the rest through."""
+    try:
+        yield
+    except TransientDatabaseError:
+        raise
+    except Exception as error:
+        if classify(error):
+            raise TransientDatabaseError(_describe(error)) from error
+        raise
+
+
+def _describe(error: BaseException) -> str:
+    original = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig else error
+    code = _sqlstate(original)
+    text = str(original).strip().splitlines()[0] if str(original).strip() else type(original)
+    return f"{type(original).__name__}{f' [{code}]' if code else ''}: {text}"
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+MIGRATIONS_LOCATION: Final = "cloud:migrations"
+
+
+def alembic_config(url: str):  # type: ignore[no-untyped-def]  # alembic.config.Config
+    """Alembic's configuration for `url`, found from the installed package (not the CWD)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_LOCATION)
+    config.set_main_option("path_separator", "os")
+    # As an attribute, not a main option: a URL's %-escapes would break ConfigParser.
+    config.attributes["database_url"] = normalise_database_url(url)
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The database's revision, or None for an empty (base) database."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = sqlalchemy.create_engine(
+        normalise_database_url(url),
+        poolclass=sqlalchemy.pool.NullPool,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )
+    try:
+        with engine.connect() as connection:
+            heads = MigrationContext.configure(connection).get_current_heads()
+    finally:
+        engine.dispose()
+    return heads[0] if heads else None
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
+    assert head is not None
+    return head
+
+
+def service_url(url: str, role: str = "festival_service") -> str:
+    """The same database's URL as the service role (tests and the demo; no password here)."""
+    return (
+        make_url(normalise_database_url(url))
+        .set(username=role, password=None)
+        .render_as_string(hide_password=False)
+    )

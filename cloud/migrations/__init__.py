@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger database; the SQL lives in versions/*.sql."""
