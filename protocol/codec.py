@@ -223,13 +223,14 @@ def build_result(
     ValueError when the outcome contradicts PROTOCOL.md (a programmer error in the caller),
     see models.result_inconsistency.
     """
+    code = None if error_code is None else ErrorCode(error_code)
     result = Result(
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
         card_uid=card_uid,
-        status=status_for(error_code),
-        error_code=None if error_code is None else ErrorCode(error_code),
+        status=status_for(code),
+        error_code=code,
         message=result_message_text(message),
         transaction_id=transaction_id,
         previous_balance_cents=previous_balance_cents,

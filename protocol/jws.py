@@ -67,6 +67,8 @@ def parse_compact(token: bytes) -> JwsParts:
     header member other than alg/kid/typ, ``alg`` other than ``EdDSA``, ``kid`` missing or not
     a string, ``typ`` not a string, or a signature that is not 64 bytes -> INVALID_SIGNATURE.
     """
+    if type(token) is not bytes:
+        token = bytes(token)  # a bytearray or memoryview: the header memo needs hashable bytes
     if len(token) > MESSAGE_BYTES_MAX:
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST, f"message larger than {MESSAGE_BYTES_MAX} bytes"

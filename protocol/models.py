@@ -243,7 +243,7 @@ def _check_fields(
     keys = document.keys()
     unknown = keys - required - optional
     if unknown:
-        _fail(f"unknown field {quote(min(unknown))} in {where}")
+        _fail(f"unknown field {quote(min(unknown, key=str))} in {where}")
     missing = required - keys
     if missing:
         _fail(f"missing field {min(missing)} in {where}")

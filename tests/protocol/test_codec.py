@@ -444,6 +444,12 @@ def test_build_result_derives_status() -> None:
     assert rejected.status is Status.REJECTED
 
 
+def test_build_result_accepts_the_code_as_text() -> None:
+    result = approved(error_code="CARD_BLOCKED", transaction_id=None, new_balance_cents=5000)
+    assert result.error_code is ErrorCode.CARD_BLOCKED
+    assert result.status is Status.DECLINED
+
+
 def test_build_result_truncates_and_cleans_the_message() -> None:
     result = approved(message="a\nb" + "x" * 500)
     assert len(result.message) == RESULT_MESSAGE_LENGTH_MAX

@@ -324,3 +324,9 @@ def test_whitespace_around_the_token_is_not_tolerated() -> None:
     for variant in (token + b"\n", b" " + token, token + b"\x00"):
         with pytest.raises(ProtocolError):
             parse_compact(variant)
+
+
+def test_bytearray_and_memoryview_are_accepted() -> None:
+    token = sign_compact(PAYLOAD, KIOSK_KEY, KIOSK_ID)
+    for variant in (bytearray(token), memoryview(token)):
+        verify(parse_compact(variant), KIOSK_KEY.public_key())  # type: ignore[arg-type]

@@ -746,3 +746,8 @@ def test_status_rules(changes: dict[str, object]) -> None:
     parse_status(document)
     with pytest.raises(ProtocolError):
         parse_status({**document, **changes})
+
+
+def test_non_string_keys_from_python_callers_are_unknown_fields() -> None:
+    document: dict[object, object] = {**bar_order_document(), 1: "x", None: "y"}
+    assert "unknown field" in invalid(document).message
