@@ -83,3 +83,30 @@ def pcscd(sandbox_root: Path) -> Iterator[PcscdService]:
     service.start()
     yield service
     service.stop()
+
+
+# --- the ledger database (cloud/migrations) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def migrated_template(make_database: Callable[..., str]) -> str:
+    """A database migrated to head once per session; its name, for CREATE DATABASE ... TEMPLATE."""
+    from cloud.database import upgrade
+
+    name = f"ledger_template_{os.getpid()}"
+    upgrade(make_database(name=name), "head")
+    return name
+
+
+@pytest.fixture
+def database_url(make_database: Callable[..., str], migrated_template: str) -> str:
+    """A fresh migrated database for one test; the OWNER's URL (migrations, corruption tests)."""
+    return make_database(template=migrated_template)
+
+
+@pytest.fixture
+def service_database_url(database_url: str) -> str:
+    """The same database as the least-privilege service role `festival_service`."""
+    from cloud.database import service_url
+
+    return service_url(database_url)

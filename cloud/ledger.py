@@ -1,0 +1,687 @@
+"""The ledger: a thin SQLAlchemy Core layer over the stored procedures (cloud/migrations).
+
+Every money decision is made inside PostgreSQL, in one transaction per call; this module only
+serialises requests, calls the procedures and maps their jsonb outcomes to `Outcome`. Errors come
+out through `cloud.database.translate_errors`: `TransientDatabaseError` means "retry the same
+call later" (safe: every procedure is idempotent by its request id or Stripe key); anything else
+is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final, TypeVar
+from uuid import UUID
+
+from sqlalchemy import Connection, Engine, text
+
+from cloud.database import TransientDatabaseError, translate_errors
+from protocol.errors import ErrorCode, Status
+from protocol.limits import (
+    BALANCE_CENTS_MAX_DEFAULT,
+    CARD_UID_PATTERN,
+    KIOSK_ID_PATTERN,
+    KIOSK_IDS_RESERVED,
+    TOPUP_CENTS_MAX_DEFAULT,
+)
+from protocol.models import BarOrder, CheckpointRecharge, KioskStatus, ScanRecord
+
+SOURCES: Final = ("mqtt", "http")
+KIOSK_ROLES: Final = ("bar", "checkpoint", "all")
+# Outcome codes an authenticated request can be rejected with before it reaches the ledger.
+REJECTION_CODES: Final = frozenset(
+    {
+        ErrorCode.KIOSK_DISABLED,
+        ErrorCode.OPERATION_NOT_ALLOWED,
+        ErrorCode.STALE_REQUEST,
+        ErrorCode.INVALID_REQUEST,
+    }
+)
+# A serialization failure or deadlock rolls the whole transaction back: trying again at once is
+# what PostgreSQL asks for. Other transient faults go to the caller, who backs off.
+CONFLICT_RETRIES_MAX: Final = 3
+CONFLICT_RETRY_PAUSE_S: Final = 0.005
+BATCH_REQUESTS_MAX: Final = 1000
+CARD_TRANSACTIONS_MAX: Final = 500
+MISSING_SEQ_RANGES_MAX: Final = 100
+DEAD_LETTER_BYTES_MAX: Final = 1 << 20
+SHA256_HEX_LENGTH: Final = 64
+RETRYABLE_AT_ONCE_SQLSTATES: Final = frozenset({"40001", "40P01"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one request or Stripe event (PROTOCOL.md's result fields)."""
+
+    request_id: str | None
+    status: Status
+    error_code: ErrorCode | None
+    message: str
+    transaction_id: str | None
+    previous_balance_cents: int | None
+    new_balance_cents: int | None
+    replayed: bool
+    processed_at_ms: int
+    order_id: str | None = None
+    card_uid: str | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.status is Status.APPROVED
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRequest:
+    """A validated request and the SHA-256 (hex) of its exact payload bytes."""
+
+    request: BarOrder | CheckpointRecharge
+    payload_sha256: str
+    source: str = "mqtt"
+    trace_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KioskRecord:
+    kiosk_id: str
+    public_key_b64: str
+    role: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CardRecord:
+    card_uid: str
+    balance_cents: int
+    status: str
+
+
+def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
+    """Map a procedure's jsonb outcome to an Outcome."""
+    error_code = document.get("error_code")
+    return Outcome(
+        request_id=document.get("request_id"),
+        status=Status(document["status"]),
+        error_code=ErrorCode(error_code) if error_code else None,
+        message=str(document.get("message") or ""),
+        transaction_id=document.get("transaction_id"),
+        previous_balance_cents=document.get("previous_balance_cents"),
+        new_balance_cents=document.get("new_balance_cents"),
+        replayed=bool(document.get("replayed", False)),
+        processed_at_ms=int(document["processed_at_ms"]),
+        order_id=document.get("order_id"),
+        card_uid=document.get("card_uid"),
+    )
+
+
+def request_document(item: LedgerRequest) -> dict[str, Any]:
+    """The JSON object sp_process_batch takes for one request."""
+    request = item.request
+    assert item.source in SOURCES, item.source
+    assert len(item.payload_sha256) == SHA256_HEX_LENGTH, "payload_sha256 must be hex SHA-256"
+    document: dict[str, Any] = {
+        "type": request.type,
+        "request_id": request.request_id,
+        "payload_sha256": item.payload_sha256,
+        "kiosk_id": request.kiosk_id,
+        "seq": request.seq,
+        "card_uid": request.card_uid,
+        "source": item.source,
+        "trace_id": item.trace_id,
+    }
+    if isinstance(request, BarOrder):
+        assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
+        document["items"] = [
+            {
+                "name": line.name,
+                "quantity": line.quantity,
+                "unit_price_cents": line.unit_price_cents,
+                "sku": line.sku,
+                "is_deposit": line.is_deposit,
+                "is_return": line.is_return,
+            }
+            for line in request.items
+        ]
+        document["total_cents"] = request.total_cents
+        document["staff_id"] = request.staff_id
+    else:
+        document["amount_cents"] = request.amount_cents
+        document["payment_method"] = request.payment_method
+        document["staff_id"] = request.staff_id
+        document["checkpoint_id"] = request.checkpoint_id
+    return document
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        # Monitoring figures (averages, percentages), never money: money columns are bigint.
+        return float(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, bytes | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def _rows(connection: Connection, sql: str, **params: object) -> list[dict[str, object]]:
+    result = connection.execute(text(sql), params)
+    return [{key: _jsonable(value) for key, value in row.items()} for row in result.mappings()]
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    cause = error.__cause__
+    original = getattr(cause, "orig", cause)
+    code = getattr(original, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+# The seed's monitoring queries, verbatim (docs/ledger.md; tests/ledger/test_seed_sql.py).
+SEED_PROCESSING_TIMES_SQL: Final = """
+SELECT
+    edge_function_name,
+    AVG(EXTRACT(EPOCH FROM (updated_at - created_at))) as avg_processing_seconds,
+    COUNT(*) as total_requests
+FROM app_transaction_log
+WHERE timestamp > NOW() - INTERVAL '1 hour'
+GROUP BY edge_function_name;
+"""
+SEED_ERROR_RATES_SQL: Final = """
+SELECT
+    status,
+    COUNT(*) as count,
+    ROUND(COUNT(*) * 100.0 / SUM(COUNT(*)) OVER (), 2) as percentage
+FROM app_transaction_log
+WHERE timestamp > NOW() - INTERVAL '1 hour'
+GROUP BY status;
+"""
+SEED_IDEMPOTENCY_USAGE_SQL: Final = """
+SELECT
+    source_function,
+    status,
+    COUNT(*) as requests,
+    AVG(EXTRACT(EPOCH FROM (updated_at - created_at))) as avg_processing_time
+FROM idempotency_keys
+WHERE created_at > NOW() - INTERVAL '1 hour'
+GROUP BY source_function, status;
+"""
+SEED_NFC_SCAN_ACTIVITY_SQL: Final = """
+SELECT scan_status, COUNT(*)
+FROM nfc_scan_log
+WHERE scan_timestamp > NOW() - INTERVAL '1 hour'
+GROUP BY scan_status;
+"""
+SEED_TRANSACTION_LOG_SQL: Final = """
+SELECT * FROM app_transaction_log
+ORDER BY timestamp DESC
+LIMIT 10;
+"""
+
+
+class Ledger:
+    """The ledger's operations, each one database transaction through the given engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_balance_cents: int = BALANCE_CENTS_MAX_DEFAULT,
+        max_topup_cents: int = TOPUP_CENTS_MAX_DEFAULT,
+        currency: str = "EUR",
+    ) -> None:
+        assert max_balance_cents >= 0 and max_topup_cents >= 1
+        self._engine = engine
+        self.max_balance_cents = max_balance_cents
+        self.max_topup_cents = max_topup_cents
+        self.currency = currency.upper()
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in one transaction; retry at once on serialization failure or deadlock."""
+        attempt = 1
+        while True:
+            try:
+                with translate_errors(), self._engine.begin() as connection:
+                    return work(connection)
+            except TransientDatabaseError as error:
+                if attempt >= CONFLICT_RETRIES_MAX or (
+                    _sqlstate(error) not in RETRYABLE_AT_ONCE_SQLSTATES
+                ):
+                    raise
+                attempt += 1
+                time.sleep(CONFLICT_RETRY_PAUSE_S * attempt)
+
+    def _scalar(self, sql: str, **params: object) -> Any:
+        return self._transaction(lambda c: c.execute(text(sql), params).scalar_one())
+
+    def _select(self, sql: str, **params: object) -> list[dict[str, object]]:
+        return self._transaction(lambda c: _rows(c, sql, **params))
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def apply(self, item: LedgerRequest) -> Outcome:
+        """Apply one request in its own transaction (sp_process_bar_order or _recharge)."""
+        document = request_document(item)
+        if isinstance(item.request, BarOrder):
+            sql = """
+                SELECT sp_process_bar_order(
+                    p_request_id => :request_id, p_card_uid => :card_uid,
+                    p_items => CAST(:items AS jsonb), p_total_cents => :total_cents,
+                    p_payload_sha256 => :payload_sha256, p_kiosk_id => :kiosk_id,
+                    p_seq => :seq, p_staff_id => :staff_id, p_source => :source,
+                    p_trace_id => :trace_id, p_balance_cents_max => :balance_max)
+            """
+            params = {**document, "items": json.dumps(document["items"])}
+        else:
+            sql = """
+                SELECT sp_process_checkpoint_recharge(
+                    p_request_id => :request_id, p_card_uid => :card_uid,
+                    p_amount_cents => :amount_cents, p_payment_method => :payment_method,
+                    p_staff_id => :staff_id, p_payload_sha256 => :payload_sha256,
+                    p_kiosk_id => :kiosk_id, p_seq => :seq, p_checkpoint_id => :checkpoint_id,
+                    p_source => :source, p_trace_id => :trace_id,
+                    p_balance_cents_max => :balance_max, p_topup_cents_max => :topup_max)
+            """
+            params = dict(document)
+        params.pop("type")
+        params["balance_max"] = self.max_balance_cents
+        params["topup_max"] = self.max_topup_cents
+        return outcome_from_document(self._scalar(sql, **params))
+
+    def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
+        """Apply many requests in one transaction and one round trip; outcomes in input order."""
+        if not items:
+            return []
+        assert len(items) <= BATCH_REQUESTS_MAX, "split larger batches"
+        payload = json.dumps([request_document(item) for item in items], separators=(",", ":"))
+        documents = self._scalar(
+            "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max)",
+            requests=payload,
+            balance_max=self.max_balance_cents,
+            topup_max=self.max_topup_cents,
+        )
+        assert len(documents) == len(items)
+        return [outcome_from_document(document) for document in documents]
+
+    def record_rejection(
+        self,
+        *,
+        request_id: str,
+        kiosk_id: str,
+        seq: int | None,
+        card_uid: str | None,
+        payload_sha256: str,
+        error_code: ErrorCode,
+        message: str,
+        source: str = "mqtt",
+        kind: str | None = None,
+        trace_id: str | None = None,
+    ) -> Outcome:
+        """Store the outcome of an authenticated request rejected before the ledger, forever.
+
+        Same payload again: the stored outcome, replayed. Another payload under the same id:
+        IDEMPOTENCY_CONFLICT, not stored. The seq counts as seen (when given).
+        """
+        assert ErrorCode(error_code) in REJECTION_CODES, error_code
+        assert len(payload_sha256) == SHA256_HEX_LENGTH
+        assert source in SOURCES
+        document = self._scalar(
+            """
+            SELECT sp_record_rejection(
+                p_request_id => :request_id, p_kiosk_id => :kiosk_id, p_seq => :seq,
+                p_card_uid => :card_uid, p_payload_sha256 => :payload_sha256,
+                p_error_code => :error_code, p_message => :message, p_source => :source,
+                p_kind => :kind, p_trace_id => :trace_id)
+            """,
+            request_id=request_id,
+            kiosk_id=kiosk_id,
+            seq=seq,
+            card_uid=card_uid,
+            payload_sha256=payload_sha256,
+            error_code=ErrorCode(error_code).value,
+            message=message[:200],
+            source=source,
+            kind=kind,
+            trace_id=trace_id,
+        )
+        return outcome_from_document(document)
+
+    def record_dead_letter(
+        self,
+        *,
+        topic: str,
+        payload: bytes,
+        error_code: ErrorCode,
+        reason: str,
+        kiosk_id: str | None,
+    ) -> None:
+        """Keep a message the consumer could not accept: raw bytes (bounded) and why."""
+        self._scalar(
+            "SELECT sp_record_dead_letter(:topic, :payload, :error_code, :reason, :kiosk_id)",
+            topic=topic,
+            payload=bytes(payload[:DEAD_LETTER_BYTES_MAX]),
+            error_code=ErrorCode(error_code).value,
+            reason=reason,
+            kiosk_id=kiosk_id,
+        )
+
+    # --- kiosks ----------------------------------------------------------------------------------
+
+    def kiosk(self, kiosk_id: str) -> KioskRecord | None:
+        rows = self._select(
+            "SELECT kiosk_id, public_key_b64, role, enabled FROM kiosks WHERE kiosk_id = :kiosk_id",
+            kiosk_id=kiosk_id,
+        )
+        return KioskRecord(**rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def kiosks(self) -> list[KioskRecord]:
+        rows = self._select(
+            "SELECT kiosk_id, public_key_b64, role, enabled FROM kiosks ORDER BY kiosk_id"
+        )
+        return [KioskRecord(**row) for row in rows]  # type: ignore[arg-type]
+
+    def add_kiosk(self, kiosk_id: str, public_key_b64: str, role: str) -> KioskRecord:
+        """Register a kiosk's public key and role; re-adding updates both and re-enables it."""
+        from protocol.keys import load_public_key_b64
+
+        if not KIOSK_ID_PATTERN.match(kiosk_id) or kiosk_id in KIOSK_IDS_RESERVED:
+            raise ValueError(f"invalid kiosk id {kiosk_id!r}: 1-32 of [a-z0-9-], a letter first")
+        if role not in KIOSK_ROLES:
+            raise ValueError(f"role must be one of {', '.join(KIOSK_ROLES)}")
+        load_public_key_b64(public_key_b64)  # ValueError when it is not a key
+        row = self._scalar(
+            "SELECT sp_add_kiosk(:kiosk_id, :public_key_b64, :role)",
+            kiosk_id=kiosk_id,
+            public_key_b64=public_key_b64,
+            role=role,
+        )
+        return KioskRecord(**row)
+
+    def disable_kiosk(self, kiosk_id: str) -> bool:
+        return bool(self._scalar("SELECT sp_disable_kiosk(:kiosk_id)", kiosk_id=kiosk_id))
+
+    def record_kiosk_status(self, status: KioskStatus, *, received_at_ms: int) -> None:
+        self._scalar(
+            "SELECT sp_record_kiosk_status(:kiosk_id, :state, :at_ms, :firmware, :received_at_ms)",
+            kiosk_id=status.kiosk_id,
+            state=status.state,
+            at_ms=status.at_ms,
+            firmware=status.firmware,
+            received_at_ms=received_at_ms,
+        )
+
+    def record_scan(self, scan: ScanRecord) -> None:
+        self.record_scans([scan])
+
+    def record_scans(self, scans: Iterable[ScanRecord]) -> int:
+        """Store scan records (nfc_scan_log) in one statement; returns how many."""
+        documents = [
+            {
+                "kiosk_id": scan.kiosk_id,
+                "card_uid": scan.card_uid,
+                "status": scan.status,
+                "scanned_at_ms": scan.scanned_at_ms,
+                "reader": scan.reader,
+                "duration_ms": scan.duration_ms,
+            }
+            for scan in scans
+        ]
+        if not documents:
+            return 0
+        return int(
+            self._scalar(
+                "SELECT sp_record_scans(CAST(:scans AS jsonb))", scans=json.dumps(documents)
+            )
+        )
+
+    def kiosk_overview(self) -> list[dict[str, object]]:
+        """Every registered kiosk (disabled ones too) with presence and missing seq ranges."""
+        rows = self._select(
+            """
+            SELECT kiosk_id, role, enabled, state, last_seen_at,
+                   CASE WHEN isempty(seen_seqs) THEN NULL ELSE upper(seen_seqs) - 1 END
+                       AS last_seq,
+                   CASE WHEN isempty(seen_seqs) THEN '{}'::bigint[] ELSE ARRAY(
+                       SELECT ARRAY[lower(gap), upper(gap) - 1]
+                         FROM unnest(int8multirange(int8range(1, upper(seen_seqs)))
+                                     - seen_seqs) AS gap
+                        ORDER BY lower(gap)
+                        LIMIT :ranges_max) END AS missing_seq_ranges
+              FROM kiosks ORDER BY kiosk_id
+            """,
+            ranges_max=MISSING_SEQ_RANGES_MAX,
+        )
+        for row in rows:
+            row["missing_seq_ranges"] = [list(pair) for pair in row["missing_seq_ranges"] or []]  # type: ignore[attr-defined]
+        return rows
+
+    # --- cards -----------------------------------------------------------------------------------
+
+    def card(self, card_uid: str) -> CardRecord | None:
+        rows = self._select(
+            "SELECT card_uid, balance_cents, status FROM cards WHERE card_uid = :card_uid",
+            card_uid=card_uid,
+        )
+        return CardRecord(**rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def card_transactions(self, card_uid: str, limit: int = 20) -> list[dict[str, object]]:
+        """The card's recent ledger movements, newest first; amounts signed from the card's view."""
+        return self._select(
+            """
+            SELECT p.transaction_id::text AS transaction_id, t.kind,
+                   p.amount_cents, p.balance_after_cents, t.created_at,
+                   t.request_id, t.stripe_event_id
+              FROM cards c
+              JOIN postings p ON p.account_id = c.account_id
+              JOIN transactions t ON t.transaction_id = p.transaction_id
+             WHERE c.card_uid = :card_uid
+             ORDER BY t.created_at DESC, p.transaction_id DESC
+             LIMIT :limit
+            """,
+            card_uid=card_uid,
+            limit=max(0, min(limit, CARD_TRANSACTIONS_MAX)),
+        )
+
+    def block_card(self, card_uid: str, reason: str) -> bool:
+        return bool(
+            self._scalar(
+                "SELECT sp_block_card(:card_uid, :reason)", card_uid=card_uid, reason=reason
+            )
+        )
+
+    def unblock_card(self, card_uid: str) -> bool:
+        return bool(self._scalar("SELECT sp_unblock_card(:card_uid)", card_uid=card_uid))
+
+    # --- Stripe ----------------------------------------------------------------------------------
+
+    def record_stripe_event(
+        self, *, event_id: str, event_type: str, payload: dict[str, Any]
+    ) -> bool:
+        """Store a webhook event; False when this event id was already stored.
+
+        Storing is not processing: call the process_* method for a duplicate too (each is
+        idempotent by its own key), so that a crash between the two calls loses nothing.
+        """
+        return bool(
+            self._scalar(
+                "SELECT sp_record_stripe_event(:event_id, :event_type, CAST(:payload AS jsonb))",
+                event_id=event_id,
+                event_type=event_type,
+                payload=json.dumps(payload),
+            )
+        )
+
+    def create_topup(
+        self, *, topup_id: str, card_uid: str, amount_cents: int, currency: str
+    ) -> None:
+        """Record a pending online top-up, before its Checkout Session exists."""
+        if not CARD_UID_PATTERN.match(card_uid):
+            raise ValueError("invalid card uid")
+        if amount_cents < 1:
+            raise ValueError("amount_cents must be >= 1")
+        self._scalar(
+            "SELECT sp_create_topup(:topup_id, :card_uid, :amount_cents, :currency)",
+            topup_id=topup_id,
+            card_uid=card_uid,
+            amount_cents=amount_cents,
+            currency=currency,
+        )
+
+    def attach_checkout_session(self, *, topup_id: str, session_id: str) -> None:
+        self._scalar(
+            "SELECT sp_attach_checkout_session(:topup_id, :session_id)",
+            topup_id=topup_id,
+            session_id=session_id,
+        )
+
+    def process_stripe_recharge(
+        self,
+        *,
+        event_id: str,
+        session_id: str,
+        card_uid: str,
+        amount_cents: int,
+        currency: str,
+        payment_intent_id: str | None,
+        topup_id: str | None,
+        trace_id: str | None = None,
+    ) -> Outcome:
+        """Credit a paid Checkout Session, once per session forever (see docs/ledger.md)."""
+        document = self._scalar(
+            """
+            SELECT sp_process_stripe_recharge(
+                p_event_id => :event_id, p_session_id => :session_id, p_card_uid => :card_uid,
+                p_amount_cents => :amount_cents, p_currency => :currency,
+                p_payment_intent_id => :payment_intent_id, p_topup_id => :topup_id,
+                p_expected_currency => :expected_currency,
+                p_balance_cents_max => :balance_max, p_trace_id => :trace_id)
+            """,
+            event_id=event_id,
+            session_id=session_id,
+            card_uid=card_uid,
+            amount_cents=amount_cents,
+            currency=currency,
+            payment_intent_id=payment_intent_id,
+            topup_id=topup_id,
+            expected_currency=self.currency,
+            balance_max=self.max_balance_cents,
+            trace_id=trace_id,
+        )
+        return outcome_from_document(document)
+
+    def mark_topup_failed(self, *, session_id: str, event_id: str) -> None:
+        self._scalar(
+            "SELECT sp_mark_topup_failed(:session_id, :event_id)",
+            session_id=session_id,
+            event_id=event_id,
+        )
+
+    def process_stripe_refund(
+        self,
+        *,
+        event_id: str,
+        payment_intent_id: str,
+        amount_refunded_cents: int,
+        trace_id: str | None = None,
+    ) -> Outcome:
+        """Take the not-yet-reversed part of Stripe's cumulative refund off the card."""
+        document = self._scalar(
+            "SELECT sp_process_stripe_refund(:event_id, :payment_intent_id, :amount, :trace_id)",
+            event_id=event_id,
+            payment_intent_id=payment_intent_id,
+            amount=amount_refunded_cents,
+            trace_id=trace_id,
+        )
+        return outcome_from_document(document)
+
+    def process_stripe_dispute(
+        self, *, event_id: str, payment_intent_id: str, trace_id: str | None = None
+    ) -> Outcome:
+        document = self._scalar(
+            "SELECT sp_process_stripe_dispute(:event_id, :payment_intent_id, :trace_id)",
+            event_id=event_id,
+            payment_intent_id=payment_intent_id,
+            trace_id=trace_id,
+        )
+        return outcome_from_document(document)
+
+    # --- maintenance and monitoring --------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        """Every violation of the ledger's invariants, human-readable; empty means all is well."""
+        return self._transaction(
+            lambda c: [
+                str(line) for line in c.execute(text("SELECT * FROM ledger_check()")).scalars()
+            ]
+        )
+
+    def cleanup_expired_idempotency_keys(self) -> int:
+        return int(self._scalar("SELECT cleanup_expired_idempotency_keys()"))
+
+    def processing_times(self) -> list[dict[str, object]]:
+        return self._select(SEED_PROCESSING_TIMES_SQL)
+
+    def error_rates(self) -> list[dict[str, object]]:
+        return self._select(SEED_ERROR_RATES_SQL)
+
+    def idempotency_usage(self) -> list[dict[str, object]]:
+        return self._select(SEED_IDEMPOTENCY_USAGE_SQL)
+
+    def nfc_scan_activity(self) -> list[dict[str, object]]:
+        return self._select(SEED_NFC_SCAN_ACTIVITY_SQL)
+
+    def transaction_log(self) -> list[dict[str, object]]:
+        """The seed's "Monitor transaction log" query: the 10 latest audit rows."""
+        return self._select(SEED_TRANSACTION_LOG_SQL)
+
+    def sales_report(self) -> dict[str, object]:
+        """Per bar: orders and net sales; per checkpoint: cash and card taken; Stripe totals."""
+
+        def work(connection: Connection) -> dict[str, object]:
+            bars = _rows(
+                connection,
+                """
+                SELECT kiosk_id, count(*) AS orders, sum(total_cents)::bigint AS sales_cents
+                  FROM bar_orders GROUP BY kiosk_id ORDER BY kiosk_id
+                """,
+            )
+            checkpoints = _rows(
+                connection,
+                """
+                SELECT checkpoint_id,
+                       coalesce(sum(amount_cents) FILTER (WHERE payment_method = 'cash'), 0)::bigint
+                           AS cash_cents,
+                       coalesce(sum(amount_cents) FILTER (WHERE payment_method = 'card'), 0)::bigint
+                           AS card_cents,
+                       count(*) AS count
+                  FROM recharges WHERE payment_method IN ('cash', 'card')
+                 GROUP BY checkpoint_id ORDER BY checkpoint_id
+                """,
+            )
+            stripe = _rows(
+                connection,
+                """
+                SELECT coalesce(sum(credited_cents), 0)::bigint AS credited_cents,
+                       coalesce(sum(refunded_cents), 0)::bigint AS refunded_cents,
+                       coalesce(sum(shortfall_cents), 0)::bigint AS shortfall_cents,
+                       count(*) FILTER (WHERE status = 'credited') AS credited_count,
+                       count(*) FILTER (WHERE status IN ('declined', 'anomaly'))
+                           AS to_refund_count
+                  FROM topups
+                """,
+            )[0]
+            return {"bars": bars, "checkpoints": checkpoints, "stripe": stripe}
+
+        return self._transaction(work)
