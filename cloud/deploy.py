@@ -100,7 +100,11 @@ def check_broker(settings: CloudSettings) -> None:
             certfile=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
             keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
         )
-    client.on_connect = lambda c, u, flags, reason, props: result.setdefault("reason", reason)
+
+    def on_connect(c: object, u: object, flags: object, reason: object, props: object) -> None:
+        result.setdefault("reason", reason)
+
+    client.on_connect = on_connect
     try:
         client.connect(endpoint.host, endpoint.port, keepalive=10)
     except OSError as error:

@@ -64,7 +64,7 @@ def require_program(program: str, package: str) -> str:
     path = shutil.which(program) or shutil.which(program, path="/usr/sbin:/usr/bin:/sbin:/bin")
     if path is None:
         raise MissingSystemPackage(
-            f"{program!r} not found: install it with `apt-get install -y {package}` (or run ./run test)"
+            f"{program!r} not found: apt-get install -y {package} (or run ./run test)"
         )
     return path
 
@@ -132,11 +132,12 @@ class PostgresServer:
         auth = f"{user}:{password}" if password else user
         return f"postgresql+psycopg2://{auth}@127.0.0.1:{self.port}/{database}"
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> tuple[int | None, int | None, list[int] | None]:
+        """(user, group, extra_groups) for subprocess: PostgreSQL refuses to run as root."""
         if os.geteuid() != 0:
-            return {}
+            return None, None, None
         entry = _ensure_system_user(POSTGRES_SYSTEM_USER)
-        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        return entry.pw_uid, entry.pw_gid, []
 
     def _chown(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -148,8 +149,8 @@ class PostgresServer:
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.data_dir / "PG_VERSION").exists():
             return
-        run_as = self._run_as()
-        if run_as:
+        user, group, extra_groups = self._run_as()
+        if user is not None:
             _make_traversable(bin_dir)
             _make_traversable(self.root)
         for folder in (self.data_dir, self.socket_dir):
@@ -171,7 +172,9 @@ class PostgresServer:
             ],
             check=True,
             capture_output=True,
-            **run_as,  # type: ignore[arg-type]
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
 
     def start(self) -> None:
@@ -185,6 +188,7 @@ class PostgresServer:
         args += ["-p", str(self.port), "-k", str(self.socket_dir)]
         for setting in settings:
             args += ["-c", setting]
+        user, group, extra_groups = self._run_as()
         log = self.log_file.open("ab")
         try:
             self.process = subprocess.Popen(
@@ -192,7 +196,9 @@ class PostgresServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                **self._run_as(),  # type: ignore[arg-type]
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
             )
         finally:
             log.close()
@@ -333,9 +339,7 @@ class MosquittoBroker:
     def url(self, user: str) -> str:
         return f"mqtt://{user}:{self.users[user]}@127.0.0.1:{self.port}"
 
-    def add_user(
-        self, name: str, password: str | None = None, *, role: str = "kiosk"
-    ) -> str:
+    def add_user(self, name: str, password: str | None = None, *, role: str = "kiosk") -> str:
         """Register a user (role kiosk, cloud or observer); reloads a running broker."""
         assert role in {"kiosk", "cloud", "observer"}
         self.users[name] = password or secrets.token_urlsafe(18)
