@@ -1,0 +1,249 @@
+"""`festival-cloud` verbs for the database, kiosks and cards (DESIGN.md "CLI").
+
+Each handler is `handler(args, settings) -> exit code`; cloud/cli.py parses. Exit codes: 0 done,
+1 the thing asked about is not there / the check found violations, 2 configuration or database
+unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from cloud import database
+from cloud.database import TransientDatabaseError, make_engine
+from cloud.ledger import Ledger
+from cloud.settings import CloudSettings
+
+EXIT_OK = 0
+EXIT_NOT_FOUND = 1
+EXIT_VIOLATIONS = 1
+EXIT_UNAVAILABLE = 2
+OPERATOR_BLOCK_REASON = "blocked by an operator"
+
+
+def _url(settings: CloudSettings) -> str:
+    settings.require("database_url")
+    assert settings.database_url is not None
+    return settings.database_url
+
+
+@contextmanager
+def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
+    engine = make_engine(_url(settings), pool_size=1, application_name="festival-cloud")
+    try:
+        yield Ledger(
+            engine,
+            max_balance_cents=settings.festival_max_balance_cents,
+            max_topup_cents=settings.festival_max_topup_cents,
+            currency=settings.festival_currency,
+        )
+    finally:
+        engine.dispose()
+
+
+def _unavailable(
+    handler: Callable[[argparse.Namespace, CloudSettings], int],
+) -> Callable[[argparse.Namespace, CloudSettings], int]:
+    """Turn a database that cannot be reached into one clear line and exit code 2."""
+
+    def run(args: argparse.Namespace, settings: CloudSettings) -> int:
+        try:
+            with database.translate_errors():
+                return handler(args, settings)
+        except TransientDatabaseError as error:
+            print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _euros(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+@_unavailable
+def db_upgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+    url = _url(settings)
+    database.upgrade(url, args.revision)
+    print(f"database at revision {database.current_revision(url) or 'base'}")
+    return EXIT_OK
+
+
+@_unavailable
+def db_downgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+    url = _url(settings)
+    database.downgrade(url, args.revision)
+    print(f"database at revision {database.current_revision(url) or 'base'}")
+    return EXIT_OK
+
+
+@_unavailable
+def db_current(args: argparse.Namespace, settings: CloudSettings) -> int:
+    revision = database.current_revision(_url(settings))
+    head = database.head_revision()
+    if revision is None:
+        print(f"base (empty; head is {head})")
+    else:
+        print(f"{revision}{' (head)' if revision == head else f' (head is {head})'}")
+    return EXIT_OK
+
+
+# --- kiosks ------------------------------------------------------------------------------------
+
+
+def kiosk_acl(prefix: str, kiosk_id: str) -> list[str]:
+    """The broker ACL of one kiosk (PROTOCOL.md): its own tx/scan/status, its own result."""
+    base = f"{prefix}/v1/kiosks/{kiosk_id}"
+    return [
+        f"user {kiosk_id}",
+        f"topic write {base}/tx",
+        f"topic write {base}/scan",
+        f"topic write {base}/status",
+        f"topic read {base}/result",
+    ]
+
+
+@_unavailable
+def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        try:
+            kiosk = ledger.add_kiosk(args.kiosk_id, args.public_key, args.role)
+        except ValueError as error:
+            print(f"festival-cloud kiosk add: {error}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    print(f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role}, enabled")
+    print(f"MQTT username: {kiosk.kiosk_id}")
+    print("Give it a broker password (e.g. mosquitto_passwd -b PASSWORD_FILE USER PASSWORD)")
+    print("and this ACL (or the pattern ACL of PROTOCOL.md, which covers every kiosk):")
+    for line in kiosk_acl(settings.festival_topic_prefix, kiosk.kiosk_id):
+        print(f"  {line}")
+    return EXIT_OK
+
+
+@_unavailable
+def kiosk_disable(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        disabled = ledger.disable_kiosk(args.kiosk_id)
+    if not disabled:
+        print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"kiosk {args.kiosk_id} disabled: its next request is rejected KIOSK_DISABLED")
+    return EXIT_OK
+
+
+@_unavailable
+def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        keys = {kiosk.kiosk_id: kiosk.public_key_b64 for kiosk in ledger.kiosks()}
+        overview = ledger.kiosk_overview()
+    for row in overview:
+        row["public_key_b64"] = keys.get(str(row["kiosk_id"]))
+    if args.json:
+        print(json.dumps(overview, indent=2))
+        return EXIT_OK
+    if not overview:
+        print("no kiosks registered")
+        return EXIT_OK
+    header = f"{'KIOSK':<24} {'ROLE':<10} {'ENABLED':<7} {'STATE':<7} {'LAST SEQ':>9}  MISSING"
+    print(header)
+    for row in overview:
+        missing = ", ".join(
+            f"{first}" if first == last else f"{first}-{last}"
+            for first, last in row["missing_seq_ranges"]  # type: ignore[attr-defined]
+        )
+        print(
+            f"{row['kiosk_id']!s:<24} {row['role']!s:<10} {'yes' if row['enabled'] else 'no':<7} "
+            f"{row['state']!s:<7} {row['last_seq'] if row['last_seq'] is not None else '-':>9}  "
+            f"{missing or '-'}"
+        )
+    return EXIT_OK
+
+
+# --- cards -------------------------------------------------------------------------------------
+
+
+@_unavailable
+def card_show(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        card = ledger.card(args.uid)
+        history = ledger.card_transactions(args.uid, limit=10) if card else []
+    if card is None:
+        if args.json:
+            print(json.dumps({"error": "card not found", "card_uid": args.uid}))
+        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "card_uid": card.card_uid,
+                    "balance_cents": card.balance_cents,
+                    "status": card.status,
+                }
+            )
+        )
+        return EXIT_OK
+    print(f"card {card.card_uid}: {card.status}, balance {_euros(card.balance_cents)}")
+    for row in history:
+        amount = int(row["amount_cents"])  # type: ignore[call-overload]
+        print(f"  {row['created_at']}  {row['kind']:<20} {_euros(amount):>10}")
+    return EXIT_OK
+
+
+@_unavailable
+def card_block(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        found = ledger.block_card(args.uid, OPERATOR_BLOCK_REASON)
+    if not found:
+        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"card {args.uid} blocked")
+    return EXIT_OK
+
+
+@_unavailable
+def card_unblock(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        found = ledger.unblock_card(args.uid)
+    if not found:
+        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"card {args.uid} unblocked")
+    return EXIT_OK
+
+
+# --- maintenance -------------------------------------------------------------------------------
+
+
+@_unavailable
+def check(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        violations = ledger.check()
+    if violations:
+        print(f"LEDGER CHECK FAILED: {len(violations)} violation(s)")
+        for line in violations:
+            print(f"  - {line}")
+        return EXIT_VIOLATIONS
+    print(
+        "ledger OK: every transaction sums to zero, every cached balance equals its postings, "
+        "no balance is negative, every approved request has exactly one transaction"
+    )
+    return EXIT_OK
+
+
+@_unavailable
+def cleanup(args: argparse.Namespace, settings: CloudSettings) -> int:
+    with _ledger(settings) as ledger:
+        deleted = ledger.cleanup_expired_idempotency_keys()
+    print(deleted)
+    return EXIT_OK
