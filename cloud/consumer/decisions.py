@@ -100,6 +100,8 @@ class Reject:
     payload_sha256: str
     echo: Echo
     request_id: str
+    kiosk_id: str
+    request_type: str | None  # bar_order | checkpoint_recharge when the payload says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,4 +173,13 @@ def _decide_authenticated(
     echo = Echo.of(echo_fields(message.document))
     if echo.request_id is None:
         return DeadLetter(refusal.code, refusal.message, echo, authenticated=True)
-    return Reject(refusal.code, refusal.message, message.payload_sha256, echo, echo.request_id)
+    request_type = message.document.get("type")
+    return Reject(
+        refusal.code,
+        refusal.message,
+        message.payload_sha256,
+        echo,
+        echo.request_id,
+        message.kiosk_id,
+        request_type if isinstance(request_type, str) and request_type in TYPES_ALL else None,
+    )

@@ -159,7 +159,7 @@ class MqttLink:
         then redelivers every message we did not acknowledge. Shutting the socket down makes
         paho's own thread notice a lost connection, so the worker never races it on the socket."""
         sock = self._client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):  # an SSLSocket is one too
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:

@@ -189,12 +189,13 @@ class Worker:
         echo = decision.echo
         return self._ledger.record_rejection(
             request_id=decision.request_id,
-            kiosk_id=echo.kiosk_id,
+            kiosk_id=decision.kiosk_id,
             seq=echo.seq,
             card_uid=echo.card_uid,
             payload_sha256=decision.payload_sha256,
             error_code=decision.code,
             message=decision.message,
+            kind=decision.request_type,
         )
 
     def _answer(self, decision: Decision, outcome: Any) -> Answer:
@@ -309,7 +310,7 @@ class Worker:
     def _handle_scans(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
         kiosk_ids = {topic.kiosk_id for _, topic in batch}
         views = self._database(lambda: self._directory.views(kiosk_ids))
-        ledger = self._ledger
+        scans_ok = []
         for message, topic in batch:
             view = views.get(topic.kiosk_id)
             try:
@@ -323,9 +324,13 @@ class Worker:
             except ProtocolError as error:
                 self._dead_letter(message, topic.kiosk_id, error.code, error.message, "scan")
                 continue
-            self._database(partial(ledger.record_scan, scan))
-            self._count("scan", "recorded", "")
-            self._processing["scan"].observe(time.monotonic() - message.received_at)
+            scans_ok.append((message, scan))
+        if scans_ok:
+            self._database(partial(self._ledger.record_scans, [scan for _, scan in scans_ok]))
+            done = time.monotonic()
+            for message, _ in scans_ok:
+                self._count("scan", "recorded", "")
+                self._processing["scan"].observe(done - message.received_at)
         self._link.ack([m for m, _ in batch if m.qos == 1])
 
     def _handle_statuses(self, batch: list[tuple[InboundMessage, Topic]]) -> None:

@@ -1,4 +1,4 @@
-"""The consumer's MQTT adapter against a real Mosquitto: durable session, manual acks, redelivery."""
+"""The consumer's MQTT adapter against a real Mosquitto: durable session, acks, redelivery."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.consumer.inbox import Inbox, InboundMessage, LinkEvent, LinkState
+from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState
 from cloud.consumer.mqtt_link import MqttLink, Subscription
 from cloud.sandbox import MosquittoBroker
 from protocol.mqtt_url import parse_mqtt_url
@@ -57,7 +57,9 @@ class Harness:
             self.pump()
             return next((e for e in reversed(self.events) if e.state is state), None)
 
-        return wait_until(found, timeout_s=10, what=str(state))
+        event = wait_until(found, timeout_s=10, what=str(state))
+        assert event is not None
+        return event
 
     def wait_messages(self, count: int) -> list[InboundMessage]:
         def enough() -> bool:

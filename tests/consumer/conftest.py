@@ -1,0 +1,46 @@
+"""Fixtures of the consumer tests: a migrated database per module, keys, registered kiosks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.keys import generate_private_key, save_private_key
+
+
+@dataclass(frozen=True)
+class LedgerDatabase:
+    owner_url: str  # migrations and test assertions
+    service_url: str  # what the consumer connects as (least privilege)
+
+
+@dataclass(frozen=True)
+class CloudKey:
+    path: Path
+    private_key: Ed25519PrivateKey
+
+
+@pytest.fixture(scope="module")
+def ledger_database(make_database: Callable[..., str], migrated_template: str) -> LedgerDatabase:
+    """A fresh migrated database shared by the tests of one module."""
+    from cloud.database import service_url
+
+    owner = make_database(template=migrated_template)
+    return LedgerDatabase(owner, service_url(owner))
+
+
+@pytest.fixture(scope="module")
+def cloud_key() -> Iterator[CloudKey]:
+    folder = Path(tempfile.mkdtemp(prefix="cloud-key-"))
+    path = folder / "cloud.pem"
+    key = generate_private_key()
+    save_private_key(key, path)  # mode 0600
+    yield CloudKey(path, key)
+    os.remove(path)
+    os.rmdir(folder)
