@@ -201,7 +201,7 @@ class Ignore:
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    """Correctly signed, but we cannot act on it safely (another currency, no card uid, ...).
+    """Correctly signed, but we cannot act on it (no card uid, no payment intent, ...).
 
     Recorded with the event and logged as an error for a human; answered 200 because Stripe
     resending it would not change anything.
@@ -274,16 +274,18 @@ def _card_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def classify(event: StripeEvent, *, currency: str) -> Action:
-    """What `event` asks of the ledger. `currency` is the deployment's (ISO code, any case).
+def classify(event: StripeEvent) -> Action:
+    """What `event` asks of the ledger.
 
-    Raises EventError when an event of a type we handle lacks the fields that type always has.
+    A payment in another currency than the festival's still goes to the ledger, which records
+    the top-up as an anomaly (to refund) instead of crediting it: that decision and its audit
+    row live in one place. Raises EventError when an event of a type we handle lacks the fields
+    that type always has.
     """
     obj = event.data_object
     event_type = event.event_type
     if event_type not in HANDLED_TYPES:
         return Ignore(f"event type {event_type} is not handled")
-    expected_currency = currency.upper()
 
     if event_type.startswith("checkout.session."):
         _require(obj.get("object") == "checkout.session", "data.object is not a checkout.session")
@@ -301,8 +303,6 @@ def classify(event: StripeEvent, *, currency: str) -> Action:
         payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
         topup_id = _metadata(obj).get("topup_id")
         card_uid = _card_uid(obj)
-        if session_currency != expected_currency:
-            return Anomaly(f"paid in {session_currency}, the festival runs in {expected_currency}")
         if card_uid is None:
             return Anomaly("checkout session carries no valid card uid")
         if amount_cents == 0:
@@ -324,8 +324,6 @@ def classify(event: StripeEvent, *, currency: str) -> Action:
         payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
         if payment_intent_id is None:
             return Anomaly("refunded charge has no payment_intent to link it to a top-up")
-        if charge_currency != expected_currency:
-            return Anomaly(f"refund in {charge_currency}, the festival runs in {expected_currency}")
         return RefundCharge(
             payment_intent_id=payment_intent_id,
             charge_id=charge_id,

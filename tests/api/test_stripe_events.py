@@ -165,8 +165,8 @@ def test_a_real_shaped_event_parses() -> None:
 # --- classification ----------------------------------------------------------------------------
 
 
-def classify_event(event: dict[str, object], currency: str = "EUR") -> object:
-    return classify(parse_event(encode_event(event)), currency=currency)
+def classify_event(event: dict[str, object]) -> object:
+    return classify(parse_event(encode_event(event)))
 
 
 def test_completed_paid_session_credits_the_card() -> None:
@@ -197,12 +197,15 @@ def test_client_reference_id_is_the_fallback_for_the_card_uid() -> None:
     assert isinstance(action, CreditTopup) and action.card_uid == CARD and action.topup_id is None
 
 
-def test_sessions_without_a_valid_card_or_in_another_currency_are_anomalies() -> None:
+def test_sessions_without_a_valid_card_are_anomalies() -> None:
     no_card = paid_session(metadata={"card_uid": "04a1b2c3"}, client_reference_id=None)
     assert isinstance(classify_event(checkout_session_completed_event(no_card)), Anomaly)
+
+
+def test_another_currency_goes_to_the_ledger_which_records_the_anomaly() -> None:
     usd = paid_session(currency="usd")
     action = classify_event(checkout_session_completed_event(usd))
-    assert isinstance(action, Anomaly) and "USD" in action.reason
+    assert isinstance(action, CreditTopup) and action.currency == "USD"
 
 
 def test_expanded_payment_intent_is_accepted() -> None:

@@ -1,0 +1,186 @@
+"""create_app(settings): the API's composition root. Everything the routes use is built here
+(or passed in by a test) and hung on app.state; nothing is created at import time."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloud.api import monitoring, pos, topups, webhook
+from cloud.api.errors import (
+    CODE_BY_STATUS,
+    INVALID_REQUEST,
+    SERVICE_UNAVAILABLE,
+    ApiError,
+    error_response,
+)
+from cloud.api.limits import ApiLimits
+from cloud.api.metrics import ApiMetrics
+from cloud.api.middleware import RequestContextMiddleware
+from cloud.api.queries import DashboardQueries
+from cloud.api.ratelimit import TokenBucketLimiter
+from cloud.api.services import SeqCounter, Services
+from cloud.api.stripe_gateway import CheckoutGateway, build_stripe_client
+from cloud.database import TransientDatabaseError
+from cloud.settings import CloudSettings
+
+log = logging.getLogger("cloud.api")
+
+API_APPLICATION_NAME = "festival-api"
+API_POOL_SIZE = 10
+
+
+def _build_ledger(settings: CloudSettings) -> Any:
+    from cloud.database import make_engine
+    from cloud.ledger import Ledger
+
+    settings.require("database_url")
+    assert settings.database_url is not None
+    engine = make_engine(
+        settings.database_url, pool_size=API_POOL_SIZE, application_name=API_APPLICATION_NAME
+    )
+    return Ledger(
+        engine,
+        max_balance_cents=settings.festival_max_balance_cents,
+        max_topup_cents=settings.festival_max_topup_cents,
+        currency=settings.festival_currency,
+    )
+
+
+def _warn_about_missing_configuration(settings: CloudSettings) -> None:
+    for name, consequence in (
+        ("stripe_webhook_secret", "Stripe webhooks are answered 503"),
+        ("stripe_secret_key", "online top-ups are answered 503"),
+        ("admin_token", "admin and monitoring endpoints refuse every request"),
+        ("pos_api_token", "the seed-compatible POS endpoints refuse every request"),
+    ):
+        value = getattr(settings, name)
+        if value is None or not value.get_secret_value():
+            log.warning(f"{name.upper()} is not set: {consequence}")
+
+
+def create_app(
+    settings: CloudSettings,
+    *,
+    ledger: Any = None,
+    stripe_client: stripe.StripeClient | None = None,
+    limits: ApiLimits | None = None,
+) -> FastAPI:
+    """The FastAPI app. `ledger` (a cloud.ledger.Ledger) and `stripe_client` default to ones
+    built from `settings`; `limits` to the production bounds."""
+    limits = limits or ApiLimits()
+    if ledger is None:
+        ledger = _build_ledger(settings)
+    stripe_client = stripe_client or build_stripe_client(settings)
+    checkout = (
+        None
+        if stripe_client is None
+        else CheckoutGateway(
+            stripe_client,
+            currency=settings.festival_currency,
+            success_url=settings.topup_success_url,
+            cancel_url=settings.topup_cancel_url,
+        )
+    )
+    metrics = ApiMetrics()
+    queries = DashboardQueries(ledger.engine)
+    metrics.add_ledger_totals(queries.ledger_totals)
+    services = Services(
+        settings=settings,
+        ledger=ledger,
+        checkout=checkout,
+        metrics=metrics,
+        limits=limits,
+        checkout_limiter=TokenBucketLimiter(
+            burst=limits.checkout_burst,
+            refill_per_s=limits.checkout_refill_per_s,
+            clients_max=limits.rate_limit_clients_max,
+        ),
+        queries=queries,
+        seq=SeqCounter(),
+    )
+    _warn_about_missing_configuration(settings)
+
+    app = FastAPI(
+        title="Festival cashless API",
+        version="1",
+        description="Stripe top-ups and webhooks, monitoring, admin and seed-compatible "
+        "point-of-sale endpoints. See docs/api.md.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = services
+    webhook_paths = set(webhook.WEBHOOK_PATHS)
+
+    def body_limit_for(path: str) -> int:
+        return limits.webhook_body_bytes_max if path in webhook_paths else limits.body_bytes_max
+
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit_for=body_limit_for)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(TransientDatabaseError, _transient_error)
+
+    app.include_router(webhook.router())
+    app.include_router(topups.router())
+    app.include_router(pos.router())
+    app.include_router(monitoring.router())
+    app.mount("/static", StaticFiles(directory=topups.STATIC_DIR), name="static")
+    _add_security_schemes(app)
+    return app
+
+
+def _add_security_schemes(app: FastAPI) -> None:
+    """Declare the POS token scheme (the admin one comes from the HTTPBearer dependency)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["PosToken"] = {"type": "http", "scheme": "bearer"}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _api_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, ApiError)
+    return error_response(
+        request, error.status_code, error.error_code, error.message, error.headers
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    code = CODE_BY_STATUS.get(error.status_code, "HTTP_ERROR")
+    message = str(error.detail) if error.detail else code.lower().replace("_", " ")
+    return error_response(request, error.status_code, code, message, error.headers)
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    first = error.errors()[0] if error.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+    return error_response(request, 400, INVALID_REQUEST, message[:200])
+
+
+async def _transient_error(request: Request, error: Exception) -> Response:
+    log.warning("database unavailable", extra={"context": {"reason": str(error)}})
+    return error_response(
+        request,
+        503,
+        SERVICE_UNAVAILABLE,
+        "database unavailable, try again",
+        {"Retry-After": "1"},
+    )

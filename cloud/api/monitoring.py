@@ -1,0 +1,336 @@
+"""Admin and monitoring endpoints behind `Authorization: Bearer $ADMIN_TOKEN`, the dashboard
+page, and the unauthenticated health and metrics endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from cloud.api.auth import require_token
+from cloud.api.errors import ApiError
+from cloud.api.limits import CARD_TRANSACTIONS_MAX, DASHBOARD_MINUTES_MAX
+from cloud.api.metrics import CONTENT_TYPE
+from cloud.api.services import services_of
+from protocol.errors import ErrorCode, ProtocolError, quote
+from protocol.limits import CARD_UID_PATTERN
+from protocol.strict_json import loads_strict
+
+log = logging.getLogger("cloud.api.monitoring")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+BLOCK_REASON_LENGTH_MAX = 200
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+# Only for the OpenAPI document (the "Authorize" button); the check itself is require_admin.
+_bearer_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken")
+
+
+def require_admin(
+    request: Request,
+    _credentials: HTTPAuthorizationCredentials | None = Depends(_bearer_scheme),
+) -> None:
+    require_token(request, services_of(request).settings.admin_token, "festival-admin")
+
+
+def to_json_value(value: Any) -> Any:
+    """Database values as JSON: Decimal sums of cents stay integers, timestamps become ISO."""
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, Decimal):
+        # Integral Decimals are sums of bigint cents (PostgreSQL sum() returns numeric);
+        # fractional ones are averages and percentages, never money.
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return to_json_value(value.value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: to_json_value(getattr(value, name)) for name in value.__dataclass_fields__}
+    if hasattr(value, "_asdict"):
+        return to_json_value(value._asdict())
+    return value
+
+
+def json_response(value: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(to_json_value(value), status_code=status_code)
+
+
+def valid_uid(uid: str) -> str:
+    if not CARD_UID_PATTERN.match(uid):
+        raise ApiError(
+            400,
+            ErrorCode.INVALID_REQUEST.value,
+            f"card uid must be 8, 14 or 20 upper-case hex digits, got {quote(uid)}",
+        )
+    return uid
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+def readyz(request: Request) -> JSONResponse:
+    services = services_of(request)
+    try:
+        services.queries.ping()
+    except Exception as error:
+        log.warning("not ready: database unreachable", extra={"context": {"reason": str(error)}})
+        return JSONResponse(
+            {"status": "unavailable", "database": "unreachable"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+def metrics(request: Request) -> Response:
+    return Response(services_of(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+# --- cards -------------------------------------------------------------------------------------
+
+
+def _card_json(card: Any) -> dict[str, Any]:
+    status = getattr(card, "status", "active")
+    return {
+        "card_uid": card.card_uid,
+        "balance_cents": int(card.balance_cents),
+        "status": str(getattr(status, "value", status)),
+    }
+
+
+def get_card(
+    request: Request,
+    uid: str,
+    limit: int = Query(20, ge=1, le=CARD_TRANSACTIONS_MAX),
+) -> JSONResponse:
+    ledger = services_of(request).ledger
+    card = ledger.card(valid_uid(uid))
+    if card is None:
+        raise ApiError(404, ErrorCode.CARD_NOT_FOUND.value, "unknown card")
+    body = _card_json(card)
+    body["transactions"] = ledger.card_transactions(uid, limit=limit)
+    return json_response(body)
+
+
+async def _block_reason(request: Request) -> str:
+    body = await request.body()
+    if not body.strip():
+        return "blocked by an operator"
+    try:
+        document = loads_strict(body)
+    except ProtocolError as error:
+        raise ApiError(400, ErrorCode.INVALID_REQUEST.value, error.message) from None
+    if type(document) is not dict or set(document) - {"reason"}:
+        raise ApiError(400, ErrorCode.INVALID_REQUEST.value, 'body must be {"reason": "..."}')
+    reason = document.get("reason", "blocked by an operator")
+    if type(reason) is not str or not 1 <= len(reason) <= BLOCK_REASON_LENGTH_MAX:
+        raise ApiError(
+            400,
+            ErrorCode.INVALID_REQUEST.value,
+            f"reason must be 1-{BLOCK_REASON_LENGTH_MAX} characters",
+        )
+    return reason
+
+
+async def block_card(request: Request, uid: str) -> JSONResponse:
+    services = services_of(request)
+    valid_uid(uid)
+    reason = await _block_reason(request)
+    found = await services.ledger_call("block_card", services.ledger.block_card, uid, reason)
+    if not found:
+        raise ApiError(404, ErrorCode.CARD_NOT_FOUND.value, "unknown card")
+    log.warning("card blocked", extra={"context": {"card_uid": uid, "reason": reason}})
+    card = await services.ledger_call("card", services.ledger.card, uid)
+    return json_response(_card_json(card))
+
+
+async def unblock_card(request: Request, uid: str) -> JSONResponse:
+    services = services_of(request)
+    valid_uid(uid)
+    found = await services.ledger_call("unblock_card", services.ledger.unblock_card, uid)
+    if not found:
+        raise ApiError(404, ErrorCode.CARD_NOT_FOUND.value, "unknown card")
+    log.warning("card unblocked", extra={"context": {"card_uid": uid}})
+    card = await services.ledger_call("card", services.ledger.card, uid)
+    return json_response(_card_json(card))
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+
+
+def _ledger_view(method: str) -> Callable[[Request], JSONResponse]:
+    def view(request: Request) -> JSONResponse:
+        return json_response(getattr(services_of(request).ledger, method)())
+
+    view.__name__ = f"monitoring_{method}"
+    return view
+
+
+def ledger_check(request: Request) -> JSONResponse:
+    violations = list(services_of(request).ledger.check())
+    return json_response({"ok": not violations, "violations": violations})
+
+
+def normalise_kiosk(row: dict[str, Any]) -> dict[str, Any]:
+    """The dashboard's view of a kiosk row (whatever extra columns the ledger adds)."""
+    state = row.get("state") or ("online" if row.get("online") else "unknown")
+    return {
+        "kiosk_id": row.get("kiosk_id"),
+        "role": row.get("role"),
+        "enabled": bool(row.get("enabled", True)),
+        "state": state,
+        "last_seen_at": row.get("last_seen_at") or row.get("last_seen"),
+        "last_seq": row.get("last_seq"),
+        "missing_seq_ranges": row.get("missing_seq_ranges") or [],
+    }
+
+
+def dashboard_data(
+    request: Request, minutes: int = Query(60, ge=1, le=DASHBOARD_MINUTES_MAX)
+) -> JSONResponse:
+    services = services_of(request)
+    now = datetime.now(UTC)
+    queries = services.queries
+    points = queries.sales_per_minute(minutes, now)
+    kiosks = [normalise_kiosk(to_json_value(row)) for row in services.ledger.kiosk_overview()]
+    body = {
+        "generated_at": now,
+        "window_minutes": minutes,
+        "sales_per_minute": points,
+        "sales": {
+            "orders": sum(point["orders"] for point in points),
+            "amount_cents": sum(point["amount_cents"] for point in points),
+        },
+        "topups": queries.topups(minutes, now),
+        "kiosks": kiosks,
+        "error_rates": services.ledger.error_rates(),
+        "recent_declines": queries.recent_declines(),
+    }
+    return json_response(body)
+
+
+def dashboard_page() -> HTMLResponse:
+    page = (STATIC_DIR / "dashboard.html").read_text(encoding="utf-8")
+    return HTMLResponse(page, headers=DASHBOARD_HEADERS)
+
+
+def router() -> APIRouter:
+    public = APIRouter(tags=["health"])
+    public.add_api_route("/healthz", healthz, methods=["GET"], summary="Process alive")
+    public.add_api_route(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        summary="Database reachable (else 503)",
+        responses={503: {"description": "database unreachable"}},
+    )
+    public.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}}},
+    )
+    public.add_api_route(
+        "/dashboard",
+        dashboard_page,
+        methods=["GET"],
+        summary="Live operations dashboard (asks for the admin token)",
+        response_class=HTMLResponse,
+    )
+
+    unauthorized: dict[int | str, dict[str, Any]] = {
+        401: {"description": "missing or wrong admin token"}
+    }
+    card_responses: dict[int | str, dict[str, Any]] = {
+        **unauthorized,
+        400: {"description": "malformed card uid"},
+        404: {"description": "unknown card"},
+    }
+    admin = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+    admin.add_api_route(
+        "/api/cards/{uid}",
+        get_card,
+        methods=["GET"],
+        summary="Balance, status and recent transactions of a card",
+        responses=card_responses,
+    )
+    admin.add_api_route(
+        "/api/cards/{uid}/block",
+        block_card,
+        methods=["POST"],
+        summary='Block a card (lost, stolen); optional body {"reason": "..."}',
+        responses=card_responses,
+    )
+    admin.add_api_route(
+        "/api/cards/{uid}/unblock",
+        unblock_card,
+        methods=["POST"],
+        summary="Unblock a card",
+        responses=card_responses,
+    )
+    for path, method, summary in (
+        ("processing-times", "processing_times", "Average processing time by function"),
+        ("error-rates", "error_rates", "Outcome breakdown of the last hour"),
+        ("idempotency", "idempotency_usage", "Idempotency key usage of the last hour"),
+        ("nfc-scans", "nfc_scan_activity", "NFC scan outcomes of the last hour"),
+        ("kiosks", "kiosk_overview", "Every kiosk: role, enabled, online, last seen, seq gaps"),
+        ("sales", "sales_report", "Sales per bar; cash and card per checkpoint"),
+    ):
+        admin.add_api_route(
+            f"/api/monitoring/{path}",
+            _ledger_view(method),
+            methods=["GET"],
+            summary=summary,
+            responses=unauthorized,
+        )
+    admin.add_api_route(
+        "/api/monitoring/ledger",
+        ledger_check,
+        methods=["GET"],
+        summary="Ledger invariant check",
+        responses=unauthorized,
+    )
+    admin.add_api_route(
+        "/api/monitoring/dashboard",
+        dashboard_data,
+        methods=["GET"],
+        summary="Everything the dashboard shows, in one call",
+        responses=unauthorized,
+    )
+    routes = APIRouter()
+    routes.include_router(public)
+    routes.include_router(admin)
+    return routes

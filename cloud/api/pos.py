@@ -1,0 +1,286 @@
+"""Seed-compatible point-of-sale endpoints for devices that cannot speak MQTT:
+POST /functions/v1/process-bar-order and /functions/v1/process-checkpoint-recharge.
+
+Behind `Authorization: Bearer $POS_API_TOKEN`. The body becomes the same protocol request a
+kiosk would sign (kiosk_id "pos-http", see docs/api.md) and goes through the same ledger call,
+with the same global idempotency: `client_request_id` is the protocol's `request_id`.
+Answers carry the seed's fields; amounts are JSON numbers in euros with two decimals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cloud.api.auth import presented_token, token_matches
+from cloud.api.errors import (
+    SERVICE_UNAVAILABLE,
+    UNAUTHORIZED,
+    UNSUPPORTED_MEDIA_TYPE,
+    request_id_of,
+)
+from cloud.api.seed_requests import (
+    BAR_ORDER,
+    CHECKPOINT_RECHARGE,
+    Euros,
+    http_status_for,
+    parse_seed_request,
+    render_json,
+)
+from cloud.api.services import services_of
+from cloud.api.topups import is_json
+from cloud.database import TransientDatabaseError
+from cloud.logs import bind
+from protocol.errors import ErrorCode, ProtocolError
+
+log = logging.getLogger("cloud.api.pos")
+
+BAR_ORDER_PATH = "/functions/v1/process-bar-order"
+RECHARGE_PATH = "/functions/v1/process-checkpoint-recharge"
+
+_MONEY = {"type": ["number", "null"], "description": "euros, two decimals"}
+_ANSWER_SCHEMA = {
+    "type": "object",
+    "required": ["success", "error", "error_code", "request_id", "processing_time_ms"],
+    "properties": {
+        "success": {"type": "boolean"},
+        "order_id": {"type": ["string", "null"]},
+        "transaction_id": {"type": ["string", "null"]},
+        "previous_balance": _MONEY,
+        "new_balance": _MONEY,
+        "error": {"type": ["string", "null"]},
+        "error_code": {"type": ["string", "null"]},
+        "request_id": {"type": ["string", "null"]},
+        "processing_time_ms": {"type": "number"},
+    },
+}
+_ANSWER = {"content": {"application/json": {"schema": _ANSWER_SCHEMA}}}
+
+
+def _openapi(body_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "security": [{"PosToken": []}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body_schema}},
+        },
+        "responses": {
+            "200": {"description": "approved (or a replay of an approval)", **_ANSWER},
+            "400": {"description": "INVALID_REQUEST", **_ANSWER},
+            "401": {"description": "missing or wrong POS token", **_ANSWER},
+            "402": {"description": "INSUFFICIENT_FUNDS", **_ANSWER},
+            "403": {"description": "CARD_BLOCKED", **_ANSWER},
+            "404": {"description": "CARD_NOT_FOUND", **_ANSWER},
+            "409": {"description": "IDEMPOTENCY_CONFLICT", **_ANSWER},
+            "413": {"description": "body too large"},
+            "415": {"description": "not application/json", **_ANSWER},
+            "422": {"description": "BALANCE_LIMIT_EXCEEDED", **_ANSWER},
+            "503": {"description": "database unavailable, retry with the same id", **_ANSWER},
+        },
+    }
+
+
+BAR_ORDER_OPENAPI = _openapi(
+    {
+        "type": "object",
+        "required": ["card_id", "items", "total_amount", "client_request_id"],
+        "properties": {
+            "card_id": {"type": "string"},
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "quantity", "unit_price"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "quantity": {"type": "integer"},
+                        "unit_price": {"type": "number"},
+                    },
+                },
+            },
+            "total_amount": {"type": "number"},
+            "client_request_id": {"type": "string"},
+            "staff_id": {"type": "string"},
+        },
+    }
+)
+RECHARGE_OPENAPI = _openapi(
+    {
+        "type": "object",
+        "required": ["card_id", "amount", "payment_method", "staff_id", "client_request_id"],
+        "properties": {
+            "card_id": {"type": "string"},
+            "amount": {"type": "number"},
+            "payment_method": {"type": "string", "enum": ["cash", "card"]},
+            "staff_id": {"type": "string"},
+            "client_request_id": {"type": "string"},
+            "checkpoint_id": {"type": "string"},
+        },
+    }
+)
+
+
+def _answer(
+    request: Request,
+    status_code: int,
+    started_s: float,
+    *,
+    kind: str,
+    success: bool,
+    error: str | None,
+    error_code: str | None,
+    order_id: str | None = None,
+    transaction_id: str | None = None,
+    previous_balance_cents: int | None = None,
+    new_balance_cents: int | None = None,
+    replayed: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    fields: list[tuple[str, object]] = [("success", success)]
+    if kind == BAR_ORDER:
+        fields.append(("order_id", order_id))
+    fields += [
+        ("transaction_id", transaction_id),
+        (
+            "previous_balance",
+            None if previous_balance_cents is None else Euros(previous_balance_cents),
+        ),
+        ("new_balance", None if new_balance_cents is None else Euros(new_balance_cents)),
+        ("error", error),
+        ("error_code", error_code),
+        ("replayed", replayed),
+        ("request_id", request_id_of(request)),
+        ("processing_time_ms", round((time.perf_counter() - started_s) * 1000, 3)),
+    ]
+    return Response(
+        render_json(fields),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _process(request: Request, kind: str) -> Response:
+    started_s = time.perf_counter()
+    services = services_of(request)
+    endpoint = kind
+    metrics = services.metrics
+
+    def refuse(status_code: int, code: str, message: str, **extra: Any) -> Response:
+        metrics.pos_requests.labels(endpoint, code).inc()
+        return _answer(
+            request,
+            status_code,
+            started_s,
+            kind=kind,
+            success=False,
+            error=message,
+            error_code=code,
+            **extra,
+        )
+
+    if not token_matches(presented_token(request), services.settings.pos_api_token):
+        return refuse(
+            401,
+            UNAUTHORIZED,
+            "missing or wrong bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="festival-pos"'},
+        )
+    if not is_json(request.headers.get("content-type")):
+        return refuse(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
+    body = await request.body()
+    try:
+        parsed = parse_seed_request(
+            body,
+            kind,
+            currency=services.settings.festival_currency,
+            topup_cents_max=services.settings.festival_max_topup_cents,
+            seq=services.seq.next(),
+            now_ms=int(services.clock_s() * 1000),
+        )
+    except ProtocolError as error:
+        log.info("pos request invalid", extra={"context": {"reason": error.message}})
+        return refuse(400, error.code.value, error.message)
+
+    from cloud.ledger import LedgerRequest  # the ledger module is the API's only writer
+
+    item = LedgerRequest(
+        request=parsed.request,
+        payload_sha256=parsed.payload_sha256,
+        source="http",
+        trace_id=request_id_of(request),
+    )
+    with bind(card_uid=parsed.request.card_uid, client_request_id=parsed.request.request_id):
+        try:
+            outcome = await services.ledger_call(kind, services.ledger.apply, item)
+        except TransientDatabaseError:
+            log.warning("pos request: database unavailable")
+            return refuse(
+                503,
+                SERVICE_UNAVAILABLE,
+                "database unavailable, retry with the same client_request_id",
+                headers={"Retry-After": "1"},
+            )
+        error_code = None if outcome.error_code is None else ErrorCode(outcome.error_code).value
+        approved = error_code is None
+        metrics.pos_requests.labels(endpoint, error_code or "approved").inc()
+        log.info(
+            "pos request",
+            extra={
+                "context": {
+                    "kind": kind,
+                    "status": str(getattr(outcome.status, "value", outcome.status)),
+                    "error_code": error_code,
+                    "replayed": outcome.replayed,
+                    "transaction_id": outcome.transaction_id,
+                }
+            },
+        )
+        return _answer(
+            request,
+            http_status_for(error_code),
+            started_s,
+            kind=kind,
+            success=approved,
+            error=None if approved else outcome.message,
+            error_code=error_code,
+            order_id=getattr(outcome, "order_id", None),
+            transaction_id=outcome.transaction_id,
+            previous_balance_cents=outcome.previous_balance_cents,
+            new_balance_cents=outcome.new_balance_cents,
+            replayed=bool(outcome.replayed),
+        )
+
+
+async def process_bar_order(request: Request) -> Response:
+    return await _process(request, BAR_ORDER)
+
+
+async def process_checkpoint_recharge(request: Request) -> Response:
+    return await _process(request, CHECKPOINT_RECHARGE)
+
+
+def router() -> APIRouter:
+    routes = APIRouter(tags=["point of sale (seed-compatible)"])
+    routes.add_api_route(
+        BAR_ORDER_PATH,
+        process_bar_order,
+        methods=["POST"],
+        summary="Charge a card for a bar order (seed body, decimal euros)",
+        operation_id="process_bar_order",
+        openapi_extra=BAR_ORDER_OPENAPI,
+    )
+    routes.add_api_route(
+        RECHARGE_PATH,
+        process_checkpoint_recharge,
+        methods=["POST"],
+        summary="Top up a card at a checkpoint (seed body, decimal euros)",
+        operation_id="process_checkpoint_recharge",
+        openapi_extra=RECHARGE_OPENAPI,
+    )
+    return routes

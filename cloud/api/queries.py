@@ -1,0 +1,175 @@
+"""Read-only SQL for the dashboard and the ledger-total metrics (the one place the API reads
+tables itself; every write goes through cloud.ledger).
+
+Queries are bounded: a time window of at most DASHBOARD_MINUTES_MAX minutes, at most
+DASHBOARD_ROWS_MAX rows, and a statement timeout so a slow database cannot pile up scrapes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from cloud.api.limits import DASHBOARD_MINUTES_MAX, DASHBOARD_ROWS_MAX
+from cloud.database import translate_errors
+
+STATEMENT_TIMEOUT_MS = 2000
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class DashboardQueries:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        with translate_errors(), self._engine.connect() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+            result = connection.execute(text(sql), params)
+            rows = [dict(row._mapping) for row in result]
+            connection.rollback()
+            return rows
+
+    def ping(self) -> None:
+        """Raise (TransientDatabaseError) unless the database answers."""
+        self._rows("SELECT 1 AS ok")
+
+    def sales_per_minute(self, minutes: int, now: datetime) -> list[dict[str, Any]]:
+        """Approved bar orders per minute, oldest first, every minute present (zeros filled)."""
+        assert 1 <= minutes <= DASHBOARD_MINUTES_MAX
+        end = now.astimezone(UTC).replace(second=0, microsecond=0)
+        start = end - timedelta(minutes=minutes - 1)
+        rows = self._rows(
+            """
+            SELECT date_trunc('minute', created_at) AS minute,
+                   count(*) AS orders,
+                   coalesce(sum(total_cents), 0) AS amount_cents
+            FROM bar_orders
+            WHERE created_at >= :start
+            GROUP BY 1
+            """,
+            start=start,
+        )
+        by_minute = {row["minute"].astimezone(UTC): row for row in rows}
+        points = []
+        for index in range(minutes):
+            minute = start + timedelta(minutes=index)
+            row = by_minute.get(minute)
+            points.append(
+                {
+                    "minute": _iso(minute),
+                    "orders": int(row["orders"]) if row else 0,
+                    "amount_cents": int(row["amount_cents"]) if row else 0,
+                }
+            )
+        return points
+
+    def topups(self, minutes: int, now: datetime) -> dict[str, Any]:
+        """Top-ups (cash, card at checkpoints; Stripe online) in the window, and the latest ones."""
+        assert 1 <= minutes <= DASHBOARD_MINUTES_MAX
+        start = now - timedelta(minutes=minutes)
+        totals = self._rows(
+            """
+            SELECT payment_method, count(*) AS count, coalesce(sum(amount_cents), 0) AS cents
+            FROM recharges WHERE created_at >= :start GROUP BY payment_method
+            """,
+            start=start,
+        )
+        recent = self._rows(
+            """
+            SELECT created_at, card_id, payment_method, amount_cents,
+                   coalesce(checkpoint_id, kiosk_id, 'online') AS place
+            FROM recharges ORDER BY created_at DESC LIMIT :limit
+            """,
+            limit=DASHBOARD_ROWS_MAX,
+        )
+        by_method = {row["payment_method"]: int(row["cents"]) for row in totals}
+        return {
+            "count": sum(int(row["count"]) for row in totals),
+            "amount_cents": sum(by_method.values()),
+            "by_method": by_method,
+            "recent": [
+                {
+                    "at": _iso(row["created_at"]),
+                    "card_uid": row["card_id"],
+                    "payment_method": row["payment_method"],
+                    "where": row["place"],
+                    "amount_cents": int(row["amount_cents"]),
+                }
+                for row in recent
+            ],
+        }
+
+    def recent_declines(self) -> list[dict[str, Any]]:
+        rows = self._rows(
+            """
+            SELECT "timestamp", kiosk_id, card_id, status, error_code, amount_cents,
+                   edge_function_name
+            FROM app_transaction_log
+            WHERE status IN ('declined', 'rejected')
+            ORDER BY id DESC LIMIT :limit
+            """,
+            limit=DASHBOARD_ROWS_MAX,
+        )
+        return [
+            {
+                "at": _iso(row["timestamp"]),
+                "kiosk_id": row["kiosk_id"],
+                "source": row["edge_function_name"],
+                "card_uid": row["card_id"],
+                "status": row["status"],
+                "error_code": row["error_code"],
+                "amount_cents": row["amount_cents"],
+            }
+            for row in rows
+        ]
+
+    def ledger_totals(self) -> dict[str, tuple[str, float]]:
+        """Cheap totals for Prometheus (a few aggregates over small tables)."""
+        cards = self._rows(
+            """
+            SELECT count(*) AS cards,
+                   count(*) FILTER (WHERE status = 'blocked') AS blocked,
+                   coalesce(sum(balance_cents), 0) AS balance_cents
+            FROM cards
+            """
+        )[0]
+        topups = self._rows(
+            """
+            SELECT count(*) FILTER (WHERE status = 'credited') AS credited,
+                   coalesce(sum(credited_cents), 0) AS credited_cents,
+                   coalesce(sum(refunded_cents), 0) AS refunded_cents,
+                   coalesce(sum(shortfall_cents), 0) AS shortfall_cents
+            FROM topups
+            """
+        )[0]
+        return {
+            "cards": ("Cards known to the ledger", float(cards["cards"])),
+            "cards_blocked": ("Cards currently blocked", float(cards["blocked"])),
+            "card_balance_cents": (
+                "Sum of all card balances: what the festival owes attendees",
+                float(cards["balance_cents"]),
+            ),
+            "online_topups_credited": (
+                "Online top-ups credited to a card",
+                float(topups["credited"]),
+            ),
+            "online_topup_credited_cents": (
+                "Cents credited by online top-ups",
+                float(topups["credited_cents"]),
+            ),
+            "online_topup_refunded_cents": (
+                "Cents refunded by Stripe on online top-ups",
+                float(topups["refunded_cents"]),
+            ),
+            "online_topup_shortfall_cents": (
+                "Refunded cents the card balance could not cover (card blocked)",
+                float(topups["shortfall_cents"]),
+            ),
+        }

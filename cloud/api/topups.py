@@ -1,0 +1,403 @@
+"""Online top-ups: POST /api/topups/checkout (public JSON API) and GET/POST /topup (a plain page).
+
+The top-up is recorded as pending *before* Stripe is called, under an id we make; that id is the
+Stripe idempotency key, so a retry can never open a second session for it. Public and
+unauthenticated by design (attendees use it), hence strict validation and a per-client rate
+limit; it never moves money itself (only the signed webhook does).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+import uuid
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from cloud.api.errors import (
+    NOT_CONFIGURED,
+    PAYMENT_PROVIDER_ERROR,
+    RATE_LIMITED,
+    UNSUPPORTED_MEDIA_TYPE,
+    ApiError,
+)
+from cloud.api.limits import CHECKOUT_AMOUNT_CENTS_MIN, TOPUP_FORM_FIELD_LENGTH_MAX
+from cloud.api.ratelimit import retry_after_header
+from cloud.api.services import Services, services_of
+from cloud.api.stripe_gateway import CheckoutSession, PaymentProviderError
+from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
+from protocol.limits import CARD_UID_PATTERN
+from protocol.strict_json import loads_strict
+
+log = logging.getLogger("cloud.api.topups")
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self' "
+    "https://checkout.stripe.com; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# What a human may type around the hex digits of a wristband number.
+_SEPARATORS = re.compile(r"[\s:.-]+")
+
+CHECKOUT_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["card_uid", "amount_cents"],
+                    "properties": {
+                        "card_uid": {
+                            "type": "string",
+                            "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$",
+                        },
+                        "amount_cents": {"type": "integer", "minimum": CHECKOUT_AMOUNT_CENTS_MIN},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "201": {
+            "description": "Checkout Session created",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["session_id", "checkout_url"],
+                        "properties": {
+                            "session_id": {"type": "string"},
+                            "checkout_url": {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+        "400": {"description": "invalid card uid or amount"},
+        "403": {"description": "the card is blocked"},
+        "413": {"description": "body too large"},
+        "415": {"description": "not application/json"},
+        "422": {"description": "the top-up would exceed the card's maximum balance"},
+        "429": {"description": "too many checkouts from this client"},
+        "502": {"description": "Stripe refused or could not be reached"},
+        "503": {"description": "database unavailable or Stripe not configured"},
+    },
+}
+
+
+class CheckoutRefused(ApiError):
+    pass
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, ErrorCode.INVALID_REQUEST.value, message)
+
+
+def validate_checkout(document: object, *, amount_cents_max: int) -> tuple[str, int]:
+    """The strict body of POST /api/topups/checkout: exactly card_uid and amount_cents."""
+    if type(document) is not dict:
+        raise _invalid(f"body must be a JSON object, got {json_type_name(document)}")
+    assert isinstance(document, dict)
+    unknown = sorted(set(document) - {"card_uid", "amount_cents"})
+    if unknown:
+        raise _invalid(f"unknown field {quote(unknown[0])}")
+    for name in ("card_uid", "amount_cents"):
+        if name not in document:
+            raise _invalid(f"missing field {name}")
+    card_uid = document["card_uid"]
+    if type(card_uid) is not str or not CARD_UID_PATTERN.match(card_uid):
+        raise _invalid(f"card_uid must be 8, 14 or 20 upper-case hex digits, got {quote(card_uid)}")
+    amount_cents = document["amount_cents"]
+    if type(amount_cents) is not int:
+        raise _invalid(
+            f"amount_cents must be an integer number of cents, got {json_type_name(amount_cents)}"
+        )
+    if not CHECKOUT_AMOUNT_CENTS_MIN <= amount_cents <= amount_cents_max:
+        raise _invalid(
+            f"amount_cents must be between {CHECKOUT_AMOUNT_CENTS_MIN} and {amount_cents_max}, "
+            f"got {quote(amount_cents)}"
+        )
+    assert isinstance(card_uid, str)
+    return card_uid, amount_cents
+
+
+def client_key(request: Request) -> str:
+    # uvicorn rewrites the client address from X-Forwarded-For only for trusted proxies
+    # (--forwarded-allow-ips), so a client cannot pick its own bucket by sending the header.
+    return request.client.host if request.client else "unknown"
+
+
+async def start_checkout(
+    services: Services, *, card_uid: str, amount_cents: int
+) -> CheckoutSession:
+    """Check the card can take the money, record the pending top-up, open the session."""
+    settings = services.settings
+    if services.checkout is None:
+        services.metrics.checkout_sessions.labels("not_configured").inc()
+        raise ApiError(503, NOT_CONFIGURED, "online top-ups are not configured")
+    card = await services.ledger_call("card", services.ledger.card, card_uid)
+    if card is not None:
+        # Refuse before the attendee pays rather than after (the webhook would have to keep
+        # the money as an anomaly and someone would have to refund it by hand).
+        if str(getattr(card, "status", "active")) == "blocked":
+            services.metrics.checkout_sessions.labels("card_blocked").inc()
+            raise ApiError(403, ErrorCode.CARD_BLOCKED.value, "this wristband is blocked")
+        if card.balance_cents + amount_cents > settings.festival_max_balance_cents:
+            services.metrics.checkout_sessions.labels("balance_limit").inc()
+            room_cents = max(0, settings.festival_max_balance_cents - card.balance_cents)
+            raise ApiError(
+                422,
+                ErrorCode.BALANCE_LIMIT_EXCEEDED.value,
+                f"this top-up would exceed the maximum balance; at most {room_cents} cents fit",
+            )
+    topup_id = f"tu_{uuid.uuid4().hex}"
+    await services.ledger_call(
+        "create_topup",
+        services.ledger.create_topup,
+        topup_id=topup_id,
+        card_uid=card_uid,
+        amount_cents=amount_cents,
+        currency=settings.festival_currency,
+    )
+    checkout = services.checkout
+    try:
+        session = await services.ledger_call(
+            "stripe_checkout",
+            checkout.create_session,
+            topup_id=topup_id,
+            card_uid=card_uid,
+            amount_cents=amount_cents,
+        )
+    except PaymentProviderError as error:
+        services.metrics.checkout_sessions.labels("provider_error").inc()
+        log.error(
+            "stripe checkout failed",
+            extra={"context": {"topup_id": topup_id, "reason": str(error)}},
+        )
+        raise ApiError(
+            502, PAYMENT_PROVIDER_ERROR, "the payment provider is unavailable, try again"
+        ) from error
+    await services.ledger_call(
+        "attach_checkout_session",
+        services.ledger.attach_checkout_session,
+        topup_id=topup_id,
+        session_id=session.session_id,
+    )
+    services.metrics.checkout_sessions.labels("created").inc()
+    log.info(
+        "checkout session created",
+        extra={
+            "context": {
+                "topup_id": topup_id,
+                "card_uid": card_uid,
+                "amount_cents": amount_cents,
+                "session_id": session.session_id,
+            }
+        },
+    )
+    return session
+
+
+def _rate_limit(request: Request, services: Services, route: str) -> None:
+    decision = services.checkout_limiter.take(client_key(request), services.monotonic_s())
+    if not decision.allowed:
+        services.metrics.rate_limited.labels(route).inc()
+        raise ApiError(
+            429,
+            RATE_LIMITED,
+            "too many top-up attempts from this address, try again shortly",
+            headers={"Retry-After": retry_after_header(decision)},
+        )
+
+
+def is_json(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "application/json"
+
+
+async def create_checkout(request: Request) -> Response:
+    services = services_of(request)
+    if not is_json(request.headers.get("content-type")):
+        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
+    _rate_limit(request, services, "/api/topups/checkout")
+    body = await request.body()
+    try:
+        document = loads_strict(body)
+    except ProtocolError as error:
+        raise _invalid(error.message) from None
+    card_uid, amount_cents = validate_checkout(
+        document, amount_cents_max=services.settings.festival_max_topup_cents
+    )
+    session = await start_checkout(services, card_uid=card_uid, amount_cents=amount_cents)
+    return JSONResponse(
+        {"session_id": session.session_id, "checkout_url": session.checkout_url},
+        status_code=201,
+    )
+
+
+# --- the public page -------------------------------------------------------------------------
+
+
+def normalise_wristband_number(text: str) -> str:
+    """What an attendee types (spaces, colons, lower case) as a card UID."""
+    return _SEPARATORS.sub("", text).upper()
+
+
+def euros_text_to_cents(text: str) -> int | None:
+    """ "25", "25.5", "25,50" -> cents; None when it is not an amount with <= 2 decimals."""
+    cleaned = text.strip().replace("€", "").replace(",", ".").strip()
+    if not cleaned or len(cleaned) > 12 or not re.fullmatch(r"\d+(\.\d{1,2})?", cleaned):
+        return None
+    try:
+        return int(Decimal(cleaned).scaleb(2))
+    except InvalidOperation:
+        return None
+
+
+def _cents_text(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
+def render_page(
+    services: Services,
+    *,
+    message: str = "",
+    kind: str = "error",
+    card_uid: str = "",
+    amount: str = "",
+) -> str:
+    template = Template((STATIC_DIR / "topup.html").read_text(encoding="utf-8"))
+    message_html = (
+        f'<div class="message {kind}" role="status">{html.escape(message)}</div>' if message else ""
+    )
+    return template.substitute(
+        message=message_html,
+        card_uid=html.escape(card_uid, quote=True),
+        amount=html.escape(amount, quote=True),
+        currency=html.escape(services.settings.festival_currency),
+        amount_min=_cents_text(CHECKOUT_AMOUNT_CENTS_MIN),
+        amount_max=_cents_text(services.settings.festival_max_topup_cents),
+    )
+
+
+def topup_page(request: Request) -> Response:
+    services = services_of(request)
+    status = request.query_params.get("status")
+    message, kind = "", "error"
+    if status == "success":
+        message, kind = "Thank you! Your payment went through; the money is on its way.", "ok"
+    elif status == "cancelled":
+        message = "The payment was cancelled; nothing was charged."
+    return HTMLResponse(render_page(services, message=message, kind=kind), headers=PAGE_HEADERS)
+
+
+async def topup_form(request: Request) -> Response:
+    services = services_of(request)
+    content_type = (request.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send the form")
+    body = await request.body()
+    try:
+        fields = dict(parse_qsl(body.decode("utf-8"), max_num_fields=10))
+    except (UnicodeDecodeError, ValueError):
+        fields = {}
+    raw_card = fields.get("card_uid", "")[:TOPUP_FORM_FIELD_LENGTH_MAX]
+    raw_amount = fields.get("amount", "")[:TOPUP_FORM_FIELD_LENGTH_MAX]
+
+    def again(message: str, status_code: int) -> Response:
+        page = render_page(services, message=message, card_uid=raw_card, amount=raw_amount)
+        return HTMLResponse(page, status_code=status_code, headers=PAGE_HEADERS)
+
+    card_uid = normalise_wristband_number(raw_card)
+    if not CARD_UID_PATTERN.match(card_uid):
+        return again("That wristband number is not valid: 8, 14 or 20 characters 0-9 and A-F.", 400)
+    amount_cents = euros_text_to_cents(raw_amount)
+    maximum = services.settings.festival_max_topup_cents
+    if amount_cents is None or not CHECKOUT_AMOUNT_CENTS_MIN <= amount_cents <= maximum:
+        return again(
+            f"Please enter an amount between {_cents_text(CHECKOUT_AMOUNT_CENTS_MIN)} and "
+            f"{_cents_text(maximum)}.",
+            400,
+        )
+    try:
+        _rate_limit(request, services, "/topup")
+        session = await start_checkout(services, card_uid=card_uid, amount_cents=amount_cents)
+    except ApiError as error:
+        return again(_page_message(error), error.status_code)
+    return RedirectResponse(session.checkout_url, status_code=303, headers=PAGE_HEADERS)
+
+
+def _page_message(error: ApiError) -> str:
+    if error.error_code == ErrorCode.CARD_BLOCKED.value:
+        return "This wristband is blocked. Please visit a top-up checkpoint."
+    if error.error_code == ErrorCode.BALANCE_LIMIT_EXCEEDED.value:
+        return "This top-up would take the wristband over its maximum balance."
+    if error.error_code == RATE_LIMITED:
+        return "Too many attempts; please wait a moment and try again."
+    return "Online top-up is unavailable right now; please try again or visit a checkpoint."
+
+
+def router() -> APIRouter:
+    routes = APIRouter(tags=["top-ups"])
+    routes.add_api_route(
+        "/api/topups/checkout",
+        create_checkout,
+        methods=["POST"],
+        status_code=201,
+        summary="Create a Stripe Checkout Session for a wristband top-up (public)",
+        operation_id="create_checkout",
+        openapi_extra=CHECKOUT_OPENAPI,
+        response_class=JSONResponse,
+    )
+    routes.add_api_route(
+        "/topup",
+        topup_page,
+        methods=["GET"],
+        summary="The public top-up page",
+        operation_id="topup_page",
+        response_class=HTMLResponse,
+        include_in_schema=True,
+    )
+    routes.add_api_route(
+        "/topup",
+        topup_form,
+        methods=["POST"],
+        summary="Submit the top-up page's form (redirects to Stripe Checkout)",
+        operation_id="topup_form",
+        response_class=HTMLResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "card_uid": {"type": "string"},
+                                "amount": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "303": {"description": "redirect to Stripe Checkout"},
+                "400": {"description": "the page again, with what to fix"},
+                "415": {"description": "not a form"},
+            },
+        },
+    )
+    return routes

@@ -1,0 +1,236 @@
+"""POST /stripe/webhook (alias /functions/v1/stripe-webhook): Stripe's events, exactly once.
+
+Order of work: verify the signature over the raw body (400 if wrong or out of time), parse the
+event (400 if it is not one), then hand it to the ledger, which stores the event id (unique)
+and applies it in the same database transaction; a duplicate id changes nothing. The answer is
+200 for processed, duplicate, ignored and anomaly (Stripe must stop resending), 503 when the
+database is away (Stripe resends later, and the event id makes that harmless).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cloud.api.errors import (
+    INVALID_REQUEST,
+    INVALID_SIGNATURE,
+    NOT_CONFIGURED,
+    error_response,
+    request_id_of,
+)
+from cloud.api.metrics import event_type_label
+from cloud.api.services import Services, services_of
+from cloud.api.stripe_events import (
+    Action,
+    Anomaly,
+    CreditTopup,
+    DisputeCharge,
+    EventError,
+    FailTopup,
+    Ignore,
+    RefundCharge,
+    SignatureError,
+    StripeEvent,
+    classify,
+    parse_event,
+    verify_signature,
+)
+from cloud.database import TransientDatabaseError
+from cloud.logs import bind
+
+log = logging.getLogger("cloud.api.webhook")
+
+WEBHOOK_PATHS = ("/stripe/webhook", "/functions/v1/stripe-webhook")
+
+WEBHOOK_OPENAPI: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Stripe-Signature",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>",
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "object", "type", "created", "data"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "object": {"type": "string", "enum": ["event"]},
+                        "type": {"type": "string"},
+                        "created": {"type": "integer"},
+                        "data": {"type": "object"},
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "200": {"description": "processed, duplicate, ignored or recorded as an anomaly"},
+        "400": {"description": "bad signature, timestamp outside 300 s, or not an event"},
+        "413": {"description": "body too large"},
+        "503": {"description": "database unavailable or webhook secret not configured"},
+    },
+}
+
+
+def apply_event(
+    services: Services, event: StripeEvent, action: Action, trace_id: str | None
+) -> str:
+    """Record the event, then apply its action; returns the outcome. Blocking (thread pool).
+
+    The action runs for a duplicate event id too: recording and applying are two transactions,
+    and if a fault struck between them (we answered 503), Stripe's retry must still apply it.
+    Each ledger procedure is idempotent by its own key (the session, the cumulative refund,
+    the dispute's event), so for a true duplicate it changes nothing.
+    """
+    ledger = services.ledger
+    fresh = bool(
+        ledger.record_stripe_event(
+            event_id=event.event_id, event_type=event.event_type, payload=dict(event.document)
+        )
+    )
+    if isinstance(action, CreditTopup):
+        outcome = ledger.process_stripe_recharge(
+            event_id=event.event_id,
+            session_id=action.session_id,
+            card_uid=action.card_uid,
+            amount_cents=action.amount_cents,
+            currency=action.currency,
+            payment_intent_id=action.payment_intent_id,
+            topup_id=action.topup_id,
+            trace_id=trace_id,
+        )
+        _log_outcome("stripe top-up", outcome, amount_cents=action.amount_cents)
+        return _label(fresh, outcome)
+    if isinstance(action, RefundCharge):
+        outcome = ledger.process_stripe_refund(
+            event_id=event.event_id,
+            payment_intent_id=action.payment_intent_id,
+            amount_refunded_cents=action.amount_refunded_cents,
+            trace_id=trace_id,
+        )
+        _log_outcome(
+            "stripe refund",
+            outcome,
+            payment_intent_id=action.payment_intent_id,
+            amount_refunded_cents=action.amount_refunded_cents,
+        )
+        return _label(fresh, outcome)
+    if isinstance(action, DisputeCharge):
+        outcome = ledger.process_stripe_dispute(
+            event_id=event.event_id, payment_intent_id=action.payment_intent_id, trace_id=trace_id
+        )
+        _log_outcome(
+            "stripe dispute", outcome, payment_intent_id=action.payment_intent_id, level=30
+        )
+        return _label(fresh, outcome)
+    if isinstance(action, FailTopup):
+        ledger.mark_topup_failed(session_id=action.session_id, event_id=event.event_id)
+        return "processed" if fresh else "duplicate"
+    if isinstance(action, Anomaly):
+        log.error("stripe event anomaly", extra={"context": {"reason": action.reason}})
+        return "anomaly" if fresh else "duplicate"
+    assert isinstance(action, Ignore)
+    return "ignored" if fresh else "duplicate"
+
+
+def _label(fresh: bool, outcome: Any) -> str:
+    if not fresh and outcome.replayed:
+        return "duplicate"
+    if outcome.status == "rejected" or outcome.error_code is not None:
+        # Recorded but not credited: another currency, over the balance limit, an unknown
+        # payment intent. The ledger keeps it for a human (and a refund); Stripe must stop.
+        return "anomaly"
+    return "processed"
+
+
+def _log_outcome(what: str, outcome: Any, *, level: int = 20, **context: Any) -> None:
+    log.log(
+        level if outcome.error_code is None else 40,
+        what,
+        extra={
+            "context": {
+                **context,
+                "card_uid": outcome.card_uid,
+                "status": _text(outcome.status),
+                "error_code": _text(outcome.error_code),
+                "message": outcome.message,
+                "replayed": outcome.replayed,
+                "transaction_id": outcome.transaction_id,
+            }
+        },
+    )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+async def stripe_webhook(request: Request) -> Response:
+    services = services_of(request)
+    metrics = services.metrics
+    started = time.perf_counter()
+    secret = services.settings.stripe_webhook_secret
+    if secret is None or not secret.get_secret_value():
+        log.error("STRIPE_WEBHOOK_SECRET is not set: refusing webhooks until it is")
+        return error_response(request, 503, NOT_CONFIGURED, "webhook secret not configured")
+    payload = await request.body()
+    try:
+        verify_signature(
+            payload,
+            request.headers.get("stripe-signature"),
+            secret.get_secret_value(),
+            now_s=services.clock_s(),
+            tolerance_s=services.limits.webhook_tolerance_s,
+        )
+    except SignatureError as error:
+        metrics.webhook_events.labels("unknown", "invalid_signature").inc()
+        log.warning("stripe webhook refused", extra={"context": {"reason": str(error)}})
+        return error_response(request, 400, INVALID_SIGNATURE, str(error))
+    try:
+        event = parse_event(payload)
+        action = classify(event)
+    except EventError as error:
+        metrics.webhook_events.labels("unknown", "invalid").inc()
+        log.warning("stripe webhook body refused", extra={"context": {"reason": str(error)}})
+        return error_response(request, 400, INVALID_REQUEST, str(error))
+    type_label = event_type_label(event.event_type)
+    with bind(stripe_event_id=event.event_id, stripe_event_type=event.event_type):
+        try:
+            outcome = await services.ledger_call(
+                "stripe_event", apply_event, services, event, action, request_id_of(request)
+            )
+        except TransientDatabaseError:
+            metrics.webhook_events.labels(type_label, "unavailable").inc()
+            raise
+        metrics.webhook_events.labels(type_label, outcome).inc()
+        metrics.webhook_seconds.labels(type_label).observe(time.perf_counter() - started)
+        log.info("stripe event", extra={"context": {"outcome": outcome}})
+    return JSONResponse({"received": True, "event_id": event.event_id, "outcome": outcome})
+
+
+def router() -> APIRouter:
+    routes = APIRouter(tags=["stripe"])
+    for index, path in enumerate(WEBHOOK_PATHS):
+        routes.add_api_route(
+            path,
+            stripe_webhook,
+            methods=["POST"],
+            summary="Stripe webhook" if index == 0 else "Stripe webhook (seed path)",
+            operation_id="stripe_webhook" if index == 0 else "stripe_webhook_seed_path",
+            openapi_extra=WEBHOOK_OPENAPI,
+            response_class=JSONResponse,
+        )
+    return routes

@@ -1,0 +1,143 @@
+"""Fixtures for the API tests: a real migrated PostgreSQL database per test (as the
+least-privilege service role, like production), the fake Stripe server, and the app."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+
+from cloud.api import create_app
+from cloud.api.limits import ApiLimits
+from cloud.database import make_engine
+from cloud.ledger import Ledger
+from cloud.settings import CloudSettings
+from cloud.stripe_fake import FakeStripe, encode_event, signature_header
+
+ADMIN_TOKEN = "admin-token-for-tests-0123456789"
+POS_TOKEN = "pos-token-for-tests-0123456789"
+WEBHOOK_SECRET = "whsec_test_secret_for_the_api_tests"
+STRIPE_KEY = "sk_test_api_tests_0123456789"
+# Generous limits so that functional tests are not throttled; the rate-limit test sets its own.
+TEST_LIMITS = ApiLimits(checkout_burst=1000, checkout_refill_per_s=1000.0)
+
+
+@pytest.fixture(scope="session")
+def fake_stripe() -> Iterator[FakeStripe]:
+    fake = FakeStripe(port=0)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def make_settings(database_url: str, stripe_api_base: str, **overrides: Any) -> CloudSettings:
+    fields: dict[str, Any] = {
+        "database_url": database_url,
+        "stripe_secret_key": STRIPE_KEY,
+        "stripe_webhook_secret": WEBHOOK_SECRET,
+        "stripe_api_base": stripe_api_base,
+        "admin_token": ADMIN_TOKEN,
+        "pos_api_token": POS_TOKEN,
+        "festival_environment": "development",
+        "topup_success_url": "http://festival.test/topup?status=success",
+        "topup_cancel_url": "http://festival.test/topup?status=cancelled",
+    }
+    fields.update(overrides)
+    return CloudSettings(**fields)
+
+
+@pytest.fixture
+def settings(service_database_url: str, fake_stripe: FakeStripe) -> CloudSettings:
+    return make_settings(service_database_url, fake_stripe.base_url)
+
+
+@pytest.fixture
+def engine(service_database_url: str) -> Iterator[Engine]:
+    engine = make_engine(service_database_url, application_name="api-tests")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def owner_engine(database_url: str) -> Iterator[Engine]:
+    """The database owner's connection, for reading what the service role cannot change."""
+    engine = make_engine(database_url, application_name="api-tests-owner")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def ledger(engine: Engine, settings: CloudSettings) -> Ledger:
+    return Ledger(
+        engine,
+        max_balance_cents=settings.festival_max_balance_cents,
+        max_topup_cents=settings.festival_max_topup_cents,
+        currency=settings.festival_currency,
+    )
+
+
+@pytest.fixture
+def app(settings: CloudSettings, ledger: Ledger) -> FastAPI:
+    return create_app(settings, ledger=ledger, limits=TEST_LIMITS)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def pos_headers(**extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {POS_TOKEN}", **extra}
+
+
+def signed_headers(
+    payload: bytes, *, timestamp: int | None = None, secret: str = WEBHOOK_SECRET
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json; charset=utf-8",
+        "Stripe-Signature": signature_header(payload, secret, timestamp),
+    }
+
+
+PostEvent = Callable[..., Any]
+
+
+@pytest.fixture
+def post_event(client: TestClient) -> PostEvent:
+    """POST a Stripe-shaped event, signed like Stripe signs it, to the webhook."""
+
+    def post(
+        event: dict[str, Any],
+        *,
+        path: str = "/stripe/webhook",
+        timestamp: int | None = None,
+        secret: str = WEBHOOK_SECRET,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        payload = encode_event(event)
+        all_headers = {
+            **signed_headers(payload, timestamp=timestamp, secret=secret),
+            **(headers or {}),
+        }
+        return client.post(path, content=payload, headers=all_headers)
+
+    return post
+
+
+def scalar(engine: Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as connection:
+        return connection.execute(text(sql), params).scalar()
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        return [dict(row._mapping) for row in connection.execute(text(sql), params)]
