@@ -2,7 +2,8 @@
 
 Pure: no I/O, no clock, no randomness. ``step(state, event, config, now_ms)`` returns the next
 state, the effects the shell must carry out (create a request, publish one, drive the
-indicators) and, for commands from the local page, a reply. The shell (device/kiosk.py) owns the
+indicators) and, for commands from the local page, a reply. ``now_ms`` comes from a monotonic
+clock: timers must not jump when NTP sets the wall clock. The shell (device/kiosk.py) owns the
 outbox, the MQTT link and the reader and feeds their outcomes back in as events.
 
 Rules that matter for money:
@@ -106,7 +107,7 @@ class PendingRequest:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A verified result, as the screen shows it."""
+    """A verified result, as the screen shows it (``at_ms``: wall clock when it arrived)."""
 
     request_id: str
     seq: int
@@ -238,11 +239,11 @@ Event: TypeAlias = (
 
 @dataclass(frozen=True, slots=True)
 class CreateRequest:
-    """Allocate seq and request_id, sign, store in the outbox; answer RequestStored/Refused."""
+    """Allocate seq and request_id, stamp the wall clock, sign, store in the outbox; answer
+    RequestStored or RequestRefused."""
 
     draft: Draft
     card_uid: str
-    created_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +391,7 @@ def _card_tapped(
         notice = _outbox_full_text(state)
         return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
     read = replace(state, screen=Screen.CARD_READ, card_uid=card_uid, notice=None)
-    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid, now_ms))
+    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid))
     return Transition(read, effects)
 
 
@@ -488,7 +489,7 @@ def _result_arrived(
         )
         signal = Signal.APPROVED if outcome.approved else Signal.DECLINED
         return Transition(shown, (Indicate(signal),))
-    late = (*state.late_results, replace(outcome, at_ms=now_ms))[-LATE_RESULTS_MAX:]
+    late = (*state.late_results, outcome)[-LATE_RESULTS_MAX:]
     return Transition(replace(state, late_results=late))
 
 

@@ -114,7 +114,7 @@ def test_a_sale_from_order_to_approved_and_back_to_idle() -> None:
     assert kiosk.screen() is Screen.CARD_READ
     assert tapped.effects == (
         Indicate(Signal.CARD_READ),
-        CreateRequest(BEER, UID, kiosk.now_ms),
+        CreateRequest(BEER, UID),
     )
     request = kiosk.stored()
     stored = kiosk.send(RequestStored(request))

@@ -1,0 +1,265 @@
+"""The kiosk's local HTTP interface: the touchscreen page and a small JSON API, on 127.0.0.1 only.
+
+stdlib ``http.server`` in a thread of its own (no web framework on the Pi). Handlers never touch
+the kiosk's state: they read the latest snapshot (an immutable JSON document the main loop
+publishes) and send commands to the main loop, waiting a bounded time for its reply.
+Prices are computed here from the menu (pure); the page sends only SKUs and quantities.
+
+Defences for an interface that only the kiosk's own browser should use: bound to loopback; the
+Host header must name loopback (DNS rebinding); POST bodies must be ``application/json`` (a
+cross-site form cannot send that without a CORS preflight, which we never answer) and at most
+16 KiB of strict JSON. The API is documented in docs/kiosk.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Final
+
+from device.limits import COMMAND_REPLY_TIMEOUT_S, HTTP_BODY_BYTES_MAX, STATIC_FILE_BYTES_MAX
+from device.machine import (
+    CancelPressed,
+    DismissPressed,
+    Event,
+    Mode,
+    OrderEntered,
+    Reply,
+)
+from device.menu import Menu, OrderError, price_order
+from device.reader import SimulatedReader
+from device.recharge import RechargeError, parse_recharge
+from protocol.errors import ProtocolError
+from protocol.models import SCAN_STATUSES, ScanStatus
+from protocol.strict_json import loads_strict
+
+log = logging.getLogger(__name__)
+
+STATIC_NAME_PATTERN: Final = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+
+@dataclass(frozen=True)
+class HttpApi:
+    """What the handlers may use; built by the kiosk's composition root."""
+
+    mode: Mode
+    menu: Menu | None
+    topup_cents_max: int
+    snapshot_json: Callable[[], bytes]
+    command: Callable[[Event, float], Reply]
+    simulated_reader: SimulatedReader | None
+    static_dir: Path
+
+
+class LocalHttpServer:
+    """Serves ``api`` on 127.0.0.1:``port`` (0 picks a free port; see ``.port``)."""
+
+    def __init__(self, api: HttpApi, port: int, host: str = "127.0.0.1") -> None:
+        handler = type("KioskHandler", (_Handler,), {"api": api})
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="http", kwargs={"poll_interval": 0.2}
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+
+class _HttpProblem(Exception):
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Handler(BaseHTTPRequestHandler):
+    api: HttpApi
+    server_version = "festival-kiosk"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http " + format % args)
+
+    def _send(
+        self,
+        status: HTTPStatus,
+        body: bytes,
+        content_type: str = "application/json",
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+            " connect-src 'self'; frame-ancestors 'none'",
+        )
+        for name, value in (extra_headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: HTTPStatus, document: object) -> None:
+        self._send(status, json.dumps(document, separators=(",", ":")).encode())
+
+    def _problem(self, problem: _HttpProblem) -> None:
+        self._json(problem.status, {"ok": False, "error": problem.message})
+
+    def _check_host(self) -> None:
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+        if name not in LOOPBACK_HOSTS:
+            raise _HttpProblem(HTTPStatus.MISDIRECTED_REQUEST, "this interface is local only")
+
+    def _body(self) -> object:
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise _HttpProblem(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"
+            )
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.isdigit():
+            raise _HttpProblem(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        length = int(length_text)
+        if length > HTTP_BODY_BYTES_MAX:
+            raise _HttpProblem(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {HTTP_BODY_BYTES_MAX} bytes"
+            )
+        data = self.rfile.read(length)
+        if not data:
+            return {}
+        try:
+            return loads_strict(data)
+        except ProtocolError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, error.message) from None
+
+    # --- routes ------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        try:
+            self._check_host()
+            path = self.path.split("?", 1)[0]
+            if path == "/api/state":
+                self._send(HTTPStatus.OK, self.api.snapshot_json())
+            elif path == "/api/menu":
+                if self.api.menu is None:
+                    raise _HttpProblem(HTTPStatus.NOT_FOUND, "a checkpoint kiosk has no menu")
+                self._json(HTTPStatus.OK, self.api.menu.to_dict())
+            elif path in ("/", "/index.html"):
+                self._static("index.html")
+            elif path.startswith("/static/"):
+                self._static(path.removeprefix("/static/"))
+            elif path == "/healthz":
+                self._json(HTTPStatus.OK, {"ok": True})
+            else:
+                raise _HttpProblem(HTTPStatus.NOT_FOUND, "not found")
+        except _HttpProblem as problem:
+            self._problem(problem)
+
+    do_HEAD = do_GET
+
+    def do_POST(self) -> None:
+        try:
+            self._check_host()
+            path = self.path.split("?", 1)[0]
+            routes: dict[str, Callable[[object], None]] = {
+                "/api/order": self._order,
+                "/api/recharge": self._recharge,
+                "/api/cancel": lambda body: self._command(CancelPressed()),
+                "/api/dismiss": lambda body: self._command(DismissPressed()),
+                "/api/tap": self._tap,
+            }
+            route = routes.get(path)
+            if route is None:
+                raise _HttpProblem(HTTPStatus.NOT_FOUND, "not found")
+            route(self._body())
+        except _HttpProblem as problem:
+            self._problem(problem)
+
+    def _reject_other_methods(self) -> None:
+        self._send(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            b'{"ok":false,"error":"method not allowed"}',
+            extra_headers={"Allow": "GET, HEAD, POST"},
+        )
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _reject_other_methods
+
+    def _static(self, name: str) -> None:
+        if not STATIC_NAME_PATTERN.match(name):
+            raise _HttpProblem(HTTPStatus.NOT_FOUND, "not found")
+        path = self.api.static_dir / name
+        if not path.is_file() or path.stat().st_size > STATIC_FILE_BYTES_MAX:
+            raise _HttpProblem(HTTPStatus.NOT_FOUND, "not found")
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        self._send(HTTPStatus.OK, path.read_bytes(), content_type)
+
+    def _command(self, event: Event) -> None:
+        reply = self.api.command(event, COMMAND_REPLY_TIMEOUT_S)
+        status = HTTPStatus.OK if reply.ok else HTTPStatus.CONFLICT
+        state = json.loads(self.api.snapshot_json())
+        self._json(status, {"ok": reply.ok, "message": reply.message, "state": state})
+
+    def _order(self, body: object) -> None:
+        if self.api.mode is not Mode.BAR or self.api.menu is None:
+            raise _HttpProblem(HTTPStatus.CONFLICT, "this is a checkpoint kiosk: use /api/recharge")
+        try:
+            draft = price_order(self.api.menu, body)
+        except OrderError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(OrderEntered(draft))
+
+    def _recharge(self, body: object) -> None:
+        if self.api.mode is not Mode.CHECKPOINT:
+            raise _HttpProblem(HTTPStatus.CONFLICT, "this is a bar kiosk: use /api/order")
+        try:
+            draft = parse_recharge(body, topup_cents_max=self.api.topup_cents_max)
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(OrderEntered(draft))
+
+    def _tap(self, body: object) -> None:
+        reader = self.api.simulated_reader
+        if reader is None:
+            raise _HttpProblem(HTTPStatus.NOT_FOUND, "taps come from the card reader (not sim)")
+        if not isinstance(body, dict) or set(body) - {"card_uid", "status"}:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, 'send {"card_uid": "04A1B2C3D4E5F6"}')
+        status = body.get("status", "ok")
+        if status not in SCAN_STATUSES:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, "status must be a scan status")
+        scan_status: ScanStatus = status
+        card_uid = body.get("card_uid")
+        try:
+            reader.tap(card_uid if isinstance(card_uid, str) else None, scan_status)
+        except ValueError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        except RuntimeError as error:
+            raise _HttpProblem(HTTPStatus.SERVICE_UNAVAILABLE, str(error)) from None
+        self._json(HTTPStatus.ACCEPTED, {"ok": True, "message": "tap queued"})

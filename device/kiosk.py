@@ -1,0 +1,744 @@
+"""The kiosk process: the imperative shell around the state machine, and its composition root.
+
+``Kiosk`` owns one bounded event queue. The reader, MQTT and HTTP threads only put events on it;
+the main loop (``run``) takes them one by one, feeds the pure state machine, and carries out
+its effects: create a request (sign + store in the outbox, durably, before anything is sent),
+publish stored bytes, drive the indicators. Results are verified against the pinned cloud key
+and the outstanding request ids before they touch the outbox or the screen.
+
+``run_from_env()`` is the composition root called by ``festival-kiosk run``: settings, outbox,
+adapters, HTTP interface, then the loop until SIGTERM/SIGINT, with sd_notify READY/WATCHDOG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from device import machine
+from device.ids import UuidV7Generator
+from device.indicators import Indicators
+from device.limits import (
+    EVENT_QUEUE_MAX,
+    LOOP_TICK_S,
+    MQTT_QUEUED_EXTRA,
+    OUTBOX_FILE_NAME,
+    OUTCOME_DISPLAY_S,
+    RESEND_AFTER_S_MAX,
+)
+from device.link import (
+    Link,
+    LinkConnected,
+    LinkDisconnected,
+    LinkEvent,
+    MessageReceived,
+    PublishDone,
+)
+from device.machine import (
+    BarDraft,
+    CardFailed,
+    CardTapped,
+    CreateRequest,
+    Draft,
+    Indicate,
+    KioskState,
+    LinkDown,
+    LinkUp,
+    MachineConfig,
+    OutboxLoaded,
+    Outcome,
+    PendingRequest,
+    Publish,
+    PublishAcked,
+    Reply,
+    RequestRefused,
+    RequestStored,
+    ResultArrived,
+    Tick,
+    Transition,
+)
+from device.menu import Menu
+from device.outbox import Outbox, OutboxError, OutboxFull
+from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
+from device.systemd_notify import notify, watchdog_interval_s
+from protocol.codec import encode_request, encode_scan, verify_result
+from protocol.errors import ProtocolError
+from protocol.limits import MESSAGE_BYTES_MAX
+from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
+
+log = logging.getLogger("device.kiosk")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+class SystemClock:
+    """Wall clock for timestamps on the wire, monotonic clock for timers."""
+
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic_ms(self) -> int:
+        return time.monotonic_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Command:
+    """An event from the HTTP interface that wants the machine's reply."""
+
+    event: machine.Event
+    reply: queue.Queue[Reply]
+
+
+QueueItem: TypeAlias = machine.Event | Command | ReaderEvent | LinkEvent
+
+
+@dataclass(frozen=True)
+class KioskIdentity:
+    kiosk_id: str
+    currency: str
+    private_key: Ed25519PrivateKey
+    cloud_public_key: Ed25519PublicKey
+    firmware: str
+    topup_cents_max: int
+
+
+def build_request(
+    draft: Draft,
+    *,
+    request_id: str,
+    seq: int,
+    kiosk_id: str,
+    created_at_ms: int,
+    card_uid: str,
+    currency: str,
+) -> Request:
+    """The protocol request for an order, once it has an id, a seq and a card."""
+    if isinstance(draft, BarDraft):
+        return BarOrder(
+            request_id=request_id,
+            kiosk_id=kiosk_id,
+            seq=seq,
+            created_at_ms=created_at_ms,
+            card_uid=card_uid,
+            currency=currency,
+            items=draft.items,
+            total_cents=draft.total_cents,
+            staff_id=draft.staff_id,
+        )
+    return CheckpointRecharge(
+        request_id=request_id,
+        kiosk_id=kiosk_id,
+        seq=seq,
+        created_at_ms=created_at_ms,
+        card_uid=card_uid,
+        currency=currency,
+        amount_cents=draft.amount_cents,
+        payment_method=draft.payment_method,
+        staff_id=draft.staff_id,
+        checkpoint_id=draft.checkpoint_id,
+    )
+
+
+class Kiosk:
+    def __init__(
+        self,
+        *,
+        identity: KioskIdentity,
+        config: MachineConfig,
+        outbox: Outbox,
+        link: Link,
+        reader: CardReader,
+        indicators: Indicators,
+        result_topic: str,
+        ids: UuidV7Generator | None = None,
+        clock: SystemClock | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.outbox = outbox
+        self.link = link
+        self.reader = reader
+        self.indicators = indicators
+        self.result_topic = result_topic
+        self.ids = ids or UuidV7Generator()
+        self.clock = clock or SystemClock()
+        self.state = KioskState()
+        self.events: queue.Queue[QueueItem] = queue.Queue(maxsize=EVENT_QUEUE_MAX)
+        self._message_ids: dict[int, str] = {}
+        self._sent_at_ms: dict[str, int] = {}
+        self._reader_status: ReaderStatus | None = None
+        self._alert: str | None = None
+        self._link_reason: str | None = None
+        self.counters = {
+            "events_dropped": 0,
+            "results_ignored": 0,
+            "results_accepted": 0,
+            "scans": 0,
+            "requests_stored": 0,
+            "publishes": 0,
+        }
+        self._snapshot_version = (-1, -1)
+        self._snapshot = b"{}"
+        self._snapshots = 0
+        self._refresh_snapshot()
+
+    # --- thread-safe entry points -----------------------------------------------------------
+
+    def submit(self, item: ReaderEvent | LinkEvent | machine.Event) -> None:
+        """Called from the reader, MQTT and HTTP threads: enqueue only, never block."""
+        try:
+            self.events.put_nowait(item)
+        except queue.Full:
+            # Never silently: count it (visible in /api/state) and log it. A dropped result is
+            # recovered by the resend (the cloud answers "replayed"); a dropped tap is re-tapped.
+            self.counters["events_dropped"] += 1
+            log.warning(
+                "event queue full: event dropped",
+                extra={"context": {"event": type(item).__name__}},
+            )
+
+    def command(self, event: machine.Event, timeout_s: float) -> Reply:
+        """From an HTTP thread: hand ``event`` to the loop and wait for the machine's reply."""
+        reply: queue.Queue[Reply] = queue.Queue(maxsize=1)
+        try:
+            self.events.put(Command(event, reply), timeout=timeout_s)
+            return reply.get(timeout=timeout_s)
+        except (queue.Full, queue.Empty):
+            return Reply(False, "the kiosk is busy: try again")
+
+    def snapshot_json(self) -> bytes:
+        return self._snapshot
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the outbox into the machine, then start the link and the reader."""
+        loaded = tuple(
+            PendingRequest(
+                request_id=stored.request_id,
+                seq=stored.seq,
+                created_at_ms=stored.created_at_ms,
+                card_uid=stored.card_uid,
+                amount_cents=stored.amount_cents,
+            )
+            for stored in self.outbox.outstanding()
+        )
+        if loaded:
+            log.info(
+                "outbox loaded: requests will be resent with their stored bytes",
+                extra={"context": {"pending": len(loaded), "oldest_seq": loaded[0].seq}},
+            )
+        self._step(OutboxLoaded(loaded))
+        self.link.start(self.submit)
+        self.reader.start(self.submit)
+
+    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
+        """The main loop, until ``stop`` is set."""
+        next_tick_s = time.monotonic()
+        while not stop.is_set():
+            timeout_s = max(0.0, next_tick_s - time.monotonic())
+            try:
+                item = self.events.get(timeout=timeout_s)
+            except queue.Empty:
+                item = None
+            if item is not None:
+                self.handle(item)
+            if time.monotonic() >= next_tick_s:
+                self.handle(Tick())
+                if on_tick is not None:
+                    on_tick()
+                next_tick_s = time.monotonic() + LOOP_TICK_S
+
+    def process_pending(self) -> int:
+        """Handle everything queued now (tests and the benchmark drive the kiosk this way)."""
+        handled = 0
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return handled
+            self.handle(item)
+            handled += 1
+
+    def close(self) -> None:
+        self.reader.stop()
+        self.link.stop()
+        self.indicators.close()
+        self.outbox.close()
+
+    # --- one event ---------------------------------------------------------------------------
+
+    def handle(self, item: QueueItem) -> None:
+        try:
+            self._dispatch(item)
+        except OutboxError:
+            raise  # the disk is gone: stop (systemd restarts us) rather than take payments
+        except Exception:
+            # A bug in handling one event must not end the loop of a payment terminal.
+            log.exception("event handling failed", extra={"context": {"event": repr(item)}})
+        if self._snapshot_marker() != self._snapshot_version:
+            self._refresh_snapshot()
+
+    def _dispatch(self, item: QueueItem) -> None:
+        if isinstance(item, Command):
+            transition = self._step(item.event)
+            try:
+                item.reply.put_nowait(transition.reply or Reply(True))
+            except queue.Full:  # pragma: no cover - one reply per command
+                pass
+        elif isinstance(item, ScanEvent):
+            self._scanned(item)
+        elif isinstance(item, CardRemoved):
+            pass
+        elif isinstance(item, ReaderStatus):
+            self._reader_status = item
+            self._changed()
+        elif isinstance(item, LinkConnected):
+            log.info("mqtt connected", extra={"context": {"session_present": item.session_present}})
+            self._link_reason = None
+            self.link.publish_online()
+            self._step(LinkUp())
+        elif isinstance(item, LinkDisconnected):
+            if self.state.online or self._link_reason is None:
+                log.warning("mqtt disconnected", extra={"context": {"reason": item.reason}})
+            self._link_reason = item.reason
+            self._step(LinkDown())
+        elif isinstance(item, PublishDone):
+            request_id = self._message_ids.pop(item.message_id, None)
+            if request_id is not None:
+                if item.refused_reason is not None:
+                    log.error(
+                        "broker refused a request publish",
+                        extra={
+                            "context": {"request_id": request_id, "reason": item.refused_reason}
+                        },
+                    )
+                self._step(PublishAcked(request_id, item.refused_reason))
+        elif isinstance(item, MessageReceived):
+            self._message(item)
+        else:
+            self._step(item)
+
+    def _step(self, event: machine.Event) -> Transition:
+        transition = machine.step(self.state, event, self.config, self.clock.monotonic_ms())
+        self.state = transition.state
+        for effect in transition.effects:
+            if isinstance(effect, CreateRequest):
+                self._create(effect)
+            elif isinstance(effect, Publish):
+                self._publish(effect.request_id)
+            elif isinstance(effect, Indicate):
+                self.indicators.signal(effect.signal)
+        return transition
+
+    def _changed(self) -> None:
+        self._refresh_snapshot()
+
+    # --- effects -----------------------------------------------------------------------------
+
+    def _create(self, effect: CreateRequest) -> None:
+        identity = self.identity
+        created_at_ms = self.clock.wall_ms()
+        draft = effect.draft
+
+        def sign(request_id: str, seq: int) -> bytes:
+            request = build_request(
+                draft,
+                request_id=request_id,
+                seq=seq,
+                kiosk_id=identity.kiosk_id,
+                created_at_ms=created_at_ms,
+                card_uid=effect.card_uid,
+                currency=identity.currency,
+            )
+            return encode_request(
+                request, identity.private_key, topup_cents_max=identity.topup_cents_max
+            )
+
+        amount_cents = machine.draft_amount_cents(draft)
+        try:
+            stored = self.outbox.store(
+                kind="bar_order" if isinstance(draft, BarDraft) else "checkpoint_recharge",
+                created_at_ms=created_at_ms,
+                card_uid=effect.card_uid,
+                amount_cents=amount_cents,
+                new_request_id=lambda: self.ids.new(created_at_ms),
+                sign=sign,
+            )
+        except OutboxFull as error:
+            log.warning("outbox full: sale refused", extra={"context": {"detail": str(error)}})
+            self._step(RequestRefused("outbox full: no new sales until the network is back"))
+            return
+        except ProtocolError as error:
+            log.warning("request refused before signing", extra={"context": {"error": str(error)}})
+            self._step(RequestRefused(f"cannot send this order: {error.message}"))
+            return
+        self.counters["requests_stored"] += 1
+        log.info(
+            "request stored",
+            extra={
+                "context": {
+                    "request_id": stored.request_id,
+                    "seq": stored.seq,
+                    "card_uid": stored.card_uid,
+                    "amount_cents": amount_cents,
+                }
+            },
+        )
+        pending = PendingRequest(
+            request_id=stored.request_id,
+            seq=stored.seq,
+            created_at_ms=stored.created_at_ms,
+            card_uid=stored.card_uid,
+            amount_cents=stored.amount_cents,
+        )
+        self._step(RequestStored(pending))
+
+    def _publish(self, request_id: str) -> None:
+        payload = self.outbox.payload(request_id)
+        if payload is None:  # pragma: no cover - the machine only publishes pending requests
+            log.error(
+                "publish of a request not in the outbox", extra={"context": {"id": request_id}}
+            )
+            return
+        message_id = self.link.publish_request(payload)
+        self._message_ids[message_id] = request_id
+        self._sent_at_ms.setdefault(request_id, self.clock.monotonic_ms())
+        self.counters["publishes"] += 1
+
+    def _scanned(self, scan: ScanEvent) -> None:
+        self.counters["scans"] += 1
+        record = ScanRecord(
+            kiosk_id=self.identity.kiosk_id,
+            scanned_at_ms=scan.scanned_at_ms,
+            card_uid=scan.card_uid,
+            status=scan.status,
+            reader=scan.reader,
+            duration_ms=scan.duration_ms,
+        )
+        try:
+            self.link.publish_scan(encode_scan(record, self.identity.private_key))
+        except ProtocolError as error:  # pragma: no cover - the reader reports valid fields
+            log.error("scan record not encodable", extra={"context": {"error": str(error)}})
+        if scan.status == "ok" and scan.card_uid is not None:
+            self._step(CardTapped(scan.card_uid))
+        else:
+            log.info(
+                "card read failed",
+                extra={"context": {"status": scan.status, "reader": scan.reader}},
+            )
+            self._step(CardFailed(scan.status))
+
+    def _message(self, message: MessageReceived) -> None:
+        if message.topic != self.result_topic or len(message.payload) > MESSAGE_BYTES_MAX:
+            self._ignore_result("not a result for this kiosk", message.topic)
+            return
+        identity = self.identity
+        try:
+            result = verify_result(
+                message.payload,
+                cloud_public_key=identity.cloud_public_key,
+                outstanding=self.state.outstanding_ids,
+                kiosk_id=identity.kiosk_id,
+            )
+        except ProtocolError as error:
+            self._unmatched_result(message.payload, error)
+            return
+        stored = self.outbox.payload(result.request_id) if result.request_id else None
+        pending = self.state.pending_request(result.request_id)
+        if stored is None or pending is None:  # pragma: no cover - outstanding_ids checked it
+            self._ignore_result("result for a request not in the outbox", result.request_id)
+            return
+        if (result.seq is not None and result.seq != pending.seq) or (
+            result.card_uid is not None and result.card_uid != pending.card_uid
+        ):
+            self._ignore_result("result does not match the stored request", result.request_id)
+            return
+        self._accept(result, pending)
+
+    def _accept(self, result: Result, pending: PendingRequest) -> None:
+        assert result.request_id is not None
+        self.outbox.complete(
+            result.request_id,
+            status=str(result.status),
+            error_code=None if result.error_code is None else str(result.error_code),
+            new_balance_cents=result.new_balance_cents,
+            completed_at_ms=self.clock.wall_ms(),
+        )
+        self.counters["results_accepted"] += 1
+        sent_at_ms = self._sent_at_ms.pop(result.request_id, None)
+        latency_ms = None if sent_at_ms is None else self.clock.monotonic_ms() - sent_at_ms
+        # The canonical line of one payment.
+        log.info(
+            "payment",
+            extra={
+                "context": {
+                    "request_id": result.request_id,
+                    "seq": pending.seq,
+                    "card_uid": pending.card_uid,
+                    "amount_cents": pending.amount_cents,
+                    "status": str(result.status),
+                    "error_code": None if result.error_code is None else str(result.error_code),
+                    "new_balance_cents": result.new_balance_cents,
+                    "replayed": result.replayed,
+                    "latency_ms": latency_ms,
+                }
+            },
+        )
+        outcome = Outcome(
+            request_id=result.request_id,
+            seq=pending.seq,
+            card_uid=pending.card_uid,
+            approved=result.approved,
+            status=str(result.status),
+            error_code=None if result.error_code is None else str(result.error_code),
+            message=result.message,
+            amount_cents=pending.amount_cents,
+            previous_balance_cents=result.previous_balance_cents,
+            new_balance_cents=result.new_balance_cents,
+            replayed=result.replayed,
+            at_ms=self.clock.wall_ms(),
+        )
+        self._step(ResultArrived(outcome))
+
+    def _unmatched_result(self, payload: bytes, error: ProtocolError) -> None:
+        """A result we cannot use: forged or wrongly signed, or for no outstanding request."""
+        try:
+            signed = verify_result(
+                payload,
+                cloud_public_key=self.identity.cloud_public_key,
+                kiosk_id=self.identity.kiosk_id,
+            )
+        except ProtocolError as signature_error:
+            self._ignore_result(f"{signature_error.code}: {signature_error.message}", None)
+            return
+        if signed.request_id is None:
+            # The cloud could not attribute our request (unknown kiosk, bad signature): the
+            # operator must act; the screen says so.
+            self._alert = f"cloud rejected a request: {signed.error_code} {signed.message}"
+            self._changed()
+            self._ignore_result(self._alert, None)
+        else:
+            # A second answer to a finished request (a resend's "replayed" result).
+            log.debug(
+                "duplicate result ignored", extra={"context": {"request_id": signed.request_id}}
+            )
+        del error
+
+    def _ignore_result(self, reason: str, detail: object) -> None:
+        self.counters["results_ignored"] += 1
+        log.warning("result ignored", extra={"context": {"reason": reason, "detail": detail}})
+
+    # --- what the page sees ------------------------------------------------------------------
+
+    def _snapshot_marker(self) -> tuple[int, int]:
+        return (self.state.version, sum(self.counters.values()))
+
+    def _refresh_snapshot(self) -> None:
+        """Publish a new immutable view; ``version`` grows with every change (pages poll it)."""
+        document: dict[str, Any] = machine.view(self.state, self.config)
+        reader = self._reader_status
+        reader_view = (
+            None
+            if reader is None
+            else {"available": reader.available, "name": reader.reader, "detail": reader.detail}
+        )
+        document.update(
+            {
+                "kiosk_id": self.identity.kiosk_id,
+                "currency": self.identity.currency,
+                "firmware": self.identity.firmware,
+                "version": self._snapshots,
+                "reader": reader_view,
+                "link": {"online": self.state.online, "reason": self._link_reason},
+                "alert": self._alert,
+                "counters": dict(self.counters),
+            }
+        )
+        self._snapshot = json.dumps(document, separators=(",", ":")).encode()
+        self._snapshot_version = self._snapshot_marker()
+        self._snapshots += 1
+
+
+# --- composition root ----------------------------------------------------------------------------
+
+
+def machine_config(settings: Any) -> MachineConfig:
+    return MachineConfig(
+        mode=settings.mode,
+        outbox_max=settings.outbox_max,
+        result_timeout_ms=int(settings.result_timeout_s * 1000),
+        resend_after_ms=int(settings.resend_after_s * 1000),
+        resend_after_ms_max=int(max(settings.resend_after_s, RESEND_AFTER_S_MAX) * 1000),
+        outcome_display_ms=int(OUTCOME_DISPLAY_S * 1000),
+    )
+
+
+def run_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``festival-kiosk run``: build everything from the environment and run until stopped."""
+    from device.http_interface import HttpApi, LocalHttpServer
+    from device.indicators import IndicatorPlayer, RecordingPins
+    from device.logs import configure_logging
+    from device.mqtt_link import MqttLink
+    from device.reader import SimulatedReader
+    from device.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(os.environ if environ is None else environ)
+    except SettingsError as error:
+        print("festival-kiosk: invalid configuration:\n" + str(error), file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    clock = SystemClock()
+    try:
+        outbox = Outbox(
+            settings.state_dir / OUTBOX_FILE_NAME,
+            kiosk_id=settings.kiosk_id,
+            capacity=settings.outbox_max,
+        )
+    except OutboxError as error:
+        log.error("cannot open the outbox", extra={"context": {"error": str(error)}})
+        return 1
+
+    simulated: SimulatedReader | None = None
+    reader: CardReader
+    if settings.simulated_reader:
+        simulated = SimulatedReader(clock.wall_ms)
+        reader = simulated
+    else:
+        from device.reader_pcsc import PcscReader
+
+        reader = PcscReader(settings.reader, clock_ms=clock.wall_ms)
+
+    if settings.gpio == "rpi":
+        from device.indicators_rpi import IndicatorUnavailable, RpiPins
+
+        try:
+            pins: Any = RpiPins(
+                green_pin=settings.green_pin,
+                red_pin=settings.red_pin,
+                buzzer_pin=settings.buzzer_pin,
+            )
+        except IndicatorUnavailable as error:
+            log.error("GPIO unavailable", extra={"context": {"error": str(error)}})
+            outbox.close()
+            return 1
+    else:
+        pins = RecordingPins()
+    indicators = IndicatorPlayer(pins)
+
+    link = MqttLink(
+        endpoint=settings.mqtt,
+        kiosk_id=settings.kiosk_id,
+        topic_prefix=settings.topic_prefix,
+        firmware=settings.firmware,
+        queued_max=settings.outbox_max + MQTT_QUEUED_EXTRA,
+        clock_ms=clock.wall_ms,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+    )
+    kiosk = Kiosk(
+        identity=KioskIdentity(
+            kiosk_id=settings.kiosk_id,
+            currency=settings.currency,
+            private_key=settings.private_key,
+            cloud_public_key=settings.cloud_public_key,
+            firmware=settings.firmware,
+            topup_cents_max=settings.topup_cents_max,
+        ),
+        config=machine_config(settings),
+        outbox=outbox,
+        link=link,
+        reader=reader,
+        indicators=indicators,
+        result_topic=link.result_topic,
+        clock=clock,
+    )
+    menu: Menu | None = settings.menu
+    api = HttpApi(
+        mode=settings.mode,
+        menu=menu,
+        topup_cents_max=settings.topup_cents_max,
+        snapshot_json=kiosk.snapshot_json,
+        command=kiosk.command,
+        simulated_reader=simulated,
+        static_dir=STATIC_DIR,
+    )
+    try:
+        http = LocalHttpServer(api, settings.http_port)
+    except OSError as error:
+        log.error(
+            "cannot open the local HTTP interface",
+            extra={"context": {"port": settings.http_port, "error": str(error)}},
+        )
+        indicators.close()
+        outbox.close()
+        return 1
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    http.start()
+    kiosk.start()
+    log.info(
+        "kiosk running",
+        extra={
+            "context": {
+                "kiosk_id": settings.kiosk_id,
+                "mode": str(settings.mode),
+                "reader": settings.reader,
+                "gpio": settings.gpio,
+                "http_port": http.port,
+                "mqtt": repr(settings.mqtt),
+                "firmware": settings.firmware,
+                "pid": os.getpid(),
+            }
+        },
+    )
+    notify("READY=1")
+    watchdog_s = watchdog_interval_s()
+    last_ping_s = time.monotonic()
+    last_reader_check_s = time.monotonic()
+
+    def on_tick() -> None:
+        nonlocal last_ping_s, last_reader_check_s
+        now_s = time.monotonic()
+        # The loop itself pings: a stuck loop stops the pings and systemd restarts us.
+        if watchdog_s is not None and now_s - last_ping_s >= watchdog_s:
+            notify("WATCHDOG=1")
+            last_ping_s = now_s
+        if now_s - last_reader_check_s >= 1.0:
+            last_reader_check_s = now_s
+            if not reader.healthy():
+                log.error("card reader thread is gone: restarting it")
+                reader.start(kiosk.submit)
+
+    try:
+        kiosk.run(stop, on_tick)
+    except OutboxError as error:
+        log.error("outbox failed: stopping", extra={"context": {"error": str(error)}})
+        return 1
+    finally:
+        notify("STOPPING=1")
+        log.info("kiosk stopping")
+        http.stop()
+        kiosk.close()
+    return 0

@@ -1,0 +1,141 @@
+"""The MQTT link port: what the kiosk needs from the broker, and an in-memory fake.
+
+The link reports through ``sink`` (a callable that only enqueues): ``LinkConnected``,
+``LinkDisconnected``, ``MessageReceived`` (a result for this kiosk) and ``PublishDone`` (the
+broker acknowledged a QoS 1 publish, or refused it). The real adapter is
+``device.mqtt_link.MqttLink``; ``FakeLink`` records publishes and lets tests and the benchmark
+play the broker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConnected:
+    session_present: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDisconnected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDone:
+    message_id: int
+    refused_reason: str | None = None
+
+
+LinkEvent: TypeAlias = LinkConnected | LinkDisconnected | MessageReceived | PublishDone
+LinkSink: TypeAlias = Callable[[LinkEvent], None]
+
+
+class Link(Protocol):
+    def start(self, sink: LinkSink) -> None: ...
+
+    def publish_request(self, payload: bytes) -> int:
+        """Publish a signed request (QoS 1); returns the message id its PublishDone carries."""
+        ...
+
+    def publish_scan(self, payload: bytes) -> None:
+        """Publish a signed scan record (QoS 0, dropped when offline)."""
+        ...
+
+    def publish_online(self) -> None:
+        """Subscribe to our result topic and publish the retained ``online`` status."""
+        ...
+
+    def stop(self) -> None:
+        """Publish the retained ``offline`` status (bounded wait) and disconnect."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    kind: str  # "request", "scan", "status"
+    payload: bytes
+    message_id: int
+
+
+class FakeLink:
+    """An in-memory broker for one kiosk.
+
+    ``connect()`` / ``disconnect()`` drive the link state; ``deliver(payload)`` hands the kiosk a
+    result; with ``auto_ack`` every request publish is acknowledged at once; ``responder`` (if
+    set) is called with each request's bytes and may return result bytes to deliver.
+    """
+
+    def __init__(
+        self,
+        *,
+        auto_ack: bool = True,
+        responder: Callable[[bytes], bytes | None] | None = None,
+        result_topic: str = "result",
+    ) -> None:
+        self.auto_ack = auto_ack
+        self.responder = responder
+        self.result_topic = result_topic
+        self.published: list[Published] = []
+        self.connected = False
+        self._sink: LinkSink | None = None
+        self._next_id = 0
+        self._lock = threading.Lock()
+
+    def start(self, sink: LinkSink) -> None:
+        self._sink = sink
+
+    def _emit(self, event: LinkEvent) -> None:
+        assert self._sink is not None, "FakeLink not started"
+        self._sink(event)
+
+    def connect(self, session_present: bool = True) -> None:
+        self.connected = True
+        self._emit(LinkConnected(session_present))
+
+    def disconnect(self, reason: str = "test") -> None:
+        self.connected = False
+        self._emit(LinkDisconnected(reason))
+
+    def deliver(self, payload: bytes) -> None:
+        self._emit(MessageReceived(self.result_topic, payload))
+
+    def _record(self, kind: str, payload: bytes) -> int:
+        with self._lock:
+            self._next_id += 1
+            self.published.append(Published(kind, payload, self._next_id))
+            return self._next_id
+
+    def publish_request(self, payload: bytes) -> int:
+        message_id = self._record("request", payload)
+        if self.connected and self.auto_ack:
+            self._emit(PublishDone(message_id))
+        if self.connected and self.responder is not None:
+            result = self.responder(payload)
+            if result is not None:
+                self.deliver(result)
+        return message_id
+
+    def publish_scan(self, payload: bytes) -> None:
+        if self.connected:
+            self._record("scan", payload)
+
+    def publish_online(self) -> None:
+        self._record("status", b"online")
+
+    def stop(self) -> None:
+        self._record("status", b"offline")
+        self.connected = False
+
+    def requests(self) -> list[bytes]:
+        return [p.payload for p in self.published if p.kind == "request"]

@@ -1,0 +1,60 @@
+"""A checkpoint's top-up as the page sends it, checked before it becomes a RechargeDraft. Pure."""
+
+from __future__ import annotations
+
+from device.machine import RechargeDraft
+from protocol.limits import (
+    CHECKPOINT_ID_LENGTH_MAX,
+    STAFF_ID_LENGTH_MAX,
+    TEXT_FORBIDDEN_PATTERN,
+    TOPUP_CENTS_MIN,
+)
+from protocol.models import PAYMENT_METHODS, PaymentMethod
+
+
+class RechargeError(ValueError):
+    """The top-up from the page is not acceptable (amount, payment method, staff id)."""
+
+
+def parse_recharge(document: object, *, topup_cents_max: int) -> RechargeDraft:
+    """``{"amount_cents", "payment_method", "staff_id", "checkpoint_id"?}`` -> RechargeDraft."""
+    if not isinstance(document, dict):
+        raise RechargeError("recharge must be a JSON object")
+    allowed = {"amount_cents", "payment_method", "staff_id", "checkpoint_id"}
+    unknown = sorted(set(document) - allowed)
+    if unknown:
+        raise RechargeError(f"unknown field {unknown[0]!r} in recharge")
+    amount_cents = document.get("amount_cents")
+    if type(amount_cents) is not int or not TOPUP_CENTS_MIN <= amount_cents <= topup_cents_max:
+        raise RechargeError(
+            f"amount_cents must be an integer {TOPUP_CENTS_MIN}..{topup_cents_max} (cents)"
+        )
+    payment_method = document.get("payment_method")
+    if payment_method == "cash":
+        method: PaymentMethod = "cash"
+    elif payment_method == "card":
+        method = "card"
+    else:
+        raise RechargeError("payment_method must be " + " or ".join(PAYMENT_METHODS))
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError("staff_id is required: who took the money?")
+    checkpoint_id = _text(document.get("checkpoint_id"), "checkpoint_id", CHECKPOINT_ID_LENGTH_MAX)
+    return RechargeDraft(
+        amount_cents=amount_cents,
+        payment_method=method,
+        staff_id=staff_id,
+        checkpoint_id=checkpoint_id,
+    )
+
+
+def _text(value: object, name: str, length_max: int) -> str | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= length_max
+        or TEXT_FORBIDDEN_PATTERN.search(value)
+    ):
+        raise RechargeError(f"{name} must be 1..{length_max} printable characters")
+    return value
