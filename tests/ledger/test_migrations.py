@@ -1,0 +1,66 @@
+"""Migrations: upgrade, downgrade to base and upgrade again on a database holding data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cloud import database
+from cloud.database import make_engine
+from cloud.ledger import Ledger
+from tests.ledger.helpers import PUBLIC_KEY, bar_order, execute, recharge, scalar
+
+
+def _traffic(url: str) -> None:
+    engine = make_engine(url, pool_size=1)
+    try:
+        ledger = Ledger(engine)
+        ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+        ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint")
+        ledger.apply(recharge("04AAAAAA", 5_000))
+        ledger.apply(bar_order("04AAAAAA"))
+        assert ledger.check() == []
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_downgrade_upgrade_with_data(make_database: Callable[..., str]) -> None:
+    url = make_database()
+    assert database.current_revision(url) is None
+    database.upgrade(url)
+    assert database.current_revision(url) == database.head_revision() == "0002"
+    _traffic(url)
+
+    # One step down: the procedures go, the data stays.
+    database.downgrade(url, "0001")
+    assert database.current_revision(url) == "0001"
+    assert scalar(url, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'sp\\_%'") == 0
+    assert scalar(url, "SELECT balance_cents FROM cards") == 4_500
+    database.upgrade(url)
+    assert scalar(url, "SELECT count(*) FROM postings") == 4
+
+    # All the way down: nothing of ours is left (the cluster-wide role stays).
+    database.downgrade(url, "base")
+    assert database.current_revision(url) is None
+    leftovers = execute(
+        url,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'v') AND c.relname <> 'alembic_version'",
+    )
+    assert leftovers == []
+    assert scalar(url, "SELECT count(*) FROM pg_roles WHERE rolname = 'festival_service'") == 1
+
+    database.upgrade(url, "head")
+    _traffic(url)
+    assert scalar(url, "SELECT balance_cents FROM cards") == 4_500
+
+
+def test_migrations_are_found_from_the_package_not_the_working_directory(
+    make_database: Callable[..., str], tmp_path: object, monkeypatch: object
+) -> None:
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.chdir(str(tmp_path))
+    url = make_database()
+    database.upgrade(url, "0001")
+    assert database.current_revision(url) == "0001"
