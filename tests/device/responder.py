@@ -155,9 +155,17 @@ class MqttResponder:
     answers everything held, in order.
     """
 
-    def __init__(self, broker: MosquittoBroker, ledger: FakeLedger, *, group: str = "ledger"):
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        ledger: FakeLedger,
+        *,
+        group: str = "ledger",
+        durable: bool = False,
+    ) -> None:
         self.broker = broker
         self.ledger = ledger
+        self.durable = durable
         self.hold = False
         self.held: list[tuple[str, bytes]] = []
         self.seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
@@ -167,6 +175,7 @@ class MqttResponder:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=f"test-responder-{id(self)}",
+            reconnect_on_failure=True,
             protocol=mqtt.MQTTv5,
         )
         client.username_pw_set("cloud-consumer", broker.users["cloud-consumer"])
@@ -177,9 +186,15 @@ class MqttResponder:
         self.subscription = shared_subscription(PREFIX, TopicKind.TX, group)
 
     def start(self) -> MqttResponder:
+        """Connect and subscribe. A durable responder is like the real consumer: its session
+        (and the requests queued in it while it is away) survives disconnects and broker
+        restarts; a plain one leaves nothing behind on the broker."""
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = 0
-        self.client.connect("127.0.0.1", self.broker.port, clean_start=True, properties=properties)
+        properties.SessionExpiryInterval = 3600 if self.durable else 0
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect(
+            "127.0.0.1", self.broker.port, clean_start=not self.durable, properties=properties
+        )
         self.client.loop_start()
         wait_until(self._subscribed.is_set, timeout_s=10, what="the responder's subscription")
         return self

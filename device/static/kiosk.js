@@ -1,0 +1,299 @@
+// The kiosk's touchscreen page. It holds only the cart being built; everything else (prices,
+// the order's state, outcomes) comes from the kiosk's local API (docs/kiosk.md). Money is
+// integer cents throughout; the only conversion is for display and for typed amounts.
+"use strict";
+
+(function () {
+  const POLL_MS = 300;
+  const state = { view: null, version: -1, menu: null, cart: new Map(), returns: new Map(), method: "cash" };
+  const $ = (id) => document.getElementById(id);
+
+  function money(cents) {
+    const negative = cents < 0;
+    const absolute = Math.abs(cents);
+    const whole = Math.floor(absolute / 100);
+    const fraction = String(absolute % 100).padStart(2, "0");
+    const currency = state.view ? state.view.currency : "";
+    return (negative ? "-" : "") + whole + "." + fraction + (currency ? " " + currency : "");
+  }
+
+  // "12", "12.5", "12,50" -> 1250; anything else -> null. No floating point involved.
+  function parseCents(text) {
+    const match = /^\s*(\d{1,7})(?:[.,](\d{1,2}))?\s*$/.exec(text);
+    if (!match) return null;
+    const fraction = (match[2] || "").padEnd(2, "0");
+    return parseInt(match[1], 10) * 100 + parseInt(fraction, 10);
+  }
+
+  async function api(method, path, body) {
+    const options = { method, headers: {} };
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, options);
+    let document = null;
+    try { document = await response.json(); } catch (error) { document = null; }
+    return { ok: response.ok, status: response.status, document };
+  }
+
+  function element(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function show(id, visible) { $(id).hidden = !visible; }
+
+  // --- bar: the cart -------------------------------------------------------------------------
+
+  function cartLines() {
+    const lines = [];
+    if (!state.menu) return lines;
+    const deposits = new Map();
+    for (const [sku, quantity] of state.cart) {
+      const product = state.menu.products.find((p) => p.sku === sku);
+      if (!product) continue;
+      lines.push({ kind: "item", sku, name: product.name, quantity, cents: quantity * product.unit_price_cents });
+      if (product.deposit_sku) deposits.set(product.deposit_sku, (deposits.get(product.deposit_sku) || 0) + quantity);
+    }
+    for (const [sku, quantity] of deposits) {
+      const deposit = state.menu.deposits.find((d) => d.sku === sku);
+      if (deposit) lines.push({ kind: "deposit", sku, name: deposit.name, quantity, cents: quantity * deposit.unit_price_cents });
+    }
+    for (const [sku, quantity] of state.returns) {
+      const deposit = state.menu.deposits.find((d) => d.sku === sku);
+      if (deposit) lines.push({ kind: "return", sku, name: deposit.return_name, quantity, cents: -quantity * deposit.unit_price_cents });
+    }
+    return lines;
+  }
+
+  function renderCart() {
+    const list = $("cart-lines");
+    list.replaceChildren();
+    let total = 0;
+    for (const line of cartLines()) {
+      total += line.cents;
+      const item = element("li");
+      item.dataset.sku = line.sku;
+      item.dataset.kind = line.kind;
+      item.append(element("span", "", line.quantity + " x " + line.name), element("span", "money", money(line.cents)));
+      if (line.kind !== "deposit") {
+        const remove = element("button", "line-remove", "-");
+        remove.type = "button";
+        remove.addEventListener("click", () => change(line.kind === "return" ? state.returns : state.cart, line.sku, -1));
+        item.append(remove);
+      }
+      list.append(item);
+    }
+    $("total").textContent = money(total);
+    $("charge").disabled = state.cart.size === 0 && state.returns.size === 0;
+  }
+
+  function change(map, sku, delta) {
+    const quantity = (map.get(sku) || 0) + delta;
+    if (quantity <= 0) map.delete(sku); else map.set(sku, Math.min(quantity, 99));
+    renderCart();
+  }
+
+  function renderMenu() {
+    $("menu-title").textContent = state.menu.title;
+    const products = $("products");
+    products.replaceChildren();
+    for (const product of state.menu.products) {
+      const button = element("button", "button button-product");
+      button.type = "button";
+      button.dataset.sku = product.sku;
+      button.append(element("span", "", product.name), element("span", "price money", money(product.unit_price_cents)));
+      button.addEventListener("click", () => change(state.cart, product.sku, 1));
+      products.append(button);
+    }
+    const returns = $("returns");
+    returns.replaceChildren();
+    for (const deposit of state.menu.deposits) {
+      const button = element("button", "button button-product button-return");
+      button.type = "button";
+      button.dataset.returnSku = deposit.sku;
+      button.append(element("span", "", deposit.return_name), element("span", "price money", money(-deposit.unit_price_cents)));
+      button.addEventListener("click", () => change(state.returns, deposit.sku, 1));
+      returns.append(button);
+    }
+    renderCart();
+  }
+
+  async function charge() {
+    const body = {
+      items: [...state.cart].map(([sku, quantity]) => ({ sku, quantity })),
+      returns: [...state.returns].map(([sku, quantity]) => ({ sku, quantity })),
+    };
+    const reply = await api("POST", "/api/order", body);
+    const error = $("order-error");
+    if (reply.ok) {
+      state.cart.clear();
+      state.returns.clear();
+      renderCart();
+      error.hidden = true;
+    } else {
+      error.textContent = (reply.document && reply.document.error) || (reply.document && reply.document.message) || "refused";
+      error.hidden = false;
+    }
+    await poll();
+  }
+
+  // --- checkpoint ------------------------------------------------------------------------------
+
+  function renderPresets() {
+    const presets = $("presets");
+    presets.replaceChildren();
+    for (const cents of [1000, 2000, 5000, 10000]) {
+      const button = element("button", "button", money(cents));
+      button.type = "button";
+      button.dataset.cents = String(cents);
+      button.addEventListener("click", () => { $("amount").value = (cents / 100).toFixed(0); });
+      presets.append(button);
+    }
+  }
+
+  function chooseMethod(method) {
+    state.method = method;
+    for (const id of ["method-cash", "method-card"]) {
+      $(id).classList.toggle("is-selected", $(id).dataset.method === method);
+    }
+  }
+
+  async function recharge() {
+    const error = $("recharge-error");
+    const amount = parseCents($("amount").value);
+    const staff = $("staff-id").value.trim();
+    if (amount === null || amount < 1) { error.textContent = "Enter an amount such as 20 or 12.50"; error.hidden = false; return; }
+    if (!staff) { error.textContent = "Enter your staff id"; error.hidden = false; return; }
+    const reply = await api("POST", "/api/recharge", { amount_cents: amount, payment_method: state.method, staff_id: staff });
+    if (reply.ok) {
+      error.hidden = true;
+      $("amount").value = "";
+    } else {
+      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
+      error.hidden = false;
+    }
+    await poll();
+  }
+
+  // --- the kiosk's state -----------------------------------------------------------------------
+
+  function render(view) {
+    const screen = view.screen;
+    $("screen").dataset.screen = screen;
+    $("kiosk-id").textContent = view.kiosk_id;
+    $("mode").textContent = view.mode;
+    const link = $("link");
+    link.textContent = view.online ? "online" : "offline";
+    link.className = "pill " + (view.online ? "pill-on" : "pill-off");
+    const reader = $("reader");
+    const readerOk = view.reader && view.reader.available;
+    reader.textContent = view.reader ? "reader " + (readerOk ? "ok" : "unavailable") : "reader ?";
+    reader.className = "pill " + (readerOk ? "pill-on" : "pill-off");
+    const outbox = $("outbox");
+    outbox.textContent = "outbox " + view.outbox.pending + "/" + view.outbox.max;
+    outbox.className = "pill " + (view.outbox.full ? "pill-off" : view.outbox.pending > 0 ? "pill-warn" : "");
+    show("alert", Boolean(view.alert));
+    $("alert").textContent = view.alert || "";
+    show("notice", Boolean(view.notice) && screen !== "order_pending");
+    $("notice").textContent = view.notice || "";
+
+    const building = screen === "idle";
+    show("panel-bar", building && view.mode === "bar");
+    show("panel-checkpoint", building && view.mode === "checkpoint");
+    const waiting = ["order_pending", "card_read", "waiting", "timed_out", "offline"].includes(screen);
+    show("panel-tap", waiting);
+    show("panel-outcome", screen === "approved" || screen === "declined");
+
+    if (waiting) {
+      $("tap-title").textContent = view.message;
+      const order = view.order;
+      const amount = order ? (order.type === "bar_order" ? order.total_cents : order.amount_cents) : null;
+      $("tap-amount").textContent = amount === null ? "" : money(amount);
+      const lines = $("tap-lines");
+      lines.replaceChildren();
+      if (order && order.type === "bar_order") {
+        for (const line of order.items) {
+          const item = element("li");
+          item.append(element("span", "", line.quantity + " x " + line.name), element("span", "money", money(line.line_cents)));
+          lines.append(item);
+        }
+      } else if (order) {
+        const item = element("li");
+        item.append(element("span", "", order.payment_method + " - staff " + order.staff_id));
+        lines.append(item);
+      }
+      show("cancel", screen === "order_pending");
+      $("cancel").textContent = "Cancel";
+      if (screen === "timed_out" || screen === "offline") {
+        show("cancel", true);
+        $("cancel").textContent = "Next customer";
+      }
+    }
+    if (screen === "approved" || screen === "declined") {
+      const outcome = view.outcome;
+      $("outcome-title").textContent = screen === "approved" ? "Approved" : "Declined";
+      $("outcome-amount").textContent = outcome ? money(outcome.amount_cents) : "";
+      $("outcome-message").textContent = outcome ? outcome.message + (outcome.error_code ? " (" + outcome.error_code + ")" : "") : "";
+      $("new-balance").textContent = outcome && outcome.new_balance_cents !== null ? money(outcome.new_balance_cents) : "-";
+    }
+
+    const late = view.late_results || [];
+    show("late", late.length > 0);
+    const lateLines = $("late-lines");
+    lateLines.replaceChildren();
+    for (const outcome of late.slice().reverse()) {
+      const item = element("li");
+      item.append(
+        element("span", "", "#" + outcome.seq + " " + outcome.card_uid + " " + outcome.status),
+        element("span", "money", money(outcome.amount_cents)),
+      );
+      lateLines.append(item);
+    }
+    show("sim", view.reader && view.reader.name === "sim");
+  }
+
+  async function poll() {
+    try {
+      const reply = await api("GET", "/api/state");
+      if (reply.ok && reply.document && reply.document.version !== state.version) {
+        state.view = reply.document;
+        state.version = reply.document.version;
+        if (state.view.mode === "bar" && !state.menu) {
+          const menu = await api("GET", "/api/menu");
+          if (menu.ok) { state.menu = menu.document; renderMenu(); }
+        }
+        render(state.view);
+      }
+    } catch (error) {
+      $("link").textContent = "kiosk unreachable";
+      $("link").className = "pill pill-off";
+    }
+  }
+
+  function wire() {
+    $("charge").addEventListener("click", charge);
+    $("clear").addEventListener("click", () => { state.cart.clear(); state.returns.clear(); renderCart(); });
+    $("cancel").addEventListener("click", async () => {
+      const screen = state.view ? state.view.screen : "";
+      await api("POST", screen === "order_pending" ? "/api/cancel" : "/api/dismiss", {});
+      await poll();
+    });
+    $("dismiss").addEventListener("click", async () => { await api("POST", "/api/dismiss", {}); await poll(); });
+    $("recharge").addEventListener("click", recharge);
+    $("method-cash").addEventListener("click", () => chooseMethod("cash"));
+    $("method-card").addEventListener("click", () => chooseMethod("card"));
+    $("sim-tap").addEventListener("click", async () => {
+      await api("POST", "/api/tap", { card_uid: $("sim-uid").value.trim().toUpperCase() });
+      await poll();
+    });
+    renderPresets();
+    poll();
+    setInterval(poll, POLL_MS);
+  }
+
+  document.addEventListener("DOMContentLoaded", wire);
+})();

@@ -1,0 +1,243 @@
+"""`festival-kiosk run` as a real process: broker, stand-in consumer, kill -9, broker down."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from cloud.sandbox import MosquittoBroker, free_port
+from protocol.codec import decode_status
+from tests.device.conftest import CARD, CARD_BALANCE_CENTS
+from tests.device.kiosk_process import KioskProcess
+from tests.device.responder import FakeLedger, MqttResponder
+from tests.waiting import wait_until
+
+BEER = [{"sku": "beer", "quantity": 2}]
+BEER_CENTS = 2 * 550 + 2 * 200  # two beers and two cup deposits (default menu)
+
+
+def statuses(broker: MosquittoBroker, kiosk_id: str) -> queue.Queue[tuple[str, bool]]:
+    """(state, retained) of every status message of ``kiosk_id``, seen by the operator."""
+    seen: queue.Queue[tuple[str, bool]] = queue.Queue()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=f"observer-{kiosk_id}-{threading.get_ident()}",
+        protocol=mqtt.MQTTv5,
+    )
+    client.username_pw_set("operator", broker.users["operator"])
+
+    def on_message(c: Any, u: Any, message: mqtt.MQTTMessage) -> None:
+        status = decode_status(bytes(message.payload), topic_kiosk_id=kiosk_id)
+        seen.put((status.state, bool(message.retain)))
+
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe(
+        f"festival/v1/kiosks/{kiosk_id}/status", qos=1
+    )
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    seen.client = client  # type: ignore[attr-defined]
+    return seen
+
+
+def stop_observer(seen: queue.Queue[tuple[str, bool]]) -> None:
+    client = seen.client  # type: ignore[attr-defined]
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_sale_through_the_broker_with_status_messages(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    observer = statuses(kiosk_broker, "bar-1")
+    try:
+        assert observer.get(timeout=10) == ("online", True)
+        kiosk.sell(BEER, CARD)
+        state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the sale to be approved")
+        assert state["outcome"]["new_balance_cents"] == CARD_BALANCE_CENTS - BEER_CENTS
+        assert state["outcome"]["amount_cents"] == BEER_CENTS
+        assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
+        assert state["outbox"]["pending"] == 0
+        [request_id] = ledger.received_ids()
+        assert ledger.requests[request_id].seq == 1
+        assert kiosk.stop() == 0
+        assert observer.get(timeout=10) == ("offline", False)
+    finally:
+        stop_observer(observer)
+
+
+def test_crash_after_storing_before_publishing_resends_the_same_request(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    # The broker is unreachable for the first run: the request is stored but never published.
+    nowhere = f"mqtt://bar-1:{kiosk_broker.users['bar-1']}@127.0.0.1:{free_port()}"
+    first = make_kiosk(kiosk_broker, mqtt_url=nowhere).start()
+    first.sell(BEER, CARD)
+    first.wait_for(lambda s: s["screen"] == "offline", "the request to be queued offline")
+    [(request_id, seq, payload)] = first.outbox_rows()
+    assert seq == 1
+    first.kill()
+
+    second = make_kiosk(kiosk_broker)
+    second.env = dict(first.env, MQTT_URL=kiosk_broker.url("bar-1"))
+    second.start()
+    state = second.wait_for(
+        lambda s: s["outbox"]["pending"] == 0 and s["late_results"], "the queued request to land"
+    )
+    assert ledger.received == [(request_id, payload)]  # the exact stored bytes, once
+    assert ledger.applied[request_id] == 1
+    assert state["late_results"][0]["request_id"] == request_id
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
+
+
+def test_crash_after_publishing_before_the_result_is_applied_once(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    responder.hold = True  # the cloud receives the request but has not answered yet
+    first = make_kiosk(kiosk_broker).start()
+    first.wait_for(lambda s: s["online"], "the kiosk to connect")
+    first.sell(BEER, CARD)
+    kiosk_id, published = responder.seen.get(timeout=10)
+    assert kiosk_id == "bar-1"
+    [(request_id, _, payload)] = first.outbox_rows()
+    assert published == payload
+    first.kill()
+    # The cloud answers while the kiosk is dead: the result waits in its durable session.
+    responder.release()
+    wait_until(lambda: ledger.applied[request_id] == 1, timeout_s=10, what="the ledger to apply")
+
+    second = make_kiosk(kiosk_broker)
+    second.env = first.env
+    second.start()
+    state = second.wait_for(
+        lambda s: s["outbox"]["pending"] == 0 and s["late_results"], "the result to be accepted"
+    )
+    assert state["late_results"][0]["request_id"] == request_id
+    assert state["late_results"][0]["new_balance_cents"] == CARD_BALANCE_CENTS - BEER_CENTS
+    # The restarted kiosk sent the same stored bytes again; the ledger applied them once.
+    wait_until(lambda: len(ledger.received) == 2, timeout_s=10, what="the resend")
+    assert ledger.received == [(request_id, payload), (request_id, payload)]
+    assert ledger.applied[request_id] == 1
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
+    # And the seq counter went on from where it was.
+    second.sell(BEER, CARD)
+    second.wait_for(lambda s: s["screen"] == "approved", "the next sale")
+    assert ledger.requests[ledger.received_ids()[-1]].seq == 2
+
+
+def test_result_signed_by_the_wrong_key_is_ignored(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    from protocol.keys import generate_private_key
+
+    impostor = FakeLedger(
+        cloud_key=generate_private_key(),
+        kiosk_keys=ledger.kiosk_keys,
+        balances={CARD: 1_000_000},
+    )
+    genuine = responder.ledger
+    responder.ledger = impostor
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    kiosk.sell(BEER, CARD)
+    state = kiosk.wait_for(
+        lambda s: s["counters"]["results_ignored"] >= 1, "the forged result to be ignored"
+    )
+    assert state["screen"] in ("waiting", "timed_out")
+    assert state["outbox"]["pending"] == 1
+    state = kiosk.wait_for(lambda s: s["screen"] == "timed_out", "the timeout")
+    assert state["outbox"]["pending"] == 1
+    # The genuine cloud answers the resend; its result is accepted and shown.
+    responder.ledger = genuine
+    [(request_id, _, payload)] = kiosk.outbox_rows()
+    result = genuine.answer("bar-1", payload)
+    responder.client.publish("festival/v1/kiosks/bar-1/result", result, qos=1)
+    state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the genuine result")
+    assert state["outcome"]["request_id"] == request_id
+    assert impostor.balances[CARD] == 1_000_000 - BEER_CENTS  # the forger "approved" it
+    assert state["outcome"]["new_balance_cents"] == CARD_BALANCE_CENTS - BEER_CENTS
+
+
+def test_broker_down_requests_queue_and_drain_in_order(
+    kiosk_broker: MosquittoBroker,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    responder = MqttResponder(kiosk_broker, ledger, durable=True).start()
+    try:
+        kiosk = make_kiosk(kiosk_broker).start()
+        kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+        kiosk_broker.stop()
+        kiosk.wait_for(lambda s: not s["online"], "the kiosk to notice the broker is down")
+        for _ in range(3):
+            kiosk.sell([{"sku": "shot", "quantity": 1}], CARD)
+            kiosk.wait_for(lambda s: s["screen"] == "offline", "the sale to be queued")
+            assert kiosk.post("/api/dismiss", {})[0] == 200
+        assert [seq for _, seq, _ in kiosk.outbox_rows()] == [1, 2, 3]
+        assert ledger.received == []
+        kiosk_broker.start()
+        kiosk.wait_for(
+            lambda s: s["online"] and s["outbox"]["pending"] == 0,
+            "the outbox to drain",
+            timeout_s=30,
+        )
+        ids = list(dict.fromkeys(ledger.received_ids()))
+        assert [ledger.requests[request_id].seq for request_id in ids] == [1, 2, 3]
+        assert all(ledger.applied[request_id] == 1 for request_id in ids)
+        assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 3 * 350
+    finally:
+        responder.stop()
+
+
+def test_local_interface_refuses_bad_input(
+    kiosk_broker: MosquittoBroker, make_kiosk: Callable[..., KioskProcess]
+) -> None:
+    kiosk = make_kiosk(kiosk_broker).start()
+    status, reply = kiosk.post("/api/order", {"items": [{"sku": "caviar", "quantity": 1}]})
+    assert (status, reply["ok"]) == (400, False)
+    assert "unknown product" in reply["error"]
+    status, reply = kiosk.post(
+        "/api/order", {"items": [{"sku": "beer", "quantity": 1}], "total_cents": 1}
+    )
+    assert status == 400
+    status, _ = kiosk.request("POST", "/api/order", raw=b'{"items": []}')
+    assert status == 415  # no application/json content type
+    status, _ = kiosk.request(
+        "POST",
+        "/api/order",
+        raw=json.dumps({"items": [{"sku": "beer", "quantity": 1}]}).encode(),
+        headers={"Content-Type": "application/json", "Host": "evil.example:80"},
+    )
+    assert status == 421
+    status, _ = kiosk.post(
+        "/api/recharge", {"amount_cents": 100, "payment_method": "cash", "staff_id": "a"}
+    )
+    assert status == 409  # a bar kiosk takes no top-ups
+    status, reply = kiosk.post("/api/tap", {"card_uid": "04a1b2c3"})
+    assert status == 400  # lower-case UIDs are invalid
+    assert kiosk.request("DELETE", "/api/state")[0] == 405
+    assert kiosk.get("/static/../kiosk.py")[0] == 404
+    status, menu = kiosk.get("/api/menu")
+    assert status == 200 and menu["currency"] == "EUR"
+    status, page = kiosk.get("/")
+    assert status == 200 and b"Festival kiosk" in page
