@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy
 
@@ -90,7 +91,7 @@ def uids(prefix: str = "04") -> Iterator[str]:
         yield f"{prefix}{number:06X}"
 
 
-def scalar(url: str, sql: str, **params: object) -> object:
+def scalar(url: str, sql: str, **params: object) -> Any:
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.begin() as connection:
@@ -99,7 +100,7 @@ def scalar(url: str, sql: str, **params: object) -> object:
         engine.dispose()
 
 
-def execute(url: str, sql: str, **params: object) -> list[tuple[object, ...]]:
+def execute(url: str, sql: str, **params: object) -> list[tuple[Any, ...]]:
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.begin() as connection:

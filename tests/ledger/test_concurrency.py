@@ -165,7 +165,7 @@ def test_one_request_id_raced_with_payloads_on_different_cards(wide_ledger: Ledg
         bar_order(CARDS[1], ("Wine", 1, 700), request_id="raced-1"),
     ]
     barrier = threading.Barrier(THREADS)
-    outcomes: list[Outcome] = []
+    outcomes: list[tuple[int, Outcome]] = []
     lock = threading.Lock()
 
     def work(number: int) -> None:
@@ -173,13 +173,13 @@ def test_one_request_id_raced_with_payloads_on_different_cards(wide_ledger: Ledg
         item = variants[number % 2]
         outcome = _retrying(lambda: wide_ledger.apply_batch([item]))[0]
         with lock:
-            outcomes.append((number % 2, outcome))  # type: ignore[arg-type]
+            outcomes.append((number % 2, outcome))
 
     _run_threads(work)
-    winners = [(v, o) for v, o in outcomes if not o.replayed and o.approved]  # type: ignore[misc]
+    winners = [(v, o) for v, o in outcomes if not o.replayed and o.approved]
     assert len(winners) == 1
     winner_variant = winners[0][0]
-    for variant, outcome in outcomes:  # type: ignore[misc]
+    for variant, outcome in outcomes:
         if variant == winner_variant:
             assert outcome.approved
         else:

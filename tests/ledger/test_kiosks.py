@@ -195,6 +195,6 @@ def test_dead_letters_keep_the_raw_bytes(ledger: Ledger, database_url: str) -> N
         kiosk_id="bar-1",
     )
     rows = execute(database_url, "SELECT payload, error_code, kiosk_id, topic FROM dead_letters")
-    assert [(bytes(r[0]), r[1], r[2], r[3]) for r in rows] == [  # type: ignore[arg-type]
+    assert [(bytes(r[0]), r[1], r[2], r[3]) for r in rows] == [
         (raw, "INVALID_SIGNATURE", "bar-1", "festival/v1/kiosks/bar-1/tx")
     ]

@@ -8,6 +8,7 @@ the owner and as the service role, and return rows after traffic.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import sqlalchemy
@@ -97,7 +98,7 @@ MONITORING = [
 ]
 
 
-def _run(url: str, sql: str) -> list[tuple[object, ...]]:
+def _run(url: str, sql: str) -> list[tuple[Any, ...]]:
     engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
     try:
         with engine.begin() as connection:
@@ -178,12 +179,12 @@ def test_seed_monitoring_queries_return_rows_after_traffic(
     assert set(by_function) >= {"process-bar-order", "process-checkpoint-recharge"}
     assert {"stripe-webhook"} <= set(by_function)
     # Processing time means something: clock_timestamp() at start and end, never negative.
-    assert all(float(row[1]) >= 0 for row in by_function.values())  # type: ignore[arg-type]
+    assert all(float(row[1]) >= 0 for row in by_function.values())
     statuses = {row[0] for row in _run(url, ERROR_RATE_ANALYSIS)}
     assert statuses >= {"approved", "declined", "rejected", "replayed"}
     assert sum(float(row[2]) for row in _run(url, ERROR_RATE_ANALYSIS)) == pytest.approx(
         100, abs=0.1
-    )  # type: ignore[arg-type]
+    )
     # The cleanup runs unchanged and returns a count (nothing has expired yet).
     assert _run(url, CLEANUP) == [(0,)]
 
