@@ -38,7 +38,7 @@ API_APPLICATION_NAME = "festival-api"
 API_POOL_SIZE = 10
 
 
-def _build_ledger(settings: CloudSettings) -> Any:
+def build_ledger(settings: CloudSettings) -> Any:
     from cloud.database import make_engine
     from cloud.ledger import Ledger
 
@@ -78,7 +78,7 @@ def create_app(
     built from `settings`; `limits` to the production bounds."""
     limits = limits or ApiLimits()
     if ledger is None:
-        ledger = _build_ledger(settings)
+        ledger = build_ledger(settings)
     stripe_client = stripe_client or build_stripe_client(settings)
     checkout = (
         None

@@ -1,0 +1,204 @@
+"""Admin and monitoring endpoints (bearer ADMIN_TOKEN), health, readiness and metrics."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from cloud.ledger import Ledger
+from protocol.keys import generate_private_key, public_key_b64
+from tests.api.conftest import ADMIN_TOKEN, admin_headers, pos_headers
+
+CARD = "04A1B2C3D4E5F6A7B8C9"
+ADMIN_GETS = [
+    f"/api/cards/{CARD}",
+    "/api/monitoring/processing-times",
+    "/api/monitoring/error-rates",
+    "/api/monitoring/idempotency",
+    "/api/monitoring/nfc-scans",
+    "/api/monitoring/kiosks",
+    "/api/monitoring/ledger",
+    "/api/monitoring/sales",
+    "/api/monitoring/dashboard",
+]
+
+
+def topup(
+    client: TestClient,
+    cents: int,
+    request_id: str,
+    checkpoint: str = "gate-a",
+    method: str = "cash",
+) -> None:
+    body = {
+        "card_id": CARD,
+        "amount": cents / 100,
+        "payment_method": method,
+        "staff_id": "s1",
+        "client_request_id": request_id,
+        "checkpoint_id": checkpoint,
+    }
+    response = client.post(
+        "/functions/v1/process-checkpoint-recharge", json=body, headers=pos_headers()
+    )
+    assert response.status_code == 200, response.text
+
+
+def sell(client: TestClient, cents: int, request_id: str) -> int:
+    body = {
+        "card_id": CARD,
+        "items": [{"name": "Beer", "quantity": 1, "unit_price": cents / 100}],
+        "total_amount": cents / 100,
+        "client_request_id": request_id,
+    }
+    response = client.post("/functions/v1/process-bar-order", json=body, headers=pos_headers())
+    return response.status_code
+
+
+BAD_AUTHORIZATIONS = [
+    None,
+    "Bearer wrong-token",
+    f"Basic {ADMIN_TOKEN}",
+    "Bearer",
+    f"Bearer {ADMIN_TOKEN}x",
+    f"Bearer {ADMIN_TOKEN[:-1]}",
+]
+
+
+def test_admin_endpoints_refuse_without_the_right_token(client: TestClient) -> None:
+    for path in ADMIN_GETS:
+        for authorization in BAD_AUTHORIZATIONS:
+            headers = {} if authorization is None else {"Authorization": authorization}
+            response = client.get(path, headers=headers)
+            assert response.status_code == 401, (path, authorization)
+            assert response.json()["error_code"] == "UNAUTHORIZED"
+            assert response.headers["www-authenticate"].startswith("Bearer")
+        # The POS token is not an admin token.
+        assert client.get(path, headers=pos_headers()).status_code == 401
+
+
+def test_admin_posts_refuse_without_the_token(client: TestClient) -> None:
+    for action in ("block", "unblock"):
+        assert client.post(f"/api/cards/{CARD}/{action}").status_code == 401
+        assert (
+            client.post(
+                f"/api/cards/{CARD}/{action}", headers={"Authorization": "Bearer nope"}
+            ).status_code
+            == 401
+        )
+
+
+def test_card_view_block_and_unblock(client: TestClient, ledger: Ledger) -> None:
+    assert client.get(f"/api/cards/{CARD}", headers=admin_headers()).status_code == 404
+    assert client.get("/api/cards/04a1b2c3", headers=admin_headers()).status_code == 400
+    assert (
+        client.get("/api/cards/NOT-A-UID", headers=admin_headers()).json()["error_code"]
+        == "INVALID_REQUEST"
+    )
+    topup(client, 2000, "t-1")
+    assert sell(client, 450, "s-1") == 200
+    card = client.get(f"/api/cards/{CARD}", headers=admin_headers()).json()
+    assert card["card_uid"] == CARD and card["balance_cents"] == 1550 and card["status"] == "active"
+    kinds = [(row["kind"], row["amount_cents"]) for row in card["transactions"]]
+    assert kinds == [("bar_order", -450), ("checkpoint_recharge", 2000)]
+
+    blocked = client.post(
+        f"/api/cards/{CARD}/block", json={"reason": "reported stolen"}, headers=admin_headers()
+    )
+    assert blocked.status_code == 200 and blocked.json()["status"] == "blocked"
+    assert sell(client, 100, "s-2") == 403
+    unblocked = client.post(f"/api/cards/{CARD}/unblock", headers=admin_headers())
+    assert unblocked.status_code == 200 and unblocked.json()["status"] == "active"
+    assert sell(client, 100, "s-3") == 200
+    assert client.post("/api/cards/04000000/block", headers=admin_headers()).status_code == 404
+    bad_reason = client.post(
+        f"/api/cards/{CARD}/block", json={"reason": 5}, headers=admin_headers()
+    )
+    assert bad_reason.status_code == 400
+    assert client.get(f"/api/cards/{CARD}?limit=0", headers=admin_headers()).status_code == 400
+    assert client.get(f"/api/cards/{CARD}/block", headers=admin_headers()).status_code == 405
+
+
+def test_monitoring_endpoints_answer_the_seed_queries_with_real_rows(
+    client: TestClient, ledger: Ledger
+) -> None:
+    kiosk_key = public_key_b64(generate_private_key())
+    ledger.add_kiosk("bar-1", kiosk_key, "bar")
+    ledger.add_kiosk("checkpoint-9", kiosk_key, "checkpoint")
+    ledger.disable_kiosk("checkpoint-9")
+    topup(client, 5000, "t-1", checkpoint="gate-a", method="cash")
+    topup(client, 3000, "t-2", checkpoint="gate-b", method="card")
+    assert sell(client, 700, "s-1") == 200
+    assert sell(client, 99_999, "s-2") == 402
+
+    def get(path: str) -> object:
+        response = client.get(f"/api/monitoring/{path}", headers=admin_headers())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    times = get("processing-times")
+    assert {row["edge_function_name"] for row in times} >= {
+        "process-bar-order",
+        "process-checkpoint-recharge",
+    }  # type: ignore[union-attr]
+    rates = {row["status"]: row["count"] for row in get("error-rates")}  # type: ignore[union-attr]
+    assert rates["approved"] == 3 and rates["declined"] == 1
+    usage = get("idempotency")
+    assert {row["source_function"] for row in usage} >= {"process-bar-order"}  # type: ignore[union-attr]
+    assert get("nfc-scans") == []
+    kiosks = {row["kiosk_id"]: row for row in get("kiosks")}  # type: ignore[union-attr]
+    assert set(kiosks) == {"bar-1", "checkpoint-9"}
+    assert kiosks["checkpoint-9"]["enabled"] is False and kiosks["bar-1"]["role"] == "bar"
+    assert get("ledger") == {"ok": True, "violations": []}
+    sales = get("sales")
+    assert sales["bars"] == [{"kiosk_id": "pos-http", "orders": 1, "sales_cents": 700}]  # type: ignore[index]
+    checkpoints = {row["checkpoint_id"]: row for row in sales["checkpoints"]}  # type: ignore[index]
+    assert (
+        checkpoints["gate-a"]["cash_cents"] == 5000 and checkpoints["gate-b"]["card_cents"] == 3000
+    )
+
+    dashboard = get("dashboard")
+    assert dashboard["window_minutes"] == 60  # type: ignore[index]
+    assert len(dashboard["sales_per_minute"]) == 60  # type: ignore[index]
+    assert dashboard["sales"] == {"orders": 1, "amount_cents": 700}  # type: ignore[index]
+    assert dashboard["topups"]["amount_cents"] == 8000  # type: ignore[index]
+    assert dashboard["topups"]["by_method"] == {"cash": 5000, "card": 3000}  # type: ignore[index]
+    declines = dashboard["recent_declines"]  # type: ignore[index]
+    assert declines[0]["error_code"] == "INSUFFICIENT_FUNDS" and declines[0]["card_uid"] == CARD
+    assert {kiosk["kiosk_id"] for kiosk in dashboard["kiosks"]} == {"bar-1", "checkpoint-9"}  # type: ignore[index]
+    assert (
+        client.get("/api/monitoring/dashboard?minutes=500", headers=admin_headers()).status_code
+        == 400
+    )
+
+
+def test_health_readiness_and_metrics_need_no_token(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ok", "database": "ok"}
+    topup(client, 1234, "t-metrics")
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    assert 'festival_api_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    assert (
+        'festival_api_pos_requests_total{endpoint="checkpoint_recharge",outcome="approved"} 1.0'
+        in text
+    )
+    assert 'festival_api_request_duration_seconds_bucket{le="0.005",route="/readyz"}' in text
+    assert 'festival_api_ledger_call_seconds_count{operation="checkpoint_recharge"} 1.0' in text
+    assert "festival_ledger_up 1.0" in text
+    assert "festival_ledger_card_balance_cents 1234.0" in text
+    assert "festival_ledger_cards 1.0" in text
+
+
+def test_two_apps_keep_separate_metrics(
+    client: TestClient, settings: object, ledger: Ledger
+) -> None:
+    from cloud.api import create_app
+
+    with TestClient(create_app(settings, ledger=ledger)) as other:  # type: ignore[arg-type]
+        client.get("/healthz")
+        client.get("/healthz")
+        assert 'route="/healthz"' not in other.get("/metrics").text
+        other.get("/healthz")
+        assert 'route="/healthz",status="200"} 1.0' in other.get("/metrics").text
+        assert 'route="/healthz",status="200"} 2.0' in client.get("/metrics").text
