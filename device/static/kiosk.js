@@ -79,9 +79,12 @@
       item.dataset.sku = line.sku;
       item.dataset.kind = line.kind;
       item.append(element("span", "", line.quantity + " x " + line.name), element("span", "money", money(line.cents)));
-      if (line.kind !== "deposit") {
-        const remove = element("button", "line-remove", "-");
+      if (line.kind === "deposit") {
+        item.append(element("span"));  // deposits follow their products
+      } else {
+        const remove = element("button", "line-remove", "\u2212");
         remove.type = "button";
+        remove.setAttribute("aria-label", "one less");
         remove.addEventListener("click", () => change(line.kind === "return" ? state.returns : state.cart, line.sku, -1));
         item.append(remove);
       }

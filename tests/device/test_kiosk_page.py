@@ -1,0 +1,117 @@
+"""The touchscreen page in headless Chromium against a real kiosk process and broker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from cloud.sandbox import MosquittoBroker
+from tests.browser import headless_chromium, save_screenshot
+from tests.device.conftest import CARD, CARD_BALANCE_CENTS
+from tests.device.kiosk_process import KioskProcess
+from tests.device.responder import FakeLedger, MqttResponder
+from tests.waiting import wait_until
+
+
+def screen(driver: WebDriver) -> str:
+    return str(driver.find_element(By.ID, "screen").get_attribute("data-screen"))
+
+
+def wait_for_screen(driver: WebDriver, name: str) -> None:
+    wait_until(lambda: screen(driver) == name, timeout_s=15, what=f"the {name} screen")
+
+
+def text(driver: WebDriver, element_id: str) -> str:
+    return str(driver.find_element(By.ID, element_id).text)
+
+
+def test_bar_page_order_tap_and_approved(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "button[data-sku='beer']"),
+            timeout_s=15,
+            what="the menu buttons",
+        )
+        assert text(driver, "link") == "online"
+        beer = driver.find_element(By.CSS_SELECTOR, "button[data-sku='beer']")
+        beer.click()
+        beer.click()
+        driver.find_element(By.CSS_SELECTOR, "button[data-sku='shot']").click()
+        driver.find_element(By.CSS_SELECTOR, "button[data-return-sku='cup']").click()
+        # 2 x 5.50 + 3.50 + 2 cup deposits x 2.00 - 1 cup return x 2.00
+        expected_cents = 1100 + 350 + 400 - 200
+        assert text(driver, "total") == "16.50 EUR"
+        lines = driver.find_elements(By.CSS_SELECTOR, "#cart-lines li")
+        assert [line.get_attribute("data-kind") for line in lines] == [
+            "item",
+            "item",
+            "deposit",
+            "return",
+        ]
+        save_screenshot(driver, "kiosk-bar-order")
+        driver.find_element(By.ID, "charge").click()
+        wait_for_screen(driver, "order_pending")
+        assert text(driver, "tap-title") == "Tap your wristband"
+        assert text(driver, "tap-amount") == "16.50 EUR"
+        save_screenshot(driver, "kiosk-bar-tap")
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "approved")
+        assert text(driver, "outcome-title") == "Approved"
+        balance_cents = CARD_BALANCE_CENTS - expected_cents
+        assert (
+            text(driver, "new-balance") == f"{balance_cents // 100}.{balance_cents % 100:02d} EUR"
+        )
+        assert ledger.balances[CARD] == balance_cents
+        path = save_screenshot(driver, "kiosk-bar")
+        assert path.stat().st_size > 10_000
+        driver.find_element(By.ID, "dismiss").click()
+        wait_for_screen(driver, "idle")
+        assert driver.find_element(By.ID, "charge").get_attribute("disabled") is not None
+
+
+def test_checkpoint_page_top_up_creates_the_card(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    kiosk = make_kiosk(kiosk_broker, "checkpoint-1", mode="checkpoint").start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    new_card = "0A0B0C0D"
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_element(By.ID, "panel-checkpoint").is_displayed(),
+            timeout_s=15,
+            what="the top-up form",
+        )
+        driver.find_element(By.ID, "amount").send_keys("12,50")
+        driver.find_element(By.ID, "method-card").click()
+        driver.find_element(By.ID, "staff-id").send_keys("anna")
+        driver.find_element(By.ID, "recharge").click()
+        wait_for_screen(driver, "order_pending")
+        assert text(driver, "tap-amount") == "12.50 EUR"
+        uid = driver.find_element(By.ID, "sim-uid")
+        uid.clear()
+        uid.send_keys(new_card)
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "approved")
+        assert text(driver, "new-balance") == "12.50 EUR"
+        save_screenshot(driver, "kiosk-checkpoint")
+    [request_id] = ledger.received_ids()
+    recharge = ledger.requests[request_id]
+    assert (recharge.card_uid, recharge.amount_cents, recharge.payment_method) == (  # type: ignore[union-attr]
+        new_card,
+        1250,
+        "card",
+    )
