@@ -168,6 +168,7 @@ class MqttResponder:
         self.durable = durable
         self.hold = False
         self.held: list[tuple[str, bytes]] = []
+        self.drop = 0  # how many of the next requests to lose (a cloud that never answers)
         self.seen: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.transform: Callable[[bytes], bytes] | None = None
         self._subscribed = threading.Event()
@@ -212,6 +213,9 @@ class MqttResponder:
         payload = bytes(message.payload)
         self.seen.put((kiosk_id, payload))
         with self._lock:
+            if self.drop > 0:
+                self.drop -= 1
+                return
             if self.hold:
                 self.held.append((kiosk_id, payload))
                 return

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.sandbox import MosquittoBroker, free_port
+from device.sandbox import PcscdService
+from device.virtual_card import VirtualCard
 from protocol.codec import decode_status
 from tests.device.conftest import CARD, CARD_BALANCE_CENTS
 from tests.device.kiosk_process import KioskProcess
@@ -241,3 +245,65 @@ def test_local_interface_refuses_bad_input(
     assert status == 200 and menu["currency"] == "EUR"
     status, page = kiosk.get("/")
     assert status == 200 and b"Festival kiosk" in page
+
+
+def test_unanswered_request_is_resent_with_the_same_bytes(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    responder.drop = 1  # the first copy is lost after the broker acknowledged it
+    kiosk = make_kiosk(kiosk_broker, KIOSK_RESEND_AFTER_S="0.3").start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    kiosk.sell(BEER, CARD)
+    _, first_copy = responder.seen.get(timeout=10)
+    state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the resent request's result")
+    _, second_copy = responder.seen.get(timeout=10)
+    assert first_copy == second_copy
+    assert state["counters"]["publishes"] >= 2
+    [request_id] = ledger.received_ids()
+    assert ledger.applied[request_id] == 1
+
+
+def test_systemd_notifications(
+    kiosk_broker: MosquittoBroker, make_kiosk: Callable[..., KioskProcess], tmp_path: Path
+) -> None:
+    notify_path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(notify_path))
+    receiver.settimeout(10)
+    try:
+        kiosk = make_kiosk(kiosk_broker)
+        kiosk.env.update({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
+        kiosk.start()
+        messages = [receiver.recv(256).decode() for _ in range(3)]
+        assert messages[0] == "READY=1"
+        assert messages[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
+        assert kiosk.stop() == 0
+        while (message := receiver.recv(256).decode()) == "WATCHDOG=1":
+            pass
+        assert message == "STOPPING=1"
+    finally:
+        receiver.close()
+
+
+def test_sale_with_a_virtual_card_on_the_pcsc_reader(
+    pcscd: PcscdService,
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    kiosk = make_kiosk(kiosk_broker, KIOSK_READER="Virtual PCD 00 00").start()
+    state = kiosk.wait_for(
+        lambda s: s["online"] and s["reader"] and s["reader"]["available"], "reader and broker"
+    )
+    assert state["reader"]["name"] == "Virtual PCD 00 00"
+    assert kiosk.post("/api/tap", {"card_uid": CARD})[0] == 404  # taps come from the reader
+    assert kiosk.post("/api/order", {"items": BEER})[0] == 200
+    with VirtualCard(CARD):
+        state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the tapped sale")
+    assert state["outcome"]["card_uid"] == CARD
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
+    assert state["counters"]["scans"] == 1

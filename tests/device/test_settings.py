@@ -1,0 +1,129 @@
+"""Kiosk settings: validated once, every problem named, secrets and keys checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device.machine import Mode
+from device.settings import SettingsError, load_settings
+from protocol.keys import generate_private_key, load_private_key, public_key_b64, save_private_key
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    key_file = tmp_path / "kiosk.pem"
+    save_private_key(generate_private_key(), key_file)
+    return {
+        "KIOSK_ID": "bar-1",
+        "KIOSK_KEY_FILE": str(key_file),
+        "CLOUD_PUBLIC_KEY": public_key_b64(generate_private_key()),
+        "MQTT_URL": "mqtt://bar-1:secret@127.0.0.1:1883",
+        "KIOSK_STATE_DIR": str(tmp_path / "state"),
+        "KIOSK_MODE": "bar",
+        "KIOSK_READER": "ACR1252",
+        "KIOSK_GPIO": "fake",
+        "PATH": "/usr/bin",  # unrelated variables are fine
+    }
+
+
+def test_valid_settings_with_defaults(environ: dict[str, str]) -> None:
+    settings = load_settings(environ)
+    assert settings.kiosk_id == "bar-1"
+    assert settings.mode is Mode.BAR
+    assert (settings.http_port, settings.topic_prefix, settings.currency) == (
+        8080,
+        "festival",
+        "EUR",
+    )
+    assert settings.menu is not None and settings.menu.product("beer") is not None
+    assert settings.mqtt.username == "bar-1" and not settings.mqtt.tls
+    assert not settings.simulated_reader
+    assert "secret" not in repr(settings)
+
+
+def test_every_problem_is_reported_at_once(environ: dict[str, str]) -> None:
+    environ.update(
+        {
+            "KIOSK_ID": "Bar 1",
+            "KIOSK_MODE": "disco",
+            "KIOSK_GPIO": "maybe",
+            "MQTT_URL": "http://broker",
+            "KIOSK_HTTP_PORT": "99999",
+            "KIOSK_RESULT_TIMEOUT_S": "nan",
+            "KIOSK_OUTBOX_MAX": "0",
+            "KIOSK_RED_PIN": "17",  # the same as the default green pin
+            "KIOSK_TYPO": "1",
+        }
+    )
+    del environ["CLOUD_PUBLIC_KEY"]
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ)
+    message = str(raised.value)
+    for expected in (
+        "KIOSK_ID",
+        "KIOSK_MODE",
+        "KIOSK_GPIO",
+        "MQTT_URL",
+        "KIOSK_HTTP_PORT",
+        "KIOSK_RESULT_TIMEOUT_S",
+        "KIOSK_OUTBOX_MAX",
+        "must differ",
+        "KIOSK_TYPO is not a kiosk setting",
+        "CLOUD_PUBLIC_KEY is required",
+    ):
+        assert expected in message
+
+
+def test_key_file_readable_by_others_is_refused(environ: dict[str, str]) -> None:
+    Path(environ["KIOSK_KEY_FILE"]).chmod(0o644)
+    with pytest.raises(SettingsError, match="chmod 600"):
+        load_settings(environ)
+
+
+def test_cloud_public_key_must_be_raw_base64url(environ: dict[str, str]) -> None:
+    environ["CLOUD_PUBLIC_KEY"] = "not-a-key"
+    with pytest.raises(SettingsError, match="CLOUD_PUBLIC_KEY"):
+        load_settings(environ)
+
+
+def test_menu_in_another_currency_is_refused(environ: dict[str, str]) -> None:
+    environ["FESTIVAL_CURRENCY"] = "CHF"
+    with pytest.raises(SettingsError, match="menu currency must be CHF"):
+        load_settings(environ)
+
+
+def test_checkpoint_needs_no_menu(environ: dict[str, str]) -> None:
+    environ.update({"KIOSK_MODE": "checkpoint", "FESTIVAL_CURRENCY": "CHF", "KIOSK_READER": "sim"})
+    settings = load_settings(environ)
+    assert settings.menu is None and settings.simulated_reader
+
+
+def test_run_with_bad_settings_exits_2_naming_the_problem(environ: dict[str, str]) -> None:
+    environ["KIOSK_MODE"] = "disco"
+    result = subprocess.run(
+        [sys.executable, "-m", "device.cli", "run"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "KIOSK_MODE must be bar or checkpoint" in result.stderr
+
+
+def test_keygen_writes_a_private_key_file(tmp_path: Path) -> None:
+    out = tmp_path / "new.pem"
+    result = subprocess.run(
+        [sys.executable, "-m", "device.cli", "keygen", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert result.stdout.strip() == public_key_b64(load_private_key(out))
