@@ -2,7 +2,13 @@
 
 Only this module imports paho. Its callbacks run on paho's network thread and only hand what
 they received to the `Inbox` (an exception there would kill that thread). The worker calls
-`subscribe()`, `publish()`, `ack()` and `restart()` from its own thread.
+`publish()`, `ack()` and `restart()` from its own thread.
+
+The one exception to "callbacks only hand over": `on_connect` sends SUBSCRIBE at once (a
+non-blocking call that only queues a packet). Mosquitto 2.0 does not restore shared
+subscriptions from its persistence file, so after a broker restart every message published
+before we subscribe again has no subscriber; subscribing from the callback, not after the
+worker has finished its batch, keeps that window as small as it can be.
 
 Acknowledgements carry a connection *generation*: a message may be acknowledged only on the
 connection it arrived on. After a reconnect the broker redelivers every unacknowledged message
@@ -123,7 +129,7 @@ class MqttLink:
         self._client.loop_start()
 
     def subscribe(self) -> None:
-        """Subscribe to everything; the broker's SUBACK arrives as a LinkEvent."""
+        """Subscribe to everything (done on every connect); the SUBACK arrives as a LinkEvent."""
         topics = [(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in self._subscriptions]
         result, mid = self._client.subscribe(topics)
         if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
@@ -225,6 +231,7 @@ class MqttLink:
                 self._generation += 1
                 self._connected = True
                 generation = self._generation
+            self.subscribe()
             self._inbox.put_event(
                 LinkEvent(
                     LinkState.CONNECTED,

@@ -22,7 +22,6 @@ log = logging.getLogger("cloud.consumer")
 
 class LinkControl(Protocol):
     def start(self) -> None: ...
-    def subscribe(self) -> None: ...
     def restart(self) -> None: ...
     def stop(self, timeout_s: float = ...) -> None: ...
 
@@ -123,7 +122,6 @@ class ConsumerService:
                     }
                 },
             )
-            self._link.subscribe()
         elif event.state is LinkState.DISCONNECTED:
             self._metrics.connected.set(0)
             if self._broker_down_since is None:

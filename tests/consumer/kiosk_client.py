@@ -29,6 +29,10 @@ from protocol.topics import TopicKind, topic_for
 from tests.waiting import wait_until
 
 SESSION_EXPIRY_S = 3600
+# PUBACK reason "No matching subscribers": the broker took the request but nobody got it (e.g.
+# Mosquitto right after a restart, before the consumer has subscribed again). A kiosk keeps such
+# a request in its outbox and sends it again.
+NO_MATCHING_SUBSCRIBERS = 0x10
 PUBACK_TIMEOUT_S = 10.0
 
 
@@ -73,6 +77,8 @@ class KioskClient:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._puback_failures: list[str] = []
+        self._sent_by_mid: dict[int, bytes] = {}
+        self._unrouted_mids: list[int] = []
         self.tx_topic = topic_for(self.prefix, self.kiosk_id, TopicKind.TX)
         self.result_topic = topic_for(self.prefix, self.kiosk_id, TopicKind.RESULT)
         endpoint = parse_mqtt_url(self.broker_url)
@@ -184,10 +190,19 @@ class KioskClient:
     def publish(self, topic: str, raw: bytes, *, qos: int = 1, wait: bool = True) -> None:
         info = self._client.publish(topic, raw, qos=qos)
         assert info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        if topic == self.tx_topic:
+            with self._lock:
+                self._sent_by_mid[info.mid] = raw
         if wait and qos > 0:
             info.wait_for_publish(PUBACK_TIMEOUT_S)
             assert info.is_published(), f"{self.kiosk_id}: no PUBACK"
         assert not self._puback_failures, self._puback_failures
+
+    def take_unrouted(self) -> list[bytes]:
+        """Requests the broker accepted with "no matching subscribers" since the last call."""
+        with self._lock:
+            mids, self._unrouted_mids = self._unrouted_mids, []
+            return [self._sent_by_mid[mid] for mid in mids if mid in self._sent_by_mid]
 
     # --- results -------------------------------------------------------------------------------
 
@@ -237,6 +252,9 @@ class KioskClient:
     def _on_publish(self, client: mqtt.Client, userdata: object, mid, reason_code, properties):  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             self._puback_failures.append(str(reason_code))
+        elif reason_code.value == NO_MATCHING_SUBSCRIBERS:
+            with self._lock:
+                self._unrouted_mids.append(mid)
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         raw = bytes(message.payload)

@@ -48,9 +48,6 @@ class Harness:
         events, messages = self.inbox.take(1000, timeout_s=0.05)
         self.events += events
         self.messages += messages
-        for event in events:
-            if event.state is LinkState.CONNECTED:
-                self.link.subscribe()
 
     def wait_state(self, state: LinkState) -> LinkEvent:
         def found() -> LinkEvent | None:
