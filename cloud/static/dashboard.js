@@ -24,6 +24,8 @@
     return (negative ? "−" : "") + "€" + whole.toLocaleString("en-GB") + "." + fraction;
   }
 
+  function plural(count, noun) { return count + " " + noun + (count === 1 ? "" : "s"); }
+
   function time(iso) {
     if (!iso) { return "never"; }
     var date = new Date(iso);
@@ -133,8 +135,13 @@
       var title = svg("title", {}, bar);
       title.textContent = time(point.minute) + ": " + euros(point.amount_cents) + " in " +
         point.orders + " orders";
-      if (index % 10 === 0 || index === points.length - 1) {
-        var label = svg("text", { x: (x + slot * 0.4).toFixed(2), y: height - 5, "text-anchor": "middle" }, chart);
+      var isLast = index === points.length - 1;
+      if (index % 10 === 0 || isLast) {
+        // The last label is right-aligned so it is not cut off at the edge.
+        var label = svg("text", {
+          x: (isLast ? width - 2 : x + slot * 0.4).toFixed(2), y: height - 5,
+          "text-anchor": isLast ? "end" : "middle"
+        }, chart);
         label.textContent = time(point.minute).slice(0, 5);
       }
     });
@@ -146,11 +153,11 @@
       element.textContent = String(data.window_minutes);
     });
     $("sales-amount").textContent = euros(data.sales.amount_cents);
-    $("sales-orders").textContent = data.sales.orders + " orders";
+    $("sales-orders").textContent = plural(data.sales.orders, "order");
     var points = data.sales_per_minute || [];
     var last = points.length ? points[points.length - 1] : { amount_cents: 0, orders: 0 };
     $("sales-rate").textContent = euros(last.amount_cents);
-    $("sales-rate-sub").textContent = last.orders + " orders in the current minute";
+    $("sales-rate-sub").textContent = plural(last.orders, "order") + " in the current minute";
     $("topups-amount").textContent = euros(data.topups.amount_cents);
     var methods = data.topups.by_method || {};
     $("topups-split").textContent = ["cash", "card", "stripe"].map(function (method) {
