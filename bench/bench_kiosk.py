@@ -1,0 +1,302 @@
+"""Kiosk benchmark: processing time per tap (no network) and resident memory of the kiosk.
+
+Part 1, in this process: the kiosk shell with its real SQLite outbox (WAL, synchronous=FULL, on
+this disk), real Ed25519 signing and the pure state machine; the MQTT link is the in-memory
+fake, so no network time is counted. Per sale it times
+- tap: the reader's scan event -> scan record signed and handed to the link, state machine,
+  request built, signed, stored durably in the outbox, published (fake) -- what happens between
+  the band touching the reader and the request leaving;
+- result: a signed result arriving -> verified against the pinned cloud key and the outstanding
+  ids, outbox row completed durably, state machine -> "approved" on screen.
+The cloud's answer is computed outside the timed sections.
+
+Part 2, a real `festival-kiosk run` process (sim reader, fake GPIO) on a private Mosquitto with
+a stand-in consumer in this process: its resident memory (VmRSS) when idle and after N sales
+driven through its local HTTP interface.
+
+Targets (DESIGN.md): <= 5 ms of kiosk processing per tap, <= 60 MB resident.
+
+    .venv/bin/python bench/bench_kiosk.py [--taps 10000] [--no-process] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from device.ids import UuidV7Generator  # noqa: E402
+from device.indicators import IndicatorPlayer, RecordingPins  # noqa: E402
+from device.kiosk import Command, Kiosk, KioskIdentity  # noqa: E402
+from device.link import FakeLink, MessageReceived  # noqa: E402
+from device.machine import MachineConfig, Mode, OrderEntered, Reply  # noqa: E402
+from device.menu import parse_menu, price_order  # noqa: E402
+from device.outbox import Outbox  # noqa: E402
+from device.reader import ScanEvent, SimulatedReader  # noqa: E402
+from device.settings import DEFAULT_MENU_FILE  # noqa: E402
+from protocol.codec import authenticate, build_result, encode_result  # noqa: E402
+from protocol.keys import generate_private_key  # noqa: E402
+
+TAP_TARGET_MS = 5.0
+RSS_TARGET_MB = 60.0
+KIOSK_ID = "bar-1"
+CARD = "04A1B2C3D4E5F6"
+RESULTS_FILE = ROOT / "bench" / "results" / "kiosk.json"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def summary(values_ms: list[float]) -> dict[str, float]:
+    return {
+        "mean_ms": round(statistics.fmean(values_ms), 3),
+        "p50_ms": round(percentile(values_ms, 0.50), 3),
+        "p99_ms": round(percentile(values_ms, 0.99), 3),
+        "max_ms": round(max(values_ms), 3),
+    }
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+# --- part 1 --------------------------------------------------------------------------------------
+
+
+def bench_in_process(taps: int) -> dict[str, Any]:
+    kiosk_key = generate_private_key()
+    cloud_key = generate_private_key()
+    menu = parse_menu(DEFAULT_MENU_FILE.read_bytes(), currency="EUR")
+    draft = price_order(
+        menu,
+        {
+            "items": [{"sku": "beer", "quantity": 2}, {"sku": "shot", "quantity": 1}],
+            "returns": [{"sku": "cup", "quantity": 1}],
+        },
+    )
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-kiosk-", dir=ROOT / "var"))
+    config = MachineConfig(
+        mode=Mode.BAR,
+        outbox_max=500,
+        result_timeout_ms=5_000,
+        resend_after_ms=10_000,
+        resend_after_ms_max=300_000,
+        outcome_display_ms=6_000,
+    )
+    link = FakeLink(result_topic="festival/v1/kiosks/bar-1/result")
+    player = IndicatorPlayer(RecordingPins())
+    kiosk = Kiosk(
+        identity=KioskIdentity(
+            kiosk_id=KIOSK_ID,
+            currency="EUR",
+            private_key=kiosk_key,
+            cloud_public_key=cloud_key.public_key(),
+            firmware="bench",
+            topup_cents_max=100_000,
+        ),
+        config=config,
+        outbox=Outbox(state_dir / "outbox.sqlite3", kiosk_id=KIOSK_ID, capacity=500),
+        link=link,
+        reader=SimulatedReader(),
+        indicators=player,
+        result_topic=link.result_topic,
+        ids=UuidV7Generator(),
+    )
+    kiosk.start()
+    link.connect()
+    kiosk.process_pending()
+    kiosk_public = kiosk_key.public_key()
+    processed = 0
+
+    def cloud_answer(raw: bytes) -> bytes:
+        message = authenticate(raw, topic_kiosk_id=KIOSK_ID, public_key_for=lambda k: kiosk_public)
+        document = message.document
+        result = build_result(
+            request_id=str(document["request_id"]),
+            kiosk_id=KIOSK_ID,
+            seq=int(str(document["seq"])),
+            card_uid=CARD,
+            error_code=None,
+            message="approved",
+            transaction_id=f"tx-{processed}",
+            previous_balance_cents=1_000_000,
+            new_balance_cents=1_000_000 - draft.total_cents,
+            replayed=False,
+            processed_at_ms=time.time_ns() // 1_000_000,
+        )
+        return encode_result(result, cloud_key)
+
+    rss_idle_mb = rss_mb(os.getpid())
+    tap_ms: list[float] = []
+    result_ms: list[float] = []
+    reply: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    for index in range(taps):
+        kiosk.handle(Command(OrderEntered(draft), reply))
+        assert reply.get_nowait().ok
+        scan = ScanEvent("ok", CARD, "bench", time.time_ns() // 1_000_000, 40)
+        started = time.perf_counter()
+        kiosk.handle(scan)
+        tap_ms.append((time.perf_counter() - started) * 1000)
+        request = link.published[-1]
+        assert request.kind == "request", request
+        result = cloud_answer(request.payload)
+        message = MessageReceived(link.result_topic, result)
+        started = time.perf_counter()
+        kiosk.handle(message)
+        result_ms.append((time.perf_counter() - started) * 1000)
+        assert kiosk.state.screen == "approved", kiosk.state.screen
+        processed = index + 1
+        if len(link.published) > 1000:
+            link.published.clear()
+    rss_after_mb = rss_mb(os.getpid())
+    total_ms = [a + b for a, b in zip(tap_ms, result_ms, strict=True)]
+    kiosk.close()
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return {
+        "taps": taps,
+        "order_lines": len(draft.items),
+        "tap": summary(tap_ms),
+        "result": summary(result_ms),
+        "tap_plus_result": summary(total_ms),
+        "bench_process_rss_mb": {"idle": round(rss_idle_mb, 1), "after": round(rss_after_mb, 1)},
+    }
+
+
+# --- part 2 --------------------------------------------------------------------------------------
+
+
+def bench_process(taps: int) -> dict[str, Any]:
+    from cloud.sandbox import MosquittoBroker
+    from protocol.keys import public_key_b64, save_private_key
+    from tests.device.conftest import make_broker
+    from tests.device.kiosk_process import KioskProcess
+    from tests.device.responder import FakeLedger, MqttResponder
+
+    root = Path(tempfile.mkdtemp(prefix="bench-kiosk-process-", dir=ROOT / "var"))
+    broker: MosquittoBroker = make_broker(root / "mosquitto")
+    broker.start()
+    kiosk_key = generate_private_key()
+    key_file = root / "bar-1.pem"
+    save_private_key(kiosk_key, key_file)
+    ledger = FakeLedger(
+        cloud_key=generate_private_key(),
+        kiosk_keys={KIOSK_ID: kiosk_key.public_key()},
+        balances={CARD: 10**12},
+    )
+    responder = MqttResponder(broker, ledger).start()
+    kiosk = KioskProcess(
+        env={
+            "KIOSK_ID": KIOSK_ID,
+            "KIOSK_KEY_FILE": str(key_file),
+            "CLOUD_PUBLIC_KEY": public_key_b64(ledger.cloud_key),
+            "MQTT_URL": broker.url(KIOSK_ID),
+            "KIOSK_STATE_DIR": str(root / "state"),
+            "KIOSK_MODE": "bar",
+            "KIOSK_READER": "sim",
+            "KIOSK_GPIO": "fake",
+            "KIOSK_LOG_LEVEL": "WARNING",
+        },
+        log_file=root / "kiosk.log",
+    )
+    try:
+        kiosk.start()
+        kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+        assert kiosk.process is not None
+        pid = kiosk.process.pid
+        time.sleep(1.0)  # let start-up settle before the idle reading
+        rss_idle = rss_mb(pid)
+        order = {
+            "items": [{"sku": "beer", "quantity": 2}],
+            "returns": [{"sku": "cup", "quantity": 1}],
+        }
+        started = time.perf_counter()
+        for _ in range(taps):
+            while True:
+                status, _ = kiosk.post("/api/order", order)
+                if status == 200:
+                    break
+                assert status == 409, status  # the previous sale is still waiting
+            status, _ = kiosk.post("/api/tap", {"card_uid": CARD})
+            assert status == 202
+        kiosk.wait_for(
+            lambda s: s["outbox"]["pending"] == 0 and s["screen"] == "approved",
+            "the last sale",
+            timeout_s=60,
+        )
+        elapsed_s = time.perf_counter() - started
+        rss_after = rss_mb(pid)
+        state = kiosk.state()
+        approved = len(ledger.applied)
+    finally:
+        kiosk.stop()
+        responder.stop()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "sales": taps,
+        "approved_by_stand_in_cloud": approved,
+        "counters": state["counters"],
+        "kiosk_rss_mb": {"idle": round(rss_idle, 1), f"after_{taps}_sales": round(rss_after, 1)},
+        "sales_per_s_through_http_and_broker": round(taps / elapsed_s, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--taps", type=int, default=10_000)
+    parser.add_argument("--no-process", action="store_true", help="skip part 2")
+    parser.add_argument("--no-write", action="store_true", help="do not write the results file")
+    args = parser.parse_args()
+    (ROOT / "var").mkdir(exist_ok=True)
+    results: dict[str, Any] = {
+        "benchmark": "kiosk",
+        "command": "python bench/bench_kiosk.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "targets": {"tap_ms": TAP_TARGET_MS, "rss_mb": RSS_TARGET_MB},
+    }
+    print(f"part 1: {args.taps} taps in process (real outbox and signing, fake link)...")
+    results["in_process"] = bench_in_process(args.taps)
+    print(json.dumps(results["in_process"], indent=2))
+    tap_ok = results["in_process"]["tap_plus_result"]["p99_ms"] <= TAP_TARGET_MS
+    rss_ok = True
+    if not args.no_process:
+        print(f"part 2: festival-kiosk run, {args.taps} sales through HTTP and Mosquitto...")
+        results["process"] = bench_process(args.taps)
+        print(json.dumps(results["process"], indent=2))
+        rss_ok = max(results["process"]["kiosk_rss_mb"].values()) <= RSS_TARGET_MB
+    results["targets_met"] = {"tap": tap_ok, "rss": rss_ok}
+    print(
+        f"targets met: tap p99 <= {TAP_TARGET_MS} ms: {tap_ok}; RSS <= {RSS_TARGET_MB} MB: {rss_ok}"
+    )
+    if not args.no_write:
+        RESULTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS_FILE.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"written {RESULTS_FILE}")
+    return 0 if tap_ok and rss_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
