@@ -76,7 +76,9 @@ CREATE FUNCTION ledger_track_seqs(p_kiosk_ids text[], p_seqs bigint[], p_at time
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM 1 FROM kiosks k WHERE k.kiosk_id = ANY (p_kiosk_ids) ORDER BY k.kiosk_id FOR UPDATE;
+    IF NOT (p_kiosk_ids[1] = ALL (p_kiosk_ids)) THEN
+        PERFORM 1 FROM kiosks k WHERE k.kiosk_id = ANY (p_kiosk_ids) ORDER BY k.kiosk_id FOR UPDATE;
+    END IF;
     UPDATE kiosks k
        SET seen_seqs = k.seen_seqs + s.seqs,
            last_seen_at = greatest(k.last_seen_at, p_at)
@@ -111,11 +113,15 @@ $$;
 CREATE FUNCTION ledger_process_requests(
     p_requests jsonb, p_balance_cents_max bigint, p_topup_cents_max bigint)
 RETURNS jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Plan once per session: re-planning the big write statement for every call (PL/pgSQL's custom
+-- plans for array and jsonb parameters) cost more than executing it. Every statement here is
+-- an index lookup by key or a scan of the batch itself, so the generic plan is the right one.
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     v_started timestamptz := clock_timestamp();
     v_now_ms bigint := ledger_ms(v_started);
-    v_finished timestamptz;
     r record;
     v_index integer;
     v_card_index integer;
@@ -126,81 +132,28 @@ DECLARE
     v_delta bigint;
     v_tx uuid;
     v_order uuid;
-    v_counter_name text;
     v_outcome jsonb;
-    v_log_status text;
-    v_edge text;
-    v_count bigint;
     v_card cards;
     v_names text[];
-    -- the batch's cards, locked, in card_uid order
+    v_request_ids text[];
+    v_card_uids text[];
+    v_new_count integer := 0;
+    v_claimed bigint;
+    v_bad_totals bigint;
+    v_kiosks text[];
+    v_seqs bigint[];
+    -- the batch's cards, locked, in card_uid order, with their balances as decided so far
     c_uid text[];
-    c_account bigint[];
     c_balance bigint[];
     c_status text[];
     c_dirty boolean[];
-    -- system accounts the batch posts to
-    a_name text[];
-    a_id bigint[];
     -- requests already processed (before this batch or earlier in it)
     e_id text[];
     e_sha bytea[];
     e_outcome jsonb[];
-    -- new claims
-    n_id text[];
-    n_sha bytea[];
-    n_kiosk text[];
-    n_source text[];
-    n_kind text[];
-    n_status text[];
-    n_code text[];
-    n_tx uuid[];
-    n_outcome jsonb[];
-    n_edge text[];
-    -- ledger rows
-    t_id uuid[];
-    t_kind text[];
-    t_request text[];
-    g_tx uuid[];
-    g_account bigint[];
-    g_amount bigint[];
-    g_after bigint[];
-    -- seed-compatible rows
-    o_id uuid[];
-    o_tx uuid[];
-    o_request text[];
-    o_card text[];
-    o_kiosk text[];
-    o_staff text[];
-    o_total bigint[];
-    o_items jsonb[];
-    o_source text[];
-    rc_id uuid[];
-    rc_tx uuid[];
-    rc_card text[];
-    rc_amount bigint[];
-    rc_method text[];
-    rc_request text[];
-    rc_staff text[];
-    rc_checkpoint text[];
-    rc_kiosk text[];
-    rc_source text[];
-    l_card text[];
-    l_type text[];
-    l_status text[];
-    l_amount bigint[];
-    l_previous bigint[];
-    l_new bigint[];
-    l_code text[];
-    l_details jsonb[];
-    l_edge text[];
-    l_request text[];
-    l_tx uuid[];
-    l_kiosk text[];
-    l_trace text[];
-    s_kiosk text[];
-    s_seq bigint[];
+    -- per input position: its outcome, and whether it is new, a replay or a conflict
     v_outcomes jsonb[] := '{}';
+    v_flags text[] := '{}';
 BEGIN
     IF jsonb_typeof(p_requests) IS DISTINCT FROM 'array' THEN
         RAISE EXCEPTION 'p_requests must be a JSON array' USING ERRCODE = 'invalid_parameter_value';
@@ -210,47 +163,44 @@ BEGIN
         RAISE EXCEPTION 'invalid limits' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- 1. Lock every card of the batch, in card_uid order (no deadlock between batches).
-    SELECT array_agg(k.card_uid ORDER BY k.card_uid), array_agg(k.account_id ORDER BY k.card_uid),
-           array_agg(k.balance_cents ORDER BY k.card_uid), array_agg(k.status ORDER BY k.card_uid),
-           array_agg(false)
-      INTO c_uid, c_account, c_balance, c_status, c_dirty
-      FROM (SELECT cards.card_uid, cards.account_id, cards.balance_cents, cards.status
-              FROM cards
-             WHERE cards.card_uid = ANY (ARRAY(
-                       SELECT x ->> 'card_uid' FROM jsonb_array_elements(p_requests) x))
+    -- 1. What the batch touches: request ids, cards, system accounts.
+    SELECT array_agg(x ->> 'request_id'),
+           array_agg(DISTINCT x ->> 'card_uid'),
+           array_agg(DISTINCT CASE x ->> 'type'
+               WHEN 'bar_order' THEN 'sales:' || (x ->> 'kiosk_id')
+               ELSE CASE x ->> 'payment_method' WHEN 'cash' THEN 'cash:' ELSE 'terminal:' END
+                    || coalesce(x ->> 'checkpoint_id', x ->> 'kiosk_id')
+           END)
+      INTO v_request_ids, v_card_uids, v_names
+      FROM jsonb_array_elements(p_requests) x;
+
+    -- 2. Lock every card of the batch, in card_uid order (no deadlock between batches).
+    SELECT array_agg(k.card_uid ORDER BY k.card_uid), array_agg(k.balance_cents ORDER BY k.card_uid),
+           array_agg(k.status ORDER BY k.card_uid), array_agg(false)
+      INTO c_uid, c_balance, c_status, c_dirty
+      FROM (SELECT cards.card_uid, cards.balance_cents, cards.status
+              FROM cards WHERE cards.card_uid = ANY (v_card_uids)
              ORDER BY cards.card_uid
                FOR UPDATE) k;
 
-    -- 2. The system accounts the batch will post to.
-    v_names := ARRAY(
-        SELECT DISTINCT CASE x ->> 'type'
-                   WHEN 'bar_order' THEN 'sales:' || (x ->> 'kiosk_id')
-                   ELSE CASE x ->> 'payment_method' WHEN 'cash' THEN 'cash:' ELSE 'terminal:' END
-                        || coalesce(x ->> 'checkpoint_id', x ->> 'kiosk_id')
-               END
-          FROM jsonb_array_elements(p_requests) x);
-    INSERT INTO accounts (kind, name)
-    SELECT split_part(n.name, ':', 1), n.name
-      FROM unnest(v_names) AS n(name)
-     WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.name = n.name)
-    ON CONFLICT (name) DO NOTHING;
-    SELECT array_agg(a.name), array_agg(a.account_id) INTO a_name, a_id
-      FROM accounts a WHERE a.name = ANY (v_names);
+    -- 3. The system accounts the batch posts to exist (created once, on first use).
+    IF (SELECT count(*) FROM accounts a WHERE a.name = ANY (v_names)) < cardinality(v_names) THEN
+        INSERT INTO accounts (kind, name)
+        SELECT split_part(n.name, ':', 1), n.name FROM unnest(v_names) AS n(name)
+        ON CONFLICT (name) DO NOTHING;
+    END IF;
 
-    -- 3. The claims that already exist (read under the card locks).
+    -- 4. The claims that already exist (read under the card locks).
     SELECT array_agg(q.request_id), array_agg(q.payload_sha256), array_agg(q.outcome)
       INTO e_id, e_sha, e_outcome
-      FROM processed_requests q
-     WHERE q.request_id = ANY (ARRAY(
-               SELECT x ->> 'request_id' FROM jsonb_array_elements(p_requests) x));
+      FROM processed_requests q WHERE q.request_id = ANY (v_request_ids);
 
-    -- 4. Decide every request in order, in memory.
+    -- 5. Decide every request in order, in memory. Only decisions here; rows are written below.
     FOR r IN
         SELECT * FROM jsonb_to_recordset(p_requests) AS x(
-            type text, request_id text, payload_sha256 text, kiosk_id text, seq bigint,
-            card_uid text, source text, trace_id text, items jsonb, total_cents bigint,
-            staff_id text, amount_cents bigint, payment_method text, checkpoint_id text)
+            type text, request_id text, payload_sha256 text, kiosk_id text, card_uid text,
+            source text, items jsonb, total_cents bigint, staff_id text, amount_cents bigint,
+            payment_method text)
     LOOP
         IF r.request_id IS NULL OR r.kiosk_id IS NULL OR r.card_uid IS NULL
            OR r.source IS NULL OR r.source NOT IN ('mqtt', 'http')
@@ -259,15 +209,12 @@ BEGIN
                 left(coalesce(r.request_id, '?'), 64)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
-        v_sha := decode(r.payload_sha256, 'hex');
         IF r.type = 'bar_order' THEN
             IF r.total_cents IS NULL OR jsonb_typeof(r.items) IS DISTINCT FROM 'array' THEN
                 RAISE EXCEPTION 'bar order % needs items and total_cents', r.request_id
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
-            v_edge := 'process-bar-order';
             v_delta := -r.total_cents;
-            v_counter_name := 'sales:' || r.kiosk_id;
         ELSIF r.type = 'checkpoint_recharge' THEN
             IF r.amount_cents IS NULL OR r.amount_cents < 1 OR r.amount_cents > p_topup_cents_max
                OR r.payment_method IS NULL OR r.payment_method NOT IN ('cash', 'card')
@@ -276,46 +223,29 @@ BEGIN
                     r.request_id, p_topup_cents_max
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
-            v_edge := 'process-checkpoint-recharge';
             v_delta := r.amount_cents;
-            v_counter_name := CASE r.payment_method WHEN 'cash' THEN 'cash:' ELSE 'terminal:' END
-                              || coalesce(r.checkpoint_id, r.kiosk_id);
         ELSE
             RAISE EXCEPTION 'unknown request type %', left(coalesce(r.type, 'null'), 32)
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
+        v_sha := decode(r.payload_sha256, 'hex');
 
         v_index := array_position(e_id, r.request_id);
         IF v_index IS NOT NULL THEN
             -- Seen before: the stored outcome again, or a conflict. Nothing changes.
             IF e_sha[v_index] = v_sha THEN
-                v_outcome := e_outcome[v_index] || '{"replayed": true}';
-                v_log_status := 'replayed';
+                v_outcomes := v_outcomes || (e_outcome[v_index] || '{"replayed": true}');
+                v_flags := v_flags || 'replayed'::text;
             ELSE
-                v_outcome := jsonb_build_object(
+                v_outcomes := v_outcomes || jsonb_build_object(
                     'request_id', r.request_id, 'status', 'rejected',
                     'error_code', 'IDEMPOTENCY_CONFLICT',
                     'message', 'Request id already used for a different request',
                     'transaction_id', NULL, 'previous_balance_cents', NULL,
                     'new_balance_cents', NULL, 'replayed', false,
                     'processed_at_ms', v_now_ms, 'order_id', NULL, 'card_uid', r.card_uid);
-                v_log_status := 'rejected';
+                v_flags := v_flags || 'conflict'::text;
             END IF;
-            v_outcomes := v_outcomes || v_outcome;
-            l_card := l_card || r.card_uid;
-            l_type := l_type || r.type;
-            l_status := l_status || v_log_status;
-            l_amount := l_amount || coalesce(r.total_cents, r.amount_cents);
-            l_previous := l_previous || (v_outcome ->> 'previous_balance_cents')::bigint;
-            l_new := l_new || (v_outcome ->> 'new_balance_cents')::bigint;
-            l_code := l_code || (v_outcome ->> 'error_code');
-            l_details := l_details || jsonb_build_object(
-                'source', r.source, 'seq', r.seq, 'replayed', v_log_status = 'replayed');
-            l_edge := l_edge || v_edge;
-            l_request := l_request || r.request_id;
-            l_tx := l_tx || NULL::uuid;
-            l_kiosk := l_kiosk || r.kiosk_id;
-            l_trace := l_trace || r.trace_id;
             CONTINUE;
         END IF;
 
@@ -324,7 +254,6 @@ BEGIN
             -- The first top-up activates a wristband.
             v_card := ledger_open_card(r.card_uid);
             c_uid := c_uid || v_card.card_uid;
-            c_account := c_account || v_card.account_id;
             c_balance := c_balance || v_card.balance_cents;
             c_status := c_status || v_card.status;
             c_dirty := c_dirty || false;
@@ -351,41 +280,18 @@ BEGIN
         END IF;
 
         IF v_code IS NULL THEN
-            v_tx := ledger_uuid7();
+            -- ledger_uuid7() inlined: this loop is the hot path.
+            v_tx := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                        PLACING substring(int8send(ledger_ms(clock_timestamp())) FROM 3)
+                        FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
+            IF r.type = 'bar_order' THEN
+                v_order := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                            PLACING substring(int8send(ledger_ms(clock_timestamp())) FROM 3)
+                            FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
+            END IF;
             v_new := v_previous + v_delta;
             c_balance[v_card_index] := v_new;
             c_dirty[v_card_index] := true;
-            t_id := t_id || v_tx;
-            t_kind := t_kind || r.type;
-            t_request := t_request || r.request_id;
-            g_tx := g_tx || v_tx || v_tx;
-            g_account := g_account || c_account[v_card_index]
-                         || a_id[array_position(a_name, v_counter_name)];
-            g_amount := g_amount || v_delta || -v_delta;
-            g_after := g_after || v_new || NULL::bigint;
-            IF r.type = 'bar_order' THEN
-                v_order := ledger_uuid7();
-                o_id := o_id || v_order;
-                o_tx := o_tx || v_tx;
-                o_request := o_request || r.request_id;
-                o_card := o_card || r.card_uid;
-                o_kiosk := o_kiosk || r.kiosk_id;
-                o_staff := o_staff || r.staff_id;
-                o_total := o_total || r.total_cents;
-                o_items := o_items || r.items;
-                o_source := o_source || r.source;
-            ELSE
-                rc_id := rc_id || ledger_uuid7();
-                rc_tx := rc_tx || v_tx;
-                rc_card := rc_card || r.card_uid;
-                rc_amount := rc_amount || r.amount_cents;
-                rc_method := rc_method || r.payment_method;
-                rc_request := rc_request || r.request_id;
-                rc_staff := rc_staff || r.staff_id;
-                rc_checkpoint := rc_checkpoint || coalesce(r.checkpoint_id, r.kiosk_id);
-                rc_kiosk := rc_kiosk || r.kiosk_id;
-                rc_source := rc_source || r.source;
-            END IF;
         END IF;
 
         v_outcome := jsonb_build_object(
@@ -407,133 +313,160 @@ BEGIN
             'order_id', v_order,
             'card_uid', r.card_uid);
         v_outcomes := v_outcomes || v_outcome;
-
-        n_id := n_id || r.request_id;
-        n_sha := n_sha || v_sha;
-        n_kiosk := n_kiosk || r.kiosk_id;
-        n_source := n_source || r.source;
-        n_kind := n_kind || r.type;
-        n_status := n_status || (v_outcome ->> 'status');
-        n_code := n_code || v_code;
-        n_tx := n_tx || v_tx;
-        n_outcome := n_outcome || v_outcome;
-        n_edge := n_edge || v_edge;
+        v_flags := v_flags || 'new'::text;
+        v_new_count := v_new_count + 1;
         e_id := e_id || r.request_id;
         e_sha := e_sha || v_sha;
         e_outcome := e_outcome || v_outcome;
-        IF r.source = 'mqtt' AND r.seq IS NOT NULL THEN
-            s_kiosk := s_kiosk || r.kiosk_id;
-            s_seq := s_seq || r.seq;
-        END IF;
-
-        l_card := l_card || r.card_uid;
-        l_type := l_type || r.type;
-        l_status := l_status || (v_outcome ->> 'status');
-        l_amount := l_amount || coalesce(r.total_cents, r.amount_cents);
-        l_previous := l_previous || v_previous;
-        l_new := l_new || v_new;
-        l_code := l_code || v_code;
-        l_details := l_details || jsonb_build_object(
-            'source', r.source, 'seq', r.seq, 'replayed', false);
-        l_edge := l_edge || v_edge;
-        l_request := l_request || r.request_id;
-        l_tx := l_tx || v_tx;
-        l_kiosk := l_kiosk || r.kiosk_id;
-        l_trace := l_trace || r.trace_id;
     END LOOP;
 
-    -- 5. Write everything, one statement per table.
-    IF n_id IS NOT NULL THEN
+    -- 6. Write every row in one statement: claims, balances, transactions, postings (one INSERT,
+    -- so the balance trigger sees whole transactions), the seed-compatible rows and the audit log.
+    -- A claim lost to a concurrent transaction shows as fewer claimed rows than new requests.
+    WITH input AS (
+        SELECT x.*, o.outcome, o.flag,
+               CASE x.type WHEN 'bar_order' THEN 'process-bar-order'
+                           ELSE 'process-checkpoint-recharge' END AS edge
+          FROM ROWS FROM (jsonb_to_recordset(p_requests) AS (
+                   type text, request_id text, payload_sha256 text, kiosk_id text, seq bigint,
+                   card_uid text, source text, trace_id text, items jsonb, total_cents bigint,
+                   staff_id text, amount_cents bigint, payment_method text, checkpoint_id text))
+               WITH ORDINALITY AS x(
+                   type, request_id, payload_sha256, kiosk_id, seq, card_uid, source, trace_id,
+                   items, total_cents, staff_id, amount_cents, payment_method, checkpoint_id,
+                   position)
+          JOIN unnest(v_outcomes, v_flags) WITH ORDINALITY AS o(outcome, flag, position)
+            USING (position)
+    ), fresh AS (
+        SELECT * FROM input WHERE flag = 'new'
+    ), approved AS (
+        SELECT f.*, (f.outcome ->> 'transaction_id')::uuid AS transaction_id,
+               (f.outcome ->> 'new_balance_cents')::bigint AS new_balance_cents,
+               CASE f.type WHEN 'bar_order' THEN -f.total_cents ELSE f.amount_cents END
+                   AS delta_cents,
+               CASE f.type
+                   WHEN 'bar_order' THEN 'sales:' || f.kiosk_id
+                   ELSE CASE f.payment_method WHEN 'cash' THEN 'cash:' ELSE 'terminal:' END
+                        || coalesce(f.checkpoint_id, f.kiosk_id)
+               END AS counter_account
+          FROM fresh f WHERE f.outcome ->> 'status' = 'approved'
+    ), claims AS (
         INSERT INTO processed_requests (
             request_id, payload_sha256, kiosk_id, source, kind, status, error_code,
             transaction_id, outcome, created_at)
-        SELECT u.*, v_started
-          FROM unnest(n_id, n_sha, n_kiosk, n_source, n_kind, n_status, n_code, n_tx, n_outcome) u
-        ON CONFLICT (request_id) DO NOTHING;
-        GET DIAGNOSTICS v_count = ROW_COUNT;
-        IF v_count <> cardinality(n_id) THEN
-            RAISE EXCEPTION 'a request_id of this batch was claimed by a concurrent transaction; retry'
-                USING ERRCODE = 'serialization_failure';
-        END IF;
-    END IF;
-
-    IF t_id IS NOT NULL THEN
-        UPDATE cards k
-           SET balance_cents = u.balance_cents, updated_at = v_started
+        SELECT f.request_id, decode(f.payload_sha256, 'hex'), f.kiosk_id, f.source, f.type,
+               f.outcome ->> 'status', f.outcome ->> 'error_code',
+               (f.outcome ->> 'transaction_id')::uuid, f.outcome, v_started
+          FROM fresh f
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING 1
+    ), balances AS (
+        UPDATE cards k SET balance_cents = u.balance_cents, updated_at = v_started
           FROM unnest(c_uid, c_balance, c_dirty) AS u(card_uid, balance_cents, dirty)
-         WHERE u.dirty AND k.card_uid = u.card_uid;
+         WHERE u.dirty AND k.card_uid = u.card_uid
+        RETURNING 1
+    ), ledger_transactions AS (
         INSERT INTO transactions (transaction_id, kind, request_id, created_at)
-        SELECT u.*, v_started FROM unnest(t_id, t_kind, t_request) u;
-        -- All postings in one statement: the balance trigger checks each transaction sums to 0.
+        SELECT a.transaction_id, a.type, a.request_id, v_started FROM approved a
+        RETURNING 1
+    ), ledger_postings AS (
         INSERT INTO postings (transaction_id, account_id, amount_cents, balance_after_cents)
-        SELECT * FROM unnest(g_tx, g_account, g_amount, g_after);
-    END IF;
-
-    IF o_id IS NOT NULL THEN
-        -- The items must add up to what the card was charged (checked in Python and again here).
-        IF EXISTS (
-            SELECT 1 FROM unnest(o_items, o_total) AS o(items, total_cents)
-             WHERE o.total_cents IS DISTINCT FROM (
-                   SELECT sum(CASE WHEN coalesce(i.is_return, false) THEN -1 ELSE 1 END
-                              * i.quantity * i.unit_price_cents)
-                     FROM jsonb_to_recordset(o.items)
-                          AS i(quantity bigint, unit_price_cents bigint, is_return boolean))) THEN
-            RAISE EXCEPTION 'a bar order''s total_cents is not the sum of its items'
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
+        SELECT a.transaction_id, p.account_id, p.amount_cents, p.balance_after_cents
+          FROM approved a
+          JOIN cards c ON c.card_uid = a.card_uid
+          JOIN accounts s ON s.name = a.counter_account
+         CROSS JOIN LATERAL (VALUES
+              (c.account_id, a.delta_cents, a.new_balance_cents),
+              (s.account_id, -a.delta_cents, NULL::bigint))
+              AS p(account_id, amount_cents, balance_after_cents)
+        RETURNING 1
+    ), orders AS (
         INSERT INTO bar_orders (
             order_id, transaction_id, client_request_id, card_id, kiosk_id, staff_id,
             total_cents, source, created_at)
-        SELECT u.*, v_started
-          FROM unnest(o_id, o_tx, o_request, o_card, o_kiosk, o_staff, o_total, o_source) u;
+        SELECT (a.outcome ->> 'order_id')::uuid, a.transaction_id, a.request_id, a.card_uid,
+               a.kiosk_id, a.staff_id, a.total_cents, a.source, v_started
+          FROM approved a WHERE a.type = 'bar_order'
+        RETURNING 1
+    ), order_lines AS (
         INSERT INTO bar_order_items (
             order_id, line_no, name, sku, quantity, unit_price_cents, is_deposit, is_return,
             line_total_cents)
-        SELECT o.order_id, i.line_no, i.name, i.sku, i.quantity, i.unit_price_cents,
-               coalesce(i.is_deposit, false), coalesce(i.is_return, false),
+        SELECT (a.outcome ->> 'order_id')::uuid, i.line_no, i.name, i.sku, i.quantity,
+               i.unit_price_cents, coalesce(i.is_deposit, false), coalesce(i.is_return, false),
                CASE WHEN coalesce(i.is_return, false) THEN -1 ELSE 1 END
                * i.quantity * i.unit_price_cents
-          FROM unnest(o_id, o_items) AS o(order_id, items)
-          CROSS JOIN LATERAL ROWS FROM (
-              jsonb_to_recordset(o.items) AS (
+          FROM approved a
+         CROSS JOIN LATERAL ROWS FROM (
+              jsonb_to_recordset(a.items) AS (
                   name text, sku text, quantity integer, unit_price_cents bigint,
                   is_deposit boolean, is_return boolean))
               WITH ORDINALITY AS i(
-                  name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no);
-    END IF;
-
-    IF rc_id IS NOT NULL THEN
+                  name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no)
+         WHERE a.type = 'bar_order'
+        RETURNING order_id, line_total_cents
+    ), checkpoint_topups AS (
         INSERT INTO recharges (
             recharge_id, transaction_id, card_id, amount_cents, payment_method,
             client_request_id, staff_id, checkpoint_id, kiosk_id, source, created_at)
-        SELECT u.*, v_started
-          FROM unnest(rc_id, rc_tx, rc_card, rc_amount, rc_method, rc_request, rc_staff,
-                      rc_checkpoint, rc_kiosk, rc_source) u;
-    END IF;
-
-    v_finished := clock_timestamp();
-    IF l_card IS NOT NULL THEN
+        SELECT ledger_uuid7(), a.transaction_id, a.card_uid, a.amount_cents, a.payment_method,
+               a.request_id, a.staff_id, coalesce(a.checkpoint_id, a.kiosk_id), a.kiosk_id,
+               a.source, v_started
+          FROM approved a WHERE a.type = 'checkpoint_recharge'
+        RETURNING 1
+    ), audit AS (
         INSERT INTO app_transaction_log (
             card_id, transaction_type, status, amount_cents, previous_balance_cents,
             new_balance_cents, error_code, details, edge_function_name, client_request_id,
             transaction_id, kiosk_id, trace_id, "timestamp", created_at, updated_at)
-        SELECT u.*, v_started, v_started, v_finished
-          FROM unnest(l_card, l_type, l_status, l_amount, l_previous, l_new, l_code, l_details,
-                      l_edge, l_request, l_tx, l_kiosk, l_trace) u;
-    END IF;
-
-    IF n_id IS NOT NULL THEN
+        SELECT i.card_uid, i.type,
+               CASE i.flag WHEN 'replayed' THEN 'replayed' ELSE i.outcome ->> 'status' END,
+               coalesce(i.total_cents, i.amount_cents),
+               (i.outcome ->> 'previous_balance_cents')::bigint,
+               (i.outcome ->> 'new_balance_cents')::bigint, i.outcome ->> 'error_code',
+               jsonb_build_object('source', i.source, 'seq', i.seq,
+                                  'replayed', i.flag = 'replayed'),
+               i.edge, i.request_id,
+               CASE WHEN i.flag = 'new' THEN (i.outcome ->> 'transaction_id')::uuid END,
+               i.kiosk_id, i.trace_id, v_started, v_started, clock_timestamp()
+          FROM input i
+        RETURNING 1
+    ), cache AS (
         INSERT INTO idempotency_keys (
             request_id, source_function, status, response_payload, created_at, updated_at,
             expires_at)
-        SELECT u.request_id, u.edge, u.status, u.outcome, v_started, v_finished,
-               v_started + interval '24 hours'
-          FROM unnest(n_id, n_edge, n_status, n_outcome) AS u(request_id, edge, status, outcome)
-        ON CONFLICT (request_id) DO NOTHING;
+        SELECT f.request_id, f.edge, f.outcome ->> 'status', f.outcome, v_started,
+               clock_timestamp(), v_started + interval '24 hours'
+          FROM fresh f
+        ON CONFLICT (request_id) DO NOTHING
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM claims),
+           -- The items must add up to what the card was charged (checked in Python and here).
+           (SELECT count(*)
+              FROM approved a
+              LEFT JOIN (SELECT l.order_id, sum(l.line_total_cents) AS total_cents
+                           FROM order_lines l GROUP BY l.order_id) l
+                     ON l.order_id = (a.outcome ->> 'order_id')::uuid
+             WHERE a.type = 'bar_order' AND coalesce(l.total_cents, 0) <> a.total_cents),
+           seqs.kiosk_ids, seqs.seqs
+      INTO v_claimed, v_bad_totals, v_kiosks, v_seqs
+      FROM (SELECT array_agg(f.kiosk_id ORDER BY f.position) AS kiosk_ids,
+                   array_agg(f.seq ORDER BY f.position) AS seqs
+              FROM fresh f WHERE f.source = 'mqtt' AND f.seq IS NOT NULL) seqs;
+
+    IF v_claimed <> v_new_count THEN
+        RAISE EXCEPTION 'a request_id of this batch was claimed by a concurrent transaction; retry'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    IF v_bad_totals > 0 THEN
+        RAISE EXCEPTION 'a bar order''s total_cents is not the sum of its items'
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    IF s_kiosk IS NOT NULL THEN
-        PERFORM ledger_track_seqs(s_kiosk, s_seq, v_started);
+    -- 7. Seq tracking, last: kiosk rows come after cards and claims in the lock order.
+    IF cardinality(v_kiosks) > 0 THEN
+        PERFORM ledger_track_seqs(v_kiosks, v_seqs, v_started);
     END IF;
 
     RETURN to_jsonb(v_outcomes);
