@@ -130,7 +130,7 @@ def create_app(
     app.add_exception_handler(TransientDatabaseError, _transient_error)
 
     app.include_router(webhook.router())
-    app.include_router(topups.router())
+    app.include_router(topups.router(settings))
     app.include_router(pos.router())
     app.include_router(monitoring.router())
     app.mount("/static", StaticFiles(directory=topups.STATIC_DIR), name="static")
@@ -139,14 +139,27 @@ def create_app(
 
 
 def _add_security_schemes(app: FastAPI) -> None:
-    """Declare the POS token scheme (the admin one comes from the HTTPBearer dependency)."""
+    """Make the OpenAPI document say what the API does: the POS token scheme (the admin one
+    comes from the HTTPBearer dependency), and 400 with our error shape where FastAPI would
+    document its default 422 for parameter errors (our handler answers those 400)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["PosToken"] = {"type": "http", "scheme": "bearer"}
+            components = schema.setdefault("components", {})
+            components.setdefault("securitySchemes", {})["PosToken"] = {
+                "type": "http",
+                "scheme": "bearer",
+            }
+            for path_item in schema.get("paths", {}).values():
+                for operation in path_item.values():
+                    responses = operation.get("responses", {})
+                    if "422" in responses and "HTTPValidationError" in str(responses["422"]):
+                        del responses["422"]
+                        responses.setdefault("400", {"description": "invalid parameter"})
+            for name in ("HTTPValidationError", "ValidationError"):
+                components.get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -164,7 +177,22 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     code = CODE_BY_STATUS.get(error.status_code, "HTTP_ERROR")
     message = str(error.detail) if error.detail else code.lower().replace("_", " ")
-    return error_response(request, error.status_code, code, message, error.headers)
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return error_response(request, error.status_code, code, message, headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path (Starlette names only the first route's,
+    and GET /topup and POST /topup are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        path_regex = getattr(route, "path_regex", None)
+        if route_methods and path_regex is not None and path_regex.match(request.url.path):
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:

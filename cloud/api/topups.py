@@ -33,6 +33,7 @@ from cloud.api.limits import CHECKOUT_AMOUNT_CENTS_MIN, TOPUP_FORM_FIELD_LENGTH_
 from cloud.api.ratelimit import retry_after_header
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_gateway import CheckoutSession, PaymentProviderError
+from cloud.settings import CloudSettings
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.limits import CARD_UID_PATTERN
 from protocol.strict_json import loads_strict
@@ -50,56 +51,59 @@ PAGE_HEADERS = {
 # What a human may type around the hex digits of a wristband number.
 _SEPARATORS = re.compile(r"[\s:.-]+")
 
-CHECKOUT_OPENAPI: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["card_uid", "amount_cents"],
-                    "properties": {
-                        "card_uid": {
-                            "type": "string",
-                            "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$",
-                        },
-                        "amount_cents": {"type": "integer", "minimum": CHECKOUT_AMOUNT_CENTS_MIN},
-                    },
-                }
-            }
-        },
-    },
-    "responses": {
-        "201": {
-            "description": "Checkout Session created",
+
+def checkout_openapi(amount_cents_max: int) -> dict[str, Any]:
+    """The OpenAPI description of POST /api/topups/checkout, with this deployment's limit."""
+    return {
+        "requestBody": {
+            "required": True,
             "content": {
                 "application/json": {
                     "schema": {
                         "type": "object",
-                        "required": ["session_id", "checkout_url"],
+                        "additionalProperties": False,
+                        "required": ["card_uid", "amount_cents"],
                         "properties": {
-                            "session_id": {"type": "string"},
-                            "checkout_url": {"type": "string"},
+                            "card_uid": {
+                                "type": "string",
+                                "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$",
+                            },
+                            "amount_cents": {
+                                "type": "integer",
+                                "minimum": CHECKOUT_AMOUNT_CENTS_MIN,
+                                "maximum": amount_cents_max,
+                            },
                         },
                     }
                 }
             },
         },
-        "400": {"description": "invalid card uid or amount"},
-        "403": {"description": "the card is blocked"},
-        "413": {"description": "body too large"},
-        "415": {"description": "not application/json"},
-        "422": {"description": "the top-up would exceed the card's maximum balance"},
-        "429": {"description": "too many checkouts from this client"},
-        "502": {"description": "Stripe refused or could not be reached"},
-        "503": {"description": "database unavailable or Stripe not configured"},
-    },
-}
-
-
-class CheckoutRefused(ApiError):
-    pass
+        "responses": {
+            "201": {
+                "description": "Checkout Session created",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["session_id", "checkout_url"],
+                            "properties": {
+                                "session_id": {"type": "string"},
+                                "checkout_url": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            },
+            "400": {"description": "invalid card uid or amount"},
+            "403": {"description": "the card is blocked"},
+            "413": {"description": "body too large"},
+            "415": {"description": "not application/json"},
+            "422": {"description": "the top-up would exceed the card's maximum balance"},
+            "429": {"description": "too many checkouts from this client"},
+            "502": {"description": "Stripe refused or could not be reached"},
+            "503": {"description": "database unavailable or Stripe not configured"},
+        },
+    }
 
 
 def _invalid(message: str) -> ApiError:
@@ -350,7 +354,7 @@ def _page_message(error: ApiError) -> str:
     return "Online top-up is unavailable right now; please try again or visit a checkpoint."
 
 
-def router() -> APIRouter:
+def router(settings: CloudSettings) -> APIRouter:
     routes = APIRouter(tags=["top-ups"])
     routes.add_api_route(
         "/api/topups/checkout",
@@ -359,7 +363,7 @@ def router() -> APIRouter:
         status_code=201,
         summary="Create a Stripe Checkout Session for a wristband top-up (public)",
         operation_id="create_checkout",
-        openapi_extra=CHECKOUT_OPENAPI,
+        openapi_extra=checkout_openapi(settings.festival_max_topup_cents),
         response_class=JSONResponse,
     )
     routes.add_api_route(
