@@ -51,6 +51,8 @@ from protocol.topics import TopicKind, topic_for
 
 log = logging.getLogger(__name__)
 
+_NO_MATCHING_SUBSCRIBERS = 0x10
+
 
 class MqttLink:
     def __init__(
@@ -219,7 +221,11 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         try:
-            refused = str(reason_code) if reason_code.is_failure else None
+            refused = None
+            # 0x10 "No matching subscribers" is a success code, but it means no consumer got
+            # the request: treat it like a refusal so it is visible and resent later.
+            if reason_code.is_failure or reason_code.value == _NO_MATCHING_SUBSCRIBERS:
+                refused = str(reason_code)
             self._emit(PublishDone(mid, refused_reason=refused))
         except Exception:  # pragma: no cover
             log.exception("on_publish failed")
