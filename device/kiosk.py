@@ -72,6 +72,7 @@ from device.machine import (
 from device.menu import Menu
 from device.outbox import Outbox, OutboxError, OutboxFull
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
+from device.settings import KioskSettings, SettingsError, load_settings
 from device.systemd_notify import notify, watchdog_interval_s
 from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
@@ -453,8 +454,8 @@ class Kiosk:
                 outstanding=self.state.outstanding_ids,
                 kiosk_id=identity.kiosk_id,
             )
-        except ProtocolError as error:
-            self._unmatched_result(message.payload, error)
+        except ProtocolError:
+            self._unmatched_result(message.payload)
             return
         stored = self.outbox.payload(result.request_id) if result.request_id else None
         pending = self.state.pending_request(result.request_id)
@@ -513,7 +514,7 @@ class Kiosk:
         )
         self._step(ResultArrived(outcome))
 
-    def _unmatched_result(self, payload: bytes, error: ProtocolError) -> None:
+    def _unmatched_result(self, payload: bytes) -> None:
         """A result we cannot use: forged or wrongly signed, or for no outstanding request."""
         try:
             signed = verify_result(
@@ -535,7 +536,6 @@ class Kiosk:
             log.debug(
                 "duplicate result ignored", extra={"context": {"request_id": signed.request_id}}
             )
-        del error
 
     def _ignore_result(self, reason: str, detail: object) -> None:
         self.counters["results_ignored"] += 1
@@ -575,7 +575,7 @@ class Kiosk:
 # --- composition root ----------------------------------------------------------------------------
 
 
-def machine_config(settings: Any) -> MachineConfig:
+def machine_config(settings: KioskSettings) -> MachineConfig:
     return MachineConfig(
         mode=settings.mode,
         outbox_max=settings.outbox_max,
@@ -593,7 +593,6 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
     from device.logs import configure_logging
     from device.mqtt_link import MqttLink
     from device.reader import SimulatedReader
-    from device.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(os.environ if environ is None else environ)
