@@ -545,7 +545,8 @@ def deliver_event(
         with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return int(response.status), response.read()
     except urllib.error.HTTPError as error:
-        return int(error.code), error.read()
+        with error:
+            return int(error.code), error.read()
 
 
 # --------------------------------------------------------------------------------------------

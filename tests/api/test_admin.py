@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
 from cloud.ledger import Ledger
@@ -130,7 +132,7 @@ def test_monitoring_endpoints_answer_the_seed_queries_with_real_rows(
     assert sell(client, 700, "s-1") == 200
     assert sell(client, 99_999, "s-2") == 402
 
-    def get(path: str) -> object:
+    def get(path: str) -> Any:
         response = client.get(f"/api/monitoring/{path}", headers=admin_headers())
         assert response.status_code == 200, response.text
         return response.json()
@@ -139,32 +141,32 @@ def test_monitoring_endpoints_answer_the_seed_queries_with_real_rows(
     assert {row["edge_function_name"] for row in times} >= {
         "process-bar-order",
         "process-checkpoint-recharge",
-    }  # type: ignore[union-attr]
-    rates = {row["status"]: row["count"] for row in get("error-rates")}  # type: ignore[union-attr]
+    }
+    rates = {row["status"]: row["count"] for row in get("error-rates")}
     assert rates["approved"] == 3 and rates["declined"] == 1
     usage = get("idempotency")
-    assert {row["source_function"] for row in usage} >= {"process-bar-order"}  # type: ignore[union-attr]
+    assert {row["source_function"] for row in usage} >= {"process-bar-order"}
     assert get("nfc-scans") == []
-    kiosks = {row["kiosk_id"]: row for row in get("kiosks")}  # type: ignore[union-attr]
+    kiosks = {row["kiosk_id"]: row for row in get("kiosks")}
     assert set(kiosks) == {"bar-1", "checkpoint-9"}
     assert kiosks["checkpoint-9"]["enabled"] is False and kiosks["bar-1"]["role"] == "bar"
     assert get("ledger") == {"ok": True, "violations": []}
     sales = get("sales")
-    assert sales["bars"] == [{"kiosk_id": "pos-http", "orders": 1, "sales_cents": 700}]  # type: ignore[index]
-    checkpoints = {row["checkpoint_id"]: row for row in sales["checkpoints"]}  # type: ignore[index]
+    assert sales["bars"] == [{"kiosk_id": "pos-http", "orders": 1, "sales_cents": 700}]
+    checkpoints = {row["checkpoint_id"]: row for row in sales["checkpoints"]}
     assert (
         checkpoints["gate-a"]["cash_cents"] == 5000 and checkpoints["gate-b"]["card_cents"] == 3000
     )
 
     dashboard = get("dashboard")
-    assert dashboard["window_minutes"] == 60  # type: ignore[index]
-    assert len(dashboard["sales_per_minute"]) == 60  # type: ignore[index]
-    assert dashboard["sales"] == {"orders": 1, "amount_cents": 700}  # type: ignore[index]
-    assert dashboard["topups"]["amount_cents"] == 8000  # type: ignore[index]
-    assert dashboard["topups"]["by_method"] == {"cash": 5000, "card": 3000}  # type: ignore[index]
-    declines = dashboard["recent_declines"]  # type: ignore[index]
+    assert dashboard["window_minutes"] == 60
+    assert len(dashboard["sales_per_minute"]) == 60
+    assert dashboard["sales"] == {"orders": 1, "amount_cents": 700}
+    assert dashboard["topups"]["amount_cents"] == 8000
+    assert dashboard["topups"]["by_method"] == {"cash": 5000, "card": 3000}
+    declines = dashboard["recent_declines"]
     assert declines[0]["error_code"] == "INSUFFICIENT_FUNDS" and declines[0]["card_uid"] == CARD
-    assert {kiosk["kiosk_id"] for kiosk in dashboard["kiosks"]} == {"bar-1", "checkpoint-9"}  # type: ignore[index]
+    assert {kiosk["kiosk_id"] for kiosk in dashboard["kiosks"]} == {"bar-1", "checkpoint-9"}
     assert (
         client.get("/api/monitoring/dashboard?minutes=500", headers=admin_headers()).status_code
         == 400

@@ -258,8 +258,9 @@ def test_pay_through_the_fake_checkout_page_and_the_webhook_credits_the_card(
             opener.open(form, timeout=10)
             raise AssertionError("expected a redirect")
         except urllib.error.HTTPError as redirect:
-            assert redirect.code == 303
-            checkout_url = redirect.headers["Location"]
+            with redirect:
+                assert redirect.code == 303
+                checkout_url = redirect.headers["Location"]
         session_id = checkout_url.rsplit("/", 1)[1]
         # The attendee pays on Stripe; Stripe posts the signed event to our webhook.
         session = fake_stripe.complete_session(session_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 
 import pytest
 from fastapi import FastAPI
@@ -35,7 +36,11 @@ def seed_festival(client: TestClient, ledger: Ledger, post_event: PostEvent) -> 
     ):
         ledger.add_kiosk(kiosk_id, key, role)
     now_ms = int(time.time() * 1000)
-    for kiosk_id, state in (("bar-1", "online"), ("bar-2", "offline")):
+    states: tuple[tuple[str, Literal["online", "offline"]], ...] = (
+        ("bar-1", "online"),
+        ("bar-2", "offline"),
+    )
+    for kiosk_id, state in states:
         status = KioskStatus(kiosk_id=kiosk_id, state=state, at_ms=now_ms, firmware="1.0.0")
         ledger.record_kiosk_status(status, received_at_ms=now_ms)
     ledger.disable_kiosk("gate-b")
@@ -100,15 +105,12 @@ def test_dashboard_renders_live_data_in_chromium(
         )
     with serve(app) as base_url, headless_chromium(width=1400, height=1100) as driver:
         driver.get(f"{base_url}/dashboard")
-        token_field = wait_until(
-            lambda: (
-                driver.find_element(By.ID, "token").is_displayed()
-                and driver.find_element(By.ID, "token")
-            ),
+        wait_until(
+            lambda: driver.find_element(By.ID, "token").is_displayed(),
             timeout_s=15,
             what="the token prompt",
         )
-        token_field.send_keys("wrong-token")
+        driver.find_element(By.ID, "token").send_keys("wrong-token")
         driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
         wait_until(
             lambda: "refused" in driver.find_element(By.ID, "login-error").text,
