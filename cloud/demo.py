@@ -1,60 +1,737 @@
 """`festival-demo`: the whole system on one machine (what `./run demo` runs).
 
-Starts embedded PostgreSQL and Mosquitto as children of this process and stops them on Ctrl-C
-or after --duration seconds.
+It starts, as children of this process: embedded PostgreSQL (data kept in `var/demo/` between runs
+unless `--fresh`), Mosquitto with generated credentials and the kiosk ACL, the migrations, a cloud
+signing key, N kiosks (bars and checkpoints) each with its own key and outbox running the real
+firmware (`festival-kiosk run`, simulated reader, fake GPIO), the consumer, the HTTP API and a local
+fake Stripe. Simulated attendees then use the kiosks' real local interface — top-ups first, then
+bar orders with cup deposits and returns, some declines — and a few pay online through Checkout and
+the real webhook path. Ctrl-C (or `--duration`) stops everything it started, by pid, after a final
+summary and the ledger check; the exit code is 0 only if the ledger check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import secrets
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cloud.sandbox import MosquittoBroker, PostgresServer
+from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
 
-DEMO_ROOT = Path(os.environ.get("FESTIVAL_DEMO_DIR", Path.cwd() / "var" / "demo"))
+DEMO_ROOT_DEFAULT = Path.cwd() / "var" / "demo"
+TOPIC_PREFIX = "festival"
+CLOUD_MQTT_USER = "cloud-consumer"
+API_PORT_PREFERRED = 8000
+READY_TIMEOUT_S = 60.0
+HTTP_TIMEOUT_S = 10.0
+RESULT_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.01
+PROGRESS_INTERVAL_S = 2.0
+ONLINE_TOPUP_INTERVAL_S = 5.0
+TOPUP_AMOUNTS_CENTS = (2000, 3000, 5000, 10000)
+BLOCKED_CARD_COUNT = 1
+UNKNOWN_CARD_SHARE = 0.04  # taps of wristbands nobody ever topped up (CARD_NOT_FOUND)
+STAFF_IDS = ("anna", "ben", "chris", "dana", "emil")
+PRODUCT_WEIGHTS = {
+    "beer": 40,
+    "radler": 8,
+    "wine": 10,
+    "cola": 12,
+    "water": 12,
+    "mate": 8,
+    "longdrink": 6,
+    "shot": 4,
+}
+
+
+class DemoError(RuntimeError):
+    """A part of the demo could not start; the message says which and where its log is."""
+
+
+# --------------------------------------------------------------------------------------------
+# Processes and HTTP
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChildProcess:
+    """One service we started; stopped by its pid, its output kept in a log file."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_file: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.args,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        stop_process(self.process, signal.SIGTERM)
+
+    def tail(self, characters: int = 1500) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-characters:]
+        except OSError:
+            return ""
+
+
+def http_json(
+    method: str,
+    url: str,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+    timeout_s: float = HTTP_TIMEOUT_S,
+) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (loopback)
+    request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            payload = response.read()
+            status = int(response.status)
+    except urllib.error.HTTPError as error:
+        payload = error.read()
+        status = int(error.code)
+    try:
+        return status, json.loads(payload) if payload else None
+    except ValueError:
+        return status, payload.decode(errors="replace")
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise DemoError(f"{what} not ready within {timeout_s:.0f} s")
+
+
+def _http_ok(url: str) -> bool:
+    status, _ = http_json("GET", url, timeout_s=2)
+    return status == 200
+
+
+def _preferred_port(port: int) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+# --------------------------------------------------------------------------------------------
+# Kiosks and attendees
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Kiosk:
+    kiosk_id: str
+    role: str  # "bar" or "checkpoint"
+    http_port: int
+    process: ChildProcess | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def state(self) -> dict[str, Any]:
+        status, state = http_json("GET", f"{self.base_url}/api/state")
+        if status != 200 or not isinstance(state, dict):
+            raise DemoError(f"{self.kiosk_id}: /api/state answered {status}")
+        return state
+
+    def transact(self, entry: dict[str, Any], card_uid: str) -> dict[str, Any] | None:
+        """Enter an order or a top-up, tap the wristband, wait for the verified result."""
+        with self.lock:
+            http_json("POST", f"{self.base_url}/api/dismiss", {})
+            path = "/api/order" if self.role == "bar" else "/api/recharge"
+            status, reply = http_json("POST", self.base_url + path, entry)
+            if status != 200:
+                raise DemoError(f"{self.kiosk_id}{path} answered {status}: {reply}")
+            status, reply = http_json("POST", f"{self.base_url}/api/tap", {"card_uid": card_uid})
+            if status != 202:
+                raise DemoError(f"{self.kiosk_id}/api/tap answered {status}: {reply}")
+            deadline = time.monotonic() + RESULT_TIMEOUT_S
+            while time.monotonic() < deadline:
+                state = self.state()
+                outcome = state.get("outcome")
+                request = state.get("request") or {}
+                if (
+                    state.get("screen") in ("approved", "declined")
+                    and isinstance(outcome, dict)
+                    and outcome.get("request_id") == request.get("request_id")
+                ):
+                    http_json("POST", f"{self.base_url}/api/dismiss", {})
+                    return outcome
+                time.sleep(POLL_INTERVAL_S)
+            return None  # still pending at the kiosk: it will be applied once when it arrives
+
+
+@dataclass
+class Tally:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    sales_cents: int = 0
+    topups_cents: int = 0
+    online_topups: int = 0
+    online_topups_cents: int = 0
+    timeouts: int = 0
+    errors: list[str] = field(default_factory=list)
+    started_s: float = field(default_factory=time.monotonic)
+
+    def record(self, role: str, outcome: dict[str, Any] | None, amount_cents: int) -> None:
+        with self.lock:
+            if outcome is None:
+                self.timeouts += 1
+                return
+            if outcome.get("approved"):
+                self.outcomes["approved"] += 1
+                if role == "bar":
+                    self.sales_cents += amount_cents
+                else:
+                    self.topups_cents += amount_cents
+            else:
+                self.outcomes[str(outcome.get("error_code") or outcome.get("status"))] += 1
+
+    def error(self, text: str) -> None:
+        with self.lock:
+            if len(self.errors) < 50:
+                self.errors.append(text)
+
+    def line(self) -> str:
+        with self.lock:
+            total = sum(self.outcomes.values())
+            elapsed_s = max(time.monotonic() - self.started_s, 1e-3)
+            declines = ", ".join(
+                f"{code} {count}"
+                for code, count in sorted(self.outcomes.items())
+                if code != "approved"
+            )
+            return (
+                f"{elapsed_s:6.0f} s  {total} payments ({total / elapsed_s:.1f}/s): "
+                f"{self.outcomes['approved']} approved; declined: {declines or 'none'}; "
+                f"sales {self.sales_cents / 100:.2f}, top-ups {self.topups_cents / 100:.2f}, "
+                f"online {self.online_topups} ({self.online_topups_cents / 100:.2f})"
+                + (f"; {self.timeouts} still pending" if self.timeouts else "")
+                + (f"; {len(self.errors)} errors" if self.errors else "")
+            )
+
+
+def card_uids(count: int) -> list[str]:
+    """Stable 7-byte NTAG-style UIDs, so a second run finds the same wristbands."""
+    generator = random.Random(20260726)
+    return [
+        "04" + "".join(f"{generator.randrange(256):02X}" for _ in range(6)) for _ in range(count)
+    ]
+
+
+def bar_order(generator: random.Random) -> tuple[dict[str, Any], int]:
+    """A bartender's order: 1 to 3 drinks (cup deposits added by the kiosk), sometimes cups back."""
+    skus = list(PRODUCT_WEIGHTS)
+    weights = list(PRODUCT_WEIGHTS.values())
+    items: Counter[str] = Counter()
+    for _ in range(generator.choice((1, 1, 1, 2, 2, 3))):
+        items[generator.choices(skus, weights)[0]] += 1
+    returns = generator.choice((0, 0, 0, 1, 2))
+    entry: dict[str, Any] = {
+        "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items.items()],
+        "staff_id": generator.choice(STAFF_IDS),
+    }
+    if returns:
+        entry["returns"] = [{"sku": "cup", "quantity": returns}]
+    return entry, 0
+
+
+def recharge(generator: random.Random) -> tuple[dict[str, Any], int]:
+    amount_cents = generator.choice(TOPUP_AMOUNTS_CENTS)
+    entry = {
+        "amount_cents": amount_cents,
+        "payment_method": generator.choice(("cash", "cash", "card")),
+        "staff_id": generator.choice(STAFF_IDS),
+    }
+    return entry, amount_cents
+
+
+# --------------------------------------------------------------------------------------------
+# The demo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Demo:
+    root: Path
+    kiosk_count: int
+    card_count: int
+    rate_per_s: float
+    out: Any = sys.stdout
+    stop: threading.Event = field(default_factory=threading.Event)
+    children: list[ChildProcess] = field(default_factory=list)
+    kiosks: list[Kiosk] = field(default_factory=list)
+    tally: Tally = field(default_factory=Tally)
+    postgres: PostgresServer | None = None
+    broker: MosquittoBroker | None = None
+    stripe: Any = None
+    api_url: str = ""
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
+    owner_url: str = ""
+    cards: list[str] = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # --- start-up ------------------------------------------------------------------------------
+
+    def _python_bin(self, name: str) -> str:
+        candidate = Path(sys.executable).parent / name
+        found = str(candidate) if candidate.exists() else shutil.which(name)
+        if not found:
+            raise DemoError(f"{name} not found next to {sys.executable}: pip install -e '.[dev]'")
+        return found
+
+    def _child(self, name: str, args: list[str], env: dict[str, str]) -> ChildProcess:
+        child = ChildProcess(name, args, env, self.root / "logs" / f"{name}.log")
+        child.start()
+        self.children.append(child)
+        return child
+
+    def start(self) -> None:
+        from cloud.database import make_engine, service_url, upgrade
+        from cloud.ledger import Ledger
+        from cloud.stripe_fake import FakeStripe
+        from protocol.keys import (
+            generate_private_key,
+            load_private_key,
+            public_key_b64,
+            save_private_key,
+        )
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        keys = self.root / "keys"
+        keys.mkdir(mode=0o700, exist_ok=True)
+
+        self.postgres = PostgresServer(self.root / "postgres", durable=True)
+        self.postgres.start()
+        self.owner_url = self.postgres.url()
+        upgrade(self.owner_url)
+        services_url = service_url(self.owner_url)
+        self.say(f"PostgreSQL   127.0.0.1:{self.postgres.port} (data: {self.postgres.data_dir})")
+
+        def key(name: str) -> tuple[Path, str]:
+            path = keys / f"{name}.pem"
+            if not path.exists():
+                save_private_key(generate_private_key(), path)
+            return path, public_key_b64(load_private_key(path))
+
+        cloud_key_file, cloud_public_key = key("cloud")
+        checkpoint_count = max(1, self.kiosk_count // 4)
+        roles = ["checkpoint"] * checkpoint_count + ["bar"] * max(
+            1, self.kiosk_count - checkpoint_count
+        )
+        numbers: Counter[str] = Counter()
+        for role in roles:
+            numbers[role] += 1
+            kiosk_id = f"{role}-{numbers[role]}"
+            self.kiosks.append(Kiosk(kiosk_id, role, free_port()))
+
+        self.broker = MosquittoBroker(self.root / "mosquitto", prefix=TOPIC_PREFIX)
+        self.broker.add_user(CLOUD_MQTT_USER, role="cloud")
+        for kiosk in self.kiosks:
+            self.broker.add_user(kiosk.kiosk_id)
+        self.broker.start()
+        self.say(f"Mosquitto    mqtt://127.0.0.1:{self.broker.port} (password file, kiosk ACL)")
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            ledger = Ledger(engine)
+            for kiosk in self.kiosks:
+                _, public_key = key(kiosk.kiosk_id)
+                ledger.add_kiosk(kiosk.kiosk_id, public_key, kiosk.role)
+        finally:
+            engine.dispose()
+
+        base_env = {
+            key_: value
+            for key_, value in os.environ.items()
+            if not key_.startswith(("KIOSK_", "NOTIFY_SOCKET", "WATCHDOG_"))
+        }
+        cloud_env = {
+            **base_env,
+            "DATABASE_URL": services_url,
+            "FESTIVAL_TOPIC_PREFIX": TOPIC_PREFIX,
+            "FESTIVAL_ENVIRONMENT": "development",
+            "CLOUD_SIGNING_KEY_FILE": str(cloud_key_file),
+        }
+        self._child(
+            "consumer",
+            [self._python_bin("festival-cloud"), "consumer"],
+            {
+                **cloud_env,
+                "MQTT_URL": self.broker.url(CLOUD_MQTT_USER),
+                "CONSUMER_ID": "demo-consumer-1",
+                "CONSUMER_METRICS_PORT": str(free_port()),
+            },
+        )
+
+        self.stripe = FakeStripe()
+        stripe_base = self.stripe.start()
+        api_port = _preferred_port(API_PORT_PREFERRED)
+        self.api_url = f"http://127.0.0.1:{api_port}"
+        self.stripe.webhook_url = f"{self.api_url}/stripe/webhook"
+        self.stripe.webhook_secret = self.webhook_secret
+        api = self._child(
+            "api",
+            [
+                self._python_bin("festival-cloud"),
+                "api",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(api_port),
+            ],
+            {
+                **cloud_env,
+                "ADMIN_TOKEN": self.admin_token,
+                "POS_API_TOKEN": secrets.token_urlsafe(24),
+                "STRIPE_SECRET_KEY": "sk_test_demo_" + secrets.token_hex(12),
+                "STRIPE_WEBHOOK_SECRET": self.webhook_secret,
+                "STRIPE_API_BASE": stripe_base,
+                "TOPUP_SUCCESS_URL": f"{self.api_url}/topup?status=success",
+                "TOPUP_CANCEL_URL": f"{self.api_url}/topup?status=cancelled",
+            },
+        )
+        self.say(f"Fake Stripe  {stripe_base}")
+
+        kiosk_bin = self._python_bin("festival-kiosk")
+        for kiosk in self.kiosks:
+            state_dir = self.root / "kiosks" / kiosk.kiosk_id
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            kiosk_key_file, _ = key(kiosk.kiosk_id)
+            kiosk.process = self._child(
+                kiosk.kiosk_id,
+                [kiosk_bin, "run"],
+                {
+                    **base_env,
+                    "KIOSK_ID": kiosk.kiosk_id,
+                    "KIOSK_KEY_FILE": str(kiosk_key_file),
+                    "CLOUD_PUBLIC_KEY": cloud_public_key,
+                    "MQTT_URL": self.broker.url(kiosk.kiosk_id),
+                    "KIOSK_STATE_DIR": str(state_dir),
+                    "KIOSK_MODE": kiosk.role,
+                    "KIOSK_READER": "sim",
+                    "KIOSK_GPIO": "fake",
+                    "KIOSK_HTTP_PORT": str(kiosk.http_port),
+                    "FESTIVAL_TOPIC_PREFIX": TOPIC_PREFIX,
+                },
+            )
+
+        wait_for(lambda: _http_ok(f"{self.api_url}/readyz"), f"the API (log: {api.log_file})")
+        for kiosk in self.kiosks:
+            wait_for(
+                lambda kiosk=kiosk: bool(kiosk.state().get("online")),  # type: ignore[misc]
+                f"kiosk {kiosk.kiosk_id} (log: {kiosk.process.log_file if kiosk.process else ''})",
+            )
+        consumer = self.children[0]
+        if not consumer.alive():
+            raise DemoError(f"the consumer exited:\n{consumer.tail()}")
+        for kiosk in self.kiosks:
+            self.say(f"Kiosk        {kiosk.kiosk_id:14} touchscreen {kiosk.base_url}/")
+        self.cards = card_uids(self.card_count)
+        self.say("")
+        self.say(f"Dashboard    {self.api_url}/dashboard")
+        self.say(f"Admin token  {self.admin_token}")
+        self.say(f"Top-up page  {self.api_url}/topup")
+        self.say(f"Logs         {self.root / 'logs'}")
+        self.say("")
+
+    # --- traffic -------------------------------------------------------------------------------
+
+    def _admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def known_cards(self) -> list[str]:
+        """Every wristband but each 25th, which nobody tops up (its orders: CARD_NOT_FOUND)."""
+        return [uid for number, uid in enumerate(self.cards) if number % 25 != 24]
+
+    def _pay(self, kiosk: Kiosk, generator: random.Random, card: str) -> None:
+        if kiosk.role == "checkpoint":
+            entry, amount_cents = recharge(generator)
+        else:
+            entry, amount_cents = bar_order(generator)
+        try:
+            outcome = kiosk.transact(entry, card)
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"{kiosk.kiosk_id}: {error}")
+            self.stop.wait(1.0)
+            return
+        if outcome is not None and kiosk.role == "bar":
+            amount_cents = int(outcome.get("amount_cents") or 0)
+        self.tally.record(kiosk.role, outcome, amount_cents)
+
+    def _open_the_gates(self, kiosk: Kiosk, index: int, checkpoints: int) -> None:
+        """Top-ups first: the checkpoints load every known wristband once, as fast as they can."""
+        generator = random.Random(index)
+        for card in self.known_cards()[index::checkpoints]:
+            if self.stop.is_set():
+                return
+            self._pay(kiosk, generator, card)
+
+    def _kiosk_worker(self, kiosk: Kiosk, index: int, pace_s: float) -> None:
+        generator = random.Random(index * 7919 + int(time.time()))
+        known = self.known_cards()
+        unknown = sorted(set(self.cards) - set(known)) or known
+        next_s = time.monotonic()
+        while not self.stop.is_set():
+            if kiosk.role == "bar" and generator.random() < UNKNOWN_CARD_SHARE:
+                card = generator.choice(unknown)
+            else:
+                card = generator.choice(known)
+            self._pay(kiosk, generator, card)
+            next_s = max(next_s + pace_s, time.monotonic() - 1.0)
+            self.stop.wait(max(0.0, next_s - time.monotonic()))
+
+    def _online_topups(self) -> None:
+        """Attendees paying on the top-up page: Checkout Session, payment, signed webhook."""
+        from cloud.stripe_fake import checkout_session_completed_event, deliver_event
+
+        generator = random.Random()
+        while not self.stop.wait(ONLINE_TOPUP_INTERVAL_S):
+            card = generator.choice(self.cards)
+            amount_cents = generator.choice(TOPUP_AMOUNTS_CENTS)
+            try:
+                status, reply = http_json(
+                    "POST",
+                    f"{self.api_url}/api/topups/checkout",
+                    {"card_uid": card, "amount_cents": amount_cents},
+                )
+                if status != 201 or not isinstance(reply, dict):
+                    raise DemoError(f"checkout answered {status}: {reply}")
+                session = self.stripe.complete_session(reply["session_id"])
+                status, body = deliver_event(
+                    f"{self.api_url}/stripe/webhook",
+                    checkout_session_completed_event(session),
+                    self.webhook_secret,
+                )
+                if status != 200:
+                    raise DemoError(f"webhook answered {status}: {body[:200]!r}")
+                with self.tally.lock:
+                    self.tally.online_topups += 1
+                    self.tally.online_topups_cents += amount_cents
+            except (DemoError, OSError, ValueError, KeyError) as error:
+                self.tally.error(f"online top-up: {error}")
+
+    def _block_a_lost_wristband(self) -> None:
+        """An attendee reports a lost wristband: its later orders are declined CARD_BLOCKED."""
+        if self.stop.wait(10.0):
+            return
+        for uid in self.cards[:BLOCKED_CARD_COUNT]:
+            status, _ = http_json(
+                "POST", f"{self.api_url}/api/cards/{uid}/block", {}, self._admin()
+            )
+            if status == 200:
+                self.say(f"(operator blocked wristband {uid}: reported lost)")
+
+    def run_traffic(self, duration_s: float | None) -> None:
+        bars = [k for k in self.kiosks if k.role == "bar"]
+        pace_s = len(self.kiosks) / max(self.rate_per_s, 0.01)
+        threads = [
+            threading.Thread(target=self._kiosk_worker, args=(kiosk, i, pace_s), daemon=True)
+            for i, kiosk in enumerate(self.kiosks)
+        ]
+        threads.append(threading.Thread(target=self._online_topups, daemon=True))
+        threads.append(threading.Thread(target=self._block_a_lost_wristband, daemon=True))
+        self.say(
+            f"Simulating attendees at {len(bars)} bars and {len(self.kiosks) - len(bars)} "
+            f"checkpoints, about {self.rate_per_s:g} payments/s over {len(self.cards)} wristbands."
+            + (" Ctrl-C to stop." if duration_s is None else f" Running {duration_s:g} s.")
+        )
+        checkpoints = [k for k in self.kiosks if k.role == "checkpoint"]
+        self.say(f"Opening the gates: topping up {len(self.known_cards())} wristbands first.")
+        self.tally.started_s = time.monotonic()
+        opening = [
+            threading.Thread(
+                target=self._open_the_gates, args=(kiosk, i, len(checkpoints)), daemon=True
+            )
+            for i, kiosk in enumerate(checkpoints)
+        ]
+        for thread in opening:
+            thread.start()
+        for thread in opening:
+            thread.join()
+        self.say(self.tally.line())
+        for thread in threads:
+            thread.start()
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not self.stop.is_set():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            self.stop.wait(
+                PROGRESS_INTERVAL_S if remaining is None else min(PROGRESS_INTERVAL_S, remaining)
+            )
+            self.say(self.tally.line())
+            for child in self.children:
+                if not child.alive():
+                    self.tally.error(f"{child.name} exited; log: {child.log_file}")
+                    self.stop.set()
+        self.stop.set()
+        for thread in threads:
+            thread.join(timeout=RESULT_TIMEOUT_S + 5)
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def wait_for_quiet(self) -> None:
+        """Let the kiosks' outboxes drain so the summary counts settled money."""
+        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if all(k.state()["outbox"]["pending"] == 0 for k in self.kiosks):
+                    return
+            except (DemoError, OSError, KeyError, TypeError):
+                return
+            time.sleep(0.1)
+
+    def ledger_check(self) -> list[str]:
+        from cloud.database import make_engine
+        from cloud.ledger import Ledger
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            return Ledger(engine).check()
+        finally:
+            engine.dispose()
+
+    def summary(self, violations: list[str]) -> None:
+        self.say("")
+        self.say("Summary")
+        self.say("  " + self.tally.line().strip())
+        for code, count in sorted(self.tally.outcomes.items()):
+            self.say(f"  {code:24} {count}")
+        for error in self.tally.errors[:10]:
+            self.say(f"  error: {error}")
+        if violations:
+            self.say(f"  ledger check: FAILED ({len(violations)} violations)")
+            for violation in violations[:20]:
+                self.say(f"    {violation}")
+        else:
+            self.say(
+                "  ledger check: passed (postings balance, cached balances exact, none negative)"
+            )
+
+    def shutdown(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+        if self.stripe is not None:
+            self.stripe.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="festival-demo", description=__doc__)
-    parser.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
-    parser.add_argument("--kiosks", type=int, default=4)
-    parser.add_argument("--cards", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=20.0, help="orders per second")
-    parser.add_argument("--fresh", action="store_true", help="start from an empty database")
+    parser = argparse.ArgumentParser(
+        prog="festival-demo",
+        description="The whole festival cashless system on this machine, with simulated attendees.",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop by itself after SECONDS, print a summary (default: until Ctrl-C)",
+    )
+    parser.add_argument("--kiosks", type=int, default=4, help="number of kiosks (default 4)")
+    parser.add_argument("--cards", type=int, default=60, help="number of wristbands (default 60)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=8.0,
+        metavar="PER_SECOND",
+        help="payments per second offered over all kiosks (default 8)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="delete the demo's data first")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not os.environ.get("XDG_RUNTIME_DIR"):
+    if args.kiosks < 2 or args.kiosks > 40:
+        print("festival-demo: --kiosks must be 2..40", file=sys.stderr)
+        return 2
+    if args.cards < 2 or args.cards > 100_000 or args.rate <= 0:
+        print("festival-demo: --cards must be 2..100000 and --rate positive", file=sys.stderr)
+        return 2
+    if not os.environ.get("XDG_RUNTIME_DIR") or not Path(os.environ["XDG_RUNTIME_DIR"]).is_dir():
         os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="festival-xdg-")
-    DEMO_ROOT.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    postgres = PostgresServer(DEMO_ROOT / "postgres")
-    broker = MosquittoBroker(DEMO_ROOT / "mosquitto")
-    broker.add_user("cloud-consumer", role="cloud")
+    root = Path(os.environ.get("FESTIVAL_DEMO_DIR", DEMO_ROOT_DEFAULT)).resolve()
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+    demo = Demo(root, args.kiosks, args.cards, args.rate)
+    signal.signal(signal.SIGTERM, lambda *_: demo.stop.set())
+    violations: list[str] = ["the demo did not run"]
     try:
-        postgres.start()
-        print(f"PostgreSQL  {postgres.url()}  (data in {postgres.data_dir})", flush=True)
-        broker.start()
-        print(f"Mosquitto   mqtt://127.0.0.1:{broker.port}  (config {broker.config_file})")
-        print("Press Ctrl-C to stop.", flush=True)
+        demo.start()
+        demo.run_traffic(args.duration)
+        demo.wait_for_quiet()
+        violations = demo.ledger_check()
+        demo.summary(violations)
+    except KeyboardInterrupt:
+        demo.stop.set()
+        demo.say("\nstopping…")
         try:
-            stop.wait(args.duration)
-        except KeyboardInterrupt:
-            pass
+            demo.wait_for_quiet()
+            violations = demo.ledger_check()
+            demo.summary(violations)
+        except Exception as error:  # the summary is best effort once the operator said stop
+            demo.say(f"no summary: {error}")
+    except DemoError as error:
+        demo.say(f"festival-demo: {error}")
     finally:
-        broker.stop()
-        postgres.stop()
-        print("stopped everything this demo started", flush=True)
-    return 0
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan children
+        demo.shutdown()
+        demo.say("Stopped everything this demo started.")
+    return 0 if not violations else 1
 
 
 if __name__ == "__main__":

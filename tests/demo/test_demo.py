@@ -1,0 +1,97 @@
+"""`festival-demo` end to end: every real component on this machine, simulated attendees."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.waiting import wait_until
+
+DEMO = str(Path(sys.executable).parent / "festival-demo")
+
+
+def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "FESTIVAL_DEMO_DIR": str(tmp_path / "demo")}
+    return subprocess.Popen(
+        [DEMO, "--kiosks", "3", "--cards", "12", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _collect(process: subprocess.Popen[str], lines: list[str]) -> threading.Thread:
+    def read() -> None:
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                lines.append(line)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+def _count(output: str, label: str) -> int:
+    match = re.search(rf"^\s+{label}\s+(\d+)$", output, re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _nothing_left_running(output: str, root: Path) -> None:
+    assert "Stopped everything this demo started." in output
+    assert not (root / "postgres" / "data" / "postmaster.pid").exists()
+    port = int(re.search(r"Mosquitto\s+mqtt://127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo's broker still listens"
+
+
+@pytest.mark.slow
+def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) -> None:
+    process = _demo(tmp_path, "--fresh", "--duration", "14", "--rate", "6")
+    lines: list[str] = []
+    reader = _collect(process, lines)
+    assert process.wait(timeout=240) == 0, "".join(lines)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert "Dashboard    http://127.0.0.1:" in output
+    assert re.search(r"Admin token  \S{20,}", output)
+    assert "ledger check: passed" in output
+    assert _count(output, "approved") > 20
+    declines = sum(
+        _count(output, code) for code in ("CARD_NOT_FOUND", "INSUFFICIENT_FUNDS", "CARD_BLOCKED")
+    )
+    assert declines > 0, output
+    online = re.search(r"online (\d+) \(", output.split("Summary")[1])
+    assert online and int(online.group(1)) >= 1, output
+    _nothing_left_running(output, tmp_path / "demo")
+
+
+@pytest.mark.slow
+def test_demo_stops_cleanly_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None:
+    first = _demo(tmp_path, "--fresh", "--duration", "3")
+    first_lines: list[str] = []
+    _collect(first, first_lines).join(timeout=240)
+    assert first.wait(timeout=240) == 0, "".join(first_lines)
+    process = _demo(tmp_path)  # the second run reuses the database and the keys
+    lines: list[str] = []
+    reader = _collect(process, lines)
+    wait_until(
+        lambda: any(" payments (" in line for line in lines) or process.poll() is not None,
+        timeout_s=180,
+        what="the demo's traffic",
+    )
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 0, "".join(lines)
+    reader.join(timeout=10)
+    output = "".join(lines)
+    assert "ledger check: passed" in output
+    _nothing_left_running(output, tmp_path / "demo")
