@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import socket
 import statistics
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -363,3 +365,60 @@ class LoadGenerator:
 
 def request_id_of(raw_result: bytes) -> str | None:
     return _request_id_of(raw_result)
+
+
+# --- CPU accounting (Linux /proc) --------------------------------------------------------------
+
+_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (threads included)."""
+    total = 0.0
+    stack = [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Fields 14 and 15 of stat (utime, stime), counted after the ")" of the command name.
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS_PER_S
+        stack.extend(_children(current))
+    return total
+
+
+class CpuMeter:
+    """CPU seconds used by named process trees between start() and stop()."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self._pids = pids
+        self._start: dict[str, float] = {}
+        self._wall_start = 0.0
+
+    def _sample(self) -> dict[str, float]:
+        sample = {
+            name: sum(process_tree_cpu_s(pid) for pid in pids) for name, pids in self._pids.items()
+        }
+        times = os.times()
+        sample["load generator"] = times.user + times.system
+        return sample
+
+    def start(self) -> None:
+        self._start = self._sample()
+        self._wall_start = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        wall = time.monotonic() - self._wall_start
+        used = {name: round(end[name] - self._start.get(name, 0.0), 2) for name in end}
+        used["wall_s"] = round(wall, 2)
+        return used

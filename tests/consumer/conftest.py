@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,3 +45,21 @@ def cloud_key() -> Iterator[CloudKey]:
     yield CloudKey(path, key)
     os.remove(path)
     os.rmdir(folder)
+
+
+@pytest.fixture(scope="module")
+def service_dirs() -> Iterator[Callable[[str], Path]]:
+    """Folders for our own servers and logs, under /tmp rather than pytest's numbered basetemp:
+    another pytest run of the same user prunes old basetemp folders, possibly while we use
+    them, and PostgreSQL (running as another user when we are root) cannot enter a 0700 one."""
+    created: list[Path] = []
+
+    def make(name: str) -> Path:
+        folder = Path(tempfile.mkdtemp(prefix=f"festival-{name}-"))
+        folder.chmod(0o755)
+        created.append(folder)
+        return folder
+
+    yield make
+    for folder in created:
+        shutil.rmtree(folder, ignore_errors=True)

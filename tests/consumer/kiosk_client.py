@@ -206,6 +206,10 @@ class KioskClient:
 
     # --- results -------------------------------------------------------------------------------
 
+    def received_for(self, request_id: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.result and r.result.request_id == request_id]
+
     def results_for(self, request_id: str) -> list[Result]:
         with self._lock:
             return [

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ def system(
     ledger_database: LedgerDatabase,
     cloud_key: CloudKey,
     mosquitto_broker: MosquittoBroker,
-    tmp_path_factory: pytest.TempPathFactory,
+    service_dirs: Callable[[str], Path],
 ) -> Iterator[System]:
     for kiosk_id in [*ROLES, UNREGISTERED]:
         if kiosk_id not in mosquitto_broker.users:
@@ -99,7 +99,7 @@ def system(
         mqtt_url=mosquitto_broker.url("cloud-consumer"),
         signing_key_file=cloud_key.path,
         consumer_id=f"consumer-flow-{uuid7()[-8:]}",
-        workdir=Path(tmp_path_factory.mktemp("consumer-flow")),
+        workdir=service_dirs("consumer-flow"),
         extra_env={"FESTIVAL_MAX_BALANCE_CENTS": str(MAX_BALANCE_CENTS)},
     )
     kiosks: dict[str, KioskClient] = {}

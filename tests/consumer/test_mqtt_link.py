@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,8 @@ TX = "festival/v1/kiosks/bar-1/tx"
 
 
 @pytest.fixture()
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBroker]:
-    root = tmp_path_factory.mktemp("link-broker")
-    root.chmod(0o755)
-    own = MosquittoBroker(Path(root))
+def broker(service_dirs: Callable[[str], Path]) -> Iterator[MosquittoBroker]:
+    own = MosquittoBroker(service_dirs("link-broker"))
     own.add_user("cloud-consumer", role="cloud")
     own.add_user("bar-1")
     own.start()
