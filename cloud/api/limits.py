@@ -37,6 +37,8 @@ STRIPE_SIGNATURES_PER_HEADER_MAX: Final = 16
 STRIPE_EVENT_ID_PATTERN: Final = re.compile(r"\Aevt_[A-Za-z0-9_]{1,250}\Z")
 STRIPE_OBJECT_ID_PATTERN: Final = re.compile(r"\A[a-z]{2,5}_[A-Za-z0-9_]{1,250}\Z")
 STRIPE_EVENT_TYPE_PATTERN: Final = re.compile(r"\A[a-z0-9_.]{1,100}\Z")
+# metadata.topup_id as we write it ("tu_" + 32 hex); looser values are not passed on.
+TOPUP_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 # Seconds the API waits for Stripe per attempt, and how often the client retries (with the
 # same idempotency key, so a retry can never create a second session).
 STRIPE_TIMEOUT_S: Final = 10.0

@@ -25,6 +25,7 @@ from cloud.api.limits import (
     STRIPE_OBJECT_ID_PATTERN,
     STRIPE_SIGNATURE_HEADER_BYTES_MAX,
     STRIPE_SIGNATURES_PER_HEADER_MAX,
+    TOPUP_ID_PATTERN,
     WEBHOOK_JSON_DEPTH_MAX,
 )
 from protocol.errors import ProtocolError, quote
@@ -313,7 +314,11 @@ def classify(event: StripeEvent) -> Action:
             amount_cents=amount_cents,
             currency=session_currency,
             payment_intent_id=payment_intent_id,
-            topup_id=topup_id if type(topup_id) is str and topup_id else None,
+            # Ours are "tu_<hex>"; anything else in a foreign session's metadata is not an id
+            # the ledger should store.
+            topup_id=topup_id
+            if type(topup_id) is str and TOPUP_ID_PATTERN.match(topup_id)
+            else None,
         )
 
     if event_type == "charge.refunded":

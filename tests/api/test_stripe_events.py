@@ -208,6 +208,12 @@ def test_another_currency_goes_to_the_ledger_which_records_the_anomaly() -> None
     assert isinstance(action, CreditTopup) and action.currency == "USD"
 
 
+def test_a_foreign_topup_id_is_not_passed_on() -> None:
+    session = paid_session(metadata={"card_uid": CARD, "topup_id": "x" * 300})
+    action = classify_event(checkout_session_completed_event(session))
+    assert isinstance(action, CreditTopup) and action.topup_id is None
+
+
 def test_expanded_payment_intent_is_accepted() -> None:
     session = paid_session(payment_intent=None)
     session["payment_intent"] = {"id": "pi_3Expanded000", "object": "payment_intent"}
