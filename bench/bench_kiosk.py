@@ -14,7 +14,8 @@ Part 2, a real `festival-kiosk run` process (sim reader, fake GPIO) on a private
 a stand-in consumer in this process: its resident memory (VmRSS) when idle and after N sales
 driven through its local HTTP interface.
 
-Targets (DESIGN.md): <= 5 ms of kiosk processing per tap, <= 60 MB resident.
+Targets (DESIGN.md): <= 5 ms of kiosk processing per tap (checked on the p99 of "tap"),
+<= 60 MB resident (checked on the kiosk process). Exit status 1 when a target is missed.
 
     .venv/bin/python bench/bench_kiosk.py [--taps 10000] [--no-process] [--no-write]
 """
@@ -67,6 +68,9 @@ def summary(values_ms: list[float]) -> dict[str, float]:
         "p50_ms": round(percentile(values_ms, 0.50), 3),
         "p99_ms": round(percentile(values_ms, 0.99), 3),
         "max_ms": round(max(values_ms), 3),
+        "over_target_percent": round(
+            100 * sum(value > TAP_TARGET_MS for value in values_ms) / len(values_ms), 2
+        ),
     }
 
 
@@ -147,27 +151,35 @@ def bench_in_process(taps: int) -> dict[str, Any]:
     rss_idle_mb = rss_mb(os.getpid())
     tap_ms: list[float] = []
     result_ms: list[float] = []
+    tap_cpu_ms: list[float] = []
+    result_cpu_ms: list[float] = []
     reply: queue.Queue[Reply] = queue.Queue(maxsize=1)
     for index in range(taps):
         kiosk.handle(Command(OrderEntered(draft), reply))
         assert reply.get_nowait().ok
         scan = ScanEvent("ok", CARD, "bench", time.time_ns() // 1_000_000, 40)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         kiosk.handle(scan)
+        kiosk.process_pending()  # the broker's acknowledgement (fake link: at once)
         tap_ms.append((time.perf_counter() - started) * 1000)
+        tap_cpu_ms.append((time.process_time() - started_cpu) * 1000)
         request = link.published[-1]
         assert request.kind == "request", request
         result = cloud_answer(request.payload)
         message = MessageReceived(link.result_topic, result)
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         kiosk.handle(message)
         result_ms.append((time.perf_counter() - started) * 1000)
+        result_cpu_ms.append((time.process_time() - started_cpu) * 1000)
         assert kiosk.state.screen == "approved", kiosk.state.screen
         processed = index + 1
         if len(link.published) > 1000:
             link.published.clear()
     rss_after_mb = rss_mb(os.getpid())
     total_ms = [a + b for a, b in zip(tap_ms, result_ms, strict=True)]
+    total_cpu_ms = [a + b for a, b in zip(tap_cpu_ms, result_cpu_ms, strict=True)]
+    dropped = kiosk.counters["events_dropped"]
+    assert dropped == 0, f"{dropped} events dropped"
     kiosk.close()
     shutil.rmtree(state_dir, ignore_errors=True)
     return {
@@ -176,6 +188,11 @@ def bench_in_process(taps: int) -> dict[str, Any]:
         "tap": summary(tap_ms),
         "result": summary(result_ms),
         "tap_plus_result": summary(total_ms),
+        "cpu_time": {
+            "tap_mean_ms": round(statistics.fmean(tap_cpu_ms), 3),
+            "result_mean_ms": round(statistics.fmean(result_cpu_ms), 3),
+            "tap_plus_result_mean_ms": round(statistics.fmean(total_cpu_ms), 3),
+        },
         "bench_process_rss_mb": {"idle": round(rss_idle_mb, 1), "after": round(rss_after_mb, 1)},
     }
 
@@ -275,12 +292,14 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average_at_start": os.getloadavg(),
         "targets": {"tap_ms": TAP_TARGET_MS, "rss_mb": RSS_TARGET_MB},
     }
     print(f"part 1: {args.taps} taps in process (real outbox and signing, fake link)...")
     results["in_process"] = bench_in_process(args.taps)
     print(json.dumps(results["in_process"], indent=2))
-    tap_ok = results["in_process"]["tap_plus_result"]["p99_ms"] <= TAP_TARGET_MS
+    # The target is the kiosk's own work per tap: band read -> request signed, stored, sent.
+    tap_ok = results["in_process"]["tap"]["p99_ms"] <= TAP_TARGET_MS
     rss_ok = True
     if not args.no_process:
         print(f"part 2: festival-kiosk run, {args.taps} sales through HTTP and Mosquitto...")
@@ -288,6 +307,7 @@ def main() -> int:
         print(json.dumps(results["process"], indent=2))
         rss_ok = max(results["process"]["kiosk_rss_mb"].values()) <= RSS_TARGET_MB
     results["targets_met"] = {"tap": tap_ok, "rss": rss_ok}
+    results["load_average_at_end"] = os.getloadavg()
     print(
         f"targets met: tap p99 <= {TAP_TARGET_MS} ms: {tap_ok}; RSS <= {RSS_TARGET_MB} MB: {rss_ok}"
     )
