@@ -601,8 +601,12 @@ class FakeStripe:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
+        # A short poll interval: stop() returns within it instead of the default 0.5 s.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-stripe", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="fake-stripe",
+            daemon=True,
         )
         self._thread.start()
         return self.base_url
