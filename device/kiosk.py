@@ -314,8 +314,11 @@ class Kiosk:
         elif isinstance(item, LinkDisconnected):
             if self.state.online or self._link_reason is None:
                 log.warning("mqtt disconnected", extra={"context": {"reason": item.reason}})
+            changed = item.reason != self._link_reason
             self._link_reason = item.reason
             self._step(LinkDown())
+            if changed:
+                self._changed()
         elif isinstance(item, PublishDone):
             request_id = self._message_ids.pop(item.message_id, None)
             if request_id is not None:
