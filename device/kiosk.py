@@ -282,8 +282,12 @@ class Kiosk:
     # --- one event ---------------------------------------------------------------------------
 
     def handle(self, item: QueueItem) -> None:
+        reply = Reply(False, "the kiosk failed to handle this command")
         try:
-            self._dispatch(item)
+            if isinstance(item, Command):
+                reply = self._step(item.event).reply or Reply(True)
+            else:
+                self._dispatch(item)
         except OutboxError:
             raise  # the disk is gone: stop (systemd restarts us) rather than take payments
         except Exception:
@@ -291,15 +295,15 @@ class Kiosk:
             log.exception("event handling failed", extra={"context": {"event": repr(item)}})
         if self._snapshot_marker() != self._snapshot_version:
             self._refresh_snapshot()
-
-    def _dispatch(self, item: QueueItem) -> None:
         if isinstance(item, Command):
-            transition = self._step(item.event)
+            # After the snapshot: the caller reads the state its command produced.
             try:
-                item.reply.put_nowait(transition.reply or Reply(True))
+                item.reply.put_nowait(reply)
             except queue.Full:  # pragma: no cover - one reply per command
                 pass
-        elif isinstance(item, ScanEvent):
+
+    def _dispatch(self, item: ReaderEvent | LinkEvent | machine.Event) -> None:
+        if isinstance(item, ScanEvent):
             self._scanned(item)
         elif isinstance(item, CardRemoved):
             pass
