@@ -522,3 +522,31 @@ def test_one_json_log_line_per_request_and_metrics(system: System) -> None:
 def test_ready_is_notified_and_the_ledger_is_consistent(system: System) -> None:
     assert "READY=1" in system.consumer.read_notifications()
     festival_cloud("check", database_url=system.database.owner_url)
+
+
+# --- refusing to run ---------------------------------------------------------------------------
+
+
+def test_a_signing_key_readable_by_others_is_refused_with_exit_code_2(
+    cloud_key: CloudKey, service_dirs: Callable[[str], Path]
+) -> None:
+    loose = service_dirs("loose-key") / "cloud.pem"
+    loose.write_bytes(cloud_key.path.read_bytes())
+    loose.chmod(0o644)
+    completed = festival_cloud(
+        "consumer",
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        check=False,
+        MQTT_URL="mqtt://nobody:none@127.0.0.1:1",
+        CLOUD_SIGNING_KEY_FILE=str(loose),
+    )
+    assert completed.returncode == 2
+    assert "CLOUD_SIGNING_KEY_FILE" in completed.stderr and "0600" in completed.stderr
+
+
+def test_missing_settings_are_named(cloud_key: CloudKey) -> None:
+    completed = festival_cloud(
+        "consumer", database_url="postgresql://nobody@127.0.0.1:1/none", check=False
+    )
+    assert completed.returncode == 2
+    assert "MQTT_URL" in completed.stderr and "CLOUD_SIGNING_KEY_FILE" in completed.stderr
