@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # Seconds uvicorn waits for open requests on shutdown (systemd's TimeoutStopSec is longer).
 GRACEFUL_SHUTDOWN_S = 10
 KEEP_ALIVE_S = 5
+# Connections and tasks in flight at most; uvicorn answers 503 beyond (the database pool has 10
+# connections and the thread pool 40 threads, so more would only queue).
+CONCURRENCY_MAX = 200
 
 
 def create_app(
@@ -56,6 +59,7 @@ def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
         server_header=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=CONCURRENCY_MAX,
     )
     return 0
 
