@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from typing import Any
 
 from fastapi.testclient import TestClient
 
-from cloud.ledger import Ledger
+from cloud.ledger import Ledger, LedgerRequest
 from protocol.keys import generate_private_key, public_key_b64
+from protocol.models import BarItem, BarOrder, KioskStatus, request_to_dict
+from protocol.strict_json import dumps_canonical
 from tests.api.conftest import ADMIN_TOKEN, admin_headers, pos_headers
 
 CARD = "04A1B2C3D4E5F6A7B8C9"
@@ -204,3 +208,37 @@ def test_two_apps_keep_separate_metrics(
         other.get("/healthz")
         assert 'route="/healthz",status="200"} 1.0' in other.get("/metrics").text
         assert 'route="/healthz",status="200"} 2.0' in client.get("/metrics").text
+
+
+def test_kiosk_view_reports_online_state_and_missing_seq_ranges(
+    client: TestClient, ledger: Ledger
+) -> None:
+    """Kiosk orders over MQTT with seq 1, 2, 5 and 9: 3-4 and 6-8 went missing."""
+    ledger.add_kiosk("bar-7", public_key_b64(generate_private_key()), "bar")
+    topup(client, 5000, "t-seq")
+    now_ms = int(time.time() * 1000)
+    ledger.record_kiosk_status(
+        KioskStatus(kiosk_id="bar-7", state="online", at_ms=now_ms, firmware="1.2.3"),
+        received_at_ms=now_ms,
+    )
+    for seq in (1, 2, 5, 9):
+        order = BarOrder(
+            request_id=f"bar-7-{seq}",
+            kiosk_id="bar-7",
+            seq=seq,
+            created_at_ms=now_ms,
+            card_uid=CARD,
+            currency="EUR",
+            items=(BarItem(name="Beer", quantity=1, unit_price_cents=450),),
+            total_cents=450,
+        )
+        payload = hashlib.sha256(dumps_canonical(request_to_dict(order))).hexdigest()
+        assert ledger.apply(LedgerRequest(request=order, payload_sha256=payload)).approved
+    response = client.get("/api/monitoring/kiosks", headers=admin_headers())
+    kiosk = next(row for row in response.json() if row["kiosk_id"] == "bar-7")
+    assert kiosk["state"] == "online" and kiosk["enabled"] is True
+    assert kiosk["last_seen_at"] is not None and kiosk["last_seq"] == 9
+    assert kiosk["missing_seq_ranges"] == [[3, 4], [6, 8]]
+    dashboard = client.get("/api/monitoring/dashboard", headers=admin_headers()).json()
+    shown = next(row for row in dashboard["kiosks"] if row["kiosk_id"] == "bar-7")
+    assert shown["missing_seq_ranges"] == [[3, 4], [6, 8]]
