@@ -62,6 +62,9 @@ READER_POLL_MS: Final = 500
 READER_RETRY_S_MIN: Final = 0.2
 READER_RETRY_S_MAX: Final = 5.0
 READER_NAME_LENGTH_MAX: Final = 64
+# A read error while the card is still present is retried this often, this far apart.
+READ_ATTEMPTS_MAX: Final = 3
+READ_RETRY_PAUSE_S: Final = 0.2
 # 4, 7 or 10 byte UIDs are what the protocol carries; anything else is an unsupported card.
 CARD_UID_BYTES_ALLOWED: Final = frozenset({4, 7, 10})
 

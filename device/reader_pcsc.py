@@ -27,6 +27,8 @@ from smartcard import scard
 
 from device.limits import (
     CARD_UID_BYTES_ALLOWED,
+    READ_ATTEMPTS_MAX,
+    READ_RETRY_PAUSE_S,
     READER_NAME_LENGTH_MAX,
     READER_POLL_MS,
     READER_RETRY_S_MAX,
@@ -219,7 +221,7 @@ class PcscReader:
                     if flags & scard.SCARD_STATE_MUTE:
                         self._emit(self._scan(reader, "unsupported_card", None, self._clock_ms()))
                     else:
-                        self._emit(self._read_reporting(context, reader))
+                        self._emit(self._read_with_retries(context, reader))
             elif flags & scard.SCARD_STATE_EMPTY:
                 if card_read:
                     self._emit(CardRemoved(reader, self._clock_ms()))
@@ -237,6 +239,16 @@ class PcscReader:
             scanned_at_ms=started_ms,
             duration_ms=max(0, now_ms - started_ms),
         )
+
+    def _read_with_retries(self, context: Any, reader: str) -> ScanEvent:
+        """Read the card now present; a read error with the card still there is retried after
+        a short pause (a band moving in the field), so one tap gives one scan."""
+        scan = self._read_reporting(context, reader)
+        for _ in range(READ_ATTEMPTS_MAX - 1):
+            if scan.status != "read_error" or self._stop.wait(READ_RETRY_PAUSE_S):
+                break
+            scan = self._read_reporting(context, reader)
+        return scan
 
     def _read_reporting(self, context: Any, reader: str) -> ScanEvent:
         started_ms = self._clock_ms()
