@@ -330,7 +330,7 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
         known = state.outstanding_ids
         added = tuple(request for request in event.requests if request.request_id not in known)
         pending = tuple(sorted(state.pending + added, key=lambda request: request.seq))
-        return _send_unsent(replace(state, pending=pending), now_ms)
+        return _send_unsent(replace(state, pending=pending), config, now_ms)
     if isinstance(event, LinkUp):
         return _link_up(state, config, now_ms)
     if isinstance(event, LinkDown):
@@ -401,7 +401,7 @@ def _request_stored(
     assert state.pending_request(request.request_id) is None, "request stored twice"
     effects: list[Effect] = []
     if state.online:
-        request = replace(request, sends=request.sends + 1, acked=False, resend_at_ms=None)
+        request = _sent(request, config, now_ms)
         effects.append(Publish(request.request_id))
     new_state = replace(state, pending=(*state.pending, request))
     if state.screen is Screen.CARD_READ:
@@ -417,7 +417,19 @@ def _request_stored(
     return Transition(new_state, tuple(effects))
 
 
-def _send_unsent(state: KioskState, now_ms: int) -> Transition:
+def _sent(request: PendingRequest, config: MachineConfig, now_ms: int) -> PendingRequest:
+    """``request`` once handed to MQTT. Until the broker's acknowledgement sets the normal resend
+    time, the longest pause applies: should the acknowledgement itself be lost, the request is
+    still sent again, late, instead of never."""
+    return replace(
+        request,
+        sends=request.sends + 1,
+        acked=False,
+        resend_at_ms=now_ms + config.resend_after_ms_max,
+    )
+
+
+def _send_unsent(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
     """Publish, in seq order, every pending request this process never handed to MQTT."""
     if not state.online:
         return Transition(state)
@@ -425,7 +437,7 @@ def _send_unsent(state: KioskState, now_ms: int) -> Transition:
     pending: list[PendingRequest] = []
     for request in state.pending:
         if request.sends == 0:
-            request = replace(request, sends=1, acked=False, resend_at_ms=None)
+            request = _sent(request, config, now_ms)
             effects.append(Publish(request.request_id))
         pending.append(request)
     return Transition(replace(state, pending=tuple(pending)), tuple(effects))
@@ -437,7 +449,7 @@ def _link_up(state: KioskState, config: MachineConfig, now_ms: int) -> Transitio
     state = replace(state, online=True)
     if state.screen is Screen.OFFLINE:
         state = replace(state, screen=Screen.WAITING, deadline_ms=now_ms + config.result_timeout_ms)
-    return _send_unsent(state, now_ms)
+    return _send_unsent(state, config, now_ms)
 
 
 def _link_down(state: KioskState) -> Transition:
@@ -505,7 +517,7 @@ def _tick(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
         pending: list[PendingRequest] = []
         for request in state.pending:
             if _resend_due(request, now_ms):
-                request = replace(request, sends=request.sends + 1, acked=False, resend_at_ms=None)
+                request = _sent(request, config, now_ms)
                 effects.append(Publish(request.request_id))
             pending.append(request)
         state = replace(state, pending=tuple(pending))
@@ -513,7 +525,7 @@ def _tick(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
 
 
 def _resend_due(request: PendingRequest, now_ms: int) -> bool:
-    return request.acked and request.resend_at_ms is not None and request.resend_at_ms <= now_ms
+    return request.resend_at_ms is not None and request.resend_at_ms <= now_ms
 
 
 def _card_failure_text(status: str) -> str:
@@ -523,16 +535,6 @@ def _card_failure_text(status: str) -> str:
         "read_error": "the band could not be read: tap again",
     }
     return texts.get(status, "the band could not be read: tap again")
-
-
-def next_deadline_ms(state: KioskState) -> int | None:
-    """When the next timer of this state fires (for the shell's sleep), or None."""
-    candidates = [] if state.deadline_ms is None else [state.deadline_ms]
-    if state.online:
-        candidates += [
-            p.resend_at_ms for p in state.pending if p.acked and p.resend_at_ms is not None
-        ]
-    return min(candidates) if candidates else None
 
 
 # --- what the page shows -------------------------------------------------------------------------

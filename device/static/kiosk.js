@@ -259,7 +259,27 @@
     show("sim", view.reader && view.reader.name === "sim");
   }
 
-  async function poll() {
+  // One request at a time: two overlapping polls could answer out of order and show an older
+  // state after a newer one. A poll asked for meanwhile runs right after the current one.
+  let polling = null;
+  let pollAgain = false;
+
+  function poll() {
+    if (polling) {
+      pollAgain = true;
+      return polling;
+    }
+    polling = (async () => {
+      do {
+        pollAgain = false;
+        await pollOnce();
+      } while (pollAgain);
+      polling = null;
+    })();
+    return polling;
+  }
+
+  async function pollOnce() {
     try {
       const reply = await api("GET", "/api/state");
       if (reply.ok && reply.document && reply.document.version !== state.version) {

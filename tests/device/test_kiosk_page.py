@@ -68,9 +68,8 @@ def test_bar_page_order_tap_and_approved(
         wait_for_screen(driver, "approved")
         assert text(driver, "outcome-title") == "Approved"
         balance_cents = CARD_BALANCE_CENTS - expected_cents
-        assert (
-            text(driver, "new-balance") == f"{balance_cents // 100}.{balance_cents % 100:02d} EUR"
-        )
+        euros, cents = divmod(balance_cents, 100)
+        assert text(driver, "new-balance") == f"{euros}.{cents:02d} EUR"
         assert ledger.balances[CARD] == balance_cents
         path = save_screenshot(driver, "kiosk-bar")
         assert path.stat().st_size > 10_000

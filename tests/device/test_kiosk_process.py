@@ -19,6 +19,7 @@ from device.virtual_card import VirtualCard
 from protocol.codec import decode_status
 from tests.device.conftest import CARD, CARD_BALANCE_CENTS
 from tests.device.kiosk_process import KioskProcess
+from tests.device.pcsc import wait_until_readers_empty
 from tests.device.responder import FakeLedger, MqttResponder
 from tests.waiting import wait_until
 
@@ -295,6 +296,7 @@ def test_sale_with_a_virtual_card_on_the_pcsc_reader(
     ledger: FakeLedger,
     make_kiosk: Callable[..., KioskProcess],
 ) -> None:
+    wait_until_readers_empty()
     kiosk = make_kiosk(kiosk_broker, KIOSK_READER="Virtual PCD 00 00").start()
     state = kiosk.wait_for(
         lambda s: s["online"] and s["reader"] and s["reader"]["available"], "reader and broker"

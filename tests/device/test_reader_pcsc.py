@@ -11,6 +11,7 @@ from device.reader import CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
 from device.reader_pcsc import PcscReader
 from device.sandbox import PcscdService
 from device.virtual_card import VirtualCard
+from tests.device.pcsc import wait_until_readers_empty
 from tests.waiting import wait_until
 
 READER_0 = "Virtual PCD 00 00"
@@ -48,6 +49,13 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+@pytest.fixture(autouse=True)
+def readers_empty(pcscd: PcscdService) -> None:
+    """Every test starts with both virtual readers empty as pcscd sees them: a card removed by
+    the previous test just before it ended must not still look present to this one."""
+    wait_until_readers_empty()
 
 
 def start_reader(recorder: Recorder, name: str) -> PcscReader:
@@ -137,6 +145,7 @@ def test_pcscd_restart_is_survived(pcscd: PcscdService, recorder: Recorder) -> N
     try:
         with VirtualCard("04A1B2C3D4E5F6", port=PORT_0):
             assert isinstance(recorder.next(ScanEvent), ScanEvent)
+        assert isinstance(recorder.next(CardRemoved), CardRemoved)
         pcscd.restart()
         down = recorder.next(ReaderStatus)
         assert isinstance(down, ReaderStatus)
