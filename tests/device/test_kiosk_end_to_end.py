@@ -1,4 +1,8 @@
-"""Kiosk processes against the real cloud: `festival-cloud consumer`, PostgreSQL, Mosquitto."""
+"""Kiosk processes against the real cloud: `festival-cloud consumer`, PostgreSQL, Mosquitto.
+
+The broker is this test's own (tests/device/conftest.py): no durable consumer session left in
+the "ledger" group by another test can take a share of these requests.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +25,14 @@ CHECKPOINT_KIOSK = "checkpoint-2"
 
 @pytest.fixture
 def cloud(
-    database_url: str, mosquitto_broker: MosquittoBroker, tmp_path: Path
+    database_url: str, kiosk_broker: MosquittoBroker, tmp_path: Path
 ) -> Iterator[tuple[str, Path, ConsumerProcess]]:
     """The real consumer on a fresh migrated database: (database url, cloud key file, consumer)."""
     key_file = tmp_path / "cloud.pem"
     save_private_key(generate_private_key(), key_file)
     consumer = ConsumerProcess(
         database_url=service_url(database_url),
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
+        mqtt_url=kiosk_broker.url("cloud-consumer"),
         signing_key_file=key_file,
         consumer_id=f"consumer-kiosk-e2e-{tmp_path.name[-8:]}",
         workdir=tmp_path / "consumer",
@@ -89,13 +93,13 @@ def kiosks() -> Iterator[list[KioskProcess]]:
 
 def test_top_up_then_sales_through_the_real_consumer(
     cloud: tuple[str, Path, ConsumerProcess],
-    mosquitto_broker: MosquittoBroker,
+    kiosk_broker: MosquittoBroker,
     tmp_path: Path,
     kiosks: list[KioskProcess],
 ) -> None:
     database_url, cloud_key_file, consumer = cloud
     try:
-        sales_through_the_cloud(database_url, cloud_key_file, mosquitto_broker, tmp_path, kiosks)
+        sales_through_the_cloud(database_url, cloud_key_file, kiosk_broker, tmp_path, kiosks)
     except AssertionError as error:
         log = consumer.log_text()[-4000:]
         raise AssertionError(f"{error}\n--- consumer log ---\n{log}") from None
@@ -104,12 +108,12 @@ def test_top_up_then_sales_through_the_real_consumer(
 def sales_through_the_cloud(
     database_url: str,
     cloud_key_file: Path,
-    mosquitto_broker: MosquittoBroker,
+    kiosk_broker: MosquittoBroker,
     tmp_path: Path,
     kiosks: list[KioskProcess],
 ) -> None:
     start: Callable[[str, str], KioskProcess] = lambda kiosk_id, mode: start_kiosk(  # noqa: E731
-        kiosk_id, mode, mosquitto_broker, cloud_key_file, database_url, tmp_path, kiosks
+        kiosk_id, mode, kiosk_broker, cloud_key_file, database_url, tmp_path, kiosks
     )
     checkpoint = start(CHECKPOINT_KIOSK, "checkpoint")
     bar = start(BAR_KIOSK, "bar")
