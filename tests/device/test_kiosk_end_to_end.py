@@ -20,7 +20,7 @@ from tests.device.kiosk_process import KioskProcess
 
 CARD = "04C0FFEE123456"
 BAR_KIOSK = "bar-2"
-CHECKPOINT_KIOSK = "checkpoint-2"
+CHECKPOINT_KIOSK = "checkpoint-1"
 
 
 @pytest.fixture
