@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from cloud.database import service_url
 from cloud.sandbox import MosquittoBroker
 from protocol.keys import generate_private_key, load_private_key, public_key_b64, save_private_key
 from tests.consumer.support import ConsumerProcess, festival_cloud
 from tests.device.kiosk_process import KioskProcess
+from tests.waiting import wait_until
 
 CARD = "04C0FFEE123456"
 BAR_KIOSK = "bar-2"
@@ -142,3 +144,23 @@ def sales_through_the_cloud(
     shown = festival_cloud("card", "show", CARD, "--json", database_url=database_url)
     assert json.loads(shown.stdout)["balance_cents"] == 500
     festival_cloud("check", database_url=database_url)
+
+    # Every tap also left a signed scan record in the seed's nfc_scan_log.
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+
+        def scans() -> list[tuple[str, str, str]]:
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    sqlalchemy.text(
+                        "SELECT kiosk_id, card_id, scan_status FROM nfc_scan_log ORDER BY id"
+                    )
+                )
+                return [(row[0], row[1], row[2]) for row in rows]
+
+        wait_until(lambda: len(scans()) == 3, timeout_s=10, what="three scan records")
+        assert sorted(scans()) == sorted(
+            [(CHECKPOINT_KIOSK, CARD, "ok"), (BAR_KIOSK, CARD, "ok"), (BAR_KIOSK, CARD, "ok")]
+        )
+    finally:
+        engine.dispose()
