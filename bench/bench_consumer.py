@@ -279,9 +279,9 @@ def main() -> int:
                     "mosquitto": [broker.process.pid],
                 }
             )
-            meter.start()
-            stats, _ = generator.run_closed_loop(requests, args.window, args.sustained_s)
-            cpu = meter.stop()
+            stats, _, cpu = generator.run_closed_loop(
+                requests, args.window, args.sustained_s, meter=meter
+            )
             summary = stats.summary()
             report["sustained"].append(
                 {

@@ -249,10 +249,16 @@ class LoadGenerator:
         return self._stats(requests, rate_per_s, send_end - start)
 
     def run_closed_loop(
-        self, requests: list[Sent], window: int, duration_s: float, drain_timeout_s: float = 60.0
-    ) -> tuple[RunStats, list[Sent]]:
+        self,
+        requests: list[Sent],
+        window: int,
+        duration_s: float,
+        drain_timeout_s: float = 60.0,
+        meter: CpuMeter | None = None,
+    ) -> tuple[RunStats, list[Sent], dict[str, float]]:
         """Keep ``window`` requests in flight per kiosk for ``duration_s``; returns the stats of
-        what was sent and the requests left unsent."""
+        what was sent, the requests left unsent, and the CPU seconds ``meter`` measured from the
+        start until the last answer arrived (before the results are verified)."""
         self._reset()
         queues: list[list[Sent]] = [[] for _ in self.kiosks]
         for sent in requests:
@@ -273,6 +279,8 @@ class LoadGenerator:
                 issued.append(sent)
             kiosk.client.publish(kiosk.tx_topic, sent.raw, qos=1)
 
+        if meter is not None:
+            meter.start()
         start = time.monotonic()
         stop_at[0] = start + duration_s
         for kiosk in self.kiosks:
@@ -286,11 +294,12 @@ class LoadGenerator:
         with lock:
             done = list(issued)
         self._wait_answers(done, drain_timeout_s)
+        cpu = meter.stop() if meter is not None else {}
         for kiosk in self.kiosks:
             kiosk.on_result = None
         leftover = [sent for queue in queues for sent in reversed(queue)]
         stats = self._stats(done, None, elapsed, count_window_s=duration_s, window_start=start)
-        return stats, leftover
+        return stats, leftover, cpu
 
     def _wait_answers(self, requests: list[Sent], timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

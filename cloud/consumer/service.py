@@ -1,23 +1,34 @@
-"""The consumer's main loop: take a batch, let the worker finish it, repeat; stop on SIGTERM.
+"""The consumer's main loop: take a batch, prepare it, hand it to the committer; stop on SIGTERM.
 
-Runs on the main thread. paho's network thread only fills the inbox; everything that decides
-or touches the database happens here, one batch at a time, so acknowledgements go out in the
-order the messages arrived.
+Three threads:
+- paho's network thread only fills the inbox;
+- the main thread takes batches, handles connection events, reads the batch's kiosks and
+  checks every signature (`Worker.prepare`), then hands the batch over;
+- the committer thread writes each batch to the database, publishes its results and
+  acknowledges it (`Worker.commit`), strictly in arrival order.
+While the committer waits for PostgreSQL (the GIL is released), the main thread verifies the
+next batch: the pipeline is at most `PIPELINE_DEPTH` prepared batches deep, so a database
+outage stalls the main thread after that (nothing unbounded piles up).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from typing import Protocol
+from typing import Final, Protocol
 
 from cloud.consumer import limits
 from cloud.consumer.inbox import Inbox, LinkEvent, LinkState
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
-from cloud.consumer.worker import Abandoned, Worker
+from cloud.consumer.worker import Abandoned, PreparedBatch, Worker
 
 log = logging.getLogger("cloud.consumer")
+
+PIPELINE_DEPTH: Final = 2
+_END: Final = None  # tells the committer that no batch follows
 
 
 class LinkControl(Protocol):
@@ -28,6 +39,60 @@ class LinkControl(Protocol):
 
 class SubscribeRefused(RuntimeError):
     """The broker refused a subscription: the ACL or the configuration is wrong."""
+
+
+class CommitterFailed(RuntimeError):
+    """The committer thread died of an unexpected error (a bug): the process must exit."""
+
+
+class Committer:
+    """The thread that runs `Worker.commit` for each prepared batch, in order."""
+
+    def __init__(self, worker: Worker, lifecycle: Lifecycle) -> None:
+        self._worker = worker
+        self._lifecycle = lifecycle
+        self._queue: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self.abandoned = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def put(self, batch: PreparedBatch | None) -> bool:
+        """Hand over a batch; keeps the watchdog fed while the committer is busy. False when
+        the committer is gone (abandoned at the deadline, or failed)."""
+        while self._thread.is_alive():
+            try:
+                self._queue.put(batch, timeout=limits.WORKER_POLL_INTERVAL_S)
+                return True
+            except queue.Full:
+                self._lifecycle.heartbeat()
+        return False
+
+    def join(self) -> None:
+        """Wait until every handed-over batch is committed (or abandoned)."""
+        while self._thread.is_alive():
+            self._thread.join(timeout=limits.WORKER_POLL_INTERVAL_S)
+            self._lifecycle.heartbeat()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch = self._queue.get()
+                if batch is _END:
+                    return
+                self._worker.commit(batch)
+        except Abandoned:
+            self.abandoned = True
+        except BaseException as error:  # a bug: make the main thread exit with it
+            log.exception("committer failed")
+            self.error = error
+            self._lifecycle.request_stop()
 
 
 class ConsumerService:
@@ -49,6 +114,7 @@ class ConsumerService:
         self._metrics = metrics
         self._batch_max = batch_max
         self._linger_s = linger_s
+        self._committer = Committer(worker, lifecycle)
         self._ready = False
         self._broker_down_since: float | None = None
         self._refused_seen = 0
@@ -57,8 +123,11 @@ class ConsumerService:
     def run(self) -> int:
         """Until a stop request; returns the exit code (0 after a clean shutdown)."""
         self._link.start()
+        self._committer.start()
         lifecycle = self._lifecycle
         inbox = self._inbox
+        committer = self._committer
+        code = 0
         try:
             while not lifecycle.stop_requested:
                 lifecycle.heartbeat()
@@ -67,22 +136,25 @@ class ConsumerService:
                 )
                 for event in events:
                     self._on_event(event)
-                if messages:
-                    self._worker.handle(messages)
+                if messages and not committer.put(self._worker.prepare(messages)):
+                    break
                 self._after_batch()
         except SubscribeRefused as error:
             log.error(
                 "subscription refused by the broker", extra={"context": {"error": str(error)}}
             )
-            self._shutdown()
-            return 1
+            code = 1
         except Abandoned:
-            pass  # only raised once shutting down
-        return self._shutdown()
+            pass  # prepare() gave up at the shutdown deadline; the rest is redelivered
+        self._shutdown()
+        if committer.error is not None:
+            raise CommitterFailed("the committer thread failed") from committer.error
+        return code
 
-    def _shutdown(self) -> int:
+    def _shutdown(self) -> None:
         """Stop taking messages, finish those already received, disconnect."""
         lifecycle = self._lifecycle
+        committer = self._committer
         lifecycle.begin_shutdown()
         self._inbox.close()
         remaining = self._inbox.drain()
@@ -90,18 +162,23 @@ class ConsumerService:
         finished = True
         try:
             for start in range(0, len(remaining), self._batch_max):
-                if lifecycle.out_of_time:
+                if lifecycle.out_of_time or not committer.alive:
                     finished = False
                     break
-                self._worker.handle(remaining[start : start + self._batch_max])
+                if not committer.put(
+                    self._worker.prepare(remaining[start : start + self._batch_max])
+                ):
+                    finished = False
+                    break
         except Abandoned:
             finished = False
-        if not finished:
+        committer.put(_END)
+        committer.join()
+        if not finished or committer.abandoned:
             # Unacknowledged messages stay in our durable session; the broker redelivers them.
             log.warning("shutdown deadline passed; the rest is redelivered on the next start")
         self._link.stop()
         log.info("stopped")
-        return 0
 
     def _on_event(self, event: LinkEvent) -> None:
         if event.state is LinkState.CONNECTED:

@@ -1,13 +1,19 @@
-"""The worker: one batch of received messages -> database -> signed results -> acknowledgements.
+"""The worker: a batch of received messages -> database -> signed results -> acknowledgements.
 
-Order per batch, and why:
+A batch goes through two stages, run by two threads so that one batch's database time overlaps
+the next batch's CPU work (signature checks) - see service.py:
+
+`prepare` (main thread)
 1. Read the records of the kiosks named by the topics (enabled, role, key) - after the messages
    arrived, so a `kiosk disable` that returned before is always seen.
-2. Decide every request (signature, role, schema, age: `decisions.decide_request`).
+2. Decide every request (signature, kiosk state, role, schema, age: `decisions.decide_request`),
+   verify every scan record, parse every status.
+
+`commit` (committer thread, batches in arrival order)
 3. Database: all valid requests in ONE `Ledger.apply_batch` transaction (each keeps its own
-   idempotency), then the permanent rejections, then the dead letters. A transient fault is
-   retried with backoff; a step that committed is never repeated, and nothing is acknowledged
-   or answered until every step of the batch has committed.
+   idempotency), then the permanent rejections, then the dead letters, scans and statuses. A
+   transient fault is retried with backoff; a step that committed is never repeated, and nothing
+   is acknowledged or answered until every step of the batch has committed.
 4. Publish each signed result (QoS 1) to the result topic of the kiosk named by the TOPIC.
 5. Acknowledge the batch's messages. The result is queued before the acknowledgement on the
    same connection, so the broker holds the answer before it forgets the request. A crash
@@ -18,14 +24,16 @@ Order per batch, and why:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud.consumer.backoff import Backoff
 from cloud.consumer.decisions import (
     Apply,
     DeadLetter,
@@ -42,7 +50,7 @@ from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
 from protocol.codec import build_result, decode_scan, decode_status, encode_result
 from protocol.errors import ErrorCode, ProtocolError, Status
-from protocol.models import Result
+from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
 log = logging.getLogger("cloud.consumer")
@@ -56,6 +64,22 @@ class Abandoned(Exception):
 class LinkLike(Protocol):
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> bool: ...
     def ack(self, messages: Sequence[InboundMessage]) -> int: ...
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after `prepare`: sorted by kind, requests decided, scans and statuses parsed."""
+
+    requests: list[tuple[InboundMessage, Topic]] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    scans: list[tuple[InboundMessage, Topic]] = field(default_factory=list)
+    scan_records: list[ScanRecord | ProtocolError] = field(default_factory=list)
+    statuses: list[tuple[InboundMessage, Topic]] = field(default_factory=list)
+    status_records: list[KioskStatus | ProtocolError] = field(default_factory=list)
+    strays: list[InboundMessage] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.requests) + len(self.scans) + len(self.statuses) + len(self.strays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +104,7 @@ class Worker:
         prefix: str,
         metrics: ConsumerMetrics,
         lifecycle: Lifecycle,
-        backoff_factory: Callable[[], Any],
+        backoff_factory: Callable[[], Backoff],
     ) -> None:
         self._ledger = ledger
         self._ledger_request = ledger_request
@@ -91,8 +115,11 @@ class Worker:
         self._prefix = prefix
         self._metrics = metrics
         self._lifecycle = lifecycle
-        self._backoff = backoff_factory()
+        # One backoff per stage: each runs on its own thread.
+        self._prepare_backoff = backoff_factory()
+        self._commit_backoff = backoff_factory()
         self._directory = KioskDirectory(ledger)
+        self._state_lock = threading.Lock()
         self._database_down = False
         self._result_topics: dict[str, str] = {}
         self._counters: dict[tuple[str, str, str], Any] = {}
@@ -100,46 +127,33 @@ class Worker:
             kind: metrics.processing_seconds.labels(kind=kind) for kind in ("tx", "scan", "status")
         }
 
-    # --- entry point ---------------------------------------------------------------------------
+    # --- stage 1: prepare (CPU, one read-only transaction) ----------------------------------------
 
-    def handle(self, messages: Sequence[InboundMessage]) -> None:
-        """Process one batch to the end (or raise Abandoned at the shutdown deadline)."""
-        requests: list[tuple[InboundMessage, Topic]] = []
-        scans: list[tuple[InboundMessage, Topic]] = []
-        statuses: list[tuple[InboundMessage, Topic]] = []
-        strays: list[InboundMessage] = []
+    def prepare(self, messages: Sequence[InboundMessage]) -> PreparedBatch:
+        """Sort a batch by topic kind, read its kiosks, decide and verify what can be (pure)."""
+        batch = PreparedBatch()
         prefix = self._prefix
         for message in messages:
             try:
                 topic = parse_topic(message.topic, prefix)
             except (ProtocolError, ValueError):
-                strays.append(message)
+                batch.strays.append(message)
                 continue
             if topic.kind is TopicKind.TX:
-                requests.append((message, topic))
+                batch.requests.append((message, topic))
             elif topic.kind is TopicKind.SCAN:
-                scans.append((message, topic))
+                batch.scans.append((message, topic))
             elif topic.kind is TopicKind.STATUS:
-                statuses.append((message, topic))
+                batch.statuses.append((message, topic))
             else:
-                strays.append(message)
-        if requests:
-            self._handle_requests(requests)
-        if scans:
-            self._handle_scans(scans)
-        if statuses:
-            self._handle_statuses(statuses)
-        if strays:
-            self._handle_strays(strays)
-
-    # --- requests (tx) -------------------------------------------------------------------------
-
-    def _handle_requests(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
-        kiosk_ids = {topic.kiosk_id for _, topic in batch}
-        views: dict[str, KioskView] = self._database(lambda: self._directory.views(kiosk_ids))
-        now_ms = time.time_ns() // 1_000_000
+                batch.strays.append(message)
+        kiosk_ids = {topic.kiosk_id for _, topic in (*batch.requests, *batch.scans)}
+        views: dict[str, KioskView] = {}
+        if kiosk_ids:
+            views = self._database(lambda: self._directory.views(kiosk_ids), self._prepare_backoff)
+        now_ms = _now_ms()
         policy = self._policy
-        decisions: list[Decision] = [
+        batch.decisions = [
             decide_request(
                 message.payload,
                 topic_kiosk_id=topic.kiosk_id,
@@ -147,8 +161,34 @@ class Worker:
                 policy=policy,
                 now_ms=now_ms,
             )
-            for message, topic in batch
+            for message, topic in batch.requests
         ]
+        batch.scan_records = [_decode_scan(m, t, views.get(t.kiosk_id)) for m, t in batch.scans]
+        batch.status_records = [_decode_status(m, t) for m, t in batch.statuses]
+        return batch
+
+    # --- stage 2: commit (database writes, results, acknowledgements) -----------------------------
+
+    def commit(self, batch: PreparedBatch) -> None:
+        """Finish a prepared batch (or raise Abandoned at the shutdown deadline)."""
+        if batch.requests:
+            self._commit_requests(batch.requests, batch.decisions)
+        if batch.scans:
+            self._commit_scans(batch.scans, batch.scan_records)
+        if batch.statuses:
+            self._commit_statuses(batch.statuses, batch.status_records)
+        if batch.strays:
+            self._commit_strays(batch.strays)
+
+    def handle(self, messages: Sequence[InboundMessage]) -> None:
+        """Both stages on the calling thread (shutdown and tests)."""
+        self.commit(self.prepare(messages))
+
+    # --- requests (tx) -------------------------------------------------------------------------
+
+    def _commit_requests(
+        self, batch: list[tuple[InboundMessage, Topic]], decisions: list[Decision]
+    ) -> None:
         outcomes = self._record(batch, decisions)
         answers = [
             self._answer(decision, outcome)
@@ -172,14 +212,16 @@ class Worker:
                 self._ledger_request(request=d.request, payload_sha256=d.payload_sha256)
                 for _, d in applies
             ]
-            applied = self._database(lambda: self._ledger.apply_batch(items))
+            applied = self._database(lambda: self._ledger.apply_batch(items), self._commit_backoff)
             assert len(applied) == len(items), "apply_batch must answer every request"
             for (index, _), outcome in zip(applies, applied, strict=True):
                 outcomes[index] = outcome
             self._metrics.batch_size.observe(len(items))
         for index, decision in enumerate(decisions):
             if isinstance(decision, Reject):
-                outcomes[index] = self._database(partial(self._record_rejection, decision))
+                outcomes[index] = self._database(
+                    partial(self._record_rejection, decision), self._commit_backoff
+                )
             elif isinstance(decision, DeadLetter):
                 message, topic = batch[index]
                 self._dead_letter(message, topic.kiosk_id, decision.code, decision.message, "tx")
@@ -307,42 +349,41 @@ class Worker:
 
     # --- scans, statuses, strays -----------------------------------------------------------------
 
-    def _handle_scans(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
-        kiosk_ids = {topic.kiosk_id for _, topic in batch}
-        views = self._database(lambda: self._directory.views(kiosk_ids))
-        scans_ok = []
-        for message, topic in batch:
-            view = views.get(topic.kiosk_id)
-            try:
-                scan = decode_scan(
-                    message.payload,
-                    topic_kiosk_id=topic.kiosk_id,
-                    public_key_for=lambda _kiosk_id: view.public_key if view else None,  # noqa: B023
-                )
-                if view is not None and not view.enabled:
-                    raise ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
-            except ProtocolError as error:
-                self._dead_letter(message, topic.kiosk_id, error.code, error.message, "scan")
-                continue
-            scans_ok.append((message, scan))
-        if scans_ok:
-            self._database(partial(self._ledger.record_scans, [scan for _, scan in scans_ok]))
+    def _commit_scans(
+        self,
+        batch: list[tuple[InboundMessage, Topic]],
+        records: list[ScanRecord | ProtocolError],
+    ) -> None:
+        good: list[tuple[InboundMessage, ScanRecord]] = []
+        for (message, topic), record in zip(batch, records, strict=True):
+            if isinstance(record, ProtocolError):
+                self._dead_letter(message, topic.kiosk_id, record.code, record.message, "scan")
+            else:
+                good.append((message, record))
+        if good:
+            self._database(
+                partial(self._ledger.record_scans, [scan for _, scan in good]),
+                self._commit_backoff,
+            )
             done = time.monotonic()
-            for message, _ in scans_ok:
+            for message, _ in good:
                 self._count("scan", "recorded", "")
                 self._processing["scan"].observe(done - message.received_at)
         self._link.ack([m for m, _ in batch if m.qos == 1])
 
-    def _handle_statuses(self, batch: list[tuple[InboundMessage, Topic]]) -> None:
+    def _commit_statuses(
+        self,
+        batch: list[tuple[InboundMessage, Topic]],
+        records: list[KioskStatus | ProtocolError],
+    ) -> None:
         ledger = self._ledger
-        for message, topic in batch:
-            try:
-                status = decode_status(message.payload, topic_kiosk_id=topic.kiosk_id)
-            except ProtocolError as error:
-                self._dead_letter(message, topic.kiosk_id, error.code, error.message, "status")
+        for (message, topic), status in zip(batch, records, strict=True):
+            if isinstance(status, ProtocolError):
+                self._dead_letter(message, topic.kiosk_id, status.code, status.message, "status")
                 continue
             self._database(
-                partial(ledger.record_kiosk_status, status, received_at_ms=message.received_at_ms)
+                partial(ledger.record_kiosk_status, status, received_at_ms=message.received_at_ms),
+                self._commit_backoff,
             )
             self._count("status", "recorded", "")
             self._processing["status"].observe(time.monotonic() - message.received_at)
@@ -352,7 +393,7 @@ class Worker:
             )
         self._link.ack([m for m, _ in batch])
 
-    def _handle_strays(self, messages: list[InboundMessage]) -> None:
+    def _commit_strays(self, messages: list[InboundMessage]) -> None:
         for message in messages:
             self._dead_letter(
                 message,
@@ -371,16 +412,16 @@ class Worker:
         reason: str,
         kind: str,
     ) -> None:
-        ledger = self._ledger
         self._database(
             partial(
-                ledger.record_dead_letter,
+                self._ledger.record_dead_letter,
                 topic=message.topic,
                 payload=message.payload,
                 error_code=code,
                 reason=reason,
                 kiosk_id=kiosk_id,
-            )
+            ),
+            self._commit_backoff,
         )
         self._metrics.dead_letters.labels(kind=kind, code=code.value).inc()
         if kind != "tx":  # tx dead letters are counted with their answer
@@ -400,29 +441,57 @@ class Worker:
             self._counters[key] = counter
         counter.inc()
 
-    def _database(self, call: Callable[[], T]) -> T:
+    def _database(self, call: Callable[[], T], backoff: Backoff) -> T:
         """Run ``call``; on a transient fault retry it with capped backoff until it succeeds.
 
-        Logs "database unavailable" once and "database back" once per outage.
+        Logs "database unavailable" once and "database back" once per outage, whichever stage
+        (thread) notices first.
         """
         while True:
             try:
                 value = call()
             except self._transient as error:
                 self._metrics.database_retries.inc()
-                if not self._database_down:
+                with self._state_lock:
+                    first = not self._database_down
                     self._database_down = True
+                if first:
                     self._metrics.database_available.set(0)
                     log.warning("database unavailable", extra={"context": {"error": str(error)}})
-                if not self._lifecycle.sleep(self._backoff.next_delay_s()):
+                if not self._lifecycle.sleep(backoff.next_delay_s()):
                     raise Abandoned from error
                 continue
-            if self._database_down:
+            with self._state_lock:
+                recovered = self._database_down
                 self._database_down = False
+            if recovered:
                 self._metrics.database_available.set(1)
-                log.info("database back", extra={"context": {"retries": self._backoff.attempts}})
-            self._backoff.reset()
+                log.info("database back", extra={"context": {"retries": backoff.attempts}})
+            backoff.reset()
             return value
+
+
+def _decode_scan(
+    message: InboundMessage, topic: Topic, view: KioskView | None
+) -> ScanRecord | ProtocolError:
+    try:
+        scan = decode_scan(
+            message.payload,
+            topic_kiosk_id=topic.kiosk_id,
+            public_key_for=lambda _kiosk_id: view.public_key if view else None,
+        )
+    except ProtocolError as error:
+        return error
+    if view is not None and not view.enabled:
+        return ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
+    return scan
+
+
+def _decode_status(message: InboundMessage, topic: Topic) -> KioskStatus | ProtocolError:
+    try:
+        return decode_status(message.payload, topic_kiosk_id=topic.kiosk_id)
+    except ProtocolError as error:
+        return error
 
 
 def _now_ms() -> int:
