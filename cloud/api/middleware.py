@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cloud.api.errors import INTERNAL_ERROR, PAYLOAD_TOO_LARGE, ApiError, error_body
@@ -23,6 +24,14 @@ from cloud.logs import bind
 log = logging.getLogger("cloud.api")
 
 UNMATCHED_ROUTE = "unmatched"
+
+
+LOG_FIELDS_KEY = "log_fields"
+
+
+def annotate_request_log(request: Request, **fields: Any) -> None:
+    """Add fields to the request's one "request" log line (written when it completes)."""
+    request.scope.setdefault("state", {}).setdefault(LOG_FIELDS_KEY, {}).update(fields)
 
 
 def new_request_id() -> str:
@@ -143,6 +152,7 @@ class RequestContextMiddleware:
                             "status": status,
                             "duration_ms": round(elapsed_s * 1000, 3),
                             "client": (scope.get("client") or ("", 0))[0],
+                            **scope["state"].get(LOG_FIELDS_KEY, {}),
                         }
                     },
                 )

@@ -25,6 +25,7 @@ from cloud.api.errors import (
     request_id_of,
 )
 from cloud.api.metrics import event_type_label
+from cloud.api.middleware import annotate_request_log
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_events import (
     Action,
@@ -217,7 +218,13 @@ async def stripe_webhook(request: Request) -> Response:
             raise
         metrics.webhook_events.labels(type_label, outcome).inc()
         metrics.webhook_seconds.labels(type_label).observe(time.perf_counter() - started)
-        log.info("stripe event", extra={"context": {"outcome": outcome}})
+    # Into the request's one log line (middleware), rather than a line of its own.
+    annotate_request_log(
+        request,
+        stripe_event_id=event.event_id,
+        stripe_event_type=event.event_type,
+        outcome=outcome,
+    )
     return JSONResponse({"received": True, "event_id": event.event_id, "outcome": outcome})
 
 
