@@ -191,6 +191,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs) and print its path"
+    )
+    parser.add_argument(
         "--profile-dir", type=Path, help="run the consumers under cProfile, write .prof files here"
     )
     args = parser.parse_args()
@@ -368,7 +371,10 @@ def main() -> int:
             consumers.stop()
         broker.stop()
         server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

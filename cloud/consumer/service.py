@@ -7,8 +7,12 @@ Three threads:
 - the committer thread writes each batch to the database, publishes its results and
   acknowledges it (`Worker.commit`), strictly in arrival order.
 While the committer waits for PostgreSQL (the GIL is released), the main thread verifies the
-next batch: the pipeline is at most `PIPELINE_DEPTH` prepared batches deep, so a database
-outage stalls the main thread after that (nothing unbounded piles up).
+next batch. The main thread hands a batch over and waits until the committer has *taken* it
+before it takes the next messages from the inbox, so the next batch is made of everything that
+arrives while this one commits: batches grow with the load and there is never more than one
+prepared batch waiting (queueing prepared batches made batches small, each paying a commit, and
+measured p50 29 ms at 1,000 orders/s). A database outage stalls both stages; nothing unbounded
+piles up.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from cloud.consumer.worker import Abandoned, PreparedBatch, Worker
 
 log = logging.getLogger("cloud.consumer")
 
-PIPELINE_DEPTH: Final = 2
+PIPELINE_DEPTH: Final = 1
 _END: Final = None  # tells the committer that no batch follows
 
 
@@ -52,6 +56,7 @@ class Committer:
         self._worker = worker
         self._lifecycle = lifecycle
         self._queue: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._taken = threading.Event()
         self.abandoned = False
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
@@ -64,15 +69,23 @@ class Committer:
         return self._thread.is_alive()
 
     def put(self, batch: PreparedBatch | None) -> bool:
-        """Hand over a batch; keeps the watchdog fed while the committer is busy. False when
-        the committer is gone (abandoned at the deadline, or failed)."""
-        while self._thread.is_alive():
+        """Hand over a batch and wait until the committer has taken it (it is then committing
+        it); keeps the watchdog fed meanwhile. False when the committer is gone (abandoned at
+        the shutdown deadline, or failed)."""
+        self._taken.clear()
+        while True:
+            if not self._thread.is_alive():
+                return False
             try:
                 self._queue.put(batch, timeout=limits.WORKER_POLL_INTERVAL_S)
-                return True
+                break
             except queue.Full:
                 self._lifecycle.heartbeat()
-        return False
+        while not self._taken.wait(limits.WORKER_POLL_INTERVAL_S):
+            self._lifecycle.heartbeat()
+            if not self._thread.is_alive():
+                return batch is _END
+        return True
 
     def join(self) -> None:
         """Wait until every handed-over batch is committed (or abandoned)."""
@@ -84,6 +97,7 @@ class Committer:
         try:
             while True:
                 batch = self._queue.get()
+                self._taken.set()
                 if batch is _END:
                     return
                 self._worker.commit(batch)
