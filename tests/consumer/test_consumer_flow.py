@@ -93,14 +93,30 @@ def system(
     ledger = Ledger(engine, max_balance_cents=MAX_BALANCE_CENTS)
     keys = {kiosk_id: generate_private_key() for kiosk_id in [*ROLES, UNREGISTERED]}
     for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
+        if kiosk_id == "bar-9":  # one through the operator's command, as in production
+            festival_cloud(
+                "kiosk",
+                "add",
+                kiosk_id,
+                "--public-key",
+                public_key_b64(keys[kiosk_id]),
+                "--role",
+                role,
+                database_url=ledger_database.owner_url,
+            )
+        else:
+            ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
     consumer = ConsumerProcess(
         database_url=ledger_database.service_url,
         mqtt_url=mosquitto_broker.url("cloud-consumer"),
         signing_key_file=cloud_key.path,
         consumer_id=f"consumer-flow-{uuid7()[-8:]}",
         workdir=service_dirs("consumer-flow"),
-        extra_env={"FESTIVAL_MAX_BALANCE_CENTS": str(MAX_BALANCE_CENTS)},
+        extra_env={
+            "FESTIVAL_MAX_BALANCE_CENTS": str(MAX_BALANCE_CENTS),
+            # As systemd's WatchdogSec=1 would: a WATCHDOG=1 ping at least every 0.5 s.
+            "WATCHDOG_USEC": "1000000",
+        },
     )
     kiosks: dict[str, KioskClient] = {}
     try:
@@ -338,7 +354,7 @@ def test_a_disabled_kiosk_is_refused_from_the_next_request_on(system: System) ->
     before = kiosk.bar_order("A3000007", 100)
     kiosk.send(before)
     assert kiosk.wait_result(before.request_id).status is Status.APPROVED
-    assert system.ledger.disable_kiosk("bar-9")
+    festival_cloud("kiosk", "disable", "bar-9", database_url=system.database.owner_url)
     after = kiosk.bar_order("A3000007", 100)
     kiosk.send(after)
     result = kiosk.wait_result(after.request_id)
@@ -519,8 +535,14 @@ def test_one_json_log_line_per_request_and_metrics(system: System) -> None:
     assert "festival_consumer_connected 1.0" in text
 
 
-def test_ready_is_notified_and_the_ledger_is_consistent(system: System) -> None:
+def test_ready_and_watchdog_are_notified_and_the_ledger_is_consistent(system: System) -> None:
     assert "READY=1" in system.consumer.read_notifications()
+    pings = len([n for n in system.consumer.read_notifications() if n == "WATCHDOG=1"])
+    wait_until(
+        lambda: system.consumer.read_notifications().count("WATCHDOG=1") >= pings + 2,
+        timeout_s=5,
+        what="two more watchdog pings",
+    )
     festival_cloud("check", database_url=system.database.owner_url)
 
 
