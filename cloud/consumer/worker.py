@@ -55,6 +55,7 @@ from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
 log = logging.getLogger("cloud.consumer")
 T = TypeVar("T")
+RESULT_TOPICS_CACHED_MAX = 10_000
 
 
 class Abandoned(Exception):
@@ -77,9 +78,6 @@ class PreparedBatch:
     statuses: list[tuple[InboundMessage, Topic]] = field(default_factory=list)
     status_records: list[KioskStatus | ProtocolError] = field(default_factory=list)
     strays: list[InboundMessage] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.requests) + len(self.scans) + len(self.statuses) + len(self.strays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +286,9 @@ class Worker:
                 processed_at_ms=processed_at_ms,
             )
         except ValueError:
-            # The outcome is committed; an inconsistent one is a bug to fix, not a reason to
-            # stop answering everyone else. The kiosk retries and gets the stored outcome.
+            # The outcome is committed and retrying would not change it: an inconsistent one is
+            # a bug for a human (logged with its request id), not a reason to stop answering
+            # everyone else. That kiosk gets no answer and shows the request as timed out.
             log.exception(
                 "cannot build a result", extra={"context": {"request_id": echo.request_id}}
             )
@@ -304,6 +303,8 @@ class Worker:
                 continue
             topic = self._result_topics.get(kiosk_id)
             if topic is None:
+                if len(self._result_topics) >= RESULT_TOPICS_CACHED_MAX:
+                    self._result_topics.clear()
                 topic = topic_for(self._prefix, kiosk_id, TopicKind.RESULT)
                 self._result_topics[kiosk_id] = topic
             if not self._link.publish(topic, encode_result(result, key), 1):
