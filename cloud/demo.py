@@ -490,8 +490,9 @@ class Demo:
         return {"Authorization": f"Bearer {self.admin_token}"}
 
     def known_cards(self) -> list[str]:
-        """Every wristband but each 25th, which nobody tops up (its orders: CARD_NOT_FOUND)."""
-        return [uid for number, uid in enumerate(self.cards) if number % 25 != 24]
+        """Every wristband but each 25th and the last, which nobody tops up (CARD_NOT_FOUND)."""
+        last = len(self.cards) - 1
+        return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n != last]
 
     def _pay(self, kiosk: Kiosk, generator: random.Random, card: str) -> None:
         if kiosk.role == "checkpoint":
@@ -521,11 +522,14 @@ class Demo:
         known = self.known_cards()
         unknown = sorted(set(self.cards) - set(known)) or known
         next_s = time.monotonic()
+        first = True
         while not self.stop.is_set():
-            if kiosk.role == "bar" and generator.random() < UNKNOWN_CARD_SHARE:
+            # Someone who never topped up is first in line at each bar; later, now and then.
+            if kiosk.role == "bar" and (first or generator.random() < UNKNOWN_CARD_SHARE):
                 card = generator.choice(unknown)
             else:
                 card = generator.choice(known)
+            first = False
             self._pay(kiosk, generator, card)
             next_s = max(next_s + pace_s, time.monotonic() - 1.0)
             self.stop.wait(max(0.0, next_s - time.monotonic()))
