@@ -295,6 +295,8 @@ def main() -> int:
                     "sent": summary["sent"],
                     "answered": summary["answered"],
                     "unanswered": summary["unanswered"],
+                    "duplicate_results": summary["duplicate_results"],
+                    "invalid_results": summary["invalid_results"],
                     "latency_ms": summary["latency_ms"],
                     "cpu_s": cpu,
                     "cpu_ms_per_answer": {
