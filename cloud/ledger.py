@@ -171,6 +171,13 @@ def _jsonable(value: object) -> object:
     return value
 
 
+def _optional_card_uid(card_uid: str | None) -> str | None:
+    """A card uid the caller read from Stripe metadata: None, or a valid uid (else a bug)."""
+    if card_uid is not None and not CARD_UID_PATTERN.match(card_uid):
+        raise ValueError("invalid card uid")
+    return card_uid
+
+
 def _rows(connection: Connection, sql: str, **params: object) -> list[dict[str, object]]:
     result = connection.execute(text(sql), params)
     return [{key: _jsonable(value) for key, value in row.items()} for row in result.mappings()]
@@ -595,24 +602,47 @@ class Ledger:
         payment_intent_id: str,
         amount_refunded_cents: int,
         trace_id: str | None = None,
+        card_uid: str | None = None,
     ) -> Outcome:
-        """Take the not-yet-reversed part of Stripe's cumulative refund off the card."""
+        """Take the not-yet-reversed part of Stripe's cumulative refund off the card.
+
+        Linked to the top-up by `payment_intent_id`; `card_uid` (the charge's metadata) only
+        when no top-up has that payment intent: then nothing is taken (what was credited is
+        unknown) but that card is blocked until an operator reconciles (docs/ledger.md).
+        """
         document = self._scalar(
-            "SELECT sp_process_stripe_refund(:event_id, :payment_intent_id, :amount, :trace_id)",
+            """
+            SELECT sp_handle_stripe_refund(
+                p_event_id => :event_id, p_payment_intent_id => :payment_intent_id,
+                p_card_uid => :card_uid, p_amount_refunded_cents => :amount,
+                p_trace_id => :trace_id)
+            """,
             event_id=event_id,
             payment_intent_id=payment_intent_id,
+            card_uid=_optional_card_uid(card_uid),
             amount=amount_refunded_cents,
             trace_id=trace_id,
         )
         return outcome_from_document(document)
 
     def process_stripe_dispute(
-        self, *, event_id: str, payment_intent_id: str, trace_id: str | None = None
+        self,
+        *,
+        event_id: str,
+        payment_intent_id: str,
+        trace_id: str | None = None,
+        card_uid: str | None = None,
     ) -> Outcome:
+        """Block the disputed top-up's card; `card_uid` (metadata) when no top-up matches."""
         document = self._scalar(
-            "SELECT sp_process_stripe_dispute(:event_id, :payment_intent_id, :trace_id)",
+            """
+            SELECT sp_handle_stripe_dispute(
+                p_event_id => :event_id, p_payment_intent_id => :payment_intent_id,
+                p_card_uid => :card_uid, p_trace_id => :trace_id)
+            """,
             event_id=event_id,
             payment_intent_id=payment_intent_id,
+            card_uid=_optional_card_uid(card_uid),
             trace_id=trace_id,
         )
         return outcome_from_document(document)

@@ -182,6 +182,9 @@ class RefundCharge:
     charge_id: str
     amount_refunded_cents: int
     currency: str
+    # The charge's own metadata.card_uid, when it carries a valid one: the ledger uses it only
+    # when no top-up has this payment intent (the payment intent stays the primary link).
+    card_uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,8 @@ class DisputeCharge:
     payment_intent_id: str
     charge_id: str | None
     reason: str | None
+    # The dispute's own metadata.card_uid, if any: only when no top-up has this payment intent.
+    card_uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +280,19 @@ def _card_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _metadata_card_uid(obj: Mapping[str, Any]) -> str | None:
+    """metadata.card_uid when it is a valid card uid, else None (never an error).
+
+    Only a secondary link for refunds and disputes (the payment intent is the primary one), so
+    a charge or dispute with odd metadata is still processed as before rather than refused.
+    """
+    metadata = obj.get("metadata")
+    candidate = metadata.get("card_uid") if type(metadata) is dict else None
+    if type(candidate) is str and CARD_UID_PATTERN.match(candidate):
+        return candidate
+    return None
+
+
 def classify(event: StripeEvent) -> Action:
     """What `event` asks of the ledger.
 
@@ -334,6 +352,7 @@ def classify(event: StripeEvent) -> Action:
             charge_id=charge_id,
             amount_refunded_cents=amount_refunded_cents,
             currency=charge_currency,
+            card_uid=_metadata_card_uid(obj),
         )
 
     assert event_type == "charge.dispute.created"
@@ -348,4 +367,5 @@ def classify(event: StripeEvent) -> Action:
         payment_intent_id=payment_intent_id,
         charge_id=disputed_charge_id,
         reason=reason if type(reason) is str else None,
+        card_uid=_metadata_card_uid(obj),
     )

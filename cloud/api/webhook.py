@@ -121,20 +121,29 @@ def apply_event(
             payment_intent_id=action.payment_intent_id,
             amount_refunded_cents=action.amount_refunded_cents,
             trace_id=trace_id,
+            card_uid=action.card_uid,
         )
         _log_outcome(
             "stripe refund",
             outcome,
             payment_intent_id=action.payment_intent_id,
             amount_refunded_cents=action.amount_refunded_cents,
+            metadata_card_uid=action.card_uid,
         )
         return _label(fresh, outcome)
     if isinstance(action, DisputeCharge):
         outcome = ledger.process_stripe_dispute(
-            event_id=event.event_id, payment_intent_id=action.payment_intent_id, trace_id=trace_id
+            event_id=event.event_id,
+            payment_intent_id=action.payment_intent_id,
+            trace_id=trace_id,
+            card_uid=action.card_uid,
         )
         _log_outcome(
-            "stripe dispute", outcome, payment_intent_id=action.payment_intent_id, level=30
+            "stripe dispute",
+            outcome,
+            payment_intent_id=action.payment_intent_id,
+            metadata_card_uid=action.card_uid,
+            level=30,
         )
         return _label(fresh, outcome)
     if isinstance(action, FailTopup):
@@ -152,7 +161,8 @@ def _label(fresh: bool, outcome: Any) -> str:
         return "duplicate"
     if outcome.status == "rejected" or outcome.error_code is not None:
         # Recorded but not credited: another currency, over the balance limit, an unknown
-        # payment intent. The ledger keeps it for a human (and a refund); Stripe must stop.
+        # payment intent (a refund linked only by the card metadata: card blocked, nothing
+        # taken). The ledger keeps it for a human (and a refund); Stripe must stop.
         return "anomaly"
     return "processed"
 

@@ -23,12 +23,53 @@ def _traffic(url: str) -> None:
         engine.dispose()
 
 
+def _functions(url: str, pattern: str) -> list[str]:
+    return [
+        row[0]
+        for row in execute(
+            url,
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace "
+            "AND proname LIKE :pattern ORDER BY proname",
+            pattern=pattern,
+        )
+    ]
+
+
+def _traffic_again(url: str) -> None:
+    """The metadata fallback works after a re-upgrade, for the service role too."""
+    engine = make_engine(database.service_url(url), pool_size=1)
+    try:
+        outcome = Ledger(engine).process_stripe_dispute(
+            event_id="evt_migration", payment_intent_id="pi_unknown", card_uid="04AAAAAA"
+        )
+        assert outcome.approved and outcome.card_uid == "04AAAAAA"
+        assert Ledger(engine).check() == []
+    finally:
+        engine.dispose()
+    assert scalar(url, "SELECT status FROM cards") == "blocked"
+
+
 def test_upgrade_downgrade_upgrade_with_data(make_database: Callable[..., str]) -> None:
     url = make_database()
     assert database.current_revision(url) is None
     database.upgrade(url)
-    assert database.current_revision(url) == database.head_revision() == "0002"
+    assert database.current_revision(url) == database.head_revision() == "0003"
     _traffic(url)
+
+    # Revision 0003 down and up again: only its functions go; 0002's procedures and the data stay.
+    database.downgrade(url, "0002")
+    assert database.current_revision(url) == "0002"
+    assert _functions(url, "sp\\_handle\\_stripe\\_%") == []
+    assert _functions(url, "ledger\\_metadata\\_outcome") == []
+    assert _functions(url, "sp\\_process\\_stripe\\_refund") == ["sp_process_stripe_refund"]
+    assert scalar(url, "SELECT balance_cents FROM cards") == 4_500
+    database.upgrade(url)
+    assert database.current_revision(url) == "0003"
+    assert _functions(url, "sp\\_handle\\_stripe\\_%") == [
+        "sp_handle_stripe_dispute",
+        "sp_handle_stripe_refund",
+    ]
+    _traffic_again(url)
 
     # One step down: the procedures go, the data stays.
     database.downgrade(url, "0001")
