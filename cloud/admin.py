@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,10 +122,17 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
         except ValueError as error:
             print(f"festival-cloud kiosk add: {error}", file=sys.stderr)
             return EXIT_UNAVAILABLE
+    # A fresh broker password for this kiosk: shown once, stored only in the broker's hashed
+    # password file and the kiosk's MQTT_URL. The cloud never keeps it.
+    password = secrets.token_urlsafe(24)
     print(f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role}, enabled")
     print(f"MQTT username: {kiosk.kiosk_id}")
-    print("Give it a broker password (e.g. mosquitto_passwd -b PASSWORD_FILE USER PASSWORD)")
-    print("and this ACL (or the pattern ACL of PROTOCOL.md, which covers every kiosk):")
+    print(f"MQTT password: {password}")
+    print(
+        f"  on the broker: mosquitto_passwd -b /etc/mosquitto/passwd {kiosk.kiosk_id} '{password}'"
+    )
+    print("  then reload it: kill -HUP $(pidof mosquitto)")
+    print("ACL lines (the pattern ACL of PROTOCOL.md covers every kiosk at once):")
     for line in kiosk_acl(settings.festival_topic_prefix, kiosk.kiosk_id):
         print(f"  {line}")
     return EXIT_OK
