@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -24,7 +26,7 @@ from paho.mqtt.properties import Properties
 from protocol.codec import encode_request, verify_result
 from protocol.errors import ProtocolError
 from protocol.models import BarItem, BarOrder, CheckpointRecharge, Request, Result
-from protocol.mqtt_url import parse_mqtt_url
+from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
 from protocol.topics import TopicKind, topic_for
 from tests.waiting import wait_until
 
@@ -68,6 +70,7 @@ class KioskClient:
     prefix: str = "festival"
     currency: str = "EUR"
     client_id: str = ""
+    tls: TlsClientFiles | None = None  # for mqtts:// URLs: the CA to pin, a client certificate
     received: list[Received] = field(default_factory=list)
     seq: int = 0
 
@@ -89,6 +92,7 @@ class KioskClient:
             protocol=mqtt.MQTTv5,
         )
         client.username_pw_set(endpoint.username, endpoint.password)
+        _tls_set(client, endpoint, self.tls)
         client.max_inflight_messages_set(200)
         client.max_queued_messages_set(100_000)
         client.reconnect_delay_set(1, 2)
@@ -122,7 +126,7 @@ class KioskClient:
         self._client.disconnect()
         self._client.loop_stop()
         if purge:
-            purge_session(self.broker_url, self.client_id)
+            purge_session(self.broker_url, self.client_id, tls=self.tls)
 
     def wait_connected(self, timeout_s: float = 15.0) -> None:
         assert self._connected.wait(timeout_s), f"{self.kiosk_id}: not reconnected"
@@ -282,7 +286,34 @@ def _nodelay(client: mqtt.Client, userdata: object, sock: object) -> None:
         pass
 
 
-def purge_session(broker_url: str, client_id: str, timeout_s: float = 10.0) -> None:
+@dataclass(frozen=True)
+class TlsClientFiles:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+def _tls_set(client: mqtt.Client, endpoint: MqttEndpoint, tls: TlsClientFiles | None) -> None:
+    """TLS for an mqtts:// endpoint, verifying the broker as the kiosk and the consumer do."""
+    if not endpoint.tls:
+        return
+    files = tls or TlsClientFiles()
+    client.tls_set(
+        ca_certs=str(files.ca_file) if files.ca_file else None,
+        certfile=str(files.cert_file) if files.cert_file else None,
+        keyfile=str(files.key_file) if files.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+def purge_session(
+    broker_url: str,
+    client_id: str,
+    timeout_s: float = 10.0,
+    *,
+    tls: TlsClientFiles | None = None,
+) -> None:
     """Remove a durable session from the broker (connect clean, expiry 0, disconnect).
 
     A consumer's durable session left behind on a shared broker would keep taking its turn of
@@ -295,6 +326,7 @@ def purge_session(broker_url: str, client_id: str, timeout_s: float = 10.0) -> N
         protocol=mqtt.MQTTv5,
     )
     client.username_pw_set(endpoint.username, endpoint.password)
+    _tls_set(client, endpoint, tls)
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 0
     client.connect(

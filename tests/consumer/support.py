@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from cloud.sandbox import free_port
-from tests.consumer.kiosk_client import env_without_settings, purge_session
+from tests.consumer.kiosk_client import TlsClientFiles, env_without_settings, purge_session
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 FESTIVAL_CLOUD = str(REPO / ".venv" / "bin" / "festival-cloud")
 STOP_TIMEOUT_S = 30.0
+_TLS_SETTINGS = ("MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE")
 
 
 def cloud_env(database_url: str, mqtt_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -158,7 +159,7 @@ class ConsumerProcess:
                     self.process.kill()
                     self.process.wait(timeout=STOP_TIMEOUT_S)
             if purge:
-                purge_session(self.mqtt_url, self.consumer_id)
+                purge_session(self.mqtt_url, self.consumer_id, tls=self.tls_files())
         finally:
             self._notify_socket.close()
             for path in (self.notify_path, self._notify_dir):
@@ -166,6 +167,13 @@ class ConsumerProcess:
                     os.remove(path) if path.is_file() or path.is_socket() else os.rmdir(path)
                 except OSError:
                     pass
+
+    def tls_files(self) -> TlsClientFiles:
+        """The TLS files this consumer was given (MQTT_CA_FILE, MQTT_CERT_FILE, MQTT_KEY_FILE)."""
+        env = self.extra_env
+        return TlsClientFiles(
+            *(Path(env[name]) if env.get(name) else None for name in _TLS_SETTINGS)
+        )
 
     def log_text(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
