@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from protocol.limits import (
@@ -73,6 +73,15 @@ class CloudSettings(BaseSettings):
         if value is not None:
             parse_mqtt_url(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_need_mqtts(self) -> CloudSettings:
+        # A CA or client certificate with mqtt:// would silently connect in clear text.
+        tls_files = [self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file]
+        if self.mqtt_url is not None and any(tls_files):
+            if not parse_mqtt_url(self.mqtt_url.get_secret_value()).tls:
+                raise ValueError("MQTT_CA_FILE, MQTT_CERT_FILE and MQTT_KEY_FILE need mqtts://")
+        return self
 
     def require(self, *names: str) -> None:
         missing = [name.upper() for name in names if getattr(self, name) in (None, "")]
