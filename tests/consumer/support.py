@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,8 +193,7 @@ class ConsumerProcess:
 
 
 def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int:
-    deadline = time.monotonic() + timeout_s
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert process.returncode is not None, "process did not exit"
-    return process.returncode
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"process did not exit within {timeout_s} s") from None

@@ -28,6 +28,7 @@ from protocol.errors import ErrorCode, Status
 from protocol.models import ScanRecord
 from tests.ledger import test_seed_sql as seed
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
+from tests.waiting import wait_until
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 START_TIMEOUT_S = 30.0
@@ -66,15 +67,15 @@ def postgres15_url() -> Iterator[str]:
     )
     try:
         wait_for_port(port, START_TIMEOUT_S, None)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:  # accepting TCP is not yet accepting connections
+
+        def accepts_connections() -> bool:  # accepting TCP is not yet accepting connections
             try:
                 psycopg2.connect(host="127.0.0.1", port=port, user="postgres").close()
-                break
             except psycopg2.OperationalError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+                return False
+            return True
+
+        wait_until(accepts_connections, timeout_s=START_TIMEOUT_S, what="PostgreSQL 15")
         connection = psycopg2.connect(host="127.0.0.1", port=port, user="postgres")
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE festival15")
