@@ -1,0 +1,2 @@
+-- Revision 0005 rolled back.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- Revision 0006 rolled back.
+SELECT 1;

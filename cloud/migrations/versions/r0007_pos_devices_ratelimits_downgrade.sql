@@ -1,0 +1,2 @@
+-- Revision 0007 rolled back.
+SELECT 1;
