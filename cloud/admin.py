@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from cloud import database
 from cloud.database import TransientDatabaseError, make_engine
 from cloud.ledger import Ledger
+from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
 
 EXIT_OK = 0
@@ -118,6 +119,7 @@ def kiosk_acl(prefix: str, kiosk_id: str) -> list[str]:
 def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
     with _ledger(settings) as ledger:
         try:
+            refuse_pos_device_id(ledger.engine, args.kiosk_id)
             kiosk = ledger.add_kiosk(args.kiosk_id, args.public_key, args.role)
         except ValueError as error:
             print(f"festival-cloud kiosk add: {error}", file=sys.stderr)

@@ -89,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_handler("cloud.admin", "kiosk_list"))
 
+    pos = verbs.add_parser(
+        "pos", help="register and manage point-of-sale devices (seed-compatible HTTP endpoints)"
+    ).add_subparsers(dest="pos_verb", required=True)
+    pos_add = pos.add_parser("add", help="register a POS device; prints its bearer token once")
+    pos_add.add_argument("device_id")
+    pos_add.add_argument("--role", required=True, choices=["bar", "checkpoint", "all"])
+    pos_add.add_argument("--json", action="store_true")
+    pos_add.set_defaults(handler=_handler("cloud.pos_devices", "pos_add"))
+    pos_disable = pos.add_parser("disable", help="refuse every further request of a POS device")
+    pos_disable.add_argument("device_id")
+    pos_disable.set_defaults(handler=_handler("cloud.pos_devices", "pos_disable"))
+    pos_list = pos.add_parser("list", help="list registered POS devices")
+    pos_list.add_argument("--json", action="store_true")
+    pos_list.set_defaults(handler=_handler("cloud.pos_devices", "pos_list"))
+
     card = verbs.add_parser("card", help="inspect, block and unblock cards").add_subparsers(
         dest="card_verb", required=True
     )

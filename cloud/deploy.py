@@ -32,8 +32,8 @@ REQUIRED_VARIABLES = (
     "stripe_secret_key",
     "stripe_webhook_secret",
     "admin_token",
-    "pos_api_token",
 )
+# (1.1: POS_API_TOKEN is no longer required - it grants nothing; POS devices have their own.)
 HEALTH_TIMEOUT_S = 30.0
 BROKER_TIMEOUT_S = 5.0
 

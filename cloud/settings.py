@@ -50,7 +50,11 @@ class CloudSettings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = None
     stripe_api_base: str | None = None
     admin_token: SecretStr | None = None
+    # Revision 1.1: grants nothing (each POS device has its own token, `pos add`); still accepted
+    # so an old environment file does not stop the API, which warns once that it is ignored.
     pos_api_token: SecretStr | None = None
+    # Revision 1.1: bearer token for /metrics from other hosts than loopback (unset: loopback only).
+    metrics_token: SecretStr | None = None
     consumer_id: str = Field(default_factory=lambda: f"consumer-{socket.gethostname()}"[:64])
     festival_max_balance_cents: int = Field(default=BALANCE_CENTS_MAX_DEFAULT, ge=1, le=10**11)
     festival_max_topup_cents: int = Field(default=TOPUP_CENTS_MAX_DEFAULT, ge=1, le=10**11)

@@ -110,3 +110,11 @@ def service_database_url(database_url: str) -> str:
     from cloud.database import service_url
 
     return service_url(database_url)
+
+
+@pytest.fixture
+def api_database_url(database_url: str) -> str:
+    """The same database as the API's own least-privilege role `festival_api` (revision 0007)."""
+    from cloud.database import service_url
+
+    return service_url(database_url, "festival_api")

@@ -49,6 +49,9 @@ def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
     configure_logging()
     settings.require("database_url")
     app = create_app(settings)
+    from cloud.api.app import warn_about_database_privileges
+
+    warn_about_database_privileges(app.state.services.ledger.engine)
     uvicorn.run(
         app,
         host=args.host,

@@ -26,10 +26,11 @@ from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
 from cloud.api.middleware import RequestContextMiddleware
 from cloud.api.queries import DashboardQueries
-from cloud.api.ratelimit import TokenBucketLimiter
-from cloud.api.services import SeqCounter, Services
+from cloud.api.ratelimit import SharedRateLimiter
+from cloud.api.services import Services
 from cloud.api.stripe_gateway import CheckoutGateway, build_stripe_client
 from cloud.database import TransientDatabaseError
+from cloud.pos_devices import PosDevices
 from cloud.settings import CloudSettings
 
 log = logging.getLogger("cloud.api")
@@ -60,11 +61,50 @@ def _warn_about_missing_configuration(settings: CloudSettings) -> None:
         ("stripe_webhook_secret", "Stripe webhooks are answered 503"),
         ("stripe_secret_key", "online top-ups are answered 503"),
         ("admin_token", "admin and monitoring endpoints refuse every request"),
-        ("pos_api_token", "the seed-compatible POS endpoints refuse every request"),
     ):
         value = getattr(settings, name)
         if value is None or not value.get_secret_value():
             log.warning(f"{name.upper()} is not set: {consequence}")
+    if settings.pos_api_token is not None:
+        # Revision 1.1: the shared token is gone; accepting the variable keeps an old
+        # environment file from stopping the API, and saying so once tells the operator.
+        log.warning(
+            "POS_API_TOKEN is set but grants nothing: register each point-of-sale device with "
+            "`festival-cloud pos add DEVICE_ID --role ...` and give it its own token"
+        )
+
+
+# Entry points the API must NOT be able to call (DESIGN.md "least privilege per process").
+FORBIDDEN_TO_THE_API = ("sp_process_batch", "sp_add_kiosk", "sp_disable_kiosk")
+
+
+def warn_about_database_privileges(engine: Any) -> None:
+    """Say once at start when the API's database role can do what only the consumer or the
+    operator should (it connects as festival_service or the owner, not festival_api)."""
+    from sqlalchemy import text
+
+    try:
+        with engine.connect() as connection:
+            role, powers = connection.execute(
+                text(
+                    "SELECT current_user, array_agg(DISTINCT p.proname ORDER BY p.proname)"
+                    "  FROM pg_proc p WHERE p.proname = ANY (:names)"
+                    "   AND p.pronamespace = 'public'::regnamespace"
+                    "   AND has_function_privilege(p.oid, 'EXECUTE')"
+                ),
+                {"names": list(FORBIDDEN_TO_THE_API)},
+            ).one()
+    except Exception as error:  # the database may be away at start; the API runs on
+        log.warning(
+            "could not check the database role's privileges",
+            extra={"context": {"reason": str(error)}},
+        )
+        return
+    if powers:
+        log.warning(
+            f"the API connects as database role {role!r}, which can call {', '.join(powers)}: "
+            "connect it as festival_api (docs/operations.md)"
+        )
 
 
 def create_app(
@@ -92,20 +132,25 @@ def create_app(
     )
     metrics = ApiMetrics()
     queries = DashboardQueries(ledger.engine)
-    metrics.add_ledger_totals(queries.ledger_totals)
+    # Through services.monotonic_s, so a test can move the cache's clock.
+    metrics.add_ledger_totals(queries.ledger_totals, clock_s=lambda: services.monotonic_s())
     services = Services(
         settings=settings,
         ledger=ledger,
         checkout=checkout,
         metrics=metrics,
         limits=limits,
-        checkout_limiter=TokenBucketLimiter(
+        checkout_limiter=SharedRateLimiter(
+            ledger.engine,
+            scope="checkout",
             burst=limits.checkout_burst,
             refill_per_s=limits.checkout_refill_per_s,
-            clients_max=limits.rate_limit_clients_max,
+            global_burst=limits.checkout_global_burst,
+            global_refill_per_s=limits.checkout_global_refill_per_s,
+            timeout_s=limits.rate_limit_timeout_s,
         ),
         queries=queries,
-        seq=SeqCounter(),
+        pos_devices=PosDevices(ledger.engine),
     )
     _warn_about_missing_configuration(settings)
 

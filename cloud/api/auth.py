@@ -1,8 +1,11 @@
-"""Bearer tokens for the admin and point-of-sale endpoints, compared in constant time."""
+"""Bearer tokens for the admin and metrics endpoints (compared in constant time), and which
+requests come from this host itself. The point-of-sale devices' tokens are checked by the
+database (cloud/pos_devices.py)."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 
 from pydantic import SecretStr
 from starlette.requests import Request
@@ -43,3 +46,27 @@ def require_token(request: Request, expected: SecretStr | None, realm: str) -> N
             "missing or wrong bearer token",
             headers={"WWW-Authenticate": f'Bearer realm="{realm}"'},
         )
+
+
+# Headers a reverse proxy adds. A request carrying one came through a proxy, whatever its peer
+# address: the proxy on this host is loopback to us, the client behind it is not.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+def is_loopback_request(request: Request) -> bool:
+    """True for a client on this host that did not come through a proxy.
+
+    uvicorn (with proxy headers) replaces the peer address by the X-Forwarded-For client when
+    the peer is a trusted proxy; a proxy that forwards no such header still cannot make its
+    clients local, because any forwarding header makes the request non-local here.
+    """
+    if any(name in request.headers for name in FORWARDING_HEADERS):
+        return False
+    host = request.client.host if request.client else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback

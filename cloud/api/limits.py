@@ -54,11 +54,11 @@ CARD_TRANSACTIONS_MAX: Final = 50
 DASHBOARD_MINUTES_MAX: Final = 120
 DASHBOARD_ROWS_MAX: Final = 20
 
-# --- seed-compatible endpoints ------------------------------------------------------------------
-# The kiosk_id the HTTP point-of-sale requests carry in the ledger (docs/api.md).
-POS_HTTP_KIOSK_ID: Final = "pos-http"
-
 # --- metrics ------------------------------------------------------------------------------------
+# Figures that need database queries are read at most once per this many seconds (DESIGN.md:
+# "cached for at most 10 s", so a burst of scrapes costs one query round).
+METRICS_CACHE_S: Final = 10.0
+
 LATENCY_BUCKETS_S: Final = (
     0.001,
     0.0025,
@@ -80,12 +80,17 @@ LATENCY_BUCKETS_S: Final = (
 class ApiLimits:
     """The tunable bounds of one app instance."""
 
-    # Public checkout: a token bucket per client IP. An attendee needs one or two sessions;
-    # a burst of 5 and one more every 6 s stops a script from creating sessions in bulk.
+    # Public checkout: a token bucket per client (IPv4 address or IPv6 /64) and one for all
+    # clients together, both shared by every API process (kept in PostgreSQL). An attendee
+    # needs one or two sessions; a burst of 5 and one more every 6 s stops a script from
+    # creating sessions in bulk, and the global bucket (10 a second, bursts of 200) bounds
+    # what many addresses together cost in Stripe calls and top-up rows.
     checkout_burst: int = 5
     checkout_refill_per_s: float = 1 / 6
-    # Buckets kept in memory at most; the least recently seen client is forgotten first.
-    rate_limit_clients_max: int = 10_000
+    checkout_global_burst: int = 200
+    checkout_global_refill_per_s: float = 10.0
+    # How long a checkout waits for the rate-limit query before it answers 503.
+    rate_limit_timeout_s: float = 0.5
     body_bytes_max: int = BODY_BYTES_MAX
     webhook_body_bytes_max: int = WEBHOOK_BODY_BYTES_MAX
     webhook_tolerance_s: int = WEBHOOK_TOLERANCE_S
@@ -93,6 +98,8 @@ class ApiLimits:
     def __post_init__(self) -> None:
         assert self.checkout_burst >= 1
         assert self.checkout_refill_per_s > 0
-        assert self.rate_limit_clients_max >= 1
+        assert self.checkout_global_burst >= 1
+        assert self.checkout_global_refill_per_s > 0
+        assert self.rate_limit_timeout_s > 0
         assert 0 < self.body_bytes_max <= self.webhook_body_bytes_max
         assert self.webhook_tolerance_s >= 1

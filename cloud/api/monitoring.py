@@ -1,5 +1,5 @@
 """Admin and monitoring endpoints behind `Authorization: Bearer $ADMIN_TOKEN`, the dashboard
-page, and the unauthenticated health and metrics endpoints."""
+page, the unauthenticated health endpoints, and /metrics (loopback or `METRICS_TOKEN`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from cloud.api.auth import require_token
+from cloud.api.auth import is_loopback_request, require_token
 from cloud.api.errors import ApiError
 from cloud.api.limits import CARD_TRANSACTIONS_MAX, DASHBOARD_MINUTES_MAX
 from cloud.api.metrics import CONTENT_TYPE
@@ -123,7 +123,12 @@ def readyz(request: Request) -> JSONResponse:
 
 
 def metrics(request: Request) -> Response:
-    return Response(services_of(request).metrics.render(), media_type=CONTENT_TYPE)
+    """Loopback clients, and others with `Authorization: Bearer $METRICS_TOKEN` when it is set
+    (DESIGN.md); the figures behind it are cached (cloud/api/metrics.py)."""
+    services = services_of(request)
+    if not is_loopback_request(request):
+        require_token(request, services.settings.metrics_token, "festival-metrics")
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
 
 # --- cards -------------------------------------------------------------------------------------
@@ -206,6 +211,11 @@ def _ledger_view(method: str) -> Callable[[Request], JSONResponse]:
     return view
 
 
+def pos_devices(request: Request) -> JSONResponse:
+    """Every registered POS device (disabled ones too): role, enabled, its seq, last seen."""
+    return json_response(services_of(request).pos_devices.listing())
+
+
 def ledger_check(request: Request) -> JSONResponse:
     violations = list(services_of(request).ledger.check())
     return json_response({"ok": not violations, "violations": violations})
@@ -268,9 +278,12 @@ def router() -> APIRouter:
         "/metrics",
         metrics,
         methods=["GET"],
-        summary="Prometheus metrics",
+        summary="Prometheus metrics (loopback, or bearer METRICS_TOKEN)",
         response_class=Response,
-        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {}}}},
+        responses={
+            200: {"content": {CONTENT_TYPE.split(";")[0]: {}}},
+            401: {"description": "not loopback and no (or a wrong) METRICS_TOKEN"},
+        },
     )
     public.add_api_route(
         "/dashboard",
@@ -325,6 +338,13 @@ def router() -> APIRouter:
             summary=summary,
             responses=unauthorized,
         )
+    admin.add_api_route(
+        "/api/monitoring/pos-devices",
+        pos_devices,
+        methods=["GET"],
+        summary="Every POS device of the seed-compatible endpoints: role, enabled, seq, last seen",
+        responses=unauthorized,
+    )
     admin.add_api_route(
         "/api/monitoring/ledger",
         ledger_check,

@@ -1,10 +1,14 @@
 """Seed-compatible point-of-sale endpoints for devices that cannot speak MQTT:
 POST /functions/v1/process-bar-order and /functions/v1/process-checkpoint-recharge.
 
-Behind `Authorization: Bearer $POS_API_TOKEN`. The body becomes the same protocol request a
-kiosk would sign (kiosk_id "pos-http", see docs/api.md) and goes through the same ledger call,
-with the same global idempotency: `client_request_id` is the protocol's `request_id`.
-Answers carry the seed's fields; amounts are JSON numbers in euros with two decimals.
+Behind `Authorization: Bearer <token of a registered, enabled POS device>` (`festival-cloud pos
+add`; revision 1.1 - the shared POS_API_TOKEN grants nothing). The device is treated like a
+kiosk: the body becomes the protocol request a kiosk would sign, under the device's id and with
+the device's next seq; its role applies (OPERATION_NOT_ALLOWED, 403); its top-ups go to its own
+drawer (a `checkpoint_id` naming another one is INVALID_REQUEST, 400); both refusals are stored
+like a kiosk's rejections. It goes through the same ledger call, with the same limits and the
+same global idempotency: `client_request_id` is the protocol's `request_id`. Answers carry the
+seed's fields; amounts are JSON numbers in euros with two decimals.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api.auth import presented_token, token_matches
+from cloud.api.auth import presented_token
 from cloud.api.errors import (
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
@@ -36,7 +40,9 @@ from cloud.api.services import services_of
 from cloud.api.topups import is_json
 from cloud.database import TransientDatabaseError
 from cloud.logs import bind
+from cloud.pos_devices import AuthenticatedDevice
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.models import CheckpointRecharge
 
 log = logging.getLogger("cloud.api.pos")
 
@@ -72,9 +78,9 @@ def _openapi(body_schema: dict[str, Any]) -> dict[str, Any]:
         "responses": {
             "200": {"description": "approved (or a replay of an approval)", **_ANSWER},
             "400": {"description": "INVALID_REQUEST", **_ANSWER},
-            "401": {"description": "missing or wrong POS token", **_ANSWER},
+            "401": {"description": "missing, unknown or disabled POS device token", **_ANSWER},
             "402": {"description": "INSUFFICIENT_FUNDS", **_ANSWER},
-            "403": {"description": "CARD_BLOCKED", **_ANSWER},
+            "403": {"description": "CARD_BLOCKED or OPERATION_NOT_ALLOWED", **_ANSWER},
             "404": {"description": "CARD_NOT_FOUND", **_ANSWER},
             "409": {"description": "IDEMPOTENCY_CONFLICT", **_ANSWER},
             "413": {"description": "body too large"},
@@ -184,77 +190,141 @@ async def _process(request: Request, kind: str) -> Response:
             **extra,
         )
 
-    if not token_matches(presented_token(request), services.settings.pos_api_token):
+    try:
+        # Every request asks the database, whatever its token: a database that is away is 503
+        # for everyone (never a 401 a device would take as final), and a disable committed
+        # before this runs refuses this very request.
+        device = await services.ledger_call(
+            "pos_authenticate", services.pos_devices.authenticate, presented_token(request)
+        )
+    except TransientDatabaseError:
+        log.warning("pos request: database unavailable")
+        return refuse(
+            503,
+            SERVICE_UNAVAILABLE,
+            "database unavailable, retry with the same client_request_id",
+            headers={"Retry-After": "1"},
+        )
+    if device is None:
         return refuse(
             401,
             UNAUTHORIZED,
-            "missing or wrong bearer token",
+            "missing, unknown or disabled POS device token",
             headers={"WWW-Authenticate": 'Bearer realm="festival-pos"'},
         )
     if not is_json(request.headers.get("content-type")):
         return refuse(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
     body = await request.body()
-    try:
-        parsed = parse_seed_request(
-            body,
-            kind,
-            currency=services.settings.festival_currency,
-            topup_cents_max=services.settings.festival_max_topup_cents,
-            seq=services.seq.next(),
-            now_ms=int(services.clock_s() * 1000),
-        )
-    except ProtocolError as error:
-        log.info("pos request invalid", extra={"context": {"reason": error.message}})
-        return refuse(400, error.code.value, error.message)
+    with bind(pos_device_id=device.device_id):
+        try:
+            parsed = parse_seed_request(
+                body,
+                kind,
+                kiosk_id=device.device_id,
+                currency=services.settings.festival_currency,
+                topup_cents_max=services.settings.festival_max_topup_cents,
+                seq=device.seq,
+                now_ms=int(services.clock_s() * 1000),
+            )
+        except ProtocolError as error:
+            log.info("pos request invalid", extra={"context": {"reason": error.message}})
+            return refuse(400, error.code.value, error.message)
+        with bind(card_uid=parsed.request.card_uid, client_request_id=parsed.request.request_id):
+            try:
+                outcome = await _decide(services, request, kind, device, parsed)
+            except TransientDatabaseError:
+                log.warning("pos request: database unavailable")
+                return refuse(
+                    503,
+                    SERVICE_UNAVAILABLE,
+                    "database unavailable, retry with the same client_request_id",
+                    headers={"Retry-After": "1"},
+                )
+            return _outcome_answer(request, started_s, kind, outcome, metrics)
 
+
+def _refusal(device: AuthenticatedDevice, request: Any) -> tuple[ErrorCode, str] | None:
+    """Why this device may not send this request (like a kiosk's role and checkpoint), if so."""
+    if not device.may_send(request.type):
+        return (
+            ErrorCode.OPERATION_NOT_ALLOWED,
+            f"POS device {device.device_id} has role {device.role}: no {request.type}",
+        )
+    if isinstance(request, CheckpointRecharge) and (
+        request.effective_checkpoint_id != device.device_id
+    ):
+        return (
+            ErrorCode.INVALID_REQUEST,
+            f"checkpoint_id must be this device's own drawer {device.device_id!r}",
+        )
+    return None
+
+
+async def _decide(
+    services: Any, request: Request, kind: str, device: AuthenticatedDevice, parsed: Any
+) -> Any:
     from cloud.ledger import LedgerRequest  # the ledger module is the API's only writer
 
+    refusal = _refusal(device, parsed.request)
+    if refusal is not None:
+        code, message = refusal
+        log.info("pos request refused", extra={"context": {"error_code": code.value}})
+        # Stored forever under its request id, like a kiosk's rejected request.
+        return await services.ledger_call(
+            "record_rejection",
+            services.ledger.record_rejection,
+            request_id=parsed.request.request_id,
+            kiosk_id=device.device_id,
+            seq=device.seq,
+            card_uid=parsed.request.card_uid,
+            payload_sha256=parsed.payload_sha256,
+            error_code=code,
+            message=message,
+            source="http",
+            kind=kind,
+            trace_id=request_id_of(request),
+        )
     item = LedgerRequest(
         request=parsed.request,
         payload_sha256=parsed.payload_sha256,
         source="http",
         trace_id=request_id_of(request),
     )
-    with bind(card_uid=parsed.request.card_uid, client_request_id=parsed.request.request_id):
-        try:
-            outcome = await services.ledger_call(kind, services.ledger.apply, item)
-        except TransientDatabaseError:
-            log.warning("pos request: database unavailable")
-            return refuse(
-                503,
-                SERVICE_UNAVAILABLE,
-                "database unavailable, retry with the same client_request_id",
-                headers={"Retry-After": "1"},
-            )
-        error_code = None if outcome.error_code is None else ErrorCode(outcome.error_code).value
-        approved = error_code is None
-        metrics.pos_requests.labels(endpoint, error_code or "approved").inc()
-        log.info(
-            "pos request",
-            extra={
-                "context": {
-                    "kind": kind,
-                    "status": str(getattr(outcome.status, "value", outcome.status)),
-                    "error_code": error_code,
-                    "replayed": outcome.replayed,
-                    "transaction_id": outcome.transaction_id,
-                }
-            },
-        )
-        return _answer(
-            request,
-            http_status_for(error_code),
-            started_s,
-            kind=kind,
-            success=approved,
-            error=None if approved else outcome.message,
-            error_code=error_code,
-            order_id=getattr(outcome, "order_id", None),
-            transaction_id=outcome.transaction_id,
-            previous_balance_cents=outcome.previous_balance_cents,
-            new_balance_cents=outcome.new_balance_cents,
-            replayed=bool(outcome.replayed),
-        )
+    return await services.ledger_call(kind, services.ledger.apply, item)
+
+
+def _outcome_answer(
+    request: Request, started_s: float, kind: str, outcome: Any, metrics: Any
+) -> Response:
+    error_code = None if outcome.error_code is None else ErrorCode(outcome.error_code).value
+    approved = error_code is None
+    metrics.pos_requests.labels(kind, error_code or "approved").inc()
+    log.info(
+        "pos request",
+        extra={
+            "context": {
+                "kind": kind,
+                "status": str(getattr(outcome.status, "value", outcome.status)),
+                "error_code": error_code,
+                "replayed": outcome.replayed,
+                "transaction_id": outcome.transaction_id,
+            }
+        },
+    )
+    return _answer(
+        request,
+        http_status_for(error_code),
+        started_s,
+        kind=kind,
+        success=approved,
+        error=None if approved else outcome.message,
+        error_code=error_code,
+        order_id=getattr(outcome, "order_id", None),
+        transaction_id=outcome.transaction_id,
+        previous_balance_cents=outcome.previous_balance_cents,
+        new_balance_cents=outcome.new_balance_cents,
+        replayed=bool(outcome.replayed),
+    )
 
 
 async def process_bar_order(request: Request) -> Response:

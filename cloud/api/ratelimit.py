@@ -1,18 +1,41 @@
-"""A bounded, in-memory token bucket per client (pure: the caller passes the clock).
+"""Rate limits every API process shares: token buckets kept in PostgreSQL.
 
-Each client key (the client's IP address) has a bucket of `burst` tokens refilled at
-`refill_per_s`; a request takes one token or is refused with the seconds until the next one.
-At most `clients_max` buckets are kept: the least recently seen client is forgotten first, so a
-flood of distinct addresses costs bounded memory (a forgotten client simply starts full again).
-The limit is per API process; several processes behind a balancer each apply it.
+Each client has a bucket of `burst` tokens refilled at `refill_per_s`, and the whole scope (all
+clients together, across every API process) has one more, of `global_burst` refilled at
+`global_refill_per_s`; a request takes a token from both or is refused with the seconds until
+it could pass. A client is its IPv4 address, or the /64 network of its IPv6 address (one
+subscriber gets a whole /64: counting its addresses one by one would give it 2^64 budgets).
+
+The counting is one statement of `sp_rate_limit_take` (revision 0007) on the database's clock,
+so processes on several hosts agree. The table stays bounded: a client's bucket is created only
+while the global bucket has tokens, and each call deletes a few buckets that have been full
+again for a while (a missing bucket means a full one).
+
+`take()` is synchronous because its caller is (the checkout routes call it before reading the
+body). It runs the query on a small thread pool and waits for at most `timeout_s`, so a slow or
+unreachable database can stall the event loop for that long and no longer; every other failure
+is a `TransientDatabaseError` (the app answers 503: a checkout needs the database anyway).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
-from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
+from typing import Final
+
+from sqlalchemy import Engine, text
+
+from cloud.database import TransientDatabaseError, translate_errors
+
+CLIENT_KEY_LENGTH_MAX: Final = 64
+# Queries in flight at most per limiter; beyond, a request is refused at once (503) rather than
+# queued behind a database that does not answer.
+IN_FLIGHT_MAX: Final = 4
+STATEMENT_TIMEOUT_MS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,34 +44,86 @@ class Decision:
     retry_after_s: float = 0.0
 
 
-class TokenBucketLimiter:
-    def __init__(self, *, burst: int, refill_per_s: float, clients_max: int) -> None:
-        assert burst >= 1 and refill_per_s > 0 and clients_max >= 1
-        self._burst = float(burst)
+def client_bucket(address: str) -> str:
+    """The bucket of a client address: the IPv4 address, or the IPv6 /64 it belongs to."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ("host:" + address)[:CLIENT_KEY_LENGTH_MAX]  # a test client or a Unix socket
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network(f'{ip.exploded}/64', strict=False)}"
+    return f"ip:{ip}"
+
+
+class SharedRateLimiter:
+    """One scope's limits in the database (see the module's docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        scope: str,
+        burst: int,
+        refill_per_s: float,
+        global_burst: int,
+        global_refill_per_s: float,
+        timeout_s: float = 0.5,
+    ) -> None:
+        assert 1 <= len(scope) <= 32
+        assert burst >= 1 and refill_per_s > 0 and global_burst >= 1 and global_refill_per_s > 0
+        assert timeout_s > 0
+        self._engine = engine
+        self._scope = scope
+        self._burst = burst
         self._refill_per_s = refill_per_s
-        self._clients_max = clients_max
-        # key -> (tokens, last refill time in monotonic seconds)
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._global_burst = global_burst
+        self._global_refill_per_s = global_refill_per_s
+        self._timeout_s = timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"ratelimit-{scope}")
+        self._in_flight = threading.BoundedSemaphore(IN_FLIGHT_MAX)
 
-    def __len__(self) -> int:
-        return len(self._buckets)
+    def take(self, key: str, now_s: float = 0.0) -> Decision:
+        """Take a token for client address `key`. `now_s` is not used: the database's clock is
+        the one every process shares (the argument stays for the callers' sake)."""
+        del now_s
+        if not self._in_flight.acquire(blocking=False):
+            raise TransientDatabaseError("rate limiter: too many database calls in flight")
+        try:
+            future = self._executor.submit(self._take_in_database, client_bucket(key))
+        except RuntimeError as error:  # the executor was shut down
+            self._in_flight.release()
+            raise TransientDatabaseError(f"rate limiter closed: {error}") from error
+        future.add_done_callback(lambda _: self._in_flight.release())
+        try:
+            return future.result(timeout=self._timeout_s)
+        except FutureTimeoutError:
+            raise TransientDatabaseError(
+                f"rate limiter: no answer from the database within {self._timeout_s} s"
+            ) from None
 
-    def take(self, key: str, now_s: float) -> Decision:
-        with self._lock:
-            tokens, last_s = self._buckets.pop(key, (self._burst, now_s))
-            # A clock that went backwards refills nothing rather than a negative amount.
-            elapsed_s = max(0.0, now_s - last_s)
-            tokens = min(self._burst, tokens + elapsed_s * self._refill_per_s)
-            if tokens >= 1.0:
-                decision = Decision(True)
-                tokens -= 1.0
-            else:
-                decision = Decision(False, (1.0 - tokens) / self._refill_per_s)
-            self._buckets[key] = (tokens, now_s)
-            while len(self._buckets) > self._clients_max:
-                self._buckets.popitem(last=False)
-            return decision
+    def _take_in_database(self, bucket: str) -> Decision:
+        with translate_errors(), self._engine.begin() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+            row = connection.execute(
+                text(
+                    "SELECT allowed, retry_after_ms FROM sp_rate_limit_take("
+                    ":scope, :bucket, :burst, :refill, :global_burst, :global_refill)"
+                ),
+                {
+                    "scope": self._scope,
+                    "bucket": bucket,
+                    "burst": self._burst,
+                    "refill": self._refill_per_s,
+                    "global_burst": self._global_burst,
+                    "global_refill": self._global_refill_per_s,
+                },
+            ).one()
+        return Decision(bool(row.allowed), int(row.retry_after_ms) / 1000)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def retry_after_header(decision: Decision) -> str:

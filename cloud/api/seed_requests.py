@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, NoReturn
 
-from cloud.api.limits import POS_HTTP_KIOSK_ID, SEED_JSON_DEPTH_MAX
+from cloud.api.limits import SEED_JSON_DEPTH_MAX
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.limits import (
     CARD_UID_PATTERN,
@@ -153,12 +153,14 @@ def parse_seed_request(
     body: bytes,
     kind: str,
     *,
+    kiosk_id: str,
     currency: str,
     topup_cents_max: int,
     seq: int,
     now_ms: int,
 ) -> SeedRequest:
-    """Parse a seed bar-order or recharge body; raise ProtocolError(INVALID_REQUEST)."""
+    """Parse a seed bar-order or recharge body sent by POS device `kiosk_id` (the request is
+    booked under that id, like a kiosk's); raise ProtocolError(INVALID_REQUEST)."""
     assert kind in (BAR_ORDER, CHECKPOINT_RECHARGE)
     document = _object(loads_decimal(body), "request body")
     if kind == BAR_ORDER:
@@ -181,7 +183,7 @@ def parse_seed_request(
         "v": PROTOCOL_VERSION,
         "type": kind,
         "request_id": client_request_id,
-        "kiosk_id": POS_HTTP_KIOSK_ID,
+        "kiosk_id": kiosk_id,
         "seq": seq,
         "created_at_ms": now_ms,
         "card_uid": card_id,

@@ -6,40 +6,25 @@ world cannot run (Stripe's servers) and the real ledger on a real PostgreSQL.
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
-from cloud.api.ratelimit import TokenBucketLimiter
+from cloud.api.ratelimit import Decision
 from cloud.api.stripe_gateway import CheckoutGateway
 from cloud.settings import CloudSettings
 
 T = TypeVar("T")
 
 
-@dataclass
-class SeqCounter:
-    """seq values for the requests of the HTTP point of sale (kiosk_id "pos-http").
-
-    The protocol model needs a seq >= 1; the ledger tracks seq gaps for MQTT kiosks only (an
-    HTTP client has no persisted counter to detect losses with), so a per-process counter is
-    enough: it only shows up in the audit details.
-    """
-
-    _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def next(self) -> int:
-        with self._lock:
-            return next(self._counter)
+class RateLimiter(Protocol):
+    def take(self, key: str, now_s: float) -> Decision: ...
 
 
 @dataclass
@@ -49,9 +34,9 @@ class Services:
     checkout: CheckoutGateway | None
     metrics: ApiMetrics
     limits: ApiLimits
-    checkout_limiter: TokenBucketLimiter
+    checkout_limiter: RateLimiter
     queries: Any  # cloud.api.queries.DashboardQueries
-    seq: SeqCounter
+    pos_devices: Any  # cloud.pos_devices.PosDevices (duck-typed like the ledger)
     clock_s: Callable[[], float] = time.time
     monotonic_s: Callable[[], float] = time.monotonic
 

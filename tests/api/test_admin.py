@@ -7,12 +7,21 @@ import time
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
 from cloud.ledger import Ledger, LedgerRequest
 from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import BarItem, BarOrder, KioskStatus, request_to_dict
 from protocol.strict_json import dumps_canonical
-from tests.api.conftest import ADMIN_TOKEN, admin_headers, pos_headers
+from tests.api.conftest import (
+    ADMIN_TOKEN,
+    LOOPBACK_PEER,
+    POS_DEVICE_ID,
+    POS_TOKEN,
+    add_pos_device,
+    admin_headers,
+    pos_headers,
+)
 
 CARD = "04A1B2C3D4E5F6A7B8C9"
 ADMIN_GETS = [
@@ -32,19 +41,19 @@ def topup(
     client: TestClient,
     cents: int,
     request_id: str,
-    checkpoint: str = "gate-a",
+    token: str = POS_TOKEN,
     method: str = "cash",
 ) -> None:
+    """A top-up from the POS device of `token`, into its own drawer."""
     body = {
         "card_id": CARD,
         "amount": cents / 100,
         "payment_method": method,
         "staff_id": "s1",
         "client_request_id": request_id,
-        "checkpoint_id": checkpoint,
     }
     response = client.post(
-        "/functions/v1/process-checkpoint-recharge", json=body, headers=pos_headers()
+        "/functions/v1/process-checkpoint-recharge", json=body, headers=pos_headers(token)
     )
     assert response.status_code == 200, response.text
 
@@ -125,14 +134,16 @@ def test_card_view_block_and_unblock(client: TestClient, ledger: Ledger) -> None
 
 
 def test_monitoring_endpoints_answer_the_seed_queries_with_real_rows(
-    client: TestClient, ledger: Ledger
+    client: TestClient, ledger: Ledger, owner_engine: Engine
 ) -> None:
     kiosk_key = public_key_b64(generate_private_key())
     ledger.add_kiosk("bar-1", kiosk_key, "bar")
     ledger.add_kiosk("checkpoint-9", kiosk_key, "checkpoint")
     ledger.disable_kiosk("checkpoint-9")
-    topup(client, 5000, "t-1", checkpoint="gate-a", method="cash")
-    topup(client, 3000, "t-2", checkpoint="gate-b", method="card")
+    gate_a = add_pos_device(owner_engine, "gate-a", "checkpoint")
+    gate_b = add_pos_device(owner_engine, "gate-b", "checkpoint")
+    topup(client, 5000, "t-1", gate_a, method="cash")
+    topup(client, 3000, "t-2", gate_b, method="card")
     assert sell(client, 700, "s-1") == 200
     assert sell(client, 99_999, "s-2") == 402
 
@@ -156,7 +167,7 @@ def test_monitoring_endpoints_answer_the_seed_queries_with_real_rows(
     assert kiosks["checkpoint-9"]["enabled"] is False and kiosks["bar-1"]["role"] == "bar"
     assert get("ledger") == {"ok": True, "violations": []}
     sales = get("sales")
-    assert sales["bars"] == [{"kiosk_id": "pos-http", "orders": 1, "sales_cents": 700}]
+    assert sales["bars"] == [{"kiosk_id": POS_DEVICE_ID, "orders": 1, "sales_cents": 700}]
     checkpoints = {row["checkpoint_id"]: row for row in sales["checkpoints"]}
     assert (
         checkpoints["gate-a"]["cash_cents"] == 5000 and checkpoints["gate-b"]["card_cents"] == 3000
@@ -201,7 +212,8 @@ def test_two_apps_keep_separate_metrics(
 ) -> None:
     from cloud.api import create_app
 
-    with TestClient(create_app(settings, ledger=ledger)) as other:  # type: ignore[arg-type]
+    app = create_app(settings, ledger=ledger)  # type: ignore[arg-type]
+    with TestClient(app, client=LOOPBACK_PEER) as other:
         client.get("/healthz")
         client.get("/healthz")
         assert 'route="/healthz"' not in other.get("/metrics").text

@@ -169,7 +169,8 @@ def test_stripe_server_error_is_retried_with_the_same_idempotency_key(
 
 def test_checkout_is_rate_limited_per_client(settings: CloudSettings, ledger: Ledger) -> None:
     limits = ApiLimits(checkout_burst=3, checkout_refill_per_s=0.01)
-    with TestClient(create_app(settings, ledger=ledger, limits=limits)) as client:
+    app = create_app(settings, ledger=ledger, limits=limits)
+    with TestClient(app, client=("127.0.0.1", 50000)) as client:  # /metrics: loopback
         statuses = [
             checkout(client, {"card_uid": CARD, "amount_cents": 1000}).status_code for _ in range(3)
         ]

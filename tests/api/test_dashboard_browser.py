@@ -51,7 +51,6 @@ def seed_festival(client: TestClient, ledger: Ledger, post_event: PostEvent) -> 
             "payment_method": "cash" if index % 2 else "card",
             "staff_id": "anna",
             "client_request_id": f"topup-{card}",
-            "checkpoint_id": "checkpoint-1",
         }
         response = client.post(
             "/functions/v1/process-checkpoint-recharge", json=body, headers=pos_headers()

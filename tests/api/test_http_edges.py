@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from cloud.api.middleware import new_request_id
 from cloud.logs import JsonFormatter
 from cloud.stripe_fake import checkout_session_completed_event, checkout_session_object
-from tests.api.conftest import PostEvent, pos_headers
+from tests.api.conftest import POS_TOKEN, PostEvent, pos_headers
 from tests.api.live import serve
 
 UUID7 = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
@@ -162,7 +162,7 @@ def test_body_limits_hold_on_a_real_socket_with_and_without_content_length(app: 
         chunked = _raw_http(
             base_url,
             b"POST /functions/v1/process-bar-order HTTP/1.1\r\nHost: x\r\n"
-            b"Authorization: Bearer pos-token-for-tests-0123456789\r\n"
+            b"Authorization: Bearer " + POS_TOKEN.encode() + b"\r\n"
             b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
             b"Connection: close\r\n\r\n" + body,
         )

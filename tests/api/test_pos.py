@@ -11,7 +11,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from cloud.ledger import Ledger
-from tests.api.conftest import pos_headers, rows, scalar
+from tests.api.conftest import (
+    OLD_POS_API_TOKEN,
+    POS_DEVICE_ID,
+    POS_TOKEN,
+    pos_headers,
+    rows,
+    scalar,
+)
 
 CARD = "04A1B2C3"
 BAR = "/functions/v1/process-bar-order"
@@ -54,7 +61,7 @@ def bar_order(
 
 
 def test_recharge_then_bar_order_answer_the_seed_fields(client: TestClient, ledger: Ledger) -> None:
-    topped = recharge(client, 10.00, checkpoint_id="gate-a")
+    topped = recharge(client, 10.00, checkpoint_id=POS_DEVICE_ID)  # its own drawer, named
     assert topped.status_code == 200
     assert '"previous_balance":0.00' in topped.text and '"new_balance":10.00' in topped.text
     body = topped.json()
@@ -242,6 +249,11 @@ def test_token_content_type_size_and_method(client: TestClient) -> None:
         {"Authorization": "Bearer wrong"},
         {"Authorization": "Basic abc"},
         {"Authorization": "Bearer admin-token-for-tests-0123456789"},
+        # Revision 1.1: the shared POS_API_TOKEN (set in these tests' settings) grants nothing.
+        {"Authorization": f"Bearer {OLD_POS_API_TOKEN}"},
+        # A device's id with a made-up secret, or another device's secret.
+        {"Authorization": f"Bearer {POS_DEVICE_ID}.guessed-secret"},
+        {"Authorization": f"Bearer other-till.{POS_TOKEN.partition('.')[2]}"},
     ):
         refused = client.post(
             RECHARGE, content=body, headers={"Content-Type": "application/json", **headers}
@@ -286,7 +298,7 @@ def test_trace_id_and_source_in_the_transaction_log(
         {
             "trace_id": "pos-trace-7",
             "edge_function_name": "process-checkpoint-recharge",
-            "kiosk_id": "pos-http",
+            "kiosk_id": POS_DEVICE_ID,
             "status": "approved",
         }
     ]

@@ -35,6 +35,7 @@ def bar_body(**overrides: object) -> bytes:
 
 def parse(body: bytes, kind: str = BAR_ORDER, **kwargs: object) -> object:
     options: dict[str, object] = {
+        "kiosk_id": "till-7",
         "currency": "EUR",
         "topup_cents_max": 100_000,
         "seq": 1,
@@ -49,7 +50,7 @@ def test_bar_order_becomes_the_protocol_request() -> None:
     request = parsed.request  # type: ignore[attr-defined]
     assert isinstance(request, BarOrder)
     assert request.total_cents == 900 and request.items[0].unit_price_cents == 450
-    assert request.kiosk_id == "pos-http" and request.request_id == "pos-1"
+    assert request.kiosk_id == "till-7" and request.request_id == "pos-1"
     assert request.card_uid == CARD and request.currency == "EUR"
 
 

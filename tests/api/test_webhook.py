@@ -279,7 +279,8 @@ def test_database_down_is_503_and_the_retry_applies_the_event_once(
 
     event = checkout_session_completed_event(paid_session(2200))
     payload = encode_event(event)
-    with TestClient(create_app(dead_settings, ledger=build_ledger(dead_settings))) as dead:
+    dead_app = create_app(dead_settings, ledger=build_ledger(dead_settings))
+    with TestClient(dead_app, client=("127.0.0.1", 50000)) as dead:  # /metrics: loopback
         response = dead.post("/stripe/webhook", content=payload, headers=signed_headers(payload))
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"
