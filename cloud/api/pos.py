@@ -40,7 +40,7 @@ from cloud.api.services import services_of
 from cloud.api.topups import is_json
 from cloud.database import TransientDatabaseError
 from cloud.logs import bind
-from cloud.pos_devices import AuthenticatedDevice
+from cloud.pos_devices import AuthenticatedDevice, claimed_device_id
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.models import CheckpointRecharge
 
@@ -206,6 +206,11 @@ async def _process(request: Request, kind: str) -> Response:
             headers={"Retry-After": "1"},
         )
     if device is None:
+        # The id the token claims is no secret; the token itself is never logged.
+        log.warning(
+            "pos request refused: missing, unknown or disabled device token",
+            extra={"context": {"claimed_device_id": claimed_device_id(presented_token(request))}},
+        )
         return refuse(
             401,
             UNAUTHORIZED,
