@@ -147,7 +147,8 @@ def apply_event(
             return Applied("anomaly")
         if outcome.status is Status.DECLINED:
             # Declined and refunded in full: the refund is owed in the ledger from now on.
-            return Applied("declined", result.topup_id if result.refund_owed else None)
+            owed = result.refund_owed and not outcome.replayed
+            return Applied("declined", result.topup_id if owed else None)
         return Applied(_label(fresh, outcome))
     if isinstance(action, RefundCharge):
         outcome = ledger.process_stripe_refund(
