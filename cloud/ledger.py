@@ -892,7 +892,11 @@ class Ledger:
                        coalesce(sum(refunded_cents), 0)::bigint AS refunded_cents,
                        coalesce(sum(shortfall_cents), 0)::bigint AS shortfall_cents,
                        count(*) FILTER (WHERE status = 'credited') AS credited_count,
-                       count(*) FILTER (WHERE status IN ('declined', 'anomaly'))
+                       count(*) FILTER (
+                           WHERE status IN ('declined', 'anomaly')
+                             AND NOT EXISTS (SELECT 1 FROM topup_refunds r
+                                              WHERE r.topup_id = topups.topup_id
+                                                AND r.status = 'succeeded'))
                            AS to_refund_count
                   FROM topups
                 """,

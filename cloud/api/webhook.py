@@ -224,9 +224,9 @@ def settle_refunds_after_webhook(
 ) -> None:
     """The background task of a webhook: call Stripe for what is owed. Blocking (thread pool).
 
-    This event's own refund first, whatever its backoff; then, when this process saw a refund
-    fail before, every refund that is due again. A failure here loses nothing: the refund stays
-    owed in the ledger (cleanup retries it too).
+    This event's own refund first, whatever its backoff; then, when refunds were still owed
+    after this process's last look (or it has not looked yet), every refund that is due. A
+    failure here loses nothing: the refund stays owed in the ledger (cleanup retries it too).
     """
     checkout = services.checkout
     if checkout is None:
@@ -236,7 +236,7 @@ def settle_refunds_after_webhook(
             settle_refunds(
                 services.ledger, checkout, limit=1, topup_id=refund_topup_id, due_only=False
             )
-        if getattr(state, REFUNDS_OWED_STATE, False):
+        if getattr(state, REFUNDS_OWED_STATE, True):
             settle_refunds(services.ledger, checkout)
         setattr(state, REFUNDS_OWED_STATE, _still_owed(services))
     except Exception:
@@ -331,7 +331,8 @@ async def stripe_webhook(request: Request) -> Response:
         outcome=outcome,
     )
     background = None
-    if applied.refund_topup_id is not None or getattr(request.app.state, REFUNDS_OWED_STATE, False):
+    # Unknown (a fresh process: one that crashed may have left refunds owed) counts as owed.
+    if applied.refund_topup_id is not None or getattr(request.app.state, REFUNDS_OWED_STATE, True):
         background = BackgroundTask(
             settle_refunds_after_webhook, request.app.state, services, applied.refund_topup_id
         )
