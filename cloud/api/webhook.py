@@ -254,9 +254,9 @@ def _label(fresh: bool, outcome: Outcome) -> str:
     if not fresh and outcome.replayed:
         return "duplicate"
     if outcome.status == "rejected" or outcome.error_code is not None:
-        # Recorded but not credited: another currency, over the balance limit, an unknown
-        # payment intent (a refund linked only by the card metadata: card blocked, nothing
-        # taken). The ledger keeps it for a human (and a refund); Stripe must stop.
+        # Recorded but nothing done: an unknown payment intent (a refund linked only by the
+        # card metadata: card blocked, nothing taken). The ledger keeps it for a human; Stripe
+        # must stop.
         return "anomaly"
     return "processed"
 
@@ -332,7 +332,9 @@ async def stripe_webhook(request: Request) -> Response:
     )
     background = None
     # Unknown (a fresh process: one that crashed may have left refunds owed) counts as owed.
-    if applied.refund_topup_id is not None or getattr(request.app.state, REFUNDS_OWED_STATE, True):
+    if services.checkout is not None and (
+        applied.refund_topup_id is not None or getattr(request.app.state, REFUNDS_OWED_STATE, True)
+    ):
         background = BackgroundTask(
             settle_refunds_after_webhook, request.app.state, services, applied.refund_topup_id
         )

@@ -71,7 +71,10 @@ CREATE TABLE topup_refunds (
     -- (a human looks at last_error)
     status text NOT NULL DEFAULT 'owed' CHECK (status IN ('owed', 'succeeded', 'failed')),
     attempts integer NOT NULL DEFAULT 0,
+    -- the backoff: a due-only sweep takes it from then on
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    -- an attempt in progress: nobody else takes it before then
+    leased_until timestamptz,
     refund_id text CHECK (length(refund_id) <= 255),
     last_error text CHECK (length(last_error) <= 500),
     created_at timestamptz NOT NULL DEFAULT now(),
@@ -334,9 +337,10 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- The refund queue.
 
--- Take up to p_limit owed refunds (only p_topup_id's when given; only those due when p_due_only)
--- and lease them for p_lease_s seconds, so that two processes do not call Stripe for the same one
--- at once (were they to, the idempotency key makes the second call return the first refund).
+-- Take up to p_limit owed refunds (only p_topup_id's when given; only those past their backoff
+-- when p_due_only) that no one is attempting, and lease them for p_lease_s seconds, so that two
+-- processes do not call Stripe for the same one at once (were they to, the idempotency key makes
+-- the second call return the first refund).
 CREATE FUNCTION sp_claim_topup_refunds(
     p_limit integer, p_topup_id text DEFAULT NULL, p_due_only boolean DEFAULT true,
     p_lease_s integer DEFAULT 60)
@@ -347,11 +351,12 @@ BEGIN
     RETURN QUERY
     UPDATE topup_refunds r
        SET attempts = r.attempts + 1,
-           next_attempt_at = now() + make_interval(secs => greatest(p_lease_s, 1)),
+           leased_until = now() + make_interval(secs => greatest(p_lease_s, 1)),
            updated_at = now()
      WHERE r.topup_id IN (
            SELECT o.topup_id FROM topup_refunds o
             WHERE o.status = 'owed'
+              AND (o.leased_until IS NULL OR o.leased_until <= now())
               AND (p_topup_id IS NULL OR o.topup_id = p_topup_id)
               AND (NOT p_due_only OR o.next_attempt_at <= now())
             ORDER BY o.next_attempt_at
@@ -384,6 +389,7 @@ BEGIN
            next_attempt_at = CASE WHEN p_result = 'retry'
                                   THEN now() + make_interval(secs => greatest(p_retry_after_s, 0))
                                   ELSE next_attempt_at END,
+           leased_until = NULL,
            updated_at = v_started
      WHERE topup_id = p_topup_id AND status = 'owed'
     RETURNING * INTO v_refund;
