@@ -117,27 +117,13 @@ def test_checkout_reveals_nothing_about_the_card(
     """Attack (issue 11 item 8): asking for 1,000.00 answered "at most 88766 cents fit" (the
     exact balance) and 403 for a blocked card. Now every well-formed request gets the same 201,
     whatever the card holds or its status; a paid session it cannot take is refunded."""
-    from tests.api.conftest import pos_headers
+    from tests.ledger.helpers import PUBLIC_KEY, recharge
 
     # A checkpoint top-up creates the card with 887.66; the maximum balance is 1500.00.
-    recharge = {
-        "card_id": CARD,
-        "amount": 887.66,
-        "payment_method": "cash",
-        "staff_id": "s1",
-        "client_request_id": "cash-1",
-    }
-    assert (
-        client.post(
-            "/functions/v1/process-checkpoint-recharge", json=recharge, headers=pos_headers()
-        ).status_code
-        == 200
-    )
+    ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint")
+    assert ledger.apply(recharge(CARD, 88_766)).approved
     blocked_card, unknown_card = "04BB0000", "04EE0000"
-    for_blocked = {**recharge, "card_id": blocked_card, "client_request_id": "cash-2"}
-    client.post(
-        "/functions/v1/process-checkpoint-recharge", json=for_blocked, headers=pos_headers()
-    )
+    assert ledger.apply(recharge(blocked_card, 88_766)).approved
     ledger.block_card(blocked_card, "lost")
     created_before = len(fake_stripe.sessions)
     answers = []
