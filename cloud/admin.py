@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 from cloud import database
 from cloud.database import TransientDatabaseError, make_engine
-from cloud.ledger import Ledger
+from cloud.ledger import TOPUP_RETENTION_DAYS, Ledger
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
 
@@ -253,7 +253,62 @@ def check(args: argparse.Namespace, settings: CloudSettings) -> int:
 
 @_unavailable
 def cleanup(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """The idempotency cache count (first line, as before); then, only when there was any, the
+    top-ups expired/deleted and the owed Stripe refunds retried (docs/operations.md)."""
     with _ledger(settings) as ledger:
         deleted = ledger.cleanup_expired_idempotency_keys()
+        topups = ledger.cleanup_topups()
+        refunds = _retry_owed_refunds(ledger, settings)
     print(deleted)
+    if topups["expired"] or topups["deleted"]:
+        print(
+            f"top-ups: {topups['expired']} expired unpaid, {topups['deleted']} deleted after "
+            f"{TOPUP_RETENTION_DAYS} days"
+        )
+    if refunds is not None and any(refunds.values()):
+        print(
+            f"stripe refunds: {refunds['succeeded']} done, {refunds['retry']} still owed, "
+            f"{refunds['failed']} refused by Stripe (refund by hand)"
+        )
     return EXIT_OK
+
+
+def _retry_owed_refunds(ledger: Ledger, settings: CloudSettings) -> dict[str, int] | None:
+    """Every owed refund, due or not: cleanup is the pass that catches what webhooks did not."""
+    if not ledger.refunds_owed():
+        return None
+    # Imported here: only this verb needs the Stripe client (a kiosk-only install has none).
+    from cloud.api.refunds import settle_refunds
+    from cloud.api.stripe_gateway import CheckoutGateway, build_stripe_client
+
+    client = build_stripe_client(settings)
+    if client is None:
+        print(
+            "festival-cloud cleanup: Stripe refunds are owed but STRIPE_SECRET_KEY is not set",
+            file=sys.stderr,
+        )
+        return None
+    gateway = CheckoutGateway(
+        client,
+        currency=settings.festival_currency,
+        success_url=settings.topup_success_url,
+        cancel_url=settings.topup_cancel_url,
+    )
+    counts = {"succeeded": 0, "retry": 0, "failed": 0}
+    while True:
+        batch = settle_refunds(ledger, gateway, due_only=False, limit=REFUND_BATCH).as_dict()
+        for key, value in batch.items():
+            counts[key] += value
+        # Each refund is leased when taken, so a later batch never takes the same one again.
+        if sum(batch.values()) < REFUND_BATCH:
+            break
+    if counts["retry"]:
+        print(
+            f"festival-cloud cleanup: {counts['retry']} Stripe refund(s) still owed "
+            "(Stripe unreachable?); the next cleanup retries them",
+            file=sys.stderr,
+        )
+    return counts
+
+
+REFUND_BATCH = 50

@@ -52,6 +52,10 @@ MISSING_SEQ_RANGES_MAX: Final = 100
 DEAD_LETTER_BYTES_MAX: Final = 1 << 20
 SHA256_HEX_LENGTH: Final = 64
 RETRYABLE_AT_ONCE_SQLSTATES: Final = frozenset({"40001", "40P01"})
+# Seconds an owed refund is leased to the process calling Stripe for it.
+REFUND_LEASE_S: Final = 60
+# Expired and failed top-ups (never any money) are deleted this many days after expiry.
+TOPUP_RETENTION_DAYS: Final = 30
 
 T = TypeVar("T")
 
@@ -100,6 +104,30 @@ class CardRecord:
     card_uid: str
     balance_cents: int
     status: str
+
+
+@dataclass(frozen=True, slots=True)
+class StripeCheckoutResult:
+    """What sp_handle_stripe_checkout decided for a paid session."""
+
+    outcome: Outcome
+    topup_id: str | None
+    refund_owed: bool
+    anomaly: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OwedRefund:
+    """A full refund of a declined paid session, leased for one attempt."""
+
+    topup_id: str
+    session_id: str
+    payment_intent_id: str | None
+    card_uid: str
+    amount_cents: int
+    currency: str
+    idempotency_key: str
+    attempts: int
 
 
 def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
@@ -647,6 +675,163 @@ class Ledger:
         )
         return outcome_from_document(document)
 
+    # --- Stripe, revision 0006: only sessions this API created; refunds owed; lost disputes ----
+
+    def handle_stripe_checkout(
+        self,
+        *,
+        event_id: str,
+        session_id: str,
+        topup_id: str | None,
+        card_uid: str | None,
+        amount_cents: int,
+        currency: str,
+        payment_intent_id: str | None,
+        trace_id: str | None = None,
+    ) -> StripeCheckoutResult:
+        """A paid Checkout Session: credited only when it is one of our top-ups (docs/ledger.md).
+
+        `card_uid` is the session's metadata.card_uid (None when absent). Declined (card blocked,
+        maximum balance) means a full refund is now owed (`refund_owed`), recorded in the same
+        transaction; anything that is not our top-up is an anomaly, neither credited nor refunded.
+        """
+        document = self._scalar(
+            """
+            SELECT sp_handle_stripe_checkout(
+                p_event_id => :event_id, p_session_id => :session_id, p_topup_id => :topup_id,
+                p_card_uid => :card_uid, p_amount_cents => :amount_cents,
+                p_currency => :currency, p_payment_intent_id => :payment_intent_id,
+                p_expected_currency => :expected_currency,
+                p_balance_cents_max => :balance_max, p_trace_id => :trace_id)
+            """,
+            event_id=event_id,
+            session_id=session_id,
+            topup_id=topup_id,
+            card_uid=_optional_card_uid(card_uid),
+            amount_cents=amount_cents,
+            currency=currency,
+            payment_intent_id=payment_intent_id,
+            expected_currency=self.currency,
+            balance_max=self.max_balance_cents,
+            trace_id=trace_id,
+        )
+        return StripeCheckoutResult(
+            outcome=outcome_from_document(document),
+            topup_id=document.get("topup_id"),
+            refund_owed=document.get("refund") == "owed",
+            anomaly=bool(document.get("anomaly")),
+        )
+
+    def record_stripe_note(
+        self, *, event_id: str, disposition: str, reason: str, trace_id: str | None = None
+    ) -> bool:
+        """Store why an event is ignored or an anomaly on its row; False for a duplicate."""
+        assert disposition in ("ignored", "anomaly"), disposition
+        return bool(
+            self._scalar(
+                "SELECT sp_record_stripe_note(:event_id, :disposition, :reason, :trace_id)",
+                event_id=event_id,
+                disposition=disposition,
+                reason=reason[:300],
+                trace_id=trace_id,
+            )
+        )
+
+    def expire_checkout_session(self, *, session_id: str, event_id: str) -> bool:
+        """checkout.session.expired: the top-up was never paid (status 'expired')."""
+        return bool(
+            self._scalar(
+                "SELECT sp_expire_checkout_session(:session_id, :event_id)",
+                session_id=session_id,
+                event_id=event_id,
+            )
+        )
+
+    def process_stripe_dispute_closed(
+        self,
+        *,
+        event_id: str,
+        dispute_id: str,
+        payment_intent_id: str,
+        status: str,
+        amount_cents: int,
+        trace_id: str | None = None,
+    ) -> Outcome:
+        """charge.dispute.closed: 'lost' reverses the disputed amount (card, then loss account)."""
+        document = self._scalar(
+            """
+            SELECT sp_handle_stripe_dispute_closed(
+                p_event_id => :event_id, p_dispute_id => :dispute_id,
+                p_payment_intent_id => :payment_intent_id, p_status => :status,
+                p_amount_cents => :amount_cents, p_trace_id => :trace_id)
+            """,
+            event_id=event_id,
+            dispute_id=dispute_id,
+            payment_intent_id=payment_intent_id,
+            status=status,
+            amount_cents=amount_cents,
+            trace_id=trace_id,
+        )
+        return outcome_from_document(document)
+
+    def claim_topup_refunds(
+        self,
+        *,
+        limit: int,
+        topup_id: str | None = None,
+        due_only: bool = True,
+        lease_s: int = REFUND_LEASE_S,
+    ) -> list[OwedRefund]:
+        """Lease up to `limit` owed refunds for one attempt each (see sp_claim_topup_refunds)."""
+        rows = self._select(
+            "SELECT * FROM sp_claim_topup_refunds(:limit, :topup_id, :due_only, :lease_s)",
+            limit=limit,
+            topup_id=topup_id,
+            due_only=due_only,
+            lease_s=lease_s,
+        )
+        return [OwedRefund(**row) for row in rows]  # type: ignore[arg-type]
+
+    def finish_topup_refund(
+        self,
+        *,
+        topup_id: str,
+        result: str,
+        refund_id: str | None = None,
+        error: str | None = None,
+        retry_after_s: int = 60,
+    ) -> bool:
+        """Record Stripe's answer: 'succeeded', 'failed' (for good) or 'retry' (owed again)."""
+        assert result in ("succeeded", "failed", "retry"), result
+        return bool(
+            self._scalar(
+                "SELECT sp_finish_topup_refund(:topup_id, :result, :refund_id, :error, :retry)",
+                topup_id=topup_id,
+                result=result,
+                refund_id=refund_id,
+                error=None if error is None else error[:500],
+                retry=retry_after_s,
+            )
+        )
+
+    def refunds_owed(self) -> int:
+        """How many full refunds are still owed (not yet accepted by Stripe)."""
+        return int(self._scalar("SELECT count(*) FROM topup_refunds WHERE status = 'owed'"))
+
+    def topup_refund(self, topup_id: str) -> dict[str, object] | None:
+        """The refund row of a top-up (status, attempts, refund_id, last_error), if any."""
+        rows = self._select(
+            "SELECT topup_id, session_id, payment_intent_id, amount_cents, status, attempts, "
+            "refund_id, last_error, idempotency_key FROM topup_refunds WHERE topup_id = :t",
+            t=topup_id,
+        )
+        return rows[0] if rows else None
+
+    def cleanup_topups(self, *, retention_days: int = TOPUP_RETENTION_DAYS) -> dict[str, int]:
+        """Expire unpaid top-ups past expires_at; delete old expired/failed ones (no money)."""
+        document = self._scalar("SELECT sp_cleanup_topups(:days)", days=retention_days)
+        return {"expired": int(document["expired"]), "deleted": int(document["deleted"])}
+
     # --- maintenance and monitoring --------------------------------------------------------------
 
     def check(self) -> list[str]:
@@ -707,7 +892,11 @@ class Ledger:
                        coalesce(sum(refunded_cents), 0)::bigint AS refunded_cents,
                        coalesce(sum(shortfall_cents), 0)::bigint AS shortfall_cents,
                        count(*) FILTER (WHERE status = 'credited') AS credited_count,
-                       count(*) FILTER (WHERE status IN ('declined', 'anomaly'))
+                       count(*) FILTER (
+                           WHERE status IN ('declined', 'anomaly')
+                             AND NOT EXISTS (SELECT 1 FROM topup_refunds r
+                                              WHERE r.topup_id = topups.topup_id
+                                                AND r.status = 'succeeded'))
                            AS to_refund_count
                   FROM topups
                 """,

@@ -6,6 +6,7 @@ localstripe has no Checkout), so tests, benchmarks and the demo use this fake:
     fake = FakeStripe(port=0)
     base_url = fake.start()          # STRIPE_API_BASE=base_url
     ...                              # the API creates sessions: POST /v1/checkout/sessions
+                                     # and refunds payments: POST /v1/refunds
     session = fake.complete_session(session_id)          # the attendee paid
     event = checkout_session_completed_event(session)    # what Stripe would POST to us
     deliver_event(webhook_url, event, webhook_secret)    # signed exactly like Stripe signs
@@ -46,6 +47,7 @@ from urllib.parse import parse_qsl, urlsplit
 API_VERSION = "2026-10-28.endive"
 REQUEST_BYTES_MAX = 256 * 1024
 CHECKOUT_SESSION_LIFETIME_S = 24 * 3600
+CHECKOUT_SESSION_LIFETIME_MIN_S = 30 * 60
 DELIVERY_TIMEOUT_S = 10.0
 
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -118,10 +120,13 @@ class StripeApiError(Exception):
         *,
         error_type: str = "invalid_request_error",
         param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         error: dict[str, Any] = {"type": error_type, "message": message}
+        if code is not None:
+            error["code"] = code
         if param is not None:
             error["param"] = param
         self.body: dict[str, Any] = {"error": error}
@@ -154,6 +159,8 @@ def checkout_session_object(
     payment_status: str = "unpaid",
     payment_intent: str | None = None,
     customer_email: str | None = None,
+    expires_at: int | None = None,
+    livemode: bool = False,
 ) -> dict[str, Any]:
     """A full `checkout.session` object as the API returns it (payment mode, hosted UI)."""
     created = int(time.time()) if created is None else created
@@ -201,7 +208,7 @@ def checkout_session_object(
         ),
         "customer_email": customer_email,
         "discounts": [],
-        "expires_at": created + CHECKOUT_SESSION_LIFETIME_S,
+        "expires_at": created + CHECKOUT_SESSION_LIFETIME_S if expires_at is None else expires_at,
         "invoice": None,
         "invoice_creation": {
             "enabled": False,
@@ -215,7 +222,7 @@ def checkout_session_object(
                 "rendering_options": None,
             },
         },
-        "livemode": False,
+        "livemode": livemode,
         "locale": None,
         "metadata": dict(metadata or {}),
         "mode": "payment",
@@ -392,8 +399,10 @@ def dispute_object(
     reason: str = "fraudulent",
     dispute_id: str | None = None,
     created: int | None = None,
+    status: str = "needs_response",
 ) -> dict[str, Any]:
-    """A full `dispute` object as `charge.dispute.created` carries it."""
+    """A full `dispute` object as `charge.dispute.*` events carry it (status: needs_response
+    when created; won, lost or warning_closed when closed)."""
     created = int(time.time()) if created is None else created
     return {
         "id": dispute_id or stripe_id("du_1", 24),
@@ -445,7 +454,45 @@ def dispute_object(
         "payment_intent": payment_intent,
         "payment_method_details": {"card": {"brand": "visa", "network_reason_code": "10.4"}},
         "reason": reason,
-        "status": "needs_response",
+        "status": status,
+    }
+
+
+def refund_object(
+    *,
+    payment_intent: str,
+    charge_id: str,
+    amount: int,
+    currency: str = "eur",
+    metadata: Mapping[str, str] | None = None,
+    reason: str | None = None,
+    refund_id: str | None = None,
+    created: int | None = None,
+) -> dict[str, Any]:
+    """A `refund` object as POST /v1/refunds answers it (a card refund, succeeded)."""
+    return {
+        "id": refund_id or stripe_id("re_3", 24),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": stripe_id("txn_3", 24),
+        "charge": charge_id,
+        "created": int(time.time()) if created is None else created,
+        "currency": currency,
+        "destination_details": {
+            "card": {
+                "reference_status": "pending",
+                "reference_type": "acquirer_reference_number",
+                "type": "refund",
+            },
+            "type": "card",
+        },
+        "metadata": dict(metadata or {}),
+        "payment_intent": payment_intent,
+        "reason": reason,
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": "succeeded",
+        "transfer_reversal": None,
     }
 
 
@@ -458,6 +505,7 @@ def make_event(
     created: int | None = None,
     api_version: str = API_VERSION,
     request_id: str | None = None,
+    livemode: bool = False,
 ) -> dict[str, Any]:
     """An `event` object exactly as Stripe POSTs it to a webhook endpoint."""
     data: dict[str, Any] = {"object": dict(data_object)}
@@ -469,7 +517,7 @@ def make_event(
         "api_version": api_version,
         "created": int(time.time()) if created is None else created,
         "data": data,
-        "livemode": False,
+        "livemode": livemode,
         "pending_webhooks": 1,
         "request": {"id": request_id, "idempotency_key": None},
         "type": event_type,
@@ -501,6 +549,15 @@ def charge_refunded_event(
 
 def charge_dispute_created_event(dispute: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
     return make_event("charge.dispute.created", dispute, **kwargs)
+
+
+def charge_dispute_closed_event(dispute: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    previous = {"status": "under_review"}
+    return make_event("charge.dispute.closed", dispute, previous_attributes=previous, **kwargs)
+
+
+def checkout_session_expired_event(session: Mapping[str, Any], **kwargs: Any) -> dict[str, Any]:
+    return make_event("checkout.session.expired", session, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,6 +634,8 @@ class FakeStripe:
         self.webhook_secret = webhook_secret
         self.sessions: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
+        # Every refund created through POST /v1/refunds, by id.
+        self.refunds: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         # The decoded parameters each session was created with (payment_intent_data is not
         # part of the session object Stripe returns, so tests check it here).
@@ -681,15 +740,42 @@ class FakeStripe:
             )
             return _copy(self.charges[session_id])
 
-    def dispute(self, session_id: str, *, reason: str = "fraudulent") -> dict[str, Any]:
+    def dispute(
+        self,
+        session_id: str,
+        *,
+        reason: str = "fraudulent",
+        status: str = "needs_response",
+        dispute_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The dispute of a session's charge (status needs_response; won/lost once closed)."""
         charge = self.charge_for(session_id)
         return dispute_object(
             charge_id=charge["id"],
             payment_intent=charge["payment_intent"],
-            amount=charge["amount"],
+            amount=charge["amount"] - charge["amount_refunded"],
             currency=charge["currency"],
             reason=reason,
+            status=status,
+            dispute_id=dispute_id,
         )
+
+    def expire_session(self, session_id: str) -> dict[str, Any]:
+        """The session reached expires_at unpaid (Stripe then sends checkout.session.expired)."""
+        with self._lock:
+            session = self.sessions[session_id]
+            session["status"] = "expired"
+            session["url"] = None
+            return _copy(session)
+
+    def refunds_of(self, payment_intent: str) -> list[dict[str, Any]]:
+        """The refunds created through the API for a payment intent, oldest first."""
+        with self._lock:
+            return [
+                _copy(refund)
+                for refund in self.refunds.values()
+                if refund["payment_intent"] == payment_intent
+            ]
 
     # --- API endpoints ---------------------------------------------------------------------
 
@@ -735,6 +821,25 @@ class FakeStripe:
         metadata = params.get("metadata") or {}
         if not isinstance(metadata, dict) or len(metadata) > 50:
             raise StripeApiError(400, "Invalid metadata.", param="metadata")
+        created = int(time.time())
+        expires_at = None
+        if "expires_at" in params:
+            expires_at = _int_param(params, "expires_at", "expires_at")
+            # Stripe: at least 30 minutes and at most 24 hours after the session's creation.
+            if expires_at > created + CHECKOUT_SESSION_LIFETIME_S:
+                raise StripeApiError(
+                    400,
+                    "The `expires_at` timestamp must be less than 24 hours from Checkout "
+                    "Session creation.",
+                    param="expires_at",
+                )
+            if expires_at < created + CHECKOUT_SESSION_LIFETIME_MIN_S:
+                raise StripeApiError(
+                    400,
+                    "The `expires_at` timestamp must be at least 30 minutes from Checkout "
+                    "Session creation.",
+                    param="expires_at",
+                )
         session_id = stripe_id("cs_test_", 58)
         session = checkout_session_object(
             session_id=session_id,
@@ -746,11 +851,93 @@ class FakeStripe:
             cancel_url=params.get("cancel_url"),
             url=f"{self.base_url}/c/pay/{session_id}",
             customer_email=params.get("customer_email"),
+            created=created,
+            expires_at=expires_at,
         )
         with self._lock:
             self.sessions[session_id] = session
             self.created_with[session_id] = params
         return session
+
+    def _create_refund(self, params: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/refunds: by payment_intent (or charge); without amount, all that is left."""
+        payment_intent = params.get("payment_intent")
+        charge_param = params.get("charge")
+        if not payment_intent and not charge_param:
+            raise StripeApiError(
+                400,
+                "One of the following params should be provided for this request: "
+                "payment_intent or charge.",
+            )
+        with self._lock:
+            session_id = next(
+                (
+                    key
+                    for key, session in self.sessions.items()
+                    if payment_intent and session["payment_intent"] == payment_intent
+                ),
+                None,
+            ) or next(
+                (key for key, charge in self.charges.items() if charge["id"] == charge_param),
+                None,
+            )
+            paid = session_id is not None and self.sessions[session_id]["payment_status"] == "paid"
+        if session_id is None:
+            what, value = (
+                ("payment_intent", payment_intent) if payment_intent else ("charge", charge_param)
+            )
+            raise StripeApiError(
+                404, f"No such {what}: '{value}'", param=what, code="resource_missing"
+            )
+        if not paid:
+            raise StripeApiError(
+                400,
+                f"This PaymentIntent ({payment_intent}) does not have a successful charge to "
+                "refund.",
+                param="payment_intent",
+                code="charge_not_refundable",
+            )
+        charge = self.charge_for(session_id)
+        remaining = charge["amount"] - charge["amount_refunded"]
+        if remaining <= 0:
+            raise StripeApiError(
+                400,
+                f"Charge {charge['id']} has already been refunded.",
+                code="charge_already_refunded",
+            )
+        amount = remaining
+        if "amount" in params:
+            amount = _int_param(params, "amount", "amount")
+            if amount < 1 or amount > remaining:
+                raise StripeApiError(
+                    400,
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                    f"({remaining})",
+                    param="amount",
+                    code="amount_too_large",
+                )
+        reason = params.get("reason")
+        if reason is not None and reason not in {
+            "duplicate",
+            "fraudulent",
+            "requested_by_customer",
+        }:
+            raise StripeApiError(400, f"Invalid reason: {reason}", param="reason")
+        metadata = params.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise StripeApiError(400, "Invalid metadata.", param="metadata")
+        self.refund(session_id, amount)
+        refund = refund_object(
+            payment_intent=charge["payment_intent"],
+            charge_id=charge["id"],
+            amount=amount,
+            currency=charge["currency"],
+            metadata=metadata,
+            reason=reason,
+        )
+        with self._lock:
+            self.refunds[refund["id"]] = refund
+        return refund
 
     def handle_api(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -803,6 +990,8 @@ class FakeStripe:
     def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if path == "/v1/checkout/sessions" and method == "POST":
             return 200, self._create_checkout_session(params)
+        if path == "/v1/refunds" and method == "POST":
+            return 200, self._create_refund(params)
         if path.startswith("/v1/checkout/sessions/") and method == "GET":
             session_id = path.rsplit("/", 1)[1]
             with self._lock:

@@ -157,14 +157,36 @@ def parse_event(payload: bytes) -> StripeEvent:
 
 @dataclass(frozen=True, slots=True)
 class CreditTopup:
-    """A Checkout payment succeeded: credit `amount_cents` to `card_uid`, keyed by the session."""
+    """A Checkout payment succeeded: credit it if it is one of our top-ups (the ledger decides).
+
+    `topup_id` and `card_uid` are the session's metadata (None when absent or malformed); the
+    ledger credits only a top-up made by /api/topups/checkout whose card, amount and currency
+    equal the session's, and records anything else as an anomaly.
+    """
 
     session_id: str
-    card_uid: str
+    card_uid: str | None
     amount_cents: int
     currency: str
     payment_intent_id: str | None
     topup_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireTopup:
+    """checkout.session.expired: the attendee never paid."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeClosed:
+    """charge.dispute.closed: `status` lost books the disputed amount to the loss account."""
+
+    dispute_id: str
+    payment_intent_id: str
+    status: str
+    amount_cents: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,16 +238,28 @@ class Anomaly:
     reason: str
 
 
-Action = CreditTopup | FailTopup | RefundCharge | DisputeCharge | Ignore | Anomaly
+Action = (
+    CreditTopup
+    | FailTopup
+    | ExpireTopup
+    | RefundCharge
+    | DisputeCharge
+    | DisputeClosed
+    | Ignore
+    | Anomaly
+)
 
 CHECKOUT_CREDIT_TYPES = frozenset(
     {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
 )
 HANDLED_TYPES = CHECKOUT_CREDIT_TYPES | {
     "checkout.session.async_payment_failed",
+    "checkout.session.expired",
     "charge.refunded",
     "charge.dispute.created",
+    "charge.dispute.closed",
 }
+DISPUTE_STATUS_PATTERN_MAX = 32
 
 
 def _object_id(value: object, prefix: str, what: str) -> str:
@@ -272,19 +306,12 @@ def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return metadata
 
 
-def _card_uid(obj: Mapping[str, Any]) -> str | None:
-    """metadata.card_uid first (we set it); client_reference_id as the fallback."""
-    for candidate in (_metadata(obj).get("card_uid"), obj.get("client_reference_id")):
-        if type(candidate) is str and CARD_UID_PATTERN.match(candidate):
-            return candidate
-    return None
-
-
 def _metadata_card_uid(obj: Mapping[str, Any]) -> str | None:
     """metadata.card_uid when it is a valid card uid, else None (never an error).
 
-    Only a secondary link for refunds and disputes (the payment intent is the primary one), so
-    a charge or dispute with odd metadata is still processed as before rather than refused.
+    For refunds and disputes only a secondary link (the payment intent is the primary one), so
+    a charge or dispute with odd metadata is still processed as before rather than refused; for
+    a checkout session, what the ledger compares with the top-up's card.
     """
     metadata = obj.get("metadata")
     candidate = metadata.get("card_uid") if type(metadata) is dict else None
@@ -293,16 +320,25 @@ def _metadata_card_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def classify(event: StripeEvent) -> Action:
+def classify(event: StripeEvent, *, live_mode: bool = False) -> Action:
     """What `event` asks of the ledger.
 
-    A payment in another currency than the festival's still goes to the ledger, which records
-    the top-up as an anomaly (to refund) instead of crediting it: that decision and its audit
-    row live in one place. Raises EventError when an event of a type we handle lacks the fields
-    that type always has.
+    `live_mode` is the mode of our secret key (sk_live_... or not): an event of the other mode
+    is an anomaly whatever it says (a test payment must never become real credit, DESIGN.md 1.1).
+    Whether a paid session is one of ours is the ledger's decision (it holds the top-ups), so a
+    paid session always goes there, with its metadata as found. Raises EventError when an event
+    of a type we handle lacks the fields that type always has.
     """
     obj = event.data_object
     event_type = event.event_type
+    object_livemode = obj.get("livemode")
+    if event.livemode is not live_mode or (
+        type(object_livemode) is bool and object_livemode is not live_mode
+    ):
+        return Anomaly(
+            f"livemode {str(event.livemode).lower()} event, but the secret key is "
+            f"{'live' if live_mode else 'test'} mode: not acted on"
+        )
     if event_type not in HANDLED_TYPES:
         return Ignore(f"event type {event_type} is not handled")
 
@@ -311,6 +347,8 @@ def classify(event: StripeEvent) -> Action:
         session_id = _object_id(obj.get("id"), "cs_", "checkout session id")
         if event_type == "checkout.session.async_payment_failed":
             return FailTopup(session_id)
+        if event_type == "checkout.session.expired":
+            return ExpireTopup(session_id)
         if obj.get("mode") != "payment":
             return Ignore(f"checkout session mode {quote(obj.get('mode'))} is not payment")
         payment_status = obj.get("payment_status")
@@ -321,19 +359,18 @@ def classify(event: StripeEvent) -> Action:
         session_currency = _currency(obj.get("currency"))
         payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
         topup_id = _metadata(obj).get("topup_id")
-        card_uid = _card_uid(obj)
-        if card_uid is None:
-            return Anomaly("checkout session carries no valid card uid")
         if amount_cents == 0:
             return Ignore("checkout session total is zero")
         return CreditTopup(
             session_id=session_id,
-            card_uid=card_uid,
+            # metadata.card_uid only: client_reference_id can be set by anyone opening a
+            # Payment Link (?client_reference_id=...), so it never names the card.
+            card_uid=_metadata_card_uid(obj),
             amount_cents=amount_cents,
             currency=session_currency,
             payment_intent_id=payment_intent_id,
             # Ours are "tu_<hex>"; anything else in a foreign session's metadata is not an id
-            # the ledger should store.
+            # the ledger should look up.
             topup_id=topup_id
             if type(topup_id) is str and TOPUP_ID_PATTERN.match(topup_id)
             else None,
@@ -355,13 +392,28 @@ def classify(event: StripeEvent) -> Action:
             card_uid=_metadata_card_uid(obj),
         )
 
-    assert event_type == "charge.dispute.created"
+    assert event_type in ("charge.dispute.created", "charge.dispute.closed")
     _require(obj.get("object") == "dispute", "data.object is not a dispute")
-    _object_id(obj.get("id"), "d", "dispute id")  # "du_" today, "dp_" in older accounts
+    dispute_id = _object_id(obj.get("id"), "d", "dispute id")  # "du_" today, "dp_" before
     disputed_charge_id = _expandable_id(obj.get("charge"), "ch_", "charge")
     payment_intent_id = _expandable_id(obj.get("payment_intent"), "pi_", "payment_intent")
     if payment_intent_id is None:
         return Anomaly("dispute has no payment_intent to link it to a top-up")
+    if event_type == "charge.dispute.closed":
+        status = obj.get("status")
+        _require(
+            type(status) is str
+            and 0 < len(status) <= DISPUTE_STATUS_PATTERN_MAX
+            and status.replace("_", "").isalpha(),
+            f"invalid dispute status {quote(status)}",
+        )
+        assert isinstance(status, str)
+        return DisputeClosed(
+            dispute_id=dispute_id,
+            payment_intent_id=payment_intent_id,
+            status=status,
+            amount_cents=_amount(obj.get("amount"), "dispute amount"),
+        )
     reason = obj.get("reason")
     return DisputeCharge(
         payment_intent_id=payment_intent_id,

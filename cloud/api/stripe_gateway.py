@@ -1,21 +1,65 @@
 """The Stripe adapter: the only module that imports `stripe` (STYLE.md: one adapter per outside
-thing). It creates Checkout Sessions and translates the library's errors into ours."""
+thing). It creates Checkout Sessions, refunds payments and translates the library's errors into
+ours."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import stripe
+from stripe.params import RefundCreateParams
 from stripe.params.checkout import SessionCreateParams
 
 from cloud.api.limits import STRIPE_NETWORK_RETRIES_MAX, STRIPE_TIMEOUT_S
 from cloud.settings import CloudSettings
 
 PRODUCT_NAME = "Festival wristband top-up"
+# Unpaid top-ups expire after 24 hours (DESIGN.md 1.1). Stripe refuses an expires_at more than 24 h
+# after the session's creation by its own clock: five minutes less leaves room for clock skew and
+# the request's own time, and the ledger's expiry (24 h after the top-up row) is never earlier.
+CHECKOUT_SESSION_LIFETIME_S = 24 * 3600 - 300
+# Stripe's error code when the payment was refunded in full already (by us or in the dashboard).
+ALREADY_REFUNDED_CODES = frozenset({"charge_already_refunded"})
 
 
 class PaymentProviderError(RuntimeError):
-    """Stripe could not create the session (network, outage, refused parameters)."""
+    """Stripe could not do what we asked (network, outage, refused parameters).
+
+    `retryable` is True when the same call may succeed later (connection, 5xx, rate limit), False
+    when Stripe refused it for good (invalid request, authentication, idempotency conflict).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """Stripe's refund id, or None with `already_refunded` when nothing was left to refund."""
+
+    refund_id: str | None
+    already_refunded: bool = False
+
+
+def live_mode_of(secret_key: str | None) -> bool:
+    """True for a live secret or restricted key (sk_live_..., rk_live_...), else False."""
+    return bool(secret_key) and str(secret_key).startswith(("sk_live_", "rk_live_"))
+
+
+def _describe(error: stripe.StripeError) -> str:
+    # The message is Stripe's, safe to log (it never carries our key); the attendee sees a
+    # generic text.
+    return f"{type(error).__name__}: {error.user_message or error}"
+
+
+def _retryable(error: stripe.StripeError) -> bool:
+    if isinstance(error, stripe.APIConnectionError | stripe.RateLimitError):
+        return True
+    status = error.http_status
+    return status is None or status >= 500 or status == 409
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +91,10 @@ class CheckoutGateway:
         currency: str,
         success_url: str,
         cancel_url: str,
+        clock_s: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
+        self._clock_s = clock_s
         self._currency = currency.lower()
         self._success_url = success_url
         self._cancel_url = cancel_url
@@ -80,6 +126,7 @@ class CheckoutGateway:
             "payment_intent_data": {"metadata": metadata},
             "success_url": self._success_url,
             "cancel_url": self._cancel_url,
+            "expires_at": int(self._clock_s()) + CHECKOUT_SESSION_LIFETIME_S,
         }
         try:
             session = self._client.v1.checkout.sessions.create(
@@ -87,10 +134,40 @@ class CheckoutGateway:
                 options={"idempotency_key": topup_id},
             )
         except stripe.StripeError as error:
-            # The message is Stripe's, safe to log; the attendee sees a generic text.
-            raise PaymentProviderError(
-                f"{type(error).__name__}: {error.user_message or error}"
-            ) from error
+            raise PaymentProviderError(_describe(error), retryable=_retryable(error)) from error
         if not session.id or not session.url:
             raise PaymentProviderError("Stripe answered a session without id or url")
         return CheckoutSession(session_id=str(session.id), checkout_url=str(session.url))
+
+    def refund_in_full(
+        self,
+        *,
+        payment_intent_id: str,
+        idempotency_key: str,
+        topup_id: str,
+        session_id: str,
+        card_uid: str,
+    ) -> RefundResult:
+        """Refund whatever is left of a payment (no amount: Stripe refunds it all).
+
+        One idempotency key per session: every retry (the client's, the next webhook's, the
+        cleanup's) sends the same parameters under the same key, so Stripe refunds at most once.
+        """
+        params: RefundCreateParams = {
+            "payment_intent": payment_intent_id,
+            "reason": "requested_by_customer",
+            "metadata": {"topup_id": topup_id, "session_id": session_id, "card_uid": card_uid},
+        }
+        try:
+            refund = self._client.v1.refunds.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            )
+        except stripe.InvalidRequestError as error:
+            if error.code in ALREADY_REFUNDED_CODES:
+                return RefundResult(refund_id=None, already_refunded=True)
+            raise PaymentProviderError(_describe(error), retryable=_retryable(error)) from error
+        except stripe.StripeError as error:
+            raise PaymentProviderError(_describe(error), retryable=_retryable(error)) from error
+        if not refund.id:
+            raise PaymentProviderError("Stripe answered a refund without id")
+        return RefundResult(refund_id=str(refund.id))

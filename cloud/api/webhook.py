@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -26,13 +28,16 @@ from cloud.api.errors import (
 )
 from cloud.api.metrics import event_type_label
 from cloud.api.middleware import annotate_request_log
+from cloud.api.refunds import settle_refunds
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_events import (
     Action,
     Anomaly,
     CreditTopup,
     DisputeCharge,
+    DisputeClosed,
     EventError,
+    ExpireTopup,
     FailTopup,
     Ignore,
     RefundCharge,
@@ -42,12 +47,17 @@ from cloud.api.stripe_events import (
     parse_event,
     verify_signature,
 )
+from cloud.api.stripe_gateway import live_mode_of
 from cloud.database import TransientDatabaseError
+from cloud.ledger import Outcome
 from cloud.logs import bind
+from protocol.errors import Status
 
 log = logging.getLogger("cloud.api.webhook")
 
 WEBHOOK_PATHS = ("/stripe/webhook", "/functions/v1/stripe-webhook")
+# app.state flag: this process failed to refund something, so its next webhooks retry what is due.
+REFUNDS_OWED_STATE = "stripe_refunds_owed"
 
 WEBHOOK_OPENAPI: dict[str, Any] = {
     "parameters": [
@@ -86,15 +96,24 @@ WEBHOOK_OPENAPI: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome label of one event, and the top-up whose full refund it made owed (if any)."""
+
+    outcome: str
+    refund_topup_id: str | None = None
+
+
 def apply_event(
     services: Services, event: StripeEvent, action: Action, trace_id: str | None
-) -> str:
+) -> Applied:
     """Record the event, then apply its action; returns the outcome. Blocking (thread pool).
 
     The action runs for a duplicate event id too: recording and applying are two transactions,
     and if a fault struck between them (we answered 503), Stripe's retry must still apply it.
     Each ledger procedure is idempotent by its own key (the session, the cumulative refund,
-    the dispute's event), so for a true duplicate it changes nothing.
+    the dispute's event or id), so for a true duplicate it changes nothing. An event that changes
+    nothing (ignored, anomaly) gets its reason stored on its row: nothing is ignored silently.
     """
     ledger = services.ledger
     fresh = bool(
@@ -103,18 +122,34 @@ def apply_event(
         )
     )
     if isinstance(action, CreditTopup):
-        outcome = ledger.process_stripe_recharge(
+        result = ledger.handle_stripe_checkout(
             event_id=event.event_id,
             session_id=action.session_id,
+            topup_id=action.topup_id,
             card_uid=action.card_uid,
             amount_cents=action.amount_cents,
             currency=action.currency,
             payment_intent_id=action.payment_intent_id,
-            topup_id=action.topup_id,
             trace_id=trace_id,
         )
-        _log_outcome("stripe top-up", outcome, amount_cents=action.amount_cents)
-        return _label(fresh, outcome)
+        outcome = result.outcome
+        _log_outcome(
+            "stripe top-up",
+            outcome,
+            amount_cents=action.amount_cents,
+            session_id=action.session_id,
+            topup_id=action.topup_id,
+            refund_owed=result.refund_owed,
+        )
+        if not fresh and outcome.replayed:
+            return Applied("duplicate")
+        if result.anomaly:
+            return Applied("anomaly")
+        if outcome.status is Status.DECLINED:
+            # Declined and refunded in full: the refund is owed in the ledger from now on.
+            owed = result.refund_owed and not outcome.replayed
+            return Applied("declined", result.topup_id if owed else None)
+        return Applied(_label(fresh, outcome))
     if isinstance(action, RefundCharge):
         outcome = ledger.process_stripe_refund(
             event_id=event.event_id,
@@ -130,7 +165,7 @@ def apply_event(
             amount_refunded_cents=action.amount_refunded_cents,
             metadata_card_uid=action.card_uid,
         )
-        return _label(fresh, outcome)
+        return Applied(_label(fresh, outcome))
     if isinstance(action, DisputeCharge):
         outcome = ledger.process_stripe_dispute(
             event_id=event.event_id,
@@ -145,24 +180,83 @@ def apply_event(
             metadata_card_uid=action.card_uid,
             level=30,
         )
-        return _label(fresh, outcome)
+        return Applied(_label(fresh, outcome))
+    if isinstance(action, DisputeClosed):
+        outcome = ledger.process_stripe_dispute_closed(
+            event_id=event.event_id,
+            dispute_id=action.dispute_id,
+            payment_intent_id=action.payment_intent_id,
+            status=action.status,
+            amount_cents=action.amount_cents,
+            trace_id=trace_id,
+        )
+        _log_outcome(
+            "stripe dispute closed",
+            outcome,
+            dispute_id=action.dispute_id,
+            payment_intent_id=action.payment_intent_id,
+            dispute_status=action.status,
+            amount_cents=action.amount_cents,
+            level=30,
+        )
+        return Applied(_label(fresh, outcome))
     if isinstance(action, FailTopup):
         ledger.mark_topup_failed(session_id=action.session_id, event_id=event.event_id)
-        return "processed" if fresh else "duplicate"
+        return Applied("processed" if fresh else "duplicate")
+    if isinstance(action, ExpireTopup):
+        ledger.expire_checkout_session(session_id=action.session_id, event_id=event.event_id)
+        return Applied("processed" if fresh else "duplicate")
     if isinstance(action, Anomaly):
+        noted = ledger.record_stripe_note(
+            event_id=event.event_id, disposition="anomaly", reason=action.reason, trace_id=trace_id
+        )
         log.error("stripe event anomaly", extra={"context": {"reason": action.reason}})
-        return "anomaly" if fresh else "duplicate"
+        return Applied("anomaly" if fresh or noted else "duplicate")
     assert isinstance(action, Ignore)
-    return "ignored" if fresh else "duplicate"
+    noted = ledger.record_stripe_note(
+        event_id=event.event_id, disposition="ignored", reason=action.reason, trace_id=trace_id
+    )
+    return Applied("ignored" if fresh or noted else "duplicate")
 
 
-def _label(fresh: bool, outcome: Any) -> str:
+def settle_refunds_after_webhook(
+    state: Any, services: Services, refund_topup_id: str | None
+) -> None:
+    """The background task of a webhook: call Stripe for what is owed. Blocking (thread pool).
+
+    This event's own refund first, whatever its backoff; then, when refunds were still owed
+    after this process's last look (or it has not looked yet), every refund that is due. A
+    failure here loses nothing: the refund stays owed in the ledger (cleanup retries it too).
+    """
+    checkout = services.checkout
+    if checkout is None:
+        return
+    try:
+        if refund_topup_id is not None:
+            settle_refunds(
+                services.ledger, checkout, limit=1, topup_id=refund_topup_id, due_only=False
+            )
+        if getattr(state, REFUNDS_OWED_STATE, True):
+            settle_refunds(services.ledger, checkout)
+        setattr(state, REFUNDS_OWED_STATE, _still_owed(services))
+    except Exception:
+        # Never into the void: the refund is owed in the ledger; cleanup and the next webhook
+        # retry it.
+        setattr(state, REFUNDS_OWED_STATE, True)
+        log.exception("settling owed stripe refunds failed; they stay owed")
+
+
+def _still_owed(services: Services) -> bool:
+    return int(services.ledger.refunds_owed()) > 0
+
+
+def _label(fresh: bool, outcome: Outcome) -> str:
     if not fresh and outcome.replayed:
         return "duplicate"
     if outcome.status == "rejected" or outcome.error_code is not None:
-        # Recorded but not credited: another currency, over the balance limit, an unknown
-        # payment intent (a refund linked only by the card metadata: card blocked, nothing
-        # taken). The ledger keeps it for a human (and a refund); Stripe must stop.
+        # Recorded but nothing done: an unknown payment intent (a refund linked only by the
+        # card metadata: card blocked, nothing taken). The ledger keeps it for a human; Stripe
+        # must stop.
         return "anomaly"
     return "processed"
 
@@ -212,7 +306,7 @@ async def stripe_webhook(request: Request) -> Response:
         return error_response(request, 400, INVALID_SIGNATURE, str(error))
     try:
         event = parse_event(payload)
-        action = classify(event)
+        action = classify(event, live_mode=live_mode_of(_secret_key(services)))
     except EventError as error:
         metrics.webhook_events.labels("unknown", "invalid").inc()
         log.warning("stripe webhook body refused", extra={"context": {"reason": str(error)}})
@@ -220,12 +314,13 @@ async def stripe_webhook(request: Request) -> Response:
     type_label = event_type_label(event.event_type)
     with bind(stripe_event_id=event.event_id, stripe_event_type=event.event_type):
         try:
-            outcome = await services.ledger_call(
+            applied = await services.ledger_call(
                 "stripe_event", apply_event, services, event, action, request_id_of(request)
             )
         except TransientDatabaseError:
             metrics.webhook_events.labels(type_label, "unavailable").inc()
             raise
+        outcome = applied.outcome
         metrics.webhook_events.labels(type_label, outcome).inc()
         metrics.webhook_seconds.labels(type_label).observe(time.perf_counter() - started)
     # Into the request's one log line (middleware), rather than a line of its own.
@@ -235,7 +330,22 @@ async def stripe_webhook(request: Request) -> Response:
         stripe_event_type=event.event_type,
         outcome=outcome,
     )
-    return JSONResponse({"received": True, "event_id": event.event_id, "outcome": outcome})
+    background = None
+    # Unknown (a fresh process: one that crashed may have left refunds owed) counts as owed.
+    if services.checkout is not None and (
+        applied.refund_topup_id is not None or getattr(request.app.state, REFUNDS_OWED_STATE, True)
+    ):
+        background = BackgroundTask(
+            settle_refunds_after_webhook, request.app.state, services, applied.refund_topup_id
+        )
+    return JSONResponse(
+        {"received": True, "event_id": event.event_id, "outcome": outcome}, background=background
+    )
+
+
+def _secret_key(services: Services) -> str | None:
+    key = services.settings.stripe_secret_key
+    return None if key is None else key.get_secret_value()
 
 
 def router() -> APIRouter:

@@ -15,11 +15,12 @@ from selenium.webdriver.common.by import By
 from sqlalchemy import Engine, text
 
 from cloud.ledger import Ledger
-from cloud.stripe_fake import checkout_session_completed_event, checkout_session_object
+from cloud.stripe_fake import checkout_session_completed_event
 from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import KioskStatus
 from tests.api.conftest import ADMIN_TOKEN, PostEvent, pos_headers
 from tests.api.live import serve
+from tests.api.stripe_helpers import our_paid_session
 from tests.browser import headless_chromium, save_screenshot
 from tests.waiting import wait_until
 
@@ -56,14 +57,8 @@ def seed_festival(client: TestClient, ledger: Ledger, post_event: PostEvent) -> 
             "/functions/v1/process-checkpoint-recharge", json=body, headers=pos_headers()
         )
         assert response.status_code == 200
-    session = checkout_session_object(
-        amount_total=4000,
-        client_reference_id=CARDS[0],
-        metadata={"card_uid": CARDS[0]},
-        status="complete",
-        payment_status="paid",
-        payment_intent="pi_3Dashboard",
-    )
+    # A session this API created (issue 11: only those are credited).
+    session = our_paid_session(ledger, CARDS[0], 4000, payment_intent="pi_3Dashboard")
     assert post_event(checkout_session_completed_event(session)).status_code == 200
     for number in range(60):
         card = CARDS[number % len(CARDS)]

@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cloud.api.middleware import new_request_id
+from cloud.ledger import Ledger
 from cloud.logs import JsonFormatter
-from cloud.stripe_fake import checkout_session_completed_event, checkout_session_object
+from cloud.stripe_fake import checkout_session_completed_event
 from tests.api.conftest import POS_TOKEN, PostEvent, pos_headers
 from tests.api.live import serve
+from tests.api.stripe_helpers import our_paid_session
 
 UUID7 = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 
@@ -89,16 +91,10 @@ def test_every_response_carries_a_request_id_and_errors_have_one_shape(client: T
 
 
 def test_log_lines_of_a_request_carry_its_request_id(
-    client: TestClient, post_event: PostEvent, log_lines: list[dict[str, object]]
+    client: TestClient, post_event: PostEvent, log_lines: list[dict[str, object]], ledger: Ledger
 ) -> None:
-    session = checkout_session_object(
-        amount_total=700,
-        client_reference_id="04A1B2C3",
-        metadata={"card_uid": "04A1B2C3"},
-        status="complete",
-        payment_status="paid",
-        payment_intent="pi_3Logged",
-    )
+    # A session this API created (issue 11: only those are credited).
+    session = our_paid_session(ledger, "04A1B2C3", 700, payment_intent="pi_3Logged")
     post_event(checkout_session_completed_event(session), headers={"X-Request-ID": "log-trace-1"})
     client.post(
         "/functions/v1/process-bar-order",

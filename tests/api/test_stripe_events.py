@@ -12,7 +12,9 @@ from cloud.api.stripe_events import (
     Anomaly,
     CreditTopup,
     DisputeCharge,
+    DisputeClosed,
     EventError,
+    ExpireTopup,
     FailTopup,
     Ignore,
     RefundCharge,
@@ -22,12 +24,14 @@ from cloud.api.stripe_events import (
     verify_signature,
 )
 from cloud.stripe_fake import (
+    charge_dispute_closed_event,
     charge_dispute_created_event,
     charge_object,
     charge_refunded_event,
     checkout_session_async_payment_failed_event,
     checkout_session_async_payment_succeeded_event,
     checkout_session_completed_event,
+    checkout_session_expired_event,
     checkout_session_object,
     dispute_object,
     encode_event,
@@ -191,15 +195,19 @@ def test_completed_but_unpaid_session_waits_for_the_async_result() -> None:
     assert classify_event(failed) == FailTopup(str(session["id"]))
 
 
-def test_client_reference_id_is_the_fallback_for_the_card_uid() -> None:
+def test_client_reference_id_never_names_the_card() -> None:
+    # A Payment Link opened with ?client_reference_id=<UID> (a T-shirt, another shop's order):
+    # no metadata of ours, so the ledger gets no card and no top-up id, and records an anomaly.
     session = paid_session(metadata={})
     action = classify_event(checkout_session_completed_event(session))
-    assert isinstance(action, CreditTopup) and action.card_uid == CARD and action.topup_id is None
+    assert isinstance(action, CreditTopup)
+    assert action.card_uid is None and action.topup_id is None
 
 
-def test_sessions_without_a_valid_card_are_anomalies() -> None:
-    no_card = paid_session(metadata={"card_uid": "04a1b2c3"}, client_reference_id=None)
-    assert isinstance(classify_event(checkout_session_completed_event(no_card)), Anomaly)
+def test_sessions_without_a_valid_card_go_to_the_ledger_without_one() -> None:
+    no_card = paid_session(metadata={"card_uid": "04a1b2c3", "topup_id": "tu_1"})
+    action = classify_event(checkout_session_completed_event(no_card))
+    assert isinstance(action, CreditTopup) and action.card_uid is None
 
 
 def test_another_currency_goes_to_the_ledger_which_records_the_anomaly() -> None:
@@ -255,7 +263,7 @@ def test_refund_carries_the_cumulative_amount_and_the_payment_intent() -> None:
     assert isinstance(classify_event(charge_refunded_event(orphan)), Anomaly)
 
 
-def test_dispute_created_blocks_and_other_dispute_events_are_ignored() -> None:
+def test_dispute_created_blocks_and_closed_carries_status_and_amount() -> None:
     dispute = dispute_object(
         charge_id="ch_3Disputed01", payment_intent="pi_3Disputed01", amount=900
     )
@@ -263,8 +271,49 @@ def test_dispute_created_blocks_and_other_dispute_events_are_ignored() -> None:
     assert action == DisputeCharge(
         payment_intent_id="pi_3Disputed01", charge_id="ch_3Disputed01", reason="fraudulent"
     )
-    closed = make_event("charge.dispute.closed", dispute)
-    assert isinstance(classify_event(closed), Ignore)
+    closed = charge_dispute_closed_event(dict(dispute, status="lost"))
+    assert classify_event(closed) == DisputeClosed(
+        dispute_id=str(dispute["id"]),
+        payment_intent_id="pi_3Disputed01",
+        status="lost",
+        amount_cents=900,
+    )
+    updated = make_event("charge.dispute.updated", dispute)
+    assert isinstance(classify_event(updated), Ignore)
+    for status in (None, 7, "no such status!", "x" * 40):
+        with pytest.raises(EventError):
+            classify_event(charge_dispute_closed_event(dict(dispute, status=status)))
+
+
+def test_expired_session_expires_the_topup() -> None:
+    session = paid_session(status="expired", payment_status="unpaid")
+    assert classify_event(checkout_session_expired_event(session)) == ExpireTopup(
+        str(session["id"])
+    )
+
+
+@pytest.mark.parametrize("live_key", [False, True])
+def test_events_of_the_other_mode_than_the_key_are_anomalies(live_key: bool) -> None:
+    """A test-mode payment must never become real credit under a live key, nor the reverse."""
+    session = paid_session(livemode=not live_key)
+    event = checkout_session_completed_event(session, livemode=not live_key)
+    action = classify(parse_event(encode_event(event)), live_mode=live_key)
+    assert isinstance(action, Anomaly) and "livemode" in action.reason
+    # The event's mode matches but the object inside claims the other one: also refused.
+    mixed = checkout_session_completed_event(session, livemode=live_key)
+    assert isinstance(classify(parse_event(encode_event(mixed)), live_mode=live_key), Anomaly)
+    same = checkout_session_completed_event(paid_session(livemode=live_key), livemode=live_key)
+    assert isinstance(classify(parse_event(encode_event(same)), live_mode=live_key), CreditTopup)
+    # Any type of the other mode, not only payments.
+    other = make_event("customer.created", {"id": "cus_1"}, livemode=not live_key)
+    assert isinstance(classify(parse_event(encode_event(other)), live_mode=live_key), Anomaly)
+
+
+def test_live_mode_of_the_secret_key() -> None:
+    from cloud.api.stripe_gateway import live_mode_of
+
+    assert live_mode_of("sk_live_abc") and live_mode_of("rk_live_abc")
+    assert not live_mode_of("sk_test_abc") and not live_mode_of(None) and not live_mode_of("")
 
 
 def test_unhandled_types_are_ignored() -> None:

@@ -176,3 +176,86 @@ def test_deliver_event_reports_status_and_body(fake: FakeStripe) -> None:
     payload = encode_event(event)
     header = signature_header(payload, "whsec_x", timestamp=1_700_000_000)
     assert header.startswith("t=1700000000,v1=") and len(header.split("v1=")[1]) == 64
+
+
+def _paid_session(fake: FakeStripe, client: stripe.StripeClient) -> dict[str, Any]:
+    session = client.v1.checkout.sessions.create(params=PARAMS)
+    return fake.complete_session(str(session.id))
+
+
+def test_refunds_by_payment_intent_in_full_and_idempotent_like_stripe(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    session = _paid_session(fake, client)
+    intent = session["payment_intent"]
+    params: Any = {
+        "payment_intent": intent,
+        "reason": "requested_by_customer",
+        "metadata": {"topup_id": "tu_1"},
+    }
+    refund = client.v1.refunds.create(params=params, options={"idempotency_key": "r1"})
+    assert refund.object == "refund" and refund.status == "succeeded"
+    assert refund.amount == 2500 and refund.payment_intent == intent and refund.currency == "eur"
+    assert str(refund.id).startswith("re_")
+    # The same key and parameters: the same refund, not a second one.
+    same = client.v1.refunds.create(params=params, options={"idempotency_key": "r1"})
+    assert same.id == refund.id and len(fake.refunds_of(intent)) == 1
+    # The same key with other parameters: Stripe's idempotency_error.
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.refunds.create(
+            params={**params, "reason": "duplicate"}, options={"idempotency_key": "r1"}
+        )
+    charge = fake.charge_for(str(session["id"]))
+    assert charge["amount_refunded"] == 2500 and charge["refunded"] is True
+    # Nothing left: a new key gets charge_already_refunded.
+    with pytest.raises(stripe.InvalidRequestError) as already:
+        client.v1.refunds.create(params=params, options={"idempotency_key": "r2"})
+    assert already.value.code == "charge_already_refunded" and already.value.http_status == 400
+
+
+def test_partial_refunds_and_refused_refunds(fake: FakeStripe) -> None:
+    client = client_for(fake)
+    session = _paid_session(fake, client)
+    intent = session["payment_intent"]
+    partial = client.v1.refunds.create(params={"payment_intent": intent, "amount": 1000})
+    assert partial.amount == 1000
+    with pytest.raises(stripe.InvalidRequestError) as too_much:
+        client.v1.refunds.create(params={"payment_intent": intent, "amount": 1501})
+    assert too_much.value.code == "amount_too_large"
+    rest = client.v1.refunds.create(params={"payment_intent": intent})
+    assert rest.amount == 1500
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        client.v1.refunds.create(params={"payment_intent": "pi_3NoSuchIntent"})
+    assert unknown.value.http_status == 404 and unknown.value.code == "resource_missing"
+    unpaid = client.v1.checkout.sessions.create(params=PARAMS)
+    opened = fake.complete_session(str(unpaid.id), payment_status="unpaid")
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.refunds.create(params={"payment_intent": opened["payment_intent"]})
+    with pytest.raises(stripe.InvalidRequestError):
+        client.v1.refunds.create(params={})
+
+
+def test_a_500_on_a_refund_is_retried_by_the_client_with_the_same_key(fake: FakeStripe) -> None:
+    client = client_for(fake, retries=2)
+    session = _paid_session(fake, client)
+    fake.fail_next(500)
+    refund = client.v1.refunds.create(
+        params={"payment_intent": session["payment_intent"]}, options={"idempotency_key": "r9"}
+    )
+    calls = [call for call in fake.requests if call["path"] == "/v1/refunds"]
+    assert [call["headers"]["idempotency-key"] for call in calls] == ["r9", "r9"]
+    assert len(fake.refunds_of(session["payment_intent"])) == 1 and refund.amount == 2500
+
+
+def test_session_expiry_is_bounded_like_stripe(fake: FakeStripe) -> None:
+    import time
+
+    client = client_for(fake)
+    now = int(time.time())
+    ok = client.v1.checkout.sessions.create(params={**PARAMS, "expires_at": now + 23 * 3600})
+    assert ok.expires_at == now + 23 * 3600
+    for expires_at in (now + 24 * 3600 + 60, now + 60):
+        with pytest.raises(stripe.InvalidRequestError) as refused:
+            client.v1.checkout.sessions.create(params={**PARAMS, "expires_at": expires_at})
+        assert refused.value.param == "expires_at"
+    expired = fake.expire_session(str(ok.id))
+    assert expired["status"] == "expired" and expired["url"] is None

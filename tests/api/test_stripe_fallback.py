@@ -16,28 +16,20 @@ from cloud.stripe_fake import (
     charge_object,
     charge_refunded_event,
     checkout_session_completed_event,
-    checkout_session_object,
     dispute_object,
     encode_event,
 )
 from tests.api.conftest import PostEvent, rows
+from tests.api.stripe_helpers import our_paid_session
 
 CARD = "04C0FFEE112233"
 
 
-def _pay(post_event: PostEvent, amount_total: int = 2500) -> str:
-    """A paid Checkout Session for CARD; returns its payment intent."""
-    intent = f"pi_3Paid{time.time_ns()}"
-    session = checkout_session_object(
-        amount_total=amount_total,
-        client_reference_id=CARD,
-        metadata={"card_uid": CARD, "topup_id": f"tu_{time.time_ns()}"},
-        status="complete",
-        payment_status="paid",
-        payment_intent=intent,
-    )
+def _pay(post_event: PostEvent, ledger: Ledger, amount_total: int = 2500) -> str:
+    """A paid Checkout Session of ours for CARD; returns its payment intent."""
+    session = our_paid_session(ledger, CARD, amount_total)
     assert post_event(checkout_session_completed_event(session)).json()["outcome"] == "processed"
-    return intent
+    return str(session["payment_intent"])
 
 
 def _card(ledger: Ledger) -> tuple[int, str]:
@@ -70,7 +62,7 @@ def test_metadata_card_uid_reaches_the_actions() -> None:
 def test_unmatched_refund_with_metadata_blocks_the_card_and_takes_nothing(
     post_event: PostEvent, ledger: Ledger, owner_engine: Engine
 ) -> None:
-    _pay(post_event, 2500)
+    _pay(post_event, ledger, 2500)
     charge = charge_object(
         payment_intent=_unknown_intent(),
         amount=1000,
@@ -96,7 +88,7 @@ def test_unmatched_refund_with_metadata_blocks_the_card_and_takes_nothing(
 def test_unmatched_dispute_with_metadata_blocks_the_card(
     post_event: PostEvent, ledger: Ledger
 ) -> None:
-    _pay(post_event, 1800)
+    _pay(post_event, ledger, 1800)
     dispute = dispute_object(charge_id="ch_3Lost", payment_intent=_unknown_intent(), amount=900)
     dispute["metadata"] = {"card_uid": CARD}
     event = charge_dispute_created_event(dispute)
@@ -109,7 +101,7 @@ def test_unmatched_dispute_with_metadata_blocks_the_card(
 def test_without_metadata_unknown_intents_stay_anomalies(
     post_event: PostEvent, ledger: Ledger
 ) -> None:
-    _pay(post_event, 1500)
+    _pay(post_event, ledger, 1500)
     charge = charge_object(payment_intent=_unknown_intent(), amount=700, amount_refunded=700)
     assert post_event(charge_refunded_event(charge)).json()["outcome"] == "anomaly"
     dispute = dispute_object(charge_id="ch_3Other", payment_intent=_unknown_intent(), amount=700)
@@ -121,7 +113,7 @@ def test_without_metadata_unknown_intents_stay_anomalies(
 def test_matched_events_behave_as_before_whatever_the_metadata(
     post_event: PostEvent, ledger: Ledger
 ) -> None:
-    intent = _pay(post_event, 3000)
+    intent = _pay(post_event, ledger, 3000)
     other: dict[str, Any] = {"card_uid": "04000000000001"}  # another card: never used here
     charge = charge_object(payment_intent=intent, amount=3000, amount_refunded=1000, metadata=other)
     refunded = charge_refunded_event(charge)

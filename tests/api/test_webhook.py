@@ -37,11 +37,13 @@ from tests.api.conftest import (
     scalar,
     signed_headers,
 )
+from tests.api.stripe_helpers import our_paid_session
 
 CARD = "04A1B2C3D4E5F6"
 
 
-def paid_session(amount_total: int = 2500, **overrides: Any) -> dict[str, Any]:
+def foreign_session(amount_total: int = 2500, **overrides: Any) -> dict[str, Any]:
+    """A paid session this API did not create (its topup_id names no top-up of ours)."""
     fields: dict[str, Any] = {
         "amount_total": amount_total,
         "client_reference_id": CARD,
@@ -60,7 +62,7 @@ def balance(ledger: Ledger, card_uid: str = CARD) -> int | None:
 
 
 def test_paid_session_credits_the_card_once(post_event: PostEvent, ledger: Ledger) -> None:
-    session = paid_session(2500)
+    session = our_paid_session(ledger, CARD, 2500)
     event = checkout_session_completed_event(session)
     first = post_event(event)
     assert first.status_code == 200
@@ -80,7 +82,8 @@ def test_seed_path_alias_and_get_405(
     client: TestClient, post_event: PostEvent, ledger: Ledger
 ) -> None:
     response = post_event(
-        checkout_session_completed_event(paid_session(1000)), path="/functions/v1/stripe-webhook"
+        checkout_session_completed_event(our_paid_session(ledger, CARD, 1000)),
+        path="/functions/v1/stripe-webhook",
     )
     assert response.status_code == 200 and balance(ledger) == 1000
     for path in ("/stripe/webhook", "/functions/v1/stripe-webhook"):
@@ -92,7 +95,7 @@ def test_seed_path_alias_and_get_405(
 def test_delayed_payment_waits_then_credits_or_fails(
     post_event: PostEvent, ledger: Ledger, owner_engine: Engine
 ) -> None:
-    pending = paid_session(3000, payment_status="unpaid")
+    pending = our_paid_session(ledger, CARD, 3000, payment_status="unpaid")
     response = post_event(checkout_session_completed_event(pending))
     assert response.json()["outcome"] == "ignored"
     assert balance(ledger) is None
@@ -102,19 +105,14 @@ def test_delayed_payment_waits_then_credits_or_fails(
     assert balance(ledger) == 3000
 
     other_card = "04FFEEDD"
-    failing = paid_session(
-        4000,
-        payment_status="unpaid",
-        client_reference_id=other_card,
-        metadata={"card_uid": other_card, "topup_id": "tu_failing"},
-    )
-    ledger.create_topup(
-        topup_id="tu_failing", card_uid=other_card, amount_cents=4000, currency="EUR"
-    )
-    ledger.attach_checkout_session(topup_id="tu_failing", session_id=failing["id"])
+    failing = our_paid_session(ledger, other_card, 4000, payment_status="unpaid")
     response = post_event(checkout_session_async_payment_failed_event(failing))
     assert response.status_code == 200 and response.json()["outcome"] == "processed"
-    status = scalar(owner_engine, "SELECT status FROM topups WHERE topup_id = 'tu_failing'")
+    status = scalar(
+        owner_engine,
+        "SELECT status FROM topups WHERE topup_id = :t",
+        t=failing["metadata"]["topup_id"],
+    )
     assert status == "failed"
     assert balance(ledger, other_card) is None
 
@@ -138,7 +136,7 @@ def test_bad_signatures_are_400_and_change_nothing(
 ) -> None:
     from tests.api.conftest import WEBHOOK_SECRET
 
-    payload = encode_event(checkout_session_completed_event(paid_session(5000)))
+    payload = encode_event(checkout_session_completed_event(our_paid_session(ledger, CARD, 5000)))
     headers = signed_headers(
         payload, timestamp=int(time.time()) + timestamp_offset_s, secret=secret or WEBHOOK_SECRET
     )
@@ -154,13 +152,13 @@ def test_bad_signatures_are_400_and_change_nothing(
 def test_missing_signature_and_bodies_that_are_not_events(
     client: TestClient, ledger: Ledger
 ) -> None:
-    body = encode_event(checkout_session_completed_event(paid_session()))
+    body = encode_event(checkout_session_completed_event(our_paid_session(ledger, CARD)))
     assert client.post("/stripe/webhook", content=body).status_code == 400
     for payload in (b"", b"not json", b"[]", b'{"object": "event"}', b"\xff\xfe\x00"):
         response = client.post("/stripe/webhook", content=payload, headers=signed_headers(payload))
         assert response.status_code == 400, payload
         assert response.json()["error_code"] == "INVALID_REQUEST"
-    broken = checkout_session_completed_event(paid_session(amount_total=10))
+    broken = checkout_session_completed_event(our_paid_session(ledger, CARD, amount_total=10))
     broken["data"]["object"]["amount_total"] = "10"
     payload = encode_event(broken)
     response = client.post("/stripe/webhook", content=payload, headers=signed_headers(payload))
@@ -169,7 +167,7 @@ def test_missing_signature_and_bodies_that_are_not_events(
 
 
 def test_oversized_webhook_body_is_413(client: TestClient) -> None:
-    event = checkout_session_completed_event(paid_session())
+    event = checkout_session_completed_event(foreign_session())
     event["data"]["object"]["metadata"]["padding"] = "x" * (600 * 1024)
     payload = encode_event(event)
     response = client.post("/stripe/webhook", content=payload, headers=signed_headers(payload))
@@ -177,10 +175,11 @@ def test_oversized_webhook_body_is_413(client: TestClient) -> None:
     assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"
 
 
-def test_other_currency_is_recorded_as_an_anomaly_not_credited(
+def test_other_currency_than_the_topup_is_an_anomaly_not_credited(
     post_event: PostEvent, ledger: Ledger, owner_engine: Engine
 ) -> None:
-    session = paid_session(2000, currency="usd")
+    session = our_paid_session(ledger, CARD, 2000)
+    session["currency"] = "usd"  # not what the checkout asked Stripe for
     response = post_event(checkout_session_completed_event(session))
     assert response.status_code == 200 and response.json()["outcome"] == "anomaly"
     assert not balance(ledger)
@@ -189,7 +188,9 @@ def test_other_currency_is_recorded_as_an_anomaly_not_credited(
         "SELECT status, credited_cents FROM topups WHERE session_id = :s",
         s=session["id"],
     )
-    assert topup == [{"status": "anomaly", "credited_cents": 0}]
+    # Our top-up is left as it was (the session that pays it may still come); nothing refunded.
+    assert topup == [{"status": "open", "credited_cents": 0}]
+    assert scalar(owner_engine, "SELECT count(*) FROM topup_refunds") == 0
 
 
 def test_unhandled_event_types_are_stored_and_ignored(
@@ -207,7 +208,7 @@ def test_unhandled_event_types_are_stored_and_ignored(
 def test_refunds_take_back_the_cumulative_delta_and_block_on_shortfall(
     client: TestClient, post_event: PostEvent, ledger: Ledger
 ) -> None:
-    session = paid_session(5000)
+    session = our_paid_session(ledger, CARD, 5000)
     assert post_event(checkout_session_completed_event(session)).status_code == 200
     intent = session["payment_intent"]
     partial = charge_object(payment_intent=intent, amount=5000, amount_refunded=1000)
@@ -240,7 +241,7 @@ def test_refunds_take_back_the_cumulative_delta_and_block_on_shortfall(
 
 
 def test_dispute_blocks_the_card(post_event: PostEvent, ledger: Ledger) -> None:
-    session = paid_session(2000)
+    session = our_paid_session(ledger, CARD, 2000)
     post_event(checkout_session_completed_event(session))
     dispute = dispute_object(
         charge_id="ch_3Disputed0001", payment_intent=session["payment_intent"], amount=2000
@@ -254,9 +255,9 @@ def test_dispute_blocks_the_card(post_event: PostEvent, ledger: Ledger) -> None:
 
 
 def test_request_id_reaches_the_transaction_log(
-    post_event: PostEvent, owner_engine: Engine
+    post_event: PostEvent, owner_engine: Engine, ledger: Ledger
 ) -> None:
-    session = paid_session(1500)
+    session = our_paid_session(ledger, CARD, 1500)
     response = post_event(
         checkout_session_completed_event(session), headers={"X-Request-ID": "stripe-trace-42"}
     )
@@ -277,7 +278,7 @@ def test_database_down_is_503_and_the_retry_applies_the_event_once(
     dead_settings = make_settings(dead_url, fake_stripe.base_url)
     from cloud.api.app import build_ledger
 
-    event = checkout_session_completed_event(paid_session(2200))
+    event = checkout_session_completed_event(our_paid_session(ledger, CARD, 2200))
     payload = encode_event(event)
     dead_app = create_app(dead_settings, ledger=build_ledger(dead_settings))
     with TestClient(dead_app, client=("127.0.0.1", 50000)) as dead:  # /metrics: loopback
@@ -300,9 +301,9 @@ def test_database_down_is_503_and_the_retry_applies_the_event_once(
 
 
 def test_webhook_metrics_count_events_by_type_and_outcome(
-    client: TestClient, post_event: PostEvent
+    client: TestClient, post_event: PostEvent, ledger: Ledger
 ) -> None:
-    event = checkout_session_completed_event(paid_session(1200))
+    event = checkout_session_completed_event(our_paid_session(ledger, CARD, 1200))
     post_event(event)
     post_event(event)
     post_event(make_event("invoice.paid", {"id": "in_1", "object": "invoice"}))

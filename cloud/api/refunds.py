@@ -1,0 +1,120 @@
+"""Refunds the festival owes: a paid Checkout Session of ours that could not be credited.
+
+The webhook records the refund as owed in the same database transaction that declines the
+top-up (sp_handle_stripe_checkout); only then is Stripe called, here. A refund is never lost:
+  * Stripe is called right after the webhook has answered (a background task of that request);
+  * when the call fails (Stripe away, 5xx after the client's own retries), the refund stays owed
+    with a backoff; the next webhook handled by the same process retries what is due, and every
+    `festival-cloud cleanup` retries everything owed;
+  * every attempt for one session carries the same idempotency key (refund-session-<id>) and the
+    same parameters, so however often it is retried, Stripe refunds at most once.
+Stripe refusing a refund for good (invalid request) marks it failed, with Stripe's message, for a
+human: that is the one case that is not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cloud.api.stripe_gateway import CheckoutGateway, PaymentProviderError
+
+log = logging.getLogger("cloud.api.refunds")
+
+# Backoff after a failed attempt: attempt n waits min(BASE * 2**(n-1), MAX) seconds.
+RETRY_BASE_S = 1
+RETRY_MAX_S = 3600
+# Refunds one sweep attempts at most (a webhook's background task stays short).
+SWEEP_REFUNDS_MAX = 10
+
+
+@dataclass
+class RefundTally:
+    succeeded: int = 0
+    retry: int = 0
+    failed: int = 0
+
+    @property
+    def owed_left(self) -> bool:
+        return self.retry > 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"succeeded": self.succeeded, "retry": self.retry, "failed": self.failed}
+
+
+def retry_after_s(attempts: int) -> int:
+    return int(min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))
+
+
+def settle_refunds(
+    ledger: Any,
+    gateway: CheckoutGateway,
+    *,
+    limit: int = SWEEP_REFUNDS_MAX,
+    topup_id: str | None = None,
+    due_only: bool = True,
+) -> RefundTally:
+    """Call Stripe for owed refunds (leased from the ledger) and record each answer. Blocking."""
+    tally = RefundTally()
+    for owed in ledger.claim_topup_refunds(limit=limit, topup_id=topup_id, due_only=due_only):
+        context = {
+            "topup_id": owed.topup_id,
+            "session_id": owed.session_id,
+            "payment_intent_id": owed.payment_intent_id,
+            "amount_cents": owed.amount_cents,
+            "attempt": owed.attempts,
+        }
+        if owed.payment_intent_id is None:
+            ledger.finish_topup_refund(
+                topup_id=owed.topup_id, result="failed", error="no payment intent to refund"
+            )
+            tally.failed += 1
+            continue
+        try:
+            result = gateway.refund_in_full(
+                payment_intent_id=owed.payment_intent_id,
+                idempotency_key=owed.idempotency_key,
+                topup_id=owed.topup_id,
+                session_id=owed.session_id,
+                card_uid=owed.card_uid,
+            )
+        except PaymentProviderError as error:
+            if error.retryable:
+                wait_s = retry_after_s(owed.attempts)
+                ledger.finish_topup_refund(
+                    topup_id=owed.topup_id, result="retry", error=str(error), retry_after_s=wait_s
+                )
+                tally.retry += 1
+                log.warning(
+                    "stripe refund owed, will retry",
+                    extra={"context": {**context, "reason": str(error), "retry_after_s": wait_s}},
+                )
+            else:
+                ledger.finish_topup_refund(
+                    topup_id=owed.topup_id, result="failed", error=str(error)
+                )
+                tally.failed += 1
+                log.error(
+                    "stripe refused the refund: refund it by hand",
+                    extra={"context": {**context, "reason": str(error)}},
+                )
+            continue
+        ledger.finish_topup_refund(
+            topup_id=owed.topup_id,
+            result="succeeded",
+            refund_id=result.refund_id,
+            error=None,
+        )
+        tally.succeeded += 1
+        log.info(
+            "stripe refund done",
+            extra={
+                "context": {
+                    **context,
+                    "refund_id": result.refund_id,
+                    "already_refunded": result.already_refunded,
+                }
+            },
+        )
+    return tally
