@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,7 @@ from protocol.limits import (
     TOPUP_CENTS_MAX_DEFAULT,
 )
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
+from protocol.redaction import redact
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "xxx", "todo"}
 
@@ -35,8 +37,27 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _check_database_url(url: str) -> None:
+    """Refuse a malformed DATABASE_URL here, with a clear message and the password hidden
+    (SQLAlchemy would fail later with a traceback)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+    except ValueError:
+        parts = None
+    if parts is None or not parts.scheme or "://" not in url:
+        raise ValueError(
+            f"DATABASE_URL {redact(url)!r} is not a URL such as"
+            " postgresql://festival@db.internal:5432/festival"
+            " (percent-encode / # ? @ : in the user or password)"
+        )
+
+
 class CloudSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+    # hide_input_in_errors: pydantic would quote the raw value (a URL with its password).
+    model_config = SettingsConfigDict(
+        extra="forbid", case_sensitive=False, frozen=True, hide_input_in_errors=True
+    )
 
     database_url: str | None = None
     mqtt_url: SecretStr | None = None
@@ -65,6 +86,8 @@ class CloudSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
+        if value:
+            _check_database_url(value)
         return normalise_database_url(value) if value else value
 
     @field_validator("mqtt_url")
@@ -106,4 +129,4 @@ def load_settings() -> CloudSettings:
     try:
         return CloudSettings()
     except ValueError as error:
-        raise SettingsError(str(error)) from error
+        raise SettingsError(redact(str(error))) from None

@@ -78,6 +78,7 @@ from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
 from protocol.limits import MESSAGE_BYTES_MAX
 from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
+from protocol.redaction import redact
 
 log = logging.getLogger("device.kiosk")
 
@@ -604,7 +605,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
     try:
         settings = load_settings(os.environ if environ is None else environ)
     except SettingsError as error:
-        print("festival-kiosk: invalid configuration:\n" + str(error), file=sys.stderr)
+        print("festival-kiosk: invalid configuration:\n" + redact(str(error)), file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
     clock = SystemClock()

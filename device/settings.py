@@ -224,7 +224,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         try:
             mqtt = parse_mqtt_url(mqtt_url)
         except ValueError as error:
-            env.problems.append(f"MQTT_URL: {error}")
+            env.problems.append(str(error))  # names MQTT_URL, password redacted
     ca_file = env.file("MQTT_CA_FILE", required=False)
     cert_file = env.file("MQTT_CERT_FILE", required=False)
     mqtt_key_file = env.file("MQTT_KEY_FILE", required=False)
