@@ -84,6 +84,13 @@ log = logging.getLogger("device.kiosk")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
+# Exit codes (docs/kiosk.md). The unit does not restart after 1 or 2 (RestartPreventExitStatus):
+# they do not cure themselves, and a restart loop would only hide the reason in the journal.
+EXIT_STOPPED = 0
+EXIT_CANNOT_RUN_HERE = 1  # GPIO cannot run on this machine (e.g. RPi.GPIO on a Pi 5)
+EXIT_INVALID_SETTINGS = 2
+EXIT_RETRY = 75  # EX_TEMPFAIL: the outbox or the HTTP port failed; a restart may cure it
+
 
 class SystemClock:
     """Wall clock for timestamps on the wire, monotonic clock for timers."""
@@ -606,7 +613,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         settings = load_settings(os.environ if environ is None else environ)
     except SettingsError as error:
         print("festival-kiosk: invalid configuration:\n" + redact(str(error)), file=sys.stderr)
-        return 2
+        return EXIT_INVALID_SETTINGS
     configure_logging(settings.log_level)
     clock = SystemClock()
     try:
@@ -617,7 +624,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         )
     except OutboxError as error:
         log.error("cannot open the outbox", extra={"context": {"error": str(error)}})
-        return 1
+        return EXIT_RETRY
 
     simulated: SimulatedReader | None = None
     reader: CardReader
@@ -639,9 +646,10 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
                 buzzer_pin=settings.buzzer_pin,
             )
         except IndicatorUnavailable as error:
-            log.error("GPIO unavailable", extra={"context": {"error": str(error)}})
+            log.error("GPIO unavailable: not starting", extra={"context": {"error": str(error)}})
+            print(f"festival-kiosk: GPIO cannot run here: {error}", file=sys.stderr)
             outbox.close()
-            return 1
+            return EXIT_CANNOT_RUN_HERE
     else:
         pins = RecordingPins()
     indicators = IndicatorPlayer(pins)
@@ -693,7 +701,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         )
         indicators.close()
         outbox.close()
-        return 1
+        return EXIT_RETRY
 
     stop = threading.Event()
 
@@ -742,10 +750,10 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         kiosk.run(stop, on_tick)
     except OutboxError as error:
         log.error("outbox failed: stopping", extra={"context": {"error": str(error)}})
-        return 1
+        return EXIT_RETRY
     finally:
         notify("STOPPING=1")
         log.info("kiosk stopping")
         http.stop()
         kiosk.close()
-    return 0
+    return EXIT_STOPPED
