@@ -6,6 +6,7 @@ command does not need may be absent; `require()` names what is missing in one cl
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -78,6 +79,11 @@ class CloudSettings(BaseSettings):
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    # festival-consumer@N.service sets it to N: each instance on one host gets its own port
+    # (CONSUMER_METRICS_PORT + N); see `metrics_port`.
+    consumer_metrics_port_offset: int = Field(default=0, ge=0, le=1000)
+    # Loopback by default: the consumer's figures are for a local Prometheus or a tunnel.
+    consumer_metrics_host: str = "127.0.0.1"
     consumer_batch_max: int = Field(default=64, ge=1, le=1000)
     topup_success_url: str = "http://127.0.0.1:8000/topup?status=success"
     topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
@@ -96,6 +102,32 @@ class CloudSettings(BaseSettings):
         if value is not None:
             parse_mqtt_url(value.get_secret_value())
         return value
+
+    @field_validator("consumer_metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "CONSUMER_METRICS_HOST must be an IP address such as 127.0.0.1"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_port_in_range(self) -> CloudSettings:
+        if self.consumer_metrics_port and self.metrics_port > 65535:
+            raise ValueError(
+                "CONSUMER_METRICS_PORT + CONSUMER_METRICS_PORT_OFFSET must be at most 65535"
+            )
+        return self
+
+    @property
+    def metrics_port(self) -> int:
+        """This consumer's metrics port: 0 (none) or CONSUMER_METRICS_PORT + the offset."""
+        if not self.consumer_metrics_port:
+            return 0
+        return self.consumer_metrics_port + self.consumer_metrics_port_offset
 
     @model_validator(mode="after")
     def _tls_files_need_mqtts(self) -> CloudSettings:
