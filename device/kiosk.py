@@ -691,6 +691,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         command=kiosk.command,
         simulated_reader=simulated,
         static_dir=STATIC_DIR,
+        return_cents_max=settings.return_cents_max,
     )
     try:
         http = LocalHttpServer(api, settings.http_port)

@@ -38,6 +38,8 @@ from device.limits import (
     RESULT_TIMEOUT_S_DEFAULT,
     RESULT_TIMEOUT_S_MAX,
     RESULT_TIMEOUT_S_MIN,
+    RETURN_CENTS_MAX_DEFAULT,
+    RETURN_CENTS_MAX_MAX,
 )
 from device.machine import Mode
 from device.menu import Menu, MenuError, parse_menu
@@ -73,6 +75,7 @@ KNOWN_VARIABLES = frozenset(
         "FESTIVAL_TOPIC_PREFIX",
         "FESTIVAL_CURRENCY",
         "FESTIVAL_MAX_TOPUP_CENTS",
+        "FESTIVAL_RETURN_MAX_CENTS",
         "KIOSK_HTTP_PORT",
         "KIOSK_MENU_FILE",
         "KIOSK_RESULT_TIMEOUT_S",
@@ -110,6 +113,7 @@ class KioskSettings:
     topic_prefix: str = "festival"
     currency: str = "EUR"
     topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
+    return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
     http_port: int = HTTP_PORT_DEFAULT
     menu_file: Path = DEFAULT_MENU_FILE
     menu: Menu | None = None
@@ -266,6 +270,9 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
     topup_cents_max = env.integer(
         "FESTIVAL_MAX_TOPUP_CENTS", TOPUP_CENTS_MAX_DEFAULT, TOPUP_CENTS_MIN, 10**11
     )
+    return_cents_max = env.integer(
+        "FESTIVAL_RETURN_MAX_CENTS", RETURN_CENTS_MAX_DEFAULT, 0, RETURN_CENTS_MAX_MAX
+    )
 
     http_port = env.integer("KIOSK_HTTP_PORT", HTTP_PORT_DEFAULT, 0, 65535)
     menu_file = env.file("KIOSK_MENU_FILE", required=False) or DEFAULT_MENU_FILE
@@ -320,6 +327,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         topic_prefix=topic_prefix,
         currency=currency,
         topup_cents_max=topup_cents_max,
+        return_cents_max=return_cents_max,
         http_port=http_port,
         menu_file=menu_file,
         menu=menu,

@@ -38,3 +38,18 @@ def redact(text: str) -> str:
     text = _USERINFO_PATTERN.sub(lambda match: f"{match['prefix']}{MASK}@", text)
     text = _DANGLING_PASSWORD_PATTERN.sub(lambda match: f"{match['prefix']}{MASK}", text)
     return _PASSWORD_PARAMETER_PATTERN.sub(lambda match: f"{match['prefix']}{MASK}", text)
+
+
+CARD_UID_VISIBLE_DIGITS: Final = 4
+
+
+def mask_card_uid(card_uid: str | None) -> str | None:
+    """``04A1B2C3D4E5F6`` -> ``****E5F6``: what a screen may show of a wristband's UID.
+
+    A bystander who reads a screen must not be able to copy a UID (with ``uid`` card auth a UID
+    is all a clone needs); the last four hex digits let staff tell two bands apart. Always four
+    asterisks, so the screen does not tell the UID's length either.
+    """
+    if card_uid is None:
+        return None
+    return "****" + card_uid[-CARD_UID_VISIBLE_DIGITS:]

@@ -163,3 +163,13 @@ def test_run_with_a_malformed_mqtt_url_prints_no_password(environ: dict[str, str
     assert result.returncode == 2
     assert "MQTT_URL 'mqtt://bar-1:***'" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_the_return_cap_is_a_bounded_setting(environ: dict[str, str]) -> None:
+    assert load_settings(environ).return_cents_max == 2000
+    environ["FESTIVAL_RETURN_MAX_CENTS"] = "0"  # a bar that takes no cups back
+    assert load_settings(environ).return_cents_max == 0
+    for bad in ("-1", "20.00", "99999999999"):
+        environ["FESTIVAL_RETURN_MAX_CENTS"] = bad
+        with pytest.raises(SettingsError, match="FESTIVAL_RETURN_MAX_CENTS"):
+            load_settings(environ)
