@@ -90,6 +90,9 @@ EXIT_STOPPED = 0
 EXIT_CANNOT_RUN_HERE = 1  # GPIO cannot run on this machine (e.g. RPi.GPIO on a Pi 5)
 EXIT_INVALID_SETTINGS = 2
 EXIT_RETRY = 75  # EX_TEMPFAIL: the outbox or the HTTP port failed; a restart may cure it
+# EX_SOFTWARE: an unexpected exception (a bug). Python's own code for it would be 1, which the
+# unit does not restart: festival-kiosk's main turns it into 70, which is restarted.
+EXIT_CRASHED = 70
 
 
 class SystemClock:

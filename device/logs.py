@@ -23,10 +23,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, Final, TextIO
 
 import structlog
@@ -150,6 +152,32 @@ def configure_logging(
     # Library chatter (uvicorn access lines, paho) stays at warning; we write our own lines.
     for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # An uncaught exception is a log line too (JSON, priority <3>, redacted), not bare text on
+    # stderr that journald would store as info and `journalctl -p err` would not show.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, trace)
+        return
+    logging.getLogger("uncaught").critical(
+        "uncaught exception: the process stops", exc_info=(kind, error, trace)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("uncaught").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 @contextmanager

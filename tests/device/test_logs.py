@@ -188,3 +188,45 @@ def test_cloud_and_kiosk_share_one_formatter() -> None:
     assert cloud.logs.JsonFormatter is JsonFormatter
     assert cloud.logs.configure_logging is configure_logging
     assert cloud.logs.bind is bind
+
+
+UNCAUGHT = """
+import sys, threading
+from device.logs import configure_logging
+configure_logging()
+def work():
+    raise ValueError("thread failed")
+thread = threading.Thread(target=work, name="committer")
+thread.start()
+thread.join()
+raise RuntimeError("cannot reach postgresql://festival:s3cret-password@db/festival")
+"""
+
+
+def test_uncaught_exceptions_become_error_lines_too(tmp_path: Path) -> None:
+    """Python prints an uncaught traceback as bare stderr text, which journald stores at info
+    priority: `journalctl -p err` would not show the crash. It is a JSON error line instead."""
+    out = tmp_path / "stdout"
+    with out.open("w") as stdout:
+        status = os.fstat(stdout.fileno())
+        env = dict(os.environ, JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino}")
+        result = subprocess.run(
+            [sys.executable, "-c", UNCAUGHT],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr == ""
+    thread_line, main_line = out.read_text().splitlines()
+    assert thread_line.startswith("<3>") and main_line.startswith("<3>")
+    in_thread = json.loads(thread_line[3:])
+    assert in_thread["event"] == "uncaught exception in thread committer"
+    assert "ValueError: thread failed" in in_thread["exc"] and "in work" in in_thread["exc"]
+    crash = json.loads(main_line[3:])
+    assert (crash["level"], crash["event"]) == ("critical", "uncaught exception: the process stops")
+    assert "RuntimeError: cannot reach postgresql://festival:***@db/festival" in crash["exc"]
+    assert "s3cret" not in main_line

@@ -137,3 +137,22 @@ def test_consumer_instances_get_their_own_metrics_port() -> None:
     consumer = _directives(UNITS / "festival-consumer@.service")
     assert "CONSUMER_METRICS_PORT_OFFSET=%i" in consumer["Environment"]
     assert "CONSUMER_ID=consumer-%H-%i" in consumer["Environment"]
+
+
+def test_a_kiosk_crash_exits_with_a_code_the_unit_restarts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python exits 1 on an uncaught exception, and 1 is not restarted ("cannot run here"):
+    festival-kiosk turns a crash into 70 (EX_SOFTWARE), which is."""
+    from device import cli
+    from device import kiosk as firmware
+
+    def crash() -> int:
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(firmware, "run_from_env", crash)
+    assert cli.main(["run"]) == firmware.EXIT_CRASHED == 70
+    [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert record.getMessage() == "kiosk crashed: restarting" and record.exc_info is not None
+    prevented = _directives(UNITS / "festival-kiosk.service")["RestartPreventExitStatus"][0]
+    assert "70" not in prevented.split()
