@@ -1,7 +1,10 @@
 """`festival-cloud`: the operator's command line (DESIGN.md, "CLI").
 
 Parsing lives here; each verb's work lives in the module that owns it, imported only when that
-verb runs so `festival-cloud keygen` needs no database driver and `--help` is instant.
+verb runs so `festival-cloud keygen` needs no database driver and `--help` is instant. This module
+imports nothing but the standard library at the top: on a kiosk-only install (`.[kiosk]`, no
+pydantic, SQLAlchemy, FastAPI…) `--help` works and a verb says which extra to install
+(tests/test_kiosk_only_install.py keeps it so).
 """
 
 from __future__ import annotations
@@ -11,10 +14,15 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cloud.settings import CloudSettings, SettingsError, load_settings
+from protocol.redaction import redact
 
-Handler = Callable[[argparse.Namespace, CloudSettings], int]
+if TYPE_CHECKING:  # cloud.settings needs pydantic-settings: imported when a verb runs
+    from cloud.settings import CloudSettings
+
+Handler = Callable[[argparse.Namespace, "CloudSettings"], int]
+CLOUD_EXTRA_HINT = "install the cloud extra: pip install 'festival-cashless[cloud]'"
 
 # Options whose value may legitimately begin with "-" (a base64url public key can).
 OPTIONS_TAKING_DASH_VALUES = ("--public-key",)
@@ -133,18 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_extra(verb: str, error: ModuleNotFoundError) -> int:
+    print(f"festival-cloud {verb}: needs {error.name}; {CLOUD_EXTRA_HINT}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else argv))
     try:
+        from cloud.settings import SettingsError, load_settings
+    except ModuleNotFoundError as error:
+        return _missing_extra(args.verb, error)
+    try:
         settings = load_settings()
         return int(args.handler(args, settings))
     except SettingsError as error:
-        print(f"festival-cloud: configuration error: {error}", file=sys.stderr)
+        print(f"festival-cloud: configuration error: {redact(str(error))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
-        print(f"festival-cloud {args.verb}: not available in this build ({error})", file=sys.stderr)
-        return 2
+        return _missing_extra(args.verb, error)
     except KeyboardInterrupt:
         return 130
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from cloud.settings import CloudSettings, SettingsError, load_settings
+from protocol.redaction import redact
 
 REQUIRED_VARIABLES = (
     "database_url",
@@ -47,13 +48,13 @@ class Report:
     lines: list[str] = field(default_factory=list)
 
     def step(self, ok: bool, text: str) -> None:
-        line = f"[{'ok' if ok else 'FAILED'}] {text}"
+        line = f"[{'ok' if ok else 'FAILED'}] {redact(text)}"  # an error may quote a URL
         self.lines.append(line)
         print(line, flush=True)
 
     def info(self, text: str) -> None:
-        self.lines.append(f"       {text}")
-        print(f"       {text}", flush=True)
+        self.lines.append(f"       {redact(text)}")
+        print(f"       {redact(text)}", flush=True)
 
 
 def check_key_file(path: Path) -> None:
@@ -263,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
     except SettingsError as error:
-        print(f"[FAILED] pre-flight: {error}", flush=True)
+        print(f"[FAILED] pre-flight: {redact(str(error))}", flush=True)
         return 1
     return deploy(
         settings,

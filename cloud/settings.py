@@ -6,8 +6,10 @@ command does not need may be absent; `require()` names what is missing in one cl
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +21,7 @@ from protocol.limits import (
     TOPUP_CENTS_MAX_DEFAULT,
 )
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
+from protocol.redaction import redact
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "xxx", "todo"}
 
@@ -35,8 +38,27 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _check_database_url(url: str) -> None:
+    """Refuse a malformed DATABASE_URL here, with a clear message and the password hidden
+    (SQLAlchemy would fail later with a traceback)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+    except ValueError:
+        parts = None
+    if parts is None or not parts.scheme or "://" not in url:
+        raise ValueError(
+            f"DATABASE_URL {redact(url)!r} is not a URL such as"
+            " postgresql://festival@db.internal:5432/festival"
+            " (percent-encode / # ? @ : in the user or password)"
+        )
+
+
 class CloudSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, frozen=True)
+    # hide_input_in_errors: pydantic would quote the raw value (a URL with its password).
+    model_config = SettingsConfigDict(
+        extra="forbid", case_sensitive=False, frozen=True, hide_input_in_errors=True
+    )
 
     database_url: str | None = None
     mqtt_url: SecretStr | None = None
@@ -61,6 +83,11 @@ class CloudSettings(BaseSettings):
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    # festival-consumer@N.service sets it to N: each instance on one host gets its own port
+    # (CONSUMER_METRICS_PORT + N); see `metrics_port`.
+    consumer_metrics_port_offset: int = Field(default=0, ge=0, le=1000)
+    # Loopback by default: the consumer's figures are for a local Prometheus or a tunnel.
+    consumer_metrics_host: str = "127.0.0.1"
     consumer_batch_max: int = Field(default=64, ge=1, le=1000)
     topup_success_url: str = "http://127.0.0.1:8000/topup?status=success"
     topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
@@ -69,6 +96,8 @@ class CloudSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
+        if value:
+            _check_database_url(value)
         return normalise_database_url(value) if value else value
 
     @field_validator("mqtt_url")
@@ -77,6 +106,32 @@ class CloudSettings(BaseSettings):
         if value is not None:
             parse_mqtt_url(value.get_secret_value())
         return value
+
+    @field_validator("consumer_metrics_host")
+    @classmethod
+    def _metrics_host(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                "CONSUMER_METRICS_HOST must be an IP address such as 127.0.0.1"
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_port_in_range(self) -> CloudSettings:
+        if self.consumer_metrics_port and self.metrics_port > 65535:
+            raise ValueError(
+                "CONSUMER_METRICS_PORT + CONSUMER_METRICS_PORT_OFFSET must be at most 65535"
+            )
+        return self
+
+    @property
+    def metrics_port(self) -> int:
+        """This consumer's metrics port: 0 (none) or CONSUMER_METRICS_PORT + the offset."""
+        if not self.consumer_metrics_port:
+            return 0
+        return self.consumer_metrics_port + self.consumer_metrics_port_offset
 
     @model_validator(mode="after")
     def _tls_files_need_mqtts(self) -> CloudSettings:
@@ -110,4 +165,4 @@ def load_settings() -> CloudSettings:
     try:
         return CloudSettings()
     except ValueError as error:
-        raise SettingsError(str(error)) from error
+        raise SettingsError(redact(str(error))) from None

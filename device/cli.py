@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModuleNotFoundError as error:
         print(f"festival-kiosk run: not available in this build ({error})", file=sys.stderr)
         return 2
-    return int(kiosk.run_from_env())
+    try:
+        return int(kiosk.run_from_env())
+    except Exception:
+        # Not exit 1 (Python's default): 1 means "cannot run here" and is not restarted.
+        if not logging.getLogger().handlers:  # crashed before the kiosk configured its logs
+            from device.logs import configure_logging
+
+            configure_logging()
+        logging.getLogger("device.kiosk").critical("kiosk crashed: restarting", exc_info=True)
+        return int(kiosk.EXIT_CRASHED)
 
 
 if __name__ == "__main__":

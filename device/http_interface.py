@@ -25,7 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
-from device.limits import COMMAND_REPLY_TIMEOUT_S, HTTP_BODY_BYTES_MAX, STATIC_FILE_BYTES_MAX
+from device.limits import (
+    COMMAND_REPLY_TIMEOUT_S,
+    HTTP_BODY_BYTES_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
+    STATIC_FILE_BYTES_MAX,
+)
 from device.machine import (
     CancelPressed,
     DismissPressed,
@@ -58,6 +63,7 @@ class HttpApi:
     command: Callable[[Event, float], Reply]
     simulated_reader: SimulatedReader | None
     static_dir: Path
+    return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
 
 
 class LocalHttpServer:
@@ -169,7 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif path == "/api/menu":
                 if self.api.menu is None:
                     raise _HttpProblem(HTTPStatus.NOT_FOUND, "a checkpoint kiosk has no menu")
-                self._json(HTTPStatus.OK, self.api.menu.to_dict())
+                menu = {**self.api.menu.to_dict(), "return_cents_max": self.api.return_cents_max}
+                self._json(HTTPStatus.OK, menu)
             elif path in ("/", "/index.html"):
                 self._static("index.html")
             elif path.startswith("/static/"):
@@ -231,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.api.mode is not Mode.BAR or self.api.menu is None:
             raise _HttpProblem(HTTPStatus.CONFLICT, "this is a checkpoint kiosk: use /api/recharge")
         try:
-            draft = price_order(self.api.menu, body)
+            draft = price_order(self.api.menu, body, return_cents_max=self.api.return_cents_max)
         except OrderError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))

@@ -78,10 +78,21 @@ from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
 from protocol.limits import MESSAGE_BYTES_MAX
 from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
+from protocol.redaction import redact
 
 log = logging.getLogger("device.kiosk")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+# Exit codes (docs/kiosk.md). The unit does not restart after 1 or 2 (RestartPreventExitStatus):
+# they do not cure themselves, and a restart loop would only hide the reason in the journal.
+EXIT_STOPPED = 0
+EXIT_CANNOT_RUN_HERE = 1  # GPIO cannot run on this machine (e.g. RPi.GPIO on a Pi 5)
+EXIT_INVALID_SETTINGS = 2
+EXIT_RETRY = 75  # EX_TEMPFAIL: the outbox or the HTTP port failed; a restart may cure it
+# EX_SOFTWARE: an unexpected exception (a bug). Python's own code for it would be 1, which the
+# unit does not restart: festival-kiosk's main turns it into 70, which is restarted.
+EXIT_CRASHED = 70
 
 
 class SystemClock:
@@ -604,8 +615,8 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
     try:
         settings = load_settings(os.environ if environ is None else environ)
     except SettingsError as error:
-        print("festival-kiosk: invalid configuration:\n" + str(error), file=sys.stderr)
-        return 2
+        print("festival-kiosk: invalid configuration:\n" + redact(str(error)), file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
     configure_logging(settings.log_level)
     clock = SystemClock()
     try:
@@ -616,7 +627,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         )
     except OutboxError as error:
         log.error("cannot open the outbox", extra={"context": {"error": str(error)}})
-        return 1
+        return EXIT_RETRY
 
     simulated: SimulatedReader | None = None
     reader: CardReader
@@ -638,9 +649,10 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
                 buzzer_pin=settings.buzzer_pin,
             )
         except IndicatorUnavailable as error:
-            log.error("GPIO unavailable", extra={"context": {"error": str(error)}})
+            log.error("GPIO unavailable: not starting", extra={"context": {"error": str(error)}})
+            print(f"festival-kiosk: GPIO cannot run here: {error}", file=sys.stderr)
             outbox.close()
-            return 1
+            return EXIT_CANNOT_RUN_HERE
     else:
         pins = RecordingPins()
     indicators = IndicatorPlayer(pins)
@@ -682,6 +694,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         command=kiosk.command,
         simulated_reader=simulated,
         static_dir=STATIC_DIR,
+        return_cents_max=settings.return_cents_max,
     )
     try:
         http = LocalHttpServer(api, settings.http_port)
@@ -692,7 +705,7 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         )
         indicators.close()
         outbox.close()
-        return 1
+        return EXIT_RETRY
 
     stop = threading.Event()
 
@@ -741,10 +754,10 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
         kiosk.run(stop, on_tick)
     except OutboxError as error:
         log.error("outbox failed: stopping", extra={"context": {"error": str(error)}})
-        return 1
+        return EXIT_RETRY
     finally:
         notify("STOPPING=1")
         log.info("kiosk stopping")
         http.stop()
         kiosk.close()
-    return 0
+    return EXIT_STOPPED

@@ -77,6 +77,11 @@ STATIC_FILE_BYTES_MAX: Final = 1024 * 1024
 MENU_FILE_BYTES_MAX: Final = 256 * 1024
 MENU_PRODUCTS_MAX: Final = 100
 MENU_DEPOSITS_MAX: Final = 10
+# Cup returns credited by one bar order (FESTIVAL_RETURN_MAX_CENTS, as the cloud's rule): the
+# kiosk refuses more before anything is signed; the cloud enforces the real rule
+# (RETURN_LIMIT_EXCEEDED). 0: this kiosk takes no returns.
+RETURN_CENTS_MAX_DEFAULT: Final = 2_000
+RETURN_CENTS_MAX_MAX: Final = 10_000_000
 # The page's preset amounts for checkpoints; a request is still validated by the protocol.
 RECHARGE_PRESETS_CENTS: Final = (1000, 2000, 5000, 10000)
 

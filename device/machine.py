@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from device.limits import LATE_RESULTS_MAX
 from protocol.models import BarItem, PaymentMethod
+from protocol.redaction import mask_card_uid
 
 
 class Mode(StrEnum):
@@ -571,12 +572,13 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
 
 
 def outcome_to_dict(outcome: Outcome | None) -> dict[str, object] | None:
+    """An outcome as the page shows it: the card UID masked (``****E5F6``)."""
     if outcome is None:
         return None
     return {
         "request_id": outcome.request_id,
         "seq": outcome.seq,
-        "card_uid": outcome.card_uid,
+        "card_uid": mask_card_uid(outcome.card_uid),
         "approved": outcome.approved,
         "status": outcome.status,
         "error_code": outcome.error_code,
@@ -611,14 +613,18 @@ def screen_text(state: KioskState) -> str:
 
 
 def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
-    """The JSON the page polls (GET /api/state), minus the shell's own fields."""
+    """The JSON the page polls (GET /api/state), minus the shell's own fields.
+
+    Card UIDs appear masked (``****E5F6``), here and in every outcome: whoever can read the
+    screen or this JSON (the page, a bystander, a screenshot) cannot copy a band's UID.
+    """
     current = state.pending_request(state.current_request_id)
     request: dict[str, object] | None = None
     if state.current_request_id is not None:
         request = {
             "request_id": state.current_request_id,
             "seq": current.seq if current else (state.outcome.seq if state.outcome else None),
-            "card_uid": state.card_uid,
+            "card_uid": mask_card_uid(state.card_uid),
             "pending": current is not None,
         }
     return {
@@ -628,7 +634,7 @@ def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
         "version": state.version,
         "message": screen_text(state),
         "notice": state.notice,
-        "card_uid": state.card_uid,
+        "card_uid": mask_card_uid(state.card_uid),
         "order": draft_to_dict(state.draft),
         "request": request,
         "outcome": outcome_to_dict(state.outcome),

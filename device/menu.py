@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from device.limits import MENU_DEPOSITS_MAX, MENU_PRODUCTS_MAX
+from device.limits import MENU_DEPOSITS_MAX, MENU_PRODUCTS_MAX, RETURN_CENTS_MAX_DEFAULT
 from device.machine import BarDraft
 from protocol.errors import ProtocolError
 from protocol.limits import (
@@ -213,11 +213,15 @@ def _deposit(value: object, index: int) -> Deposit:
 # --- pricing an order --------------------------------------------------------------------------
 
 
-def price_order(menu: Menu, document: object) -> BarDraft:
+def price_order(
+    menu: Menu, document: object, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+) -> BarDraft:
     """Price the page's order ``{"items": [{"sku", "quantity"}], "returns": [...], "staff_id"}``.
 
     ``items`` are products; each product with a deposit adds a deposit line per deposit SKU;
-    ``returns`` are deposit SKUs brought back (cups), credited. Raises OrderError.
+    ``returns`` are deposit SKUs brought back (cups), credited, at most ``return_cents_max`` in
+    one order (the cloud's FESTIVAL_RETURN_MAX_CENTS rule, refused here before signing). Raises
+    OrderError.
     """
     if not isinstance(document, dict):
         raise OrderError("order must be a JSON object")
@@ -264,6 +268,12 @@ def price_order(menu: Menu, document: object) -> BarDraft:
         )
     if len(lines) > ITEMS_MAX:
         raise OrderError(f"an order has at most {ITEMS_MAX} lines")
+    returns_cents = sum(line.quantity * line.unit_price_cents for line in lines if line.is_return)
+    if returns_cents > return_cents_max:
+        raise OrderError(
+            f"returns of one order may credit at most {_euros(return_cents_max)}"
+            f" {menu.currency}; this order returns {_euros(returns_cents)} {menu.currency}"
+        )
     staff_id = document.get("staff_id")
     if staff_id is not None and (
         not isinstance(staff_id, str)
@@ -297,6 +307,10 @@ def _quantities(value: object, name: str) -> dict[str, int]:
             )
         quantities[sku] = _line_quantity(quantities.get(sku, 0) + quantity, sku)
     return quantities
+
+
+def _euros(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
 
 
 def _line_quantity(quantity: int, what: str) -> int:

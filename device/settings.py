@@ -38,6 +38,8 @@ from device.limits import (
     RESULT_TIMEOUT_S_DEFAULT,
     RESULT_TIMEOUT_S_MAX,
     RESULT_TIMEOUT_S_MIN,
+    RETURN_CENTS_MAX_DEFAULT,
+    RETURN_CENTS_MAX_MAX,
 )
 from device.machine import Mode
 from device.menu import Menu, MenuError, parse_menu
@@ -73,6 +75,7 @@ KNOWN_VARIABLES = frozenset(
         "FESTIVAL_TOPIC_PREFIX",
         "FESTIVAL_CURRENCY",
         "FESTIVAL_MAX_TOPUP_CENTS",
+        "FESTIVAL_RETURN_MAX_CENTS",
         "KIOSK_HTTP_PORT",
         "KIOSK_MENU_FILE",
         "KIOSK_RESULT_TIMEOUT_S",
@@ -110,6 +113,7 @@ class KioskSettings:
     topic_prefix: str = "festival"
     currency: str = "EUR"
     topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
+    return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
     http_port: int = HTTP_PORT_DEFAULT
     menu_file: Path = DEFAULT_MENU_FILE
     menu: Menu | None = None
@@ -224,7 +228,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         try:
             mqtt = parse_mqtt_url(mqtt_url)
         except ValueError as error:
-            env.problems.append(f"MQTT_URL: {error}")
+            env.problems.append(str(error))  # names MQTT_URL, password redacted
     ca_file = env.file("MQTT_CA_FILE", required=False)
     cert_file = env.file("MQTT_CERT_FILE", required=False)
     mqtt_key_file = env.file("MQTT_KEY_FILE", required=False)
@@ -265,6 +269,9 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         env.problems.append("FESTIVAL_CURRENCY must be an ISO 4217 code such as EUR")
     topup_cents_max = env.integer(
         "FESTIVAL_MAX_TOPUP_CENTS", TOPUP_CENTS_MAX_DEFAULT, TOPUP_CENTS_MIN, 10**11
+    )
+    return_cents_max = env.integer(
+        "FESTIVAL_RETURN_MAX_CENTS", RETURN_CENTS_MAX_DEFAULT, 0, RETURN_CENTS_MAX_MAX
     )
 
     http_port = env.integer("KIOSK_HTTP_PORT", HTTP_PORT_DEFAULT, 0, 65535)
@@ -320,6 +327,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         topic_prefix=topic_prefix,
         currency=currency,
         topup_cents_max=topup_cents_max,
+        return_cents_max=return_cents_max,
         http_port=http_port,
         menu_file=menu_file,
         menu=menu,

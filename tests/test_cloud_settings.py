@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from cloud.settings import CloudSettings, SettingsError, load_settings
@@ -43,3 +48,47 @@ def test_environment_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FESTIVAL_CURRENCY", "eur")
     with pytest.raises(SettingsError, match="festival_currency"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "url"),
+    [
+        ("MQTT_URL", "mqtt://cloud:s3cret-password@broker:12x"),
+        ("MQTT_URL", "mqtt://cloud:s3cret#password@broker"),
+        ("MQTT_URL", "mqtt://cloud:s3cret-password"),
+        ("MQTT_URL", "https://cloud:s3cret-password@broker"),
+        ("DATABASE_URL", "postgresql://festival:s3cret-password@db:12x/festival"),
+        ("DATABASE_URL", "postgresql://festival:s3cret#password@db/festival"),
+    ],
+)
+def test_settings_errors_name_a_malformed_url_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, variable: str, url: str
+) -> None:
+    monkeypatch.setenv(variable, url)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert variable in message
+    assert "s3cret" not in message
+    assert ":***" in message
+
+
+def test_the_cli_prints_a_malformed_url_redacted(tmp_path: Path) -> None:
+    """What an operator sees: one clear line, no traceback, no password."""
+    for variable, url in (
+        ("MQTT_URL", "mqtt://cloud:s3cret-password@broker:12x"),
+        ("DATABASE_URL", "postgresql://festival:s3cret-password@db:12x/festival"),
+    ):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), variable: url}
+        result = subprocess.run(
+            [sys.executable, "-m", "cloud.cli", "check"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "configuration error" in result.stderr and variable in result.stderr
+        assert "Traceback" not in result.stderr
+        assert "s3cret" not in result.stderr + result.stdout

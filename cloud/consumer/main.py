@@ -45,7 +45,8 @@ def run(settings: CloudSettings) -> int:
         currency=settings.festival_currency,
     )
     metrics = ConsumerMetrics.create()
-    metrics.serve(settings.consumer_metrics_port)
+    # Never fatal: a consumer does not stop processing payments because of its metrics port.
+    serving_metrics = metrics.serve(settings.metrics_port, settings.consumer_metrics_host)
     metrics.database_available.set(1)
 
     batch_max = settings.consumer_batch_max
@@ -107,7 +108,9 @@ def run(settings: CloudSettings) -> int:
                 "consumer_id": settings.consumer_id,
                 "broker": repr(endpoint),
                 "batch_max": batch_max,
-                "metrics_port": settings.consumer_metrics_port,
+                "metrics": f"{settings.consumer_metrics_host}:{settings.metrics_port}"
+                if serving_metrics
+                else None,
             }
         },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -11,6 +12,8 @@ PROCESSING_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 )  # fmt: skip
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000)
+
+log = logging.getLogger("cloud.consumer.metrics")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,26 @@ class ConsumerMetrics:
             ),
         )
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` (0: not exposed)."""
-        if port:
-            start_http_server(port, addr="0.0.0.0", registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> bool:
+        """Expose /metrics on ``host``:``port`` (port 0: not exposed). A port that cannot be
+        bound (taken by another consumer on this host, not permitted) is one logged error: the
+        consumer goes on processing payments without /metrics. True when serving."""
+        if not port:
+            return False
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as error:
+            log.error(
+                "metrics port unavailable: running without /metrics",
+                extra={
+                    "context": {
+                        "host": host,
+                        "port": port,
+                        "error": f"{type(error).__name__}: {error}",
+                        "hint": "give each consumer on a host its own CONSUMER_METRICS_PORT"
+                        " (festival-consumer@N adds N to it)",
+                    }
+                },
+            )
+            return False
+        return True

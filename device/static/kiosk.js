@@ -5,6 +5,7 @@
 
 (function () {
   const POLL_MS = 300;
+  const MAX_QUANTITY = 99;  // per line, as the kiosk's API allows
   const state = { view: null, version: -1, menu: null, cart: new Map(), returns: new Map(), method: "cash" };
   const $ = (id) => document.getElementById(id);
 
@@ -92,11 +93,43 @@
     }
     $("total").textContent = money(total);
     $("charge").disabled = state.cart.size === 0 && state.returns.size === 0;
+    for (const button of $("returns").querySelectorAll("button[data-return-sku]")) {
+      button.disabled = !canReturnOneMore(button.dataset.returnSku);
+    }
+  }
+
+  // Cup returns credited by one order, in cents (the kiosk and the cloud refuse more).
+  function returnsCents(returns) {
+    let cents = 0;
+    if (!state.menu) return cents;
+    for (const [sku, quantity] of returns) {
+      const deposit = state.menu.deposits.find((d) => d.sku === sku);
+      if (deposit) cents += quantity * deposit.unit_price_cents;
+    }
+    return cents;
+  }
+
+  function returnLimitCents() {
+    const limit = state.menu ? state.menu.return_cents_max : undefined;
+    return typeof limit === "number" ? limit : Infinity;
+  }
+
+  function canReturnOneMore(sku) {
+    const trial = new Map(state.returns);
+    trial.set(sku, (trial.get(sku) || 0) + 1);
+    return returnsCents(trial) <= returnLimitCents() && trial.get(sku) <= MAX_QUANTITY;
   }
 
   function change(map, sku, delta) {
+    const error = $("order-error");
+    if (map === state.returns && delta > 0 && !canReturnOneMore(sku)) {
+      error.textContent = "Returns of one order: at most " + money(returnLimitCents());
+      error.hidden = false;
+      return;
+    }
     const quantity = (map.get(sku) || 0) + delta;
-    if (quantity <= 0) map.delete(sku); else map.set(sku, Math.min(quantity, 99));
+    if (quantity <= 0) map.delete(sku); else map.set(sku, Math.min(quantity, MAX_QUANTITY));
+    error.hidden = true;
     renderCart();
   }
 
@@ -112,6 +145,8 @@
       button.addEventListener("click", () => change(state.cart, product.sku, 1));
       products.append(button);
     }
+    const limit = returnLimitCents();
+    $("returns-limit").textContent = limit === Infinity ? "" : "At most " + money(limit) + " per order";
     const returns = $("returns");
     returns.replaceChildren();
     for (const deposit of state.menu.deposits) {
@@ -251,6 +286,7 @@
     for (const outcome of late.slice().reverse()) {
       const item = element("li");
       item.append(
+        // card_uid comes masked (****E5F6): the screen never shows a whole UID.
         element("span", "", "#" + outcome.seq + " " + outcome.card_uid + " " + outcome.status),
         element("span", "money", money(outcome.amount_cents)),
       );

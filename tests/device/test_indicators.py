@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from device.indicators import PATTERNS, IndicatorPlayer, PinChange, RecordingPins
 from device.indicators_rpi import IndicatorUnavailable, RpiPins
 from device.machine import Signal
+from protocol.keys import generate_private_key, public_key_b64, save_private_key
 from tests.waiting import wait_until
 
 
@@ -78,3 +85,94 @@ def test_close_switches_off_mid_pattern() -> None:
 def test_rpi_pins_refuse_off_a_pi() -> None:
     with pytest.raises(IndicatorUnavailable):
         RpiPins(green_pin=17, red_pin=27, buzzer_pin=22)
+
+
+PI5_ERROR = "Cannot determine SOC peripheral base address"
+
+# RPi.GPIO as it behaves on a Raspberry Pi 5: the import works, setup() cannot (the real
+# library maps the SoC's registers, which the Pi 5's RP1 chip does not have). GPIO cannot run
+# here, so this fake stands in for the library; it records what the kiosk asked of it.
+FAKE_RPI_GPIO = f'''
+BCM, OUT, LOW, HIGH = 11, 0, 0, 1
+calls = []
+
+def setwarnings(flag):
+    calls.append(("setwarnings", flag))
+
+def setmode(mode):
+    calls.append(("setmode", mode))
+
+def setup(pin, direction, initial=LOW):
+    calls.append(("setup", pin))
+    raise RuntimeError("{PI5_ERROR}")
+
+def output(pin, level):
+    calls.append(("output", pin, level))
+
+def cleanup(pins=None):
+    calls.append(("cleanup", pins))
+'''
+
+
+@pytest.fixture
+def fake_rpi_on_a_pi5(tmp_path: Path) -> Iterator[Path]:
+    package = tmp_path / "fake-rpi" / "RPi"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "GPIO.py").write_text(FAKE_RPI_GPIO)
+    yield package.parent
+    for name in ("RPi.GPIO", "RPi"):  # never leave the fake imported for other tests
+        sys.modules.pop(name, None)
+
+
+def test_a_gpio_setup_failure_becomes_indicator_unavailable(
+    fake_rpi_on_a_pi5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(fake_rpi_on_a_pi5))
+    for name in ("RPi", "RPi.GPIO"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    with pytest.raises(IndicatorUnavailable) as raised:
+        RpiPins(green_pin=17, red_pin=27, buzzer_pin=22)
+    message = str(raised.value)
+    assert PI5_ERROR in message and "17, 27, 22" in message and "rpi-lgpio" in message
+    gpio = sys.modules["RPi.GPIO"]
+    assert ("setup", 17) in gpio.calls  # type: ignore[attr-defined]
+    assert gpio.calls[-1] == ("cleanup", None)  # type: ignore[attr-defined]
+
+
+def test_the_kiosk_refuses_to_start_when_gpio_cannot_run(
+    fake_rpi_on_a_pi5: Path, tmp_path: Path
+) -> None:
+    """A Pi 5 with RPi.GPIO: exit 1 with the reason on stderr, no traceback, no READY=1."""
+    key_file = tmp_path / "kiosk.pem"
+    save_private_key(generate_private_key(), key_file)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(fake_rpi_on_a_pi5),
+        "KIOSK_ID": "bar-1",
+        "KIOSK_KEY_FILE": str(key_file),
+        "CLOUD_PUBLIC_KEY": public_key_b64(generate_private_key()),
+        "MQTT_URL": "mqtt://bar-1:secret@127.0.0.1:1",
+        "KIOSK_STATE_DIR": str(tmp_path / "state"),
+        "KIOSK_MODE": "bar",
+        "KIOSK_READER": "sim",
+        "KIOSK_GPIO": "rpi",
+        "KIOSK_HTTP_PORT": "0",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "device.cli", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "festival-kiosk: GPIO cannot run here: GPIO setup of BCM pins 17, 27, 22 failed:" in (
+        result.stderr
+    )
+    assert PI5_ERROR in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "kiosk running" not in result.stdout
+    [line] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (line["level"], line["event"]) == ("error", "GPIO unavailable: not starting")

@@ -114,3 +114,89 @@ def test_checkpoint_page_top_up_creates_the_card(
         1250,
         "card",
     )
+
+
+def test_bar_page_bounds_cup_returns(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Issue 11 item 1: the return button cannot go past FESTIVAL_RETURN_MAX_CENTS (default
+    2000 cents = 10 cups of 2.00) and says why; what it allows is charged (credited) normally."""
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "button[data-return-sku='cup']"),
+            timeout_s=15,
+            what="the return button",
+        )
+        assert text(driver, "returns-limit") == "At most 20.00 EUR per order"
+        cup = driver.find_element(By.CSS_SELECTOR, "button[data-return-sku='cup']")
+        for _ in range(10):
+            cup.click()
+        assert cup.get_attribute("disabled") is not None  # an 11th cup cannot be entered
+        driver.execute_script("arguments[0].disabled = false; arguments[0].click();", cup)
+        error = driver.find_element(By.ID, "order-error")
+        assert error.is_displayed() and error.text == "Returns of one order: at most 20.00 EUR"
+        [line] = driver.find_elements(By.CSS_SELECTOR, "#cart-lines li")
+        assert line.get_attribute("data-kind") == "return"
+        assert line.text.startswith("10 x Cup return")
+        assert text(driver, "total") == "-20.00 EUR"
+        save_screenshot(driver, "kiosk-returns-capped")
+        # One less, and the button is back.
+        line.find_element(By.CSS_SELECTOR, "button.line-remove").click()
+        assert cup.get_attribute("disabled") is None
+        driver.find_element(By.ID, "charge").click()
+        wait_for_screen(driver, "order_pending")
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "approved")
+        assert text(driver, "outcome-amount") == "-18.00 EUR"
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS + 1800
+
+
+def test_screen_shows_only_the_last_four_digits_of_a_band(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Issue 11 item 13: the list of recent (late) results showed whole UIDs; a bystander could
+    copy them. Now the page shows ****E5F6, and the JSON it reads has nothing more."""
+    responder.hold = True  # the cloud answers late: the outcome lands in "Late results"
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "button[data-sku='beer']"),
+            timeout_s=15,
+            what="the menu buttons",
+        )
+        driver.find_element(By.CSS_SELECTOR, "button[data-sku='beer']").click()
+        driver.find_element(By.ID, "charge").click()
+        wait_for_screen(driver, "order_pending")
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "timed_out")
+        driver.find_element(By.ID, "cancel").click()  # "Next customer"
+        wait_for_screen(driver, "idle")
+        responder.release()
+        wait_until(
+            lambda: driver.find_element(By.ID, "late").is_displayed(),
+            timeout_s=15,
+            what="the late results",
+        )
+        [line] = driver.find_elements(By.CSS_SELECTOR, "#late-lines li")
+        assert "****E5F6" in line.text and "approved" in line.text
+        save_screenshot(driver, "kiosk-late-results-masked")
+        # Nothing on screen, in the page's script state or in what it fetched shows more.
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert CARD not in body and CARD[:-4] not in body
+        fetched = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch('/api/state').then((r) => r.text()).then(done);"
+        )
+        assert "****E5F6" in fetched and CARD not in fetched
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 550 - 200

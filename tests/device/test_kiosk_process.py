@@ -248,6 +248,59 @@ def test_local_interface_refuses_bad_input(
     assert status == 200 and b"Festival kiosk" in page
 
 
+def test_cup_returns_are_capped_by_the_kiosk_before_signing(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Issue 11 item 1 (kiosk side): 99 cups for +198.00 are refused with a clear message and
+    nothing is signed or sent; the cap (FESTIVAL_RETURN_MAX_CENTS) is in the page's menu."""
+    kiosk = make_kiosk(kiosk_broker, FESTIVAL_RETURN_MAX_CENTS="1000").start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    status, menu = kiosk.get("/api/menu")
+    assert status == 200 and menu["return_cents_max"] == 1000
+    for quantity in (6, 99):
+        status, reply = kiosk.post(
+            "/api/order", {"returns": [{"sku": "cup", "quantity": quantity}]}
+        )
+        assert status == 400
+        assert reply["error"].startswith("returns of one order may credit at most 10.00 EUR")
+    assert kiosk.state()["screen"] == "idle" and not kiosk.outbox_rows()
+    # Up to the cap it is an ordinary (credit) order.
+    status, reply = kiosk.post("/api/order", {"returns": [{"sku": "cup", "quantity": 5}]})
+    assert status == 200, reply
+    assert kiosk.post("/api/tap", {"card_uid": CARD})[0] == 202
+    state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the return")
+    assert state["outcome"]["amount_cents"] == -1000
+    assert ledger.received and len(ledger.received) == 1
+
+
+def test_the_state_json_never_carries_a_whole_card_uid(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Issue 11 item 13: the JSON the page reads masks every UID (screen, request, outcome and
+    the late results list) to its last four digits."""
+    responder.hold = True
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    kiosk.sell(BEER, CARD)
+    waiting = kiosk.wait_for(lambda s: s["screen"] == "timed_out", "the timeout")
+    assert waiting["card_uid"] == waiting["request"]["card_uid"] == "****E5F6"
+    assert kiosk.post("/api/dismiss", {})[0] == 200
+    responder.release()
+    state = kiosk.wait_for(lambda s: s["late_results"], "the late result")
+    assert state["late_results"][0]["card_uid"] == "****E5F6"
+    for document in (waiting, state):
+        assert CARD not in json.dumps(document) and CARD[:-4] not in json.dumps(document)
+    # The full UID still goes to the cloud, signed: only the screen is masked.
+    [(request_id, _)] = ledger.received
+    assert ledger.requests[request_id].card_uid == CARD
+
+
 def test_unanswered_request_is_resent_with_the_same_bytes(
     kiosk_broker: MosquittoBroker,
     responder: MqttResponder,
@@ -306,6 +359,6 @@ def test_sale_with_a_virtual_card_on_the_pcsc_reader(
     assert kiosk.post("/api/order", {"items": BEER})[0] == 200
     with VirtualCard(CARD):
         state = kiosk.wait_for(lambda s: s["screen"] == "approved", "the tapped sale")
-    assert state["outcome"]["card_uid"] == CARD
+    assert state["outcome"]["card_uid"] == "****" + CARD[-4:]  # masked for the screen
     assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
     assert state["counters"]["scans"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from device.machine import (
@@ -372,3 +373,42 @@ def test_view_of_an_order_lists_lines_and_total() -> None:
         "total_cents": 1100,
         "staff_id": None,
     }
+
+
+def test_the_view_shows_card_uids_masked_to_their_last_four_digits() -> None:
+    """Issue 11 item 13: a bystander reading the screen (or the JSON the page reads) cannot copy
+    a band's UID; four hex digits tell staff two bands apart."""
+    other = "0A0B0C0D"
+    outcome = Outcome(
+        request_id="req-1",
+        seq=1,
+        card_uid=UID,
+        approved=True,
+        status="approved",
+        error_code=None,
+        message="approved",
+        amount_cents=1100,
+        previous_balance_cents=5000,
+        new_balance_cents=3900,
+        replayed=False,
+        at_ms=1,
+    )
+    late = replace(outcome, request_id="req-0", seq=0, card_uid=other)
+    state = KioskState(
+        screen=Screen.APPROVED,
+        online=True,
+        draft=BEER,
+        current_request_id="req-1",
+        card_uid=UID,
+        outcome=outcome,
+        late_results=(late,),
+    )
+    shown = view(state, CONFIG)
+    text = json.dumps(shown)
+    assert UID not in text and other not in text
+    assert UID[:-4] not in text and other[:-4] not in text
+    assert shown["card_uid"] == "****E5F6"
+    assert shown["request"]["card_uid"] == "****E5F6"  # type: ignore[index]
+    assert shown["outcome"]["card_uid"] == "****E5F6"  # type: ignore[index]
+    assert shown["late_results"] == [{**shown["late_results"][0], "card_uid": "****0C0D"}]  # type: ignore[index]
+    assert view(KioskState(), CONFIG)["card_uid"] is None

@@ -127,3 +127,31 @@ def test_bad_menus_are_refused(changes: dict[str, object], problem: str) -> None
 def test_menu_with_duplicate_json_keys_is_refused() -> None:
     with pytest.raises(MenuError, match="strict JSON"):
         parse_menu(b'{"currency": "EUR", "currency": "EUR"}', currency="EUR")
+
+
+def test_returns_of_one_order_are_capped_before_anything_is_signed() -> None:
+    """Issue 11 item 1: 99 cups returned for +198.00 per tap. The kiosk refuses early (the cloud
+    enforces the real rule, RETURN_LIMIT_EXCEEDED)."""
+    menu = parse_menu(menu_bytes(), currency="EUR")
+    at_the_cap = price_order(menu, {"returns": [{"sku": "cup", "quantity": 10}]})
+    assert at_the_cap.total_cents == -2000  # the default cap: 2000 cents
+    for returns in ([{"sku": "cup", "quantity": 11}], [{"sku": "cup", "quantity": 99}]):
+        with pytest.raises(OrderError, match=r"at most 20\.00 EUR; this order returns"):
+            price_order(menu, {"items": [{"sku": "beer", "quantity": 1}], "returns": returns})
+    # Lines of one SKU are added up before the cap; deposits charged do not raise it.
+    with pytest.raises(OrderError, match=r"returns 22\.00 EUR"):
+        price_order(
+            menu,
+            {
+                "items": [{"sku": "beer", "quantity": 20}],
+                "returns": [{"sku": "cup", "quantity": 6}, {"sku": "cup", "quantity": 5}],
+            },
+        )
+    assert (
+        price_order(
+            menu, {"returns": [{"sku": "cup", "quantity": 3}]}, return_cents_max=600
+        ).total_cents
+        == -600
+    )
+    with pytest.raises(OrderError, match=r"at most 0\.00 EUR"):
+        price_order(menu, {"returns": [{"sku": "cup", "quantity": 1}]}, return_cents_max=0)

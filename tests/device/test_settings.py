@@ -127,3 +127,49 @@ def test_keygen_writes_a_private_key_file(tmp_path: Path) -> None:
     )
     assert out.stat().st_mode & 0o777 == 0o600
     assert result.stdout.strip() == public_key_b64(load_private_key(out))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mqtt://bar-1:s3cret-password",  # forgot @host: urllib takes the password for a port
+        "mqtt://bar-1:s3cret-password@broker:99999",
+        "mqtt://bar-1:s3cret#password@broker",
+        "http://bar-1:s3cret-password@broker",
+    ],
+)
+def test_malformed_mqtt_url_is_named_without_its_password(
+    environ: dict[str, str], url: str
+) -> None:
+    environ["MQTT_URL"] = url
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ)
+    message = str(raised.value)
+    assert "MQTT_URL 'mqtt" in message or "MQTT_URL 'http" in message
+    assert "bar-1:***" in message
+    assert "s3cret" not in message
+
+
+def test_run_with_a_malformed_mqtt_url_prints_no_password(environ: dict[str, str]) -> None:
+    environ["MQTT_URL"] = "mqtt://bar-1:s3cret-password"
+    result = subprocess.run(
+        [sys.executable, "-m", "device.cli", "run"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "MQTT_URL 'mqtt://bar-1:***'" in result.stderr
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_the_return_cap_is_a_bounded_setting(environ: dict[str, str]) -> None:
+    assert load_settings(environ).return_cents_max == 2000
+    environ["FESTIVAL_RETURN_MAX_CENTS"] = "0"  # a bar that takes no cups back
+    assert load_settings(environ).return_cents_max == 0
+    for bad in ("-1", "20.00", "99999999999"):
+        environ["FESTIVAL_RETURN_MAX_CENTS"] = bad
+        with pytest.raises(SettingsError, match="FESTIVAL_RETURN_MAX_CENTS"):
+            load_settings(environ)

@@ -112,3 +112,47 @@ def test_cleanup_timer_runs_the_cleanup_verb() -> None:
     assert timer["OnCalendar"]
     assert service["ExecStart"][0].endswith("festival-cloud cleanup")
     assert service["Type"] == ["oneshot"]
+
+
+def test_kiosk_unit_does_not_restart_forever_when_it_cannot_run_here() -> None:
+    """Exit 1 (GPIO cannot run, e.g. RPi.GPIO on a Pi 5) and 2 (bad settings) stop the restarts;
+    transient failures (outbox, HTTP port: exit 75) and crashes are still restarted."""
+    kiosk = _directives(UNITS / "festival-kiosk.service")
+    assert kiosk["Restart"] == ["always"]
+    prevented = {code for value in kiosk["RestartPreventExitStatus"] for code in value.split()}
+    assert prevented == {"1", "2"}
+    from device import kiosk as firmware
+
+    assert (firmware.EXIT_CANNOT_RUN_HERE, firmware.EXIT_INVALID_SETTINGS) == (1, 2)
+    assert str(firmware.EXIT_RETRY) not in prevented
+
+
+def test_kiosk_unit_gives_lgpio_a_writable_working_directory() -> None:
+    kiosk = _directives(UNITS / "festival-kiosk.service")
+    assert kiosk["RuntimeDirectory"] == ["festival-kiosk"]
+    assert "LG_WD=/run/festival-kiosk" in kiosk["Environment"]
+
+
+def test_consumer_instances_get_their_own_metrics_port() -> None:
+    consumer = _directives(UNITS / "festival-consumer@.service")
+    assert "CONSUMER_METRICS_PORT_OFFSET=%i" in consumer["Environment"]
+    assert "CONSUMER_ID=consumer-%H-%i" in consumer["Environment"]
+
+
+def test_a_kiosk_crash_exits_with_a_code_the_unit_restarts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Python exits 1 on an uncaught exception, and 1 is not restarted ("cannot run here"):
+    festival-kiosk turns a crash into 70 (EX_SOFTWARE), which is."""
+    from device import cli
+    from device import kiosk as firmware
+
+    def crash() -> int:
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(firmware, "run_from_env", crash)
+    assert cli.main(["run"]) == firmware.EXIT_CRASHED == 70
+    [record] = [r for r in caplog.records if r.levelname == "CRITICAL"]
+    assert record.getMessage() == "kiosk crashed: restarting" and record.exc_info is not None
+    prevented = _directives(UNITS / "festival-kiosk.service")["RestartPreventExitStatus"][0]
+    assert "70" not in prevented.split()
