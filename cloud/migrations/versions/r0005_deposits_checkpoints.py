@@ -1,4 +1,5 @@
-"""Cup deposits in one deposit account, returns bounded; checkpoint_id bound to the kiosk; bounded dead letters.
+"""Cup deposits in one deposit account, returns bounded; checkpoint_id bound to the kiosk;
+bounded dead letters.
 
 Revision ID: 0005
 Revises: 0004
