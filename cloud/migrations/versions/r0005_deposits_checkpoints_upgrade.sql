@@ -53,6 +53,8 @@ SELECT a.account_id,
   FROM accounts a WHERE a.name = 'deposit:cups';
 
 GRANT SELECT ON deposit_balances TO festival_service;
+-- The API's role (revision 0004) reads it for the sales report (Ledger.sales_report); nothing more.
+GRANT SELECT ON deposit_balances TO festival_api;
 
 -- ---------------------------------------------------------------------------------------------
 -- 2. The checkpoint each kiosk is registered for
