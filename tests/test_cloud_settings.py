@@ -43,3 +43,13 @@ def test_environment_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("FESTIVAL_CURRENCY", "eur")
     with pytest.raises(SettingsError, match="festival_currency"):
         load_settings()
+
+
+def test_the_return_limit_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CloudSettings().festival_return_max_cents == 2000
+    monkeypatch.setenv("FESTIVAL_RETURN_MAX_CENTS", "0")  # no returns at all
+    assert CloudSettings().festival_return_max_cents == 0
+    for bad in ("-1", "20.5", "1000000000"):
+        monkeypatch.setenv("FESTIVAL_RETURN_MAX_CENTS", bad)
+        with pytest.raises(ValueError, match="festival_return_max_cents"):
+            CloudSettings()

@@ -33,6 +33,7 @@ from tests.consumer.support import ConsumerProcess, festival_cloud
 from tests.waiting import wait_until
 
 MAX_BALANCE_CENTS = 150_000
+RETURN_MAX_CENTS = 1_000  # FESTIVAL_RETURN_MAX_CENTS of this module's consumer (default 2000)
 ROLES = {
     "bar-1": "bar",
     "bar-2": "bar",
@@ -124,6 +125,7 @@ def system(
         workdir=service_dirs("consumer-flow"),
         extra_env={
             "FESTIVAL_MAX_BALANCE_CENTS": str(MAX_BALANCE_CENTS),
+            "FESTIVAL_RETURN_MAX_CENTS": str(RETURN_MAX_CENTS),
             # As systemd's WatchdogSec=1 would: a WATCHDOG=1 ping at least every 0.5 s.
             "WATCHDOG_USEC": "1000000",
         },
@@ -531,6 +533,26 @@ def test_cup_returns_over_mqtt_mint_no_credit(system: System) -> None:
     assert bar.wait_result(returned.request_id).new_balance_cents == 1_000
     assert system.balance("A8000003") == 1_000
     assert system.ledger.check() == []
+
+
+def test_the_consumer_applies_its_configured_return_limit(system: System) -> None:
+    fund(system, "A8000005", 5_000)
+    bar = system.kiosks["bar-1"]
+    deposits = bar.bar_order("A8000005", 2_000, items=(BarItem("Cup", 10, 200, is_deposit=True),))
+    bar.send(deposits)
+    assert bar.wait_result(deposits.request_id).new_balance_cents == 3_000
+    over = bar.bar_order(
+        "A8000005", -1_200, items=(BarItem("Cup back", 6, 200, is_deposit=True, is_return=True),)
+    )
+    bar.send(over)
+    declined = bar.wait_result(over.request_id)
+    assert declined.error_code is ErrorCode.RETURN_LIMIT_EXCEEDED
+    assert "12.00" in declined.message and "10.00" in declined.message
+    within = bar.bar_order(
+        "A8000005", -1_000, items=(BarItem("Cup back", 5, 200, is_deposit=True, is_return=True),)
+    )
+    bar.send(within)
+    assert bar.wait_result(within.request_id).new_balance_cents == 4_000
 
 
 def test_a_flood_of_junk_from_one_kiosk_stores_the_bound_and_counts_the_rest(
