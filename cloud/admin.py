@@ -120,14 +120,19 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
     with _ledger(settings) as ledger:
         try:
             refuse_pos_device_id(ledger.engine, args.kiosk_id)
-            kiosk = ledger.add_kiosk(args.kiosk_id, args.public_key, args.role)
+            kiosk = ledger.add_kiosk(
+                args.kiosk_id, args.public_key, args.role, checkpoint_id=args.checkpoint
+            )
         except ValueError as error:
             print(f"festival-cloud kiosk add: {error}", file=sys.stderr)
             return EXIT_UNAVAILABLE
     # A fresh broker password for this kiosk: shown once, stored only in the broker's hashed
     # password file and the kiosk's MQTT_URL. The cloud never keeps it.
     password = secrets.token_urlsafe(24)
-    print(f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role}, enabled")
+    print(
+        f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role}, checkpoint {kiosk.checkpoint_id},"
+        " enabled"
+    )
     print(f"MQTT username: {kiosk.kiosk_id}")
     print(f"MQTT password: {password}")
     print(
@@ -164,7 +169,10 @@ def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
     if not overview:
         print("no kiosks registered")
         return EXIT_OK
-    header = f"{'KIOSK':<24} {'ROLE':<10} {'ENABLED':<7} {'STATE':<7} {'LAST SEQ':>9}  MISSING"
+    header = (
+        f"{'KIOSK':<24} {'ROLE':<10} {'CHECKPOINT':<24} {'ENABLED':<7} {'STATE':<7}"
+        f" {'LAST SEQ':>9}  MISSING"
+    )
     print(header)
     for row in overview:
         missing = ", ".join(
@@ -172,7 +180,8 @@ def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
             for first, last in row["missing_seq_ranges"]  # type: ignore[attr-defined]
         )
         print(
-            f"{row['kiosk_id']!s:<24} {row['role']!s:<10} {'yes' if row['enabled'] else 'no':<7} "
+            f"{row['kiosk_id']!s:<24} {row['role']!s:<10} {row['checkpoint_id']!s:<24} "
+            f"{'yes' if row['enabled'] else 'no':<7} "
             f"{row['state']!s:<7} {row['last_seq'] if row['last_seq'] is not None else '-':>9}  "
             f"{missing or '-'}"
         )
@@ -259,7 +268,10 @@ def cleanup(args: argparse.Namespace, settings: CloudSettings) -> int:
         deleted = ledger.cleanup_expired_idempotency_keys()
         topups = ledger.cleanup_topups()
         refunds = _retry_owed_refunds(ledger, settings)
+        dead_letters_deleted = ledger.cleanup_expired_dead_letters()
+    # The first line keeps the seed's meaning (expired idempotency cache rows), for scripts.
     print(deleted)
+    print(f"dead letters older than 30 days removed: {dead_letters_deleted}")
     if topups["expired"] or topups["deleted"]:
         print(
             f"top-ups: {topups['expired']} expired unpaid, {topups['deleted']} deleted after "

@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("kiosk_id")
     add.add_argument("--public-key", required=True, help="base64url of the raw 32-byte key")
     add.add_argument("--role", required=True, choices=["bar", "checkpoint", "all"])
+    add.add_argument(
+        "--checkpoint",
+        metavar="NAME",
+        help="the checkpoint whose drawer its top-ups go to (default: the kiosk id)",
+    )
     add.set_defaults(handler=_handler("cloud.admin", "kiosk_add"))
     disable = kiosk.add_parser("disable", help="refuse every further request of a kiosk")
     disable.add_argument("kiosk_id")
@@ -136,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = verbs.add_parser("check", help="verify the ledger's invariants (exit 1 on violation)")
     check.set_defaults(handler=_handler("cloud.admin", "check"))
-    cleanup = verbs.add_parser("cleanup", help="delete expired idempotency cache rows")
+    cleanup = verbs.add_parser(
+        "cleanup", help="delete expired idempotency cache rows and dead letters over 30 days old"
+    )
     cleanup.set_defaults(handler=_handler("cloud.admin", "cleanup"))
     return parser
 

@@ -9,13 +9,14 @@ is a bug.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Connection, Engine, text
@@ -27,6 +28,9 @@ from protocol.limits import (
     CARD_UID_PATTERN,
     KIOSK_ID_PATTERN,
     KIOSK_IDS_RESERVED,
+    ORDER_TOTAL_CENTS_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
+    TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
 )
 from protocol.models import BarOrder, CheckpointRecharge, KioskStatus, ScanRecord
@@ -49,7 +53,12 @@ CONFLICT_RETRY_PAUSE_S: Final = 0.005
 BATCH_REQUESTS_MAX: Final = 1000
 CARD_TRANSACTIONS_MAX: Final = 500
 MISSING_SEQ_RANGES_MAX: Final = 100
-DEAD_LETTER_BYTES_MAX: Final = 1 << 20
+# Dead letters (DESIGN.md "Database"): the first 8192 bytes of a message are kept, with its full
+# length and SHA-256; at most this many are stored per kiosk per minute, the rest only counted;
+# `festival-cloud cleanup` removes them after 30 days (cleanup_expired_dead_letters()).
+DEAD_LETTER_BYTES_MAX: Final = 8192
+DEAD_LETTERS_PER_KIOSK_MINUTE_MAX: Final = 60
+CHECKPOINT_ID_LENGTH_MAX: Final = 64
 SHA256_HEX_LENGTH: Final = 64
 RETRYABLE_AT_ONCE_SQLSTATES: Final = frozenset({"40001", "40P01"})
 # Seconds an owed refund is leased to the process calling Stripe for it.
@@ -97,6 +106,23 @@ class KioskRecord:
     public_key_b64: str
     role: str
     enabled: bool
+    # The checkpoint whose drawer its top-ups go to (kiosk add --checkpoint; default: its id).
+    checkpoint_id: str | None = None
+
+
+class DeadLetterLike(Protocol):
+    """A message the consumer could not accept, and why (see Ledger.record_dead_letters)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def error_code(self) -> ErrorCode: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def kiosk_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +232,22 @@ def _optional_card_uid(card_uid: str | None) -> str | None:
     return card_uid
 
 
+def _dead_letter_document(
+    topic: str, payload: bytes, error_code: ErrorCode, reason: str, kiosk_id: str | None
+) -> dict[str, object]:
+    """What sp_record_dead_letters takes for one letter: at most DEAD_LETTER_BYTES_MAX bytes of
+    the payload, with the length and SHA-256 of the whole of it."""
+    return {
+        "topic": topic,
+        "payload_hex": bytes(payload[:DEAD_LETTER_BYTES_MAX]).hex(),
+        "payload_length": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "error_code": ErrorCode(error_code).value,
+        "reason": reason,
+        "kiosk_id": kiosk_id,
+    }
+
+
 def _rows(connection: Connection, sql: str, **params: object) -> list[dict[str, object]]:
     result = connection.execute(text(sql), params)
     return [{key: _jsonable(value) for key, value in row.items()} for row in result.mappings()]
@@ -217,6 +259,12 @@ def _sqlstate(error: BaseException) -> str | None:
     code = getattr(original, "pgcode", None)
     return code if isinstance(code, str) else None
 
+
+CHECK_SQL: Final = "SELECT * FROM ledger_check()"
+CHECK_ACCOUNTS_SQL: Final = "SELECT * FROM ledger_check_accounts()"
+CHECK_ACCOUNTS_EXISTS_SQL: Final = (
+    "SELECT to_regprocedure('ledger_check_accounts(integer)') IS NOT NULL"
+)
 
 # The seed's monitoring queries, verbatim (docs/ledger.md; tests/ledger/test_seed_sql.py).
 SEED_PROCESSING_TIMES_SQL: Final = """
@@ -269,12 +317,15 @@ class Ledger:
         *,
         max_balance_cents: int = BALANCE_CENTS_MAX_DEFAULT,
         max_topup_cents: int = TOPUP_CENTS_MAX_DEFAULT,
+        return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
         currency: str = "EUR",
     ) -> None:
         assert max_balance_cents >= 0 and max_topup_cents >= 1
+        assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
         self._engine = engine
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
+        self.return_cents_max = return_cents_max
         self.currency = currency.upper()
 
     @property
@@ -316,9 +367,14 @@ class Ledger:
                     p_items => CAST(:items AS jsonb), p_total_cents => :total_cents,
                     p_payload_sha256 => :payload_sha256, p_kiosk_id => :kiosk_id,
                     p_seq => :seq, p_staff_id => :staff_id, p_source => :source,
-                    p_trace_id => :trace_id, p_balance_cents_max => :balance_max)
+                    p_trace_id => :trace_id, p_balance_cents_max => :balance_max,
+                    p_return_cents_max => :return_max)
             """
-            params = {**document, "items": json.dumps(document["items"])}
+            params = {
+                **document,
+                "items": json.dumps(document["items"]),
+                "return_max": self.return_cents_max,
+            }
         else:
             sql = """
                 SELECT sp_process_checkpoint_recharge(
@@ -342,10 +398,12 @@ class Ledger:
         assert len(items) <= BATCH_REQUESTS_MAX, "split larger batches"
         payload = json.dumps([request_document(item) for item in items], separators=(",", ":"))
         documents = self._scalar(
-            "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max)",
+            "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max,"
+            " :return_max)",
             requests=payload,
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
+            return_max=self.return_cents_max,
         )
         assert len(documents) == len(items)
         return [outcome_from_document(document) for document in documents]
@@ -401,48 +459,89 @@ class Ledger:
         error_code: ErrorCode,
         reason: str,
         kiosk_id: str | None,
-    ) -> None:
-        """Keep a message the consumer could not accept: raw bytes (bounded) and why."""
-        self._scalar(
-            "SELECT sp_record_dead_letter(:topic, :payload, :error_code, :reason, :kiosk_id)",
-            topic=topic,
-            payload=bytes(payload[:DEAD_LETTER_BYTES_MAX]),
-            error_code=ErrorCode(error_code).value,
-            reason=reason,
-            kiosk_id=kiosk_id,
+    ) -> bool:
+        """Keep one message the consumer could not accept; False when it was only counted."""
+        return self._record_dead_letter_documents(
+            [_dead_letter_document(topic, payload, error_code, reason, kiosk_id)]
+        )[0]
+
+    def record_dead_letters(self, letters: Sequence[DeadLetterLike]) -> list[bool]:
+        """Keep messages the consumer could not accept, in one transaction; per letter, whether
+        it was stored (False: over its kiosk's bound for this minute, only counted).
+
+        Each keeps at most DEAD_LETTER_BYTES_MAX bytes of its raw payload, with the full length
+        and the SHA-256 of the whole payload, so a flood of large junk costs bounded space.
+        """
+        return self._record_dead_letter_documents(
+            [
+                _dead_letter_document(
+                    letter.topic, letter.payload, letter.error_code, letter.reason, letter.kiosk_id
+                )
+                for letter in letters
+            ]
         )
+
+    def _record_dead_letter_documents(self, documents: list[dict[str, object]]) -> list[bool]:
+        if not documents:
+            return []
+        ids = self._scalar(
+            "SELECT sp_record_dead_letters(CAST(:letters AS jsonb), :per_minute_max)",
+            letters=json.dumps(documents, separators=(",", ":")),
+            per_minute_max=DEAD_LETTERS_PER_KIOSK_MINUTE_MAX,
+        )
+        assert len(ids) == len(documents)
+        return [letter_id is not None for letter_id in ids]
 
     # --- kiosks ----------------------------------------------------------------------------------
 
     def kiosk(self, kiosk_id: str) -> KioskRecord | None:
         rows = self._select(
-            "SELECT kiosk_id, public_key_b64, role, enabled FROM kiosks WHERE kiosk_id = :kiosk_id",
+            "SELECT kiosk_id, public_key_b64, role, enabled, checkpoint_id FROM kiosks"
+            " WHERE kiosk_id = :kiosk_id",
             kiosk_id=kiosk_id,
         )
         return KioskRecord(**rows[0]) if rows else None  # type: ignore[arg-type]
 
     def kiosks(self) -> list[KioskRecord]:
         rows = self._select(
-            "SELECT kiosk_id, public_key_b64, role, enabled FROM kiosks ORDER BY kiosk_id"
+            "SELECT kiosk_id, public_key_b64, role, enabled, checkpoint_id FROM kiosks"
+            " ORDER BY kiosk_id"
         )
         return [KioskRecord(**row) for row in rows]  # type: ignore[arg-type]
 
-    def add_kiosk(self, kiosk_id: str, public_key_b64: str, role: str) -> KioskRecord:
-        """Register a kiosk's public key and role; re-adding updates both and re-enables it."""
+    def add_kiosk(
+        self, kiosk_id: str, public_key_b64: str, role: str, checkpoint_id: str | None = None
+    ) -> KioskRecord:
+        """Register a kiosk's public key, role and checkpoint (None: the kiosk id); re-adding
+        updates all three and re-enables it."""
         from protocol.keys import load_public_key_b64
 
         if not KIOSK_ID_PATTERN.match(kiosk_id) or kiosk_id in KIOSK_IDS_RESERVED:
             raise ValueError(f"invalid kiosk id {kiosk_id!r}: 1-32 of [a-z0-9-], a letter first")
         if role not in KIOSK_ROLES:
             raise ValueError(f"role must be one of {', '.join(KIOSK_ROLES)}")
+        if checkpoint_id is not None and (
+            not 1 <= len(checkpoint_id) <= CHECKPOINT_ID_LENGTH_MAX
+            or TEXT_FORBIDDEN_PATTERN.search(checkpoint_id)
+        ):
+            raise ValueError(
+                f"invalid checkpoint {checkpoint_id!r}: 1-{CHECKPOINT_ID_LENGTH_MAX} characters,"
+                " no control characters"
+            )
         load_public_key_b64(public_key_b64)  # ValueError when it is not a key
-        row = self._scalar(
-            "SELECT sp_add_kiosk(:kiosk_id, :public_key_b64, :role)",
-            kiosk_id=kiosk_id,
-            public_key_b64=public_key_b64,
-            role=role,
-        )
-        return KioskRecord(**row)
+
+        def work(connection: Connection) -> dict[str, Any]:
+            params = {"kiosk_id": kiosk_id, "public_key_b64": public_key_b64, "role": role}
+            connection.execute(
+                text("SELECT sp_add_kiosk(:kiosk_id, :public_key_b64, :role)"), params
+            )
+            row: dict[str, Any] = connection.execute(
+                text("SELECT sp_set_kiosk_checkpoint(:kiosk_id, :checkpoint_id)"),
+                {"kiosk_id": kiosk_id, "checkpoint_id": checkpoint_id},
+            ).scalar_one()
+            return row
+
+        return KioskRecord(**self._transaction(work))
 
     def disable_kiosk(self, kiosk_id: str) -> bool:
         return bool(self._scalar("SELECT sp_disable_kiosk(:kiosk_id)", kiosk_id=kiosk_id))
@@ -485,7 +584,7 @@ class Ledger:
         """Every registered kiosk (disabled ones too) with presence and missing seq ranges."""
         rows = self._select(
             """
-            SELECT kiosk_id, role, enabled, state, last_seen_at,
+            SELECT kiosk_id, role, checkpoint_id, enabled, state, last_seen_at,
                    CASE WHEN isempty(seen_seqs) THEN NULL ELSE upper(seen_seqs) - 1 END
                        AS last_seq,
                    CASE WHEN isempty(seen_seqs) THEN '{}'::bigint[] ELSE ARRAY(
@@ -835,15 +934,39 @@ class Ledger:
     # --- maintenance and monitoring --------------------------------------------------------------
 
     def check(self) -> list[str]:
-        """Every violation of the ledger's invariants, human-readable; empty means all is well."""
-        return self._transaction(
-            lambda c: [
-                str(line) for line in c.execute(text("SELECT * FROM ledger_check()")).scalars()
-            ]
-        )
+        """Every violation of the ledger's invariants, human-readable; empty means all is well.
+
+        ledger_check() (transactions, postings, card balances, requests, Stripe) and, from
+        revision 0005, ledger_check_accounts() (sales and deposit accounts below zero, the
+        deposit account's cached balance).
+        """
+
+        def work(connection: Connection) -> list[str]:
+            lines = [str(line) for line in connection.execute(text(CHECK_SQL)).scalars()]
+            # A database rolled back below revision 0005 is checked with what it has.
+            if connection.execute(text(CHECK_ACCOUNTS_EXISTS_SQL)).scalar_one():
+                lines += [
+                    str(line) for line in connection.execute(text(CHECK_ACCOUNTS_SQL)).scalars()
+                ]
+            return lines
+
+        return self._transaction(work)
 
     def cleanup_expired_idempotency_keys(self) -> int:
         return int(self._scalar("SELECT cleanup_expired_idempotency_keys()"))
+
+    def cleanup_expired_dead_letters(self) -> int:
+        """Delete dead letters (and their per-minute counters) older than 30 days."""
+        return int(self._scalar("SELECT cleanup_expired_dead_letters()"))
+
+    def deposit_balance_cents(self) -> int:
+        """What the deposit account 'deposit:cups' holds: cup deposits not yet returned."""
+        return int(
+            self._scalar(
+                "SELECT d.balance_cents FROM deposit_balances d"
+                " JOIN accounts a ON a.account_id = d.account_id WHERE a.name = 'deposit:cups'"
+            )
+        )
 
     def processing_times(self) -> list[dict[str, object]]:
         return self._select(SEED_PROCESSING_TIMES_SQL)
@@ -862,14 +985,36 @@ class Ledger:
         return self._select(SEED_TRANSACTION_LOG_SQL)
 
     def sales_report(self) -> dict[str, object]:
-        """Per bar: orders and net sales; per checkpoint: cash and card taken; Stripe totals."""
+        """Per bar: orders and sales (sales lines only: cup deposits and returns are not sales);
+        per checkpoint: cash and card taken; Stripe totals; the cup deposits held."""
 
         def work(connection: Connection) -> dict[str, object]:
             bars = _rows(
                 connection,
                 """
-                SELECT kiosk_id, count(*) AS orders, sum(total_cents)::bigint AS sales_cents
-                  FROM bar_orders GROUP BY kiosk_id ORDER BY kiosk_id
+                SELECT o.kiosk_id, count(*) AS orders,
+                       coalesce(sum(l.sales_cents), 0)::bigint AS sales_cents
+                  FROM bar_orders o
+                  LEFT JOIN LATERAL (
+                       SELECT sum(i.line_total_cents) FILTER (
+                                  WHERE NOT i.is_deposit AND NOT i.is_return) AS sales_cents
+                         FROM bar_order_items i WHERE i.order_id = o.order_id) l ON true
+                 GROUP BY o.kiosk_id ORDER BY o.kiosk_id
+                """,
+            )
+            deposits = _rows(
+                connection,
+                """
+                SELECT d.balance_cents,
+                       coalesce(sum(i.line_total_cents)
+                                FILTER (WHERE i.is_deposit AND NOT i.is_return), 0)::bigint
+                           AS deposits_cents,
+                       coalesce(-sum(i.line_total_cents) FILTER (WHERE i.is_return), 0)::bigint
+                           AS returns_cents
+                  FROM deposit_balances d
+                  JOIN accounts a ON a.account_id = d.account_id AND a.name = 'deposit:cups'
+                  LEFT JOIN bar_order_items i ON i.is_deposit OR i.is_return
+                 GROUP BY d.balance_cents
                 """,
             )
             checkpoints = _rows(
@@ -901,6 +1046,11 @@ class Ledger:
                   FROM topups
                 """,
             )[0]
-            return {"bars": bars, "checkpoints": checkpoints, "stripe": stripe}
+            return {
+                "bars": bars,
+                "checkpoints": checkpoints,
+                "stripe": stripe,
+                "deposits": deposits[0] if deposits else None,
+            }
 
         return self._transaction(work)

@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,
     FUTURE_SKEW_S_DEFAULT,
+    ORDER_TOTAL_CENTS_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
     STALE_AFTER_S_DEFAULT,
     TOPUP_CENTS_MAX_DEFAULT,
 )
@@ -80,6 +82,10 @@ class CloudSettings(BaseSettings):
     consumer_id: str = Field(default_factory=lambda: f"consumer-{socket.gethostname()}"[:64])
     festival_max_balance_cents: int = Field(default=BALANCE_CENTS_MAX_DEFAULT, ge=1, le=10**11)
     festival_max_topup_cents: int = Field(default=TOPUP_CENTS_MAX_DEFAULT, ge=1, le=10**11)
+    # (1.1) The most the return lines of one bar order may add up to; 0 refuses every return.
+    festival_return_max_cents: int = Field(
+        default=RETURN_CENTS_MAX_DEFAULT, ge=0, le=ORDER_TOTAL_CENTS_MAX
+    )
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     CARD_BLOCKED = "CARD_BLOCKED"
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
+    RETURN_LIMIT_EXCEEDED = "RETURN_LIMIT_EXCEEDED"
 
     @property
     def status(self) -> Status:
@@ -49,6 +50,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.CARD_BLOCKED: Status.DECLINED,
     ErrorCode.INSUFFICIENT_FUNDS: Status.DECLINED,
     ErrorCode.BALANCE_LIMIT_EXCEEDED: Status.DECLINED,
+    ErrorCode.RETURN_LIMIT_EXCEEDED: Status.DECLINED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 

@@ -56,6 +56,8 @@ ORDER_TOTAL_CENTS_MAX: Final = ITEMS_MAX * ITEM_QUANTITY_MAX * UNIT_PRICE_CENTS_
 TOPUP_CENTS_MIN: Final = 1
 TOPUP_CENTS_MAX_DEFAULT: Final = 100_000
 BALANCE_CENTS_MAX_DEFAULT: Final = 150_000
+# (1.1) The most the return lines of one bar order may add up to (FESTIVAL_RETURN_MAX_CENTS).
+RETURN_CENTS_MAX_DEFAULT: Final = 2000
 # Balances in results are never negative and must fit a PostgreSQL bigint.
 BALANCE_CENTS_MIN: Final = 0
 BALANCE_CENTS_WIRE_MAX: Final = 2**63 - 1

@@ -92,3 +92,13 @@ def test_the_cli_prints_a_malformed_url_redacted(tmp_path: Path) -> None:
         assert "configuration error" in result.stderr and variable in result.stderr
         assert "Traceback" not in result.stderr
         assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_the_return_limit_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CloudSettings().festival_return_max_cents == 2000
+    monkeypatch.setenv("FESTIVAL_RETURN_MAX_CENTS", "0")  # no returns at all
+    assert CloudSettings().festival_return_max_cents == 0
+    for bad in ("-1", "20.5", "1000000000"):
+        monkeypatch.setenv("FESTIVAL_RETURN_MAX_CENTS", bad)
+        with pytest.raises(ValueError, match="festival_return_max_cents"):
+            CloudSettings()

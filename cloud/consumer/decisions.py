@@ -6,20 +6,22 @@ PROTOCOL.md's rules, in the order they are checked:
    echoes nothing. A message that never authenticated claims no request_id.
 2. Authenticated: the kiosk is disabled -> KIOSK_DISABLED; its role does not permit the request's
    type -> OPERATION_NOT_ALLOWED; the schema or the age is wrong -> INVALID_REQUEST /
-   STALE_REQUEST. Each is a permanent outcome stored under the request_id (replays return it),
-   which needs a valid request_id: without one it can only be a dead letter.
-3. Otherwise the request goes to the ledger.
+   STALE_REQUEST; (1.1) a top-up naming a checkpoint other than the one the kiosk is registered
+   for -> INVALID_REQUEST. Each is a permanent outcome stored under the request_id (replays
+   return it), which needs a valid request_id: without one it can only be a dead letter.
+3. Otherwise the request goes to the ledger; a top-up that names no checkpoint goes with the
+   kiosk's registered checkpoint filled in, so its cash lands in that checkpoint's drawer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.models import BarOrder, CheckpointRecharge, Request, echo_fields
 
 # Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
@@ -45,6 +47,8 @@ class KioskView:
     public_key: Ed25519PublicKey
     enabled: bool
     role: str
+    # The checkpoint the kiosk is registered for (kiosk add --checkpoint); None: its kiosk id.
+    checkpoint_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +171,8 @@ def _decide_authenticated(
                 )
             except ProtocolError as error:
                 refusal = error
+    if isinstance(request, CheckpointRecharge):
+        request, refusal = _bind_checkpoint(request, kiosk)
     if request is not None:
         return Apply(request, message.payload_sha256, Echo.of_request(request))
     assert refusal is not None
@@ -183,3 +189,21 @@ def _decide_authenticated(
         message.kiosk_id,
         request_type if isinstance(request_type, str) and request_type in TYPES_ALL else None,
     )
+
+
+def _bind_checkpoint(
+    request: CheckpointRecharge, kiosk: KioskView
+) -> tuple[CheckpointRecharge | None, ProtocolError | None]:
+    """A top-up books into the drawer of the checkpoint its kiosk is registered for (1.1): an
+    absent checkpoint_id means that one, any other is INVALID_REQUEST (a cashier cannot book
+    cash into another checkpoint's drawer)."""
+    registered = kiosk.checkpoint_id if kiosk.checkpoint_id is not None else request.kiosk_id
+    if request.checkpoint_id is None:
+        return replace(request, checkpoint_id=registered), None
+    if request.checkpoint_id != registered:
+        return None, ProtocolError(
+            ErrorCode.INVALID_REQUEST,
+            f"checkpoint_id {quote(request.checkpoint_id)} is not this kiosk's checkpoint"
+            f" {quote(registered)}",
+        )
+    return request, None

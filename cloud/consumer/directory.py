@@ -1,10 +1,10 @@
 """Kiosk records for one batch, with parsed public keys cached.
 
-The record (enabled, role, key) is read from the database for every batch, after the batch's
-messages arrived, so `festival-cloud kiosk disable` is effective for every request received after
-it returned (PROTOCOL.md) and a re-registered key is used at once. Only the parsing of the
-base64url key into a key object is cached, keyed by the key text itself, so the cache can never
-answer with a stale key.
+The record (enabled, role, key, checkpoint) is read from the database for every batch, after the
+batch's messages arrived, so `festival-cloud kiosk disable` is effective for every request
+received after it returned (PROTOCOL.md) and a re-registered key or checkpoint is used at once.
+Only the parsing of the base64url key into a key object is cached, keyed by the key text itself,
+so the cache can never answer with a stale key.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class KioskRecordLike(Protocol):
     def role(self) -> str: ...
     @property
     def enabled(self) -> bool: ...
+    @property
+    def checkpoint_id(self) -> str | None: ...
 
 
 class KioskSource(Protocol):
@@ -60,7 +62,9 @@ class KioskDirectory:
                 continue
             key = self._key(record.public_key_b64)
             if key is not None:
-                views[record.kiosk_id] = KioskView(key, bool(record.enabled), str(record.role))
+                views[record.kiosk_id] = KioskView(
+                    key, bool(record.enabled), str(record.role), record.checkpoint_id
+                )
         return views
 
     def _key(self, public_key_b64: str) -> Ed25519PublicKey | None:

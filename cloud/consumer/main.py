@@ -42,6 +42,7 @@ def run(settings: CloudSettings) -> int:
         engine,
         max_balance_cents=settings.festival_max_balance_cents,
         max_topup_cents=settings.festival_max_topup_cents,
+        return_cents_max=settings.festival_return_max_cents,
         currency=settings.festival_currency,
     )
     metrics = ConsumerMetrics.create()

@@ -11,7 +11,9 @@ the next batch's CPU work (signature checks) - see service.py:
 
 `commit` (committer thread, batches in arrival order)
 3. Database: all valid requests in ONE `Ledger.apply_batch` transaction (each keeps its own
-   idempotency), then the permanent rejections, then the dead letters, scans and statuses. A
+   idempotency), then the permanent rejections, then the batch's dead letters in one
+   transaction (bounded per kiosk per minute by the database: a flood of junk costs one
+   transaction per batch and a counter, not a row per message), scans and statuses. A
    transient fault is retried with backoff; a step that committed is never repeated, and nothing
    is acknowledged or answered until every step of the batch has committed.
 4. Publish each signed result (QoS 1) to the result topic of the kiosk named by the TOPIC.
@@ -78,6 +80,30 @@ class PreparedBatch:
     statuses: list[tuple[InboundMessage, Topic]] = field(default_factory=list)
     status_records: list[KioskStatus | ProtocolError] = field(default_factory=list)
     strays: list[InboundMessage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    """One message to keep as a dead letter (what `Ledger.record_dead_letters` takes), and the
+    kind of topic it came on (for metrics and logs)."""
+
+    topic: str
+    payload: bytes
+    error_code: ErrorCode
+    reason: str
+    kiosk_id: str | None
+    kind: str  # tx | scan | status | other
+
+    @classmethod
+    def of(
+        cls,
+        message: InboundMessage,
+        kiosk_id: str | None,
+        code: ErrorCode,
+        reason: str,
+        kind: str,
+    ) -> DeadLetterEntry:
+        return cls(message.topic, message.payload, code, reason, kiosk_id, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +241,7 @@ class Worker:
             for (index, _), outcome in zip(applies, applied, strict=True):
                 outcomes[index] = outcome
             self._metrics.batch_size.observe(len(items))
+        letters: list[DeadLetterEntry] = []
         for index, decision in enumerate(decisions):
             if isinstance(decision, Reject):
                 outcomes[index] = self._database(
@@ -222,7 +249,12 @@ class Worker:
                 )
             elif isinstance(decision, DeadLetter):
                 message, topic = batch[index]
-                self._dead_letter(message, topic.kiosk_id, decision.code, decision.message, "tx")
+                letters.append(
+                    DeadLetterEntry.of(
+                        message, topic.kiosk_id, decision.code, decision.message, "tx"
+                    )
+                )
+        self._dead_letters(letters)
         return outcomes
 
     def _record_rejection(self, decision: Reject) -> Any:
@@ -356,11 +388,15 @@ class Worker:
         records: list[ScanRecord | ProtocolError],
     ) -> None:
         good: list[tuple[InboundMessage, ScanRecord]] = []
+        letters: list[DeadLetterEntry] = []
         for (message, topic), record in zip(batch, records, strict=True):
             if isinstance(record, ProtocolError):
-                self._dead_letter(message, topic.kiosk_id, record.code, record.message, "scan")
+                letters.append(
+                    DeadLetterEntry.of(message, topic.kiosk_id, record.code, record.message, "scan")
+                )
             else:
                 good.append((message, record))
+        self._dead_letters(letters)
         if good:
             self._database(
                 partial(self._ledger.record_scans, [scan for _, scan in good]),
@@ -378,9 +414,15 @@ class Worker:
         records: list[KioskStatus | ProtocolError],
     ) -> None:
         ledger = self._ledger
-        for (message, topic), status in zip(batch, records, strict=True):
+        self._dead_letters(
+            [
+                DeadLetterEntry.of(message, topic.kiosk_id, status.code, status.message, "status")
+                for (message, topic), status in zip(batch, records, strict=True)
+                if isinstance(status, ProtocolError)
+            ]
+        )
+        for (message, _topic), status in zip(batch, records, strict=True):
             if isinstance(status, ProtocolError):
-                self._dead_letter(message, topic.kiosk_id, status.code, status.message, "status")
                 continue
             self._database(
                 partial(ledger.record_kiosk_status, status, received_at_ms=message.received_at_ms),
@@ -395,41 +437,49 @@ class Worker:
         self._link.ack([m for m, _ in batch])
 
     def _commit_strays(self, messages: list[InboundMessage]) -> None:
-        for message in messages:
-            self._dead_letter(
-                message,
-                None,
-                ErrorCode.INVALID_REQUEST,
-                "not a topic this consumer handles",
-                "other",
-            )
+        # No kiosk level to charge them to: they share the bound of kiosk NULL.
+        self._dead_letters(
+            [
+                DeadLetterEntry.of(
+                    message,
+                    None,
+                    ErrorCode.INVALID_REQUEST,
+                    "not a topic this consumer handles",
+                    "other",
+                )
+                for message in messages
+            ]
+        )
         self._link.ack(messages)
 
-    def _dead_letter(
-        self,
-        message: InboundMessage,
-        kiosk_id: str | None,
-        code: ErrorCode,
-        reason: str,
-        kind: str,
-    ) -> None:
-        self._database(
-            partial(
-                self._ledger.record_dead_letter,
-                topic=message.topic,
-                payload=message.payload,
-                error_code=code,
-                reason=reason,
-                kiosk_id=kiosk_id,
-            ),
-            self._commit_backoff,
+    def _dead_letters(self, letters: list[DeadLetterEntry]) -> None:
+        """Keep a batch's dead letters in one transaction. The database stores at most its bound
+        per kiosk per minute and only counts the rest: those are not logged one by one either."""
+        if not letters:
+            return
+        stored = self._database(
+            partial(self._ledger.record_dead_letters, letters), self._commit_backoff
         )
-        self._metrics.dead_letters.labels(kind=kind, code=code.value).inc()
-        if kind != "tx":  # tx dead letters are counted with their answer
-            self._count(kind, "dead_letter", code.value)
+        counted_only = 0
+        for letter, kept in zip(letters, stored, strict=True):
+            code = letter.error_code.value
+            self._metrics.dead_letters.labels(kind=letter.kind, code=code).inc()
+            if not kept:
+                counted_only += 1
+            if letter.kind == "tx":  # tx dead letters are counted and logged with their answer
+                continue
+            self._count(letter.kind, "dead_letter", code)
+            if kept:
+                log.warning(
+                    "dead letter",
+                    extra={
+                        "context": {"kiosk_id": letter.kiosk_id, "kind": letter.kind, "code": code}
+                    },
+                )
+        if counted_only:
             log.warning(
-                "dead letter",
-                extra={"context": {"kiosk_id": kiosk_id, "kind": kind, "code": code.value}},
+                "dead letters over the bound: counted, not stored",
+                extra={"context": {"count": counted_only}},
             )
 
     # --- helpers ---------------------------------------------------------------------------------

@@ -4,11 +4,12 @@ scans, statuses, logs, metrics and sd_notify."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,17 @@ from tests.consumer.support import ConsumerProcess, festival_cloud
 from tests.waiting import wait_until
 
 MAX_BALANCE_CENTS = 150_000
+RETURN_MAX_CENTS = 1_000  # FESTIVAL_RETURN_MAX_CENTS of this module's consumer (default 2000)
 ROLES = {
     "bar-1": "bar",
     "bar-2": "bar",
     "checkpoint-1": "checkpoint",
     "checkpoint-2": "all",
     "bar-9": "bar",  # disabled by a test
+    "checkpoint-3": "checkpoint",  # registered for the checkpoint "gate-north"
+    "bar-flood": "bar",  # floods junk (its dead letters are counted per minute)
 }
+CHECKPOINTS = {"checkpoint-3": "gate-north"}
 UNREGISTERED = "ghost-1"
 
 
@@ -74,6 +79,10 @@ class System:
             ).first()
             return dict(row._mapping) if row else None
 
+    def scalar(self, sql: str, **params: object) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(sqlalchemy.text(sql), params).scalar()
+
     def balance(self, card_uid: str) -> int | None:
         card = self.ledger.card(card_uid)
         return card.balance_cents if card else None
@@ -93,7 +102,8 @@ def system(
     ledger = Ledger(engine, max_balance_cents=MAX_BALANCE_CENTS)
     keys = {kiosk_id: generate_private_key() for kiosk_id in [*ROLES, UNREGISTERED]}
     for kiosk_id, role in ROLES.items():
-        if kiosk_id == "bar-9":  # one through the operator's command, as in production
+        if kiosk_id in ("bar-9", *CHECKPOINTS):  # through the operator's command
+            checkpoint = ["--checkpoint", CHECKPOINTS[kiosk_id]] if kiosk_id in CHECKPOINTS else []
             festival_cloud(
                 "kiosk",
                 "add",
@@ -102,6 +112,7 @@ def system(
                 public_key_b64(keys[kiosk_id]),
                 "--role",
                 role,
+                *checkpoint,
                 database_url=ledger_database.owner_url,
             )
         else:
@@ -114,6 +125,7 @@ def system(
         workdir=service_dirs("consumer-flow"),
         extra_env={
             "FESTIVAL_MAX_BALANCE_CENTS": str(MAX_BALANCE_CENTS),
+            "FESTIVAL_RETURN_MAX_CENTS": str(RETURN_MAX_CENTS),
             # As systemd's WatchdogSec=1 would: a WATCHDOG=1 ping at least every 0.5 s.
             "WATCHDOG_USEC": "1000000",
         },
@@ -426,6 +438,174 @@ def test_a_signed_message_without_a_valid_request_id_is_a_dead_letter_with_echo(
     assert result.error_code is ErrorCode.INVALID_REQUEST
     assert (result.request_id, result.kiosk_id, result.seq) == (None, "bar-1", seq)
     assert system.dead_letters("bar-1")[-1]["error_code"] == "INVALID_REQUEST"
+
+
+# --- checkpoints (issue 11 item 2) and bounded dead letters (item 7) ------------------------------
+
+
+def drawer_cents(system: System, checkpoint_id: str) -> int:
+    """What the cash drawer of a checkpoint took (its account's postings are negative)."""
+    return -int(
+        system.scalar(
+            "SELECT coalesce(sum(p.amount_cents), 0) FROM accounts a"
+            " JOIN postings p ON p.account_id = a.account_id WHERE a.name = :name",
+            name=f"cash:{checkpoint_id}",
+        )
+    )
+
+
+def test_kiosk_add_registers_a_checkpoint_and_kiosk_list_shows_it(system: System) -> None:
+    url = system.database.owner_url
+    listed = json.loads(festival_cloud("kiosk", "list", "--json", database_url=url).stdout)
+    checkpoints = {row["kiosk_id"]: row["checkpoint_id"] for row in listed}
+    assert checkpoints["checkpoint-3"] == "gate-north"
+    assert checkpoints["checkpoint-1"] == "checkpoint-1"  # by default the kiosk id
+    table = festival_cloud("kiosk", "list", database_url=url).stdout
+    assert any(
+        line.startswith("checkpoint-3") and " gate-north " in line for line in table.splitlines()
+    )
+
+
+def test_a_top_up_goes_to_the_drawer_of_the_kiosks_registered_checkpoint(system: System) -> None:
+    kiosk = system.kiosks["checkpoint-3"]
+    before = drawer_cents(system, "gate-north")
+    unnamed = kiosk.recharge("A8000001", 1_000)  # no checkpoint_id: the registered one
+    kiosk.send(unnamed)
+    assert kiosk.wait_result(unnamed.request_id).status is Status.APPROVED
+    named = replace(kiosk.recharge("A8000001", 500), checkpoint_id="gate-north")
+    kiosk.send(named)
+    assert kiosk.wait_result(named.request_id).new_balance_cents == 1_500
+    assert drawer_cents(system, "gate-north") == before + 1_500
+    assert drawer_cents(system, "checkpoint-3") == 0
+    assert system.scalar(
+        "SELECT array_agg(DISTINCT checkpoint_id) FROM recharges WHERE card_id = 'A8000001'"
+    ) == ["gate-north"]
+
+
+def test_a_cashier_cannot_book_cash_into_another_checkpoints_drawer(system: System) -> None:
+    """Reproduced: `checkpoint_id` was free text, so a top-up could name any drawer."""
+    fund(system, "A8000002", 1_000)
+    for kiosk_id, foreign in (("checkpoint-3", "checkpoint-1"), ("checkpoint-1", "gate-north")):
+        kiosk = system.kiosks[kiosk_id]
+        drawer_before = drawer_cents(system, foreign)
+        request = replace(kiosk.recharge("A8000002", 5_000), checkpoint_id=foreign)
+        raw = kiosk.send(request)
+        result = kiosk.wait_result(request.request_id)
+        assert result.status is Status.REJECTED and result.error_code is ErrorCode.INVALID_REQUEST
+        assert "checkpoint" in result.message
+        assert (result.kiosk_id, result.seq, result.card_uid) == (kiosk_id, request.seq, "A8000002")
+        assert (result.previous_balance_cents, result.new_balance_cents) == (None, None)
+        assert system.processed(request.request_id) == {
+            "status": "rejected",
+            "error_code": "INVALID_REQUEST",
+        }
+        kiosk.send(raw)  # stored for good: the same bytes replay the rejection
+        replays = wait_until(
+            lambda kiosk=kiosk, request_id=request.request_id: kiosk.results_for(request_id)[1:],
+            timeout_s=10,
+            what="the replayed rejection",
+        )
+        assert replays[0].replayed
+        assert drawer_cents(system, foreign) == drawer_before
+    assert system.balance("A8000002") == 1_000
+
+
+def test_cup_returns_over_mqtt_mint_no_credit(system: System) -> None:
+    """Reproduced over the kiosk's own path: 99 cups returned per tap, again and again."""
+    fund(system, "A8000003", 1_000)
+    bar = system.kiosks["bar-2"]
+    back = BarItem("Cup back", 99, 200, is_deposit=True, is_return=True)
+    for _ in range(2):
+        order = bar.bar_order("A8000003", -19_800, items=(back,))
+        bar.send(order)
+        result = bar.wait_result(order.request_id)
+        assert result.status is Status.DECLINED
+        assert result.error_code is ErrorCode.RETURN_LIMIT_EXCEEDED
+        assert (result.previous_balance_cents, result.new_balance_cents) == (1_000, 1_000)
+    # Deposits first, then their return: paid back from the deposit account.
+    cups = BarItem("Cup", 2, 200, is_deposit=True)
+    bought = bar.bar_order("A8000003", 400, items=(cups,))
+    bar.send(bought)
+    assert bar.wait_result(bought.request_id).new_balance_cents == 600
+    two_back = BarItem("Cup back", 2, 200, is_deposit=True, is_return=True)
+    returned = bar.bar_order("A8000003", -400, items=(two_back,))
+    bar.send(returned)
+    assert bar.wait_result(returned.request_id).new_balance_cents == 1_000
+    assert system.balance("A8000003") == 1_000
+    assert system.ledger.check() == []
+
+
+def test_the_consumer_applies_its_configured_return_limit(system: System) -> None:
+    fund(system, "A8000005", 5_000)
+    bar = system.kiosks["bar-1"]
+    deposits = bar.bar_order("A8000005", 2_000, items=(BarItem("Cup", 10, 200, is_deposit=True),))
+    bar.send(deposits)
+    assert bar.wait_result(deposits.request_id).new_balance_cents == 3_000
+    over = bar.bar_order(
+        "A8000005", -1_200, items=(BarItem("Cup back", 6, 200, is_deposit=True, is_return=True),)
+    )
+    bar.send(over)
+    declined = bar.wait_result(over.request_id)
+    assert declined.error_code is ErrorCode.RETURN_LIMIT_EXCEEDED
+    assert "12.00" in declined.message and "10.00" in declined.message
+    within = bar.bar_order(
+        "A8000005", -1_000, items=(BarItem("Cup back", 5, 200, is_deposit=True, is_return=True),)
+    )
+    bar.send(within)
+    assert bar.wait_result(within.request_id).new_balance_cents == 4_000
+
+
+def test_a_flood_of_junk_from_one_kiosk_stores_the_bound_and_counts_the_rest(
+    system: System,
+) -> None:
+    """Reproduced: every junk message was a dead letter with up to 1 MiB of raw bytes, without
+    bound. Now at most DEAD_LETTERS_PER_KIOSK_MINUTE_MAX per kiosk per minute are stored (a
+    flood spans at most two minutes here), the rest only counted, each at most 8192 bytes."""
+    from cloud.ledger import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX as BOUND
+
+    flooder = system.kiosks["bar-flood"]
+    count = 3 * BOUND
+    for number in range(count):
+        flooder.send(b"junk %d " % number + b"x" * 10_000, wait=False)
+
+    def received() -> int:
+        return int(
+            system.scalar(
+                "SELECT coalesce(sum(received_count), 0) FROM dead_letter_counts"
+                " WHERE kiosk_id = 'bar-flood'"
+            )
+        )
+
+    wait_until(lambda: received() == count, timeout_s=60, what=f"{count} junk messages counted")
+    with system.engine.connect() as connection:
+        rows = [
+            tuple(row)
+            for row in connection.execute(
+                sqlalchemy.text(
+                    "SELECT stored_count, received_count FROM dead_letter_counts"
+                    " WHERE kiosk_id = 'bar-flood'"
+                )
+            )
+        ]
+    assert 1 <= len(rows) <= 2 and all(stored <= BOUND for stored, _ in rows)
+    kept = system.dead_letters("bar-flood")
+    assert len(kept) == sum(stored for stored, _ in rows) <= 2 * BOUND < count
+    letter = system.scalar(
+        "SELECT jsonb_build_object('bytes', length(payload), 'length', payload_length,"
+        " 'sha', encode(payload_sha256, 'hex')) FROM dead_letters"
+        " WHERE kiosk_id = 'bar-flood' ORDER BY id LIMIT 1"
+    )
+    first = b"junk 0 " + b"x" * 10_000
+    assert letter == {
+        "bytes": 8192,
+        "length": len(first),
+        "sha": hashlib.sha256(first).hexdigest(),
+    }
+    # The consumer keeps serving the flooder's and everyone else's genuine requests.
+    fund(system, "A8000004", 1_000)
+    order = flooder.bar_order("A8000004", 100)
+    flooder.send(order)
+    assert flooder.wait_result(order.request_id, timeout_s=30).status is Status.APPROVED
 
 
 # --- concurrency -------------------------------------------------------------------------------

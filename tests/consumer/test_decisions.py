@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -182,3 +183,40 @@ def test_the_disabled_check_comes_before_the_role_and_the_schema() -> None:
     raw = encode_request(recharge(), KEY)
     decision = decide(raw, view(role="bar", enabled=False))
     assert isinstance(decision, Reject) and decision.code is ErrorCode.KIOSK_DISABLED
+
+
+# --- (1.1) a top-up books into the drawer of the kiosk's registered checkpoint -------------------
+
+
+def checkpoint_view(checkpoint_id: str | None) -> KioskView:
+    return KioskView(KEY.public_key(), True, "checkpoint", checkpoint_id)
+
+
+def test_a_top_up_without_checkpoint_goes_to_the_registered_one() -> None:
+    raw = encode_request(recharge("cash-1"), KEY)
+    decision = decide(raw, checkpoint_view("gate-north"), topic_kiosk_id="cash-1")
+    assert isinstance(decision, Apply)
+    assert isinstance(decision.request, CheckpointRecharge)
+    assert decision.request.checkpoint_id == "gate-north"
+    # A kiosk registered without a checkpoint is its own.
+    decision = decide(raw, checkpoint_view(None), topic_kiosk_id="cash-1")
+    assert isinstance(decision, Apply) and decision.request.checkpoint_id == "cash-1"  # type: ignore[union-attr]
+
+
+def test_a_top_up_naming_its_own_checkpoint_is_applied_as_sent() -> None:
+    request = replace(recharge("cash-1"), checkpoint_id="gate-north")
+    decision = decide(encode_request(request, KEY), checkpoint_view("gate-north"), "cash-1")
+    assert isinstance(decision, Apply) and decision.request == request
+
+
+@pytest.mark.parametrize(("registered", "named"), [("gate-north", "gate-south"), (None, "cash-2")])
+def test_a_top_up_naming_another_checkpoint_is_rejected_for_good(
+    registered: str | None, named: str
+) -> None:
+    request = replace(recharge("cash-1"), checkpoint_id=named)
+    decision = decide(encode_request(request, KEY), checkpoint_view(registered), "cash-1")
+    assert isinstance(decision, Reject)
+    assert decision.code is ErrorCode.INVALID_REQUEST
+    assert decision.request_type == "checkpoint_recharge"
+    assert decision.echo.request_id == "req-2" and decision.echo.card_uid == "04A1B2C3"
+    assert named in decision.message

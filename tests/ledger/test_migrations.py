@@ -7,6 +7,7 @@ from collections.abc import Callable
 from cloud import database
 from cloud.database import make_engine
 from cloud.ledger import Ledger
+from protocol.errors import ErrorCode
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, execute, recharge, scalar
 
 
@@ -105,3 +106,54 @@ def test_migrations_are_found_from_the_package_not_the_working_directory(
     url = make_database()
     database.upgrade(url, "0001")
     assert database.current_revision(url) == "0001"
+
+
+def test_revision_0005_down_and_up_keeps_the_cup_deposits(
+    make_database: Callable[..., str],
+) -> None:
+    """Rolling 0005 back strands no money: the deposit account is parked as a system account
+    revision 0004 accepts ('sales:deposit:cups') and comes back, with its balance, on upgrade."""
+    from protocol.models import BarItem
+
+    url = make_database()
+    database.upgrade(url)
+    engine = make_engine(url, pool_size=1)
+    try:
+        ledger = Ledger(engine)
+        ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+        ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint", checkpoint_id="gate-a")
+        ledger.apply(recharge("04AAAAAA", 5_000))
+        cups = BarItem("Cup", 2, 200, is_deposit=True)
+        assert ledger.apply(bar_order("04AAAAAA", ("Beer", 1, 500), cups)).approved
+        assert ledger.deposit_balance_cents() == 400
+        assert ledger.record_dead_letter(
+            topic="junk",
+            payload=b"j" * 10_000,
+            error_code=ErrorCode.INVALID_REQUEST,
+            reason="not a JWS",
+            kiosk_id="bar-1",
+        )
+
+        database.downgrade(url, "0004")
+        assert execute(
+            url,
+            "SELECT a.kind, a.name, sum(p.amount_cents) FROM accounts a"
+            " JOIN postings p ON p.account_id = a.account_id"
+            " WHERE a.name LIKE '%deposit%' GROUP BY a.kind, a.name",
+        ) == [("sales", "sales:deposit:cups", 400)]
+        assert scalar(url, "SELECT to_regclass('deposit_balances')") is None
+        assert scalar(url, "SELECT length(payload) FROM dead_letters") == 8192
+        assert ledger.check() == []  # revision 0002's checks, on what 0004 has
+
+        database.upgrade(url)
+        assert ledger.deposit_balance_cents() == 400
+        assert scalar(url, "SELECT kind FROM accounts WHERE name = 'deposit:cups'") == "deposit"
+        assert scalar(url, "SELECT checkpoint_id FROM kiosks WHERE kiosk_id = 'checkpoint-1'") == (
+            "checkpoint-1"  # the column went with the rollback: each kiosk is its own again
+        )
+        back = BarItem("Cup", 2, 200, is_deposit=True, is_return=True)
+        assert ledger.apply(bar_order("04AAAAAA", back)).new_balance_cents == 4_500
+        assert ledger.deposit_balance_cents() == 0
+        assert ledger.check() == []
+    finally:
+        engine.dispose()

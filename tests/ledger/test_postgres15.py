@@ -25,7 +25,7 @@ from cloud.database import make_engine, service_url
 from cloud.ledger import Ledger
 from cloud.sandbox import free_port, wait_for_port
 from protocol.errors import ErrorCode, Status
-from protocol.models import ScanRecord
+from protocol.models import BarItem, ScanRecord
 from tests.ledger import test_seed_sql as seed
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
 from tests.waiting import wait_until
@@ -141,6 +141,23 @@ def test_ledger_on_postgresql_15(postgres15_url: str) -> None:
         )
         assert refund.new_balance_cents == 1_100
         ledger.record_scan(ScanRecord("bar-1", int(time.time() * 1000), card, "ok", "r", 3))
+        # Revision 0005 on 15: cup deposits and returns, the return limit, bounded dead letters.
+        cup = BarItem("Cup", 2, 200, is_deposit=True)
+        back = BarItem("Cup", 1, 200, is_deposit=True, is_return=True)
+        deposit_then_return = ledger.apply_batch(
+            [bar_order(card, cup, seq=7), bar_order(card, back, seq=8)]
+        )
+        assert [o.new_balance_cents for o in deposit_then_return] == [700, 900]
+        too_many = ledger.apply(bar_order(card, BarItem("Cup", 3, 200, is_return=True), seq=9))
+        assert too_many.error_code is ErrorCode.RETURN_LIMIT_EXCEEDED
+        assert ledger.deposit_balance_cents() == 200
+        assert ledger.record_dead_letter(
+            topic="t",
+            payload=b"x" * 10_000,
+            error_code=ErrorCode.INVALID_REQUEST,
+            reason="junk",
+            kiosk_id="bar-1",
+        )
         assert ledger.check() == []
         # The seed's SQL, verbatim, as the service role.
         for sql in [seed.CHECK_TABLES, seed.CHECK_PROCEDURES, seed.CHECK_COLUMNS, *seed.MONITORING]:

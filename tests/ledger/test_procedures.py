@@ -82,6 +82,9 @@ def test_balance_limit_allows_exactly_the_maximum(ledger: Ledger) -> None:
 
 def test_returns_only_order_credits_the_card_within_the_limit(ledger: Ledger) -> None:
     ledger.apply(recharge(CARD, 1_000))
+    # (1.1) returns are paid from the deposit account: someone paid these cups' deposits first
+    ledger.apply(recharge("04AB0001", 1_000))
+    assert ledger.apply(bar_order("04AB0001", BarItem("Cup", 4, 200, is_deposit=True))).approved
     cup_back = BarItem("Cup", 2, 200, sku="CUP", is_deposit=True, is_return=True)
     outcome = ledger.apply(bar_order(CARD, cup_back))
     assert outcome.status is Status.APPROVED

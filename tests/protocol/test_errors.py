@@ -21,12 +21,13 @@ PROTOCOL_TABLE = {
     "CARD_BLOCKED": "declined",
     "INSUFFICIENT_FUNDS": "declined",
     "BALANCE_LIMIT_EXCEEDED": "declined",
+    "RETURN_LIMIT_EXCEEDED": "declined",
 }
 
 
 def test_error_codes_are_exactly_the_protocol_table() -> None:
     assert {code.value: code.status.value for code in ErrorCode} == PROTOCOL_TABLE
-    assert len(ErrorCode) == 11
+    assert len(ErrorCode) == 12
 
 
 def test_status_values() -> None:
