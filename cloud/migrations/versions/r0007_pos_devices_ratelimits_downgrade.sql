@@ -11,13 +11,13 @@ BEGIN
                'sp_process_bar_order', 'sp_process_checkpoint_recharge', 'sp_record_rejection',
                'sp_create_topup', 'sp_attach_checkout_session', 'sp_record_stripe_event',
                'sp_process_stripe_recharge', 'sp_mark_topup_failed', 'sp_handle_stripe_refund',
-               'sp_handle_stripe_dispute', 'sp_block_card', 'sp_unblock_card', 'ledger_check')
+               'sp_handle_stripe_dispute', 'sp_block_card', 'sp_unblock_card', 'ledger_check', 'ledger_check_accounts')
     LOOP
         EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM festival_api', f);
     END LOOP;
 END
 $$;
-REVOKE SELECT ON cards, transactions, postings, kiosks, topups, idempotency_keys,
+REVOKE SELECT ON accounts, cards, transactions, postings, kiosks, topups, idempotency_keys,
     app_transaction_log, nfc_scan_log, bar_orders, bar_order_items, recharges FROM festival_api;
 
 DROP FUNCTION sp_rate_limit_take(text, text, integer, double precision, integer, double precision);

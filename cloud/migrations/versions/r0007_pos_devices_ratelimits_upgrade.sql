@@ -229,7 +229,7 @@ GRANT EXECUTE ON FUNCTION sp_rate_limit_take(text, text, integer, double precisi
 -- requests in bulk (sp_process_batch), register or disable kiosks or POS devices, store dead
 -- letters or kiosk status, clean up, or write any table directly. Columns holding secrets or
 -- raw payloads (token digests, Stripe event bodies, dead letters) are not readable.
-GRANT SELECT ON cards, transactions, postings, kiosks, topups, idempotency_keys,
+GRANT SELECT ON accounts, cards, transactions, postings, kiosks, topups, idempotency_keys,
     app_transaction_log, nfc_scan_log, bar_orders, bar_order_items, recharges TO festival_api;
 GRANT SELECT (device_id, role, enabled, last_seq, last_seen_at, created_at, updated_at,
               disabled_at) ON pos_devices TO festival_api;
@@ -250,7 +250,7 @@ BEGIN
                'sp_record_stripe_event', 'sp_process_stripe_recharge', 'sp_mark_topup_failed',
                'sp_handle_stripe_refund', 'sp_handle_stripe_dispute',
                -- admin and monitoring
-               'sp_block_card', 'sp_unblock_card', 'ledger_check')
+               'sp_block_card', 'sp_unblock_card', 'ledger_check', 'ledger_check_accounts')
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO festival_api', f);
     END LOOP;
