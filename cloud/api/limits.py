@@ -58,6 +58,11 @@ DASHBOARD_ROWS_MAX: Final = 20
 # Figures that need database queries are read at most once per this many seconds (DESIGN.md:
 # "cached for at most 10 s", so a burst of scrapes costs one query round).
 METRICS_CACHE_S: Final = 10.0
+# DESIGN.md 1.1: a bar whose cup returns exceed its own deposits by more than this many times
+# FESTIVAL_RETURN_MAX_CENTS within the window raises an alert (a bar kiosk paying out made-up
+# returns, each below the per-order limit, shows here long before the deposit account is empty).
+RETURN_ALERT_FACTOR: Final = 20
+RETURN_ALERT_WINDOW_S: Final = 3600
 
 LATENCY_BUCKETS_S: Final = (
     0.001,

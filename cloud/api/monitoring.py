@@ -255,6 +255,7 @@ def dashboard_data(
         "kiosks": kiosks,
         "error_rates": services.ledger.error_rates(),
         "recent_declines": queries.recent_declines(),
+        "return_alerts": queries.return_alerts(),
     }
     return json_response(body)
 

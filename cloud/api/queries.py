@@ -12,8 +12,14 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
-from cloud.api.limits import DASHBOARD_MINUTES_MAX, DASHBOARD_ROWS_MAX
+from cloud.api.limits import (
+    DASHBOARD_MINUTES_MAX,
+    DASHBOARD_ROWS_MAX,
+    RETURN_ALERT_FACTOR,
+    RETURN_ALERT_WINDOW_S,
+)
 from cloud.database import translate_errors
+from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 
 STATEMENT_TIMEOUT_MS = 2000
 
@@ -25,8 +31,12 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class DashboardQueries:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+    ) -> None:
         self._engine = engine
+        # Returns beyond a bar's own deposits above this, within the window, raise an alert.
+        self.return_alert_cents = RETURN_ALERT_FACTOR * return_cents_max
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         with translate_errors(), self._engine.connect() as connection:
@@ -130,8 +140,52 @@ class DashboardQueries:
             for row in rows
         ]
 
+    def return_alerts(self) -> list[dict[str, Any]]:
+        """Bars whose cup returns of the last hour exceed their own deposits of that hour by more
+        than RETURN_ALERT_FACTOR x FESTIVAL_RETURN_MAX_CENTS (DESIGN.md 1.1), worst first.
+
+        Returns at one bar of cups deposited at another are normal in small amounts; a bar that
+        pays out far more than it takes in is either the exit bar of the festival or a kiosk
+        inventing returns below the per-order limit: a person should look. Reads only the
+        window's deposit and return lines (bar_orders by created_at, then the items by key).
+        """
+        rows = self._rows(
+            """
+            SELECT kiosk_id, deposits_cents, returns_cents
+              FROM (SELECT o.kiosk_id,
+                           coalesce(sum(i.line_total_cents)
+                                    FILTER (WHERE i.is_deposit AND NOT i.is_return), 0)
+                               AS deposits_cents,
+                           coalesce(-sum(i.line_total_cents) FILTER (WHERE i.is_return), 0)
+                               AS returns_cents
+                      FROM bar_orders o
+                      JOIN bar_order_items i ON i.order_id = o.order_id
+                     WHERE o.created_at > now() - make_interval(secs => :window_s)
+                       AND (i.is_deposit OR i.is_return)
+                     GROUP BY o.kiosk_id) per_bar
+             WHERE returns_cents - deposits_cents > :threshold_cents
+             ORDER BY returns_cents - deposits_cents DESC, kiosk_id
+             LIMIT :limit
+            """,
+            window_s=RETURN_ALERT_WINDOW_S,
+            threshold_cents=self.return_alert_cents,
+            limit=DASHBOARD_ROWS_MAX,
+        )
+        return [
+            {
+                "kiosk_id": row["kiosk_id"],
+                "deposits_cents": int(row["deposits_cents"]),
+                "returns_cents": int(row["returns_cents"]),
+                "excess_cents": int(row["returns_cents"]) - int(row["deposits_cents"]),
+                "threshold_cents": self.return_alert_cents,
+                "window_s": RETURN_ALERT_WINDOW_S,
+            }
+            for row in rows
+        ]
+
     def ledger_totals(self) -> dict[str, tuple[str, float]]:
         """Cheap totals for Prometheus (a few aggregates over small tables)."""
+        return_alerts = self.return_alerts()
         cards = self._rows(
             """
             SELECT count(*) AS cards,
@@ -150,6 +204,11 @@ class DashboardQueries:
             """
         )[0]
         return {
+            "bars_returns_alert": (
+                "Bars whose cup returns of the last hour exceed their own deposits by more than "
+                f"{RETURN_ALERT_FACTOR} x FESTIVAL_RETURN_MAX_CENTS (alert when > 0)",
+                float(len(return_alerts)),
+            ),
             "cards": ("Cards known to the ledger", float(cards["cards"])),
             "cards_blocked": ("Cards currently blocked", float(cards["blocked"])),
             "card_balance_cents": (

@@ -187,6 +187,17 @@
         return range[0] === range[1] ? String(range[0]) : range[0] + "–" + range[1];
       }).join(", ") || "none");
     }, "no kiosk registered", 5);
+    // DESIGN.md 1.1: a bar paying out far more cup returns than it takes in deposits.
+    var alerts = data.return_alerts || [];
+    $("return-alerts-panel").setAttribute("data-alerts", String(alerts.length));
+    $("return-alerts-panel").classList.toggle("alert", alerts.length > 0);
+    fillTable("return-alerts", alerts, function (row, alert) {
+      badge(row, alert.kiosk_id, "bad");
+      cell(row, euros(alert.deposits_cents), "num");
+      cell(row, euros(alert.returns_cents), "num");
+      cell(row, euros(alert.excess_cents) + " (alert above " + euros(alert.threshold_cents) + ")",
+        "num");
+    }, "no bar returns more than it takes", 4);
     fillTable("declines", data.recent_declines, function (row, decline) {
       cell(row, time(decline.at));
       cell(row, decline.kiosk_id || decline.source || "");

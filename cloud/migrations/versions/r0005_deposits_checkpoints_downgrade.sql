@@ -9,6 +9,7 @@
 -- hashes go with the columns.
 
 -- 1. Bar orders and top-ups: revision 0002's procedures, verbatim.
+DROP INDEX bar_orders_created_at_brin;
 DROP FUNCTION ledger_check_accounts(integer);
 DROP FUNCTION sp_process_batch(jsonb, bigint, bigint, bigint);
 DROP FUNCTION sp_process_bar_order(

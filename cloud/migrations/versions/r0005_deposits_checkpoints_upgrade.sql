@@ -799,3 +799,7 @@ GRANT EXECUTE ON FUNCTION sp_set_kiosk_checkpoint(text, text) TO festival_servic
 GRANT EXECUTE ON FUNCTION sp_record_dead_letters(jsonb, integer) TO festival_service;
 GRANT EXECUTE ON FUNCTION cleanup_expired_dead_letters() TO festival_service;
 GRANT EXECUTE ON FUNCTION ledger_check_accounts(integer) TO festival_service;
+
+-- The return alert of the dashboard and metrics (cloud/api/queries.py) reads the last hour of bar
+-- orders: a BRIN index keeps that cheap on an append-only, time-ordered table.
+CREATE INDEX bar_orders_created_at_brin ON bar_orders USING brin (created_at);
