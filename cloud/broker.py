@@ -443,6 +443,24 @@ def _write_private(path: Path, text: str, mode: int) -> None:
     os.replace(temporary, path)
 
 
+def _unreachable_folder(folder: Path, uid: int, gids: set[int]) -> Path | None:
+    """The first folder from ``folder`` up to / that user ``uid`` cannot enter, if any.
+
+    Mosquitto loads the plugin's state after dropping to its user; a folder it cannot enter
+    leaves it running with no clients at all (every login refused, one line in its log)."""
+    for current in [folder, *folder.parents]:
+        status = current.stat()
+        if status.st_uid == uid:
+            allowed = status.st_mode & 0o100
+        elif status.st_gid in gids:
+            allowed = status.st_mode & 0o010
+        else:
+            allowed = status.st_mode & 0o001
+        if not allowed:
+            return current
+    return None
+
+
 def _owner(user: str) -> tuple[int, int] | None:
     """uid/gid to give the broker's writable files when we run as root and it will not."""
     if os.geteuid() != 0 or user == "root":
@@ -476,6 +494,14 @@ def write_broker_config(
     out = options.out_dir.resolve()
     options = _replace_out_dir(options, out)
     out.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        gids = {owner[1], *os.getgrouplist(options.user, owner[1])}
+        blocked = _unreachable_folder(out, owner[0], gids)
+        if blocked is not None:
+            raise BrokerConfigError(
+                f"{blocked}: user {options.user!r} cannot enter it, so the broker could not "
+                f"read its state (chmod o+x {blocked}, or choose another --out)"
+            )
     data = out / DATA_DIR
     data.mkdir(mode=0o700, exist_ok=True)
     dynsec_file = data / DYNSEC_FILE

@@ -95,6 +95,7 @@ class Deployment:
 @pytest.fixture
 def deployment(database_url: str) -> Iterator[Deployment]:
     folder = Path(tempfile.mkdtemp(prefix="festival-broker-cli-"))
+    folder.chmod(0o755)  # the broker's system user must be able to enter it (see below)
     made = Deployment(database_url, folder, free_port(), "service-" + os.urandom(8).hex())
     engine = make_engine(database_url, pool_size=1)
     try:
@@ -314,3 +315,45 @@ def test_the_tls_variant_runs_and_requires_a_client_certificate(
 
     assert over_tls(certificate=True) == "Success"
     assert over_tls(certificate=False).startswith("refused")
+
+
+def test_as_the_broker_system_user_control_changes_survive_a_restart(
+    deployment: Deployment,
+) -> None:
+    """Production runs the broker as `--user mosquitto` (the default): it drops root, and must
+    still write the plugin's state when `kiosk password` changes it, so that the change
+    survives a restart."""
+    import pwd
+
+    system_user = "mosquitto" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    if os.geteuid() == 0:
+        # A folder the broker's user cannot enter is refused up front: Mosquitto would run
+        # with no clients at all and say so only in its log.
+        deployment.folder.chmod(0o700)
+        refused = deployment.cli(
+            "broker", "config", "--out", str(deployment.folder), "--user", system_user,
+            admin=False,
+        )  # fmt: skip
+        assert refused.returncode == 2 and "cannot enter" in refused.stderr, refused.stderr
+        deployment.folder.chmod(0o755)
+    done = deployment.cli(
+        "broker", "config", "--out", str(deployment.folder), "--bind", "127.0.0.1",
+        "--port", str(deployment.port), "--user", system_user, admin=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = deployment.folder / "data" / "dynamic-security.json"
+    assert pwd.getpwuid(state.stat().st_uid).pw_name == system_user
+    assert pwd.getpwuid((deployment.folder / "data").stat().st_uid).pw_name == system_user
+    assert (deployment.folder / "admin.json").stat().st_uid == os.geteuid()
+    deployment.start()
+    issued = deployment.cli("kiosk", "password", "bar-1", "--json")
+    assert issued.returncode == 0, issued.stderr
+    password = json.loads(issued.stdout)["mqtt_password"]
+    assert connack(deployment, "bar-1", password) == "Success"
+    deployment.stop()
+    assert password_matches(
+        next(c for c in json.loads(state.read_text())["clients"] if c["username"] == "bar-1"),
+        password,
+    )
+    deployment.start()
+    assert connack(deployment, "bar-1", password) == "Success"
