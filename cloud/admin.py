@@ -189,11 +189,10 @@ def kiosk_password(args: argparse.Namespace, settings: CloudSettings) -> int:
     password, problem = _issue_broker_password(
         settings, args.kiosk_id, enabled=bool(found[0].enabled)
     )
-    if problem is not None and not args.json and "broker not updated" not in problem:
+    if password is None:
         print(f"festival-cloud kiosk password: {problem}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    exit_code = _print_credentials(args, args.kiosk_id, password, problem)
-    return EXIT_UNAVAILABLE if password is None else exit_code
+    return _print_credentials(args, args.kiosk_id, password, None)
 
 
 @_unavailable

@@ -86,7 +86,7 @@ SERVICE_ROLE: Final = "festival-service"
 KIOSK_ROLE_PREFIX: Final = "kiosk:"
 # Cloud processes' client ids start with this (CONSUMER_ID's default is consumer-<host>): a kiosk
 # may not be registered under such an id, or its credentials could take over a consumer's session.
-CLOUD_CLIENT_ID_PREFIXES: Final = ("consumer-", "festival-", "deploy-check-")
+CLOUD_CLIENT_ID_PREFIXES: Final = ("consumer-", "festival-admin", "deploy-check-")
 
 CONFIG_FILE: Final = "mosquitto.conf"
 DATA_DIR: Final = "data"
