@@ -480,7 +480,7 @@ def write_broker_config(
     Run again on the same folder (broker stopped), it keeps the admin's password and every
     kiosk's stored hash, and follows the database for which kiosks exist and are enabled.
     """
-    plugin_path = options.plugin_path or find_plugin()
+    plugin_path = (options.plugin_path or find_plugin()).resolve()
     if not plugin_path.exists():
         raise BrokerConfigError(f"{plugin_path}: no such plugin")
     for name, port in (("--port", options.port), ("--local-port", options.local_port)):
@@ -491,8 +491,8 @@ def write_broker_config(
             if path is not None and not path.is_file():
                 raise BrokerConfigError(f"{path}: no such file")
     owner = _owner(options.user)
-    out = options.out_dir.resolve()
-    options = _replace_out_dir(options, out)
+    options = _absolute(options)  # Mosquitto resolves relative paths against its cwd
+    out = options.out_dir
     out.mkdir(parents=True, exist_ok=True)
     if owner is not None:
         gids = {owner[1], *os.getgrouplist(options.user, owner[1])}
@@ -515,7 +515,10 @@ def write_broker_config(
             raise BrokerConfigError(f"{dynsec_file}: not JSON ({error})") from None
     admin_password = new_password()
     if admin_file.exists():
-        admin_password = read_admin_file(admin_file).password
+        try:
+            admin_password = read_admin_file(admin_file).password
+        except BrokerControlError as error:
+            raise BrokerConfigError(f"{error}; remove it to issue a new admin password") from None
     state = dynsec_state(
         prefix=options.prefix,
         service_username=options.service_username,
@@ -540,10 +543,24 @@ def write_broker_config(
     return BrokerConfigSummary(config_file, dynsec_file, admin_file, len(kiosks), without)
 
 
-def _replace_out_dir(options: BrokerOptions, out: Path) -> BrokerOptions:
+def _absolute(options: BrokerOptions) -> BrokerOptions:
     from dataclasses import replace
 
-    return replace(options, out_dir=out)
+    tls = options.tls
+    if tls is not None:
+        tls = replace(
+            tls,
+            cert_file=tls.cert_file.resolve(),
+            key_file=tls.key_file.resolve(),
+            ca_file=tls.ca_file.resolve() if tls.ca_file else None,
+        )
+    return replace(
+        options,
+        out_dir=options.out_dir.resolve(),
+        tls=tls,
+        log_file=options.log_file.resolve() if options.log_file else None,
+        plugin_path=options.plugin_path.resolve() if options.plugin_path else None,
+    )
 
 
 # --- the control channel ----------------------------------------------------------------------
@@ -657,6 +674,12 @@ class BrokerAdmin:
         finally:
             client.disconnect()
             client.loop_stop()
+            sock = client.socket()
+            if sock is not None:  # paho keeps a refused connection's socket until collected
+                try:
+                    sock.close()
+                except OSError:
+                    pass
         if state["error"]:
             raise BrokerControlError(state["error"])
         if not finished:

@@ -87,6 +87,7 @@ class Session:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        close_socket(self.client)
 
     @property
     def connected(self) -> bool:
@@ -113,6 +114,17 @@ class Session:
     def _on_message(self, c: Any, u: Any, message: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append((message.topic, bytes(message.payload)))
+
+
+def close_socket(client: mqtt.Client) -> None:
+    """paho leaves the socket of a connection the broker refused or dropped open until the
+    client is garbage collected (a ResourceWarning, an error in this suite): close it."""
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
 
 
 def _nodelay(client: Any, userdata: Any, sock: Any) -> None:
