@@ -130,7 +130,7 @@ class SimulatedKiosk:
         self._endpoint = endpoint
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"{kiosk_id}-bench-{secrets.token_hex(3)}",
+            client_id=kiosk_id,  # the broker accepts a kiosk's credentials under this id only
             protocol=mqtt.MQTTv5,
         )
         client.username_pw_set(endpoint.username, endpoint.password)

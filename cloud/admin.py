@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from cloud import database
 from cloud.database import TransientDatabaseError, make_engine
 from cloud.ledger import TOPUP_RETENTION_DAYS, Ledger
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
+
+if TYPE_CHECKING:
+    from cloud.broker import BrokerAdmin
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -103,20 +106,65 @@ def db_current(args: argparse.Namespace, settings: CloudSettings) -> int:
 # --- kiosks ------------------------------------------------------------------------------------
 
 
-def kiosk_acl(prefix: str, kiosk_id: str) -> list[str]:
-    """The broker ACL of one kiosk (PROTOCOL.md): its own tx/scan/status, its own result."""
-    base = f"{prefix}/v1/kiosks/{kiosk_id}"
-    return [
-        f"user {kiosk_id}",
-        f"topic write {base}/tx",
-        f"topic write {base}/scan",
-        f"topic write {base}/status",
-        f"topic read {base}/result",
-    ]
+def _broker_admin(settings: CloudSettings) -> BrokerAdmin | None:
+    """The broker's control channel (MQTT_ADMIN_FILE), or None when it is not configured."""
+    from cloud.broker import BrokerAdmin, ControlTls
+
+    if settings.mqtt_admin_file is None:
+        return None
+    endpoint = settings.mqtt_endpoint if settings.mqtt_url is not None else None
+    tls = ControlTls(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
+    return BrokerAdmin.from_file(settings.mqtt_admin_file, endpoint=endpoint, tls=tls)
+
+
+def _issue_broker_password(
+    settings: CloudSettings, kiosk_id: str, *, enabled: bool = True
+) -> tuple[str | None, str | None]:
+    """(password, None) once the broker holds its hash; (None, why not) otherwise. The
+    password travels only over the control channel and to stdout, never through argv."""
+    from cloud.broker import BrokerControlError, new_password
+
+    try:
+        admin = _broker_admin(settings)
+        if admin is None:
+            return None, "MQTT_ADMIN_FILE is not set (festival-cloud broker config writes it)"
+        password = new_password()
+        admin.issue_kiosk(settings.festival_topic_prefix, kiosk_id, password)
+        if not enabled:
+            admin.disable_client(kiosk_id)
+    except BrokerControlError as error:
+        return None, f"broker not updated: {error}"
+    return password, None
+
+
+def _print_credentials(
+    args: argparse.Namespace, kiosk_id: str, password: str | None, problem: str | None
+) -> int:
+    if args.json:
+        print(
+            json.dumps({"kiosk_id": kiosk_id, "mqtt_username": kiosk_id, "mqtt_password": password})
+        )
+    else:
+        print(f"MQTT username: {kiosk_id}")
+        if password is not None:
+            print(f"MQTT password: {password}")
+            print("  shown once; the broker keeps only a salted hash. Client id = username.")
+    if problem is not None:
+        print(f"festival-cloud: no MQTT password issued for {kiosk_id}: {problem}", file=sys.stderr)
+        print(f"  then run: festival-cloud kiosk password {kiosk_id}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if "broker not updated" in problem else EXIT_OK
+    return EXIT_OK
 
 
 @_unavailable
 def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
+    from cloud.broker import reserved_kiosk_id_reason
+
+    service_user = settings.mqtt_endpoint.username if settings.mqtt_url is not None else None
+    reserved = reserved_kiosk_id_reason(args.kiosk_id, *([service_user] if service_user else []))
+    if reserved:
+        print(f"festival-cloud kiosk add: {reserved}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     with _ledger(settings) as ledger:
         try:
             refuse_pos_device_id(ledger.engine, args.kiosk_id)
@@ -126,33 +174,55 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
         except ValueError as error:
             print(f"festival-cloud kiosk add: {error}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-    # A fresh broker password for this kiosk: shown once, stored only in the broker's hashed
-    # password file and the kiosk's MQTT_URL. The cloud never keeps it.
-    password = secrets.token_urlsafe(24)
-    print(
-        f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role}, checkpoint {kiosk.checkpoint_id},"
-        " enabled"
+    # A fresh broker password for this kiosk, set on the running broker through its control
+    # topic: shown once, stored only as the broker's salted hash and in the kiosk's MQTT_URL.
+    password, problem = _issue_broker_password(settings, kiosk.kiosk_id)
+    if not args.json:
+        print(
+            f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
+            f" checkpoint {kiosk.checkpoint_id}, enabled"
+        )
+    return _print_credentials(args, kiosk.kiosk_id, password, problem)
+
+
+@_unavailable
+def kiosk_password(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """Rotate: a new password on the broker; the old one and its live session end at once."""
+    with _ledger(settings) as ledger:
+        found = [kiosk for kiosk in ledger.kiosks() if kiosk.kiosk_id == args.kiosk_id]
+    if not found:
+        print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    password, problem = _issue_broker_password(
+        settings, args.kiosk_id, enabled=bool(found[0].enabled)
     )
-    print(f"MQTT username: {kiosk.kiosk_id}")
-    print(f"MQTT password: {password}")
-    print(
-        f"  on the broker: mosquitto_passwd -b /etc/mosquitto/passwd {kiosk.kiosk_id} '{password}'"
-    )
-    print("  then reload it: kill -HUP $(pidof mosquitto)")
-    print("ACL lines (the pattern ACL of PROTOCOL.md covers every kiosk at once):")
-    for line in kiosk_acl(settings.festival_topic_prefix, kiosk.kiosk_id):
-        print(f"  {line}")
-    return EXIT_OK
+    if password is None:
+        print(f"festival-cloud kiosk password: {problem}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return _print_credentials(args, args.kiosk_id, password, None)
 
 
 @_unavailable
 def kiosk_disable(args: argparse.Namespace, settings: CloudSettings) -> int:
+    from cloud.broker import BrokerControlError
+
     with _ledger(settings) as ledger:
         disabled = ledger.disable_kiosk(args.kiosk_id)
     if not disabled:
         print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
     print(f"kiosk {args.kiosk_id} disabled: its next request is rejected KIOSK_DISABLED")
+    try:
+        admin = _broker_admin(settings)
+        if admin is None:
+            print("  broker not changed: MQTT_ADMIN_FILE is not set", file=sys.stderr)
+        elif admin.disable_client(args.kiosk_id):
+            print("  broker: its MQTT login is refused from now on and its session was kicked")
+        else:
+            print("  broker: no MQTT credentials for it (nothing to refuse)")
+    except BrokerControlError as error:
+        print(f"festival-cloud: broker not updated: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 

@@ -94,7 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the checkpoint whose drawer its top-ups go to (default: the kiosk id)",
     )
+    add.add_argument(
+        "--json", action="store_true", help="print {kiosk_id, mqtt_username, mqtt_password}"
+    )
     add.set_defaults(handler=_handler("cloud.admin", "kiosk_add"))
+    password = kiosk.add_parser(
+        "password", help="issue a kiosk a fresh MQTT password on the broker (rotation)"
+    )
+    password.add_argument("kiosk_id")
+    password.add_argument("--json", action="store_true")
+    password.set_defaults(handler=_handler("cloud.admin", "kiosk_password"))
     disable = kiosk.add_parser("disable", help="refuse every further request of a kiosk")
     disable.add_argument("kiosk_id")
     disable.set_defaults(handler=_handler("cloud.admin", "kiosk_disable"))
@@ -116,6 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     pos_list = pos.add_parser("list", help="list registered POS devices")
     pos_list.add_argument("--json", action="store_true")
     pos_list.set_defaults(handler=_handler("cloud.pos_devices", "pos_list"))
+    broker = verbs.add_parser("broker", help="the MQTT broker's configuration").add_subparsers(
+        dest="broker_verb", required=True
+    )
+    config = broker.add_parser(
+        "config",
+        help="write a complete Mosquitto 2 configuration (dynamic security plugin) for the "
+        "registered kiosks and MQTT_URL's service user",
+    )
+    config.add_argument("--out", required=True, help="folder for mosquitto.conf and its files")
+    config.add_argument("--port", type=int, help="listener port (default 1883, 8883 with TLS)")
+    config.add_argument("--bind", default="0.0.0.0", help="listener address (default 0.0.0.0)")
+    config.add_argument("--user", default="mosquitto", help="system user the broker runs as")
+    config.add_argument("--certfile", help="TLS: the broker's certificate (PEM)")
+    config.add_argument("--keyfile", help="TLS: the broker's private key (PEM)")
+    config.add_argument("--cafile", help="TLS: CA that signs client certificates")
+    config.add_argument(
+        "--require-certificate", action="store_true", help="TLS: demand a client certificate"
+    )
+    config.add_argument("--local-port", type=int, help="an extra plain listener on 127.0.0.1")
+    config.add_argument("--log-file", help="broker log file (default: stderr, i.e. journald)")
+    config.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found)")
+    config.set_defaults(handler=_handler("cloud.broker", "broker_config_command"))
 
     card = verbs.add_parser("card", help="inspect, block and unblock cards").add_subparsers(
         dest="card_verb", required=True

@@ -20,6 +20,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloud.broker import (
+    SERVICE_ROLE,
+    BrokerAdmin,
+    BrokerOptions,
+    KioskAccount,
+    write_broker_config,
+)
+
 POSTGRES_SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -285,40 +293,31 @@ class PostgresServer:
 
 
 # --------------------------------------------------------------------------------------------
-# Mosquitto from the system package, with a password file and the protocol's ACL
+# Mosquitto from the system package, configured by `festival-cloud broker config`'s generator
 # --------------------------------------------------------------------------------------------
 
+SANDBOX_OBSERVER_ROLE = "sandbox-observer"
 
-def broker_acl(prefix: str, cloud_users: Iterable[str], observer_users: Iterable[str] = ()) -> str:
-    """The ACL of PROTOCOL.md: a kiosk (username = kiosk_id) writes only its own tx/scan/status
-    and reads only its own result; the cloud consumer reads every kiosk's tx/scan/status and
-    writes every kiosk's result."""
-    base = f"{prefix}/v1/kiosks"
-    lines = [
-        "# kiosks: the username is the kiosk_id",
-        f"pattern write {base}/%u/tx",
-        f"pattern write {base}/%u/scan",
-        f"pattern write {base}/%u/status",
-        f"pattern read {base}/%u/result",
-        "",
+
+def observer_acls(prefix: str) -> list[dict[str, object]]:
+    """A test-only reader of every kiosk topic (status dashboards in tests); never generated
+    for production."""
+    return [
+        {"acltype": "subscribePattern", "topic": f"{prefix}/v1/#", "allow": True},
+        {"acltype": "publishClientReceive", "topic": f"{prefix}/v1/#", "allow": True},
     ]
-    for user in cloud_users:
-        lines += [
-            f"user {user}",
-            f"topic read {base}/+/tx",
-            f"topic read {base}/+/scan",
-            f"topic read {base}/+/status",
-            f"topic write {base}/+/result",
-            "",
-        ]
-    for user in observer_users:
-        lines += [f"user {user}", f"topic read {base}/#", ""]
-    return "\n".join(lines)
 
 
 @dataclass
 class MosquittoBroker:
-    """Mosquitto on 127.0.0.1:port with persistence, passwords and the kiosk ACL."""
+    """Mosquitto on 127.0.0.1:port, run from the configuration `festival-cloud broker config`
+    generates (cloud/broker.py): what the tests exercise is what is deployed.
+
+    The first user added with role "cloud" is the configuration's service user (MQTT_URL's);
+    kiosks are in the generated state with their passwords. Users added later, further cloud
+    users and test-only observers are created through the plugin's control topic with the
+    admin identity the configuration defines, exactly as `festival-cloud kiosk add` does.
+    """
 
     root: Path
     prefix: str = "festival"
@@ -327,6 +326,9 @@ class MosquittoBroker:
     cloud_users: set[str] = field(default_factory=set)
     observer_users: set[str] = field(default_factory=set)
     process: subprocess.Popen[bytes] | None = None
+    _roles: dict[str, str] = field(default_factory=dict, repr=False)
+    _pending: list[str] = field(default_factory=list, repr=False)
+    _written: bool = field(default=False, repr=False)
 
     @property
     def config_file(self) -> Path:
@@ -336,63 +338,89 @@ class MosquittoBroker:
     def log_file(self) -> Path:
         return self.root / "mosquitto.log"
 
+    @property
+    def admin_file(self) -> Path:
+        """The 0600 admin credentials the generator wrote (MQTT_ADMIN_FILE for the CLI)."""
+        return self.root / "admin.json"
+
+    @property
+    def service_user(self) -> str:
+        return next(name for name, role in self._roles.items() if role == "cloud")
+
     def url(self, user: str) -> str:
         return f"mqtt://{user}:{self.users[user]}@127.0.0.1:{self.port}"
 
+    def admin(self) -> BrokerAdmin:
+        return BrokerAdmin.from_file(self.admin_file)
+
     def add_user(self, name: str, password: str | None = None, *, role: str = "kiosk") -> str:
-        """Register a user (role kiosk, cloud or observer); reloads a running broker."""
+        """Register a user (role kiosk, cloud or observer); a running broker gets it at once."""
         assert role in {"kiosk", "cloud", "observer"}
         self.users[name] = password or secrets.token_urlsafe(18)
+        self._roles[name] = role
         if role == "cloud":
             self.cloud_users.add(name)
         elif role == "observer":
             self.observer_users.add(name)
         if self.process is not None and self.process.poll() is None:
-            self._write_credentials()
-            self.process.send_signal(signal.SIGHUP)
+            self._push([name])
+        elif self._written:
+            self._pending.append(name)
         return self.users[name]
 
-    def _write_credentials(self) -> None:
-        password_file = self.root / "passwd"
-        password_file.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
-        password_file.chmod(0o600)
-        require = require_program("mosquitto_passwd", "mosquitto")
-        subprocess.run([require, "-U", str(password_file)], check=True, capture_output=True)
-        acl = broker_acl(self.prefix, sorted(self.cloud_users), sorted(self.observer_users))
-        (self.root / "acl").write_text(acl)
+    def _push(self, names: Iterable[str]) -> None:
+        admin = self.admin()
+        observer_role_made = False
+        for name in names:
+            role, password = self._roles[name], self.users[name]
+            if role == "kiosk":
+                admin.issue_kiosk(self.prefix, name, password)
+            elif role == "cloud":
+                admin.create_client(name, password, SERVICE_ROLE)
+            else:
+                if not observer_role_made:
+                    admin.create_role(SANDBOX_OBSERVER_ROLE, observer_acls(self.prefix))
+                    observer_role_made = True
+                admin.create_client(name, password, SANDBOX_OBSERVER_ROLE)
+
+    def broker_options(self) -> BrokerOptions:
+        if not any(role == "cloud" for role in self._roles.values()):
+            self.add_user("festival-service", role="cloud")
+        service = self.service_user
+        user = "root" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+        return BrokerOptions(
+            out_dir=self.root,
+            service_username=service,
+            service_password=self.users[service],
+            prefix=self.prefix,
+            port=self.port,
+            bind="127.0.0.1",
+            user=user,
+            log_file=self.log_file,
+        )
 
     def write_config(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "data").mkdir(exist_ok=True)
-        self._write_credentials()
-        lines = [
-            "per_listener_settings false",
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous false",
-            f"password_file {self.root / 'passwd'}",
-            f"acl_file {self.root / 'acl'}",
-            "persistence true",
-            f"persistence_location {self.root / 'data'}/",
-            "autosave_interval 1",
-            "set_tcp_nodelay true",
-            "max_inflight_messages 1000",
-            "max_queued_messages 100000",
-            "max_packet_size 65536",
-            f"log_dest file {self.log_file}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
+        """The generated configuration; users it does not hold are created after start."""
+        options = self.broker_options()
+        kiosks = [
+            KioskAccount(name, True, self.users[name])
+            for name, role in self._roles.items()
+            if role == "kiosk"
         ]
-        if os.geteuid() == 0:
-            lines.append("user root")
-        self.config_file.write_text("\n".join(lines) + "\n")
+        write_broker_config(options, kiosks)
+        self._pending = [
+            name
+            for name, role in self._roles.items()
+            if role == "observer" or (role == "cloud" and name != options.service_username)
+        ]
+        self._written = True
 
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
         mosquitto = require_program("mosquitto", "mosquitto mosquitto-clients")
-        self.write_config()
+        if not self._written:
+            self.write_config()
         self.process = subprocess.Popen(
             [mosquitto, "-c", str(self.config_file)],
             stdin=subprocess.DEVNULL,
@@ -400,6 +428,9 @@ class MosquittoBroker:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, START_TIMEOUT_S, self.process)
+        pending, self._pending = self._pending, []
+        if pending:
+            self._push(pending)
 
     def stop(self) -> None:
         stop_process(self.process, signal.SIGTERM)

@@ -67,6 +67,9 @@ class CloudSettings(BaseSettings):
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+    # The broker's control identity (0600 JSON written by `festival-cloud broker config`): lets
+    # `kiosk add|password|disable` change the broker at once. Only the operator's CLI needs it.
+    mqtt_admin_file: Path | None = None
     festival_topic_prefix: str = Field(default="festival", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     festival_currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
     cloud_signing_key_file: Path | None = None

@@ -78,10 +78,11 @@ class MqttLink:
         self.scan_topic = topic_for(topic_prefix, kiosk_id, TopicKind.SCAN)
         self.status_topic = topic_for(topic_prefix, kiosk_id, TopicKind.STATUS)
         # One stable client id per kiosk: the durable session (and results waiting in it)
-        # belongs to it.
+        # belongs to it. It equals the MQTT username (the kiosk id): the broker binds each
+        # kiosk's credentials to that one client id (PROTOCOL.md 1.1).
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"kiosk-{kiosk_id}",
+            client_id=endpoint.username or kiosk_id,
             protocol=mqtt.MQTTv5,
         )
         client.suppress_exceptions = True

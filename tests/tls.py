@@ -3,15 +3,16 @@ and the consumer's MQTT-over-TLS tests.
 
 `make_tls_files` writes a test CA, a broker certificate it signed (for 127.0.0.1 and localhost),
 a client certificate it signed (for brokers that require one) and a second, unrelated CA whose
-pinning must make every handshake fail. `TlsBroker` is the sandbox broker (same users, ACL and
-persistence) plus a TLS listener on `tls_port`.
+pinning must make every handshake fail. `TlsBroker` is the sandbox broker generated with the
+TLS options of `festival-cloud broker config` (a TLS listener on `tls_port`, plain loopback on
+`port`).
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cloud.broker import BrokerOptions, TlsListener
 from cloud.sandbox import MosquittoBroker
 
 
@@ -119,7 +121,9 @@ def make_tls_files(folder: Path) -> TlsFiles:
 
 @dataclass
 class TlsBroker(MosquittoBroker):
-    """The sandbox broker plus a second, TLS listener on ``tls_port`` (TLS 1.2 and up).
+    """The sandbox broker generated with TLS options (`broker config --certfile … --keyfile …
+    --cafile … [--require-certificate] --port TLS_PORT --local-port PORT`): the TLS listener on
+    ``tls_port`` (TLS 1.2 and up) and the plain loopback listener on ``port``.
 
     With ``require_certificate`` the TLS listener also demands a client certificate signed by
     the test CA (the password is still checked)."""
@@ -128,18 +132,19 @@ class TlsBroker(MosquittoBroker):
     tls_port: int = 0
     require_certificate: bool = False
 
-    def write_config(self) -> None:
-        super().write_config()
+    def broker_options(self) -> BrokerOptions:
         assert self.tls is not None and self.tls_port
-        with self.config_file.open("a") as config:
-            config.write(
-                f"listener {self.tls_port} 127.0.0.1\n"
-                f"cafile {self.tls.ca_file}\n"
-                f"certfile {self.tls.cert_file}\n"
-                f"keyfile {self.tls.key_file}\n"
-                "tls_version tlsv1.2\n"
-                f"require_certificate {'true' if self.require_certificate else 'false'}\n"
-            )
+        return replace(
+            super().broker_options(),
+            port=self.tls_port,
+            local_port=self.port,
+            tls=TlsListener(
+                cert_file=self.tls.cert_file,
+                key_file=self.tls.key_file,
+                ca_file=self.tls.ca_file,
+                require_certificate=self.require_certificate,
+            ),
+        )
 
     def tls_url(self, user: str) -> str:
         return f"mqtts://{user}:{self.users[user]}@127.0.0.1:{self.tls_port}"

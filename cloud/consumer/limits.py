@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from protocol.limits import SESSION_EXPIRY_S_DEFAULT
+from protocol.limits import MESSAGE_BYTES_MAX, SESSION_EXPIRY_S_DEFAULT
 
 # --- MQTT session -----------------------------------------------------------------------------
 # The consumer's durable session: long enough to ride out a deploy or a host reboot; messages
@@ -27,6 +27,11 @@ CONNECT_TIMEOUT_S: Final = 10.0
 RECEIVE_MAXIMUM_MIN: Final = 256
 RECEIVE_MAXIMUM_MAX: Final = 4096
 RECEIVE_MAXIMUM_BATCHES: Final = 4
+
+# MQTT 5 Maximum Packet Size announced in CONNECT: the largest message the protocol allows
+# (8192 bytes of payload) with as much again for the topic, properties and headers. Larger
+# packets are dropped by the broker (whose own cap, for every client, is 262144 bytes).
+PACKET_BYTES_MAX: Final = 2 * MESSAGE_BYTES_MAX
 
 # Results we publish (QoS 1): in flight towards the broker, and queued in paho's memory while
 # disconnected. A full queue is not fatal: the request stays unacknowledged, the broker

@@ -113,6 +113,11 @@ class MqttLink:
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = limits.SESSION_EXPIRY_S
         properties.ReceiveMaximum = receive_maximum
+        # MQTT 5 Maximum Packet Size: the broker drops (and logs) anything bigger for us instead
+        # of sending it, so junk far beyond the protocol's message limit never reaches the
+        # inbox or the dead-letter table; a message a little over the limit still arrives and
+        # is answered and recorded as invalid.
+        properties.MaximumPacketSize = limits.PACKET_BYTES_MAX
         self._connect_properties = properties
 
     # --- worker-side API ---------------------------------------------------------------------

@@ -75,7 +75,8 @@ class KioskClient:
     seq: int = 0
 
     def __post_init__(self) -> None:
-        self.client_id = self.client_id or f"{self.kiosk_id}-test-{secrets.token_hex(4)}"
+        # The broker accepts a kiosk's credentials under one client id only: its username.
+        self.client_id = self.client_id or self.kiosk_id
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._subscribed = threading.Event()
@@ -346,6 +347,7 @@ def env_without_settings() -> dict[str, str]:
     blocked = {
         "DATABASE_URL",
         "MQTT_URL",
+        "MQTT_ADMIN_FILE",
         "CLOUD_SIGNING_KEY_FILE",
         "CONSUMER_ID",
         "NOTIFY_SOCKET",

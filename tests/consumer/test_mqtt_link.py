@@ -75,7 +75,7 @@ def publish_as_kiosk(broker: MosquittoBroker, payloads: list[bytes]) -> None:
         hostname=endpoint.host,
         port=endpoint.port,
         auth={"username": endpoint.username or "", "password": endpoint.password or ""},
-        client_id="bar-1-publisher",
+        client_id="bar-1",  # a kiosk's client id is its username (PROTOCOL.md 1.1)
     )
 
 

@@ -41,7 +41,7 @@ def test_plpgsql_function_created_and_called(make_database: Callable[..., str]) 
 def _client(broker: MosquittoBroker, user: str) -> mqtt.Client:
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"smoke-{user}",
+        client_id=user,  # a kiosk's client id must equal its username
         protocol=mqtt.MQTTv5,
     )
     client.username_pw_set(user, broker.users[user])
