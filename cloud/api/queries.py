@@ -31,9 +31,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 class DashboardQueries:
-    def __init__(
-        self, engine: Engine, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
-    ) -> None:
+    def __init__(self, engine: Engine, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT) -> None:
         self._engine = engine
         # Returns beyond a bar's own deposits above this, within the window, raise an alert.
         self.return_alert_cents = RETURN_ALERT_FACTOR * return_cents_max
