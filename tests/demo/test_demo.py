@@ -72,6 +72,12 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert declines > 0, output
     online = re.search(r"online (\d+) \(", output.split("Summary")[1])
     assert online and int(online.group(1)) >= 1, output
+    # Issue 11's holes, tried from outside during the run and refused (docs/security.md).
+    assert "NOT refused" not in output, output
+    for attack in ("99 returned cups", "$share subscription", "reveals no balance"):
+        assert any(line.startswith("(attack refused: ") and attack in line for line in lines), (
+            output
+        )
     _nothing_left_running(output, tmp_path / "demo")
 
 

@@ -93,10 +93,20 @@ def test_kiosk_unit_is_hardened_for_pcscd_and_gpio() -> None:
 @pytest.mark.parametrize("unit", ["festival-consumer@.service", "festival-api.service"])
 def test_cloud_units_read_settings_from_an_environment_file(unit: str) -> None:
     directives = _directives(UNITS / unit)
-    assert directives["EnvironmentFile"] == ["/etc/festival/cloud.env"]
+    assert directives["EnvironmentFile"][0] == "/etc/festival/cloud.env"
     assert directives["NoNewPrivileges"] == ["yes"]
     assert directives["ProtectSystem"] == ["strict"]
     assert directives["Restart"] == ["always"]
+
+
+def test_the_api_unit_connects_with_its_own_database_role() -> None:
+    """Issue 11 item 11: the API's DATABASE_URL (festival_api) comes from a file of its own, read
+    after cloud.env (the consumer's festival_service URL), and is required: the unit does not
+    start as the consumer's role by accident."""
+    api = _directives(UNITS / "festival-api.service")["EnvironmentFile"]
+    consumer = _directives(UNITS / "festival-consumer@.service")["EnvironmentFile"]
+    assert api == ["/etc/festival/cloud.env", "/etc/festival/api.env"]
+    assert consumer == ["/etc/festival/cloud.env"]
 
 
 def test_consumer_unit_is_supervised_by_the_watchdog() -> None:
