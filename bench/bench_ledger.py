@@ -8,6 +8,9 @@ second through `Ledger.apply` (one request per transaction: sp_process_bar_order
 `Ledger.apply_batch` (one transaction and one round trip per batch: sp_process_batch). Each
 connection is one kiosk; cards are drawn at random from a large set, as at a festival.
 This is the raw limit the consumer is measured against (DESIGN.md "Targets").
+Each configuration runs twice, side by side: plain orders (2 beers, 1 water) and the same order
+with its cup deposit line (revision 0005: every such order updates the one deposit account's row,
+so they serialise on it; DESIGN.md 1.1 asks for their rate apart).
 Writes bench/results/ledger.json and prints a table; `festival-cloud check` must pass at the end.
 """
 
@@ -40,13 +43,16 @@ from tests.ledger.helpers import PUBLIC_KEY, recharge  # noqa: E402
 CONNECTIONS = (1, 4, 16)
 CARD_OPENING_CENTS = 100_000
 ORDER_ITEMS = (BarItem("Beer", 2, 450), BarItem("Water", 1, 250))
-ORDER_TOTAL_CENTS = sum(item.signed_cents for item in ORDER_ITEMS)
+CUP_ORDER_ITEMS = (*ORDER_ITEMS, BarItem("Cup deposit", 3, 200, sku="cup", is_deposit=True))
+ORDER_KINDS = {"plain": ORDER_ITEMS, "with cup deposit": CUP_ORDER_ITEMS}
 RESULTS = REPO / "bench" / "results" / "ledger.json"
 WARMUP_S = 1.0
 TRANSIENT_RETRIES_MAX = 10
 
 
-def _order(card_uid: str, kiosk_id: str, seq: int) -> LedgerRequest:
+def _order(
+    card_uid: str, kiosk_id: str, seq: int, items: tuple[BarItem, ...] = ORDER_ITEMS
+) -> LedgerRequest:
     """A bar order, built cheaply: the client shares the machine's two cores with PostgreSQL,
     so it fingerprints the request id instead of hashing a canonical JSON payload."""
     request_id = f"{kiosk_id}-{seq}"
@@ -57,8 +63,8 @@ def _order(card_uid: str, kiosk_id: str, seq: int) -> LedgerRequest:
         created_at_ms=int(time.time() * 1000),
         card_uid=card_uid,
         currency="EUR",
-        items=ORDER_ITEMS,
-        total_cents=ORDER_TOTAL_CENTS,
+        items=items,
+        total_cents=sum(item.signed_cents for item in items),
     )
     return LedgerRequest(request, hashlib.sha256(request_id.encode()).hexdigest())
 
@@ -85,6 +91,7 @@ def _run(
     batch_size: int,
     duration_s: float,
     seqs: dict[str, int],
+    order_kind: str = "plain",
 ) -> dict[str, object]:
     """One configuration: `connections` threads, each its own kiosk and pooled connection."""
     stop_at = time.monotonic() + WARMUP_S + duration_s
@@ -105,7 +112,7 @@ def _run(
                 for _ in range(batch_size):
                     seqs[kiosk_id] += 1
                     card = cards[rng.randrange(len(cards))]
-                    items.append(_order(card, kiosk_id, seqs[kiosk_id]))
+                    items.append(_order(card, kiosk_id, seqs[kiosk_id], ORDER_KINDS[order_kind]))
                 call_started = time.monotonic()
                 for _attempt in range(TRANSIENT_RETRIES_MAX):
                     try:
@@ -136,6 +143,7 @@ def _run(
     all_latencies = sorted(value for per_thread in latencies for value in per_thread)
     orders = sum(counts)
     return {
+        "order_kind": order_kind,
         "connections": connections,
         "mode": "one per transaction" if batch_size == 1 else f"batches of {batch_size}",
         "batch_size": batch_size,
@@ -177,14 +185,17 @@ def main() -> int:
         runs = []
         for batch_size in (1, args.batch_size):
             for connections in CONNECTIONS:
-                result = _run(ledger, cards, connections, batch_size, args.duration_s, seqs)
-                runs.append(result)
-                print(
-                    f"{connections:>3} connection(s), {result['mode']:<20} "
-                    f"{result['orders_per_s']:>7} orders/s  "
-                    f"(p50 {result['call_p50_ms']} ms, p99 {result['call_p99_ms']} ms per call)",
-                    flush=True,
-                )
+                for order_kind in ORDER_KINDS:
+                    result = _run(
+                        ledger, cards, connections, batch_size, args.duration_s, seqs, order_kind
+                    )
+                    runs.append(result)
+                    print(
+                        f"{connections:>3} connection(s), {result['mode']:<20} "
+                        f"{order_kind:<17} {result['orders_per_s']:>7} orders/s  "
+                        f"(p50 {result['call_p50_ms']} ms, p99 {result['call_p99_ms']} ms)",
+                        flush=True,
+                    )
         violations = ledger.check()
         engine.dispose()
         if violations:
@@ -205,7 +216,7 @@ def main() -> int:
             },
             "duration_s": args.duration_s,
             "cards": args.cards,
-            "items_per_order": len(ORDER_ITEMS),
+            "items_per_order": {kind: len(items) for kind, items in ORDER_KINDS.items()},
             "load_average_after": os.getloadavg(),
             "runs": runs,
             "ledger_check": "passed",
