@@ -118,27 +118,38 @@ def _broker_admin(settings: CloudSettings) -> BrokerAdmin | None:
 
 
 def _issue_broker_password(
-    settings: CloudSettings, kiosk_id: str, *, enabled: bool = True
-) -> tuple[str | None, str | None]:
-    """(password, None) once the broker holds its hash; (None, why not) otherwise. The
-    password travels only over the control channel and to stdout, never through argv."""
-    from cloud.broker import BrokerControlError, new_password
+    settings: CloudSettings, ledger: Ledger, kiosk_id: str, *, enabled: bool = True
+) -> tuple[str, str | None, str | None]:
+    """A fresh MQTT password for ``kiosk_id``: (password, note, problem).
 
+    Its salted hash is stored in the registry first (revision 0008), so `broker config`, run now
+    or later, gives the broker this very password; with MQTT_ADMIN_FILE the running broker also
+    gets it at once through its control topic (``problem`` says why that failed). The password
+    travels only over the control channel and to stdout, never through argv."""
+    from cloud.broker import BrokerControlError, hash_password, new_password
+
+    password = new_password()
+    if not ledger.set_kiosk_mqtt_password_hash(kiosk_id, hash_password(password)):
+        raise ValueError(f"no kiosk {kiosk_id!r}")
     try:
         admin = _broker_admin(settings)
         if admin is None:
-            return None, "MQTT_ADMIN_FILE is not set (festival-cloud broker config writes it)"
-        password = new_password()
+            return (
+                password,
+                "MQTT_ADMIN_FILE is not set: the broker learns this password from "
+                "`festival-cloud broker config` (run it, then start or restart the broker)",
+                None,
+            )
         admin.issue_kiosk(settings.festival_topic_prefix, kiosk_id, password)
         if not enabled:
             admin.disable_client(kiosk_id)
     except BrokerControlError as error:
-        return None, f"broker not updated: {error}"
-    return password, None
+        return password, None, f"running broker not updated: {error}"
+    return password, None, None
 
 
 def _print_credentials(
-    args: argparse.Namespace, kiosk_id: str, password: str | None, problem: str | None
+    args: argparse.Namespace, kiosk_id: str, password: str, note: str | None, problem: str | None
 ) -> int:
     if args.json:
         print(
@@ -146,13 +157,18 @@ def _print_credentials(
         )
     else:
         print(f"MQTT username: {kiosk_id}")
-        if password is not None:
-            print(f"MQTT password: {password}")
-            print("  shown once; the broker keeps only a salted hash. Client id = username.")
+        print(f"MQTT password: {password}")
+        print("  shown once; only its salted hash is kept. Client id = username.")
+    if note is not None:
+        print(f"festival-cloud: {note}", file=sys.stderr)
     if problem is not None:
-        print(f"festival-cloud: no MQTT password issued for {kiosk_id}: {problem}", file=sys.stderr)
-        print(f"  then run: festival-cloud kiosk password {kiosk_id}", file=sys.stderr)
-        return EXIT_UNAVAILABLE if "broker not updated" in problem else EXIT_OK
+        print(f"festival-cloud: {kiosk_id}: {problem}", file=sys.stderr)
+        print(
+            "  the password above is stored: `festival-cloud broker config` installs it; or fix "
+            f"the broker and run: festival-cloud kiosk password {kiosk_id}",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
     return EXIT_OK
 
 
@@ -174,15 +190,15 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
         except ValueError as error:
             print(f"festival-cloud kiosk add: {error}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-    # A fresh broker password for this kiosk, set on the running broker through its control
-    # topic: shown once, stored only as the broker's salted hash and in the kiosk's MQTT_URL.
-    password, problem = _issue_broker_password(settings, kiosk.kiosk_id)
+        # A fresh broker password for this kiosk: shown once, kept only as a salted hash (the
+        # registry's and the broker's) and in the kiosk's MQTT_URL.
+        password, note, problem = _issue_broker_password(settings, ledger, kiosk.kiosk_id)
     if not args.json:
         print(
             f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
             f" checkpoint {kiosk.checkpoint_id}, enabled"
         )
-    return _print_credentials(args, kiosk.kiosk_id, password, problem)
+    return _print_credentials(args, kiosk.kiosk_id, password, note, problem)
 
 
 @_unavailable
@@ -190,16 +206,13 @@ def kiosk_password(args: argparse.Namespace, settings: CloudSettings) -> int:
     """Rotate: a new password on the broker; the old one and its live session end at once."""
     with _ledger(settings) as ledger:
         found = [kiosk for kiosk in ledger.kiosks() if kiosk.kiosk_id == args.kiosk_id]
-    if not found:
-        print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    password, problem = _issue_broker_password(
-        settings, args.kiosk_id, enabled=bool(found[0].enabled)
-    )
-    if password is None:
-        print(f"festival-cloud kiosk password: {problem}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    return _print_credentials(args, args.kiosk_id, password, None)
+        if not found:
+            print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
+            return EXIT_NOT_FOUND
+        password, note, problem = _issue_broker_password(
+            settings, ledger, args.kiosk_id, enabled=bool(found[0].enabled)
+        )
+    return _print_credentials(args, args.kiosk_id, password, note, problem)
 
 
 @_unavailable

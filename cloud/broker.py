@@ -144,11 +144,13 @@ class BrokerOptions:
 
 @dataclass(frozen=True, slots=True)
 class KioskAccount:
-    """A registered kiosk as the broker knows it; ``password`` only when issuing a new one."""
+    """A registered kiosk as the broker knows it; ``password`` only when issuing a new one,
+    ``password_hash`` the plugin's stored form kept in the registry (revision 0008)."""
 
     kiosk_id: str
     enabled: bool = True
     password: str | None = None
+    password_hash: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,9 +281,10 @@ def dynsec_state(
 ) -> dict[str, Any]:
     """The plugin's whole state: roles, the admin, the service user and one client per kiosk.
 
-    A kiosk's stored hash is kept from ``existing`` (the broker's current file) unless a new
-    password is given; a kiosk with neither has no password and cannot log in until
-    `festival-cloud kiosk password` issues one. Clients that are not ours are dropped: the
+    A kiosk's hash is, in this order: a new password's, the registry's (``password_hash``, what
+    `kiosk add`/`kiosk password` stored), the one in ``existing`` (the broker's current file);
+    a kiosk with none has no password and cannot log in until `festival-cloud kiosk password`
+    issues one. Clients that are not ours are dropped: the
     database's kiosk table is the registry.
     """
     stored: dict[str, Mapping[str, Any]] = {}
@@ -318,7 +321,11 @@ def dynsec_state(
         if kiosk.kiosk_id in seen:
             raise BrokerConfigError(f"kiosk {kiosk.kiosk_id!r} listed twice")
         seen.add(kiosk.kiosk_id)
-        password = hash_password(kiosk.password) if kiosk.password else stored.get(kiosk.kiosk_id)
+        password = (
+            hash_password(kiosk.password)
+            if kiosk.password
+            else (kiosk.password_hash or stored.get(kiosk.kiosk_id))
+        )
         roles.append(
             {
                 "rolename": kiosk_role_name(kiosk.kiosk_id),
@@ -788,7 +795,9 @@ def broker_config_command(args: Any, settings: Any) -> int:
     started = time.monotonic()
     try:
         with translate_errors():
-            records = Ledger(engine).kiosks()
+            ledger = Ledger(engine)
+            records = ledger.kiosks()
+            hashes = ledger.kiosk_mqtt_password_hashes()
     except TransientDatabaseError as error:
         print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
         return 2
@@ -809,7 +818,11 @@ def broker_config_command(args: Any, settings: Any) -> int:
     )
     try:
         summary = write_broker_config(
-            options, [KioskAccount(r.kiosk_id, bool(r.enabled)) for r in records]
+            options,
+            [
+                KioskAccount(r.kiosk_id, bool(r.enabled), password_hash=hashes.get(r.kiosk_id))
+                for r in records
+            ],
         )
     except BrokerConfigError as error:
         print(f"festival-cloud broker config: {error}", file=sys.stderr)
@@ -821,7 +834,8 @@ def broker_config_command(args: Any, settings: Any) -> int:
     if summary.kiosks_without_password:
         print(
             f"  {len(summary.kiosks_without_password)} kiosk(s) have no MQTT password yet: "
-            "festival-cloud kiosk password KIOSK_ID (with MQTT_ADMIN_FILE, broker running): "
+            "festival-cloud kiosk password KIOSK_ID, then run broker config again (or, with "
+            "MQTT_ADMIN_FILE, on the running broker at once): "
             + ", ".join(summary.kiosks_without_password)
         )
     print(f"start it: mosquitto -c {summary.config_file}")

@@ -543,6 +543,22 @@ class Ledger:
 
         return KioskRecord(**self._transaction(work))
 
+    def set_kiosk_mqtt_password_hash(self, kiosk_id: str, password_hash: Mapping[str, Any]) -> bool:
+        """Keep the broker's stored form of a kiosk's MQTT password (revision 0008); False when
+        the kiosk is not registered."""
+        return bool(
+            self._scalar(
+                "SELECT sp_set_kiosk_mqtt_password(:kiosk_id, CAST(:password_hash AS jsonb))",
+                kiosk_id=kiosk_id,
+                password_hash=json.dumps(dict(password_hash)),
+            )
+        )
+
+    def kiosk_mqtt_password_hashes(self) -> dict[str, dict[str, Any]]:
+        """Every stored kiosk MQTT password hash, by kiosk id (for `broker config`)."""
+        rows = self._select("SELECT kiosk_id, password_hash FROM kiosk_mqtt_credentials")
+        return {str(row["kiosk_id"]): dict(row["password_hash"]) for row in rows}  # type: ignore[call-overload]
+
     def disable_kiosk(self, kiosk_id: str) -> bool:
         return bool(self._scalar("SELECT sp_disable_kiosk(:kiosk_id)", kiosk_id=kiosk_id))
 

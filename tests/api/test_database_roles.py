@@ -58,6 +58,8 @@ FORBIDDEN = [
     ("SELECT token_sha256 FROM pos_devices", {}),
     ("SELECT payload FROM dead_letters", {}),
     ("SELECT payload FROM stripe_events", {}),
+    ("SELECT password_hash FROM kiosk_mqtt_credentials", {}),
+    ("SELECT sp_set_kiosk_mqtt_password('bar-1', '{}'::jsonb)", {}),
 ]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cloud.broker import password_matches
 from cloud.database import make_engine
@@ -252,20 +253,44 @@ def test_rotation_and_regeneration_keep_the_broker_in_step_with_the_database(
     assert connack(deployment, "bar-1", new) == NOT_AUTHORIZED
 
 
-def test_without_the_admin_file_kiosk_add_says_no_password_was_issued(
+def test_kiosk_add_without_a_running_broker_gives_a_password_broker_config_installs(
     deployment: Deployment,
 ) -> None:
+    """DESIGN.md: `kiosk add --json` prints a fresh password (only its hash is stored). Before the
+    broker exists (first setup, no MQTT_ADMIN_FILE) the hash waits in the registry (revision
+    0008) and `broker config` installs it: that very password logs the kiosk in."""
     added = deployment.cli(
         "kiosk", "add", "bar-7", f"--public-key={public_key_b64(generate_private_key())}",
         "--role", "bar", "--json", admin=False,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
-    assert json.loads(added.stdout) == {
-        "kiosk_id": "bar-7",
-        "mqtt_username": "bar-7",
-        "mqtt_password": None,
-    }
-    assert "MQTT_ADMIN_FILE" in added.stderr and "kiosk password bar-7" in added.stderr
+    credentials = json.loads(added.stdout)
+    assert set(credentials) == {"kiosk_id", "mqtt_username", "mqtt_password"}
+    assert credentials["kiosk_id"] == credentials["mqtt_username"] == "bar-7"
+    password = credentials["mqtt_password"]
+    assert isinstance(password, str) and len(password) >= 24
+    assert "broker config" in added.stderr
+    # Only a salted hash is in the database, never the password.
+    engine = make_engine(deployment.database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text(
+                    "SELECT password_hash::text FROM kiosk_mqtt_credentials"
+                    " WHERE kiosk_id = 'bar-7'"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert password not in stored and '"salt"' in stored
+
+    done = deployment.configure("--port", str(deployment.port))
+    assert "bar-7" not in done.stdout.split("no MQTT password yet")[-1]
+    assert password not in (deployment.folder / "data" / "dynamic-security.json").read_text()
+    deployment.start()
+    assert connack(deployment, "bar-7", password) == "Success"
+    assert connack(deployment, "bar-7", password + "x") != "Success"
+
     reserved = deployment.cli(
         "kiosk", "add", "consumer-1", f"--public-key={public_key_b64(generate_private_key())}",
         "--role", "bar",

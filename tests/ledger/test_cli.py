@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -49,11 +50,11 @@ def test_db_upgrade_current_downgrade(make_database: Callable[..., str]) -> None
     assert cli(url, "db", "current").stdout.startswith("base")
     upgraded = cli(url, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "revision 0007" in upgraded.stdout
-    assert cli(url, "db", "current").stdout.strip() == "0007 (head)"
+    assert "revision 0008" in upgraded.stdout
+    assert cli(url, "db", "current").stdout.strip() == "0008 (head)"
     down = cli(url, "db", "downgrade", "0001")
     assert down.returncode == 0 and "revision 0001" in down.stdout
-    assert cli(url, "db", "current").stdout.strip() == "0001 (head is 0007)"
+    assert cli(url, "db", "current").stdout.strip() == "0001 (head is 0008)"
     assert cli(url, "db", "downgrade", "base").returncode == 0
     assert cli(url, "db", "upgrade", "head").returncode == 0
 
@@ -63,10 +64,11 @@ def test_kiosk_add_list_disable(database_url: str) -> None:
     added = cli(database_url, "kiosk", "add", "bar-7", "--public-key", dash_key, "--role", "bar")
     assert added.returncode == 0, added.stderr
     assert "MQTT username: bar-7" in added.stdout
-    # No broker admin file here: no password is issued, and none is printed (tests/broker covers
-    # the broker side); never a command line carrying a password.
-    assert "MQTT password" not in added.stdout and "mosquitto_passwd" not in added.stdout
-    assert "kiosk password bar-7" in added.stderr
+    # No broker admin file here: a password is issued and its hash kept for `broker config`
+    # (tests/broker covers the broker side); never a command line carrying a password.
+    assert re.search(r"^MQTT password: \S{24,}$", added.stdout, re.MULTILINE), added.stdout
+    assert "mosquitto_passwd" not in added.stdout
+    assert "broker config" in added.stderr
     other = cli(
         database_url, "kiosk", "add", "checkpoint-7", f"--public-key={PUBLIC_KEY}", "--role", "all"
     )
