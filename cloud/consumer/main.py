@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 from cloud.consumer import limits
 from cloud.consumer.backoff import Backoff
@@ -45,6 +46,25 @@ def run(settings: CloudSettings) -> int:
         return_cents_max=settings.festival_return_max_cents,
         currency=settings.festival_currency,
     )
+    # PROTOCOL.md 1.1: no kiosk's credentials may use a cloud process's client id. The broker binds
+    # each kiosk to the client id = its kiosk id, and `kiosk add` refuses the cloud's prefixes;
+    # a CONSUMER_ID that is nevertheless a registered kiosk's id would let that kiosk take over
+    # this consumer's durable session: refuse to start. Best effort: a database that is away at
+    # start is not a reason to stop (it is checked again by nobody; the broker rule still holds).
+    try:
+        if any(kiosk.kiosk_id == settings.consumer_id for kiosk in ledger.kiosks()):
+            print(
+                f"festival-cloud consumer: CONSUMER_ID {settings.consumer_id!r} is a registered "
+                "kiosk's id: that kiosk could take over this consumer's MQTT session; choose "
+                "another CONSUMER_ID (e.g. consumer-<host>-<n>)",
+                file=sys.stderr,
+            )
+            engine.dispose()
+            return 2
+    except TransientDatabaseError as error:
+        log.warning(
+            "kiosk registry not checked at start", extra={"context": {"reason": str(error)}}
+        )
     metrics = ConsumerMetrics.create()
     # Never fatal: a consumer does not stop processing payments because of its metrics port.
     serving_metrics = metrics.serve(settings.metrics_port, settings.consumer_metrics_host)

@@ -124,3 +124,33 @@ def test_each_unit_instance_gets_its_own_metrics_port_on_loopback() -> None:
     }
     assert ports == {9109, 9110, 9111}
     assert CloudSettings(consumer_metrics_port=0, consumer_metrics_port_offset=2).metrics_port == 0
+
+
+def test_a_consumer_id_that_is_a_kiosks_id_is_refused_at_start(
+    ledger_database: LedgerDatabase,
+    cloud_key: CloudKey,
+    mosquitto_broker: MosquittoBroker,
+    service_dirs: Callable[[str], Path],
+) -> None:
+    """PROTOCOL.md 1.1: no kiosk credentials may connect with a cloud process's client id. The
+    broker binds a kiosk to client id = its kiosk id, so a consumer whose CONSUMER_ID is a
+    registered kiosk's id would hand that kiosk its durable session: it refuses to start."""
+    kiosk_id = "till-consumer-7"
+    engine = make_engine(ledger_database.owner_url, pool_size=1)
+    Ledger(engine).add_kiosk(kiosk_id, public_key_b64(generate_private_key()), "bar")
+    engine.dispose()
+    consumer = ConsumerProcess(
+        database_url=ledger_database.service_url,
+        mqtt_url=mosquitto_broker.url("cloud-consumer"),
+        signing_key_file=cloud_key.path,
+        consumer_id=kiosk_id,
+        workdir=service_dirs("consumer-kiosk-id"),
+    )
+    try:
+        consumer.start(wait_ready=False)
+        assert consumer.process is not None
+        assert consumer.process.wait(timeout=30) == 2
+        stderr = consumer.log_file.read_text()
+        assert "is a registered kiosk's id" in stderr and kiosk_id in stderr
+    finally:
+        consumer.close(purge=False)
