@@ -338,14 +338,10 @@ class Demo:
 
     def start(self) -> None:
         from cloud.database import make_engine, service_url, upgrade
+        from cloud.keys import load_private_key, save_private_key
         from cloud.ledger import Ledger
         from cloud.stripe_fake import FakeStripe
-        from protocol.keys import (
-            generate_private_key,
-            load_private_key,
-            public_key_b64,
-            save_private_key,
-        )
+        from protocol.keys import generate_private_key, public_key_b64
 
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)

@@ -58,7 +58,7 @@ class Report:
 
 
 def check_key_file(path: Path) -> None:
-    from protocol.keys import load_private_key
+    from cloud.keys import load_private_key
 
     try:
         mode = path.stat().st_mode
