@@ -13,9 +13,12 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from protocol.keys import PRIVATE_KEY_PEM_BYTES_MAX, private_key_from_pem, private_key_pem
+from protocol.keys import (
+    PRIVATE_KEY_PEM_BYTES_MAX,
+    Ed25519PrivateKey,
+    private_key_from_pem,
+    private_key_pem,
+)
 
 PRIVATE_KEY_FILE_MODE: Final = 0o600
 

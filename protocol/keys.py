@@ -14,9 +14,13 @@ from typing import Final
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x25519
+
+# Re-exported: the key types of both sides are the protocol's (only protocol/ imports cryptography).
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
+    Ed25519PrivateKey as Ed25519PrivateKey,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PublicKey as Ed25519PublicKey,
 )
 
 PUBLIC_KEY_BYTES: Final = 32
