@@ -116,14 +116,14 @@ class Import:
     module: str  # the importing module, e.g. "cloud.deploy"
     name: str  # what it imports, e.g. "paho.mqtt.client"
     line: int
+    path: str  # the importing file, relative to the root
 
     @property
     def top(self) -> str:
         return self.name.split(".")[0]
 
     def __str__(self) -> str:
-        path = self.module.replace(".", "/")
-        return f"{path}.py:{self.line} imports {self.name}"
+        return f"{self.path}:{self.line} imports {self.name}"
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -133,12 +133,13 @@ def module_name(root: Path, path: Path) -> str:
 
 def imports_of(root: Path, path: Path) -> Iterator[Import]:
     module = module_name(root, path)
+    relative = str(path.relative_to(root))
     is_package = path.name == "__init__.py"
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield Import(module, alias.name, node.lineno)
+                yield Import(module, alias.name, node.lineno, relative)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the importing module's package
                 base = module.split(".")
@@ -147,7 +148,7 @@ def imports_of(root: Path, path: Path) -> Iterator[Import]:
                 name = ".".join([*base, node.module] if node.module else base)
             else:
                 name = node.module or ""
-            yield Import(module, name, node.lineno)
+            yield Import(module, name, node.lineno, relative)
 
 
 def all_imports(root: Path = ROOT) -> list[Import]:
