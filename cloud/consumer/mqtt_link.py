@@ -91,14 +91,7 @@ class MqttLink:
         if endpoint.username is not None:
             client.username_pw_set(endpoint.username, endpoint.password)
         if endpoint.tls:
-            files = tls or TlsFiles(None, None, None)
-            client.tls_set(
-                ca_certs=str(files.ca_file) if files.ca_file else None,
-                certfile=str(files.cert_file) if files.cert_file else None,
-                keyfile=str(files.key_file) if files.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            _use_tls(client, tls)
         # Both must be set before connect(); paho's queue is unbounded by default.
         client.max_inflight_messages_set(inflight_max)
         client.max_queued_messages_set(queued_max)
@@ -322,6 +315,17 @@ class MqttLink:
             log.exception("on_message failed")
 
 
+def _use_tls(client: mqtt.Client, tls: TlsFiles | None) -> None:
+    files = tls or TlsFiles(None, None, None)
+    client.tls_set(
+        ca_certs=str(files.ca_file) if files.ca_file else None,
+        certfile=str(files.cert_file) if files.cert_file else None,
+        keyfile=str(files.key_file) if files.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
 # --- short sessions: the operator's tools ----------------------------------------------------
 
 
@@ -362,14 +366,7 @@ def short_session(
     if endpoint.username is not None:
         client.username_pw_set(endpoint.username, endpoint.password)
     if endpoint.tls:
-        files = tls or TlsFiles(None, None, None)
-        client.tls_set(
-            ca_certs=str(files.ca_file) if files.ca_file else None,
-            certfile=str(files.cert_file) if files.cert_file else None,
-            keyfile=str(files.key_file) if files.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
+        _use_tls(client, tls)
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         if reason.is_failure:
