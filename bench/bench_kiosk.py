@@ -202,7 +202,8 @@ def bench_in_process(taps: int) -> dict[str, Any]:
 
 def bench_process(taps: int) -> dict[str, Any]:
     from cloud.sandbox import MosquittoBroker
-    from protocol.keys import public_key_b64, save_private_key
+    from device.keys import save_private_key
+    from protocol.keys import public_key_b64
     from tests.device.conftest import make_broker
     from tests.device.kiosk_process import KioskProcess
     from tests.device.responder import FakeLedger, MqttResponder

@@ -28,7 +28,8 @@ Identities (each a dynsec client):
 - `festival-admin`: may only publish to the control topic and read its responses.
 
 The pure part (`render_config`, `dynsec_state`, `hash_password`) does no I/O; `BrokerAdmin` is the
-control channel's adapter (paho, imported only when used).
+control channel, which speaks MQTT through the cloud's MQTT adapter (cloud/consumer/mqtt_link.py,
+`short_session`, imported only when used).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import os
 import pwd
 import secrets
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -611,8 +611,9 @@ class BrokerAdmin:
         self, commands: Sequence[Mapping[str, Any]], ignore: Iterable[str] = ()
     ) -> list[dict[str, Any]]:
         """Send the commands in one message; returns the responses, raises on an error."""
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from dataclasses import replace
+
+        from cloud.consumer.mqtt_link import TlsFiles, short_session
 
         correlation = uuid.uuid4().hex
         tagged = [
@@ -620,81 +621,46 @@ class BrokerAdmin:
             for index, command in enumerate(commands)
         ]
         payload = json.dumps({"commands": tagged}).encode()
-        done = threading.Event()
-        state: dict[str, Any] = {"responses": [], "error": None}
+        received: list[dict[str, Any]] = []
 
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=f"festival-admin-{os.getpid()}-{secrets.token_hex(3)}",
-            protocol=mqtt.MQTTv5,
-        )
-        client.username_pw_set(self.username, self.password)
-        if self.endpoint.tls:
-            import ssl
-
-            client.tls_set(
-                ca_certs=str(self.tls.ca_file) if self.tls.ca_file else None,
-                certfile=str(self.tls.cert_file) if self.tls.cert_file else None,
-                keyfile=str(self.tls.key_file) if self.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-
-        def on_connect(c: Any, u: Any, flags: Any, reason: Any, properties: Any) -> None:
-            if reason.is_failure:
-                state["error"] = f"the broker refused the admin identity: {reason}"
-                done.set()
-                return
-            c.subscribe(CONTROL_RESPONSE_TOPIC, qos=1)
-
-        def on_subscribe(c: Any, u: Any, mid: Any, reasons: Any, properties: Any) -> None:
-            failed = [str(reason) for reason in reasons if reason.is_failure]
-            if failed:
-                state["error"] = f"control response topic refused: {', '.join(failed)}"
-                done.set()
-                return
-            c.publish(CONTROL_TOPIC, payload, qos=1)
-
-        def on_message(c: Any, u: Any, message: Any) -> None:
+        def on_message(data: bytes) -> bool:
             try:
-                answer = json.loads(message.payload)
+                answer = json.loads(data)
             except ValueError:
-                return
+                return False
             for response in answer.get("responses", []):
                 if str(response.get("correlationData", "")).startswith(correlation):
-                    state["responses"].append(response)
-            if len(state["responses"]) >= len(tagged):
-                done.set()
+                    received.append(response)
+            return len(received) >= len(tagged)
 
-        client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
-        client.on_message = on_message
         try:
-            client.connect(self.endpoint.host, self.endpoint.port, keepalive=30)
+            seen = short_session(
+                replace(self.endpoint, username=self.username, password=self.password),
+                client_id=f"festival-admin-{os.getpid()}-{secrets.token_hex(3)}",
+                timeout_s=self.timeout_s,
+                tls=TlsFiles(self.tls.ca_file, self.tls.cert_file, self.tls.key_file),
+                subscribe=CONTROL_RESPONSE_TOPIC,
+                publish=(CONTROL_TOPIC, payload),
+                on_message=on_message,
+            )
         except OSError as error:
             raise BrokerControlError(
                 f"broker {self.endpoint.host}:{self.endpoint.port} unreachable: {error}"
             ) from None
-        client.loop_start()
-        try:
-            finished = done.wait(self.timeout_s)
-        finally:
-            client.disconnect()
-            client.loop_stop()
-            sock = client.socket()
-            if sock is not None:  # paho keeps a refused connection's socket until collected
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-        if state["error"]:
-            raise BrokerControlError(state["error"])
-        if not finished:
+        if seen.connect_refused is not None:
+            raise BrokerControlError(
+                f"the broker refused the admin identity: {seen.connect_refused}"
+            )
+        if seen.subscribe_refused:
+            raise BrokerControlError(
+                f"control response topic refused: {', '.join(seen.subscribe_refused)}"
+            )
+        if not seen.finished:
             raise BrokerControlError(
                 f"no answer from the broker's control topic within {self.timeout_s} s"
             )
         ignored = set(ignore)
-        by_tag = {r.get("correlationData"): r for r in state["responses"]}
+        by_tag = {r.get("correlationData"): r for r in received}
         responses = [by_tag.get(command["correlationData"], {}) for command in tagged]
         for command, response in zip(tagged, responses, strict=True):
             refusal = response.get("error")

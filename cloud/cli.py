@@ -52,7 +52,8 @@ def _handler(module: str, function: str) -> Handler:
 
 
 def _keygen(args: argparse.Namespace, settings: CloudSettings) -> int:
-    from protocol.keys import generate_private_key, public_key_b64, save_private_key
+    from cloud.keys import save_private_key
+    from protocol.keys import generate_private_key, public_key_b64
 
     key = generate_private_key()
     save_private_key(key, Path(args.out))

@@ -5,17 +5,27 @@ Callers get `TransientDatabaseError` for faults that a retry of the same transac
 statement timeout, a full connection pool) and the original exception for everything else, which
 is a bug or a misconfiguration and must not be retried blindly. Because every ledger procedure is
 idempotent by its request id, retrying a transaction whose commit outcome is unknown is safe.
+
+The only module of the cloud that imports SQLAlchemy and psycopg2 (tests/test_architecture.py;
+Alembic's own env.py aside). The modules that hold our SQL (ledger.py, pos_devices.py,
+api/queries.py, api/ratelimit.py) take `Engine`, `Connection`, `text` and `IntegrityError` from
+here, so the driver, the engine's options and the error translation live in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Final
 
 import sqlalchemy
+from sqlalchemy import Connection as Connection
+from sqlalchemy import Engine as Engine
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text as text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError as IntegrityError
 
 from cloud.settings import normalise_database_url
 
@@ -181,6 +191,29 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
     assert head is not None
     return head
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionParameters:
+    """What a URL names, for the PostgreSQL client programs (pg_dump) that take them apart."""
+
+    host: str | None
+    port: int | None
+    username: str | None
+    password: str | None = field(repr=False)
+    database: str | None
+
+
+def connection_parameters(url: str) -> ConnectionParameters:
+    parsed = make_url(url)
+    password = parsed.password
+    return ConnectionParameters(
+        host=parsed.host,
+        port=parsed.port,
+        username=parsed.username,
+        password=str(password) if password else None,
+        database=parsed.database,
+    )
 
 
 def service_url(url: str, role: str = "festival_service") -> str:

@@ -338,14 +338,10 @@ class Demo:
 
     def start(self) -> None:
         from cloud.database import make_engine, service_url, upgrade
+        from cloud.keys import load_private_key, save_private_key
         from cloud.ledger import Ledger
         from cloud.stripe_fake import FakeStripe
-        from protocol.keys import (
-            generate_private_key,
-            load_private_key,
-            public_key_b64,
-            save_private_key,
-        )
+        from protocol.keys import generate_private_key, public_key_b64
 
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
@@ -622,43 +618,17 @@ class Demo:
             self.tally.error(f"NOT refused: {what}: {reply!r}"[:300])
 
     def _shared_subscription_refused(self, kiosk_id: str) -> bool:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-        from paho.mqtt.reasoncodes import ReasonCode
-
+        from cloud.consumer.mqtt_link import short_session
         from protocol.mqtt_url import parse_mqtt_url
 
         assert self.broker is not None
-        endpoint = parse_mqtt_url(self.broker.url(kiosk_id))
-        answered = threading.Event()
-        codes: list[int] = []
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=kiosk_id, protocol=mqtt.MQTTv5)
-        client.username_pw_set(endpoint.username, endpoint.password)
-
-        def on_subscribe(
-            client: object, userdata: object, mid: int, reasons: list[ReasonCode], props: object
-        ) -> None:
-            codes.extend(int(reason.value) for reason in reasons)
-            answered.set()
-
-        def on_connect(
-            client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
-        ) -> None:
-            client.subscribe(f"$share/ledger/{TOPIC_PREFIX}/v1/kiosks/+/tx", qos=1)
-
-        client.on_connect = on_connect
-        client.on_subscribe = on_subscribe
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = 0
-        client.connect(endpoint.host, endpoint.port, clean_start=True, properties=properties)
-        client.loop_start()
-        try:
-            answered.wait(5.0)
-        finally:
-            client.disconnect()
-            client.loop_stop()
+        seen = short_session(
+            parse_mqtt_url(self.broker.url(kiosk_id)),
+            client_id=kiosk_id,
+            timeout_s=5.0,
+            subscribe=f"$share/ledger/{TOPIC_PREFIX}/v1/kiosks/+/tx",
+        )
+        codes = seen.subscribe_codes
         return bool(codes) and all(code >= 0x80 for code in codes)
 
     def run_traffic(self, duration_s: float | None) -> None:

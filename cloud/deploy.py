@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from cloud.settings import CloudSettings, SettingsError, load_settings
 from protocol.redaction import redact
 
@@ -58,7 +56,7 @@ class Report:
 
 
 def check_key_file(path: Path) -> None:
-    from protocol.keys import load_private_key
+    from cloud.keys import load_private_key
 
     try:
         mode = path.stat().st_mode
@@ -83,42 +81,22 @@ def check_database(url: str) -> str | None:
 
 def check_broker(settings: CloudSettings) -> None:
     """Connect and authenticate with the cloud's MQTT credentials (MQTT 5 CONNECT/CONNACK)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from cloud.consumer.mqtt_link import TlsFiles, short_session
 
     endpoint = settings.mqtt_endpoint
-    result: dict[str, object] = {}
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=f"deploy-check-{os.getpid()}",
-        protocol=mqtt.MQTTv5,
-    )
-    if endpoint.username:
-        client.username_pw_set(endpoint.username, endpoint.password)
-    if endpoint.tls:
-        client.tls_set(
-            ca_certs=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
-            certfile=str(settings.mqtt_cert_file) if settings.mqtt_cert_file else None,
-            keyfile=str(settings.mqtt_key_file) if settings.mqtt_key_file else None,
-        )
-
-    def on_connect(c: object, u: object, flags: object, reason: object, props: object) -> None:
-        result.setdefault("reason", reason)
-
-    client.on_connect = on_connect
     try:
-        client.connect(endpoint.host, endpoint.port, keepalive=10)
+        seen = short_session(
+            endpoint,
+            client_id=f"deploy-check-{os.getpid()}",
+            timeout_s=BROKER_TIMEOUT_S,
+            tls=TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file),
+        )
     except OSError as error:
         raise DeployError(f"broker {endpoint.host}:{endpoint.port} unreachable: {error}") from error
-    deadline = time.monotonic() + BROKER_TIMEOUT_S
-    while "reason" not in result and time.monotonic() < deadline:
-        client.loop(timeout=0.1)
-    client.disconnect()
-    reason = result.get("reason")
-    if reason is None:
+    if seen.connect_refused is not None:
+        raise DeployError(f"broker refused the cloud's credentials: {seen.connect_refused}")
+    if not seen.finished:
         raise DeployError(f"broker {endpoint.host}:{endpoint.port} did not answer CONNECT")
-    if getattr(reason, "is_failure", False):
-        raise DeployError(f"broker refused the cloud's credentials: {reason}")
 
 
 def _pg_dump_major(program: str) -> int:
@@ -147,12 +125,14 @@ def pg_dump_program() -> str:
 
 
 def backup(url: str, backup_dir: Path) -> Path:
-    parsed = make_url(url)
+    from cloud.database import connection_parameters
+
+    parsed = connection_parameters(url)
     backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     target = backup_dir / f"festival-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.dump"
     env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
     if parsed.password:
-        env["PGPASSWORD"] = str(parsed.password)
+        env["PGPASSWORD"] = parsed.password
     args = [pg_dump_program(), "--format=custom", "--no-owner", f"--file={target}"]
     if parsed.host:
         args.append(f"--host={parsed.host}")

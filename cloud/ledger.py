@@ -19,9 +19,13 @@ from decimal import Decimal
 from typing import Any, Final, Protocol, TypeVar
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, text
-
-from cloud.database import TransientDatabaseError, translate_errors
+from cloud.database import (
+    Connection,
+    Engine,
+    TransientDatabaseError,
+    text,
+    translate_errors,
+)
 from protocol.errors import ErrorCode, Status
 from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,

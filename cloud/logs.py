@@ -1,13 +1,187 @@
-"""JSON-lines logging for the cloud processes (one line per event, to stdout for journald).
+"""JSON-lines logging for the cloud's processes (consumer, API, CLI), to stdout for journald.
 
-The formatter is the kiosk's (`device/logs.py`, one formatter for both sides: traceback in
-`exc`, journald priority prefix under systemd, URL passwords redacted). `configure_logging()` is
-called once by a composition root. Context (request_id, kiosk_id, card_uid, trace id…) travels
-as `extra={"context": {...}}` or through `bind()` for a block of code; secrets are never passed in.
+One line per event on stdout (journald): ``ts``, ``level``, ``logger``, ``event``, then the
+context fields. Context travels as ``extra={"context": {...}}`` or, for a block of code, through
+``bind()`` (structlog's context variables: this thread or task only). A record with ``exc_info``
+(``log.exception``) carries ``error`` (``Type: message``) and ``exc``, the full traceback, chained
+causes included. Every line passes ``protocol.redaction.redact``: a URL's password never reaches
+the journal, not even inside an exception message.
+
+Under systemd (stdout is the journal: ``JOURNAL_STREAM`` names our stdout) each line starts with
+a syslog priority prefix — ``<3>`` error and above, ``<4>`` warning, ``<6>`` info, ``<7>`` debug —
+which journald strips and stores as the entry's priority, so ``journalctl -p err`` finds errors.
+Anywhere else (a file, a pipe, a test) lines are plain JSON.
+
+The pipeline is structlog's (``ProcessorFormatter`` over the standard library's records: code
+keeps calling ``logging``); this is the cloud's only module that imports structlog. The kiosk has
+its own, ``device/logs.py`` (the two sides never import each other); one set of tests,
+tests/test_logs.py, runs against both so that they write the same lines.
 """
 
 from __future__ import annotations
 
-from device.logs import RESERVED, JsonFormatter, bind, configure_logging, render
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Final, TextIO
 
-__all__ = ["RESERVED", "JsonFormatter", "bind", "configure_logging", "render"]
+import structlog
+from structlog.contextvars import bound_contextvars, merge_contextvars
+
+from protocol.redaction import redact
+
+RESERVED: Final = frozenset({"ts", "level", "logger", "event", "exc"})
+# A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
+EXC_CHARACTERS_MAX: Final = 32 * 1024
+QUIET_LIBRARIES: Final = ("uvicorn.access", "paho", "alembic.runtime.migration")
+
+
+def journal_priority(levelno: int) -> int:
+    """The syslog priority journald stores for a record of this level."""
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def stream_is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """True when ``stream`` is the journal stream systemd connected (``JOURNAL_STREAM`` is
+    ``device:inode`` of it; systemd.exec(5))."""
+    expected = environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"
+
+
+# --- the pipeline (pure functions of the event dictionary) ------------------------------------
+
+EventDict = MutableMapping[str, Any]
+
+
+def _base_fields(logger: object, method: str, event: EventDict) -> EventDict:
+    record: logging.LogRecord = event["_record"]
+    return {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        **event,
+    }
+
+
+def _context_fields(logger: object, method: str, event: EventDict) -> EventDict:
+    record: logging.LogRecord = event["_record"]
+    for key, value in (getattr(record, "context", None) or {}).items():
+        if key not in RESERVED:
+            event[key] = value
+    return event
+
+
+def _exception_fields(logger: object, method: str, event: EventDict) -> EventDict:
+    exc_info = event.pop("exc_info", None)
+    if exc_info and exc_info[0] is not None:
+        kind, error, trace = exc_info
+        event["error"] = f"{kind.__name__}: {error}"
+        text = "".join(traceback.format_exception(kind, error, trace)).rstrip("\n")
+        if len(text) > EXC_CHARACTERS_MAX:
+            text = "...(cut)...\n" + text[-EXC_CHARACTERS_MAX:]
+        event["exc"] = text
+    stack_info = event.pop("stack_info", None)
+    if stack_info:
+        event["stack"] = stack_info
+    return event
+
+
+def _drop_meta(logger: object, method: str, event: EventDict) -> EventDict:
+    for key in ("_record", "_from_structlog", "positional_args"):
+        event.pop(key, None)
+    return event
+
+
+_RENDERER: Final = structlog.processors.JSONRenderer(
+    ensure_ascii=False, separators=(",", ":"), default=str
+)
+
+
+class JsonFormatter(structlog.stdlib.ProcessorFormatter):
+    """One JSON line per record; with ``journal=True`` prefixed by its syslog priority."""
+
+    def __init__(self, *, journal: bool = False) -> None:
+        super().__init__(
+            foreign_pre_chain=[_base_fields, merge_contextvars, _context_fields],
+            processors=[_exception_fields, _drop_meta, _RENDERER],
+            use_get_message=True,
+        )
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = redact(super().format(record))
+        if self.journal:
+            return f"<{journal_priority(record.levelno)}>{line}"
+        return line
+
+
+def render(record: logging.LogRecord) -> str:
+    """The plain JSON line of ``record`` (no journal prefix)."""
+    return JsonFormatter().format(record)
+
+
+def configure_logging(
+    level: str = "INFO", stream: TextIO | None = None, *, quiet: tuple[str, ...] = QUIET_LIBRARIES
+) -> None:
+    """Called once by a composition root (consumer main, API)."""
+    output = stream or sys.stdout
+    handler = logging.StreamHandler(output)
+    handler.setFormatter(JsonFormatter(journal=stream_is_journal(output)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Library chatter (uvicorn access lines, paho) stays at warning; we write our own lines.
+    for noisy in quiet:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # An uncaught exception is a log line too (JSON, priority <3>, redacted), not bare text on
+    # stderr that journald would store as info and `journalctl -p err` would not show.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(
+    kind: type[BaseException], error: BaseException, trace: TracebackType | None
+) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, trace)
+        return
+    logging.getLogger("uncaught").critical(
+        "uncaught exception: the process stops", exc_info=(kind, error, trace)
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("uncaught").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
+
+
+@contextmanager
+def bind(**context: Any) -> Iterator[None]:
+    """Add fields to every log line written inside the block (this thread/task only)."""
+    with bound_contextvars(**context):
+        yield

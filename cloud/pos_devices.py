@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import IntegrityError
-
-from cloud.database import TransientDatabaseError, translate_errors
+from cloud.database import (
+    Engine,
+    IntegrityError,
+    TransientDatabaseError,
+    text,
+    translate_errors,
+)
 from protocol.limits import KIOSK_ID_PATTERN, KIOSK_IDS_RESERVED
 
 POS_ROLES: Final = ("bar", "checkpoint", "all")

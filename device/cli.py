@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verb == "keygen":
-        from protocol.keys import generate_private_key, public_key_b64, save_private_key
+        from device.keys import save_private_key
+        from protocol.keys import generate_private_key, public_key_b64
 
         key = generate_private_key()
         save_private_key(key, Path(args.out))

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from device import machine
 from device.ids import UuidV7Generator
 from device.indicators import Indicators
@@ -76,6 +74,7 @@ from device.settings import KioskSettings, SettingsError, load_settings
 from device.systemd_notify import notify, watchdog_interval_s
 from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
+from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey
 from protocol.limits import MESSAGE_BYTES_MAX
 from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
 from protocol.redaction import redact

@@ -1,4 +1,4 @@
-"""JSON-lines logging, one formatter for the kiosk and for the cloud's processes.
+"""JSON-lines logging for the kiosk (one line per event, to stdout for journald).
 
 One line per event on stdout (journald): ``ts``, ``level``, ``logger``, ``event``, then the
 context fields. Context travels as ``extra={"context": {...}}`` or, for a block of code, through
@@ -13,9 +13,9 @@ which journald strips and stores as the entry's priority, so ``journalctl -p err
 Anywhere else (a file, a pipe, a test) lines are plain JSON.
 
 The pipeline is structlog's (``ProcessorFormatter`` over the standard library's records: code
-keeps calling ``logging``). This module lives in ``device/`` because the kiosk install must not
-need the cloud's packages; the distribution installs ``device/`` with every extra and structlog
-is in both the ``kiosk`` and the ``cloud`` extra, so ``cloud/logs.py`` re-exports it.
+keeps calling ``logging``); this is the kiosk's only module that imports structlog. The cloud has
+its own, ``cloud/logs.py`` (the two sides never import each other); one set of tests,
+tests/test_logs.py, runs against both so that they write the same lines.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from protocol.redaction import redact
 RESERVED: Final = frozenset({"ts", "level", "logger", "event", "exc"})
 # A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
 EXC_CHARACTERS_MAX: Final = 32 * 1024
-QUIET_LIBRARIES: Final = ("uvicorn.access", "paho", "alembic.runtime.migration")
+QUIET_LIBRARIES: Final = ("paho",)
 
 
 def journal_priority(levelno: int) -> int:
@@ -142,7 +142,7 @@ def render(record: logging.LogRecord) -> str:
 def configure_logging(
     level: str = "INFO", stream: TextIO | None = None, *, quiet: tuple[str, ...] = QUIET_LIBRARIES
 ) -> None:
-    """Called once by a composition root (kiosk main, consumer main, API)."""
+    """Called once by a composition root (kiosk main)."""
     output = stream or sys.stdout
     handler = logging.StreamHandler(output)
     handler.setFormatter(JsonFormatter(journal=stream_is_journal(output)))

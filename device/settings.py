@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 import device
+from device.keys import load_private_key
 from device.limits import (
     BUZZER_PIN_DEFAULT,
     FIRMWARE_DEFAULT,
@@ -43,7 +42,7 @@ from device.limits import (
 )
 from device.machine import Mode
 from device.menu import Menu, MenuError, parse_menu
-from protocol.keys import load_private_key, load_public_key_b64
+from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, load_public_key_b64
 from protocol.limits import (
     CURRENCY_PATTERN,
     FIRMWARE_LENGTH_MAX,

@@ -1,6 +1,8 @@
 """sd_notify without libsystemd: READY=1, WATCHDOG=1, STOPPING=1 to $NOTIFY_SOCKET.
 
-A no-op when not started by systemd. Used by the kiosk, the consumer and the API.
+A no-op when not started by systemd. Used by the kiosk. The cloud has its own,
+cloud/systemd_notify.py (the two sides never import each other); tests/test_systemd_notify.py
+runs the same checks against both.
 """
 
 from __future__ import annotations

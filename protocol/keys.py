@@ -1,30 +1,33 @@
-"""Ed25519 keys: generation, PEM PKCS#8 files, and base64url public keys.
+"""Ed25519 keys: generation, PEM PKCS#8 bytes, and base64url public keys.
 
-This is the one module of the package that touches the file system.
+Pure: bytes in, key objects out, and back. Reading and writing key *files* is I/O and belongs to
+each side's adapter (device/keys.py for the kiosk, cloud/keys.py for the cloud); both hand the
+file's bytes to ``private_key_from_pem`` and write what ``private_key_pem`` returns.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
-import secrets
-from pathlib import Path
 from typing import Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x25519
+
+# Re-exported: the key types of both sides are the protocol's (only protocol/ imports cryptography).
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
+    Ed25519PrivateKey as Ed25519PrivateKey,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PublicKey as Ed25519PublicKey,
 )
 
 PUBLIC_KEY_BYTES: Final = 32
 PUBLIC_KEY_B64_LENGTH: Final = 43
-PRIVATE_KEY_FILE_MODE: Final = 0o600
-# A PEM Ed25519 private key is about 120 bytes; refuse to read anything absurd.
-PRIVATE_KEY_FILE_BYTES_MAX: Final = 16 * 1024
+# A PEM Ed25519 private key is about 120 bytes; refuse anything absurd (key file readers read at
+# most one byte more than this).
+PRIVATE_KEY_PEM_BYTES_MAX: Final = 16 * 1024
 
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _VALUE_OF: Final = {char: index for index, char in enumerate(_ALPHABET)}
@@ -81,64 +84,10 @@ def private_key_pem(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def save_private_key(
-    key: Ed25519PrivateKey, path: str | os.PathLike[str], *, overwrite: bool = False
-) -> None:
-    """Write ``key`` to ``path`` as PEM PKCS#8, mode 0600, atomically.
-
-    The key is written to a temporary file (created 0600, never readable by others) in the same
-    directory, synced, then moved into place: readers see the old file or the whole new one.
-    Without ``overwrite`` an existing file is never replaced (FileExistsError).
-    """
-    target = Path(path)
-    pem = private_key_pem(key)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    descriptor = os.open(
-        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_KEY_FILE_MODE
-    )
-    try:
-        try:
-            os.fchmod(descriptor, PRIVATE_KEY_FILE_MODE)
-            written = 0
-            while written < len(pem):
-                written += os.write(descriptor, pem[written:])
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        if overwrite:
-            os.replace(temporary, target)
-        else:
-            # link() fails if the target exists: no window in which an existing key is replaced.
-            os.link(temporary, target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # pragma: no cover - platforms without directory descriptors
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Read an unencrypted PEM PKCS#8 Ed25519 private key; raise ValueError on anything else."""
-    target = Path(path)
-    with target.open("rb") as file:
-        data = file.read(PRIVATE_KEY_FILE_BYTES_MAX + 1)
-    if len(data) > PRIVATE_KEY_FILE_BYTES_MAX:
-        raise ValueError(f"{target}: too large to be a private key file")
-    return private_key_from_pem(data, source=str(target))
-
-
 def private_key_from_pem(data: bytes, *, source: str = "key") -> Ed25519PrivateKey:
     """Parse an unencrypted PEM PKCS#8 Ed25519 private key; raise ValueError on anything else."""
+    if len(data) > PRIVATE_KEY_PEM_BYTES_MAX:
+        raise ValueError(f"{source}: too large to be a private key file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:

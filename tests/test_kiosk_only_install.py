@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from cloud.cli import build_parser
-from protocol.keys import load_private_key, public_key_b64
+from device.keys import load_private_key
+from protocol.keys import public_key_b64
 
 CLOUD_ONLY = (
     "fastapi",

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 from cloud.settings import CloudSettings
 
 if TYPE_CHECKING:
-    import stripe
     from fastapi import FastAPI
 
     from cloud.api.limits import ApiLimits
+    from cloud.api.stripe_gateway import StripeClient
 
 # Seconds uvicorn waits for open requests on shutdown (systemd's TimeoutStopSec is longer).
 GRACEFUL_SHUTDOWN_S = 10
@@ -31,7 +31,7 @@ def create_app(
     settings: CloudSettings,
     *,
     ledger: Any = None,
-    stripe_client: stripe.StripeClient | None = None,
+    stripe_client: StripeClient | None = None,
     limits: ApiLimits | None = None,
 ) -> FastAPI:
     """The app; `ledger` and `stripe_client` default to ones built from `settings`."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import stripe
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
@@ -28,7 +27,7 @@ from cloud.api.middleware import RequestContextMiddleware
 from cloud.api.queries import DashboardQueries
 from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
-from cloud.api.stripe_gateway import CheckoutGateway, build_stripe_client
+from cloud.api.stripe_gateway import CheckoutGateway, StripeClient, build_stripe_client
 from cloud.database import TransientDatabaseError
 from cloud.pos_devices import PosDevices
 from cloud.settings import CloudSettings
@@ -82,7 +81,7 @@ FORBIDDEN_TO_THE_API = ("sp_process_batch", "sp_add_kiosk", "sp_disable_kiosk")
 def warn_about_database_privileges(engine: Any) -> None:
     """Say once at start when the API's database role can do what only the consumer or the
     operator should (it connects as festival_service or the owner, not festival_api)."""
-    from sqlalchemy import text
+    from cloud.database import text
 
     try:
         with engine.connect() as connection:
@@ -112,7 +111,7 @@ def create_app(
     settings: CloudSettings,
     *,
     ledger: Any = None,
-    stripe_client: stripe.StripeClient | None = None,
+    stripe_client: StripeClient | None = None,
     limits: ApiLimits | None = None,
 ) -> FastAPI:
     """The FastAPI app. `ledger` (a cloud.ledger.Ledger) and `stripe_client` default to ones

@@ -10,15 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, text
-
 from cloud.api.limits import (
     DASHBOARD_MINUTES_MAX,
     DASHBOARD_ROWS_MAX,
     RETURN_ALERT_FACTOR,
     RETURN_ALERT_WINDOW_S,
 )
-from cloud.database import translate_errors
+from cloud.database import Engine, text, translate_errors
 from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 
 STATEMENT_TIMEOUT_MS = 2000

@@ -27,9 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import Engine, text
-
-from cloud.database import TransientDatabaseError, translate_errors
+from cloud.database import Engine, TransientDatabaseError, text, translate_errors
 
 CLIENT_KEY_LENGTH_MAX: Final = 64
 # Queries in flight at most per limiter; beyond, a request is refused at once (503) rather than

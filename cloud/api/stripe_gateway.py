@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import stripe
 from stripe.params import RefundCreateParams
@@ -14,6 +15,9 @@ from stripe.params.checkout import SessionCreateParams
 
 from cloud.api.limits import STRIPE_NETWORK_RETRIES_MAX, STRIPE_TIMEOUT_S
 from cloud.settings import CloudSettings
+
+# The client's type, for the composition root's signature (create_app(stripe_client=…)).
+StripeClient: TypeAlias = stripe.StripeClient
 
 PRODUCT_NAME = "Festival wristband top-up"
 # Unpaid top-ups expire after 24 hours (DESIGN.md 1.1). Stripe refuses an expires_at more than 24 h

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Final, TypeAlias
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
+from protocol.keys import Ed25519PublicKey
 from protocol.models import BarOrder, CheckpointRecharge, Request, echo_fields
 
 # Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a

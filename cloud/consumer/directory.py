@@ -12,10 +12,8 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Final, Protocol
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from cloud.consumer.decisions import KioskView
-from protocol.keys import load_public_key_b64
+from protocol.keys import Ed25519PublicKey, load_public_key_b64
 
 PARSED_KEYS_MAX: Final = 10_000
 # A batch naming one kiosk reads that row; a batch naming more reads all kiosks in one query

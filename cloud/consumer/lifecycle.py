@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from device.systemd_notify import notify, watchdog_interval_s
+from cloud.systemd_notify import notify, watchdog_interval_s
 
 SLEEP_SLICE_S = 0.1
 

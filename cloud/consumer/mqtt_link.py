@@ -1,8 +1,11 @@
-"""The consumer's one MQTT adapter: paho-mqtt 2.x, MQTT 5, durable session, manual acks.
+"""The cloud's one MQTT adapter: paho-mqtt 2.x, MQTT 5. `MqttLink` is the consumer's link (durable
+session, manual acks); `short_session` is the one short session the operator's tools need (the
+broker's control topic in cloud/broker.py, deploy's login check, the demo's attack probe).
 
-Only this module imports paho. Its callbacks run on paho's network thread and only hand what
-they received to the `Inbox` (an exception there would kill that thread). The worker calls
-`publish()`, `ack()` and `restart()` from its own thread.
+Only this module of the cloud imports paho (tests/test_architecture.py). `MqttLink`'s callbacks
+run on paho's network thread and only hand what they received to the `Inbox` (an exception there
+would kill that thread). The worker calls `publish()`, `ack()` and `restart()` from its own
+thread.
 
 The one exception to "callbacks only hand over": `on_connect` sends SUBSCRIBE at once (a
 non-blocking call that only queues a packet). Mosquitto 2.0 does not restore shared
@@ -24,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,14 +91,7 @@ class MqttLink:
         if endpoint.username is not None:
             client.username_pw_set(endpoint.username, endpoint.password)
         if endpoint.tls:
-            files = tls or TlsFiles(None, None, None)
-            client.tls_set(
-                ca_certs=str(files.ca_file) if files.ca_file else None,
-                certfile=str(files.cert_file) if files.cert_file else None,
-                keyfile=str(files.key_file) if files.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+            _use_tls(client, tls)
         # Both must be set before connect(); paho's queue is unbounded by default.
         client.max_inflight_messages_set(inflight_max)
         client.max_queued_messages_set(queued_max)
@@ -317,3 +313,102 @@ class MqttLink:
             )
         except Exception:  # pragma: no cover
             log.exception("on_message failed")
+
+
+def _use_tls(client: mqtt.Client, tls: TlsFiles | None) -> None:
+    files = tls or TlsFiles(None, None, None)
+    client.tls_set(
+        ca_certs=str(files.ca_file) if files.ca_file else None,
+        certfile=str(files.cert_file) if files.cert_file else None,
+        keyfile=str(files.key_file) if files.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+        tls_version=ssl.PROTOCOL_TLS_CLIENT,
+    )
+
+
+# --- short sessions: the operator's tools ----------------------------------------------------
+
+
+@dataclass(slots=True)
+class ShortSession:
+    """What one short MQTT 5 session saw (`short_session`): the broker's answers as text and
+    numbers, so that its callers (the broker's control channel, deploy's login check, the demo's
+    attack probe) never touch paho themselves."""
+
+    connect_refused: str | None = None  # the CONNACK's reason, when it is a refusal
+    subscribe_codes: tuple[int, ...] = ()  # the SUBACK's reason codes (>= 0x80: refused)
+    subscribe_refused: tuple[str, ...] = ()  # the refusals among them, as text
+    finished: bool = False  # False: the broker did not answer within the timeout
+
+
+def short_session(
+    endpoint: MqttEndpoint,
+    *,
+    client_id: str,
+    timeout_s: float,
+    tls: TlsFiles | None = None,
+    subscribe: str | None = None,
+    publish: tuple[str, bytes] | None = None,
+    on_message: Callable[[bytes], bool] | None = None,
+) -> ShortSession:
+    """Connect with a clean session that expires at once, then (optionally) subscribe to one
+    filter at QoS 1, publish one QoS 1 message once the subscription is granted, and hand every
+    message received to ``on_message`` until it returns True. Finished at the CONNACK when there
+    is nothing to subscribe, at the SUBACK when there is nothing to publish or the subscription
+    was refused, at the connect refusal. Raises OSError when the broker cannot be reached."""
+    seen = ShortSession()
+    done = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    if endpoint.username is not None:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.tls:
+        _use_tls(client, tls)
+
+    def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            seen.connect_refused = str(reason)
+            done.set()
+        elif subscribe is None:
+            done.set()
+        else:
+            c.subscribe(subscribe, qos=1)
+
+    def on_subscribe(
+        c: mqtt.Client, u: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        seen.subscribe_codes = tuple(int(reason.value) for reason in reasons)
+        seen.subscribe_refused = tuple(str(reason) for reason in reasons if reason.is_failure)
+        if seen.subscribe_refused or publish is None:
+            done.set()
+            return
+        c.publish(publish[0], publish[1], qos=1)
+
+    def on_received(c: mqtt.Client, u: Any, message: mqtt.MQTTMessage) -> None:
+        if on_message is not None and on_message(bytes(message.payload)):
+            done.set()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_received
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0
+    client.connect(
+        endpoint.host, endpoint.port, keepalive=30, clean_start=True, properties=properties
+    )
+    client.loop_start()
+    try:
+        seen.finished = done.wait(timeout_s)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        sock = client.socket()
+        if sock is not None:  # paho keeps a refused connection's socket until collected
+            try:
+                sock.close()
+            except OSError:
+                pass
+    return seen

@@ -6,10 +6,9 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
+from cloud.keys import load_private_key
 from cloud.settings import SettingsError
-from protocol.keys import load_private_key
+from protocol.keys import Ed25519PrivateKey
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

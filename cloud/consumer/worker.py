@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from cloud.consumer.backoff import Backoff
 from cloud.consumer.decisions import (
     Apply,
@@ -52,6 +50,7 @@ from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
 from protocol.codec import build_result, decode_scan, decode_status, encode_result
 from protocol.errors import ErrorCode, ProtocolError, Status
+from protocol.keys import Ed25519PrivateKey
 from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 

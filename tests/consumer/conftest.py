@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.keys import generate_private_key, save_private_key
+from cloud.keys import save_private_key
+from protocol.keys import generate_private_key
 
 
 @dataclass(frozen=True)

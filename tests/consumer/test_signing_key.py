@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from cloud.consumer.signing_key import load_signing_key
+from cloud.keys import save_private_key
 from cloud.settings import SettingsError
-from protocol.keys import generate_private_key, public_key_b64, save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 
 
 def test_a_0600_key_loads(tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cloud.database import current_revision, upgrade
+from cloud.keys import save_private_key
 from cloud.sandbox import MosquittoBroker, PostgresServer
-from protocol.keys import generate_private_key, save_private_key
+from protocol.keys import generate_private_key
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "deploy.sh"
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from cloud.sandbox import MosquittoBroker
-from protocol.keys import generate_private_key, public_key_b64, save_private_key
+from device.keys import save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 from tests.device.kiosk_process import KioskProcess
 from tests.device.responder import FakeLedger, MqttResponder
 
@@ -54,7 +55,7 @@ def kiosk_key_files(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def ledger(kiosk_key_files: dict[str, Path]) -> FakeLedger:
-    from protocol.keys import load_private_key
+    from device.keys import load_private_key
 
     return FakeLedger(
         cloud_key=generate_private_key(),

@@ -14,8 +14,9 @@ import pytest
 
 from device.indicators import PATTERNS, IndicatorPlayer, PinChange, RecordingPins
 from device.indicators_rpi import IndicatorUnavailable, RpiPins
+from device.keys import save_private_key
 from device.machine import Signal
-from protocol.keys import generate_private_key, public_key_b64, save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 from tests.waiting import wait_until
 
 

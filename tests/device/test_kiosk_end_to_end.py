@@ -15,7 +15,8 @@ import sqlalchemy
 
 from cloud.database import service_url
 from cloud.sandbox import MosquittoBroker
-from protocol.keys import generate_private_key, load_private_key, public_key_b64, save_private_key
+from device.keys import load_private_key, save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 from tests.consumer.support import ConsumerProcess, festival_cloud
 from tests.device.kiosk_process import KioskProcess
 from tests.waiting import wait_until

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from device.keys import load_private_key, save_private_key
 from device.machine import Mode
 from device.settings import SettingsError, load_settings
-from protocol.keys import generate_private_key, load_private_key, public_key_b64, save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 
 
 @pytest.fixture

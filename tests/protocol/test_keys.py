@@ -1,10 +1,6 @@
-"""Key files and base64url public keys."""
+"""Ed25519 keys as PEM bytes and base64url public keys (key files: tests/test_key_files.py)."""
 
 from __future__ import annotations
-
-import os
-import stat
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,10 +9,10 @@ from protocol.keys import (
     b64url_decode,
     b64url_encode,
     generate_private_key,
-    load_private_key,
     load_public_key_b64,
+    private_key_from_pem,
+    private_key_pem,
     public_key_b64,
-    save_private_key,
 )
 
 # Written by `openssl genpkey -algorithm ed25519` (OpenSSL 3.0); its public key, per
@@ -45,42 +41,15 @@ B9uBeAQP7Dr832MJ5SKf6pCwGAfIJ1YZyQeapdbx0tKrn3LB9FemRkFMt3QxceLt
 """
 
 
-def test_save_then_load_round_trips_with_mode_0600(tmp_path: Path) -> None:
+def test_pem_round_trips() -> None:
     key = generate_private_key()
-    path = tmp_path / "kiosk.pem"
-    save_private_key(key, path)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert path.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
-    assert public_key_b64(load_private_key(path)) == public_key_b64(key)
-    assert [entry.name for entry in tmp_path.iterdir()] == ["kiosk.pem"]  # no temp file left
+    pem = private_key_pem(key)
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert public_key_b64(private_key_from_pem(pem)) == public_key_b64(key)
 
 
-def test_mode_is_0600_whatever_the_umask(tmp_path: Path) -> None:
-    previous = os.umask(0)
-    try:
-        save_private_key(generate_private_key(), tmp_path / "k.pem")
-    finally:
-        os.umask(previous)
-    assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
-
-
-def test_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
-    path = tmp_path / "kiosk.pem"
-    first, second = generate_private_key(), generate_private_key()
-    save_private_key(first, path)
-    with pytest.raises(FileExistsError):
-        save_private_key(second, path)
-    assert public_key_b64(load_private_key(path)) == public_key_b64(first)
-    save_private_key(second, path, overwrite=True)
-    assert public_key_b64(load_private_key(path)) == public_key_b64(second)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [entry.name for entry in tmp_path.iterdir()] == ["kiosk.pem"]
-
-
-def test_loads_what_openssl_genpkey_writes(tmp_path: Path) -> None:
-    path = tmp_path / "openssl.pem"
-    path.write_bytes(OPENSSL_ED25519_PEM)
-    key = load_private_key(path)
+def test_decodes_what_openssl_genpkey_writes() -> None:
+    key = private_key_from_pem(OPENSSL_ED25519_PEM)
     assert isinstance(key, Ed25519PrivateKey)
     assert public_key_b64(key) == OPENSSL_PUBLIC_B64
 
@@ -93,20 +62,12 @@ def test_loads_what_openssl_genpkey_writes(tmp_path: Path) -> None:
         (OPENSSL_ENCRYPTED_PEM, "encrypted private keys are not supported"),
         (b"not a key", "not a PEM private key"),
         (b"", "not a PEM private key"),
+        (b"x" * 100_000, "too large"),
     ],
 )
-def test_wrong_key_files_give_clear_errors(tmp_path: Path, pem: bytes, expected: str) -> None:
-    path = tmp_path / "wrong.pem"
-    path.write_bytes(pem)
+def test_wrong_pem_gives_clear_errors(pem: bytes, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
-        load_private_key(path)
-
-
-def test_oversized_key_file_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "huge.pem"
-    path.write_bytes(b"x" * 100_000)
-    with pytest.raises(ValueError, match="too large"):
-        load_private_key(path)
+        private_key_from_pem(pem, source="kiosk.pem")
 
 
 def test_public_key_b64_is_43_chars_and_round_trips() -> None:

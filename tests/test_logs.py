@@ -1,4 +1,7 @@
-"""The one JSON log formatter of kiosk and cloud: tracebacks, journald priorities, no secrets."""
+"""The JSON log formatters of kiosk and cloud: tracebacks, journald priorities, no secrets.
+
+Each side has its own module (device/logs.py, cloud/logs.py: the sides never import each other,
+tests/test_architecture.py); every test here runs against both, so the two write the same lines."""
 
 from __future__ import annotations
 
@@ -10,18 +13,25 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import cloud.logs
-from device.logs import JsonFormatter, bind, configure_logging, journal_priority, stream_is_journal
+import device.logs
+
+
+@pytest.fixture(params=[device.logs, cloud.logs], ids=["device", "cloud"])
+def logs_module(request: pytest.FixtureRequest) -> ModuleType:
+    module: ModuleType = request.param
+    return module
 
 
 @pytest.fixture
-def logger() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+def logger(logs_module: ModuleType) -> Iterator[tuple[logging.Logger, io.StringIO]]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(logs_module.JsonFormatter())
     log = logging.getLogger("tests.logs")
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
@@ -76,9 +86,11 @@ def test_log_exception_keeps_the_whole_traceback(
         assert expected in exc
 
 
-def test_lines_carry_context_and_bound_fields(logger: tuple[logging.Logger, io.StringIO]) -> None:
+def test_lines_carry_context_and_bound_fields(
+    logger: tuple[logging.Logger, io.StringIO], logs_module: ModuleType
+) -> None:
     log, stream = logger
-    with bind(request_id="r-1", kiosk_id="bar-1"):
+    with logs_module.bind(request_id="r-1", kiosk_id="bar-1"):
         log.info("payment %s", "approved", extra={"context": {"amount_cents": 550}})
     log.info("after")
     first, second = _lines(stream)
@@ -114,16 +126,21 @@ def test_passwords_in_messages_and_tracebacks_are_redacted(
         (logging.DEBUG, "<7>"),
     ],
 )
-def test_journal_lines_start_with_their_syslog_priority(level: int, prefix: str) -> None:
+def test_journal_lines_start_with_their_syslog_priority(
+    level: int, prefix: str, logs_module: ModuleType
+) -> None:
     record = logging.LogRecord("tests.logs", level, __file__, 1, "event", None, None)
-    line = JsonFormatter(journal=True).format(record)
+    line = logs_module.JsonFormatter(journal=True).format(record)
     assert line.startswith(prefix)
     assert json.loads(line.removeprefix(prefix))["event"] == "event"
-    assert journal_priority(level) == int(prefix[1])
-    assert not JsonFormatter().format(record).startswith("<")
+    assert logs_module.journal_priority(level) == int(prefix[1])
+    assert not logs_module.JsonFormatter().format(record).startswith("<")
 
 
-def test_the_journal_is_recognised_by_journal_stream(tmp_path: Path) -> None:
+def test_the_journal_is_recognised_by_journal_stream(
+    tmp_path: Path, logs_module: ModuleType
+) -> None:
+    stream_is_journal = logs_module.stream_is_journal
     with (tmp_path / "out").open("w") as stream:
         status = os.fstat(stream.fileno())
         assert stream_is_journal(stream, {"JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"})
@@ -184,15 +201,21 @@ def test_a_process_under_systemd_writes_priorities_journalctl_filters_on(
     ]
 
 
-def test_cloud_and_kiosk_share_one_formatter() -> None:
-    assert cloud.logs.JsonFormatter is JsonFormatter
-    assert cloud.logs.configure_logging is configure_logging
-    assert cloud.logs.bind is bind
+def test_cloud_and_kiosk_write_the_same_line() -> None:
+    """The two formatters are separate code; the same record gives the same line on both."""
+    record = logging.LogRecord("tests.logs", logging.WARNING, __file__, 1, "x %s", ("y",), None)
+    record.context = {"request_id": "r-1", "ts": "not a field"}
+    lines = {logs.JsonFormatter(journal=True).format(record) for logs in (device.logs, cloud.logs)}
+    assert len(lines) == 1
+    [line] = lines
+    assert line.startswith("<4>") and json.loads(line[3:])["request_id"] == "r-1"
+    assert device.logs.RESERVED == cloud.logs.RESERVED
+    assert device.logs.EXC_CHARACTERS_MAX == cloud.logs.EXC_CHARACTERS_MAX
 
 
 UNCAUGHT = """
 import sys, threading
-from device.logs import configure_logging
+from {module} import configure_logging
 configure_logging()
 def work():
     raise ValueError("thread failed")
@@ -203,7 +226,8 @@ raise RuntimeError("cannot reach postgresql://festival:s3cret-password@db/festiv
 """
 
 
-def test_uncaught_exceptions_become_error_lines_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["device.logs", "cloud.logs"])
+def test_uncaught_exceptions_become_error_lines_too(tmp_path: Path, module: str) -> None:
     """Python prints an uncaught traceback as bare stderr text, which journald stores at info
     priority: `journalctl -p err` would not show the crash. It is a JSON error line instead."""
     out = tmp_path / "stdout"
@@ -211,7 +235,7 @@ def test_uncaught_exceptions_become_error_lines_too(tmp_path: Path) -> None:
         status = os.fstat(stdout.fileno())
         env = dict(os.environ, JOURNAL_STREAM=f"{status.st_dev}:{status.st_ino}")
         result = subprocess.run(
-            [sys.executable, "-c", UNCAUGHT],
+            [sys.executable, "-c", UNCAUGHT.format(module=module)],
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
