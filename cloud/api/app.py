@@ -137,7 +137,9 @@ def create_app(
         )
     )
     metrics = ApiMetrics()
-    queries = DashboardQueries(ledger.engine, return_cents_max=settings.festival_return_max_cents)
+    queries = DashboardQueries(
+        ledger.engine, return_cents_max=settings.festival_return_max_cents, check=ledger.check
+    )
     # Through services.monotonic_s, so a test can move the cache's clock.
     metrics.add_ledger_totals(queries.ledger_totals, clock_s=lambda: services.monotonic_s())
     services = Services(
