@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # cloud.settings needs pydantic-settings: imported when a ver
     from cloud.settings import CloudSettings
 
 Handler = Callable[[argparse.Namespace, "CloudSettings"], int]
+DISTRIBUTION = "festival-cashless"
 CLOUD_EXTRA_HINT = "install the cloud extra: pip install 'festival-cashless[cloud]'"
 
 # Options whose value may legitimately begin with "-" (a base64url public key can).
@@ -61,10 +63,19 @@ def _keygen(args: argparse.Namespace, settings: CloudSettings) -> int:
     return 0
 
 
+def installed_version() -> str:
+    """The installed distribution's version (its metadata, not a constant kept in the code)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="festival-cloud", description="Festival cashless payments: cloud side."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     db = verbs.add_parser("db", help="database migrations").add_subparsers(

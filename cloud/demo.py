@@ -735,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="festival-demo",
         description="The whole festival cashless system on this machine, with simulated attendees.",
     )
+    from cloud.cli import installed_version
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     parser.add_argument(
         "--duration",
         type=float,

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+DISTRIBUTION = "festival-cashless"
+
+
+def installed_version() -> str:
+    """The installed distribution's version, from its metadata (device/ never imports cloud/)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="festival-kiosk", description="Festival kiosk firmware.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     keygen = verbs.add_parser("keygen", help="create this kiosk's Ed25519 signing key")
     keygen.add_argument("--out", required=True, help="PEM file to write (mode 0600)")

@@ -44,6 +44,7 @@ def create_app(
 def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
     import uvicorn
 
+    from cloud.api.serve import NotifyingServer
     from cloud.logs import configure_logging
 
     configure_logging()
@@ -52,7 +53,7 @@ def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
     from cloud.api.app import warn_about_database_privileges
 
     warn_about_database_privileges(app.state.services.ledger.engine)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -64,6 +65,7 @@ def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
         timeout_keep_alive=KEEP_ALIVE_S,
         limit_concurrency=CONCURRENCY_MAX,
     )
+    NotifyingServer(config).run()
     return 0
 
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
@@ -117,8 +119,11 @@ def create_app(
     """The FastAPI app. `ledger` (a cloud.ledger.Ledger) and `stripe_client` default to ones
     built from `settings`; `limits` to the production bounds."""
     limits = limits or ApiLimits()
+    # The app disposes the engine it built when its lifespan ends; a caller's ledger is its own.
+    owned_engine = None
     if ledger is None:
         ledger = build_ledger(settings)
+        owned_engine = ledger.engine
     stripe_client = stripe_client or build_stripe_client(settings)
     checkout = (
         None
@@ -131,7 +136,9 @@ def create_app(
         )
     )
     metrics = ApiMetrics()
-    queries = DashboardQueries(ledger.engine, return_cents_max=settings.festival_return_max_cents)
+    queries = DashboardQueries(
+        ledger.engine, return_cents_max=settings.festival_return_max_cents, check=ledger.check
+    )
     # Through services.monotonic_s, so a test can move the cache's clock.
     metrics.add_ledger_totals(queries.ledger_totals, clock_s=lambda: services.monotonic_s())
     services = Services(
@@ -154,13 +161,24 @@ def create_app(
     )
     _warn_about_missing_configuration(settings)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned_engine is not None:
+            # After uvicorn's graceful shutdown: no request holds a connection any more.
+            owned_engine.dispose()
+            log.info("database connections closed")
+
     app = FastAPI(
         title="Festival cashless API",
         version="1",
         description="Stripe top-ups and webhooks, monitoring, admin and seed-compatible "
         "point-of-sale endpoints. See docs/api.md.",
-        docs_url="/docs",
+        # Swagger UI and ReDoc load their scripts from a CDN: not served (docs/api.md). The
+        # machine-readable document stays at /openapi.json.
+        docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.services = services
     webhook_paths = set(webhook.WEBHOOK_PATHS)

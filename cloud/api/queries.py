@@ -7,6 +7,9 @@ DASHBOARD_ROWS_MAX rows, and a statement timeout so a slow database cannot pile 
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +24,8 @@ from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 
 STATEMENT_TIMEOUT_MS = 2000
 
+log = logging.getLogger("cloud.api.queries")
+
 
 def _iso(value: datetime | None) -> str | None:
     if value is None:
@@ -28,11 +33,42 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# A kiosk whose last presence message says offline since longer than this counts as offline
+# in festival_ledger_kiosks_offline (deploy/festival-alerts.yml alerts on it).
+KIOSK_OFFLINE_ALERT_S = 300
+# The invariant check (the check timer's work) is run for /metrics at most this often.
+LEDGER_CHECK_INTERVAL_S = 900.0
+
+
 class DashboardQueries:
-    def __init__(self, engine: Engine, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
+        check: Callable[[], list[str]] | None = None,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._engine = engine
         # Returns beyond a bar's own deposits above this, within the window, raise an alert.
         self.return_alert_cents = RETURN_ALERT_FACTOR * return_cents_max
+        self._check = check
+        self._clock_s = clock_s
+        self._checked: tuple[float, int] | None = None  # (when, violations)
+
+    def _check_violations(self) -> int | None:
+        """Violations of the last invariant check, run again after LEDGER_CHECK_INTERVAL_S; None
+        when there is no check or it could not run (said in the log, never a failed scrape)."""
+        if self._check is None:
+            return None
+        now_s = self._clock_s()
+        if self._checked is None or not 0 <= now_s - self._checked[0] < LEDGER_CHECK_INTERVAL_S:
+            try:
+                self._checked = (now_s, len(self._check()))
+            except Exception as error:
+                log.warning("ledger check unavailable", extra={"context": {"reason": str(error)}})
+                return None
+        return self._checked[1]
 
     def _rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         with translate_errors(), self._engine.connect() as connection:
@@ -199,7 +235,24 @@ class DashboardQueries:
             FROM topups
             """
         )[0]
-        return {
+        kiosks = self._rows(
+            """
+            SELECT count(*) FILTER (WHERE enabled) AS enabled,
+                   count(*) FILTER (
+                       WHERE enabled AND state = 'offline'
+                         AND state_at < now() - make_interval(secs => :offline_s)
+                   ) AS offline
+            FROM kiosks
+            """,
+            offline_s=KIOSK_OFFLINE_ALERT_S,
+        )[0]
+        totals = {
+            "kiosks_enabled": ("Kiosks enabled in the ledger", float(kiosks["enabled"])),
+            "kiosks_offline": (
+                f"Enabled kiosks whose last presence message said offline more than "
+                f"{KIOSK_OFFLINE_ALERT_S} s ago (alert when > 0)",
+                float(kiosks["offline"]),
+            ),
             "bars_returns_alert": (
                 "Bars whose cup returns of the last hour exceed their own deposits by more than "
                 f"{RETURN_ALERT_FACTOR} x FESTIVAL_RETURN_MAX_CENTS (alert when > 0)",
@@ -228,3 +281,11 @@ class DashboardQueries:
                 float(topups["shortfall_cents"]),
             ),
         }
+        violations = self._check_violations()
+        if violations is not None:
+            totals["check_violations"] = (
+                "Violations found by the ledger invariant check (festival-cloud check), run for "
+                f"/metrics at most every {LEDGER_CHECK_INTERVAL_S:g} s (alert when > 0)",
+                float(violations),
+            )
+        return totals

@@ -61,7 +61,7 @@ def test_verify_catches_a_broken_unit(rendered_units: Path, tmp_path: Path) -> N
     broken.write_text(
         (rendered_units / "festival-api.service")
         .read_text()
-        .replace("Type=simple", "Type=simple\nExecStart=/nonexistent/festival-cloud")
+        .replace("Type=notify", "Type=notify\nExecStart=/nonexistent/festival-cloud")
     )
     result = subprocess.run(
         [_systemd_analyze(), "verify", "--man=no", str(broken)],
@@ -166,3 +166,39 @@ def test_a_kiosk_crash_exits_with_a_code_the_unit_restarts(
     assert record.getMessage() == "kiosk crashed: restarting" and record.exc_info is not None
     prevented = _directives(UNITS / "festival-kiosk.service")["RestartPreventExitStatus"][0]
     assert "70" not in prevented.split()
+
+
+def test_api_unit_is_notify_and_supervised_by_the_watchdog() -> None:
+    """Issue 12 section 6: systemd knows when the API serves (READY=1 once the port listens,
+    cloud/api/serve.py) and restarts it when its event loop stops pinging."""
+    api = _directives(UNITS / "festival-api.service")
+    assert api["Type"] == ["notify"]
+    assert api["NotifyAccess"] == ["main"]
+    assert int(api["WatchdogSec"][0]) > 0
+
+
+def test_a_failed_ledger_check_starts_the_alert_unit(rendered_units: Path) -> None:
+    """Issue 12 section 6: the check timer's service names an OnFailure= unit, which exists and
+    writes one line at priority err to the journal naming the failed unit."""
+    check = _directives(UNITS / "festival-check.service")
+    assert check["OnFailure"] == ["festival-alert@%n.service"]
+    alert = _directives(UNITS / "festival-alert@.service")
+    assert alert["Type"] == ["oneshot"]
+    assert alert["SyslogLevel"] == ["err"]
+    assert alert["StandardOutput"] == ["journal"]
+    assert "%i failed" in alert["ExecStart"][0]
+    # The instance systemd starts for a failed check verifies like every other unit.
+    instance = rendered_units / "festival-alert@festival-check.service.service"
+    instance.write_text((UNITS / "festival-alert@.service").read_text())
+    try:
+        result = subprocess.run(
+            [_systemd_analyze(), "verify", "--man=no", str(instance)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        instance.unlink()
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
