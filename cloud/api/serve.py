@@ -13,7 +13,7 @@ import time
 
 import uvicorn
 
-from device.systemd_notify import notify, watchdog_interval_s
+from cloud.systemd_notify import notify, watchdog_interval_s
 
 
 class NotifyingServer(uvicorn.Server):
