@@ -42,6 +42,8 @@ EVENT_QUEUE_MAX: Final = 1_000
 LOOP_TICK_S: Final = 0.1
 # How long an HTTP request waits for the main loop to answer its command.
 COMMAND_REPLY_TIMEOUT_S: Final = 5.0
+# How often the loop checks that the card reader's thread is alive (and restarts it if not).
+READER_CHECK_INTERVAL_S: Final = 1.0
 
 # --- MQTT ------------------------------------------------------------------------------------
 SESSION_EXPIRY_S: Final = 24 * 3600
