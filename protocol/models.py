@@ -286,16 +286,6 @@ def _is_valid_kiosk_id(value: object) -> bool:
     )
 
 
-def validate_request_id(value: object) -> str:
-    """Return ``value`` if it is a valid ``request_id``, else raise ProtocolError."""
-    return _matching(value, "request_id", REQUEST_ID_PATTERN)
-
-
-def validate_card_uid(value: object) -> str:
-    """Return ``value`` if it is a valid ``card_uid``, else raise ProtocolError."""
-    return _matching(value, "card_uid", CARD_UID_PATTERN)
-
-
 def validate_currency(currency: str) -> str:
     """Return ``currency`` if it is an ISO 4217 code, else raise ValueError (configuration)."""
     if not CURRENCY_PATTERN.match(currency):

@@ -199,10 +199,6 @@ class MqttLink:
             time.sleep(0.005)
         return True
 
-    def outgoing_queued(self) -> int:
-        """Results not yet acknowledged by the broker (paho's in-memory queue)."""
-        return len(getattr(self._client, "_out_messages", ()))
-
     # --- paho callbacks (network thread): hand over, never raise ---------------------------------
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
