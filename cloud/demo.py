@@ -164,7 +164,9 @@ def _preferred_port(port: int) -> int:
 
 
 @dataclass
-class Kiosk:
+class DemoKiosk:
+    """A festival-kiosk child process of the demo (not device.kiosk.Kiosk, the firmware shell)."""
+
     kiosk_id: str
     role: str  # "bar" or "checkpoint"
     http_port: int
@@ -307,7 +309,7 @@ class Demo:
     out: Any = sys.stdout
     stop: threading.Event = field(default_factory=threading.Event)
     children: list[ChildProcess] = field(default_factory=list)
-    kiosks: list[Kiosk] = field(default_factory=list)
+    kiosks: list[DemoKiosk] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
     postgres: PostgresServer | None = None
     broker: MosquittoBroker | None = None
@@ -375,7 +377,7 @@ class Demo:
         for role in roles:
             numbers[role] += 1
             kiosk_id = f"{role}-{numbers[role]}"
-            self.kiosks.append(Kiosk(kiosk_id, role, free_port()))
+            self.kiosks.append(DemoKiosk(kiosk_id, role, free_port()))
 
         self.broker = MosquittoBroker(self.root / "mosquitto", prefix=TOPIC_PREFIX)
         self.broker.add_user(CLOUD_MQTT_USER, role="cloud")
@@ -502,7 +504,7 @@ class Demo:
         last = len(self.cards) - 1
         return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n != last]
 
-    def _pay(self, kiosk: Kiosk, generator: random.Random, card: str) -> None:
+    def _pay(self, kiosk: DemoKiosk, generator: random.Random, card: str) -> None:
         if kiosk.role == "checkpoint":
             entry, amount_cents = recharge(generator)
         else:
@@ -517,7 +519,7 @@ class Demo:
             amount_cents = int(outcome.get("amount_cents") or 0)
         self.tally.record(kiosk.role, outcome, amount_cents)
 
-    def _open_the_gates(self, kiosk: Kiosk, index: int, checkpoints: int) -> None:
+    def _open_the_gates(self, kiosk: DemoKiosk, index: int, checkpoints: int) -> None:
         """Top-ups first: the checkpoints load every known wristband once, as fast as they can."""
         generator = random.Random(index)
         for card in self.known_cards()[index::checkpoints]:
@@ -525,7 +527,7 @@ class Demo:
                 return
             self._pay(kiosk, generator, card)
 
-    def _kiosk_worker(self, kiosk: Kiosk, index: int, pace_s: float) -> None:
+    def _kiosk_worker(self, kiosk: DemoKiosk, index: int, pace_s: float) -> None:
         generator = random.Random(index * 7919 + int(time.time()))
         known = self.known_cards()
         unknown = sorted(set(self.cards) - set(known)) or known

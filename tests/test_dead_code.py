@@ -16,6 +16,7 @@ GONE = [
     ("protocol", "decode_request"),
     ("protocol", "result_for_error"),
     ("device.kiosk", "run_from_env"),  # moved to device.main
+    ("cloud.demo", "Kiosk"),  # renamed DemoKiosk: never confused with device.kiosk.Kiosk
 ]
 
 
