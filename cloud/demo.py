@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud.limits import MQTT_CONNECT_TIMEOUT_S
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
 
 DEMO_ROOT_DEFAULT = Path.cwd() / "var" / "demo"
@@ -654,6 +655,7 @@ class Demo:
         client.on_subscribe = on_subscribe
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = 0
+        client.connect_timeout = MQTT_CONNECT_TIMEOUT_S
         client.connect(endpoint.host, endpoint.port, clean_start=True, properties=properties)
         client.loop_start()
         try:

@@ -26,7 +26,7 @@ from device.limits import (
     OUTBOX_FILE_NAME,
     OUTCOME_DISPLAY_S,
     READER_CHECK_INTERVAL_S,
-    RESEND_AFTER_S_MAX,
+    RESEND_AFTER_MAX_S,
 )
 from device.machine import MachineConfig
 from device.outbox import Outbox, OutboxError
@@ -64,7 +64,7 @@ def machine_config(settings: KioskSettings) -> MachineConfig:
         outbox_max=settings.outbox_max,
         result_timeout_ms=int(settings.result_timeout_s * 1000),
         resend_after_ms=int(settings.resend_after_s * 1000),
-        resend_after_ms_max=int(max(settings.resend_after_s, RESEND_AFTER_S_MAX) * 1000),
+        resend_after_ms_max=int(max(settings.resend_after_s, RESEND_AFTER_MAX_S) * 1000),
         outcome_display_ms=int(OUTCOME_DISPLAY_S * 1000),
     )
 

@@ -19,6 +19,7 @@ KEEPALIVE_S: Final = 30
 # paho reconnects by itself with exponential backoff between these (whole seconds in paho).
 RECONNECT_DELAY_MIN_S: Final = 1
 RECONNECT_DELAY_MAX_S: Final = 30
+# TCP connect and TLS handshake with the broker (paho's connect_timeout); then paho retries.
 CONNECT_TIMEOUT_S: Final = 10.0
 
 # MQTT 5 Receive Maximum: how many unacknowledged QoS 1 messages the broker may push to us.
@@ -64,9 +65,6 @@ DATABASE_RETRY_DELAY_MAX_S: Final = 5.0
 # SIGTERM: finish what is in hand within this, under systemd's TimeoutStopSec=30.
 SHUTDOWN_GRACE_S: Final = 20.0
 DISCONNECT_TIMEOUT_S: Final = 5.0
-
-# --- files --------------------------------------------------------------------------------------
-SIGNING_KEY_FILE_MODE: Final = 0o600
 
 
 def receive_maximum_for(batch_max: int) -> int:

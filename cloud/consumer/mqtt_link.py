@@ -100,6 +100,7 @@ class MqttLink:
         client.max_inflight_messages_set(inflight_max)
         client.max_queued_messages_set(queued_max)
         client.reconnect_delay_set(limits.RECONNECT_DELAY_MIN_S, limits.RECONNECT_DELAY_MAX_S)
+        client.connect_timeout = limits.CONNECT_TIMEOUT_S
         client.on_socket_open = self._on_socket_open
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
