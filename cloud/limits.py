@@ -1,4 +1,4 @@
-"""Limits of the cloud package's own modules (the broker), in one place (STYLE.md).
+"""Limits of the cloud package's own modules (the broker, the fake Stripe), in one place.
 
 The consumer's are in cloud/consumer/limits.py, the API's in cloud/api/limits.py, the wire
 protocol's in protocol/limits.py. Names: ``*_max`` / ``*_min``, units last.
@@ -33,3 +33,11 @@ PASSWORD_BYTES: Final = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
 CONTROL_TIMEOUT_S: Final = 5.0
 # The control client's TCP connect and TLS handshake (paho's connect_timeout).
 MQTT_CONNECT_TIMEOUT_S: Final = 10.0
+
+# --- the fake Stripe (cloud/stripe_fake.py: tests, benchmarks, the demo) ------------------------
+# Stripe's own rules for Checkout Sessions: 24 h by default, expires_at at least 30 min ahead.
+STRIPE_CHECKOUT_SESSION_LIFETIME_S: Final = 24 * 3600
+STRIPE_CHECKOUT_SESSION_LIFETIME_MIN_S: Final = 30 * 60
+STRIPE_FAKE_REQUEST_BYTES_MAX: Final = 256 * 1024
+# How long delivering one event to a webhook may take.
+STRIPE_FAKE_DELIVERY_TIMEOUT_S: Final = 10.0
