@@ -103,7 +103,6 @@ RECORDED_PIN_CHANGES_MAX: Final = 10_000
 LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024
 
 # --- test and demo tools (device/virtual_card.py, device/sandbox.py; never used on a kiosk) -----
-VPCD_FRAME_BYTES_MAX: Final = 65535
 VPCD_CONNECT_TIMEOUT_S: Final = 5.0
 PCSCD_START_TIMEOUT_S: Final = 15.0
 PCSCD_STOP_TIMEOUT_S: Final = 10.0

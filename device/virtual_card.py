@@ -68,10 +68,6 @@ class VirtualCard:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def inserted(self) -> bool:
-        return self._socket is not None
-
     def insert(self) -> None:
         if self._socket is not None:
             return

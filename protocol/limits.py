@@ -88,8 +88,10 @@ SHARE_GROUP_LENGTH_MAX: Final = 32
 ERROR_QUOTE_LENGTH_MAX: Final = 32
 ERROR_MESSAGE_LENGTH_MAX: Final = 200
 
-# The id patterns carry the length limits above (KIOSK_ID_LENGTH_MIN is its first letter).
-KIOSK_ID_PATTERN: Final = re.compile(rf"\A[a-z][a-z0-9-]{{0,{KIOSK_ID_LENGTH_MAX - 1}}}\Z")
+# The id patterns carry the length limits above (a kiosk id's first character is a letter).
+KIOSK_ID_PATTERN: Final = re.compile(
+    rf"\A[a-z][a-z0-9-]{{{KIOSK_ID_LENGTH_MIN - 1},{KIOSK_ID_LENGTH_MAX - 1}}}\Z"
+)
 REQUEST_ID_PATTERN: Final = re.compile(
     rf"\A[A-Za-z0-9._:-]{{{REQUEST_ID_LENGTH_MIN},{REQUEST_ID_LENGTH_MAX}}}\Z"
 )

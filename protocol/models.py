@@ -138,7 +138,6 @@ class CheckpointRecharge:
 
 
 Request: TypeAlias = BarOrder | CheckpointRecharge
-REQUEST_TYPES: Final = (BarOrder.type, CheckpointRecharge.type)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,12 @@ GONE = [
     ("protocol", "decode_request"),
     ("protocol", "result_for_error"),
     ("device.kiosk", "run_from_env"),  # moved to device.main
-    ("cloud.demo", "Kiosk"),  # renamed DemoKiosk: never confused with device.kiosk.Kiosk
+    ("cloud.demo", "Kiosk"),
+    ("cloud.api.refunds", "RefundTally.owed_left"),
+    ("device.virtual_card", "VirtualCard.inserted"),
+    ("protocol.models", "REQUEST_TYPES"),
+    ("tests.consumer.support", "wait_for_exit"),
+    ("tests.ledger.helpers", "uids"),  # renamed DemoKiosk: never confused with device.kiosk.Kiosk
 ]
 
 

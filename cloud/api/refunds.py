@@ -35,10 +35,6 @@ class RefundTally:
     retry: int = 0
     failed: int = 0
 
-    @property
-    def owed_left(self) -> bool:
-        return self.retry > 0
-
     def as_dict(self) -> dict[str, int]:
         return {"succeeded": self.succeeded, "retry": self.retry, "failed": self.failed}
 
