@@ -32,16 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud.limits import MQTT_CONNECT_TIMEOUT_S
+from cloud.limits import (
+    DEMO_HTTP_TIMEOUT_S,
+    DEMO_READY_TIMEOUT_S,
+    DEMO_RESULT_TIMEOUT_S,
+    MQTT_CONNECT_TIMEOUT_S,
+)
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
 
 DEMO_ROOT_DEFAULT = Path.cwd() / "var" / "demo"
 TOPIC_PREFIX = "festival"
 CLOUD_MQTT_USER = "cloud-consumer"
 API_PORT_PREFERRED = 8000
-READY_TIMEOUT_S = 60.0
-HTTP_TIMEOUT_S = 10.0
-RESULT_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.01
 PROGRESS_INTERVAL_S = 2.0
 ONLINE_TOPUP_INTERVAL_S = 5.0
@@ -111,7 +113,7 @@ def http_json(
     url: str,
     body: object = None,
     headers: dict[str, str] | None = None,
-    timeout_s: float = HTTP_TIMEOUT_S,
+    timeout_s: float = DEMO_HTTP_TIMEOUT_S,
 ) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (loopback)
@@ -131,7 +133,9 @@ def http_json(
         return status, payload.decode(errors="replace")
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_for(
+    condition: Callable[[], bool], what: str, timeout_s: float = DEMO_READY_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -195,7 +199,7 @@ class DemoKiosk:
             status, reply = http_json("POST", f"{self.base_url}/api/tap", {"card_uid": card_uid})
             if status != 202:
                 raise DemoError(f"{self.kiosk_id}/api/tap answered {status}: {reply}")
-            deadline = time.monotonic() + RESULT_TIMEOUT_S
+            deadline = time.monotonic() + DEMO_RESULT_TIMEOUT_S
             while time.monotonic() < deadline:
                 state = self.state()
                 outcome = state.get("outcome")
@@ -711,13 +715,13 @@ class Demo:
                     self.stop.set()
         self.stop.set()
         for thread in threads:
-            thread.join(timeout=RESULT_TIMEOUT_S + 5)
+            thread.join(timeout=DEMO_RESULT_TIMEOUT_S + 5)
 
     # --- the end -------------------------------------------------------------------------------
 
     def wait_for_quiet(self) -> None:
         """Let the kiosks' outboxes drain so the summary counts settled money."""
-        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        deadline = time.monotonic() + DEMO_RESULT_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
                 if all(k.state()["outbox"]["pending"] == 0 for k in self.kiosks):

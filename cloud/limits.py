@@ -41,3 +41,15 @@ STRIPE_CHECKOUT_SESSION_LIFETIME_MIN_S: Final = 30 * 60
 STRIPE_FAKE_REQUEST_BYTES_MAX: Final = 256 * 1024
 # How long delivering one event to a webhook may take.
 STRIPE_FAKE_DELIVERY_TIMEOUT_S: Final = 10.0
+
+# --- the demo (cloud/demo.py) -------------------------------------------------------------------
+DEMO_READY_TIMEOUT_S: Final = 60.0
+DEMO_HTTP_TIMEOUT_S: Final = 10.0
+DEMO_RESULT_TIMEOUT_S: Final = 30.0
+
+# --- the local services of tests and the demo (cloud/sandbox.py) --------------------------------
+SANDBOX_START_TIMEOUT_S: Final = 30.0
+SANDBOX_STOP_TIMEOUT_S: Final = 15.0
+
+# --- POS device tokens (cloud/pos_devices.py) ---------------------------------------------------
+POS_TOKEN_LENGTH_MAX: Final = 128

@@ -54,15 +54,22 @@ def test_duration_limits_put_the_unit_last(path: Path) -> None:
     assert [name for name in sorted(names) if UNIT_BEFORE_BOUND.search(name)] == []
 
 
-def test_the_kiosk_modules_define_no_limits_of_their_own() -> None:
-    """Module-level bounds (…_MAX, …_MIN, …_TIMEOUT_S) of device/ live in device/limits.py."""
+# Not moved yet: files other sections of issue 12 restructure in parallel (protocol/keys.py's file
+# I/O, cloud/database.py and cloud/api/queries.py's SQLAlchemy adapter, cloud/ledger.py's
+# outcome, cloud/deploy.py's paho use); their limits move after those merges.
+NOT_YET_MOVED = {"keys.py", "database.py", "queries.py", "ledger.py", "deploy.py"}
+
+
+@pytest.mark.parametrize("package", ["protocol", "device", "cloud", "cloud/consumer", "cloud/api"])
+def test_modules_define_no_limits_of_their_own(package: str) -> None:
+    """Module-level bounds (…_MAX, …_MIN, …_TIMEOUT_S) live in the package's limits.py."""
     bound = re.compile(r"(_MAX|_MIN|_TIMEOUT_S|_TIMEOUT_MS)$")
     found = {
         f"{path.name}:{name}"
-        for path in (ROOT / "device").glob("*.py")
-        if path.name != "limits.py"
+        for path in (ROOT / package).glob("*.py")
+        if path.name != "limits.py" and path.name not in NOT_YET_MOVED
         for name in _constants(path)
-        if bound.search(name)
+        if bound.search(name) and not name.startswith("_")  # private: derived in place
     }
     assert found == set()
 

@@ -18,15 +18,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from cloud.api.limits import REFUND_RETRY_DELAY_MAX_S, REFUND_RETRY_DELAY_MIN_S, SWEEP_REFUNDS_MAX
 from cloud.api.stripe_gateway import CheckoutGateway, PaymentProviderError
 
 log = logging.getLogger("cloud.api.refunds")
-
-# Backoff after a failed attempt: attempt n waits min(BASE * 2**(n-1), MAX) seconds.
-RETRY_BASE_S = 1
-RETRY_MAX_S = 3600
-# Refunds one sweep attempts at most (a webhook's background task stays short).
-SWEEP_REFUNDS_MAX = 10
 
 
 @dataclass
@@ -40,7 +35,7 @@ class RefundTally:
 
 
 def retry_after_s(attempts: int) -> int:
-    return int(min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))
+    return int(min(REFUND_RETRY_DELAY_MIN_S * 2 ** max(attempts - 1, 0), REFUND_RETRY_DELAY_MAX_S))
 
 
 def settle_refunds(
