@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device.kiosk import Kiosk, KioskIdentity, SystemClock
 from device.limits import (
@@ -34,6 +34,10 @@ from device.reader import CardReader, SimulatedReader
 from device.settings import KioskSettings, SettingsError, load_settings
 from device.systemd_notify import notify, watchdog_interval_s
 from protocol.redaction import redact
+
+if TYPE_CHECKING:  # imported where they are built: a kiosk-only install needs only its adapters
+    from device.http_interface import LocalHttpServer
+    from device.mqtt_link import MqttLink
 
 log = logging.getLogger("device.kiosk")
 
@@ -87,38 +91,19 @@ def run_from_env(environ: Mapping[str, str] | None = None) -> int:
 
 
 def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
-    from device.http_interface import HttpApi, LocalHttpServer
     from device.indicators import IndicatorPlayer
-    from device.mqtt_link import MqttLink
 
     clock = SystemClock()
     outbox = _open_outbox(settings)
     resources.callback(outbox.close)
     indicators = IndicatorPlayer(_pins(settings))
     resources.callback(indicators.close)
-    link = MqttLink(
-        endpoint=settings.mqtt,
-        kiosk_id=settings.kiosk_id,
-        topic_prefix=settings.topic_prefix,
-        firmware=settings.firmware,
-        queued_max=settings.outbox_max + MQTT_QUEUED_EXTRA,
-        clock_ms=clock.wall_ms,
-        ca_file=settings.mqtt_ca_file,
-        cert_file=settings.mqtt_cert_file,
-        key_file=settings.mqtt_key_file,
-    )
+    link = _mqtt_link(settings, clock)
     resources.callback(link.stop)
     reader, simulated = _reader(settings, clock)
     resources.callback(reader.stop)
     kiosk = Kiosk(
-        identity=KioskIdentity(
-            kiosk_id=settings.kiosk_id,
-            currency=settings.currency,
-            private_key=settings.private_key,
-            cloud_public_key=settings.cloud_public_key,
-            firmware=settings.firmware,
-            topup_cents_max=settings.topup_cents_max,
-        ),
+        identity=_identity(settings),
         config=machine_config(settings),
         outbox=outbox,
         link=link,
@@ -127,24 +112,7 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         result_topic=link.result_topic,
         clock=clock,
     )
-    api = HttpApi(
-        mode=settings.mode,
-        menu=settings.menu,
-        topup_cents_max=settings.topup_cents_max,
-        snapshot_json=kiosk.snapshot_json,
-        command=kiosk.command,
-        simulated_reader=simulated,
-        static_dir=STATIC_DIR,
-        return_cents_max=settings.return_cents_max,
-    )
-    try:
-        http = LocalHttpServer(api, settings.http_port)
-    except OSError as error:
-        log.error(
-            "cannot open the local HTTP interface",
-            extra={"context": {"port": settings.http_port, "error": str(error)}},
-        )
-        raise _CannotStart(EXIT_RETRY) from error
+    http = _http_server(settings, kiosk, simulated)
     resources.callback(http.stop)
 
     stop = threading.Event()
@@ -181,6 +149,59 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         log.error("outbox failed: stopping", extra={"context": {"error": str(error)}})
         return EXIT_RETRY
     return EXIT_STOPPED
+
+
+def _mqtt_link(settings: KioskSettings, clock: SystemClock) -> MqttLink:
+    from device.mqtt_link import MqttLink
+
+    return MqttLink(
+        endpoint=settings.mqtt,
+        kiosk_id=settings.kiosk_id,
+        topic_prefix=settings.topic_prefix,
+        firmware=settings.firmware,
+        queued_max=settings.outbox_max + MQTT_QUEUED_EXTRA,
+        clock_ms=clock.wall_ms,
+        ca_file=settings.mqtt_ca_file,
+        cert_file=settings.mqtt_cert_file,
+        key_file=settings.mqtt_key_file,
+    )
+
+
+def _identity(settings: KioskSettings) -> KioskIdentity:
+    return KioskIdentity(
+        kiosk_id=settings.kiosk_id,
+        currency=settings.currency,
+        private_key=settings.private_key,
+        cloud_public_key=settings.cloud_public_key,
+        firmware=settings.firmware,
+        topup_cents_max=settings.topup_cents_max,
+    )
+
+
+def _http_server(
+    settings: KioskSettings, kiosk: Kiosk, simulated: SimulatedReader | None
+) -> LocalHttpServer:
+    """The local HTTP interface, bound but not started (a port in use: exit 75)."""
+    from device.http_interface import HttpApi, LocalHttpServer
+
+    api = HttpApi(
+        mode=settings.mode,
+        menu=settings.menu,
+        topup_cents_max=settings.topup_cents_max,
+        snapshot_json=kiosk.snapshot_json,
+        command=kiosk.command,
+        simulated_reader=simulated,
+        static_dir=STATIC_DIR,
+        return_cents_max=settings.return_cents_max,
+    )
+    try:
+        return LocalHttpServer(api, settings.http_port)
+    except OSError as error:
+        log.error(
+            "cannot open the local HTTP interface",
+            extra={"context": {"port": settings.http_port, "error": str(error)}},
+        )
+        raise _CannotStart(EXIT_RETRY) from error
 
 
 def _open_outbox(settings: KioskSettings) -> Outbox:
