@@ -50,33 +50,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from cloud.limits import (
+    AUTOSAVE_INTERVAL_S,
+    CONTROL_TIMEOUT_S,
+    INFLIGHT_MESSAGES_MAX,
+    PACKET_BYTES_MAX,
+    PASSWORD_BYTES,
+    PASSWORD_HASH_ITERATIONS,
+    PASSWORD_SALT_BYTES,
+    QUEUED_BYTES_MAX,
+    QUEUED_MESSAGES_MAX,
+    SESSION_EXPIRY_MAX,
+)
 from protocol.limits import KIOSK_ID_PATTERN
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
 from protocol.topics import SHARE_GROUP_DEFAULT, TopicKind, shared_subscription
-
-# --- limits (STYLE.md: a limit on everything) --------------------------------------------------
-# PROTOCOL.md 1.1: every packet is capped at 262144 bytes (config and deny-list payloads are at
-# most 196608 bytes, below it with room for MQTT headers).
-PACKET_BYTES_MAX: Final = 262_144
-# A session (and what is queued in it) lives at most this long after its client went away,
-# whatever expiry the client asks for. Kiosks ask for 1 day, the consumer for 1 day; 3 days ride
-# out a weekend with a broken kiosk without keeping abandoned sessions forever.
-SESSION_EXPIRY_MAX: Final = "3d"
-# Per client: unacknowledged QoS 1 messages in flight, and messages/bytes queued while it is
-# offline or its window is full. The consumer's shared-subscription turn is the big one: 100,000
-# requests of at most 8192 bytes would be 800 MB, so the byte bound is what holds.
-INFLIGHT_MESSAGES_MAX: Final = 1000
-QUEUED_MESSAGES_MAX: Final = 100_000
-QUEUED_BYTES_MAX: Final = 128 * 1024 * 1024
-# Sessions and retained messages are written to disk this often (and at shutdown).
-AUTOSAVE_INTERVAL_S: Final = 30
-# The plugin's own default (PW_DEFAULT_ITERATIONS in 2.0.11), used for every password it sets
-# through the control topic too. Our passwords are 192-bit random tokens, not guessable words:
-# iterations would only slow down the broker's single thread at every CONNECT.
-PASSWORD_HASH_ITERATIONS: Final = 101
-PASSWORD_SALT_BYTES: Final = 12
-PASSWORD_BYTES: Final = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
-CONTROL_TIMEOUT_S: Final = 5.0
 
 CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
 CONTROL_RESPONSE_TOPIC: Final = "$CONTROL/dynamic-security/v1/response"

@@ -32,15 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud.limits import (
+    DEMO_HTTP_TIMEOUT_S,
+    DEMO_READY_TIMEOUT_S,
+    DEMO_RESULT_TIMEOUT_S,
+)
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
 
 DEMO_ROOT_DEFAULT = Path.cwd() / "var" / "demo"
 TOPIC_PREFIX = "festival"
 CLOUD_MQTT_USER = "cloud-consumer"
 API_PORT_PREFERRED = 8000
-READY_TIMEOUT_S = 60.0
-HTTP_TIMEOUT_S = 10.0
-RESULT_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.01
 PROGRESS_INTERVAL_S = 2.0
 ONLINE_TOPUP_INTERVAL_S = 5.0
@@ -110,7 +112,7 @@ def http_json(
     url: str,
     body: object = None,
     headers: dict[str, str] | None = None,
-    timeout_s: float = HTTP_TIMEOUT_S,
+    timeout_s: float = DEMO_HTTP_TIMEOUT_S,
 ) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 (loopback)
@@ -130,7 +132,9 @@ def http_json(
         return status, payload.decode(errors="replace")
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+def wait_for(
+    condition: Callable[[], bool], what: str, timeout_s: float = DEMO_READY_TIMEOUT_S
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -164,7 +168,9 @@ def _preferred_port(port: int) -> int:
 
 
 @dataclass
-class Kiosk:
+class DemoKiosk:
+    """A festival-kiosk child process of the demo (not device.kiosk.Kiosk, the firmware shell)."""
+
     kiosk_id: str
     role: str  # "bar" or "checkpoint"
     http_port: int
@@ -192,7 +198,7 @@ class Kiosk:
             status, reply = http_json("POST", f"{self.base_url}/api/tap", {"card_uid": card_uid})
             if status != 202:
                 raise DemoError(f"{self.kiosk_id}/api/tap answered {status}: {reply}")
-            deadline = time.monotonic() + RESULT_TIMEOUT_S
+            deadline = time.monotonic() + DEMO_RESULT_TIMEOUT_S
             while time.monotonic() < deadline:
                 state = self.state()
                 outcome = state.get("outcome")
@@ -307,7 +313,7 @@ class Demo:
     out: Any = sys.stdout
     stop: threading.Event = field(default_factory=threading.Event)
     children: list[ChildProcess] = field(default_factory=list)
-    kiosks: list[Kiosk] = field(default_factory=list)
+    kiosks: list[DemoKiosk] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
     postgres: PostgresServer | None = None
     broker: MosquittoBroker | None = None
@@ -371,7 +377,7 @@ class Demo:
         for role in roles:
             numbers[role] += 1
             kiosk_id = f"{role}-{numbers[role]}"
-            self.kiosks.append(Kiosk(kiosk_id, role, free_port()))
+            self.kiosks.append(DemoKiosk(kiosk_id, role, free_port()))
 
         self.broker = MosquittoBroker(self.root / "mosquitto", prefix=TOPIC_PREFIX)
         self.broker.add_user(CLOUD_MQTT_USER, role="cloud")
@@ -498,7 +504,7 @@ class Demo:
         last = len(self.cards) - 1
         return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n != last]
 
-    def _pay(self, kiosk: Kiosk, generator: random.Random, card: str) -> None:
+    def _pay(self, kiosk: DemoKiosk, generator: random.Random, card: str) -> None:
         if kiosk.role == "checkpoint":
             entry, amount_cents = recharge(generator)
         else:
@@ -513,7 +519,7 @@ class Demo:
             amount_cents = int(outcome.get("amount_cents") or 0)
         self.tally.record(kiosk.role, outcome, amount_cents)
 
-    def _open_the_gates(self, kiosk: Kiosk, index: int, checkpoints: int) -> None:
+    def _open_the_gates(self, kiosk: DemoKiosk, index: int, checkpoints: int) -> None:
         """Top-ups first: the checkpoints load every known wristband once, as fast as they can."""
         generator = random.Random(index)
         for card in self.known_cards()[index::checkpoints]:
@@ -521,7 +527,7 @@ class Demo:
                 return
             self._pay(kiosk, generator, card)
 
-    def _kiosk_worker(self, kiosk: Kiosk, index: int, pace_s: float) -> None:
+    def _kiosk_worker(self, kiosk: DemoKiosk, index: int, pace_s: float) -> None:
         generator = random.Random(index * 7919 + int(time.time()))
         known = self.known_cards()
         unknown = sorted(set(self.cards) - set(known)) or known
@@ -677,13 +683,13 @@ class Demo:
                     self.stop.set()
         self.stop.set()
         for thread in threads:
-            thread.join(timeout=RESULT_TIMEOUT_S + 5)
+            thread.join(timeout=DEMO_RESULT_TIMEOUT_S + 5)
 
     # --- the end -------------------------------------------------------------------------------
 
     def wait_for_quiet(self) -> None:
         """Let the kiosks' outboxes drain so the summary counts settled money."""
-        deadline = time.monotonic() + RESULT_TIMEOUT_S
+        deadline = time.monotonic() + DEMO_RESULT_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
                 if all(k.state()["outbox"]["pending"] == 0 for k in self.kiosks):

@@ -31,6 +31,7 @@ from cloud.database import (
     text,
     translate_errors,
 )
+from cloud.limits import POS_TOKEN_LENGTH_MAX
 from protocol.limits import KIOSK_ID_PATTERN, KIOSK_IDS_RESERVED
 
 POS_ROLES: Final = ("bar", "checkpoint", "all")
@@ -38,7 +39,6 @@ POS_ROLES: Final = ("bar", "checkpoint", "all")
 POS_DEVICE_IDS_RESERVED: Final = KIOSK_IDS_RESERVED | {"pos-http"}
 TOKEN_SECRET_BYTES: Final = 32
 TOKEN_SEPARATOR: Final = "."  # noqa: S105 - a separator, not a secret
-TOKEN_LENGTH_MAX: Final = 128
 # Which request types each role may send (PROTOCOL.md: a kiosk's role, the same for a device).
 ALLOWED_TYPES_BY_ROLE: Final = {
     "bar": frozenset({"bar_order"}),
@@ -72,7 +72,7 @@ def token_sha256(token: str) -> bytes:
 
 def claimed_device_id(token: str | None) -> str | None:
     """The device id a presented token names, or None when it cannot be one of ours."""
-    if token is None or len(token) > TOKEN_LENGTH_MAX:
+    if token is None or len(token) > POS_TOKEN_LENGTH_MAX:
         return None
     device_id, separator, secret = token.rpartition(TOKEN_SEPARATOR)
     if not separator or not secret or not valid_device_id(device_id):

@@ -27,10 +27,9 @@ from cloud.broker import (
     KioskAccount,
     write_broker_config,
 )
+from cloud.limits import SANDBOX_START_TIMEOUT_S, SANDBOX_STOP_TIMEOUT_S
 
 POSTGRES_SYSTEM_USER = "embedded_postgres"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 15.0
 
 
 class MissingSystemPackage(RuntimeError):
@@ -62,10 +61,10 @@ def stop_process(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGT
         return
     process.send_signal(sig)
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=SANDBOX_STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         process.kill()
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=SANDBOX_STOP_TIMEOUT_S)
 
 
 def require_program(program: str, package: str) -> str:
@@ -213,7 +212,7 @@ class PostgresServer:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + SANDBOX_START_TIMEOUT_S
         pg_isready = str(embedded_postgres_bin() / "pg_isready")
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
@@ -225,7 +224,9 @@ class PostgresServer:
             if check.returncode == 0:
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"postgres not ready within {START_TIMEOUT_S} s; see {self.log_file}")
+        raise TimeoutError(
+            f"postgres not ready within {SANDBOX_START_TIMEOUT_S} s; see {self.log_file}"
+        )
 
     def stop(self) -> None:
         # SIGINT is PostgreSQL's "fast" shutdown: roll back open transactions, checkpoint, exit.
@@ -236,10 +237,10 @@ class PostgresServer:
         """Crash the server (SIGKILL of the postmaster); start() recovers it."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT_S)
+            self.process.wait(timeout=SANDBOX_STOP_TIMEOUT_S)
         self.process = None
         # The postmaster's children notice its death and exit; a fresh start needs them gone.
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + SANDBOX_STOP_TIMEOUT_S
         pid_file = self.data_dir / "postmaster.pid"
         while pid_file.exists() and time.monotonic() < deadline:
             try:
@@ -427,7 +428,7 @@ class MosquittoBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, START_TIMEOUT_S, self.process)
+        wait_for_port(self.port, SANDBOX_START_TIMEOUT_S, self.process)
         pending, self._pending = self._pending, []
         if pending:
             self._push(pending)

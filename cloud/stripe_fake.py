@@ -40,15 +40,19 @@ import urllib.request
 from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from cloud.limits import (
+    STRIPE_CHECKOUT_SESSION_LIFETIME_MIN_S,
+    STRIPE_CHECKOUT_SESSION_LIFETIME_S,
+    STRIPE_FAKE_DELIVERY_TIMEOUT_S,
+    STRIPE_FAKE_REQUEST_BYTES_MAX,
+)
+
 # The API version stripe-python 16 pins; events carry the version of the account's endpoint.
 API_VERSION = "2026-10-28.endive"
-REQUEST_BYTES_MAX = 256 * 1024
-CHECKOUT_SESSION_LIFETIME_S = 24 * 3600
-CHECKOUT_SESSION_LIFETIME_MIN_S = 30 * 60
-DELIVERY_TIMEOUT_S = 10.0
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -140,8 +144,26 @@ def _int_param(params: Mapping[str, Any], name: str, path: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Stripe-shaped API objects
+# Stripe-shaped API objects (their static fields are package data: cloud/stripe_fake_data/)
 # --------------------------------------------------------------------------------------------
+
+
+def _template(name: str) -> dict[str, Any]:
+    """A fresh copy of the Stripe-shaped object in stripe_fake_data/<name>.json.
+
+    The files hold every field of the object in Stripe's order, with null where the functions
+    below put the object's own values (assigning an existing key keeps its place).
+    """
+    text = _TEMPLATES.get(name)
+    if text is None:
+        text = (files("cloud") / "stripe_fake_data" / f"{name}.json").read_text(encoding="utf-8")
+        _TEMPLATES[name] = text
+    document = json.loads(text)
+    assert isinstance(document, dict)
+    return document
+
+
+_TEMPLATES: dict[str, str] = {}
 
 
 def checkout_session_object(
@@ -166,91 +188,33 @@ def checkout_session_object(
     created = int(time.time()) if created is None else created
     session_id = session_id or stripe_id("cs_test_", 58)
     complete = status == "complete"
-    return {
-        "id": session_id,
-        "object": "checkout.session",
-        "adaptive_pricing": {"enabled": False},
-        "after_expiration": None,
-        "allow_promotion_codes": None,
-        "amount_subtotal": amount_total,
-        "amount_total": amount_total,
-        "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
-        "billing_address_collection": None,
-        "cancel_url": cancel_url,
-        "client_reference_id": client_reference_id,
-        "client_secret": None,
-        "collected_information": None,
-        "consent": None,
-        "consent_collection": None,
-        "created": created,
-        "currency": currency,
-        "currency_conversion": None,
-        "custom_fields": [],
-        "custom_text": {
-            "after_submit": None,
-            "shipping_address": None,
-            "submit": None,
-            "terms_of_service_acceptance": None,
-        },
-        "customer": None,
-        "customer_creation": "if_required",
-        "customer_details": (
-            {
-                "address": None,
-                "email": customer_email or "attendee@example.com",
-                "name": "Festival Attendee",
-                "phone": None,
-                "tax_exempt": "none",
-                "tax_ids": [],
-            }
-            if complete
-            else None
-        ),
-        "customer_email": customer_email,
-        "discounts": [],
-        "expires_at": created + CHECKOUT_SESSION_LIFETIME_S if expires_at is None else expires_at,
-        "invoice": None,
-        "invoice_creation": {
-            "enabled": False,
-            "invoice_data": {
-                "account_tax_ids": None,
-                "custom_fields": None,
-                "description": None,
-                "footer": None,
-                "issuer": None,
-                "metadata": {},
-                "rendering_options": None,
-            },
-        },
-        "livemode": livemode,
-        "locale": None,
-        "metadata": dict(metadata or {}),
-        "mode": "payment",
-        "origin_context": None,
-        "payment_intent": payment_intent,
-        "payment_link": None,
-        "payment_method_collection": "if_required",
-        "payment_method_configuration_details": None,
-        "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
-        "payment_method_types": ["card"],
-        "payment_status": payment_status,
-        "permissions": None,
-        "phone_number_collection": {"enabled": False},
-        "recovered_from": None,
-        "saved_payment_method_options": None,
-        "setup_intent": None,
-        "shipping_address_collection": None,
-        "shipping_cost": None,
-        "shipping_options": [],
-        "status": status,
-        "submit_type": None,
-        "subscription": None,
-        "success_url": success_url,
-        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
-        "ui_mode": "hosted",
-        "url": None if complete else url,
-        "wallet_options": None,
-    }
+    if expires_at is None:
+        expires_at = created + STRIPE_CHECKOUT_SESSION_LIFETIME_S
+    customer_details = None
+    if complete:
+        customer_details = _template("checkout_session_customer_details")
+        customer_details["email"] = customer_email or "attendee@example.com"
+    session = _template("checkout_session")
+    session.update(
+        id=session_id,
+        amount_subtotal=amount_total,
+        amount_total=amount_total,
+        cancel_url=cancel_url,
+        client_reference_id=client_reference_id,
+        created=created,
+        currency=currency,
+        customer_details=customer_details,
+        customer_email=customer_email,
+        expires_at=expires_at,
+        livemode=livemode,
+        metadata=dict(metadata or {}),
+        payment_intent=payment_intent,
+        payment_status=payment_status,
+        status=status,
+        success_url=success_url,
+        url=None if complete else url,
+    )
+    return session
 
 
 def charge_object(
@@ -267,127 +231,42 @@ def charge_object(
     """A full `charge` object of a card payment made through a PaymentIntent."""
     created = int(time.time()) if created is None else created
     charge_id = charge_id or stripe_id("ch_3", 24)
-    refunds = (
-        [
-            {
-                "id": stripe_id("re_3", 24),
-                "object": "refund",
-                "amount": amount_refunded,
-                "balance_transaction": stripe_id("txn_3", 24),
-                "charge": charge_id,
-                "created": created,
-                "currency": currency,
-                "destination_details": {"card": {"type": "refund"}, "type": "card"},
-                "metadata": {},
-                "payment_intent": payment_intent,
-                "reason": "requested_by_customer",
-                "receipt_number": None,
-                "source_transfer_reversal": None,
-                "status": "succeeded",
-                "transfer_reversal": None,
-            }
-        ]
-        if amount_refunded
-        else []
+    refunds = []
+    if amount_refunded:
+        refund = _template("charge_refund")
+        refund.update(
+            id=stripe_id("re_3", 24),
+            amount=amount_refunded,
+            balance_transaction=stripe_id("txn_3", 24),
+            charge=charge_id,
+            created=created,
+            currency=currency,
+            payment_intent=payment_intent,
+        )
+        refunds.append(refund)
+    charge = _template("charge")
+    charge.update(
+        id=charge_id,
+        amount=amount,
+        amount_captured=amount,
+        amount_refunded=amount_refunded,
+        balance_transaction=stripe_id("txn_3", 24),
+        created=created,
+        currency=currency,
+        disputed=disputed,
+        metadata=dict(metadata or {}),
+        payment_intent=payment_intent,
+        payment_method=stripe_id("pm_1", 24),
     )
-    return {
-        "id": charge_id,
-        "object": "charge",
-        "amount": amount,
-        "amount_captured": amount,
-        "amount_refunded": amount_refunded,
-        "application": None,
-        "application_fee": None,
-        "application_fee_amount": None,
-        "balance_transaction": stripe_id("txn_3", 24),
-        "billing_details": {
-            "address": {
-                "city": None,
-                "country": "DE",
-                "line1": None,
-                "line2": None,
-                "postal_code": None,
-                "state": None,
-            },
-            "email": "attendee@example.com",
-            "name": "Festival Attendee",
-            "phone": None,
-            "tax_id": None,
-        },
-        "calculated_statement_descriptor": "FESTIVAL TOPUP",
-        "captured": True,
-        "created": created,
-        "currency": currency,
-        "customer": None,
-        "description": None,
-        "destination": None,
-        "dispute": None,
-        "disputed": disputed,
-        "failure_balance_transaction": None,
-        "failure_code": None,
-        "failure_message": None,
-        "fraud_details": {},
-        "livemode": False,
-        "metadata": dict(metadata or {}),
-        "on_behalf_of": None,
-        "order": None,
-        "outcome": {
-            "advice_code": None,
-            "network_advice_code": None,
-            "network_decline_code": None,
-            "network_status": "approved_by_network",
-            "reason": None,
-            "risk_level": "normal",
-            "risk_score": 32,
-            "seller_message": "Payment complete.",
-            "type": "authorized",
-        },
-        "paid": True,
-        "payment_intent": payment_intent,
-        "payment_method": stripe_id("pm_1", 24),
-        "payment_method_details": {
-            "card": {
-                "amount_authorized": amount,
-                "brand": "visa",
-                "checks": {
-                    "address_line1_check": None,
-                    "address_postal_code_check": None,
-                    "cvc_check": "pass",
-                },
-                "country": "US",
-                "exp_month": 12,
-                "exp_year": 2034,
-                "fingerprint": stripe_id("", 16),
-                "funding": "credit",
-                "last4": "4242",
-                "network": "visa",
-                "three_d_secure": None,
-                "wallet": None,
-            },
-            "type": "card",
-        },
-        "radar_options": {},
-        "receipt_email": None,
-        "receipt_number": None,
-        "receipt_url": f"https://pay.stripe.com/receipts/payment/{stripe_id('', 40)}",
-        "refunded": amount_refunded >= amount,
-        "refunds": {
-            "object": "list",
-            "data": refunds,
-            "has_more": False,
-            "total_count": len(refunds),
-            "url": f"/v1/charges/{charge_id}/refunds",
-        },
-        "review": None,
-        "shipping": None,
-        "source": None,
-        "source_transfer": None,
-        "statement_descriptor": None,
-        "statement_descriptor_suffix": None,
-        "status": "succeeded",
-        "transfer_data": None,
-        "transfer_group": None,
-    }
+    card = charge["payment_method_details"]["card"]
+    card["amount_authorized"] = amount
+    card["fingerprint"] = stripe_id("", 16)
+    charge["receipt_url"] = f"https://pay.stripe.com/receipts/payment/{stripe_id('', 40)}"
+    charge["refunded"] = amount_refunded >= amount
+    charge["refunds"].update(
+        data=refunds, total_count=len(refunds), url=f"/v1/charges/{charge_id}/refunds"
+    )
+    return charge
 
 
 def dispute_object(
@@ -404,58 +283,19 @@ def dispute_object(
     """A full `dispute` object as `charge.dispute.*` events carry it (status: needs_response
     when created; won, lost or warning_closed when closed)."""
     created = int(time.time()) if created is None else created
-    return {
-        "id": dispute_id or stripe_id("du_1", 24),
-        "object": "dispute",
-        "amount": amount,
-        "balance_transactions": [],
-        "charge": charge_id,
-        "created": created,
-        "currency": currency,
-        "enhanced_eligibility_types": [],
-        "evidence": {
-            "access_activity_log": None,
-            "billing_address": None,
-            "cancellation_policy": None,
-            "cancellation_policy_disclosure": None,
-            "cancellation_rebuttal": None,
-            "customer_communication": None,
-            "customer_email_address": None,
-            "customer_name": None,
-            "customer_purchase_ip": None,
-            "customer_signature": None,
-            "duplicate_charge_documentation": None,
-            "duplicate_charge_explanation": None,
-            "duplicate_charge_id": None,
-            "product_description": None,
-            "receipt": None,
-            "refund_policy": None,
-            "refund_policy_disclosure": None,
-            "refund_refusal_explanation": None,
-            "service_date": None,
-            "service_documentation": None,
-            "shipping_address": None,
-            "shipping_carrier": None,
-            "shipping_date": None,
-            "shipping_documentation": None,
-            "shipping_tracking_number": None,
-            "uncategorized_file": None,
-            "uncategorized_text": None,
-        },
-        "evidence_details": {
-            "due_by": created + 7 * 24 * 3600,
-            "has_evidence": False,
-            "past_due": False,
-            "submission_count": 0,
-        },
-        "is_charge_refundable": True,
-        "livemode": False,
-        "metadata": {},
-        "payment_intent": payment_intent,
-        "payment_method_details": {"card": {"brand": "visa", "network_reason_code": "10.4"}},
-        "reason": reason,
-        "status": status,
-    }
+    dispute = _template("dispute")
+    dispute.update(
+        id=dispute_id or stripe_id("du_1", 24),
+        amount=amount,
+        charge=charge_id,
+        created=created,
+        currency=currency,
+        payment_intent=payment_intent,
+        reason=reason,
+        status=status,
+    )
+    dispute["evidence_details"]["due_by"] = created + 7 * 24 * 3600
+    return dispute
 
 
 def refund_object(
@@ -470,30 +310,19 @@ def refund_object(
     created: int | None = None,
 ) -> dict[str, Any]:
     """A `refund` object as POST /v1/refunds answers it (a card refund, succeeded)."""
-    return {
-        "id": refund_id or stripe_id("re_3", 24),
-        "object": "refund",
-        "amount": amount,
-        "balance_transaction": stripe_id("txn_3", 24),
-        "charge": charge_id,
-        "created": int(time.time()) if created is None else created,
-        "currency": currency,
-        "destination_details": {
-            "card": {
-                "reference_status": "pending",
-                "reference_type": "acquirer_reference_number",
-                "type": "refund",
-            },
-            "type": "card",
-        },
-        "metadata": dict(metadata or {}),
-        "payment_intent": payment_intent,
-        "reason": reason,
-        "receipt_number": None,
-        "source_transfer_reversal": None,
-        "status": "succeeded",
-        "transfer_reversal": None,
-    }
+    refund = _template("refund")
+    refund.update(
+        id=refund_id or stripe_id("re_3", 24),
+        amount=amount,
+        balance_transaction=stripe_id("txn_3", 24),
+        charge=charge_id,
+        created=int(time.time()) if created is None else created,
+        currency=currency,
+        metadata=dict(metadata or {}),
+        payment_intent=payment_intent,
+        reason=reason,
+    )
+    return refund
 
 
 def make_event(
@@ -584,7 +413,7 @@ def deliver_event(
     secret: str,
     *,
     timestamp: int | None = None,
-    timeout_s: float = DELIVERY_TIMEOUT_S,
+    timeout_s: float = STRIPE_FAKE_DELIVERY_TIMEOUT_S,
 ) -> tuple[int, bytes]:
     """POST a signed event to a webhook endpoint the way Stripe does; returns (status, body)."""
     payload = event if isinstance(event, bytes) else encode_event(event)
@@ -826,14 +655,14 @@ class FakeStripe:
         if "expires_at" in params:
             expires_at = _int_param(params, "expires_at", "expires_at")
             # Stripe: at least 30 minutes and at most 24 hours after the session's creation.
-            if expires_at > created + CHECKOUT_SESSION_LIFETIME_S:
+            if expires_at > created + STRIPE_CHECKOUT_SESSION_LIFETIME_S:
                 raise StripeApiError(
                     400,
                     "The `expires_at` timestamp must be less than 24 hours from Checkout "
                     "Session creation.",
                     param="expires_at",
                 )
-            if expires_at < created + CHECKOUT_SESSION_LIFETIME_MIN_S:
+            if expires_at < created + STRIPE_CHECKOUT_SESSION_LIFETIME_MIN_S:
                 raise StripeApiError(
                     400,
                     "The `expires_at` timestamp must be at least 30 minutes from Checkout "
@@ -1043,7 +872,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
-        if length > REQUEST_BYTES_MAX:
+        if length > STRIPE_FAKE_REQUEST_BYTES_MAX:
             raise StripeApiError(413, "Request too large.")
         return self.rfile.read(length) if length else b""
 

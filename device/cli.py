@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(public_key_b64(key))
         return 0
     try:
-        kiosk = importlib.import_module("device.kiosk")
+        kiosk = importlib.import_module("device.main")
     except ModuleNotFoundError as error:
         print(f"festival-kiosk run: not available in this build ({error})", file=sys.stderr)
         return 2

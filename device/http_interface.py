@@ -82,10 +82,11 @@ class LocalHttpServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop serving and close the socket (also when ``start`` was never called)."""
         if self._thread.is_alive():
+            self._server.shutdown()  # waits for serve_forever: only when it is running
             self._thread.join(timeout=5)
+        self._server.server_close()
 
 
 class _HttpProblem(Exception):

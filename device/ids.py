@@ -12,7 +12,7 @@ import os
 import threading
 import uuid
 
-_TIMESTAMP_MS_MAX = (1 << 48) - 1
+_UNIX_MS_48_BIT_MASK = (1 << 48) - 1
 _RANDOM_BITS = 74  # 12 bits rand_a + 62 bits rand_b
 
 
@@ -26,7 +26,7 @@ class UuidV7Generator:
 
     def new(self, now_ms: int) -> str:
         with self._lock:
-            timestamp_ms = max(now_ms, self._last_ms) & _TIMESTAMP_MS_MAX
+            timestamp_ms = max(now_ms, self._last_ms) & _UNIX_MS_48_BIT_MASK
             if timestamp_ms == self._last_ms:
                 random = self._last_random + 1
                 if random >> _RANDOM_BITS:  # counter overflow: borrow the next millisecond

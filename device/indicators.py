@@ -180,8 +180,3 @@ class IndicatorPlayer:
             if self._failing:
                 log.info("indicator pins work again")
             self._failing = False
-
-
-def fake_indicators() -> IndicatorPlayer:
-    """Indicators on recording pins (``KIOSK_GPIO=fake``)."""
-    return IndicatorPlayer(RecordingPins())

@@ -1,29 +1,24 @@
-"""The kiosk process: the imperative shell around the state machine, and its composition root.
+"""The kiosk process: the imperative shell around the state machine.
 
 ``Kiosk`` owns one bounded event queue. The reader, MQTT and HTTP threads only put events on it;
 the main loop (``run``) takes them one by one, feeds the pure state machine, and carries out
 its effects: create a request (sign + store in the outbox, durably, before anything is sent),
 publish stored bytes, drive the indicators. Results are verified against the pinned cloud key
-and the outstanding request ids before they touch the outbox or the screen.
+and matched to an outstanding request (id, seq, card) before they touch the outbox or the screen.
 
-``run_from_env()`` is the composition root called by ``festival-kiosk run``: settings, outbox,
-adapters, HTTP interface, then the loop until SIGTERM/SIGINT, with sd_notify READY/WATCHDOG.
+The composition root that builds a ``Kiosk`` from the environment is device/main.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 from device import machine
 from device.ids import UuidV7Generator
@@ -31,10 +26,6 @@ from device.indicators import Indicators
 from device.limits import (
     EVENT_QUEUE_MAX,
     LOOP_TICK_S,
-    MQTT_QUEUED_EXTRA,
-    OUTBOX_FILE_NAME,
-    OUTCOME_DISPLAY_S,
-    RESEND_AFTER_S_MAX,
 )
 from device.link import (
     Link,
@@ -67,31 +58,15 @@ from device.machine import (
     Tick,
     Transition,
 )
-from device.menu import Menu
 from device.outbox import Outbox, OutboxError, OutboxFull
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
-from device.settings import KioskSettings, SettingsError, load_settings
-from device.systemd_notify import notify, watchdog_interval_s
 from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
 from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey
 from protocol.limits import MESSAGE_BYTES_MAX
 from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
-from protocol.redaction import redact
 
 log = logging.getLogger("device.kiosk")
-
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-
-# Exit codes (docs/kiosk.md). The unit does not restart after 1 or 2 (RestartPreventExitStatus):
-# they do not cure themselves, and a restart loop would only hide the reason in the journal.
-EXIT_STOPPED = 0
-EXIT_CANNOT_RUN_HERE = 1  # GPIO cannot run on this machine (e.g. RPi.GPIO on a Pi 5)
-EXIT_INVALID_SETTINGS = 2
-EXIT_RETRY = 75  # EX_TEMPFAIL: the outbox or the HTTP port failed; a restart may cure it
-# EX_SOFTWARE: an unexpected exception (a bug). Python's own code for it would be 1, which the
-# unit does not restart: festival-kiosk's main turns it into 70, which is restarted.
-EXIT_CRASHED = 70
 
 
 class SystemClock:
@@ -460,23 +435,34 @@ class Kiosk:
             self._step(CardFailed(scan.status))
 
     def _message(self, message: MessageReceived) -> None:
+        """The one path of every message on the result topic: verified once, then matched."""
         if message.topic != self.result_topic or len(message.payload) > MESSAGE_BYTES_MAX:
             self._ignore_result("not a result for this kiosk", message.topic)
             return
-        identity = self.identity
         try:
             result = verify_result(
                 message.payload,
-                cloud_public_key=identity.cloud_public_key,
-                outstanding=self.state.outstanding_ids,
-                kiosk_id=identity.kiosk_id,
+                cloud_public_key=self.identity.cloud_public_key,
+                kiosk_id=self.identity.kiosk_id,
             )
-        except ProtocolError:
-            self._unmatched_result(message.payload)
+        except ProtocolError as error:  # forged, wrongly signed, malformed, another kiosk's
+            self._ignore_result(f"{error.code}: {error.message}", None)
             return
-        stored = self.outbox.payload(result.request_id) if result.request_id else None
+        if result.request_id is None:
+            # The cloud could not attribute our request (unknown kiosk, bad signature): the
+            # operator must act; the screen says so.
+            self._alert = f"cloud rejected a request: {result.error_code} {result.message}"
+            self._changed()
+            self._ignore_result(self._alert, None)
+            return
         pending = self.state.pending_request(result.request_id)
-        if stored is None or pending is None:  # pragma: no cover - outstanding_ids checked it
+        if pending is None:
+            # A second answer to a finished request (a resend's "replayed" result).
+            log.debug(
+                "duplicate result ignored", extra={"context": {"request_id": result.request_id}}
+            )
+            return
+        if self.outbox.payload(result.request_id) is None:  # pragma: no cover - stored first
             self._ignore_result("result for a request not in the outbox", result.request_id)
             return
         if (result.seq is not None and result.seq != pending.seq) or (
@@ -531,29 +517,6 @@ class Kiosk:
         )
         self._step(ResultArrived(outcome))
 
-    def _unmatched_result(self, payload: bytes) -> None:
-        """A result we cannot use: forged or wrongly signed, or for no outstanding request."""
-        try:
-            signed = verify_result(
-                payload,
-                cloud_public_key=self.identity.cloud_public_key,
-                kiosk_id=self.identity.kiosk_id,
-            )
-        except ProtocolError as signature_error:
-            self._ignore_result(f"{signature_error.code}: {signature_error.message}", None)
-            return
-        if signed.request_id is None:
-            # The cloud could not attribute our request (unknown kiosk, bad signature): the
-            # operator must act; the screen says so.
-            self._alert = f"cloud rejected a request: {signed.error_code} {signed.message}"
-            self._changed()
-            self._ignore_result(self._alert, None)
-        else:
-            # A second answer to a finished request (a resend's "replayed" result).
-            log.debug(
-                "duplicate result ignored", extra={"context": {"request_id": signed.request_id}}
-            )
-
     def _ignore_result(self, reason: str, detail: object) -> None:
         self.counters["results_ignored"] += 1
         log.warning("result ignored", extra={"context": {"reason": reason, "detail": detail}})
@@ -565,198 +528,23 @@ class Kiosk:
 
     def _refresh_snapshot(self) -> None:
         """Publish a new immutable view; ``version`` grows with every change (pages poll it)."""
-        document: dict[str, Any] = machine.view(self.state, self.config)
         reader = self._reader_status
-        reader_view = (
-            None
-            if reader is None
-            else {"available": reader.available, "name": reader.reader, "detail": reader.detail}
-        )
-        document.update(
-            {
-                "kiosk_id": self.identity.kiosk_id,
-                "currency": self.identity.currency,
-                "firmware": self.identity.firmware,
-                "version": self._snapshots,
-                "reader": reader_view,
-                "link": {"online": self.state.online, "reason": self._link_reason},
-                "alert": self._alert,
-                "counters": dict(self.counters),
-            }
+        document = machine.view(
+            self.state,
+            self.config,
+            machine.ShellView(
+                kiosk_id=self.identity.kiosk_id,
+                currency=self.identity.currency,
+                firmware=self.identity.firmware,
+                snapshot_version=self._snapshots,
+                reader=None
+                if reader is None
+                else machine.ReaderView(reader.available, reader.reader, reader.detail),
+                link_reason=self._link_reason,
+                alert=self._alert,
+                counters=dict(self.counters),
+            ),
         )
         self._snapshot = json.dumps(document, separators=(",", ":")).encode()
         self._snapshot_version = self._snapshot_marker()
         self._snapshots += 1
-
-
-# --- composition root ----------------------------------------------------------------------------
-
-
-def machine_config(settings: KioskSettings) -> MachineConfig:
-    return MachineConfig(
-        mode=settings.mode,
-        outbox_max=settings.outbox_max,
-        result_timeout_ms=int(settings.result_timeout_s * 1000),
-        resend_after_ms=int(settings.resend_after_s * 1000),
-        resend_after_ms_max=int(max(settings.resend_after_s, RESEND_AFTER_S_MAX) * 1000),
-        outcome_display_ms=int(OUTCOME_DISPLAY_S * 1000),
-    )
-
-
-def run_from_env(environ: Mapping[str, str] | None = None) -> int:
-    """``festival-kiosk run``: build everything from the environment and run until stopped."""
-    from device.http_interface import HttpApi, LocalHttpServer
-    from device.indicators import IndicatorPlayer, RecordingPins
-    from device.logs import configure_logging
-    from device.mqtt_link import MqttLink
-    from device.reader import SimulatedReader
-
-    try:
-        settings = load_settings(os.environ if environ is None else environ)
-    except SettingsError as error:
-        print("festival-kiosk: invalid configuration:\n" + redact(str(error)), file=sys.stderr)
-        return EXIT_INVALID_SETTINGS
-    configure_logging(settings.log_level)
-    clock = SystemClock()
-    try:
-        outbox = Outbox(
-            settings.state_dir / OUTBOX_FILE_NAME,
-            kiosk_id=settings.kiosk_id,
-            capacity=settings.outbox_max,
-        )
-    except OutboxError as error:
-        log.error("cannot open the outbox", extra={"context": {"error": str(error)}})
-        return EXIT_RETRY
-
-    simulated: SimulatedReader | None = None
-    reader: CardReader
-    if settings.simulated_reader:
-        simulated = SimulatedReader(clock.wall_ms)
-        reader = simulated
-    else:
-        from device.reader_pcsc import PcscReader
-
-        reader = PcscReader(settings.reader, clock_ms=clock.wall_ms)
-
-    if settings.gpio == "rpi":
-        from device.indicators_rpi import IndicatorUnavailable, RpiPins
-
-        try:
-            pins: Any = RpiPins(
-                green_pin=settings.green_pin,
-                red_pin=settings.red_pin,
-                buzzer_pin=settings.buzzer_pin,
-            )
-        except IndicatorUnavailable as error:
-            log.error("GPIO unavailable: not starting", extra={"context": {"error": str(error)}})
-            print(f"festival-kiosk: GPIO cannot run here: {error}", file=sys.stderr)
-            outbox.close()
-            return EXIT_CANNOT_RUN_HERE
-    else:
-        pins = RecordingPins()
-    indicators = IndicatorPlayer(pins)
-
-    link = MqttLink(
-        endpoint=settings.mqtt,
-        kiosk_id=settings.kiosk_id,
-        topic_prefix=settings.topic_prefix,
-        firmware=settings.firmware,
-        queued_max=settings.outbox_max + MQTT_QUEUED_EXTRA,
-        clock_ms=clock.wall_ms,
-        ca_file=settings.mqtt_ca_file,
-        cert_file=settings.mqtt_cert_file,
-        key_file=settings.mqtt_key_file,
-    )
-    kiosk = Kiosk(
-        identity=KioskIdentity(
-            kiosk_id=settings.kiosk_id,
-            currency=settings.currency,
-            private_key=settings.private_key,
-            cloud_public_key=settings.cloud_public_key,
-            firmware=settings.firmware,
-            topup_cents_max=settings.topup_cents_max,
-        ),
-        config=machine_config(settings),
-        outbox=outbox,
-        link=link,
-        reader=reader,
-        indicators=indicators,
-        result_topic=link.result_topic,
-        clock=clock,
-    )
-    menu: Menu | None = settings.menu
-    api = HttpApi(
-        mode=settings.mode,
-        menu=menu,
-        topup_cents_max=settings.topup_cents_max,
-        snapshot_json=kiosk.snapshot_json,
-        command=kiosk.command,
-        simulated_reader=simulated,
-        static_dir=STATIC_DIR,
-        return_cents_max=settings.return_cents_max,
-    )
-    try:
-        http = LocalHttpServer(api, settings.http_port)
-    except OSError as error:
-        log.error(
-            "cannot open the local HTTP interface",
-            extra={"context": {"port": settings.http_port, "error": str(error)}},
-        )
-        indicators.close()
-        outbox.close()
-        return EXIT_RETRY
-
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    http.start()
-    kiosk.start()
-    log.info(
-        "kiosk running",
-        extra={
-            "context": {
-                "kiosk_id": settings.kiosk_id,
-                "mode": str(settings.mode),
-                "reader": settings.reader,
-                "gpio": settings.gpio,
-                "http_port": http.port,
-                "mqtt": repr(settings.mqtt),
-                "firmware": settings.firmware,
-                "pid": os.getpid(),
-            }
-        },
-    )
-    notify("READY=1")
-    watchdog_s = watchdog_interval_s()
-    last_ping_s = time.monotonic()
-    last_reader_check_s = time.monotonic()
-
-    def on_tick() -> None:
-        nonlocal last_ping_s, last_reader_check_s
-        now_s = time.monotonic()
-        # The loop itself pings: a stuck loop stops the pings and systemd restarts us.
-        if watchdog_s is not None and now_s - last_ping_s >= watchdog_s:
-            notify("WATCHDOG=1")
-            last_ping_s = now_s
-        if now_s - last_reader_check_s >= 1.0:
-            last_reader_check_s = now_s
-            if not reader.healthy():
-                log.error("card reader thread is gone: restarting it")
-                reader.start(kiosk.submit)
-
-    try:
-        kiosk.run(stop, on_tick)
-    except OutboxError as error:
-        log.error("outbox failed: stopping", extra={"context": {"error": str(error)}})
-        return EXIT_RETRY
-    finally:
-        notify("STOPPING=1")
-        log.info("kiosk stopping")
-        http.stop()
-        kiosk.close()
-    return EXIT_STOPPED

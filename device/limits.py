@@ -23,13 +23,13 @@ OUTBOX_BUSY_TIMEOUT_MS: Final = 5_000
 # --- waiting for results and resending ---------------------------------------------------------
 # After this long without a result the screen says "no answer yet"; the request stays pending.
 RESULT_TIMEOUT_S_DEFAULT: Final = 5.0
-RESULT_TIMEOUT_S_MIN: Final = 0.1
-RESULT_TIMEOUT_S_MAX: Final = 600.0
+RESULT_TIMEOUT_MIN_S: Final = 0.1
+RESULT_TIMEOUT_MAX_S: Final = 600.0
 # A request the broker acknowledged but the cloud never answered is published again (same bytes)
-# after RESEND_AFTER_S, then after doubling intervals up to RESEND_AFTER_S_MAX.
+# after RESEND_AFTER_S_DEFAULT, then after doubling intervals up to RESEND_AFTER_MAX_S.
 RESEND_AFTER_S_DEFAULT: Final = 10.0
-RESEND_AFTER_S_MIN: Final = 0.05
-RESEND_AFTER_S_MAX: Final = 300.0
+RESEND_AFTER_MIN_S: Final = 0.05
+RESEND_AFTER_MAX_S: Final = 300.0
 # How long approved / declined stay on screen before the kiosk returns to idle.
 OUTCOME_DISPLAY_S: Final = 6.0
 # Results that arrived for a request no longer on screen, kept for the page's "late results".
@@ -42,12 +42,16 @@ EVENT_QUEUE_MAX: Final = 1_000
 LOOP_TICK_S: Final = 0.1
 # How long an HTTP request waits for the main loop to answer its command.
 COMMAND_REPLY_TIMEOUT_S: Final = 5.0
+# How often the loop checks that the card reader's thread is alive (and restarts it if not).
+READER_CHECK_INTERVAL_S: Final = 1.0
 
 # --- MQTT ------------------------------------------------------------------------------------
 SESSION_EXPIRY_S: Final = 24 * 3600
 KEEPALIVE_S: Final = 30
-RECONNECT_DELAY_S_MIN: Final = 1
-RECONNECT_DELAY_S_MAX: Final = 30
+RECONNECT_DELAY_MIN_S: Final = 1
+RECONNECT_DELAY_MAX_S: Final = 30
+# TCP connect and TLS handshake with the broker (paho's connect_timeout); then paho retries.
+CONNECT_TIMEOUT_S: Final = 10.0
 # paho's own queue of unsent publishes is unbounded by default; ours never holds more than the
 # outbox plus some scan and status messages.
 MQTT_INFLIGHT_MAX: Final = 100
@@ -59,8 +63,8 @@ SHUTDOWN_PUBLISH_TIMEOUT_S: Final = 2.0
 # SCardGetStatusChange timeout: how quickly the reader thread notices a stop request.
 READER_POLL_MS: Final = 500
 # Rebuilding the PC/SC context after pcscd went away: first and largest pause.
-READER_RETRY_S_MIN: Final = 0.2
-READER_RETRY_S_MAX: Final = 5.0
+READER_RETRY_MIN_S: Final = 0.2
+READER_RETRY_MAX_S: Final = 5.0
 READER_NAME_LENGTH_MAX: Final = 64
 # A read error while the card is still present is retried this often, this far apart.
 READ_ATTEMPTS_MAX: Final = 3
@@ -77,13 +81,12 @@ STATIC_FILE_BYTES_MAX: Final = 1024 * 1024
 MENU_FILE_BYTES_MAX: Final = 256 * 1024
 MENU_PRODUCTS_MAX: Final = 100
 MENU_DEPOSITS_MAX: Final = 10
+MENU_TITLE_LENGTH_MAX: Final = 64
 # Cup returns credited by one bar order (FESTIVAL_RETURN_MAX_CENTS, as the cloud's rule): the
 # kiosk refuses more before anything is signed; the cloud enforces the real rule
 # (RETURN_LIMIT_EXCEEDED). 0: this kiosk takes no returns.
 RETURN_CENTS_MAX_DEFAULT: Final = 2_000
 RETURN_CENTS_MAX_MAX: Final = 10_000_000
-# The page's preset amounts for checkpoints; a request is still validated by the protocol.
-RECHARGE_PRESETS_CENTS: Final = (1000, 2000, 5000, 10000)
 
 # --- indicators (GPIO) --------------------------------------------------------------------------
 GREEN_PIN_DEFAULT: Final = 17
@@ -94,5 +97,14 @@ GPIO_PIN_MAX: Final = 27
 # Patterns queued for the indicator thread; a newer pattern replaces older ones.
 INDICATOR_QUEUE_MAX: Final = 8
 RECORDED_PIN_CHANGES_MAX: Final = 10_000
+
+# --- logs -------------------------------------------------------------------------------------
+# A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
+LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024
+
+# --- test and demo tools (device/virtual_card.py, device/sandbox.py; never used on a kiosk) -----
+VPCD_CONNECT_TIMEOUT_S: Final = 5.0
+PCSCD_START_TIMEOUT_S: Final = 15.0
+PCSCD_STOP_TIMEOUT_S: Final = 10.0
 
 FIRMWARE_DEFAULT: Final = "festival-kiosk/0.1.0"

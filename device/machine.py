@@ -612,8 +612,34 @@ def screen_text(state: KioskState) -> str:
     return str(state.screen)
 
 
-def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
-    """The JSON the page polls (GET /api/state), minus the shell's own fields.
+@dataclass(frozen=True, slots=True)
+class ReaderView:
+    """What the page shows of the card reader."""
+
+    available: bool
+    name: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShellView:
+    """The shell's own facts on the page: identity, reader, link, alert and counters."""
+
+    kiosk_id: str
+    currency: str
+    firmware: str
+    # Grows with every snapshot the shell publishes (pages poll it); replaces state.version.
+    snapshot_version: int
+    reader: ReaderView | None
+    link_reason: str | None
+    alert: str | None
+    counters: dict[str, int]
+
+
+def view(
+    state: KioskState, config: MachineConfig, shell: ShellView | None = None
+) -> dict[str, object]:
+    """The JSON the page polls (GET /api/state); without ``shell``, only the machine's fields.
 
     Card UIDs appear masked (``****E5F6``), here and in every outcome: whoever can read the
     screen or this JSON (the page, a bystander, a screenshot) cannot copy a band's UID.
@@ -627,7 +653,7 @@ def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
             "card_uid": mask_card_uid(state.card_uid),
             "pending": current is not None,
         }
-    return {
+    document: dict[str, object] = {
         "mode": str(config.mode),
         "screen": str(state.screen),
         "online": state.online,
@@ -646,6 +672,24 @@ def view(state: KioskState, config: MachineConfig) -> dict[str, object]:
         },
         "late_results": [outcome_to_dict(outcome) for outcome in state.late_results],
     }
+    if shell is None:
+        return document
+    reader = shell.reader
+    document.update(
+        {
+            "kiosk_id": shell.kiosk_id,
+            "currency": shell.currency,
+            "firmware": shell.firmware,
+            "version": shell.snapshot_version,
+            "reader": None
+            if reader is None
+            else {"available": reader.available, "name": reader.name, "detail": reader.detail},
+            "link": {"online": state.online, "reason": shell.link_reason},
+            "alert": shell.alert,
+            "counters": dict(shell.counters),
+        }
+    )
+    return document
 
 
 __all__ = [
@@ -670,12 +714,14 @@ __all__ = [
     "PendingRequest",
     "Publish",
     "PublishAcked",
+    "ReaderView",
     "RechargeDraft",
     "Reply",
     "RequestRefused",
     "RequestStored",
     "ResultArrived",
     "Screen",
+    "ShellView",
     "Signal",
     "Tick",
     "Transition",

@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from device.limits import MENU_DEPOSITS_MAX, MENU_PRODUCTS_MAX, RETURN_CENTS_MAX_DEFAULT
+from device.limits import (
+    MENU_DEPOSITS_MAX,
+    MENU_PRODUCTS_MAX,
+    MENU_TITLE_LENGTH_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
+)
 from device.machine import BarDraft
 from protocol.errors import ProtocolError
 from protocol.limits import (
@@ -38,7 +43,6 @@ from protocol.models import BarItem
 from protocol.strict_json import loads_strict
 
 SKU_PATTERN: Final = re.compile(rf"\A[A-Za-z0-9._-]{{1,{SKU_LENGTH_MAX}}}\Z")
-TITLE_LENGTH_MAX: Final = 64
 
 
 class MenuError(ValueError):
@@ -118,7 +122,7 @@ def parse_menu(data: bytes, *, currency: str) -> Menu:
     _only_keys(document, {"currency", "title", "products", "deposits"}, "menu", MenuError)
     if document.get("currency") != currency:
         raise MenuError(f"menu currency must be {currency}, got {document.get('currency')!r}")
-    title = _menu_text(document.get("title", "Bar"), "title", TITLE_LENGTH_MAX)
+    title = _menu_text(document.get("title", "Bar"), "title", MENU_TITLE_LENGTH_MAX)
     deposits = tuple(
         _deposit(entry, index)
         for index, entry in enumerate(_list(document.get("deposits", []), "deposits"))

@@ -29,10 +29,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device.limits import (
+    CONNECT_TIMEOUT_S,
     KEEPALIVE_S,
     MQTT_INFLIGHT_MAX,
-    RECONNECT_DELAY_S_MAX,
-    RECONNECT_DELAY_S_MIN,
+    RECONNECT_DELAY_MAX_S,
+    RECONNECT_DELAY_MIN_S,
     SESSION_EXPIRY_S,
     SHUTDOWN_PUBLISH_TIMEOUT_S,
 )
@@ -99,7 +100,8 @@ class MqttLink:
         # Both before connect(); paho's queue of unsent publishes is unbounded by default.
         client.max_inflight_messages_set(MQTT_INFLIGHT_MAX)
         client.max_queued_messages_set(queued_max)
-        client.reconnect_delay_set(RECONNECT_DELAY_S_MIN, RECONNECT_DELAY_S_MAX)
+        client.reconnect_delay_set(RECONNECT_DELAY_MIN_S, RECONNECT_DELAY_MAX_S)
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
         client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect

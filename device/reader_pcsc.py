@@ -31,8 +31,8 @@ from device.limits import (
     READ_RETRY_PAUSE_S,
     READER_NAME_LENGTH_MAX,
     READER_POLL_MS,
-    READER_RETRY_S_MAX,
-    READER_RETRY_S_MIN,
+    READER_RETRY_MAX_S,
+    READER_RETRY_MIN_S,
 )
 from device.reader import CardRemoved, ReaderSink, ReaderStatus, ScanEvent, wall_clock_ms
 from protocol.models import ScanStatus
@@ -143,7 +143,7 @@ class PcscReader:
         self._emit(ReaderStatus(available, self.reader_name, detail))
 
     def _run(self) -> None:
-        retry_s = READER_RETRY_S_MIN
+        retry_s = READER_RETRY_MIN_S
         while not self._stop.is_set():
             context: Any = None
             try:
@@ -153,7 +153,7 @@ class PcscReader:
                     return  # stopping
                 self.reader_name = reader
                 self._set_available(True, "ready")
-                retry_s = READER_RETRY_S_MIN
+                retry_s = READER_RETRY_MIN_S
                 self._monitor(context, reader)
             except PcscUnavailable as error:
                 self._set_available(False, str(error))
@@ -166,7 +166,7 @@ class PcscReader:
                     _release(context)
             if self._stop.wait(retry_s):
                 return
-            retry_s = min(retry_s * 2, READER_RETRY_S_MAX)
+            retry_s = min(retry_s * 2, READER_RETRY_MAX_S)
 
     def _establish(self) -> Any:
         result, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)

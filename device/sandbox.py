@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.limits import PCSCD_START_TIMEOUT_S, PCSCD_STOP_TIMEOUT_S
+
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
-START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 10.0
 
 
 class PcscdUnavailable(RuntimeError):
@@ -77,7 +77,7 @@ class PcscdService:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + PCSCD_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise PcscdUnavailable(
@@ -87,16 +87,18 @@ class PcscdService:
             if _socket_alive():
                 return
             time.sleep(0.02)
-        raise PcscdUnavailable(f"pcscd did not open {PCSCD_SOCKET} within {START_TIMEOUT_S} s")
+        raise PcscdUnavailable(
+            f"pcscd did not open {PCSCD_SOCKET} within {PCSCD_START_TIMEOUT_S} s"
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
+                self.process.wait(timeout=PCSCD_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_S)
+                self.process.wait(timeout=PCSCD_STOP_TIMEOUT_S)
         self.process = None
 
     def restart(self) -> None:

@@ -16,6 +16,8 @@ import socket
 import struct
 import threading
 
+from device.limits import VPCD_CONNECT_TIMEOUT_S
+
 VPCD_HOST = "127.0.0.1"
 VPCD_PORT = 35963
 
@@ -30,8 +32,6 @@ CONTROL_GET_ATR = 4
 SW_OK = b"\x90\x00"
 SW_INS_NOT_SUPPORTED = b"\x6d\x00"
 SW_WRONG_LENGTH = b"\x67\x00"
-FRAME_BYTES_MAX = 65535
-CONNECT_TIMEOUT_S = 5.0
 
 
 def answer_apdu(uid: bytes | None, apdu: bytes) -> bytes:
@@ -68,14 +68,10 @@ class VirtualCard:
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def inserted(self) -> bool:
-        return self._socket is not None
-
     def insert(self) -> None:
         if self._socket is not None:
             return
-        sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((self.host, self.port), timeout=VPCD_CONNECT_TIMEOUT_S)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket = sock
@@ -92,7 +88,7 @@ class VirtualCard:
             pass
         sock.close()
         if self._thread is not None:
-            self._thread.join(timeout=CONNECT_TIMEOUT_S)
+            self._thread.join(timeout=VPCD_CONNECT_TIMEOUT_S)
             self._thread = None
 
     def __enter__(self) -> VirtualCard:

@@ -11,7 +11,6 @@ from protocol.codec import (
     PublicKeyLookup,
     authenticate,
     build_result,
-    decode_request,
     decode_scan,
     decode_status,
     encode_request,
@@ -19,7 +18,6 @@ from protocol.codec import (
     encode_scan,
     encode_status,
     parse_authenticated,
-    result_for_error,
     verify_result,
 )
 from protocol.errors import ErrorCode, ProtocolError, Status, status_for
@@ -89,7 +87,6 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "build_result",
-    "decode_request",
     "decode_scan",
     "decode_status",
     "dumps_canonical",
@@ -112,7 +109,6 @@ __all__ = [
     "private_key_pem",
     "public_key_b64",
     "request_to_dict",
-    "result_for_error",
     "result_to_dict",
     "scan_to_dict",
     "shared_subscription",

@@ -148,29 +148,6 @@ def parse_authenticated(
     return request
 
 
-def decode_request(
-    raw: bytes,
-    *,
-    topic_kiosk_id: str,
-    public_key_for: PublicKeyLookup,
-    currency: str,
-    now_ms: int,
-    stale_after_s: int = STALE_AFTER_S_DEFAULT,
-    future_skew_s: int = FUTURE_SKEW_S_DEFAULT,
-    topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT,
-) -> Request:
-    """``authenticate`` then ``parse_authenticated``, for callers that need no distinction."""
-    message = authenticate(raw, topic_kiosk_id=topic_kiosk_id, public_key_for=public_key_for)
-    return parse_authenticated(
-        message,
-        currency=currency,
-        now_ms=now_ms,
-        stale_after_s=stale_after_s,
-        future_skew_s=future_skew_s,
-        topup_cents_max=topup_cents_max,
-    )
-
-
 def _signed(payload: bytes, private_key: Ed25519PrivateKey, kid: str) -> bytes:
     token = sign_compact(payload, private_key, kid)
     if len(token) > MESSAGE_BYTES_MAX:
@@ -249,33 +226,6 @@ def _check_result(result: Result) -> None:
         raise ValueError(f"invalid result: {error.message}") from None
     if parsed != result:
         raise ValueError("invalid result: fields of the wrong Python type")
-
-
-def result_for_error(
-    error: ProtocolError, *, processed_at_ms: int, replayed: bool = False
-) -> Result:
-    """The rejection result for a ProtocolError from ``authenticate``/``parse_authenticated``.
-
-    Echoes exactly what ``error.echo`` allows (nothing for an unauthenticated message).
-    """
-    echo = error.echo
-    request_id = echo.get("request_id")
-    kiosk_id = echo.get("kiosk_id")
-    seq = echo.get("seq")
-    card_uid = echo.get("card_uid")
-    return build_result(
-        request_id=request_id if isinstance(request_id, str) else None,
-        kiosk_id=kiosk_id if isinstance(kiosk_id, str) else None,
-        seq=seq if isinstance(seq, int) else None,
-        card_uid=card_uid if isinstance(card_uid, str) else None,
-        error_code=error.code,
-        message=error.message,
-        transaction_id=None,
-        previous_balance_cents=None,
-        new_balance_cents=None,
-        replayed=replayed,
-        processed_at_ms=processed_at_ms,
-    )
 
 
 def encode_result(result: Result, cloud_private_key: Ed25519PrivateKey) -> bytes:

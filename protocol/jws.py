@@ -25,17 +25,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.keys import b64url_decode_bytes, b64url_encode, public_key_raw
-from protocol.limits import MESSAGE_BYTES_MAX
+from protocol.limits import (
+    JWS_HEADER_CACHE_MAX,
+    JWS_KID_LENGTH_MAX,
+    JWS_TYP_LENGTH_MAX,
+    MESSAGE_BYTES_MAX,
+)
 from protocol.strict_json import loads_strict
 
 ALGORITHM: Final = "EdDSA"
 SIGNATURE_BYTES: Final = 64
 HEADER_MEMBERS_ALLOWED: Final = frozenset({"alg", "kid", "typ"})
-KID_LENGTH_MAX: Final = 64
-TYP_LENGTH_MAX: Final = 64
 # Every kiosk sends the same header on every message, so decoded headers are memoised by their
 # base64url text. The cache is bounded and the function is pure, so this changes only speed.
-_HEADER_CACHE_SIZE: Final = 4096
+_HEADER_CACHE_SIZE: Final = JWS_HEADER_CACHE_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +142,10 @@ def _decode_header_uncached(header_b64: bytes) -> tuple[tuple[tuple[str, object]
     if not isinstance(kid, str):
         shown = "missing" if "kid" not in header else json_type_name(kid)
         raise ProtocolError(ErrorCode.INVALID_SIGNATURE, f"JWS kid must be a string, got {shown}")
-    if not 1 <= len(kid) <= KID_LENGTH_MAX:
+    if not 1 <= len(kid) <= JWS_KID_LENGTH_MAX:
         raise ProtocolError(ErrorCode.INVALID_SIGNATURE, "JWS kid has an invalid length")
     typ = header.get("typ")
-    if "typ" in header and not (isinstance(typ, str) and 1 <= len(typ) <= TYP_LENGTH_MAX):
+    if "typ" in header and not (isinstance(typ, str) and 1 <= len(typ) <= JWS_TYP_LENGTH_MAX):
         raise ProtocolError(ErrorCode.INVALID_SIGNATURE, "JWS typ must be a short string")
     return tuple(header.items()), kid
 

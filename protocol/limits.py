@@ -17,6 +17,10 @@ PROTOCOL_VERSION: Final = 1
 
 # Whole MQTT payload (the JWS compact string), in bytes.
 MESSAGE_BYTES_MAX: Final = 8192
+# The JWS protected header: its kid and typ members, and how many decoded headers are memoised.
+JWS_KID_LENGTH_MAX: Final = 64
+JWS_TYP_LENGTH_MAX: Final = 64
+JWS_HEADER_CACHE_MAX: Final = 4096
 # Nesting of JSON containers: a request is object > items array > item object, i.e. depth 3.
 JSON_DEPTH_MAX: Final = 4
 
@@ -84,16 +88,23 @@ SHARE_GROUP_LENGTH_MAX: Final = 32
 ERROR_QUOTE_LENGTH_MAX: Final = 32
 ERROR_MESSAGE_LENGTH_MAX: Final = 200
 
-KIOSK_ID_PATTERN: Final = re.compile(r"\A[a-z][a-z0-9-]{0,31}\Z")
-REQUEST_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
-TRANSACTION_ID_PATTERN: Final = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
+# The id patterns carry the length limits above (a kiosk id's first character is a letter).
+KIOSK_ID_PATTERN: Final = re.compile(
+    rf"\A[a-z][a-z0-9-]{{{KIOSK_ID_LENGTH_MIN - 1},{KIOSK_ID_LENGTH_MAX - 1}}}\Z"
+)
+REQUEST_ID_PATTERN: Final = re.compile(
+    rf"\A[A-Za-z0-9._:-]{{{REQUEST_ID_LENGTH_MIN},{REQUEST_ID_LENGTH_MAX}}}\Z"
+)
+TRANSACTION_ID_PATTERN: Final = re.compile(
+    rf"\A[A-Za-z0-9._:-]{{{TRANSACTION_ID_LENGTH_MIN},{TRANSACTION_ID_LENGTH_MAX}}}\Z"
+)
 # 4, 7 or 10 bytes as upper-case hex.
 CARD_UID_PATTERN: Final = re.compile(r"\A(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")
 # ISO 4217 alphabetic code.
 CURRENCY_PATTERN: Final = re.compile(r"\A[A-Z]{3}\Z")
 # One or more topic levels of [A-Za-z0-9_-]; never a wildcard, "$" or an empty level.
 TOPIC_PREFIX_PATTERN: Final = re.compile(r"\A[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*\Z")
-SHARE_GROUP_PATTERN: Final = re.compile(r"\A[A-Za-z0-9_-]{1,32}\Z")
+SHARE_GROUP_PATTERN: Final = re.compile(rf"\A[A-Za-z0-9_-]{{1,{SHARE_GROUP_LENGTH_MAX}}}\Z")
 # Characters refused in every free-text field (item names, staff ids, messages, ...):
 # C0/C1 controls and DEL (PostgreSQL refuses NUL; newlines break one-line logs and receipts),
 # line/paragraph separators, bidirectional overrides and isolates (they can make a receipt

@@ -138,7 +138,6 @@ class CheckpointRecharge:
 
 
 Request: TypeAlias = BarOrder | CheckpointRecharge
-REQUEST_TYPES: Final = (BarOrder.type, CheckpointRecharge.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,16 +283,6 @@ def _is_valid_kiosk_id(value: object) -> bool:
         and KIOSK_ID_PATTERN.match(value) is not None
         and value not in KIOSK_IDS_RESERVED
     )
-
-
-def validate_request_id(value: object) -> str:
-    """Return ``value`` if it is a valid ``request_id``, else raise ProtocolError."""
-    return _matching(value, "request_id", REQUEST_ID_PATTERN)
-
-
-def validate_card_uid(value: object) -> str:
-    """Return ``value`` if it is a valid ``card_uid``, else raise ProtocolError."""
-    return _matching(value, "card_uid", CARD_UID_PATTERN)
 
 
 def validate_currency(currency: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from cloud.api.limits import CONCURRENCY_MAX
 from cloud.settings import CloudSettings
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
 # Seconds uvicorn waits for open requests on shutdown (systemd's TimeoutStopSec is longer).
 GRACEFUL_SHUTDOWN_S = 10
 KEEP_ALIVE_S = 5
-# Connections and tasks in flight at most; uvicorn answers 503 beyond (the database pool has 10
-# connections and the thread pool 40 threads, so more would only queue).
-CONCURRENCY_MAX = 200
 
 
 def create_app(

@@ -11,8 +11,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 from cloud.api.errors import UNAUTHORIZED, ApiError
-
-AUTHORIZATION_HEADER_LENGTH_MAX = 1024
+from cloud.api.limits import AUTHORIZATION_HEADER_LENGTH_MAX
 
 
 def presented_token(request: Request) -> str | None:

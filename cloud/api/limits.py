@@ -46,6 +46,9 @@ STRIPE_NETWORK_RETRIES_MAX: Final = 2
 # Stripe refuses card payments below 0.50 in EUR/USD/GBP; refusing earlier gives a clear error.
 CHECKOUT_AMOUNT_CENTS_MIN: Final = 50
 
+# --- authorization ----------------------------------------------------------------------------
+AUTHORIZATION_HEADER_LENGTH_MAX: Final = 1024
+
 # --- pages ------------------------------------------------------------------------------------
 TOPUP_FORM_FIELD_LENGTH_MAX: Final = 64
 
@@ -53,6 +56,8 @@ TOPUP_FORM_FIELD_LENGTH_MAX: Final = 64
 CARD_TRANSACTIONS_MAX: Final = 50
 DASHBOARD_MINUTES_MAX: Final = 120
 DASHBOARD_ROWS_MAX: Final = 20
+# The operator's reason for blocking a card.
+BLOCK_REASON_LENGTH_MAX: Final = 200
 
 # --- metrics ------------------------------------------------------------------------------------
 # Figures that need database queries are read at most once per this many seconds (DESIGN.md:
@@ -108,3 +113,27 @@ class ApiLimits:
         assert self.rate_limit_timeout_s > 0
         assert 0 < self.body_bytes_max <= self.webhook_body_bytes_max
         assert self.webhook_tolerance_s >= 1
+
+
+# --- the server (cloud/api/__init__.py) ---------------------------------------------------------
+# Connections and tasks in flight at most; uvicorn answers 503 beyond (the database pool has 10
+# connections and the thread pool 40 threads, so more would only queue).
+CONCURRENCY_MAX: Final = 200
+
+# --- rate limits (cloud/api/ratelimit.py) -------------------------------------------------------
+RATE_LIMIT_CLIENT_KEY_LENGTH_MAX: Final = 64
+# Queries in flight at most per limiter; beyond, a request is refused at once (503) rather than
+# queued behind a database that does not answer.
+RATE_LIMIT_IN_FLIGHT_MAX: Final = 4
+RATE_LIMIT_STATEMENT_TIMEOUT_MS: Final = 1000
+
+# --- refunds owed (cloud/api/refunds.py) --------------------------------------------------------
+# Backoff after a failed attempt: attempt n waits min(MIN * 2**(n-1), MAX) seconds.
+REFUND_RETRY_DELAY_MIN_S: Final = 1
+REFUND_RETRY_DELAY_MAX_S: Final = 3600
+# Refunds one sweep attempts at most (a webhook's background task stays short).
+SWEEP_REFUNDS_MAX: Final = 10
+
+# --- Stripe events (cloud/api/stripe_events.py) -------------------------------------------------
+STRIPE_SIGNATURE_TIMESTAMP_DIGITS_MAX: Final = 12
+STRIPE_DISPUTE_STATUS_LENGTH_MAX: Final = 32

@@ -19,7 +19,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cloud.api.auth import is_loopback_request, require_token
 from cloud.api.errors import ApiError
-from cloud.api.limits import CARD_TRANSACTIONS_MAX, DASHBOARD_MINUTES_MAX
+from cloud.api.limits import (
+    BLOCK_REASON_LENGTH_MAX,
+    CARD_TRANSACTIONS_MAX,
+    DASHBOARD_MINUTES_MAX,
+)
 from cloud.api.metrics import CONTENT_TYPE
 from cloud.api.services import services_of
 from protocol.errors import ErrorCode, ProtocolError, quote
@@ -29,7 +33,6 @@ from protocol.strict_json import loads_strict
 log = logging.getLogger("cloud.api.monitoring")
 
 STATIC_DIR = FilePath(__file__).resolve().parent.parent / "static"
-BLOCK_REASON_LENGTH_MAX = 200
 DASHBOARD_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "

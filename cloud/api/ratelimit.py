@@ -25,15 +25,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass
-from typing import Final
 
+from cloud.api.limits import (
+    RATE_LIMIT_CLIENT_KEY_LENGTH_MAX,
+    RATE_LIMIT_IN_FLIGHT_MAX,
+    RATE_LIMIT_STATEMENT_TIMEOUT_MS,
+)
 from cloud.database import Engine, TransientDatabaseError, text, translate_errors
-
-CLIENT_KEY_LENGTH_MAX: Final = 64
-# Queries in flight at most per limiter; beyond, a request is refused at once (503) rather than
-# queued behind a database that does not answer.
-IN_FLIGHT_MAX: Final = 4
-STATEMENT_TIMEOUT_MS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +45,8 @@ def client_bucket(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return ("host:" + address)[:CLIENT_KEY_LENGTH_MAX]  # a test client or a Unix socket
+        # A test client or a Unix socket.
+        return ("host:" + address)[:RATE_LIMIT_CLIENT_KEY_LENGTH_MAX]
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return f"ip:{ip.ipv4_mapped}"
@@ -80,7 +79,7 @@ class SharedRateLimiter:
         self._global_refill_per_s = global_refill_per_s
         self._timeout_s = timeout_s
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"ratelimit-{scope}")
-        self._in_flight = threading.BoundedSemaphore(IN_FLIGHT_MAX)
+        self._in_flight = threading.BoundedSemaphore(RATE_LIMIT_IN_FLIGHT_MAX)
 
     def take(self, key: str, now_s: float = 0.0) -> Decision:
         """Take a token for client address `key`. `now_s` is not used: the database's clock is
@@ -103,7 +102,9 @@ class SharedRateLimiter:
 
     def _take_in_database(self, bucket: str) -> Decision:
         with translate_errors(), self._engine.begin() as connection:
-            connection.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+            connection.execute(
+                text(f"SET LOCAL statement_timeout = {RATE_LIMIT_STATEMENT_TIMEOUT_MS}")
+            )
             row = connection.execute(
                 text(
                     "SELECT allowed, retry_after_ms FROM sp_rate_limit_take("

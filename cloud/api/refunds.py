@@ -18,15 +18,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from cloud.api.limits import REFUND_RETRY_DELAY_MAX_S, REFUND_RETRY_DELAY_MIN_S, SWEEP_REFUNDS_MAX
 from cloud.api.stripe_gateway import CheckoutGateway, PaymentProviderError
 
 log = logging.getLogger("cloud.api.refunds")
-
-# Backoff after a failed attempt: attempt n waits min(BASE * 2**(n-1), MAX) seconds.
-RETRY_BASE_S = 1
-RETRY_MAX_S = 3600
-# Refunds one sweep attempts at most (a webhook's background task stays short).
-SWEEP_REFUNDS_MAX = 10
 
 
 @dataclass
@@ -35,16 +30,12 @@ class RefundTally:
     retry: int = 0
     failed: int = 0
 
-    @property
-    def owed_left(self) -> bool:
-        return self.retry > 0
-
     def as_dict(self) -> dict[str, int]:
         return {"succeeded": self.succeeded, "retry": self.retry, "failed": self.failed}
 
 
 def retry_after_s(attempts: int) -> int:
-    return int(min(RETRY_BASE_S * 2 ** max(attempts - 1, 0), RETRY_MAX_S))
+    return int(min(REFUND_RETRY_DELAY_MIN_S * 2 ** max(attempts - 1, 0), REFUND_RETRY_DELAY_MAX_S))
 
 
 def settle_refunds(

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.api.limits import (
+    STRIPE_DISPUTE_STATUS_LENGTH_MAX,
     STRIPE_EVENT_ID_PATTERN,
     STRIPE_EVENT_TYPE_PATTERN,
     STRIPE_OBJECT_ID_PATTERN,
     STRIPE_SIGNATURE_HEADER_BYTES_MAX,
+    STRIPE_SIGNATURE_TIMESTAMP_DIGITS_MAX,
     STRIPE_SIGNATURES_PER_HEADER_MAX,
     TOPUP_ID_PATTERN,
     WEBHOOK_JSON_DEPTH_MAX,
@@ -31,8 +33,6 @@ from cloud.api.limits import (
 from protocol.errors import ProtocolError, quote
 from protocol.limits import CARD_UID_PATTERN
 from protocol.strict_json import loads_strict
-
-TIMESTAMP_DIGITS_MAX = 12
 
 
 class SignatureError(ValueError):
@@ -70,7 +70,7 @@ def verify_signature(
         raise SignatureError("Stripe-Signature needs exactly one timestamp")
     timestamp_text = timestamps[0]
     if not (timestamp_text.isascii() and timestamp_text.isdigit()) or (
-        len(timestamp_text) > TIMESTAMP_DIGITS_MAX
+        len(timestamp_text) > STRIPE_SIGNATURE_TIMESTAMP_DIGITS_MAX
     ):
         raise SignatureError("Stripe-Signature timestamp is not a number")
     if not signatures:
@@ -259,7 +259,6 @@ HANDLED_TYPES = CHECKOUT_CREDIT_TYPES | {
     "charge.dispute.created",
     "charge.dispute.closed",
 }
-DISPUTE_STATUS_PATTERN_MAX = 32
 
 
 def _object_id(value: object, prefix: str, what: str) -> str:
@@ -403,7 +402,7 @@ def classify(event: StripeEvent, *, live_mode: bool = False) -> Action:
         status = obj.get("status")
         _require(
             type(status) is str
-            and 0 < len(status) <= DISPUTE_STATUS_PATTERN_MAX
+            and 0 < len(status) <= STRIPE_DISPUTE_STATUS_LENGTH_MAX
             and status.replace("_", "").isalpha(),
             f"invalid dispute status {quote(status)}",
         )

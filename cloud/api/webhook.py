@@ -1,10 +1,13 @@
 """POST /stripe/webhook (alias /functions/v1/stripe-webhook): Stripe's events, exactly once.
 
 Order of work: verify the signature over the raw body (400 if wrong or out of time), parse the
-event (400 if it is not one), then hand it to the ledger, which stores the event id (unique)
-and applies it in the same database transaction; a duplicate id changes nothing. The answer is
-200 for processed, duplicate, ignored and anomaly (Stripe must stop resending), 503 when the
-database is away (Stripe resends later, and the event id makes that harmless).
+event (400 if it is not one), then hand it to the ledger in two transactions: the first stores
+the event id (unique) and the event, the second applies its action (credit, refund, dispute, or
+the reason it changes nothing); the action runs for a duplicate id too, and each procedure's own
+idempotency key makes a true duplicate change nothing (see ``apply_event``). Refunds owed are
+sent to Stripe in a background task after the answer. The answer is 200 for processed,
+duplicate, ignored and anomaly (Stripe must stop resending), 503 when the database is away
+(Stripe resends later, and the event id makes that harmless).
 """
 
 from __future__ import annotations

@@ -10,16 +10,11 @@ so the cache can never answer with a stale key.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Final, Protocol
+from typing import Protocol
 
 from cloud.consumer.decisions import KioskView
+from cloud.consumer.limits import LOOKUPS_ONE_BY_ONE_MAX, PARSED_KEYS_MAX
 from protocol.keys import Ed25519PublicKey, load_public_key_b64
-
-PARSED_KEYS_MAX: Final = 10_000
-# A batch naming one kiosk reads that row; a batch naming more reads all kiosks in one query
-# (a festival has hundreds of kiosks, not millions): every transaction costs a pool checkout, a
-# liveness ping and a commit, which measured more than the extra rows (profiled under load).
-LOOKUPS_ONE_BY_ONE_MAX: Final = 1
 
 
 class KioskRecordLike(Protocol):

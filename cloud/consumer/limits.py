@@ -19,6 +19,7 @@ KEEPALIVE_S: Final = 30
 # paho reconnects by itself with exponential backoff between these (whole seconds in paho).
 RECONNECT_DELAY_MIN_S: Final = 1
 RECONNECT_DELAY_MAX_S: Final = 30
+# TCP connect and TLS handshake with the broker (paho's connect_timeout); then paho retries.
 CONNECT_TIMEOUT_S: Final = 10.0
 
 # MQTT 5 Receive Maximum: how many unacknowledged QoS 1 messages the broker may push to us.
@@ -56,6 +57,18 @@ WORKER_POLL_INTERVAL_S: Final = 0.5
 # burst that is arriving right now share one database transaction.
 BATCH_LINGER_S: Final = 0.0005
 
+# --- caches and lookups -------------------------------------------------------------------------
+# Result topics built per kiosk, and kiosk public keys parsed once: bounded by far more kiosks
+# than a festival has (the caches are cleared when full).
+RESULT_TOPICS_CACHED_MAX: Final = 10_000
+PARSED_KEYS_MAX: Final = 10_000
+# A batch naming one kiosk reads that row; a batch naming more reads all kiosks in one query
+# (a festival has hundreds of kiosks, not millions): every transaction costs a pool checkout, a
+# liveness ping and a commit, which measured more than the extra rows (profiled under load).
+LOOKUPS_ONE_BY_ONE_MAX: Final = 1
+# Prepared batches waiting for the committer thread.
+PIPELINE_DEPTH: Final = 1
+
 # --- database faults ---------------------------------------------------------------------------
 DATABASE_RETRY_DELAY_MIN_S: Final = 0.05
 DATABASE_RETRY_DELAY_MAX_S: Final = 5.0
@@ -64,9 +77,6 @@ DATABASE_RETRY_DELAY_MAX_S: Final = 5.0
 # SIGTERM: finish what is in hand within this, under systemd's TimeoutStopSec=30.
 SHUTDOWN_GRACE_S: Final = 20.0
 DISCONNECT_TIMEOUT_S: Final = 5.0
-
-# --- files --------------------------------------------------------------------------------------
-SIGNING_KEY_FILE_MODE: Final = 0o600
 
 
 def receive_maximum_for(batch_max: int) -> int:

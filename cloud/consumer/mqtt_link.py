@@ -96,6 +96,7 @@ class MqttLink:
         client.max_inflight_messages_set(inflight_max)
         client.max_queued_messages_set(queued_max)
         client.reconnect_delay_set(limits.RECONNECT_DELAY_MIN_S, limits.RECONNECT_DELAY_MAX_S)
+        client.connect_timeout = limits.CONNECT_TIMEOUT_S
         client.on_socket_open = self._on_socket_open
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect
@@ -194,10 +195,6 @@ class MqttLink:
                 return False
             time.sleep(0.005)
         return True
-
-    def outgoing_queued(self) -> int:
-        """Results not yet acknowledged by the broker (paho's in-memory queue)."""
-        return len(getattr(self._client, "_out_messages", ()))
 
     # --- paho callbacks (network thread): hand over, never raise ---------------------------------
 
@@ -394,6 +391,7 @@ def short_session(
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_received
+    client.connect_timeout = limits.CONNECT_TIMEOUT_S  # every MQTT connect is bounded
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = 0
     client.connect(

@@ -31,7 +31,6 @@ from cloud.consumer.worker import Abandoned, PreparedBatch, Worker
 
 log = logging.getLogger("cloud.consumer")
 
-PIPELINE_DEPTH: Final = 1
 _END: Final = None  # tells the committer that no batch follows
 
 
@@ -55,7 +54,7 @@ class Committer:
     def __init__(self, worker: Worker, lifecycle: Lifecycle) -> None:
         self._worker = worker
         self._lifecycle = lifecycle
-        self._queue: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+        self._queue: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=limits.PIPELINE_DEPTH)
         self._taken = threading.Event()
         self.abandoned = False
         self.error: BaseException | None = None

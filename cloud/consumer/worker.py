@@ -47,6 +47,7 @@ from cloud.consumer.decisions import (
 from cloud.consumer.directory import KioskDirectory
 from cloud.consumer.inbox import InboundMessage
 from cloud.consumer.lifecycle import Lifecycle
+from cloud.consumer.limits import RESULT_TOPICS_CACHED_MAX
 from cloud.consumer.metrics import ConsumerMetrics
 from protocol.codec import build_result, decode_scan, decode_status, encode_result
 from protocol.errors import ErrorCode, ProtocolError, Status
@@ -56,7 +57,6 @@ from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
 log = logging.getLogger("cloud.consumer")
 T = TypeVar("T")
-RESULT_TOPICS_CACHED_MAX = 10_000
 
 
 class Abandoned(Exception):

@@ -93,7 +93,6 @@ class ConsumerProcess:
 
     def start(self, wait_ready: bool = True, timeout_s: float = 30.0) -> ConsumerProcess:
         assert self.process is None or self.process.poll() is not None, "already running"
-        self.notifications_seen = len(self.read_notifications())
         with self.log_file.open("ab") as log:
             self.process = subprocess.Popen(
                 [FESTIVAL_CLOUD, "consumer"],
@@ -190,10 +189,3 @@ class ConsumerProcess:
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.log_lines() if line.get("event") == event]
-
-
-def wait_for_exit(process: subprocess.Popen[bytes], timeout_s: float) -> int:
-    try:
-        return process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"process did not exit within {timeout_s} s") from None

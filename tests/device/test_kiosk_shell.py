@@ -22,10 +22,13 @@ from device.machine import (
     MachineConfig,
     Mode,
     OrderEntered,
+    ReaderView,
     RechargeDraft,
     Reply,
     Screen,
+    ShellView,
     Signal,
+    view,
 )
 from device.outbox import Outbox
 from device.reader import SimulatedReader
@@ -358,3 +361,83 @@ def test_checkpoint_recharge(tmp_path: Path, keys: tuple[object, FakeLedger]) ->
         assert (outcome["previous_balance_cents"], outcome["new_balance_cents"]) == (0, 2_000)
     finally:
         rig.kiosk.close()
+
+
+def test_every_result_takes_one_path_verified_then_matched(
+    tmp_path: Path, keys: tuple[object, FakeLedger]
+) -> None:
+    """A cloud-signed result for another kiosk, or with the wrong seq or card for our request,
+    is ignored and counted; a replay of a finished request is ignored silently; the genuine one
+    lands once."""
+    kiosk_key, ledger = keys
+    rig = make_rig(tmp_path, ledger, kiosk_key=kiosk_key, answer=False)
+    try:
+        rig.link.connect()
+        rig.order()
+        rig.tap()
+        [request_payload] = rig.link.requests()
+        [pending] = rig.kiosk.state.pending
+
+        def result(**changes: object) -> bytes:
+            fields: dict[str, object] = {
+                "request_id": pending.request_id,
+                "kiosk_id": KIOSK_ID,
+                "seq": pending.seq,
+                "card_uid": pending.card_uid,
+                "error_code": None,
+                "message": "approved",
+                "transaction_id": "tx-1",
+                "previous_balance_cents": 5_000,
+                "new_balance_cents": 3_900,
+                "replayed": False,
+                "processed_at_ms": 1,
+            }
+            fields.update(changes)
+            return encode_result(build_result(**fields), ledger.cloud_key)  # type: ignore[arg-type]
+
+        for wrong in (
+            result(kiosk_id="bar-2"),
+            result(seq=pending.seq + 1),
+            result(card_uid="04A1B2C3D4E5F7"),
+        ):
+            rig.link.deliver(wrong)
+        rig.kiosk.process_pending()
+        state = rig.state()
+        assert state["screen"] == "waiting" and len(rig.kiosk.outbox) == 1
+        counters = state["counters"]
+        assert isinstance(counters, dict) and counters["results_ignored"] == 3
+        genuine = ledger.answer(KIOSK_ID, request_payload)
+        assert genuine is not None
+        rig.link.deliver(genuine)
+        rig.link.deliver(genuine)  # the resend's "replayed" answer: not an error
+        rig.kiosk.process_pending()
+        state = rig.state()
+        assert state["screen"] == "approved" and state["alert"] is None
+        counters = state["counters"]
+        assert isinstance(counters, dict)
+        assert (counters["results_accepted"], counters["results_ignored"]) == (1, 3)
+    finally:
+        rig.kiosk.close()
+
+
+def test_the_page_snapshot_is_built_by_the_view(rig: Rig) -> None:
+    rig.order()
+    rig.tap()
+    kiosk = rig.kiosk
+    shown = rig.state()
+    expected = view(
+        kiosk.state,
+        kiosk.config,
+        ShellView(
+            kiosk_id=KIOSK_ID,
+            currency="EUR",
+            firmware="test",
+            snapshot_version=int(shown["version"]),  # type: ignore[call-overload]
+            reader=ReaderView(True, "sim", "simulated reader"),
+            link_reason=None,
+            alert=None,
+            counters=dict(kiosk.counters),
+        ),
+    )
+    assert shown == json.loads(json.dumps(expected))
+    assert list(shown) == list(expected)  # the page's field order too

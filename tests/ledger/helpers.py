@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy
@@ -84,11 +83,6 @@ def same_id_other_payload(item: LedgerRequest) -> LedgerRequest:
     return LedgerRequest(
         item.request, hashlib.sha256(item.payload_sha256.encode()).hexdigest(), item.source
     )
-
-
-def uids(prefix: str = "04") -> Iterator[str]:
-    for number in itertools.count(1):
-        yield f"{prefix}{number:06X}"
 
 
 def scalar(url: str, sql: str, **params: object) -> Any:

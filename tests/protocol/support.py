@@ -11,8 +11,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from protocol.codec import PublicKeyLookup, authenticate, build_result, parse_authenticated
+from protocol.errors import ProtocolError
 from protocol.jws import sign_compact
 from protocol.keys import b64url_encode
+from protocol.limits import (
+    FUTURE_SKEW_S_DEFAULT,
+    STALE_AFTER_S_DEFAULT,
+    TOPUP_CENTS_MAX_DEFAULT,
+)
+from protocol.models import Request, Result
 
 KIOSK_ID: Final = "bar-01"
 CHECKPOINT_KIOSK_ID: Final = "checkpoint-1"
@@ -133,3 +141,56 @@ def sign_with_header(header: bytes, payload: bytes, key: Ed25519PrivateKey = KIO
     """A JWS with an arbitrary header, validly signed by ``key``."""
     signing_input = (b64url_encode(header) + "." + b64url_encode(payload)).encode()
     return signing_input + b"." + b64url_encode(key.sign(signing_input)).encode()
+
+
+# --- helpers only the tests need (the consumer has its own path: cloud/consumer/decisions.py) ---
+
+
+def decode_request(
+    raw: bytes,
+    *,
+    topic_kiosk_id: str,
+    public_key_for: PublicKeyLookup,
+    currency: str,
+    now_ms: int,
+    stale_after_s: int = STALE_AFTER_S_DEFAULT,
+    future_skew_s: int = FUTURE_SKEW_S_DEFAULT,
+    topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT,
+) -> Request:
+    """``authenticate`` then ``parse_authenticated``, for tests that need no distinction."""
+    message = authenticate(raw, topic_kiosk_id=topic_kiosk_id, public_key_for=public_key_for)
+    return parse_authenticated(
+        message,
+        currency=currency,
+        now_ms=now_ms,
+        stale_after_s=stale_after_s,
+        future_skew_s=future_skew_s,
+        topup_cents_max=topup_cents_max,
+    )
+
+
+def result_for_error(
+    error: ProtocolError, *, processed_at_ms: int, replayed: bool = False
+) -> Result:
+    """The rejection result for a ProtocolError from ``authenticate``/``parse_authenticated``.
+
+    Echoes exactly what ``error.echo`` allows (nothing for an unauthenticated message).
+    """
+    echo = error.echo
+    request_id = echo.get("request_id")
+    kiosk_id = echo.get("kiosk_id")
+    seq = echo.get("seq")
+    card_uid = echo.get("card_uid")
+    return build_result(
+        request_id=request_id if isinstance(request_id, str) else None,
+        kiosk_id=kiosk_id if isinstance(kiosk_id, str) else None,
+        seq=seq if isinstance(seq, int) else None,
+        card_uid=card_uid if isinstance(card_uid, str) else None,
+        error_code=error.code,
+        message=error.message,
+        transaction_id=None,
+        previous_balance_cents=None,
+        new_balance_cents=None,
+        replayed=replayed,
+        processed_at_ms=processed_at_ms,
+    )

@@ -12,7 +12,6 @@ from protocol.codec import (
     AuthenticatedMessage,
     authenticate,
     build_result,
-    decode_request,
     decode_scan,
     decode_status,
     encode_request,
@@ -20,7 +19,6 @@ from protocol.codec import (
     encode_scan,
     encode_status,
     parse_authenticated,
-    result_for_error,
     verify_result,
 )
 from protocol.errors import ErrorCode, ProtocolError, Status
@@ -48,10 +46,12 @@ from .support import (
     NOW_MS,
     OTHER_KIOSK_KEY,
     bar_order_document,
+    decode_request,
     item,
     lookup,
     order_with_items,
     recharge_document,
+    result_for_error,
     sign_document,
     sign_with_header,
 )

@@ -131,7 +131,7 @@ def test_kiosk_unit_does_not_restart_forever_when_it_cannot_run_here() -> None:
     assert kiosk["Restart"] == ["always"]
     prevented = {code for value in kiosk["RestartPreventExitStatus"] for code in value.split()}
     assert prevented == {"1", "2"}
-    from device import kiosk as firmware
+    from device import main as firmware
 
     assert (firmware.EXIT_CANNOT_RUN_HERE, firmware.EXIT_INVALID_SETTINGS) == (1, 2)
     assert str(firmware.EXIT_RETRY) not in prevented
@@ -155,7 +155,7 @@ def test_a_kiosk_crash_exits_with_a_code_the_unit_restarts(
     """Python exits 1 on an uncaught exception, and 1 is not restarted ("cannot run here"):
     festival-kiosk turns a crash into 70 (EX_SOFTWARE), which is."""
     from device import cli
-    from device import kiosk as firmware
+    from device import main as firmware
 
     def crash() -> int:
         raise RuntimeError("a bug in the loop")

@@ -1,0 +1,53 @@
+"""Limits of the cloud package's own modules (the broker, the fake Stripe), in one place.
+
+The consumer's are in cloud/consumer/limits.py, the API's in cloud/api/limits.py, the wire
+protocol's in protocol/limits.py. Names: ``*_max`` / ``*_min``, units last.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# --- the MQTT broker (cloud/broker.py: its configuration and its control client) -------------
+# PROTOCOL.md 1.1: every packet is capped at 262144 bytes (config and deny-list payloads are at
+# most 196608 bytes, below it with room for MQTT headers).
+PACKET_BYTES_MAX: Final = 262_144
+# A session (and what is queued in it) lives at most this long after its client went away,
+# whatever expiry the client asks for. Kiosks ask for 1 day, the consumer for 1 day; 3 days ride
+# out a weekend with a broken kiosk without keeping abandoned sessions forever.
+SESSION_EXPIRY_MAX: Final = "3d"
+# Per client: unacknowledged QoS 1 messages in flight, and messages/bytes queued while it is
+# offline or its window is full. The consumer's shared-subscription turn is the big one: 100,000
+# requests of at most 8192 bytes would be 800 MB, so the byte bound is what holds.
+INFLIGHT_MESSAGES_MAX: Final = 1000
+QUEUED_MESSAGES_MAX: Final = 100_000
+QUEUED_BYTES_MAX: Final = 128 * 1024 * 1024
+# Sessions and retained messages are written to disk this often (and at shutdown).
+AUTOSAVE_INTERVAL_S: Final = 30
+# The plugin's own default (PW_DEFAULT_ITERATIONS in 2.0.11), used for every password it sets
+# through the control topic too. Our passwords are 192-bit random tokens, not guessable words:
+# iterations would only slow down the broker's single thread at every CONNECT.
+PASSWORD_HASH_ITERATIONS: Final = 101
+PASSWORD_SALT_BYTES: Final = 12
+PASSWORD_BYTES: Final = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
+CONTROL_TIMEOUT_S: Final = 5.0
+
+# --- the fake Stripe (cloud/stripe_fake.py: tests, benchmarks, the demo) ------------------------
+# Stripe's own rules for Checkout Sessions: 24 h by default, expires_at at least 30 min ahead.
+STRIPE_CHECKOUT_SESSION_LIFETIME_S: Final = 24 * 3600
+STRIPE_CHECKOUT_SESSION_LIFETIME_MIN_S: Final = 30 * 60
+STRIPE_FAKE_REQUEST_BYTES_MAX: Final = 256 * 1024
+# How long delivering one event to a webhook may take.
+STRIPE_FAKE_DELIVERY_TIMEOUT_S: Final = 10.0
+
+# --- the demo (cloud/demo.py) -------------------------------------------------------------------
+DEMO_READY_TIMEOUT_S: Final = 60.0
+DEMO_HTTP_TIMEOUT_S: Final = 10.0
+DEMO_RESULT_TIMEOUT_S: Final = 30.0
+
+# --- the local services of tests and the demo (cloud/sandbox.py) --------------------------------
+SANDBOX_START_TIMEOUT_S: Final = 30.0
+SANDBOX_STOP_TIMEOUT_S: Final = 15.0
+
+# --- POS device tokens (cloud/pos_devices.py) ---------------------------------------------------
+POS_TOKEN_LENGTH_MAX: Final = 128
