@@ -51,3 +51,7 @@ SANDBOX_STOP_TIMEOUT_S: Final = 15.0
 
 # --- POS device tokens (cloud/pos_devices.py) ---------------------------------------------------
 POS_TOKEN_LENGTH_MAX: Final = 128
+
+# --- logs (cloud/logs.py) ---------------------------------------------------------------------
+# A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
+LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024

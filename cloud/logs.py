@@ -34,11 +34,10 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
 
+from cloud.limits import LOG_TRACEBACK_CHARACTERS_MAX
 from protocol.redaction import redact
 
 RESERVED: Final = frozenset({"ts", "level", "logger", "event", "exc"})
-# A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
-EXC_CHARACTERS_MAX: Final = 32 * 1024
 QUIET_LIBRARIES: Final = ("uvicorn.access", "paho", "alembic.runtime.migration")
 
 
@@ -96,8 +95,8 @@ def _exception_fields(logger: object, method: str, event: EventDict) -> EventDic
         kind, error, trace = exc_info
         event["error"] = f"{kind.__name__}: {error}"
         text = "".join(traceback.format_exception(kind, error, trace)).rstrip("\n")
-        if len(text) > EXC_CHARACTERS_MAX:
-            text = "...(cut)...\n" + text[-EXC_CHARACTERS_MAX:]
+        if len(text) > LOG_TRACEBACK_CHARACTERS_MAX:
+            text = "...(cut)...\n" + text[-LOG_TRACEBACK_CHARACTERS_MAX:]
         event["exc"] = text
     stack_info = event.pop("stack_info", None)
     if stack_info:

@@ -210,7 +210,7 @@ def test_cloud_and_kiosk_write_the_same_line() -> None:
     [line] = lines
     assert line.startswith("<4>") and json.loads(line[3:])["request_id"] == "r-1"
     assert device.logs.RESERVED == cloud.logs.RESERVED
-    assert device.logs.EXC_CHARACTERS_MAX == cloud.logs.EXC_CHARACTERS_MAX
+    assert device.logs.LOG_TRACEBACK_CHARACTERS_MAX == cloud.logs.LOG_TRACEBACK_CHARACTERS_MAX
 
 
 UNCAUGHT = """
