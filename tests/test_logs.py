@@ -17,7 +17,9 @@ from types import ModuleType
 
 import pytest
 
+import cloud.limits
 import cloud.logs
+import device.limits
 import device.logs
 
 
@@ -210,7 +212,7 @@ def test_cloud_and_kiosk_write_the_same_line() -> None:
     [line] = lines
     assert line.startswith("<4>") and json.loads(line[3:])["request_id"] == "r-1"
     assert device.logs.RESERVED == cloud.logs.RESERVED
-    assert device.logs.LOG_TRACEBACK_CHARACTERS_MAX == cloud.logs.LOG_TRACEBACK_CHARACTERS_MAX
+    assert device.limits.LOG_TRACEBACK_CHARACTERS_MAX == cloud.limits.LOG_TRACEBACK_CHARACTERS_MAX
 
 
 UNCAUGHT = """

@@ -20,11 +20,12 @@ import pytest
 from device import main
 from device.http_interface import LocalHttpServer
 from device.indicators import IndicatorPlayer
+from device.keys import save_private_key
 from device.kiosk import Kiosk
 from device.mqtt_link import MqttLink
 from device.outbox import Outbox
 from device.reader import SimulatedReader
-from protocol.keys import generate_private_key, public_key_b64, save_private_key
+from protocol.keys import generate_private_key, public_key_b64
 from tests.device.test_indicators import fake_rpi_on_a_pi5  # noqa: F401 - a fixture
 from tests.waiting import wait_until
 
