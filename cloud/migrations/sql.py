@@ -6,6 +6,7 @@ scripts only name them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -24,3 +25,11 @@ def run_sql_file(revision_file: str, direction: Literal["upgrade", "downgrade"])
         cursor.execute(sql)
     finally:
         cursor.close()
+
+
+def sql_revision(revision_file: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A revision's upgrade() and downgrade(): each runs the revision's SQL file of that name."""
+    return (
+        lambda: run_sql_file(revision_file, "upgrade"),
+        lambda: run_sql_file(revision_file, "downgrade"),
+    )
