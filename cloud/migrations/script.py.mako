@@ -1,12 +1,8 @@
 """${message}
 
-Revision ID: ${up_revision}
-Revises: ${down_revision | comma,n}
-Create Date: ${create_date}
-"""
+Revision ${up_revision}, after ${down_revision | comma,n}, ${create_date}."""
 
 from cloud.migrations.sql import sql_revision
 
-revision, down_revision = ${repr(up_revision)}, ${repr(down_revision)}
-branch_labels = depends_on = None
+revision, down_revision, branch_labels, depends_on = ${repr(up_revision)}, ${repr(down_revision)}, None, None
 upgrade, downgrade = sql_revision(__file__)

@@ -1,12 +1,8 @@
 """Stripe refunds and disputes: the payment intent first, the card metadata second.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-02
-"""
+Revision 0003, after 0002, 2026-11-02."""
 
 from cloud.migrations.sql import sql_revision
 
-revision, down_revision = "0003", "0002"
-branch_labels = depends_on = None
+revision, down_revision, branch_labels, depends_on = "0003", "0002", None, None
 upgrade, downgrade = sql_revision(__file__)
