@@ -76,20 +76,21 @@ def _euros(cents: int) -> str:
 # --- db ----------------------------------------------------------------------------------------
 
 
-@_unavailable
-def db_upgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+def _migrate(migration: Callable[[str, str], None], revision: str, settings: CloudSettings) -> int:
     url = _url(settings)
-    database.upgrade(url, args.revision)
+    migration(url, revision)
     print(f"database at revision {database.current_revision(url) or 'base'}")
     return EXIT_OK
+
+
+@_unavailable
+def db_upgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+    return _migrate(database.upgrade, args.revision, settings)
 
 
 @_unavailable
 def db_downgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
-    url = _url(settings)
-    database.downgrade(url, args.revision)
-    print(f"database at revision {database.current_revision(url) or 'base'}")
-    return EXIT_OK
+    return _migrate(database.downgrade, args.revision, settings)
 
 
 @_unavailable
