@@ -58,7 +58,7 @@ from device.machine import (
     Tick,
     Transition,
 )
-from device.outbox import Outbox, OutboxError, OutboxFull
+from device.outbox import Outbox, OutboxError, OutboxFull, StoredRequest
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
 from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
@@ -137,6 +137,27 @@ def build_request(
     )
 
 
+def pending_request(stored: StoredRequest) -> PendingRequest:
+    """What the machine tracks of a request the outbox holds."""
+    return PendingRequest(
+        request_id=stored.request_id,
+        seq=stored.seq,
+        created_at_ms=stored.created_at_ms,
+        card_uid=stored.card_uid,
+        amount_cents=stored.amount_cents,
+    )
+
+
+def request_log_fields(pending: PendingRequest) -> dict[str, object]:
+    """The fields every log line about one request carries."""
+    return {
+        "request_id": pending.request_id,
+        "seq": pending.seq,
+        "card_uid": pending.card_uid,
+        "amount_cents": pending.amount_cents,
+    }
+
+
 class Kiosk:
     def __init__(
         self,
@@ -211,16 +232,7 @@ class Kiosk:
 
     def start(self) -> None:
         """Load the outbox into the machine, then start the link and the reader."""
-        loaded = tuple(
-            PendingRequest(
-                request_id=stored.request_id,
-                seq=stored.seq,
-                created_at_ms=stored.created_at_ms,
-                card_uid=stored.card_uid,
-                amount_cents=stored.amount_cents,
-            )
-            for stored in self.outbox.outstanding()
-        )
+        loaded = tuple(pending_request(stored) for stored in self.outbox.outstanding())
         if loaded:
             log.info(
                 "outbox loaded: requests will be resent with their stored bytes",
@@ -379,24 +391,8 @@ class Kiosk:
             self._step(RequestRefused(f"cannot send this order: {error.message}"))
             return
         self.counters["requests_stored"] += 1
-        log.info(
-            "request stored",
-            extra={
-                "context": {
-                    "request_id": stored.request_id,
-                    "seq": stored.seq,
-                    "card_uid": stored.card_uid,
-                    "amount_cents": amount_cents,
-                }
-            },
-        )
-        pending = PendingRequest(
-            request_id=stored.request_id,
-            seq=stored.seq,
-            created_at_ms=stored.created_at_ms,
-            card_uid=stored.card_uid,
-            amount_cents=stored.amount_cents,
-        )
+        pending = pending_request(stored)
+        log.info("request stored", extra={"context": request_log_fields(pending)})
         self._step(RequestStored(pending))
 
     def _publish(self, request_id: str) -> None:
@@ -474,10 +470,11 @@ class Kiosk:
 
     def _accept(self, result: Result, pending: PendingRequest) -> None:
         assert result.request_id is not None
+        error_code = None if result.error_code is None else str(result.error_code)
         self.outbox.complete(
             result.request_id,
             status=str(result.status),
-            error_code=None if result.error_code is None else str(result.error_code),
+            error_code=error_code,
             new_balance_cents=result.new_balance_cents,
             completed_at_ms=self.clock.wall_ms(),
         )
@@ -489,12 +486,9 @@ class Kiosk:
             "payment",
             extra={
                 "context": {
-                    "request_id": result.request_id,
-                    "seq": pending.seq,
-                    "card_uid": pending.card_uid,
-                    "amount_cents": pending.amount_cents,
+                    **request_log_fields(pending),
                     "status": str(result.status),
-                    "error_code": None if result.error_code is None else str(result.error_code),
+                    "error_code": error_code,
                     "new_balance_cents": result.new_balance_cents,
                     "replayed": result.replayed,
                     "latency_ms": latency_ms,
@@ -507,7 +501,7 @@ class Kiosk:
             card_uid=pending.card_uid,
             approved=result.approved,
             status=str(result.status),
-            error_code=None if result.error_code is None else str(result.error_code),
+            error_code=error_code,
             message=result.message,
             amount_cents=pending.amount_cents,
             previous_balance_cents=result.previous_balance_cents,
