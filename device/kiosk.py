@@ -11,6 +11,7 @@ The composition root that builds a ``Kiosk`` from the environment is device/main
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -110,30 +111,21 @@ def build_request(
     card_uid: str,
     currency: str,
 ) -> Request:
-    """The protocol request for an order, once it has an id, a seq and a card."""
-    if isinstance(draft, BarDraft):
-        return BarOrder(
-            request_id=request_id,
-            kiosk_id=kiosk_id,
-            seq=seq,
-            created_at_ms=created_at_ms,
-            card_uid=card_uid,
-            currency=currency,
-            items=draft.items,
-            total_cents=draft.total_cents,
-            staff_id=draft.staff_id,
-        )
-    return CheckpointRecharge(
+    """The protocol request for an order, once it has an id, a seq and a card.
+
+    A draft's fields are its request's body (BarDraft: items, total_cents, staff_id;
+    RechargeDraft: amount_cents, payment_method, staff_id, checkpoint_id): the same names, so
+    the body is copied field by field and the envelope is written once."""
+    request_type = BarOrder if isinstance(draft, BarDraft) else CheckpointRecharge
+    body = {field.name: getattr(draft, field.name) for field in dataclasses.fields(draft)}
+    return request_type(
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
         created_at_ms=created_at_ms,
         card_uid=card_uid,
         currency=currency,
-        amount_cents=draft.amount_cents,
-        payment_method=draft.payment_method,
-        staff_id=draft.staff_id,
-        checkpoint_id=draft.checkpoint_id,
+        **body,
     )
 
 
