@@ -29,7 +29,6 @@ from device.limits import (
     OUTBOX_MAX_DEFAULT,
     OUTBOX_MAX_MAX,
     OUTBOX_MAX_MIN,
-    READER_NAME_LENGTH_MAX,
     RED_PIN_DEFAULT,
     RESEND_AFTER_MAX_S,
     RESEND_AFTER_MIN_S,
@@ -37,7 +36,6 @@ from device.limits import (
     RESULT_TIMEOUT_MAX_S,
     RESULT_TIMEOUT_MIN_S,
     RESULT_TIMEOUT_S_DEFAULT,
-    RETURN_CENTS_MAX_DEFAULT,
     RETURN_CENTS_MAX_MAX,
 )
 from device.machine import Mode
@@ -46,6 +44,8 @@ from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, load_public_key_b
 from protocol.limits import (
     CURRENCY_PATTERN,
     FIRMWARE_LENGTH_MAX,
+    READER_NAME_LENGTH_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
     TOPUP_CENTS_MIN,
