@@ -10,14 +10,13 @@ Keys and the menu are loaded here, so a kiosk with a bad key file never starts.
 from __future__ import annotations
 
 import math
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import device
-from device.keys import load_private_key
+from device.keys import load_private_key, mode_problem
 from device.limits import (
     BUZZER_PIN_DEFAULT,
     FIRMWARE_DEFAULT,
@@ -202,12 +201,9 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
     key_file = env.file("KIOSK_KEY_FILE", required=True)
     private_key: Ed25519PrivateKey | None = None
     if key_file is not None:
-        file_mode = stat.S_IMODE(key_file.stat().st_mode)
-        if file_mode & 0o077:
-            env.problems.append(
-                f"KIOSK_KEY_FILE {key_file} is mode {file_mode:04o}: the private key must be"
-                " readable by its owner only (chmod 600)"
-            )
+        problem = mode_problem(key_file)
+        if problem is not None:
+            env.problems.append(f"KIOSK_KEY_FILE {problem}")
         try:
             private_key = load_private_key(key_file)
         except (ValueError, OSError) as error:
