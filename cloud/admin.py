@@ -68,6 +68,11 @@ def _unavailable(
     return run
 
 
+def _not_found(kind: str, name: str) -> int:
+    print(f"festival-cloud: no {kind} {name!r}", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
 def _euros(cents: int) -> str:
     sign = "-" if cents < 0 else ""
     return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
@@ -76,20 +81,21 @@ def _euros(cents: int) -> str:
 # --- db ----------------------------------------------------------------------------------------
 
 
-@_unavailable
-def db_upgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+def _migrate(migration: Callable[[str, str], None], revision: str, settings: CloudSettings) -> int:
     url = _url(settings)
-    database.upgrade(url, args.revision)
+    migration(url, revision)
     print(f"database at revision {database.current_revision(url) or 'base'}")
     return EXIT_OK
+
+
+@_unavailable
+def db_upgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
+    return _migrate(database.upgrade, args.revision, settings)
 
 
 @_unavailable
 def db_downgrade(args: argparse.Namespace, settings: CloudSettings) -> int:
-    url = _url(settings)
-    database.downgrade(url, args.revision)
-    print(f"database at revision {database.current_revision(url) or 'base'}")
-    return EXIT_OK
+    return _migrate(database.downgrade, args.revision, settings)
 
 
 @_unavailable
@@ -207,8 +213,7 @@ def kiosk_password(args: argparse.Namespace, settings: CloudSettings) -> int:
     with _ledger(settings) as ledger:
         found = [kiosk for kiosk in ledger.kiosks() if kiosk.kiosk_id == args.kiosk_id]
         if not found:
-            print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
-            return EXIT_NOT_FOUND
+            return _not_found("kiosk", args.kiosk_id)
         password, note, problem = _issue_broker_password(
             settings, ledger, args.kiosk_id, enabled=bool(found[0].enabled)
         )
@@ -220,10 +225,8 @@ def kiosk_disable(args: argparse.Namespace, settings: CloudSettings) -> int:
     from cloud.broker import BrokerControlError
 
     with _ledger(settings) as ledger:
-        disabled = ledger.disable_kiosk(args.kiosk_id)
-    if not disabled:
-        print(f"festival-cloud: no kiosk {args.kiosk_id!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        if not ledger.disable_kiosk(args.kiosk_id):
+            return _not_found("kiosk", args.kiosk_id)
     print(f"kiosk {args.kiosk_id} disabled: its next request is rejected KIOSK_DISABLED")
     try:
         admin = _broker_admin(settings)
@@ -282,8 +285,7 @@ def card_show(args: argparse.Namespace, settings: CloudSettings) -> int:
     if card is None:
         if args.json:
             print(json.dumps({"error": "card not found", "card_uid": args.uid}))
-        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return _not_found("card", args.uid)
     if args.json:
         print(
             json.dumps(
@@ -302,26 +304,25 @@ def card_show(args: argparse.Namespace, settings: CloudSettings) -> int:
     return EXIT_OK
 
 
+def _set_card_blocked(uid: str, settings: CloudSettings, *, blocked: bool) -> int:
+    with _ledger(settings) as ledger:
+        found = (
+            ledger.block_card(uid, OPERATOR_BLOCK_REASON) if blocked else ledger.unblock_card(uid)
+        )
+    if not found:
+        return _not_found("card", uid)
+    print(f"card {uid} {'blocked' if blocked else 'unblocked'}")
+    return EXIT_OK
+
+
 @_unavailable
 def card_block(args: argparse.Namespace, settings: CloudSettings) -> int:
-    with _ledger(settings) as ledger:
-        found = ledger.block_card(args.uid, OPERATOR_BLOCK_REASON)
-    if not found:
-        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    print(f"card {args.uid} blocked")
-    return EXIT_OK
+    return _set_card_blocked(args.uid, settings, blocked=True)
 
 
 @_unavailable
 def card_unblock(args: argparse.Namespace, settings: CloudSettings) -> int:
-    with _ledger(settings) as ledger:
-        found = ledger.unblock_card(args.uid)
-    if not found:
-        print(f"festival-cloud: no card {args.uid!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    print(f"card {args.uid} unblocked")
-    return EXIT_OK
+    return _set_card_blocked(args.uid, settings, blocked=False)
 
 
 # --- maintenance -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import importlib.metadata
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from protocol.redaction import redact
 
@@ -71,6 +71,21 @@ def installed_version() -> str:
         return "unknown (not installed)"
 
 
+Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _group(verbs: Verbs, name: str, help: str) -> Verbs:
+    """A verb with verbs of its own (``festival-cloud db upgrade``)."""
+    return verbs.add_parser(name, help=help).add_subparsers(dest=f"{name}_verb", required=True)
+
+
+def _verb(verbs: Verbs, name: str, help: str, handler: str) -> argparse.ArgumentParser:
+    """A verb run by ``handler`` ("module:function"), imported only when the verb runs."""
+    parser = verbs.add_parser(name, help=help)
+    parser.set_defaults(handler=_handler(*handler.split(":")))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="festival-cloud", description="Festival cashless payments: cloud side."
@@ -78,26 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    db = verbs.add_parser("db", help="database migrations").add_subparsers(
-        dest="db_verb", required=True
-    )
-    upgrade = db.add_parser("upgrade", help="migrate up to REV (default: head)")
+    db = _group(verbs, "db", "database migrations")
+    upgrade = _verb(db, "upgrade", "migrate up to REV (default: head)", "cloud.admin:db_upgrade")
     upgrade.add_argument("revision", nargs="?", default="head")
-    upgrade.set_defaults(handler=_handler("cloud.admin", "db_upgrade"))
-    downgrade = db.add_parser("downgrade", help="migrate down to REV ('base' removes all)")
+    downgrade = _verb(
+        db, "downgrade", "migrate down to REV ('base' removes all)", "cloud.admin:db_downgrade"
+    )
     downgrade.add_argument("revision")
-    downgrade.set_defaults(handler=_handler("cloud.admin", "db_downgrade"))
-    current = db.add_parser("current", help="print the current revision")
-    current.set_defaults(handler=_handler("cloud.admin", "db_current"))
+    _verb(db, "current", "print the current revision", "cloud.admin:db_current")
 
     keygen = verbs.add_parser("keygen", help="create the cloud's Ed25519 signing key")
     keygen.add_argument("--out", required=True, help="PEM file to write (mode 0600)")
     keygen.set_defaults(handler=_keygen)
 
-    kiosk = verbs.add_parser("kiosk", help="register and manage kiosks").add_subparsers(
-        dest="kiosk_verb", required=True
-    )
-    add = kiosk.add_parser("add", help="register a kiosk's public key")
+    kiosk = _group(verbs, "kiosk", "register and manage kiosks")
+    add = _verb(kiosk, "add", "register a kiosk's public key", "cloud.admin:kiosk_add")
     add.add_argument("kiosk_id")
     add.add_argument("--public-key", required=True, help="base64url of the raw 32-byte key")
     add.add_argument("--role", required=True, choices=["bar", "checkpoint", "all"])
@@ -109,41 +119,51 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--json", action="store_true", help="print {kiosk_id, mqtt_username, mqtt_password}"
     )
-    add.set_defaults(handler=_handler("cloud.admin", "kiosk_add"))
-    password = kiosk.add_parser(
-        "password", help="issue a kiosk a fresh MQTT password on the broker (rotation)"
+    password = _verb(
+        kiosk,
+        "password",
+        "issue a kiosk a fresh MQTT password on the broker (rotation)",
+        "cloud.admin:kiosk_password",
     )
     password.add_argument("kiosk_id")
     password.add_argument("--json", action="store_true")
-    password.set_defaults(handler=_handler("cloud.admin", "kiosk_password"))
-    disable = kiosk.add_parser("disable", help="refuse every further request of a kiosk")
+    disable = _verb(
+        kiosk, "disable", "refuse every further request of a kiosk", "cloud.admin:kiosk_disable"
+    )
     disable.add_argument("kiosk_id")
-    disable.set_defaults(handler=_handler("cloud.admin", "kiosk_disable"))
-    listing = kiosk.add_parser("list", help="list registered kiosks")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(handler=_handler("cloud.admin", "kiosk_list"))
+    _verb(kiosk, "list", "list registered kiosks", "cloud.admin:kiosk_list").add_argument(
+        "--json", action="store_true"
+    )
 
-    pos = verbs.add_parser(
-        "pos", help="register and manage point-of-sale devices (seed-compatible HTTP endpoints)"
-    ).add_subparsers(dest="pos_verb", required=True)
-    pos_add = pos.add_parser("add", help="register a POS device; prints its bearer token once")
+    pos = _group(
+        verbs, "pos", "register and manage point-of-sale devices (seed-compatible HTTP endpoints)"
+    )
+    pos_add = _verb(
+        pos,
+        "add",
+        "register a POS device; prints its bearer token once",
+        "cloud.pos_devices:pos_add",
+    )
     pos_add.add_argument("device_id")
     pos_add.add_argument("--role", required=True, choices=["bar", "checkpoint", "all"])
     pos_add.add_argument("--json", action="store_true")
-    pos_add.set_defaults(handler=_handler("cloud.pos_devices", "pos_add"))
-    pos_disable = pos.add_parser("disable", help="refuse every further request of a POS device")
-    pos_disable.add_argument("device_id")
-    pos_disable.set_defaults(handler=_handler("cloud.pos_devices", "pos_disable"))
-    pos_list = pos.add_parser("list", help="list registered POS devices")
-    pos_list.add_argument("--json", action="store_true")
-    pos_list.set_defaults(handler=_handler("cloud.pos_devices", "pos_list"))
-    broker = verbs.add_parser("broker", help="the MQTT broker's configuration").add_subparsers(
-        dest="broker_verb", required=True
+    _verb(
+        pos,
+        "disable",
+        "refuse every further request of a POS device",
+        "cloud.pos_devices:pos_disable",
+    ).add_argument("device_id")
+    _verb(pos, "list", "list registered POS devices", "cloud.pos_devices:pos_list").add_argument(
+        "--json", action="store_true"
     )
-    config = broker.add_parser(
+
+    broker = _group(verbs, "broker", "the MQTT broker's configuration")
+    config = _verb(
+        broker,
         "config",
-        help="write a complete Mosquitto 2 configuration (dynamic security plugin) for the "
+        "write a complete Mosquitto 2 configuration (dynamic security plugin) for the "
         "registered kiosks and MQTT_URL's service user",
+        "cloud.broker:broker_config_command",
     )
     config.add_argument("--out", required=True, help="folder for mosquitto.conf and its files")
     config.add_argument("--port", type=int, help="listener port (default 1883, 8883 with TLS)")
@@ -158,36 +178,31 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--local-port", type=int, help="an extra plain listener on 127.0.0.1")
     config.add_argument("--log-file", help="broker log file (default: stderr, i.e. journald)")
     config.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found)")
-    config.set_defaults(handler=_handler("cloud.broker", "broker_config_command"))
 
-    card = verbs.add_parser("card", help="inspect, block and unblock cards").add_subparsers(
-        dest="card_verb", required=True
-    )
-    show = card.add_parser("show", help="balance and status of a card")
+    card = _group(verbs, "card", "inspect, block and unblock cards")
+    show = _verb(card, "show", "balance and status of a card", "cloud.admin:card_show")
     show.add_argument("uid")
     show.add_argument("--json", action="store_true")
-    show.set_defaults(handler=_handler("cloud.admin", "card_show"))
-    block = card.add_parser("block", help="block a lost or stolen card")
-    block.add_argument("uid")
-    block.set_defaults(handler=_handler("cloud.admin", "card_block"))
-    unblock = card.add_parser("unblock", help="unblock a card")
-    unblock.add_argument("uid")
-    unblock.set_defaults(handler=_handler("cloud.admin", "card_unblock"))
+    _verb(card, "block", "block a lost or stolen card", "cloud.admin:card_block").add_argument(
+        "uid"
+    )
+    _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
 
-    consumer = verbs.add_parser("consumer", help="run the MQTT consumer")
-    consumer.set_defaults(handler=_handler("cloud.consumer", "run_from_cli"))
-
-    api = verbs.add_parser("api", help="run the HTTP API (Stripe webhooks, monitoring)")
+    _verb(verbs, "consumer", "run the MQTT consumer", "cloud.consumer:run_from_cli")
+    api = _verb(
+        verbs, "api", "run the HTTP API (Stripe webhooks, monitoring)", "cloud.api:run_from_cli"
+    )
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
-    api.set_defaults(handler=_handler("cloud.api", "run_from_cli"))
-
-    check = verbs.add_parser("check", help="verify the ledger's invariants (exit 1 on violation)")
-    check.set_defaults(handler=_handler("cloud.admin", "check"))
-    cleanup = verbs.add_parser(
-        "cleanup", help="delete expired idempotency cache rows and dead letters over 30 days old"
+    _verb(
+        verbs, "check", "verify the ledger's invariants (exit 1 on violation)", "cloud.admin:check"
     )
-    cleanup.set_defaults(handler=_handler("cloud.admin", "cleanup"))
+    _verb(
+        verbs,
+        "cleanup",
+        "delete expired idempotency cache rows and dead letters over 30 days old",
+        "cloud.admin:cleanup",
+    )
     return parser
 
 

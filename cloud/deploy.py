@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -56,14 +55,14 @@ class Report:
 
 
 def check_key_file(path: Path) -> None:
-    from cloud.keys import load_private_key
+    from cloud.keys import load_private_key, mode_problem
 
     try:
-        mode = path.stat().st_mode
+        problem = mode_problem(path)
     except OSError as error:
         raise DeployError(f"{path}: cannot read ({error.strerror})") from error
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise DeployError(f"{path}: mode {stat.S_IMODE(mode):04o}, must be 0600 (chmod 600 {path})")
+    if problem is not None:
+        raise DeployError(problem)
     try:
         load_private_key(path)
     except (OSError, ValueError, TypeError) as error:

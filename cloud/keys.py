@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Final
 
@@ -67,6 +68,18 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def mode_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a private key file must not be used (anyone but its owner may read or write it), or
+    None when its mode is 0600 or stricter; OSError when it cannot be looked at."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if not mode & 0o077:
+        return None
+    name = os.fspath(path)
+    return (
+        f"{name} has mode {mode:04o}: it must be 0600, only its owner reads it (chmod 600 {name})"
+    )
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

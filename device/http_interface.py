@@ -28,7 +28,6 @@ from typing import Any, Final
 from device.limits import (
     COMMAND_REPLY_TIMEOUT_S,
     HTTP_BODY_BYTES_MAX,
-    RETURN_CENTS_MAX_DEFAULT,
     STATIC_FILE_BYTES_MAX,
 )
 from device.machine import (
@@ -43,6 +42,7 @@ from device.menu import Menu, OrderError, price_order
 from device.reader import SimulatedReader
 from device.recharge import RechargeError, parse_recharge
 from protocol.errors import ProtocolError
+from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 from protocol.models import SCAN_STATUSES, ScanStatus
 from protocol.strict_json import loads_strict
 

@@ -11,6 +11,7 @@ The composition root that builds a ``Kiosk`` from the environment is device/main
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import queue
@@ -58,7 +59,7 @@ from device.machine import (
     Tick,
     Transition,
 )
-from device.outbox import Outbox, OutboxError, OutboxFull
+from device.outbox import Outbox, OutboxError, OutboxFull, StoredRequest
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
 from protocol.codec import encode_request, encode_scan, verify_result
 from protocol.errors import ProtocolError
@@ -110,31 +111,43 @@ def build_request(
     card_uid: str,
     currency: str,
 ) -> Request:
-    """The protocol request for an order, once it has an id, a seq and a card."""
-    if isinstance(draft, BarDraft):
-        return BarOrder(
-            request_id=request_id,
-            kiosk_id=kiosk_id,
-            seq=seq,
-            created_at_ms=created_at_ms,
-            card_uid=card_uid,
-            currency=currency,
-            items=draft.items,
-            total_cents=draft.total_cents,
-            staff_id=draft.staff_id,
-        )
-    return CheckpointRecharge(
+    """The protocol request for an order, once it has an id, a seq and a card.
+
+    A draft's fields are its request's body (BarDraft: items, total_cents, staff_id;
+    RechargeDraft: amount_cents, payment_method, staff_id, checkpoint_id): the same names, so
+    the body is copied field by field and the envelope is written once."""
+    request_type = BarOrder if isinstance(draft, BarDraft) else CheckpointRecharge
+    body = {field.name: getattr(draft, field.name) for field in dataclasses.fields(draft)}
+    return request_type(
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
         created_at_ms=created_at_ms,
         card_uid=card_uid,
         currency=currency,
-        amount_cents=draft.amount_cents,
-        payment_method=draft.payment_method,
-        staff_id=draft.staff_id,
-        checkpoint_id=draft.checkpoint_id,
+        **body,
     )
+
+
+def pending_request(stored: StoredRequest) -> PendingRequest:
+    """What the machine tracks of a request the outbox holds."""
+    return PendingRequest(
+        request_id=stored.request_id,
+        seq=stored.seq,
+        created_at_ms=stored.created_at_ms,
+        card_uid=stored.card_uid,
+        amount_cents=stored.amount_cents,
+    )
+
+
+def request_log_fields(pending: PendingRequest) -> dict[str, object]:
+    """The fields every log line about one request carries."""
+    return {
+        "request_id": pending.request_id,
+        "seq": pending.seq,
+        "card_uid": pending.card_uid,
+        "amount_cents": pending.amount_cents,
+    }
 
 
 class Kiosk:
@@ -211,16 +224,7 @@ class Kiosk:
 
     def start(self) -> None:
         """Load the outbox into the machine, then start the link and the reader."""
-        loaded = tuple(
-            PendingRequest(
-                request_id=stored.request_id,
-                seq=stored.seq,
-                created_at_ms=stored.created_at_ms,
-                card_uid=stored.card_uid,
-                amount_cents=stored.amount_cents,
-            )
-            for stored in self.outbox.outstanding()
-        )
+        loaded = tuple(pending_request(stored) for stored in self.outbox.outstanding())
         if loaded:
             log.info(
                 "outbox loaded: requests will be resent with their stored bytes",
@@ -379,24 +383,8 @@ class Kiosk:
             self._step(RequestRefused(f"cannot send this order: {error.message}"))
             return
         self.counters["requests_stored"] += 1
-        log.info(
-            "request stored",
-            extra={
-                "context": {
-                    "request_id": stored.request_id,
-                    "seq": stored.seq,
-                    "card_uid": stored.card_uid,
-                    "amount_cents": amount_cents,
-                }
-            },
-        )
-        pending = PendingRequest(
-            request_id=stored.request_id,
-            seq=stored.seq,
-            created_at_ms=stored.created_at_ms,
-            card_uid=stored.card_uid,
-            amount_cents=stored.amount_cents,
-        )
+        pending = pending_request(stored)
+        log.info("request stored", extra={"context": request_log_fields(pending)})
         self._step(RequestStored(pending))
 
     def _publish(self, request_id: str) -> None:
@@ -474,10 +462,11 @@ class Kiosk:
 
     def _accept(self, result: Result, pending: PendingRequest) -> None:
         assert result.request_id is not None
+        error_code = None if result.error_code is None else str(result.error_code)
         self.outbox.complete(
             result.request_id,
             status=str(result.status),
-            error_code=None if result.error_code is None else str(result.error_code),
+            error_code=error_code,
             new_balance_cents=result.new_balance_cents,
             completed_at_ms=self.clock.wall_ms(),
         )
@@ -489,12 +478,9 @@ class Kiosk:
             "payment",
             extra={
                 "context": {
-                    "request_id": result.request_id,
-                    "seq": pending.seq,
-                    "card_uid": pending.card_uid,
-                    "amount_cents": pending.amount_cents,
+                    **request_log_fields(pending),
                     "status": str(result.status),
-                    "error_code": None if result.error_code is None else str(result.error_code),
+                    "error_code": error_code,
                     "new_balance_cents": result.new_balance_cents,
                     "replayed": result.replayed,
                     "latency_ms": latency_ms,
@@ -507,7 +493,7 @@ class Kiosk:
             card_uid=pending.card_uid,
             approved=result.approved,
             status=str(result.status),
-            error_code=None if result.error_code is None else str(result.error_code),
+            error_code=error_code,
             message=result.message,
             amount_cents=pending.amount_cents,
             previous_balance_cents=result.previous_balance_cents,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from protocol.limits import SESSION_EXPIRY_S_DEFAULT
+
 # --- outbox ----------------------------------------------------------------------------------
 # Requests waiting for their signed result. When the outbox is full the kiosk refuses new sales
 # (visibly) instead of growing without bound while the cloud is unreachable.
@@ -46,7 +48,7 @@ COMMAND_REPLY_TIMEOUT_S: Final = 5.0
 READER_CHECK_INTERVAL_S: Final = 1.0
 
 # --- MQTT ------------------------------------------------------------------------------------
-SESSION_EXPIRY_S: Final = 24 * 3600
+SESSION_EXPIRY_S: Final = SESSION_EXPIRY_S_DEFAULT
 KEEPALIVE_S: Final = 30
 RECONNECT_DELAY_MIN_S: Final = 1
 RECONNECT_DELAY_MAX_S: Final = 30
@@ -65,7 +67,6 @@ READER_POLL_MS: Final = 500
 # Rebuilding the PC/SC context after pcscd went away: first and largest pause.
 READER_RETRY_MIN_S: Final = 0.2
 READER_RETRY_MAX_S: Final = 5.0
-READER_NAME_LENGTH_MAX: Final = 64
 # A read error while the card is still present is retried this often, this far apart.
 READ_ATTEMPTS_MAX: Final = 3
 READ_RETRY_PAUSE_S: Final = 0.2
@@ -82,10 +83,9 @@ MENU_FILE_BYTES_MAX: Final = 256 * 1024
 MENU_PRODUCTS_MAX: Final = 100
 MENU_DEPOSITS_MAX: Final = 10
 MENU_TITLE_LENGTH_MAX: Final = 64
-# Cup returns credited by one bar order (FESTIVAL_RETURN_MAX_CENTS, as the cloud's rule): the
-# kiosk refuses more before anything is signed; the cloud enforces the real rule
-# (RETURN_LIMIT_EXCEEDED). 0: this kiosk takes no returns.
-RETURN_CENTS_MAX_DEFAULT: Final = 2_000
+# Cup returns credited by one bar order (FESTIVAL_RETURN_MAX_CENTS, default the protocol's
+# RETURN_CENTS_MAX_DEFAULT, as the cloud's rule): the kiosk refuses more before anything is
+# signed; the cloud enforces the real rule (RETURN_LIMIT_EXCEEDED). 0: this kiosk takes no returns.
 RETURN_CENTS_MAX_MAX: Final = 10_000_000
 
 # --- indicators (GPIO) --------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class Signal(StrEnum):
 
 
 # --- what an order is before it is signed -------------------------------------------------------
+# A draft's fields are its request's body, by the same names: device/kiosk.py's build_request
+# copies them into a BarOrder or a CheckpointRecharge.
 
 
 @dataclass(frozen=True, slots=True)

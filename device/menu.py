@@ -24,7 +24,6 @@ from device.limits import (
     MENU_DEPOSITS_MAX,
     MENU_PRODUCTS_MAX,
     MENU_TITLE_LENGTH_MAX,
-    RETURN_CENTS_MAX_DEFAULT,
 )
 from device.machine import BarDraft
 from protocol.errors import ProtocolError
@@ -33,6 +32,7 @@ from protocol.limits import (
     ITEM_QUANTITY_MAX,
     ITEM_QUANTITY_MIN,
     ITEMS_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
     SKU_LENGTH_MAX,
     STAFF_ID_LENGTH_MAX,
     TEXT_FORBIDDEN_PATTERN,

@@ -66,24 +66,24 @@ class OutboxFull(OutboxError):
 
 
 @dataclass(frozen=True, slots=True)
-class StoredRequest:
+class OutboxEntry:
+    """What the outbox keeps of every request, pending or completed."""
+
     request_id: str
     seq: int
     kind: str
     created_at_ms: int
     card_uid: str
     amount_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest(OutboxEntry):
     payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
-class Completed:
-    request_id: str
-    seq: int
-    kind: str
-    created_at_ms: int
-    card_uid: str
-    amount_cents: int
+class Completed(OutboxEntry):
     status: str
     error_code: str | None
     new_balance_cents: int | None

@@ -29,12 +29,12 @@ from device.limits import (
     CARD_UID_BYTES_ALLOWED,
     READ_ATTEMPTS_MAX,
     READ_RETRY_PAUSE_S,
-    READER_NAME_LENGTH_MAX,
     READER_POLL_MS,
     READER_RETRY_MAX_S,
     READER_RETRY_MIN_S,
 )
 from device.reader import CardRemoved, ReaderSink, ReaderStatus, ScanEvent, wall_clock_ms
+from protocol.limits import READER_NAME_LENGTH_MAX
 from protocol.models import ScanStatus
 
 log = logging.getLogger(__name__)

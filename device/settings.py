@@ -10,14 +10,13 @@ Keys and the menu are loaded here, so a kiosk with a bad key file never starts.
 from __future__ import annotations
 
 import math
-import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import device
-from device.keys import load_private_key
+from device.keys import load_private_key, mode_problem
 from device.limits import (
     BUZZER_PIN_DEFAULT,
     FIRMWARE_DEFAULT,
@@ -29,7 +28,6 @@ from device.limits import (
     OUTBOX_MAX_DEFAULT,
     OUTBOX_MAX_MAX,
     OUTBOX_MAX_MIN,
-    READER_NAME_LENGTH_MAX,
     RED_PIN_DEFAULT,
     RESEND_AFTER_MAX_S,
     RESEND_AFTER_MIN_S,
@@ -37,7 +35,6 @@ from device.limits import (
     RESULT_TIMEOUT_MAX_S,
     RESULT_TIMEOUT_MIN_S,
     RESULT_TIMEOUT_S_DEFAULT,
-    RETURN_CENTS_MAX_DEFAULT,
     RETURN_CENTS_MAX_MAX,
 )
 from device.machine import Mode
@@ -46,6 +43,8 @@ from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey, load_public_key_b
 from protocol.limits import (
     CURRENCY_PATTERN,
     FIRMWARE_LENGTH_MAX,
+    READER_NAME_LENGTH_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
     TOPUP_CENTS_MIN,
@@ -202,12 +201,9 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
     key_file = env.file("KIOSK_KEY_FILE", required=True)
     private_key: Ed25519PrivateKey | None = None
     if key_file is not None:
-        file_mode = stat.S_IMODE(key_file.stat().st_mode)
-        if file_mode & 0o077:
-            env.problems.append(
-                f"KIOSK_KEY_FILE {key_file} is mode {file_mode:04o}: the private key must be"
-                " readable by its owner only (chmod 600)"
-            )
+        problem = mode_problem(key_file)
+        if problem is not None:
+            env.problems.append(f"KIOSK_KEY_FILE {problem}")
         try:
             private_key = load_private_key(key_file)
         except (ValueError, OSError) as error:

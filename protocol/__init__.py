@@ -1,124 +1,52 @@
 """Kiosk <-> cloud wire protocol v1: models, strict validation, Ed25519 JWS, topics.
 
-Pure: no network, database or clock (time comes in as arguments); only ``keys`` touches files.
-See docs/protocol.md.
+Pure: no network, database, files or clock (time comes in as arguments). See docs/protocol.md.
+
+The package's face is the one screen docs/protocol.md shows; everything else is imported from
+its own module (``protocol.models``, ``protocol.codec``, ``protocol.limits``, ...), which is
+what the kiosk and the cloud do.
 """
 
 from __future__ import annotations
 
 from protocol.codec import (
-    AuthenticatedMessage,
-    PublicKeyLookup,
     authenticate,
     build_result,
-    decode_scan,
-    decode_status,
     encode_request,
     encode_result,
-    encode_scan,
-    encode_status,
     parse_authenticated,
     verify_result,
 )
-from protocol.errors import ErrorCode, ProtocolError, Status, status_for
-from protocol.jws import JwsParts, parse_compact, sign_compact, verify
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import (
-    b64url_decode,
-    b64url_encode,
     generate_private_key,
     load_public_key_b64,
     private_key_from_pem,
     private_key_pem,
     public_key_b64,
 )
-from protocol.models import (
-    BarItem,
-    BarOrder,
-    CheckpointRecharge,
-    KioskState,
-    KioskStatus,
-    PaymentMethod,
-    Request,
-    Result,
-    ScanRecord,
-    ScanStatus,
-    echo_fields,
-    parse_request,
-    parse_result,
-    parse_scan,
-    parse_status,
-    request_to_dict,
-    result_to_dict,
-    scan_to_dict,
-    status_to_dict,
-    validate_request,
-)
-from protocol.strict_json import dumps_canonical, loads_strict
-from protocol.topics import (
-    Topic,
-    TopicKind,
-    parse_topic,
-    shared_subscription,
-    subscription,
-    topic_for,
-    validate_kiosk_id,
-)
+from protocol.models import BarItem, BarOrder, CheckpointRecharge
+from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 
 __all__ = [
-    "AuthenticatedMessage",
     "BarItem",
     "BarOrder",
     "CheckpointRecharge",
     "ErrorCode",
-    "JwsParts",
-    "KioskState",
-    "KioskStatus",
-    "PaymentMethod",
     "ProtocolError",
-    "PublicKeyLookup",
-    "Request",
-    "Result",
-    "ScanRecord",
-    "ScanStatus",
-    "Status",
-    "Topic",
     "TopicKind",
     "authenticate",
-    "b64url_decode",
-    "b64url_encode",
     "build_result",
-    "decode_scan",
-    "decode_status",
-    "dumps_canonical",
-    "echo_fields",
     "encode_request",
     "encode_result",
-    "encode_scan",
-    "encode_status",
     "generate_private_key",
     "load_public_key_b64",
-    "loads_strict",
     "parse_authenticated",
-    "parse_compact",
-    "parse_request",
-    "parse_result",
-    "parse_scan",
-    "parse_status",
     "parse_topic",
     "private_key_from_pem",
     "private_key_pem",
     "public_key_b64",
-    "request_to_dict",
-    "result_to_dict",
-    "scan_to_dict",
     "shared_subscription",
-    "sign_compact",
-    "status_for",
-    "status_to_dict",
-    "subscription",
     "topic_for",
-    "validate_kiosk_id",
-    "validate_request",
-    "verify",
     "verify_result",
 ]

@@ -9,46 +9,39 @@ See docs/api.md.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cloud.api.limits import CONCURRENCY_MAX
 from cloud.settings import CloudSettings
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from cloud.api.limits import ApiLimits
-    from cloud.api.stripe_gateway import StripeClient
+    from cloud.api.app import create_app
 
 # Seconds uvicorn waits for open requests on shutdown (systemd's TimeoutStopSec is longer).
 GRACEFUL_SHUTDOWN_S = 10
 KEEP_ALIVE_S = 5
 
 
-def create_app(
-    settings: CloudSettings,
-    *,
-    ledger: Any = None,
-    stripe_client: StripeClient | None = None,
-    limits: ApiLimits | None = None,
-) -> FastAPI:
-    """The app; `ledger` and `stripe_client` default to ones built from `settings`."""
-    # Imported here so `festival-cloud --help` and the kiosk never load FastAPI.
-    from cloud.api.app import create_app as build
+def __getattr__(name: str) -> object:
+    """``create_app`` is cloud/api/app.py's, imported on first use so that `festival-cloud
+    --help` and the kiosk never load FastAPI (PEP 562)."""
+    if name == "create_app":
+        from cloud.api.app import create_app
 
-    return build(settings, ledger=ledger, stripe_client=stripe_client, limits=limits)
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def run_from_cli(args: argparse.Namespace, settings: CloudSettings) -> int:
     import uvicorn
 
+    from cloud.api.app import create_app, warn_about_database_privileges
     from cloud.api.serve import NotifyingServer
     from cloud.logs import configure_logging
 
     configure_logging()
     settings.require("database_url")
     app = create_app(settings)
-    from cloud.api.app import warn_about_database_privileges
 
     warn_about_database_privileges(app.state.services.ledger.engine)
     config = uvicorn.Config(

@@ -26,6 +26,7 @@ from cloud.api.errors import (
 from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
 from cloud.api.middleware import RequestContextMiddleware
+from cloud.api.pages import STATIC_DIR
 from cloud.api.queries import DashboardQueries
 from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
@@ -196,7 +197,7 @@ def create_app(
     app.include_router(topups.router(settings))
     app.include_router(pos.router())
     app.include_router(monitoring.router())
-    app.mount("/static", StaticFiles(directory=topups.STATIC_DIR), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_security_schemes(app)
     return app
 

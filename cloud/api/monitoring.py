@@ -8,7 +8,6 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from pathlib import Path as FilePath
 from typing import Any
 from uuid import UUID
 
@@ -25,6 +24,7 @@ from cloud.api.limits import (
     DASHBOARD_MINUTES_MAX,
 )
 from cloud.api.metrics import CONTENT_TYPE
+from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.services import services_of
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.limits import CARD_UID_PATTERN
@@ -32,15 +32,11 @@ from protocol.strict_json import loads_strict
 
 log = logging.getLogger("cloud.api.monitoring")
 
-STATIC_DIR = FilePath(__file__).resolve().parent.parent / "static"
-DASHBOARD_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+DASHBOARD_HEADERS = page_headers(
+    "default-src 'none'; script-src 'self'; style-src 'self'; "
     "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+    "form-action 'none'"
+)
 
 # Only for the OpenAPI document (the "Authorize" button); the check itself is require_admin.
 _bearer_scheme = HTTPBearer(auto_error=False, scheme_name="AdminToken")

@@ -13,7 +13,6 @@ import logging
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from string import Template
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,6 +29,7 @@ from cloud.api.errors import (
     ApiError,
 )
 from cloud.api.limits import CHECKOUT_AMOUNT_CENTS_MIN, TOPUP_FORM_FIELD_LENGTH_MAX
+from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.ratelimit import retry_after_header
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_gateway import CheckoutSession, PaymentProviderError
@@ -40,14 +40,10 @@ from protocol.strict_json import loads_strict
 
 log = logging.getLogger("cloud.api.topups")
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self' "
-    "https://checkout.stripe.com; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+PAGE_HEADERS = page_headers(
+    "default-src 'none'; style-src 'self'; form-action 'self' "
+    "https://checkout.stripe.com; frame-ancestors 'none'; base-uri 'none'"
+)
 # What a human may type around the hex digits of a wristband number.
 _SEPARATORS = re.compile(r"[\s:.-]+")
 

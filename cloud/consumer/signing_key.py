@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
-from cloud.keys import load_private_key
+from cloud.keys import load_private_key, mode_problem
 from cloud.settings import SettingsError
 from protocol.keys import Ed25519PrivateKey
 
@@ -15,13 +13,11 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     """Load the PEM PKCS#8 Ed25519 key; SettingsError when missing, unreadable, not a key, or
     readable or writable by anyone but its owner (mode 0600, or stricter 0400)."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        problem = mode_problem(path)
     except OSError as error:
         raise SettingsError(f"CLOUD_SIGNING_KEY_FILE {path}: {error.strerror}") from None
-    if mode & 0o077:
-        raise SettingsError(
-            f"CLOUD_SIGNING_KEY_FILE {path} has mode {mode:04o}: it must be 0600 (chmod 600)"
-        )
+    if problem is not None:
+        raise SettingsError(f"CLOUD_SIGNING_KEY_FILE {problem}")
     try:
         return load_private_key(path)
     except (OSError, ValueError) as error:
