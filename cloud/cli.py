@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     unblock.add_argument("uid")
     unblock.set_defaults(handler=_handler("cloud.admin", "card_unblock"))
 
+    _add_report_verbs(verbs)
+
     consumer = verbs.add_parser("consumer", help="run the MQTT consumer")
     consumer.set_defaults(handler=_handler("cloud.consumer", "run_from_cli"))
 
@@ -189,6 +191,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cleanup.set_defaults(handler=_handler("cloud.admin", "cleanup"))
     return parser
+
+
+def _add_report_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`report sales --group … [--from T --to T]` (CSV) and `report liability [--json]`."""
+    report = verbs.add_parser(
+        "report", help="sales and liability reports (docs/operations.md)"
+    ).add_subparsers(dest="report_verb", required=True)
+    sales = report.add_parser(
+        "sales", help="sales per product, kiosk or hour as CSV (sales lines only, net of voids)"
+    )
+    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour"])
+    for option, destination, meaning in (
+        ("--from", "start", "sales at or after"),
+        ("--to", "end", "sales before"),
+    ):
+        sales.add_argument(
+            option,
+            dest=destination,
+            metavar="TIME",
+            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
+        )
+    sales.set_defaults(handler=_handler("cloud.reports", "report_sales"))
+    liability = report.add_parser(
+        "liability",
+        help="what the festival owes: card balances + payouts pending + deposits - debts "
+        "(exit 1 when the card balances do not equal their postings)",
+    )
+    liability.add_argument("--json", action="store_true")
+    liability.set_defaults(handler=_handler("cloud.reports", "report_liability"))
 
 
 def _missing_extra(verb: str, error: ModuleNotFoundError) -> int:
