@@ -12,8 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
@@ -62,8 +61,13 @@ def apply(ledger: Ledger, item: LedgerRequest) -> str:
     return item.request.request_id
 
 
-def seed_sales(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict[str, Any]:
-    """Two bars and the POS till, one July evening (UTC):
+EVENING = at("2026-07-04T20:00:00Z")
+
+
+def seed_sales(
+    client: TestClient, ledger: Ledger, owner_engine: Engine, evening: datetime = EVENING
+) -> dict[str, datetime]:
+    """Two bars and the POS till, one evening from `evening` (default 2026-07-04 20:00 UTC):
 
     | order | where       | when   | lines                               | sales |
     | A     | bar-1       | 20:10  | 2 beer, 3 cups deposited            | 1000  |
@@ -76,16 +80,14 @@ def seed_sales(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict
         ledger.add_kiosk(kiosk_id, PUBLIC_KEY, role)
     for card in (CARD_A, CARD_B):
         apply(ledger, recharge(card, TOPUP_CENTS))
-    moments = {
-        apply(ledger, bar_order(CARD_A, BEER, cups(3), kiosk_id="bar-1")): "2026-07-04T20:10:00Z",
-        apply(ledger, bar_order(CARD_A, WATER, cup_back(1), kiosk_id="bar-1")): (
-            "2026-07-04T20:50:00Z"
-        ),
+    minutes = {
+        apply(ledger, bar_order(CARD_A, BEER, cups(3), kiosk_id="bar-1")): 10,
+        apply(ledger, bar_order(CARD_A, WATER, cup_back(1), kiosk_id="bar-1")): 50,
         apply(
             ledger,
             bar_order(CARD_B, BEER, BarItem("Beer", 1, 500, sku="beer"), kiosk_id="bar-2"),
-        ): "2026-07-04T21:05:00Z",
-        apply(ledger, bar_order(CARD_B, cup_back(1), kiosk_id="bar-2")): "2026-07-04T21:20:00Z",
+        ): 65,
+        apply(ledger, bar_order(CARD_B, cup_back(1), kiosk_id="bar-2")): 80,
     }
     body = {
         "card_id": CARD_B,
@@ -95,12 +97,13 @@ def seed_sales(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict
     }
     response = client.post("/functions/v1/process-bar-order", json=body, headers=pos_headers())
     assert response.status_code == 200, response.text
-    moments["pos-nachos-1"] = "2026-07-04T22:30:00Z"
+    minutes["pos-nachos-1"] = 150
+    moments = {request_id: evening + timedelta(minutes=m) for request_id, m in minutes.items()}
     with owner_engine.begin() as connection:
         for request_id, moment in moments.items():
             moved = connection.execute(
                 text("UPDATE bar_orders SET created_at = :at WHERE client_request_id = :id"),
-                {"at": at(moment), "id": request_id},
+                {"at": moment, "id": request_id},
             )
             assert moved.rowcount == 1
     return moments
@@ -118,7 +121,7 @@ def get_csv(client: TestClient, **params: str) -> list[list[str]]:
 
 
 @pytest.fixture
-def seeded(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict[str, Any]:
+def seeded(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict[str, datetime]:
     return seed_sales(client, ledger, owner_engine)
 
 
