@@ -188,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
 
+    _add_report_verbs(verbs)
+
     _verb(verbs, "consumer", "run the MQTT consumer", "cloud.consumer:run_from_cli")
     api = _verb(
         verbs, "api", "run the HTTP API (Stripe webhooks, monitoring)", "cloud.api:run_from_cli"
@@ -204,6 +206,36 @@ def build_parser() -> argparse.ArgumentParser:
         "cloud.admin:cleanup",
     )
     return parser
+
+
+def _add_report_verbs(verbs: Verbs) -> None:
+    """`report sales --group … [--from T --to T]` (CSV) and `report liability [--json]`."""
+    report = _group(verbs, "report", "sales and liability reports (docs/operations.md)")
+    sales = _verb(
+        report,
+        "sales",
+        "sales per product, kiosk or hour as CSV (sales lines only, net of voids)",
+        "cloud.reports:report_sales",
+    )
+    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour"])
+    for option, destination, meaning in (
+        ("--from", "start", "sales at or after"),
+        ("--to", "end", "sales before"),
+    ):
+        sales.add_argument(
+            option,
+            dest=destination,
+            metavar="TIME",
+            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
+        )
+    liability = _verb(
+        report,
+        "liability",
+        "what the festival owes: card balances + payouts pending + deposits - debts "
+        "(exit 1 when the card balances do not equal their postings)",
+        "cloud.reports:report_liability",
+    )
+    liability.add_argument("--json", action="store_true")
 
 
 def _missing_extra(verb: str, error: ModuleNotFoundError) -> int:

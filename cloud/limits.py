@@ -52,6 +52,16 @@ SANDBOX_STOP_TIMEOUT_S: Final = 15.0
 # --- POS device tokens (cloud/pos_devices.py) ---------------------------------------------------
 POS_TOKEN_LENGTH_MAX: Final = 128
 
+# --- reports (cloud/reports.py: the sales CSV, the liability, the dashboard's sales tables) ----
+# A report that would have more rows than this is refused ("narrow from/to"), never cut short:
+# an accountant's total must not silently miss rows. A festival week has 168 hours, 672 quarters.
+REPORT_ROWS_MAX: Final = 10_000
+# Below the engine's 30 s statement timeout: a report over a whole festival's lines stays a
+# bounded scan, and the API's pool connection is back well before a client gives up.
+REPORT_STATEMENT_TIMEOUT_MS: Final = 20_000
+# A `from` / `to` bound as written (RFC 3339, microseconds at most): 32 characters.
+REPORT_MOMENT_LENGTH_MAX: Final = 40
+
 # --- logs (cloud/logs.py) ---------------------------------------------------------------------
 # A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
 LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024

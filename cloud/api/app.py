@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api import monitoring, pos, topups, webhook
+from cloud.api import monitoring, pos, reports, topups, webhook
 from cloud.api.errors import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -33,6 +33,7 @@ from cloud.api.services import Services
 from cloud.api.stripe_gateway import CheckoutGateway, StripeClient, build_stripe_client
 from cloud.database import TransientDatabaseError
 from cloud.pos_devices import PosDevices
+from cloud.reports import Reports
 from cloud.settings import CloudSettings
 
 log = logging.getLogger("cloud.api")
@@ -197,6 +198,7 @@ def create_app(
     app.include_router(topups.router(settings))
     app.include_router(pos.router())
     app.include_router(monitoring.router())
+    app.include_router(reports.router(Reports(ledger.engine, currency=settings.festival_currency)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_security_schemes(app)
     return app

@@ -244,6 +244,8 @@ def dashboard_data(
     kiosks = [normalise_kiosk(to_json_value(row)) for row in services.ledger.kiosk_overview()]
     body = {
         "generated_at": now,
+        # FESTIVAL_CURRENCY: the page formats every amount in it (Intl.NumberFormat).
+        "currency": services.settings.festival_currency,
         "window_minutes": minutes,
         "sales_per_minute": points,
         "sales": {

@@ -1,27 +1,62 @@
-// Live operations dashboard: plain JS + SVG, no libraries or CDNs (the site may be offline).
+// Live operations dashboard: plain JS + SVG, and uPlot (vendored under /static/vendor/uplot/,
+// no CDN: the site may be offline) for the sales-per-15-minutes chart.
 // The admin token is asked for once and kept in sessionStorage (this tab only); every call to
 // the monitoring API sends it as a bearer token. Data is written with textContent only.
+// Every amount is formatted in the deployment's currency (FESTIVAL_CURRENCY, from the API).
 (function () {
   "use strict";
 
   var TOKEN_KEY = "festival.adminToken";
   var REFRESH_MS = 5000;
   var LEDGER_REFRESH_MS = 60000;
+  // The per-bar, per-product and per-15-minutes reports scan a day of sales lines: not every 5 s.
+  var REPORTS_REFRESH_MS = 30000;
+  var REPORT_HOURS = 24;
+  var QUARTER_MS = 15 * 60 * 1000;
+  var LOCALE = "en-GB";
+  var CARD_UID = /^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$/;
   var SVG_NS = "http://www.w3.org/2000/svg";
   var refreshTimer = null;
   var lastLedgerCheck = 0;
+  var lastReports = 0;
+  var currency = null;
+  var moneyFormat = null;
+  var quarterChart = null;
+  var shownCard = null;
 
   function $(id) { return document.getElementById(id); }
 
   function token() { return window.sessionStorage.getItem(TOKEN_KEY); }
 
-  function euros(cents) {
-    if (cents === null || cents === undefined) { return "–"; }
-    var negative = cents < 0;
+  function setCurrency(code) {
+    if (!code || code === currency) { return; }
+    currency = code;
+    try {
+      // Amounts are hundredths of the currency everywhere in this system: always two digits.
+      moneyFormat = new Intl.NumberFormat(LOCALE, {
+        style: "currency", currency: code, minimumFractionDigits: 2, maximumFractionDigits: 2
+      });
+    } catch (error) {
+      moneyFormat = null;  // an ISO code this browser does not know: "12.50 XYZ" below
+    }
+    Array.prototype.forEach.call(document.querySelectorAll(".currency"), function (element) {
+      element.textContent = code;
+    });
+  }
+
+  // Cents as the decimal string "12.50", by integer arithmetic (exact for any bigint-sized
+  // amount a JSON number carries exactly); Intl.NumberFormat formats the string as a decimal.
+  function decimal(cents) {
     var absolute = Math.abs(cents);
-    var whole = Math.floor(absolute / 100);
-    var fraction = String(absolute % 100).padStart(2, "0");
-    return (negative ? "−" : "") + "€" + whole.toLocaleString("en-GB") + "." + fraction;
+    var fraction = String(absolute % 100);
+    return (cents < 0 ? "-" : "") + String(Math.floor(absolute / 100)) + "." +
+      (fraction.length < 2 ? "0" + fraction : fraction);
+  }
+
+  function money(cents) {
+    if (cents === null || cents === undefined) { return "–"; }
+    if (moneyFormat) { return moneyFormat.format(decimal(cents)); }
+    return decimal(cents) + (currency ? " " + currency : "");
   }
 
   function plural(count, noun) { return count + " " + noun + (count === 1 ? "" : "s"); }
@@ -53,17 +88,24 @@
     $("dashboard").classList.remove("hidden");
   }
 
-  function api(path) {
-    return window.fetch(path, {
-      headers: { "Authorization": "Bearer " + token(), "Accept": "application/json" },
-      cache: "no-store"
-    }).then(function (response) {
+  function api(path, method, body) {
+    var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
+    var options = { method: method || "GET", headers: headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return window.fetch(path, options).then(function (response) {
       if (response.status === 401) {
         var refused = new Error("token refused");
         refused.unauthorized = true;
         throw refused;
       }
-      if (!response.ok) { throw new Error(path + " answered " + response.status); }
+      if (!response.ok) {
+        var failed = new Error(path + " answered " + response.status);
+        failed.status = response.status;
+        throw failed;
+      }
       return response.json();
     });
   }
@@ -112,7 +154,7 @@
   function drawChart(points) {
     var chart = $("chart-svg");
     while (chart.firstChild) { chart.removeChild(chart.firstChild); }
-    var width = 1000, height = 220, left = 48, bottom = 20, top = 10;
+    var width = 1000, height = 220, left = 72, bottom = 20, top = 10;
     var plotWidth = width - left - 4, plotHeight = height - bottom - top;
     var maximum = 0;
     points.forEach(function (point) { maximum = Math.max(maximum, point.amount_cents); });
@@ -122,7 +164,7 @@
       var y = top + plotHeight - fraction * plotHeight;
       svg("line", { x1: left, y1: y, x2: width, y2: y, "class": "axis", "stroke-dasharray": "2,4" }, chart);
       var label = svg("text", { x: left - 6, y: y + 3, "text-anchor": "end" }, chart);
-      label.textContent = euros(Math.round(scaleMax * fraction)).replace(/\.00$/, "");
+      label.textContent = money(Math.round(scaleMax * fraction)).replace(/\.00$/, "");
     });
     var slot = plotWidth / Math.max(points.length, 1);
     points.forEach(function (point, index) {
@@ -133,7 +175,7 @@
         width: (slot * 0.8).toFixed(2), height: barHeight.toFixed(2), "class": "bar"
       }, chart);
       var title = svg("title", {}, bar);
-      title.textContent = time(point.minute) + ": " + euros(point.amount_cents) + " in " +
+      title.textContent = time(point.minute) + ": " + money(point.amount_cents) + " in " +
         point.orders + " orders";
       var isLast = index === points.length - 1;
       if (index % 10 === 0 || isLast) {
@@ -149,19 +191,20 @@
   }
 
   function render(data) {
+    setCurrency(data.currency);
     Array.prototype.forEach.call(document.querySelectorAll(".window"), function (element) {
       element.textContent = String(data.window_minutes);
     });
-    $("sales-amount").textContent = euros(data.sales.amount_cents);
+    $("sales-amount").textContent = money(data.sales.amount_cents);
     $("sales-orders").textContent = plural(data.sales.orders, "order");
     var points = data.sales_per_minute || [];
     var last = points.length ? points[points.length - 1] : { amount_cents: 0, orders: 0 };
-    $("sales-rate").textContent = euros(last.amount_cents);
+    $("sales-rate").textContent = money(last.amount_cents);
     $("sales-rate-sub").textContent = plural(last.orders, "order") + " in the current minute";
-    $("topups-amount").textContent = euros(data.topups.amount_cents);
+    $("topups-amount").textContent = money(data.topups.amount_cents);
     var methods = data.topups.by_method || {};
     $("topups-split").textContent = ["cash", "card", "stripe"].map(function (method) {
-      return method + " " + euros(methods[method] || 0);
+      return method + " " + money(methods[method] || 0);
     }).join(" · ");
     var online = data.kiosks.filter(function (kiosk) { return kiosk.state === "online"; }).length;
     $("kiosks-online").textContent = online + " online";
@@ -193,9 +236,9 @@
     $("return-alerts-panel").classList.toggle("alert", alerts.length > 0);
     fillTable("return-alerts", alerts, function (row, alert) {
       badge(row, alert.kiosk_id, "bad");
-      cell(row, euros(alert.deposits_cents), "num");
-      cell(row, euros(alert.returns_cents), "num");
-      cell(row, euros(alert.excess_cents) + " (alert above " + euros(alert.threshold_cents) + ")",
+      cell(row, money(alert.deposits_cents), "num");
+      cell(row, money(alert.returns_cents), "num");
+      cell(row, money(alert.excess_cents) + " (alert above " + money(alert.threshold_cents) + ")",
         "num");
     }, "no bar returns more than it takes", 4);
     fillTable("declines", data.recent_declines, function (row, decline) {
@@ -203,14 +246,14 @@
       cell(row, decline.kiosk_id || decline.source || "");
       cell(row, decline.card_uid || "");
       badge(row, decline.error_code || decline.status, decline.status === "declined" ? "warn" : "bad");
-      cell(row, decline.amount_cents === null ? "" : euros(decline.amount_cents), "num");
+      cell(row, decline.amount_cents === null ? "" : money(decline.amount_cents), "num");
     }, "no declines", 5);
     fillTable("topups", data.topups.recent, function (row, topup) {
       cell(row, time(topup.at));
       cell(row, topup.card_uid);
       cell(row, topup.payment_method);
       cell(row, topup.where || "");
-      cell(row, euros(topup.amount_cents), "num");
+      cell(row, money(topup.amount_cents), "num");
     }, "no top-ups yet", 5);
     fillTable("errors", data.error_rates, function (row, rate) {
       var kind = rate.status === "approved" || rate.status === "replayed" ? "ok" :
@@ -230,15 +273,126 @@
       (report.violations || []).slice(0, 2).join("; ");
   }
 
+  // --- the reports: sales per bar, per product, per 15 minutes (GET /api/reports/sales) ------
+
+  function reportStart(now) {
+    var end = Math.floor(now / QUARTER_MS) * QUARTER_MS;
+    return end - (REPORT_HOURS * 4 - 1) * QUARTER_MS;
+  }
+
+  function reportCalls(now) {
+    var since = encodeURIComponent(new Date(reportStart(now)).toISOString());
+    return ["kiosk", "product", "quarter_hour"].map(function (group) {
+      return api("/api/reports/sales?group=" + group + "&from=" + since);
+    });
+  }
+
+  function cssColor(name, fallback) {
+    var value = window.getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return value || fallback;
+  }
+
+  function chartWidth() {
+    return Math.max(320, $("quarter-chart-plot").clientWidth || 0);
+  }
+
+  function drawQuarterChart(report, now) {
+    var start = reportStart(now);
+    var byQuarter = {};
+    report.rows.forEach(function (row) { byQuarter[Date.parse(row.quarter_hour)] = row; });
+    var xs = [], ys = [], total = 0;
+    for (var at = start, index = 0; index < REPORT_HOURS * 4; index += 1, at += QUARTER_MS) {
+      var row = byQuarter[at];
+      xs.push(at / 1000);
+      // Pixels only: the figures shown as text come from the integer cents.
+      ys.push(row ? row.amount_cents / 100 : 0);
+      total += row ? row.amount_cents : 0;
+    }
+    var plot = $("quarter-chart-plot");
+    plot.setAttribute("data-points", String(xs.length));
+    plot.setAttribute("data-amount-cents", String(total));
+    if (typeof window.uPlot !== "function") {
+      plot.textContent = "chart library not loaded";
+      return;
+    }
+    if (quarterChart === null) {
+      var muted = cssColor("--muted", "#93a0ba");
+      var grid = cssColor("--panel-edge", "#26314a");
+      var axis = {
+        stroke: muted, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }
+      };
+      quarterChart = new window.uPlot({
+        width: chartWidth(),
+        height: 220,
+        legend: { show: false },
+        cursor: { y: false },
+        scales: { x: { time: true } },
+        axes: [
+          axis,
+          Object.assign({}, axis, {
+            size: 80,
+            values: function (u, splits) {
+              return splits.map(function (value) { return money(Math.round(value * 100)); });
+            }
+          })
+        ],
+        series: [
+          {},
+          {
+            label: "Sales",
+            stroke: cssColor("--bar", "#4f8cff"),
+            fill: cssColor("--bar", "#4f8cff"),
+            paths: window.uPlot.paths.bars({ size: [0.8, 40] }),
+            points: { show: false }
+          }
+        ]
+      }, [xs, ys], plot);
+      window.addEventListener("resize", function () {
+        quarterChart.setSize({ width: chartWidth(), height: 220 });
+      });
+    } else {
+      quarterChart.setData([xs, ys]);
+    }
+  }
+
+  function renderReports(perBar, perProduct, perQuarter, now) {
+    setCurrency(perBar.currency);
+    fillTable("sales-per-bar", perBar.rows, function (row, bar) {
+      cell(row, bar.kiosk_id);
+      cell(row, bar.orders, "num");
+      cell(row, money(bar.amount_cents), "num");
+    }, "no sales in the last 24 hours", 3);
+    $("sales-per-bar-orders").textContent = String(perBar.total.orders);
+    $("sales-per-bar-total").textContent = money(perBar.total.amount_cents);
+    fillTable("sales-per-product", perProduct.rows, function (row, product) {
+      cell(row, product.sku || "—");
+      cell(row, product.name);
+      cell(row, product.quantity, "num");
+      cell(row, money(product.amount_cents), "num");
+    }, "no sales in the last 24 hours", 4);
+    $("sales-per-product-quantity").textContent = String(perProduct.total.quantity);
+    $("sales-per-product-total").textContent = money(perProduct.total.amount_cents);
+    drawQuarterChart(perQuarter, now);
+    $("sales-tables").setAttribute("data-loaded", "true");
+  }
+
   function refresh() {
     window.clearTimeout(refreshTimer);
     var calls = [api("/api/monitoring/dashboard")];
     var now = Date.now();
-    if (now - lastLedgerCheck > LEDGER_REFRESH_MS) { calls.push(api("/api/monitoring/ledger")); }
+    var withLedger = now - lastLedgerCheck > LEDGER_REFRESH_MS;
+    var withReports = now - lastReports > REPORTS_REFRESH_MS;
+    if (withLedger) { calls.push(api("/api/monitoring/ledger")); }
+    if (withReports) { calls = calls.concat(reportCalls(now)); }
     Promise.all(calls).then(function (results) {
       showDashboard();
       render(results[0]);
-      if (results.length > 1) { lastLedgerCheck = now; renderLedger(results[1]); }
+      var next = 1;
+      if (withLedger) { lastLedgerCheck = now; renderLedger(results[next]); next += 1; }
+      if (withReports) {
+        lastReports = now;
+        renderReports(results[next], results[next + 1], results[next + 2], now);
+      }
       setStatus("updated " + new Date().toLocaleTimeString("en-GB", { hour12: false }), false);
       document.body.setAttribute("data-loaded", "true");
       refreshTimer = window.setTimeout(refresh, REFRESH_MS);
@@ -253,7 +407,92 @@
     });
   }
 
+  // --- card lookup: GET /api/cards/{uid}, POST …/block and …/unblock -----------------------
+
+  function cardMessage(text, kind) {
+    var message = $("card-message");
+    message.textContent = text || "";
+    message.className = "message " + (kind || "error") + (text ? "" : " hidden");
+  }
+
+  function renderCard(card) {
+    shownCard = card.card_uid;
+    $("card-result").classList.remove("hidden");
+    $("card-result-uid").textContent = card.card_uid;
+    var status = $("card-status");
+    status.textContent = "";
+    var span = document.createElement("span");
+    span.className = "badge " + (card.status === "active" ? "ok" : "bad");
+    span.textContent = card.status;
+    status.appendChild(span);
+    $("card-result").setAttribute("data-status", card.status);
+    $("card-balance").textContent = money(card.balance_cents);
+    // Debts arrive with offline sales (DESIGN.md 1.1): shown once the API reports them.
+    var hasDebt = card.debt_cents !== undefined && card.debt_cents !== null;
+    $("card-debt-row").classList.toggle("hidden", !hasDebt);
+    $("card-debt").textContent = hasDebt ? money(card.debt_cents) : "";
+    $("card-block").disabled = card.status === "blocked";
+    $("card-unblock").disabled = card.status !== "blocked";
+    if (card.transactions !== undefined) {
+      fillTable("card-history", card.transactions, function (row, movement) {
+        var at = new Date(movement.created_at);
+        cell(row, isNaN(at.getTime()) ? String(movement.created_at) :
+          at.toLocaleString(LOCALE, { hour12: false }));
+        cell(row, movement.kind);
+        cell(row, money(movement.amount_cents), "num");
+        cell(row, movement.balance_after_cents === null ? "" :
+          money(movement.balance_after_cents), "num");
+      }, "no movements", 4);
+    }
+  }
+
+  function cardFailed(error) {
+    if (error.unauthorized) {
+      window.sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("That token was refused.");
+      return;
+    }
+    cardMessage(error.status === 404 ? "unknown card" :
+      (error.status === 400 ? "not a card UID" : "lookup failed (" + error.message + ")"));
+  }
+
+  function lookUpCard(uid) {
+    cardMessage("");
+    return api("/api/cards/" + encodeURIComponent(uid) + "?limit=20").then(renderCard)
+      .catch(function (error) {
+        $("card-result").classList.add("hidden");
+        shownCard = null;
+        cardFailed(error);
+      });
+  }
+
+  function changeCard(action) {
+    if (!shownCard) { return; }
+    var uid = shownCard;
+    var body = action === "block" ? { reason: "blocked from the dashboard" } : undefined;
+    $("card-block").disabled = true;
+    $("card-unblock").disabled = true;
+    api("/api/cards/" + encodeURIComponent(uid) + "/" + action, "POST", body)
+      .then(function () {
+        return lookUpCard(uid).then(function () {
+          cardMessage("card " + uid + (action === "block" ? " blocked" : " unblocked"), "ok");
+        });
+      })
+      .catch(cardFailed);
+  }
+
   function start() {
+    $("card-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      var uid = $("card-uid").value.trim().toUpperCase();
+      if (!CARD_UID.test(uid)) {
+        cardMessage("a card UID is 8, 14 or 20 hexadecimal digits");
+        return;
+      }
+      lookUpCard(uid);
+    });
+    $("card-block").addEventListener("click", function () { changeCard("block"); });
+    $("card-unblock").addEventListener("click", function () { changeCard("unblock"); });
     $("login-form").addEventListener("submit", function (event) {
       event.preventDefault();
       var value = $("token").value.trim();
@@ -261,11 +500,14 @@
       window.sessionStorage.setItem(TOKEN_KEY, value);
       $("token").value = "";
       lastLedgerCheck = 0;
+      lastReports = 0;
       refresh();
     });
     $("logout").addEventListener("click", function () {
       window.clearTimeout(refreshTimer);
       window.sessionStorage.removeItem(TOKEN_KEY);
+      $("card-result").classList.add("hidden");
+      shownCard = null;
       showLogin("");
     });
     if (token()) { refresh(); } else { showLogin(""); }

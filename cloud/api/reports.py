@@ -1,0 +1,104 @@
+"""The report routes (admin bearer ADMIN_TOKEN): the sales CSV an accountant downloads, the same
+rows as JSON for the dashboard's tables and chart, and the liability. The SQL and the CSV are
+cloud/reports.py's; this module only turns HTTP parameters into its calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.responses import JSONResponse, Response
+
+from cloud.api.errors import INVALID_REQUEST, ApiError
+from cloud.api.monitoring import json_response, require_admin
+from cloud.limits import REPORT_MOMENT_LENGTH_MAX
+from cloud.reports import ReportError, Reports, SalesGroup, SalesWindow
+
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+
+_MOMENT_DESCRIPTION = (
+    "RFC 3339 date-time with an offset (e.g. 2026-07-04T21:00:00Z), compared with the sale's "
+    "time; `from` is inclusive, `to` exclusive"
+)
+
+
+def _moment(alias: str) -> Any:
+    return Query(
+        None,
+        alias=alias,
+        max_length=REPORT_MOMENT_LENGTH_MAX,
+        description=_MOMENT_DESCRIPTION,
+        json_schema_extra={"format": "date-time"},
+    )
+
+
+def _window(start: str | None, end: str | None) -> SalesWindow:
+    try:
+        return SalesWindow.parse(start, end)
+    except ReportError as error:
+        raise ApiError(400, INVALID_REQUEST, str(error)) from None
+
+
+def router(reports: Reports) -> APIRouter:
+    def sales_csv(
+        group: SalesGroup = Query(..., description="product, kiosk, hour (or quarter_hour)"),
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> Response:
+        window = _window(start, end)
+        try:
+            body = reports.sales_csv(group, window)
+        except ReportError as error:
+            raise ApiError(400, INVALID_REQUEST, str(error)) from None
+        filename = f"sales-{group.value}-{reports.currency}.csv"
+        return Response(
+            body,
+            media_type=CSV_MEDIA_TYPE,
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    def sales(
+        group: SalesGroup = Query(..., description="product, kiosk, hour or quarter_hour"),
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> JSONResponse:
+        window = _window(start, end)
+        try:
+            return json_response(reports.sales_json(group, window))
+        except ReportError as error:
+            raise ApiError(400, INVALID_REQUEST, str(error)) from None
+
+    def liability() -> JSONResponse:
+        return json_response(reports.liability())
+
+    refusals: dict[int | str, dict[str, Any]] = {
+        400: {"description": "bad group, from or to; or more rows than a report may have"},
+        401: {"description": "missing or wrong admin token"},
+    }
+    routes = APIRouter(tags=["reports"], dependencies=[Depends(require_admin)])
+    routes.add_api_route(
+        "/api/reports/sales.csv",
+        sales_csv,
+        methods=["GET"],
+        summary="Sales per product, kiosk or hour as CSV (sales lines only, net of voids)",
+        response_class=Response,
+        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **refusals},
+    )
+    routes.add_api_route(
+        "/api/reports/sales",
+        sales,
+        methods=["GET"],
+        summary="The sales report's rows and total as JSON (the dashboard's tables and chart)",
+        responses=refusals,
+    )
+    routes.add_api_route(
+        "/api/reports/liability",
+        liability,
+        methods=["GET"],
+        summary="What the festival owes: card balances + payouts pending + deposits - debts",
+        responses={401: refusals[401]},
+    )
+    return routes

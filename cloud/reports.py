@@ -1,0 +1,398 @@
+"""Reports an operator and an accountant ask for (DESIGN.md, "reports"; issue 13 section 3).
+
+- Sales per product, kiosk, hour (and quarter hour, for the dashboard's chart): sales lines only
+  (cup deposits and their returns move money through the deposit account; they are not sales),
+  net of voids, offline sales included. CSV with a header row, amounts as integer cents and, in
+  an extra last column, as a decimal of the deployment's currency (`12.50`, integer arithmetic).
+- The liability: what the festival owes = card balances + payouts not yet paid + the deposit
+  account - debts, with the card balances reconciled against the sum of the cards' postings (the
+  invariant `festival-cloud check` verifies).
+
+Read-only SQL through the PostgreSQL adapter (cloud/database.py), one statement per report so
+every figure of a report comes from one snapshot. The HTTP routes are cloud/api/reports.py; the
+CLI verbs (`festival-cloud report sales|liability`) are `report_sales` / `report_liability`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from cloud.database import Engine, TransientDatabaseError, make_engine, text, translate_errors
+from cloud.limits import REPORT_MOMENT_LENGTH_MAX, REPORT_ROWS_MAX, REPORT_STATEMENT_TIMEOUT_MS
+from cloud.settings import CloudSettings
+
+EXIT_OK = 0
+EXIT_NOT_RECONCILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 2
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+# RFC 3339 date-time (ISO 8601 with a mandatory offset): `2026-07-04T21:00:00Z`,
+# `2026-07-04T23:00:00.5+02:00`. A moment without an offset is refused: which day it means
+# would depend on the server's time zone.
+MOMENT_PATTERN = re.compile(
+    r"\A\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,6})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+
+
+class ReportError(ValueError):
+    """A report asked for with a bad parameter (HTTP 400, CLI exit 2)."""
+
+
+class SalesGroup(StrEnum):
+    PRODUCT = "product"
+    KIOSK = "kiosk"
+    HOUR = "hour"
+    # Not in DESIGN.md's list: the dashboard's sales-per-15-minutes chart reads it.
+    QUARTER_HOUR = "quarter_hour"
+
+
+# The CSV columns of each grouping (DESIGN.md), then `amount`: amount_cents as a decimal.
+SALES_COLUMNS: Mapping[SalesGroup, tuple[str, ...]] = {
+    SalesGroup.PRODUCT: ("sku", "name", "quantity", "amount_cents"),
+    SalesGroup.KIOSK: ("kiosk_id", "orders", "amount_cents"),
+    SalesGroup.HOUR: ("hour", "orders", "amount_cents"),
+    SalesGroup.QUARTER_HOUR: ("quarter_hour", "orders", "amount_cents"),
+}
+DECIMAL_COLUMN = "amount"
+
+
+def parse_moment(value: str) -> datetime:
+    """An RFC 3339 date-time as an aware UTC datetime; ReportError when it is not one.
+
+    Moments before 1970 or after 9999 clamp to those ends (no sale lies beyond them), so any
+    valid date-time is accepted and means what it says.
+    """
+    if len(value) > REPORT_MOMENT_LENGTH_MAX or not MOMENT_PATTERN.match(value):
+        raise ReportError(
+            f"not an RFC 3339 date-time with an offset (e.g. 2026-07-04T21:00:00Z): {value[:40]!r}"
+        )
+    try:
+        moment = datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as error:
+        raise ReportError(f"not a valid date-time: {value!r} ({error})") from None
+    # Aware subtraction never overflows, even for 0001-01-01T00:00:00+23:59.
+    since_epoch = moment - EPOCH
+    if since_epoch < timedelta(0):
+        return EPOCH
+    if since_epoch > LATEST - EPOCH:
+        return LATEST
+    return EPOCH + since_epoch
+
+
+def iso_utc(moment: datetime) -> str:
+    """`2026-07-04T21:00:00Z` (milliseconds only when there are any)."""
+    moment = moment.astimezone(UTC)
+    if moment.microsecond:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def decimal_amount(cents: int) -> str:
+    """Cents as a decimal of the currency, exactly: 1250 -> "12.50", -5 -> "-0.05"."""
+    assert isinstance(cents, int)
+    sign = "-" if cents < 0 else ""
+    whole, fraction = divmod(abs(cents), 100)
+    return f"{sign}{whole}.{fraction:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SalesWindow:
+    """Sales whose time is at or after `start` and before `end` (either may be open)."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @classmethod
+    def parse(cls, start: str | None, end: str | None) -> SalesWindow:
+        return cls(
+            None if start is None else parse_moment(start),
+            None if end is None else parse_moment(end),
+        )
+
+    def as_json(self) -> dict[str, str | None]:
+        return {
+            "from": None if self.start is None else iso_utc(self.start),
+            "to": None if self.end is None else iso_utc(self.end),
+        }
+
+
+# --- the SQL -----------------------------------------------------------------------------------
+
+# The time a sale is reported under. DESIGN.md says the sale's `created_at_ms` (the kiosk's
+# clock when it made the request); the schema does not keep that field yet, so this is the
+# time the ledger applied the sale (bar_orders.created_at) - the same moment for an online sale,
+# later for one that waited in a kiosk's outbox. When bar_orders stores the request's time
+# (offline sales need it), this one expression changes and every grouping and from/to follow.
+SOLD_AT_SQL = "o.created_at"
+
+# Every sales line in the window, then the voids subtracted. Voids do not exist yet: when they
+# do (a void table naming the order and its lines), `voided_lines` selects each voided line with
+# the same columns and its quantity and amount negated, and every report is net of it. Offline
+# sales are bar_orders rows like any other (their `offline` mark changes nothing here).
+# VAT: when bar_order_items carries `vat_rate_bp` (another issue adds it), add it to these
+# columns and to the product grouping's key (PRODUCT_KEY) - the CSV gains the column there.
+NET_SALES_LINES_SQL = f"""
+WITH sales_lines AS (
+    SELECT o.order_id, o.kiosk_id, {SOLD_AT_SQL} AS sold_at,
+           i.sku, i.name, i.quantity::bigint AS quantity, i.line_total_cents AS amount_cents
+      FROM bar_orders o
+      JOIN bar_order_items i ON i.order_id = o.order_id
+     WHERE NOT i.is_deposit AND NOT i.is_return {{window}}
+), voided_lines AS (
+    SELECT order_id, kiosk_id, sold_at, sku, name, -quantity AS quantity,
+           -amount_cents AS amount_cents
+      FROM sales_lines
+     WHERE false
+), net_lines AS (
+    SELECT * FROM sales_lines
+    UNION ALL
+    SELECT * FROM voided_lines
+), net_orders AS (
+    -- An order counts when something of it is still sold once voids are subtracted.
+    SELECT order_id, kiosk_id, min(sold_at) AS sold_at, sum(amount_cents) AS amount_cents
+      FROM net_lines
+     GROUP BY order_id, kiosk_id
+    HAVING sum(quantity) > 0
+)
+"""
+
+PRODUCT_KEY = ("sku", "name")
+
+SALES_SELECT_SQL: Mapping[SalesGroup, str] = {
+    SalesGroup.PRODUCT: f"""
+        SELECT {", ".join(PRODUCT_KEY)}, sum(quantity) AS quantity,
+               sum(amount_cents) AS amount_cents
+          FROM net_lines
+         GROUP BY {", ".join(PRODUCT_KEY)}
+        HAVING sum(quantity) <> 0 OR sum(amount_cents) <> 0
+         ORDER BY sku NULLS LAST, name
+    """,
+    SalesGroup.KIOSK: """
+        SELECT kiosk_id, count(*) AS orders, sum(amount_cents) AS amount_cents
+          FROM net_orders
+         GROUP BY kiosk_id
+         ORDER BY kiosk_id
+    """,
+    SalesGroup.HOUR: """
+        SELECT date_trunc('hour', sold_at AT TIME ZONE 'UTC') AS hour,
+               count(*) AS orders, sum(amount_cents) AS amount_cents
+          FROM net_orders
+         GROUP BY 1
+         ORDER BY 1
+    """,
+    SalesGroup.QUARTER_HOUR: """
+        SELECT date_bin('15 minutes', sold_at AT TIME ZONE 'UTC', timestamp '2000-01-01')
+                   AS quarter_hour,
+               count(*) AS orders, sum(amount_cents) AS amount_cents
+          FROM net_orders
+         GROUP BY 1
+         ORDER BY 1
+    """,
+}
+
+# One statement, so every figure comes from one snapshot. Payouts and debts do not exist yet
+# (DESIGN.md 1.1 adds them): their columns are 0 until their tables do.
+LIABILITY_SQL = """
+SELECT (SELECT count(*) FROM cards) AS cards,
+       (SELECT coalesce(sum(balance_cents), 0) FROM cards) AS card_balances_cents,
+       (SELECT coalesce(sum(p.amount_cents), 0)
+          FROM postings p JOIN accounts a ON a.account_id = p.account_id
+         WHERE a.kind = 'card') AS card_postings_cents,
+       (SELECT coalesce(sum(d.balance_cents), 0)
+          FROM deposit_balances d JOIN accounts a ON a.account_id = d.account_id
+         WHERE a.name = 'deposit:cups') AS deposits_cents,
+       0::bigint AS payouts_pending_cents,
+       0::bigint AS debts_cents,
+       now() AS generated_at
+"""
+
+
+def _window_sql(window: SalesWindow) -> tuple[str, dict[str, Any]]:
+    conditions, params = [], {}
+    if window.start is not None:
+        conditions.append(f"AND {SOLD_AT_SQL} >= :window_start")
+        params["window_start"] = window.start
+    if window.end is not None:
+        conditions.append(f"AND {SOLD_AT_SQL} < :window_end")
+        params["window_end"] = window.end
+    return " ".join(conditions), params
+
+
+def _sales_row(group: SalesGroup, row: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column in SALES_COLUMNS[group]:
+        value = row[column]
+        if column in ("hour", "quarter_hour"):
+            # date_trunc/date_bin of a UTC wall-clock time: a naive timestamp, in UTC.
+            value = iso_utc(value.replace(tzinfo=UTC))
+        elif column in ("quantity", "orders", "amount_cents"):
+            value = int(value)  # sum() of bigint is numeric: whole cents, exactly
+        out[column] = value
+    out[DECIMAL_COLUMN] = decimal_amount(out["amount_cents"])
+    return out
+
+
+class Reports:
+    """The reports over one engine; `currency` is the deployment's (FESTIVAL_CURRENCY)."""
+
+    def __init__(self, engine: Engine, *, currency: str) -> None:
+        self._engine = engine
+        self.currency = currency
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with translate_errors(), self._engine.connect() as connection:
+            connection.execute(text(f"SET LOCAL statement_timeout = {REPORT_STATEMENT_TIMEOUT_MS}"))
+            rows = [dict(row._mapping) for row in connection.execute(text(sql), dict(params))]
+            connection.rollback()
+            return rows
+
+    def sales(self, group: SalesGroup, window: SalesWindow) -> list[dict[str, Any]]:
+        """The rows of one grouping (SALES_COLUMNS + `amount`), in order; ReportError beyond
+        REPORT_ROWS_MAX rows (never a cut-short report)."""
+        condition, params = _window_sql(window)
+        if window.start is not None and window.end is not None and window.start >= window.end:
+            return []  # an empty window: nothing was sold in it
+        sql = (
+            NET_SALES_LINES_SQL.format(window=condition)
+            + SALES_SELECT_SQL[group]
+            + " LIMIT :rows_limit"
+        )
+        rows = self._rows(sql, {**params, "rows_limit": REPORT_ROWS_MAX + 1})
+        if len(rows) > REPORT_ROWS_MAX:
+            raise ReportError(
+                f"the report has more than {REPORT_ROWS_MAX} rows: narrow it with from/to"
+            )
+        return [_sales_row(group, row) for row in rows]
+
+    def sales_json(self, group: SalesGroup, window: SalesWindow) -> dict[str, Any]:
+        rows = self.sales(group, window)
+        total: dict[str, Any] = {"amount_cents": sum(row["amount_cents"] for row in rows)}
+        for column in ("quantity", "orders"):
+            if column in SALES_COLUMNS[group]:
+                total[column] = sum(row[column] for row in rows)
+        total[DECIMAL_COLUMN] = decimal_amount(total["amount_cents"])
+        return {
+            "group": group.value,
+            "currency": self.currency,
+            **window.as_json(),
+            "rows": rows,
+            "total": total,
+        }
+
+    def sales_csv(self, group: SalesGroup, window: SalesWindow) -> str:
+        return sales_csv(group, self.sales(group, window))
+
+    def liability(self) -> dict[str, Any]:
+        """What the festival owes (DESIGN.md): card balances + payouts not yet paid + the
+        deposit account - debts. `reconciled` says the cards' cached balances equal the sum of
+        their postings (else `festival-cloud check` reports the cards that differ)."""
+        row = self._rows(LIABILITY_SQL, {})[0]
+        figures = {
+            name: int(row[name])
+            for name in (
+                "card_balances_cents",
+                "card_postings_cents",
+                "payouts_pending_cents",
+                "deposits_cents",
+                "debts_cents",
+            )
+        }
+        liability_cents = (
+            figures["card_balances_cents"]
+            + figures["payouts_pending_cents"]
+            + figures["deposits_cents"]
+            - figures["debts_cents"]
+        )
+        return {
+            "currency": self.currency,
+            "generated_at": iso_utc(row["generated_at"]),
+            "liability_cents": liability_cents,
+            "liability": decimal_amount(liability_cents),
+            "cards": int(row["cards"]),
+            **figures,
+            "reconciled": figures["card_balances_cents"] == figures["card_postings_cents"],
+        }
+
+
+def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
+    columns = (*SALES_COLUMNS[group], DECIMAL_COLUMN)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row[column] is None else row[column] for column in columns])
+    return buffer.getvalue()
+
+
+# --- `festival-cloud report …` -------------------------------------------------------------------
+
+
+@contextmanager
+def _reports(settings: CloudSettings) -> Iterator[Reports]:
+    settings.require("database_url")
+    assert settings.database_url is not None
+    engine = make_engine(settings.database_url, pool_size=1, application_name="festival-report")
+    try:
+        yield Reports(engine, currency=settings.festival_currency)
+    finally:
+        engine.dispose()
+
+
+def report_sales(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`report sales --group product|kiosk|hour [--from T] [--to T]`: the CSV on stdout."""
+    try:
+        window = SalesWindow.parse(args.start, args.end)
+        with _reports(settings) as reports:
+            sys.stdout.write(reports.sales_csv(SalesGroup(args.group), window))
+    except ReportError as error:
+        print(f"festival-cloud report sales: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientDatabaseError as error:
+        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def report_liability(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`report liability [--json]`; exit 1 when the card balances do not reconcile."""
+    try:
+        with _reports(settings) as reports:
+            report = reports.liability()
+    except TransientDatabaseError as error:
+        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(report))
+    else:
+        currency = report["currency"]
+        print(f"liability {report['liability']} {currency} at {report['generated_at']}")
+        for label, name in (
+            (f"card balances ({report['cards']} cards)", "card_balances_cents"),
+            ("payouts not yet paid", "payouts_pending_cents"),
+            ("deposit account (cups not returned)", "deposits_cents"),
+            ("debts (subtracted)", "debts_cents"),
+        ):
+            print(f"  {label:<40} {decimal_amount(report[name]):>14}")
+    if not report["reconciled"]:
+        print(
+            "festival-cloud report liability: card balances "
+            f"{decimal_amount(report['card_balances_cents'])} differ from their postings "
+            f"{decimal_amount(report['card_postings_cents'])}: run festival-cloud check",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_RECONCILED
+    return EXIT_OK
