@@ -9,7 +9,7 @@ See docs/api.md.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cloud.api.limits import CONCURRENCY_MAX
 from cloud.settings import CloudSettings
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from cloud.api.limits import ApiLimits
     from cloud.api.stripe_gateway import StripeClient
+    from cloud.ports import Ledger
 
 # Seconds uvicorn waits for open requests on shutdown (systemd's TimeoutStopSec is longer).
 GRACEFUL_SHUTDOWN_S = 10
@@ -28,7 +29,7 @@ KEEP_ALIVE_S = 5
 def create_app(
     settings: CloudSettings,
     *,
-    ledger: Any = None,
+    ledger: Ledger | None = None,
     stripe_client: StripeClient | None = None,
     limits: ApiLimits | None = None,
 ) -> FastAPI:
