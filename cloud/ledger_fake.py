@@ -53,6 +53,7 @@ from cloud.ledger import (
     Outcome,
     outcome_from_document,
 )
+from cloud.limits import LEDGER_FAKE_RECORDS_KEPT_MAX
 from protocol.errors import ErrorCode, Status
 from protocol.keys import load_public_key_b64
 from protocol.limits import (
@@ -60,6 +61,7 @@ from protocol.limits import (
     KIOSK_ID_PATTERN,
     KIOSK_IDS_RESERVED,
     ORDER_TOTAL_CENTS_MAX,
+    RESULT_MESSAGE_LENGTH_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
@@ -79,18 +81,9 @@ RETURNS_OVER_LIMIT_MESSAGE: Final = "Returns of {returns} exceed the limit of {l
 RETURNS_OVER_DEPOSITS_MESSAGE: Final = (
     "More cups returned than deposits were charged: see a supervisor"
 )
-REJECTION_MESSAGE_CHARACTERS_MAX: Final = 200
-BLOCK_REASON_CHARACTERS_MAX: Final = 200
-FIRMWARE_CHARACTERS_MAX: Final = 64
-SCAN_READER_CHARACTERS_MAX: Final = 64
-DEAD_LETTER_TOPIC_CHARACTERS_MAX: Final = 512
-DEAD_LETTER_REASON_CHARACTERS_MAX: Final = 1000
-DEAD_LETTER_KIOSK_ID_CHARACTERS_MAX: Final = 64
 # A kiosk's seq is tracked when it is 1 .. the largest bigint but one (ledger_track_seqs).
-SEQ_TRACKED_MAX: Final = 2**63 - 2
+_SEQ_TRACKED_MAX: Final = 2**63 - 2
 SCAN_ACTIVITY_WINDOW_MS: Final = 3_600_000  # the seed's "NFC scan activity": the last hour
-# What the fake keeps for a test to look at (the database keeps more, for longer).
-RECORDS_KEPT_MAX: Final = 10_000
 MINUTE_MS: Final = 60_000
 
 
@@ -139,7 +132,7 @@ class _Kiosk:
         )
 
     def saw(self, seq: int | None, at_ms: int) -> None:
-        if seq is None or not 1 <= seq <= SEQ_TRACKED_MAX:
+        if seq is None or not 1 <= seq <= _SEQ_TRACKED_MAX:
             return
         self.seen_seqs.add(seq)
         if self.last_seen_at_ms is None or self.last_seen_at_ms < at_ms:
@@ -207,8 +200,8 @@ class FakeLedger:
         self._kiosks: dict[str, _Kiosk] = {}
         self._dead_letter_counts: dict[str | None, list[int]] = {}  # kiosk -> [received, stored]
         self._dead_letter_minute: int | None = None
-        self.dead_letters: deque[StoredDeadLetter] = deque(maxlen=RECORDS_KEPT_MAX)
-        self.scans: deque[ScanRecord] = deque(maxlen=RECORDS_KEPT_MAX)
+        self.dead_letters: deque[StoredDeadLetter] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
+        self.scans: deque[ScanRecord] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
         self._clock_ms = clock_ms
         self._lock = threading.RLock()
 
@@ -338,7 +331,7 @@ class FakeLedger:
                 document = {
                     **_rejected(request_id, card_uid, now_ms),
                     "error_code": ErrorCode(error_code).value,
-                    "message": message[:REJECTION_MESSAGE_CHARACTERS_MAX],
+                    "message": message[:RESULT_MESSAGE_LENGTH_MAX],
                 }
                 self._claims[request_id] = _Claim(payload_sha256.lower(), document)
                 if source == "mqtt":
@@ -358,11 +351,7 @@ class FakeLedger:
                 self._dead_letter_minute = minute
             stored: list[bool] = []
             for letter in letters:
-                kiosk_id = (
-                    None
-                    if letter.kiosk_id is None
-                    else letter.kiosk_id[:DEAD_LETTER_KIOSK_ID_CHARACTERS_MAX]
-                )
+                kiosk_id = letter.kiosk_id
                 counts = self._dead_letter_counts.setdefault(kiosk_id, [0, 0])
                 counts[0] += 1
                 if counts[1] >= DEAD_LETTERS_PER_KIOSK_MINUTE_MAX:
@@ -371,11 +360,11 @@ class FakeLedger:
                 counts[1] += 1
                 self.dead_letters.append(
                     StoredDeadLetter(
-                        topic=letter.topic[:DEAD_LETTER_TOPIC_CHARACTERS_MAX],
+                        topic=letter.topic,
                         payload=bytes(letter.payload[:DEAD_LETTER_BYTES_MAX]),
                         payload_length=len(letter.payload),
                         error_code=ErrorCode(letter.error_code),
-                        reason=letter.reason[:DEAD_LETTER_REASON_CHARACTERS_MAX],
+                        reason=letter.reason,
                         kiosk_id=kiosk_id,
                     )
                 )
@@ -410,7 +399,7 @@ class FakeLedger:
                 return
             kiosk.state = status.state
             kiosk.state_at_ms = status.at_ms
-            kiosk.firmware = status.firmware[:FIRMWARE_CHARACTERS_MAX]
+            kiosk.firmware = status.firmware
             if kiosk.last_seen_at_ms is None or kiosk.last_seen_at_ms < received_at_ms:
                 kiosk.last_seen_at_ms = received_at_ms
 
@@ -488,7 +477,7 @@ class FakeLedger:
         with self._lock:
             if card_uid not in self.balances:
                 return False
-            self._blocked[card_uid] = reason[:BLOCK_REASON_CHARACTERS_MAX]
+            self._blocked[card_uid] = reason
             return True
 
     def unblock_card(self, card_uid: str) -> bool:
