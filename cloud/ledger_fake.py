@@ -39,7 +39,6 @@ from typing import Any, Final
 from cloud.ledger import (
     BATCH_REQUESTS_MAX,
     CHECKPOINT_ID_LENGTH_MAX,
-    DEAD_LETTER_BYTES_MAX,
     DEAD_LETTERS_PER_KIOSK_MINUTE_MAX,
     KIOSK_ROLES,
     MISSING_SEQ_RANGES_MAX,
@@ -123,13 +122,8 @@ class _Kiosk:
     seen_seqs: set[int] = field(default_factory=set)
 
     def record(self) -> KioskRecord:
-        return KioskRecord(
-            kiosk_id=self.kiosk_id,
-            public_key_b64=self.public_key_b64,
-            role=self.role,
-            enabled=self.enabled,
-            checkpoint_id=self.checkpoint_id,
-        )
+        fields = (self.kiosk_id, self.public_key_b64, self.role, self.enabled)
+        return KioskRecord(*fields, checkpoint_id=self.checkpoint_id)
 
     def saw(self, seq: int | None, at_ms: int) -> None:
         if seq is None or not 1 <= seq <= _SEQ_TRACKED_MAX:
@@ -149,18 +143,6 @@ class _Kiosk:
                     break
             expected = seq + 1
         return gaps
-
-
-@dataclass(frozen=True, slots=True)
-class StoredDeadLetter:
-    """What sp_record_dead_letters keeps of one letter (at most DEAD_LETTER_BYTES_MAX bytes)."""
-
-    topic: str
-    payload: bytes
-    payload_length: int
-    error_code: ErrorCode
-    reason: str
-    kiosk_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +182,8 @@ class FakeLedger:
         self._kiosks: dict[str, _Kiosk] = {}
         self._dead_letter_counts: dict[str | None, list[int]] = {}  # kiosk -> [received, stored]
         self._dead_letter_minute: int | None = None
-        self.dead_letters: deque[StoredDeadLetter] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
+        # The letters stored (not those only counted), as given.
+        self.dead_letters: deque[DeadLetterLike] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
         self.scans: deque[ScanRecord] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
         self._clock_ms = clock_ms
         self._lock = threading.RLock()
@@ -343,7 +326,7 @@ class FakeLedger:
 
     def record_dead_letters(self, letters: Sequence[DeadLetterLike]) -> list[bool]:
         """As sp_record_dead_letters: at most DEAD_LETTERS_PER_KIOSK_MINUTE_MAX stored per kiosk
-        (None: topics without one) per minute, each cut to DEAD_LETTER_BYTES_MAX bytes."""
+        (None: topics without one) per minute; the rest are only counted."""
         with self._lock:
             minute = self._clock_ms() // MINUTE_MS
             if minute != self._dead_letter_minute:  # only this minute's counters matter
@@ -358,16 +341,7 @@ class FakeLedger:
                     stored.append(False)
                     continue
                 counts[1] += 1
-                self.dead_letters.append(
-                    StoredDeadLetter(
-                        topic=letter.topic,
-                        payload=bytes(letter.payload[:DEAD_LETTER_BYTES_MAX]),
-                        payload_length=len(letter.payload),
-                        error_code=ErrorCode(letter.error_code),
-                        reason=letter.reason,
-                        kiosk_id=kiosk_id,
-                    )
-                )
+                self.dead_letters.append(letter)
                 stored.append(True)
             return stored
 
