@@ -31,7 +31,7 @@ from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
 from cloud.api.stripe_gateway import CheckoutGateway, StripeClient, build_stripe_client
 from cloud.database import TransientDatabaseError
-from cloud.ports import Ledger
+from cloud.ports import Ledger as LedgerPort
 from cloud.pos_devices import PosDevices
 from cloud.settings import CloudSettings
 
@@ -41,7 +41,7 @@ API_APPLICATION_NAME = "festival-api"
 API_POOL_SIZE = 10
 
 
-def build_ledger(settings: CloudSettings) -> Ledger:
+def build_ledger(settings: CloudSettings) -> LedgerPort:
     from cloud.database import make_engine
     from cloud.ledger import Ledger
 
@@ -113,7 +113,7 @@ def warn_about_database_privileges(engine: Any) -> None:
 def create_app(
     settings: CloudSettings,
     *,
-    ledger: Ledger | None = None,
+    ledger: LedgerPort | None = None,
     stripe_client: StripeClient | None = None,
     limits: ApiLimits | None = None,
 ) -> FastAPI:
