@@ -40,6 +40,10 @@ STRIPE_FAKE_REQUEST_BYTES_MAX: Final = 256 * 1024
 # How long delivering one event to a webhook may take.
 STRIPE_FAKE_DELIVERY_TIMEOUT_S: Final = 10.0
 
+# --- the in-memory ledger (cloud/ledger_fake.py: tests, benchmarks) ----------------------------
+# Dead letters and scan records it keeps for a test to look at (the oldest go first).
+LEDGER_FAKE_RECORDS_KEPT_MAX: Final = 10_000
+
 # --- the demo (cloud/demo.py) -------------------------------------------------------------------
 DEMO_READY_TIMEOUT_S: Final = 60.0
 DEMO_HTTP_TIMEOUT_S: Final = 10.0

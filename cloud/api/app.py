@@ -32,6 +32,7 @@ from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
 from cloud.api.stripe_gateway import CheckoutGateway, StripeClient, build_stripe_client
 from cloud.database import TransientDatabaseError
+from cloud.ports import Ledger as LedgerPort
 from cloud.pos_devices import PosDevices
 from cloud.reports import Reports
 from cloud.settings import CloudSettings
@@ -42,7 +43,7 @@ API_APPLICATION_NAME = "festival-api"
 API_POOL_SIZE = 10
 
 
-def build_ledger(settings: CloudSettings) -> Any:
+def build_ledger(settings: CloudSettings) -> LedgerPort:
     from cloud.database import make_engine
     from cloud.ledger import Ledger
 
@@ -114,7 +115,7 @@ def warn_about_database_privileges(engine: Any) -> None:
 def create_app(
     settings: CloudSettings,
     *,
-    ledger: Any = None,
+    ledger: LedgerPort | None = None,
     stripe_client: StripeClient | None = None,
     limits: ApiLimits | None = None,
 ) -> FastAPI:

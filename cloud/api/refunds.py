@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from cloud.api.limits import REFUND_RETRY_DELAY_MAX_S, REFUND_RETRY_DELAY_MIN_S, SWEEP_REFUNDS_MAX
 from cloud.api.stripe_gateway import CheckoutGateway, PaymentProviderError
+from cloud.ports import RefundLedger
 
 log = logging.getLogger("cloud.api.refunds")
 
@@ -39,7 +39,7 @@ def retry_after_s(attempts: int) -> int:
 
 
 def settle_refunds(
-    ledger: Any,
+    ledger: RefundLedger,
     gateway: CheckoutGateway,
     *,
     limit: int = SWEEP_REFUNDS_MAX,

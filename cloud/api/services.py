@@ -18,6 +18,7 @@ from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
 from cloud.api.ratelimit import Decision
 from cloud.api.stripe_gateway import CheckoutGateway
+from cloud.ports import Ledger
 from cloud.settings import CloudSettings
 
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class RateLimiter(Protocol):
 @dataclass
 class Services:
     settings: CloudSettings
-    ledger: Any  # cloud.ledger.Ledger (duck-typed so tests may wrap it to inject faults)
+    ledger: Ledger  # the port (cloud/ports.py): cloud.ledger.Ledger, or a test's wrapper of it
     checkout: CheckoutGateway | None
     metrics: ApiMetrics
     limits: ApiLimits

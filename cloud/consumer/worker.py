@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from cloud.consumer.backoff import Backoff
 from cloud.consumer.decisions import (
@@ -54,6 +54,10 @@ from protocol.errors import ErrorCode, ProtocolError, Status
 from protocol.keys import Ed25519PrivateKey
 from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
+
+if TYPE_CHECKING:
+    from cloud.ledger import LedgerRequest
+    from cloud.ports import RequestLedger
 
 log = logging.getLogger("cloud.consumer")
 T = TypeVar("T")
@@ -118,8 +122,8 @@ class Worker:
     def __init__(
         self,
         *,
-        ledger: Any,
-        ledger_request: Callable[..., Any],
+        ledger: RequestLedger,
+        ledger_request: Callable[..., LedgerRequest],
         transient_errors: tuple[type[BaseException], ...],
         link: LinkLike,
         signing_key: Ed25519PrivateKey,

@@ -1,21 +1,22 @@
 """A small stand-in for the cloud consumer, for the kiosk's tests.
 
-``FakeLedger`` decides outcomes the way PROTOCOL.md says (idempotent by request_id: the same
-payload gets the stored outcome with ``replayed: true``; a bar order on an unknown card is
-CARD_NOT_FOUND; balances never go negative) and signs results with a test cloud key.
+``FakeLedger`` does what the consumer does with one request message - authenticate it against
+the kiosk's key, parse it, let the ledger decide, sign the result with a test cloud key - with
+the shipped in-memory ledger (``cloud.ledger_fake.FakeLedger``, held to the stored procedures by
+tests/contract/) deciding: idempotent by request_id (the same payload gets the stored outcome,
+``replayed: true``; another payload IDEMPOTENCY_CONFLICT), CARD_NOT_FOUND for a bar order on an
+unknown card, balances never below zero, the balance cap, the cup-return rules.
 ``MqttResponder`` puts it on the broker as the "cloud-consumer" user, subscribed to the shared
 subscription every consumer uses, answering on each kiosk's result topic.
 """
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,31 +25,52 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud.ledger import LedgerRequest
+from cloud.ledger_fake import FakeLedger as InMemoryLedger
 from cloud.sandbox import MosquittoBroker
 from protocol.codec import authenticate, build_result, encode_result, parse_authenticated
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.models import BarOrder, Request
+from protocol.errors import ProtocolError
+from protocol.models import Request
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 from tests.waiting import wait_until
 
 PREFIX = "festival"
+# Cup deposits charged earlier in the festival and not yet returned, so that a kiosk test's cup
+# returns are paid (a fresh ledger holds none: every return would be RETURN_LIMIT_EXCEEDED).
+DEPOSITS_HELD_CENTS = 1_000_000
 
 
-@dataclass
 class FakeLedger:
-    cloud_key: Ed25519PrivateKey
-    kiosk_keys: dict[str, Ed25519PublicKey]
-    balances: dict[str, int] = field(default_factory=dict)
-    outcomes: dict[str, tuple[str, bytes]] = field(default_factory=dict)
-    applied: Counter[str] = field(default_factory=Counter)
-    received: list[tuple[str, bytes]] = field(default_factory=list)
-    requests: dict[str, Request] = field(default_factory=dict)
-    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _transactions: Any = field(default_factory=lambda: itertools.count(1))
+    """The consumer's handling of one request message around the shipped in-memory ledger.
+
+    ``balances`` is the in-memory ledger's own dict (set a card's balance directly);
+    ``received`` every authenticated request message in arrival order (replays included),
+    ``requests`` the first request seen per request_id, ``applied`` how often each was approved
+    afresh (never more than once).
+    """
+
+    def __init__(
+        self,
+        *,
+        cloud_key: Ed25519PrivateKey,
+        kiosk_keys: dict[str, Ed25519PublicKey],
+        balances: Mapping[str, int] | None = None,
+        deposits_held_cents: int = DEPOSITS_HELD_CENTS,
+    ) -> None:
+        self.cloud_key = cloud_key
+        self.kiosk_keys = kiosk_keys
+        self.ledger = InMemoryLedger(balances=balances, deposits_held_cents=deposits_held_cents)
+        self.applied: Counter[str] = Counter()
+        self.received: list[tuple[str, bytes]] = []
+        self.requests: dict[str, Request] = {}
+        self.lock = threading.Lock()
+
+    @property
+    def balances(self) -> dict[str, int]:
+        return self.ledger.balances
 
     def answer(self, kiosk_id: str, raw: bytes) -> bytes | None:
-        """The signed result for one request message (None when it is not even a JWS)."""
+        """The signed result for one request message (a rejection when it does not verify)."""
         with self.lock:
             now_ms = time.time_ns() // 1_000_000
             try:
@@ -59,23 +81,24 @@ class FakeLedger:
             except ProtocolError as error:
                 return self._rejection(error, now_ms)
             self.received.append((request.request_id, raw))
-            stored = self.outcomes.get(request.request_id)
-            if stored is not None:
-                payload_sha256, _ = stored
-                if payload_sha256 != message.payload_sha256:
-                    return self._rejection(
-                        ProtocolError(
-                            ErrorCode.IDEMPOTENCY_CONFLICT,
-                            "request_id reused with another payload",
-                            echo={"request_id": request.request_id, "kiosk_id": kiosk_id},
-                        ),
-                        now_ms,
-                    )
-                return self._decide(request, now_ms, replay=True)
-            self.requests[request.request_id] = request
-            result = self._decide(request, now_ms, replay=False)
-            self.outcomes[request.request_id] = (message.payload_sha256, result)
-            return result
+            self.requests.setdefault(request.request_id, request)
+            outcome = self.ledger.apply(LedgerRequest(request, message.payload_sha256))
+            if outcome.approved and not outcome.replayed:
+                self.applied[request.request_id] += 1
+            result = build_result(
+                request_id=request.request_id,
+                kiosk_id=request.kiosk_id,
+                seq=request.seq,
+                card_uid=request.card_uid,
+                error_code=outcome.error_code,
+                message=outcome.message,
+                transaction_id=outcome.transaction_id,
+                previous_balance_cents=outcome.previous_balance_cents,
+                new_balance_cents=outcome.new_balance_cents,
+                replayed=outcome.replayed,
+                processed_at_ms=outcome.processed_at_ms,
+            )
+            return encode_result(result, self.cloud_key)
 
     def _rejection(self, error: ProtocolError, now_ms: int) -> bytes:
         echo = error.echo
@@ -93,55 +116,6 @@ class FakeLedger:
             processed_at_ms=now_ms,
         )
         return encode_result(result, self.cloud_key)
-
-    def _decide(self, request: Request, now_ms: int, *, replay: bool) -> bytes:
-        if replay:
-            # The stored outcome, marked replayed: same decision, nothing applied again.
-            previous = self.decisions[request.request_id]
-            result = build_result(**{**previous, "replayed": True, "processed_at_ms": now_ms})
-            return encode_result(result, self.cloud_key)
-        card = request.card_uid
-        balance = self.balances.get(card)
-        error: ErrorCode | None = None
-        if isinstance(request, BarOrder):
-            if balance is None:
-                error = ErrorCode.CARD_NOT_FOUND
-            elif balance < request.total_cents:
-                error = ErrorCode.INSUFFICIENT_FUNDS
-            else:
-                new_balance = balance - request.total_cents
-        else:
-            balance = balance or 0
-            new_balance = balance + request.amount_cents
-        if error is None:
-            self.balances[card] = new_balance
-            self.applied[request.request_id] += 1
-            decision: dict[str, Any] = {
-                "error_code": None,
-                "message": "approved",
-                "transaction_id": f"tx-{next(self._transactions)}",
-                "previous_balance_cents": balance,
-                "new_balance_cents": new_balance,
-            }
-        else:
-            decision = {
-                "error_code": error,
-                "message": error.value.lower().replace("_", " "),
-                "transaction_id": None,
-                "previous_balance_cents": balance,
-                "new_balance_cents": balance,
-            }
-        fields: dict[str, Any] = {
-            "request_id": request.request_id,
-            "kiosk_id": request.kiosk_id,
-            "seq": request.seq,
-            "card_uid": request.card_uid,
-            "replayed": False,
-            "processed_at_ms": now_ms,
-            **decision,
-        }
-        self.decisions[request.request_id] = fields
-        return encode_result(build_result(**fields), self.cloud_key)
 
     def received_ids(self) -> list[str]:
         with self.lock:

@@ -1,0 +1,512 @@
+"""An in-memory ledger that decides like the stored procedures: for tests and benchmarks.
+
+`FakeLedger` implements the consumer's port (`cloud.ports.RequestLedger`: requests in batches,
+rejections, dead letters, scans, kiosk statuses, the kiosk directory) and the card port
+(`cloud.ports.CardLedger`), plus the few calls a test needs to set the scene and look at it
+(`add_kiosk`, `disable_kiosk`, `kiosk_overview`, `deposit_balance_cents`, `nfc_scan_activity`)
+with the real `cloud.ledger.Ledger`'s names and signatures.
+
+It decides what `ledger_process_requests` and its neighbours in cloud/migrations decide, in the
+same order: idempotent by request id (the same payload hash gets the stored outcome, replayed;
+another payload IDEMPOTENCY_CONFLICT, nothing stored), a repeated request id inside a batch is a
+replay of its first occurrence, the first top-up opens a card, then CARD_NOT_FOUND,
+CARD_BLOCKED, RETURN_LIMIT_EXCEEDED (per order, then against the cup deposits held),
+INSUFFICIENT_FUNDS, BALANCE_LIMIT_EXCEEDED; seq tracking per kiosk; dead letters bounded per
+kiosk per minute. tests/contract/ runs one set of behaviours against this and against the real
+ledger on PostgreSQL, so the two cannot drift apart.
+
+What it leaves out: the double-entry accounts and postings (a card's balance is a number), the
+audit and idempotency-cache tables, Stripe, and concurrency between processes (one lock makes
+every call atomic). A call that the procedures refuse as a caller's bug (a top-up above the cap,
+a malformed request) raises `ValueError` here and changes nothing, as the rolled-back
+transaction does there.
+
+It takes the record types and limits from `cloud.ledger` (one definition each), so importing it
+loads SQLAlchemy, but nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from cloud.ledger import (
+    BATCH_REQUESTS_MAX,
+    CHECKPOINT_ID_LENGTH_MAX,
+    DEAD_LETTERS_PER_KIOSK_MINUTE_MAX,
+    KIOSK_ROLES,
+    MISSING_SEQ_RANGES_MAX,
+    REJECTION_CODES,
+    SHA256_HEX_LENGTH,
+    SOURCES,
+    CardRecord,
+    DeadLetterLike,
+    KioskRecord,
+    LedgerRequest,
+    Outcome,
+    outcome_from_document,
+)
+from cloud.limits import LEDGER_FAKE_RECORDS_KEPT_MAX
+from protocol.errors import ErrorCode, Status
+from protocol.keys import load_public_key_b64
+from protocol.limits import (
+    BALANCE_CENTS_MAX_DEFAULT,
+    KIOSK_ID_PATTERN,
+    KIOSK_IDS_RESERVED,
+    ORDER_TOTAL_CENTS_MAX,
+    RESULT_MESSAGE_LENGTH_MAX,
+    RETURN_CENTS_MAX_DEFAULT,
+    TEXT_FORBIDDEN_PATTERN,
+    TOPUP_CENTS_MAX_DEFAULT,
+)
+from protocol.models import BarOrder, CheckpointRecharge, KioskStatus, ScanRecord
+
+# The procedures' texts (ledger_process_requests, sp_record_rejection), word for word.
+DECLINE_MESSAGES: Final = {
+    ErrorCode.CARD_NOT_FOUND: "Unknown card: top it up first",
+    ErrorCode.CARD_BLOCKED: "Card blocked: please see the info desk",
+    ErrorCode.INSUFFICIENT_FUNDS: "Insufficient funds",
+    ErrorCode.BALANCE_LIMIT_EXCEEDED: "Balance limit exceeded",
+}
+APPROVED_MESSAGES: Final = {"bar_order": "Paid", "checkpoint_recharge": "Topped up"}
+CONFLICT_MESSAGE: Final = "Request id already used for a different request"
+RETURNS_OVER_LIMIT_MESSAGE: Final = "Returns of {returns} exceed the limit of {limit} per order"
+RETURNS_OVER_DEPOSITS_MESSAGE: Final = (
+    "More cups returned than deposits were charged: see a supervisor"
+)
+# A kiosk's seq is tracked when it is 1 .. the largest bigint but one (ledger_track_seqs).
+_SEQ_TRACKED_MAX: Final = 2**63 - 2
+SCAN_ACTIVITY_WINDOW_MS: Final = 3_600_000  # the seed's "NFC scan activity": the last hour
+MINUTE_MS: Final = 60_000
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _uuid7(now_ms: int) -> str:
+    """A time-ordered UUID like ledger_uuid7(): 48 bits of milliseconds, then random bits."""
+    raw = bytearray(uuid.uuid4().bytes)
+    raw[0:6] = now_ms.to_bytes(6, "big")
+    raw[6] = (raw[6] & 0x0F) | 0x70
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def _amount_text(cents: int) -> str:
+    """'12.50' for 1250, as ledger_amount_text() writes amounts in the kiosk's texts."""
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+def _iso(at_ms: int | None) -> str | None:
+    return None if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC).isoformat()
+
+
+@dataclass
+class _Kiosk:
+    kiosk_id: str
+    public_key_b64: str
+    role: str
+    checkpoint_id: str
+    enabled: bool = True
+    state: str = "unknown"
+    state_at_ms: int | None = None
+    firmware: str | None = None
+    last_seen_at_ms: int | None = None
+    seen_seqs: set[int] = field(default_factory=set)
+
+    def record(self) -> KioskRecord:
+        fields = (self.kiosk_id, self.public_key_b64, self.role, self.enabled)
+        return KioskRecord(*fields, checkpoint_id=self.checkpoint_id)
+
+    def saw(self, seq: int | None, at_ms: int) -> None:
+        if seq is None or not 1 <= seq <= _SEQ_TRACKED_MAX:
+            return
+        self.seen_seqs.add(seq)
+        if self.last_seen_at_ms is None or self.last_seen_at_ms < at_ms:
+            self.last_seen_at_ms = at_ms
+
+    def missing_seq_ranges(self) -> list[list[int]]:
+        """The gaps in 1 .. the highest seq seen, as [first, last] pairs, lowest first."""
+        gaps: list[list[int]] = []
+        expected = 1
+        for seq in sorted(self.seen_seqs):
+            if seq > expected:
+                gaps.append([expected, seq - 1])
+                if len(gaps) >= MISSING_SEQ_RANGES_MAX:
+                    break
+            expected = seq + 1
+        return gaps
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """A processed request id: the hash of its payload and its outcome (a procedure's jsonb)."""
+
+    payload_sha256: str
+    document: Mapping[str, Any]
+
+
+class FakeLedger:
+    """The ledger in memory; every public call is atomic (one lock), like a transaction."""
+
+    def __init__(
+        self,
+        *,
+        balances: Mapping[str, int] | None = None,
+        max_balance_cents: int = BALANCE_CENTS_MAX_DEFAULT,
+        max_topup_cents: int = TOPUP_CENTS_MAX_DEFAULT,
+        return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
+        deposits_held_cents: int = 0,
+        clock_ms: Callable[[], int] = _wall_ms,
+    ) -> None:
+        """`balances`: cards that exist already (uid -> cents), as if topped up before;
+        `deposits_held_cents`: cup deposits charged before and not yet returned."""
+        assert max_balance_cents >= 0 and max_topup_cents >= 1
+        assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
+        assert deposits_held_cents >= 0
+        self.max_balance_cents = max_balance_cents
+        self.max_topup_cents = max_topup_cents
+        self.return_cents_max = return_cents_max
+        # Public and mutable: a test may set a card's balance as it likes (no cap applies).
+        self.balances: dict[str, int] = dict(balances or {})
+        self._blocked: dict[str, str] = {}  # card uid -> reason
+        self._deposits_held_cents = deposits_held_cents
+        self._claims: dict[str, _Claim] = {}
+        self._kiosks: dict[str, _Kiosk] = {}
+        self._dead_letter_counts: dict[str | None, list[int]] = {}  # kiosk -> [received, stored]
+        self._dead_letter_minute: int | None = None
+        # The letters stored (not those only counted), as given.
+        self.dead_letters: deque[DeadLetterLike] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
+        self.scans: deque[ScanRecord] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
+        self._clock_ms = clock_ms
+        self._lock = threading.RLock()
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def apply(self, item: LedgerRequest) -> Outcome:
+        return self.apply_batch([item])[0]
+
+    def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
+        if not items:
+            return []
+        assert len(items) <= BATCH_REQUESTS_MAX, "split larger batches"
+        for item in items:  # all or nothing: a bad request refuses the whole batch
+            self._check(item)
+        with self._lock:
+            now_ms = self._clock_ms()
+            documents: list[Mapping[str, Any]] = []
+            for item in items:
+                request = item.request
+                claim = self._claims.get(request.request_id)
+                if claim is None:
+                    document = self._decide(request, now_ms)
+                    self._claims[request.request_id] = _Claim(item.payload_sha256.lower(), document)
+                    if item.source == "mqtt":
+                        self._saw(request.kiosk_id, request.seq, now_ms)
+                elif claim.payload_sha256 == item.payload_sha256.lower():
+                    document = {**claim.document, "replayed": True}
+                else:
+                    document = _conflict(request.request_id, request.card_uid, now_ms)
+                documents.append(document)
+            return [outcome_from_document(document) for document in documents]
+
+    def _check(self, item: LedgerRequest) -> None:
+        """What request_document asserts and the procedures refuse as a caller's bug."""
+        request = item.request
+        assert item.source in SOURCES, item.source
+        assert len(item.payload_sha256) == SHA256_HEX_LENGTH, "payload_sha256 must be hex SHA-256"
+        int(item.payload_sha256, 16)  # ValueError when it is not hex
+        if isinstance(request, BarOrder):
+            assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
+        elif not (
+            1 <= request.amount_cents <= self.max_topup_cents
+            and request.payment_method in ("cash", "card")
+        ):
+            raise ValueError(
+                f"checkpoint recharge {request.request_id} needs amount_cents "
+                f"1..{self.max_topup_cents} and payment_method cash|card"
+            )
+
+    def _decide(self, request: BarOrder | CheckpointRecharge, now_ms: int) -> dict[str, Any]:
+        """One new request, in ledger_process_requests's order of rules."""
+        card_uid = request.card_uid
+        if isinstance(request, BarOrder):
+            delta = -request.total_cents
+            deposit_delta, returns_cents = _deposit_lines(request)
+        else:
+            delta = request.amount_cents
+            deposit_delta, returns_cents = None, 0
+            self.balances.setdefault(card_uid, 0)  # the first top-up activates a wristband
+        balance = self.balances.get(card_uid)
+        code: ErrorCode | None = None
+        message: str | None = None
+        if balance is None:
+            code = ErrorCode.CARD_NOT_FOUND
+        elif card_uid in self._blocked:
+            code = ErrorCode.CARD_BLOCKED
+        elif deposit_delta is not None and returns_cents > self.return_cents_max:
+            code = ErrorCode.RETURN_LIMIT_EXCEEDED
+            message = RETURNS_OVER_LIMIT_MESSAGE.format(
+                returns=_amount_text(returns_cents), limit=_amount_text(self.return_cents_max)
+            )
+        elif deposit_delta is not None and self._deposits_held_cents + deposit_delta < 0:
+            code = ErrorCode.RETURN_LIMIT_EXCEEDED
+            message = RETURNS_OVER_DEPOSITS_MESSAGE
+        elif balance + delta < 0:
+            code = ErrorCode.INSUFFICIENT_FUNDS
+        elif delta > 0 and balance + delta > self.max_balance_cents:
+            code = ErrorCode.BALANCE_LIMIT_EXCEEDED
+        new_balance = balance
+        transaction_id = order_id = None
+        if code is None:
+            assert balance is not None
+            new_balance = balance + delta
+            self.balances[card_uid] = new_balance
+            if deposit_delta is not None:
+                self._deposits_held_cents += deposit_delta
+            transaction_id = _uuid7(now_ms)
+            order_id = _uuid7(now_ms) if isinstance(request, BarOrder) else None
+        return {
+            "request_id": request.request_id,
+            "status": (Status.APPROVED if code is None else Status.DECLINED).value,
+            "error_code": None if code is None else code.value,
+            "message": message
+            or (APPROVED_MESSAGES[request.type] if code is None else DECLINE_MESSAGES[code]),
+            "transaction_id": transaction_id,
+            "previous_balance_cents": balance,
+            "new_balance_cents": new_balance,
+            "replayed": False,
+            "processed_at_ms": now_ms,
+            "order_id": order_id,
+            "card_uid": card_uid,
+        }
+
+    def record_rejection(
+        self,
+        *,
+        request_id: str,
+        kiosk_id: str,
+        seq: int | None,
+        card_uid: str | None,
+        payload_sha256: str,
+        error_code: ErrorCode,
+        message: str,
+        source: str = "mqtt",
+        kind: str | None = None,
+        trace_id: str | None = None,
+    ) -> Outcome:
+        """As sp_record_rejection: stored forever under its request id, replayed for the same
+        payload, IDEMPOTENCY_CONFLICT (not stored) for another; its seq counts as seen."""
+        assert ErrorCode(error_code) in REJECTION_CODES, error_code
+        assert len(payload_sha256) == SHA256_HEX_LENGTH
+        assert source in SOURCES
+        with self._lock:
+            now_ms = self._clock_ms()
+            claim = self._claims.get(request_id)
+            if claim is None:
+                document = {
+                    **_rejected(request_id, card_uid, now_ms),
+                    "error_code": ErrorCode(error_code).value,
+                    "message": message[:RESULT_MESSAGE_LENGTH_MAX],
+                }
+                self._claims[request_id] = _Claim(payload_sha256.lower(), document)
+                if source == "mqtt":
+                    self._saw(kiosk_id, seq, now_ms)
+                return outcome_from_document(document)
+            if claim.payload_sha256 == payload_sha256.lower():
+                return outcome_from_document({**claim.document, "replayed": True})
+            return outcome_from_document(_conflict(request_id, card_uid, now_ms))
+
+    def record_dead_letters(self, letters: Sequence[DeadLetterLike]) -> list[bool]:
+        """As sp_record_dead_letters: at most DEAD_LETTERS_PER_KIOSK_MINUTE_MAX stored per kiosk
+        (None: topics without one) per minute; the rest are only counted."""
+        with self._lock:
+            minute = self._clock_ms() // MINUTE_MS
+            if minute != self._dead_letter_minute:  # only this minute's counters matter
+                self._dead_letter_counts.clear()
+                self._dead_letter_minute = minute
+            stored: list[bool] = []
+            for letter in letters:
+                kiosk_id = letter.kiosk_id
+                counts = self._dead_letter_counts.setdefault(kiosk_id, [0, 0])
+                counts[0] += 1
+                if counts[1] >= DEAD_LETTERS_PER_KIOSK_MINUTE_MAX:
+                    stored.append(False)
+                    continue
+                counts[1] += 1
+                self.dead_letters.append(letter)
+                stored.append(True)
+            return stored
+
+    def record_scans(self, scans: Iterable[ScanRecord]) -> int:
+        records = list(scans)
+        with self._lock:
+            self.scans.extend(records)
+        return len(records)
+
+    def nfc_scan_activity(self) -> list[dict[str, object]]:
+        """The seed's query: scans per status over the last hour."""
+        with self._lock:
+            since_ms = self._clock_ms() - SCAN_ACTIVITY_WINDOW_MS
+            counts: dict[str, int] = {}
+            for scan in self.scans:
+                if scan.scanned_at_ms > since_ms:
+                    counts[scan.status] = counts.get(scan.status, 0) + 1
+        return [{"scan_status": status, "count": count} for status, count in counts.items()]
+
+    def record_kiosk_status(self, status: KioskStatus, *, received_at_ms: int) -> None:
+        """As sp_record_kiosk_status: older news than what is known changes nothing."""
+        if status.state not in ("online", "offline"):
+            raise ValueError("state must be online or offline")
+        with self._lock:
+            kiosk = self._kiosks.get(status.kiosk_id)
+            if kiosk is None or (
+                kiosk.state_at_ms is not None and kiosk.state_at_ms > status.at_ms
+            ):
+                return
+            kiosk.state = status.state
+            kiosk.state_at_ms = status.at_ms
+            kiosk.firmware = status.firmware
+            if kiosk.last_seen_at_ms is None or kiosk.last_seen_at_ms < received_at_ms:
+                kiosk.last_seen_at_ms = received_at_ms
+
+    # --- kiosks ----------------------------------------------------------------------------------
+
+    def kiosk(self, kiosk_id: str) -> KioskRecord | None:
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            return None if kiosk is None else kiosk.record()
+
+    def kiosks(self) -> list[KioskRecord]:
+        with self._lock:
+            return [self._kiosks[kiosk_id].record() for kiosk_id in sorted(self._kiosks)]
+
+    def add_kiosk(
+        self, kiosk_id: str, public_key_b64: str, role: str, checkpoint_id: str | None = None
+    ) -> KioskRecord:
+        """Register (or re-register: new key, role and checkpoint, enabled again) a kiosk;
+        ValueError for what Ledger.add_kiosk refuses."""
+        problem = _kiosk_problem(kiosk_id, role, checkpoint_id)
+        if problem is not None:
+            raise ValueError(problem)
+        load_public_key_b64(public_key_b64)  # ValueError when it is not a key
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            if kiosk is None:
+                kiosk = self._kiosks[kiosk_id] = _Kiosk(
+                    kiosk_id, public_key_b64, role, checkpoint_id or kiosk_id
+                )
+            kiosk.public_key_b64, kiosk.role = public_key_b64, role
+            kiosk.checkpoint_id = checkpoint_id or kiosk_id
+            kiosk.enabled = True
+            return kiosk.record()
+
+    def disable_kiosk(self, kiosk_id: str) -> bool:
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            if kiosk is not None:
+                kiosk.enabled = False
+            return kiosk is not None
+
+    def kiosk_overview(self) -> list[dict[str, object]]:
+        """Every registered kiosk with its presence and the seq ranges that went missing."""
+        with self._lock:
+            return [
+                {
+                    "kiosk_id": kiosk.kiosk_id,
+                    "role": kiosk.role,
+                    "checkpoint_id": kiosk.checkpoint_id,
+                    "enabled": kiosk.enabled,
+                    "state": kiosk.state,
+                    "last_seen_at": _iso(kiosk.last_seen_at_ms),
+                    "last_seq": max(kiosk.seen_seqs) if kiosk.seen_seqs else None,
+                    "missing_seq_ranges": kiosk.missing_seq_ranges(),
+                }
+                for kiosk in (self._kiosks[kiosk_id] for kiosk_id in sorted(self._kiosks))
+            ]
+
+    def _saw(self, kiosk_id: str | None, seq: int | None, now_ms: int) -> None:
+        kiosk = self._kiosks.get(kiosk_id) if kiosk_id is not None else None
+        if kiosk is not None:
+            kiosk.saw(seq, now_ms)
+
+    # --- cards -----------------------------------------------------------------------------------
+
+    def card(self, card_uid: str) -> CardRecord | None:
+        with self._lock:
+            balance = self.balances.get(card_uid)
+            if balance is None:
+                return None
+            status = "blocked" if card_uid in self._blocked else "active"
+            return CardRecord(card_uid=card_uid, balance_cents=balance, status=status)
+
+    def block_card(self, card_uid: str, reason: str) -> bool:
+        with self._lock:
+            if card_uid not in self.balances:
+                return False
+            self._blocked[card_uid] = reason
+            return True
+
+    def unblock_card(self, card_uid: str) -> bool:
+        with self._lock:
+            self._blocked.pop(card_uid, None)
+            return card_uid in self.balances
+
+    def deposit_balance_cents(self) -> int:
+        """Cup deposits charged and not yet returned (the account 'deposit:cups')."""
+        with self._lock:
+            return self._deposits_held_cents
+
+
+def _deposit_lines(order: BarOrder) -> tuple[int | None, int]:
+    """What an order moves on the deposit account (None: it has no deposit or return line) and
+    what its return lines pay back."""
+    lines = [line for line in order.items if line.is_deposit or line.is_return]
+    if not lines:
+        return None, 0
+    deposits = sum(line.quantity * line.unit_price_cents for line in lines if not line.is_return)
+    returns = sum(line.quantity * line.unit_price_cents for line in lines if line.is_return)
+    return deposits - returns, returns
+
+
+def _rejected(request_id: str, card_uid: str | None, now_ms: int) -> dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "status": Status.REJECTED.value,
+        "transaction_id": None,
+        "previous_balance_cents": None,
+        "new_balance_cents": None,
+        "replayed": False,
+        "processed_at_ms": now_ms,
+        "order_id": None,
+        "card_uid": card_uid,
+    }
+
+
+def _conflict(request_id: str, card_uid: str | None, now_ms: int) -> dict[str, Any]:
+    return {
+        **_rejected(request_id, card_uid, now_ms),
+        "error_code": ErrorCode.IDEMPOTENCY_CONFLICT.value,
+        "message": CONFLICT_MESSAGE,
+    }
+
+
+def _kiosk_problem(kiosk_id: str, role: str, checkpoint_id: str | None) -> str | None:
+    """Why Ledger.add_kiosk would refuse these (None: it would not)."""
+    if not KIOSK_ID_PATTERN.match(kiosk_id) or kiosk_id in KIOSK_IDS_RESERVED:
+        return f"invalid kiosk id {kiosk_id!r}"
+    if role not in KIOSK_ROLES:
+        return f"role must be one of {', '.join(KIOSK_ROLES)}"
+    if checkpoint_id is not None and not (
+        1 <= len(checkpoint_id) <= CHECKPOINT_ID_LENGTH_MAX
+        and not TEXT_FORBIDDEN_PATTERN.search(checkpoint_id)
+    ):
+        return f"invalid checkpoint {checkpoint_id!r}"
+    return None

@@ -1,0 +1,211 @@
+"""The ledger's ports: what each part of the cloud needs of the ledger, as `typing.Protocol`.
+
+    RequestLedger   the consumer: requests (one batch, one transaction), rejections, dead
+                    letters, scans, kiosk statuses, the kiosk directory
+    CardLedger      a card's record, block and unblock
+    RefundLedger    owed Stripe refunds, leased and settled (cloud/api/refunds.py)
+    Ledger          the API: all of the above, Stripe, top-ups, monitoring, and the engine the
+                    API's own SQL modules share (queries, rate limits, point-of-sale devices)
+
+Two implementations: `cloud.ledger.Ledger` (the stored procedures on PostgreSQL) implements
+every port; `cloud.ledger_fake.FakeLedger` (in memory, for tests and benchmarks) implements
+RequestLedger and CardLedger. tests/contract/ runs one set of behaviours against both, and
+mypy checks both against their ports at the bottom of this module, so neither can drift from
+the signatures the callers are typed against.
+
+No library is imported here: the record types (`cloud.ledger.Outcome`, `KioskRecord`, ...) are
+named for the type checker only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import cloud.ledger
+    import cloud.ledger_fake
+    from cloud.database import Engine
+    from cloud.ledger import (
+        CardRecord,
+        DeadLetterLike,
+        KioskRecord,
+        LedgerRequest,
+        Outcome,
+        OwedRefund,
+        StripeCheckoutResult,
+    )
+    from protocol.errors import ErrorCode
+    from protocol.models import KioskStatus, ScanRecord
+
+
+class RequestLedger(Protocol):
+    """What the consumer needs: every call is one transaction, idempotent by its request id."""
+
+    def apply(self, item: LedgerRequest) -> Outcome:
+        """One request in its own transaction."""
+        ...
+
+    def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
+        """Many requests in one transaction; outcomes in input order; a request id repeated
+        inside the batch is a replay of its first occurrence."""
+        ...
+
+    def record_rejection(
+        self,
+        *,
+        request_id: str,
+        kiosk_id: str,
+        seq: int | None,
+        card_uid: str | None,
+        payload_sha256: str,
+        error_code: ErrorCode,
+        message: str,
+        source: str = ...,
+        kind: str | None = ...,
+        trace_id: str | None = ...,
+    ) -> Outcome:
+        """Store the outcome of an authenticated request refused before the ledger, forever."""
+        ...
+
+    def record_dead_letters(self, letters: Sequence[DeadLetterLike]) -> list[bool]:
+        """Keep messages that could not be accepted; per letter, whether it was stored (False:
+        over its kiosk's bound for this minute, only counted)."""
+        ...
+
+    def record_scans(self, scans: Iterable[ScanRecord]) -> int: ...
+
+    def record_kiosk_status(self, status: KioskStatus, *, received_at_ms: int) -> None: ...
+
+    def kiosk(self, kiosk_id: str) -> KioskRecord | None: ...
+
+    def kiosks(self) -> list[KioskRecord]: ...
+
+
+class CardLedger(Protocol):
+    def card(self, card_uid: str) -> CardRecord | None: ...
+
+    def block_card(self, card_uid: str, reason: str) -> bool: ...
+
+    def unblock_card(self, card_uid: str) -> bool: ...
+
+
+class RefundLedger(Protocol):
+    """The refunds owed for paid Checkout Sessions that could not be credited."""
+
+    def claim_topup_refunds(
+        self,
+        *,
+        limit: int,
+        topup_id: str | None = ...,
+        due_only: bool = ...,
+        lease_s: int = ...,
+    ) -> list[OwedRefund]: ...
+
+    def finish_topup_refund(
+        self,
+        *,
+        topup_id: str,
+        result: str,
+        refund_id: str | None = ...,
+        error: str | None = ...,
+        retry_after_s: int = ...,
+    ) -> bool: ...
+
+
+class Ledger(RequestLedger, CardLedger, RefundLedger, Protocol):
+    """What the API (create_app and its routes) needs."""
+
+    @property
+    def engine(self) -> Engine:
+        """The database the API's own SQL modules share with the ledger."""
+        ...
+
+    # --- cards and monitoring --------------------------------------------------------------------
+
+    def card_transactions(self, card_uid: str, limit: int = ...) -> list[dict[str, object]]: ...
+
+    def check(self) -> list[str]: ...
+
+    def kiosk_overview(self) -> list[dict[str, object]]: ...
+
+    def error_rates(self) -> list[dict[str, object]]: ...
+
+    # --- online top-ups and Stripe's webhooks ----------------------------------------------------
+
+    def create_topup(
+        self, *, topup_id: str, card_uid: str, amount_cents: int, currency: str
+    ) -> None: ...
+
+    def attach_checkout_session(self, *, topup_id: str, session_id: str) -> None: ...
+
+    def record_stripe_event(
+        self, *, event_id: str, event_type: str, payload: dict[str, Any]
+    ) -> bool: ...
+
+    def handle_stripe_checkout(
+        self,
+        *,
+        event_id: str,
+        session_id: str,
+        topup_id: str | None,
+        card_uid: str | None,
+        amount_cents: int,
+        currency: str,
+        payment_intent_id: str | None,
+        trace_id: str | None = ...,
+    ) -> StripeCheckoutResult: ...
+
+    def process_stripe_refund(
+        self,
+        *,
+        event_id: str,
+        payment_intent_id: str,
+        amount_refunded_cents: int,
+        trace_id: str | None = ...,
+        card_uid: str | None = ...,
+    ) -> Outcome: ...
+
+    def process_stripe_dispute(
+        self,
+        *,
+        event_id: str,
+        payment_intent_id: str,
+        trace_id: str | None = ...,
+        card_uid: str | None = ...,
+    ) -> Outcome: ...
+
+    def process_stripe_dispute_closed(
+        self,
+        *,
+        event_id: str,
+        dispute_id: str,
+        payment_intent_id: str,
+        status: str,
+        amount_cents: int,
+        trace_id: str | None = ...,
+    ) -> Outcome: ...
+
+    def mark_topup_failed(self, *, session_id: str, event_id: str) -> None: ...
+
+    def expire_checkout_session(self, *, session_id: str, event_id: str) -> bool: ...
+
+    def record_stripe_note(
+        self, *, event_id: str, disposition: str, reason: str, trace_id: str | None = ...
+    ) -> bool: ...
+
+    def refunds_owed(self) -> int: ...
+
+
+if TYPE_CHECKING:
+
+    def _implementations_conform(
+        real: cloud.ledger.Ledger, fake: cloud.ledger_fake.FakeLedger
+    ) -> Mapping[str, object]:
+        """Never called: mypy checks here that each implementation has its ports' methods with
+        the signatures the callers are typed against."""
+        api: Ledger = real
+        consumer: RequestLedger = real
+        fake_requests: RequestLedger = fake
+        fake_cards: CardLedger = fake
+        return {"api": api, "consumer": consumer, "fake": (fake_requests, fake_cards)}
