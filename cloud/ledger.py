@@ -37,7 +37,13 @@ from protocol.limits import (
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
 )
-from protocol.models import BarOrder, CheckpointRecharge, KioskStatus, ScanRecord
+from protocol.models import (
+    BarOrder,
+    CheckpointRecharge,
+    KioskStatus,
+    ScanRecord,
+    request_to_dict,
+)
 
 SOURCES: Final = ("mqtt", "http")
 KIOSK_ROLES: Final = ("bar", "checkpoint", "all")
@@ -179,41 +185,20 @@ def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
 
 
 def request_document(item: LedgerRequest) -> dict[str, Any]:
-    """The JSON object sp_process_batch takes for one request."""
-    request = item.request
+    """The JSON object sp_handle_request and sp_process_batch take for one request: the
+    protocol's own form of it (request_to_dict) with what only the ledger adds, the SHA-256 of
+    its payload bytes, where it came from and its trace id."""
     assert item.source in SOURCES, item.source
     assert len(item.payload_sha256) == SHA256_HEX_LENGTH, "payload_sha256 must be hex SHA-256"
-    document: dict[str, Any] = {
-        "type": request.type,
-        "request_id": request.request_id,
+    request = item.request
+    if isinstance(request, BarOrder):
+        assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
+    return {
+        **request_to_dict(request),
         "payload_sha256": item.payload_sha256,
-        "kiosk_id": request.kiosk_id,
-        "seq": request.seq,
-        "card_uid": request.card_uid,
         "source": item.source,
         "trace_id": item.trace_id,
     }
-    if isinstance(request, BarOrder):
-        assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
-        document["items"] = [
-            {
-                "name": line.name,
-                "quantity": line.quantity,
-                "unit_price_cents": line.unit_price_cents,
-                "sku": line.sku,
-                "is_deposit": line.is_deposit,
-                "is_return": line.is_return,
-            }
-            for line in request.items
-        ]
-        document["total_cents"] = request.total_cents
-        document["staff_id"] = request.staff_id
-    else:
-        document["amount_cents"] = request.amount_cents
-        document["payment_method"] = request.payment_method
-        document["staff_id"] = request.staff_id
-        document["checkpoint_id"] = request.checkpoint_id
-    return document
 
 
 def _jsonable(value: object) -> object:
@@ -362,38 +347,16 @@ class Ledger:
     # --- requests --------------------------------------------------------------------------------
 
     def apply(self, item: LedgerRequest) -> Outcome:
-        """Apply one request in its own transaction (sp_process_bar_order or _recharge)."""
-        document = request_document(item)
-        if isinstance(item.request, BarOrder):
-            sql = """
-                SELECT sp_process_bar_order(
-                    p_request_id => :request_id, p_card_uid => :card_uid,
-                    p_items => CAST(:items AS jsonb), p_total_cents => :total_cents,
-                    p_payload_sha256 => :payload_sha256, p_kiosk_id => :kiosk_id,
-                    p_seq => :seq, p_staff_id => :staff_id, p_source => :source,
-                    p_trace_id => :trace_id, p_balance_cents_max => :balance_max,
-                    p_return_cents_max => :return_max)
-            """
-            params = {
-                **document,
-                "items": json.dumps(document["items"]),
-                "return_max": self.return_cents_max,
-            }
-        else:
-            sql = """
-                SELECT sp_process_checkpoint_recharge(
-                    p_request_id => :request_id, p_card_uid => :card_uid,
-                    p_amount_cents => :amount_cents, p_payment_method => :payment_method,
-                    p_staff_id => :staff_id, p_payload_sha256 => :payload_sha256,
-                    p_kiosk_id => :kiosk_id, p_seq => :seq, p_checkpoint_id => :checkpoint_id,
-                    p_source => :source, p_trace_id => :trace_id,
-                    p_balance_cents_max => :balance_max, p_topup_cents_max => :topup_max)
-            """
-            params = dict(document)
-        params.pop("type")
-        params["balance_max"] = self.max_balance_cents
-        params["topup_max"] = self.max_topup_cents
-        return outcome_from_document(self._scalar(sql, **params))
+        """Apply one request in its own transaction (sp_handle_request)."""
+        document = self._scalar(
+            "SELECT sp_handle_request(CAST(:request AS jsonb), :balance_max, :topup_max,"
+            " :return_max)",
+            request=json.dumps(request_document(item), separators=(",", ":")),
+            balance_max=self.max_balance_cents,
+            topup_max=self.max_topup_cents,
+            return_max=self.return_cents_max,
+        )
+        return outcome_from_document(document)
 
     def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
         """Apply many requests in one transaction and one round trip; outcomes in input order."""

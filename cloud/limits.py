@@ -69,3 +69,10 @@ REPORT_MOMENT_LENGTH_MAX: Final = 40
 # --- logs (cloud/logs.py) ---------------------------------------------------------------------
 # A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.
 LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024
+
+# --- the ledger's stored procedures (cloud/migrations, revision 0009: ledger_limit(name)) -------
+# What the procedures cut a text to before storing it, as cloud/ledger.py cuts it first; the SQL
+# has its own copy in ledger_limit() (tests/ledger/test_r0009_limits.py keeps the two equal).
+LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX: Final = 200  # sp_record_rejection's message
+LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX: Final = 300  # a Stripe anomaly's or ignored event's reason
+LEDGER_REFUND_ERROR_CHARACTERS_MAX: Final = 500  # an owed refund's last error

@@ -274,7 +274,7 @@ def test_only_orders_with_deposit_lines_wait_for_the_deposit_account(
                 lambda: scalar(
                     database_url,
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%sp_process_bar_order%'",
+                    " AND query LIKE '%sp_handle_request%'",
                 ),
                 timeout_s=10,
                 what="the deposit order waiting for the deposit account's row",
