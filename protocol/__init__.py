@@ -51,7 +51,6 @@ from protocol.models import (
     result_to_dict,
     scan_to_dict,
     status_to_dict,
-    validate_request,
 )
 from protocol.strict_json import dumps_canonical, loads_strict
 from protocol.topics import (
@@ -118,7 +117,6 @@ __all__ = [
     "subscription",
     "topic_for",
     "validate_kiosk_id",
-    "validate_request",
     "verify",
     "verify_result",
 ]
