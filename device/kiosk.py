@@ -59,6 +59,7 @@ from device.machine import (
     Tick,
     Transition,
 )
+from device.menu import Menu, SalesMenu
 from device.outbox import Outbox, OutboxError, OutboxFull, StoredRequest
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
 from protocol.codec import encode_request, encode_scan, verify_result
@@ -163,6 +164,7 @@ class Kiosk:
         result_topic: str,
         ids: UuidV7Generator | None = None,
         clock: SystemClock | None = None,
+        fallback_menu: Menu | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -174,6 +176,11 @@ class Kiosk:
         self.ids = ids or UuidV7Generator()
         self.clock = clock or SystemClock()
         self.state = KioskState()
+        # The local menu file's menu: sold from while no config with a menu was applied.
+        self.fallback_menu = fallback_menu
+        self._sales_menu = SalesMenu(
+            fallback_menu, "none" if fallback_menu is None else "file", config_version=None
+        )
         self.events: queue.Queue[QueueItem] = queue.Queue(maxsize=EVENT_QUEUE_MAX)
         self._message_ids: dict[int, str] = {}
         self._sent_at_ms: dict[str, int] = {}
@@ -219,6 +226,10 @@ class Kiosk:
 
     def snapshot_json(self) -> bytes:
         return self._snapshot
+
+    def sales_menu(self) -> SalesMenu:
+        """The menu this kiosk sells from now (an immutable object: safe from any thread)."""
+        return self._sales_menu
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -512,6 +523,14 @@ class Kiosk:
     def _snapshot_marker(self) -> tuple[int, int]:
         return (self.state.version, sum(self.counters.values()))
 
+    def _cloud_view(self) -> machine.CloudView:
+        sales = self._sales_menu
+        return machine.CloudView(
+            config_version=sales.config_version,
+            menu_source=sales.source,
+            menu_tag=sales.tag,
+        )
+
     def _refresh_snapshot(self) -> None:
         """Publish a new immutable view; ``version`` grows with every change (pages poll it)."""
         reader = self._reader_status
@@ -529,6 +548,7 @@ class Kiosk:
                 link_reason=self._link_reason,
                 alert=self._alert,
                 counters=dict(self.counters),
+                cloud=self._cloud_view(),
             ),
         )
         self._snapshot = json.dumps(document, separators=(",", ":")).encode()

@@ -111,6 +111,7 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         indicators=indicators,
         result_topic=link.result_topic,
         clock=clock,
+        fallback_menu=settings.menu,
     )
     http = _http_server(settings, kiosk, simulated)
     resources.callback(http.stop)
@@ -186,7 +187,7 @@ def _http_server(
 
     api = HttpApi(
         mode=settings.mode,
-        menu=settings.menu,
+        sales_menu=kiosk.sales_menu,
         topup_cents_max=settings.topup_cents_max,
         snapshot_json=kiosk.snapshot_json,
         command=kiosk.command,

@@ -1,8 +1,14 @@
 """The bar's menu and the pricing of an order: pure, no I/O.
 
 The bartender's page sends only SKUs and quantities; the kiosk computes every price, deposit and
-cup return from the menu file, so a page (or anyone on the loopback interface) cannot choose a
-price. The result is a ``BarDraft``: protocol ``BarItem`` lines and their total in cents.
+cup return from the menu it sells from, so a page (or anyone on the loopback interface) cannot
+choose a price. The result is a ``BarDraft``: protocol ``BarItem`` lines and their total in cents.
+
+A kiosk sells from the menu of its latest config (PROTOCOL.md 1.1, "Menus"); the local menu file
+is the fallback while no config with a menu was applied. ``SalesMenu`` is which one, with the
+version of the config the kiosk runs (written into every request as ``config_version``) and a
+``tag`` naming the menu's content, which the page sends back with an order so that an order
+priced on screen from one menu is never charged from another.
 
 Menu file (JSON, prices in the deployment's currency, integer cents)::
 
@@ -15,14 +21,17 @@ Menu file (JSON, prices in the deployment's currency, integer cents)::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from device.limits import (
     MENU_DEPOSITS_MAX,
     MENU_PRODUCTS_MAX,
+    MENU_TAG_LENGTH,
     MENU_TITLE_LENGTH_MAX,
 )
 from device.machine import BarDraft
@@ -42,6 +51,8 @@ from protocol.limits import (
 from protocol.models import BarItem
 from protocol.strict_json import loads_strict
 
+MenuSource: TypeAlias = Literal["config", "file", "none"]
+
 SKU_PATTERN: Final = re.compile(rf"\A[A-Za-z0-9._-]{{1,{SKU_LENGTH_MAX}}}\Z")
 
 
@@ -55,18 +66,26 @@ class OrderError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Product:
+    """What the bartender can sell. ``deposit_sku`` (menu files): one unit of that deposit is
+    added per unit sold. ``is_deposit`` (config menus): this line is itself a deposit."""
+
     sku: str
     name: str
     unit_price_cents: int
     deposit_sku: str | None = None
+    is_deposit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Deposit:
+    """What can be brought back and credited (a cup). ``return_is_deposit``: the return line
+    also carries ``is_deposit`` (a config menu's return item that says so)."""
+
     sku: str
     name: str
     return_name: str
     unit_price_cents: int
+    return_is_deposit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +112,7 @@ class Menu:
                     "name": product.name,
                     "unit_price_cents": product.unit_price_cents,
                     "deposit_sku": product.deposit_sku,
+                    "is_deposit": product.is_deposit,
                 }
                 for product in self.products
             ],
@@ -106,6 +126,27 @@ class Menu:
                 for deposit in self.deposits
             ],
         }
+
+    @property
+    def tag(self) -> str:
+        """Names this menu's content: equal tags, equal prices (whatever the config version)."""
+        content = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:MENU_TAG_LENGTH]
+
+
+@dataclass(frozen=True, slots=True)
+class SalesMenu:
+    """What a kiosk sells from now: ``menu`` (None at a checkpoint without one), ``source``
+    (``config``: the menu of its latest config; ``file``: the local menu file; ``none``) and the
+    version of the config it runs (None: it never received one)."""
+
+    menu: Menu | None
+    source: MenuSource
+    config_version: int | None
+
+    @property
+    def tag(self) -> str | None:
+        return None if self.menu is None else self.menu.tag
 
 
 # --- menu file ---------------------------------------------------------------------------------
@@ -240,7 +281,15 @@ def price_order(
         product = menu.product(sku)
         if product is None:
             raise OrderError(f"unknown product sku {sku!r}")
-        lines.append(BarItem(product.name, quantity, product.unit_price_cents, sku=product.sku))
+        lines.append(
+            BarItem(
+                product.name,
+                quantity,
+                product.unit_price_cents,
+                sku=product.sku,
+                is_deposit=product.is_deposit,
+            )
+        )
         if product.deposit_sku is not None:
             deposit_quantities[product.deposit_sku] = (
                 deposit_quantities.get(product.deposit_sku, 0) + quantity
@@ -267,6 +316,7 @@ def price_order(
                 quantity,
                 deposit.unit_price_cents,
                 sku=deposit.sku,
+                is_deposit=deposit.return_is_deposit,
                 is_return=True,
             )
         )
