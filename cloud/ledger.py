@@ -1,10 +1,10 @@
 """The ledger: a thin SQLAlchemy Core layer over the stored procedures (cloud/migrations).
 
 Every money decision is made inside PostgreSQL, in one transaction per call; this module only
-serialises requests, calls the procedures and maps their jsonb outcomes to `Outcome`. Errors come
-out through `cloud.database.translate_errors`: `TransientDatabaseError` means "retry the same
-call later" (safe: every procedure is idempotent by its request id or Stripe key); anything else
-is a bug.
+serialises requests, calls the procedures and maps their jsonb outcomes to `Outcome` (the
+protocol's `Result`, with the order id). Errors come out through
+`cloud.database.translate_errors`: `TransientDatabaseError` means "retry the same call later"
+(safe: every procedure is idempotent by its request id or Stripe key); anything else is a bug.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from protocol.models import (
     BarOrder,
     CheckpointRecharge,
     KioskStatus,
+    Result,
     ScanRecord,
     request_to_dict,
 )
@@ -79,25 +80,47 @@ TOPUP_RETENTION_DAYS: Final = 30
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one request or Stripe event (PROTOCOL.md's result fields)."""
+_NONE: Final = type(None)
+# The type each field of an Outcome has (the wire's rules come later, see Outcome).
+_OUTCOME_FIELD_TYPES: Final = (
+    ("request_id", (str, _NONE)),
+    ("kiosk_id", (str, _NONE)),
+    ("seq", (int, _NONE)),
+    ("card_uid", (str, _NONE)),
+    ("status", (Status,)),
+    ("error_code", (ErrorCode, _NONE)),
+    ("message", (str,)),
+    ("transaction_id", (str, _NONE)),
+    ("previous_balance_cents", (int, _NONE)),
+    ("new_balance_cents", (int, _NONE)),
+    ("replayed", (bool,)),
+    ("processed_at_ms", (int,)),
+    ("order_id", (str, _NONE)),
+)
 
-    request_id: str | None
-    status: Status
-    error_code: ErrorCode | None
-    message: str
-    transaction_id: str | None
-    previous_balance_cents: int | None
-    new_balance_cents: int | None
-    replayed: bool
-    processed_at_ms: int
-    order_id: str | None = None
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome(Result):
+    """What happened to one request or Stripe event: the protocol's Result, plus ``order_id``
+    (a bar order's row, which the wire does not carry).
+
+    The procedures know no ``kiosk_id`` or ``seq`` (None unless their answer names them): who
+    answers a kiosk fills them in (``dataclasses.replace``) and ``encode_result`` then checks
+    the result against every rule of the wire before signing it. Built, an Outcome has only
+    checked its field types, because not every outcome is an answer to a kiosk: a Stripe event's
+    has no kiosk, may be approved without a transaction (a dispute blocks the card) or carry a
+    longer message.
+    """
+
+    kiosk_id: str | None = None
+    seq: int | None = None
     card_uid: str | None = None
+    order_id: str | None = None
 
-    @property
-    def approved(self) -> bool:
-        return self.status is Status.APPROVED
+    def __post_init__(self) -> None:
+        for name, types in _OUTCOME_FIELD_TYPES:
+            if type(getattr(self, name)) not in types:
+                raise TypeError(f"Outcome.{name} is a {type(getattr(self, name)).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +194,8 @@ def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
     error_code = document.get("error_code")
     return Outcome(
         request_id=document.get("request_id"),
+        kiosk_id=document.get("kiosk_id"),
+        seq=document.get("seq"),
         status=Status(document["status"]),
         error_code=ErrorCode(error_code) if error_code else None,
         message=str(document.get("message") or ""),

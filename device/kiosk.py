@@ -412,15 +412,16 @@ class Kiosk:
 
     def _scanned(self, scan: ScanEvent) -> None:
         self.counters["scans"] += 1
-        record = ScanRecord(
-            kiosk_id=self.identity.kiosk_id,
-            scanned_at_ms=scan.scanned_at_ms,
-            card_uid=scan.card_uid,
-            status=scan.status,
-            reader=scan.reader,
-            duration_ms=scan.duration_ms,
-        )
         try:
+            # The record checks itself when built (ProtocolError), as encode_scan did before.
+            record = ScanRecord(
+                kiosk_id=self.identity.kiosk_id,
+                scanned_at_ms=scan.scanned_at_ms,
+                card_uid=scan.card_uid,
+                status=scan.status,
+                reader=scan.reader,
+                duration_ms=scan.duration_ms,
+            )
             self.link.publish_scan(encode_scan(record, self.identity.private_key))
         except ProtocolError as error:  # pragma: no cover - the reader reports valid fields
             log.error("scan record not encodable", extra={"context": {"error": str(error)}})

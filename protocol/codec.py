@@ -6,7 +6,11 @@ message that did not authenticate only becomes a dead letter):
 
 1. ``authenticate``: size, structure, header, kid = topic kiosk, key, signature, strict JSON
    object, payload kiosk_id = topic kiosk. Any failure: NOT authenticated.
-2. ``parse_authenticated``: schema, then staleness. Failures carry ``.echo``.
+2. ``parse_authenticated``: schema, then staleness. Failures carry ``.echo``, computed here once
+   (the consumer answers with it).
+
+Models check themselves when they are built (protocol.models), so the encoders only serialise
+and sign: nothing is validated by serialising it and parsing it back.
 """
 
 from __future__ import annotations
@@ -31,22 +35,25 @@ from protocol.limits import (
     STALE_AFTER_S_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
+    TOPUP_CENTS_MIN,
 )
 from protocol.models import (
+    CheckpointRecharge,
     KioskStatus,
     Request,
     Result,
     ScanRecord,
+    check_result,
     echo_fields,
     parse_request,
     parse_result,
     parse_scan,
     parse_status,
+    request_echo,
     request_to_dict,
     result_to_dict,
     scan_to_dict,
     status_to_dict,
-    validate_request,
 )
 from protocol.strict_json import dumps_canonical, loads_strict
 from protocol.topics import is_valid_kiosk_id
@@ -137,13 +144,13 @@ def parse_authenticated(
         raise ProtocolError(
             ErrorCode.STALE_REQUEST,
             f"created_at_ms is more than {stale_after_s} s in the past",
-            echo=echo_fields(message.document),
+            echo=request_echo(request),
         )
     if -age_ms > future_skew_s * MILLISECONDS_PER_SECOND:
         raise ProtocolError(
             ErrorCode.STALE_REQUEST,
             f"created_at_ms is more than {future_skew_s} s in the future",
-            echo=echo_fields(message.document),
+            echo=request_echo(request),
         )
     return request
 
@@ -164,13 +171,21 @@ def encode_request(
     *,
     topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT,
 ) -> bytes:
-    """The kiosk side: validate ``request``, serialise it canonically, sign it (kid = kiosk_id).
+    """The kiosk side: serialise ``request`` canonically and sign it (kid = kiosk_id).
 
-    Raises ProtocolError(INVALID_REQUEST) for a request the cloud would reject as invalid,
-    including one whose signed form exceeds MESSAGE_BYTES_MAX (split the order). The returned
+    ``request`` checked itself when it was built; what is left for the cloud to reject is a
+    top-up over ``topup_cents_max`` (the deployment's limit) and a signed form over
+    MESSAGE_BYTES_MAX (split the order): both raise ProtocolError(INVALID_REQUEST). The returned
     bytes are what the kiosk stores in its outbox and resends unchanged on every retry.
     """
-    validate_request(request, topup_cents_max=topup_cents_max)
+    if type(topup_cents_max) is not int or topup_cents_max < TOPUP_CENTS_MIN:
+        raise ValueError(f"topup_cents_max must be an integer >= {TOPUP_CENTS_MIN}")
+    if isinstance(request, CheckpointRecharge) and request.amount_cents > topup_cents_max:
+        raise ProtocolError(
+            ErrorCode.INVALID_REQUEST,
+            f"amount_cents must be {TOPUP_CENTS_MIN}..{topup_cents_max},"
+            f" got {request.amount_cents}",
+        )
     return _signed(dumps_canonical(request_to_dict(request)), private_key, request.kiosk_id)
 
 
@@ -197,11 +212,11 @@ def build_result(
     """The cloud side: a Result for an outcome; ``status`` follows from ``error_code``.
 
     ``message`` is cut to 200 characters (forbidden characters replaced by U+FFFD). Raises
-    ValueError when the outcome contradicts PROTOCOL.md (a programmer error in the caller),
-    see models.result_inconsistency.
+    ProtocolError (a ValueError) when the outcome contradicts PROTOCOL.md (a programmer error
+    in the caller): the Result checks itself, see models.check_result.
     """
     code = None if error_code is None else ErrorCode(error_code)
-    result = Result(
+    return Result(
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
@@ -215,22 +230,17 @@ def build_result(
         replayed=replayed,
         processed_at_ms=processed_at_ms,
     )
-    _check_result(result)
-    return result
-
-
-def _check_result(result: Result) -> None:
-    try:
-        parsed = parse_result(result_to_dict(result))
-    except ProtocolError as error:
-        raise ValueError(f"invalid result: {error.message}") from None
-    if parsed != result:
-        raise ValueError("invalid result: fields of the wrong Python type")
 
 
 def encode_result(result: Result, cloud_private_key: Ed25519PrivateKey) -> bytes:
-    """Serialise ``result`` canonically and sign it with the cloud key (kid ``cloud``)."""
-    _check_result(result)
+    """Serialise ``result`` canonically and sign it with the cloud key (kid ``cloud``).
+
+    A Result checked itself when it was built. An instance of a subclass that does not (the
+    ledger's Outcome: its Stripe outcomes are no answers to a kiosk) is checked here, once, by
+    the same rules (ProtocolError, a ValueError, when it is no valid result).
+    """
+    if type(result) is not Result:
+        check_result(result)
     return _signed(dumps_canonical(result_to_dict(result)), cloud_private_key, CLOUD_KID)
 
 
@@ -263,11 +273,8 @@ def verify_result(
 
 
 def encode_scan(record: ScanRecord, private_key: Ed25519PrivateKey) -> bytes:
-    """Validate, serialise and sign a scan record (kid = its kiosk_id)."""
-    document = scan_to_dict(record)
-    if parse_scan(document) != record:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "scan record has fields of the wrong type")
-    return _signed(dumps_canonical(document), private_key, record.kiosk_id)
+    """Serialise and sign a scan record (kid = its kiosk_id); it checked itself when built."""
+    return _signed(dumps_canonical(scan_to_dict(record)), private_key, record.kiosk_id)
 
 
 def decode_scan(raw: bytes, *, topic_kiosk_id: str, public_key_for: PublicKeyLookup) -> ScanRecord:
@@ -277,11 +284,8 @@ def decode_scan(raw: bytes, *, topic_kiosk_id: str, public_key_for: PublicKeyLoo
 
 
 def encode_status(status: KioskStatus) -> bytes:
-    """Validate and serialise a status message (canonical JSON, unsigned)."""
-    document = status_to_dict(status)
-    if parse_status(document) != status:
-        raise ProtocolError(ErrorCode.INVALID_REQUEST, "status has fields of the wrong type")
-    return dumps_canonical(document)
+    """Serialise a status message (canonical JSON, unsigned); it checked itself when built."""
+    return dumps_canonical(status_to_dict(status))
 
 
 def decode_status(raw: bytes, *, topic_kiosk_id: str) -> KioskStatus:

@@ -1,10 +1,16 @@
 """Typed messages of protocol v1 and their strict schemas.
 
+Every model checks itself when it is built: a kiosk that builds a request from a menu, or the
+cloud a result, gets ``ProtocolError(INVALID_REQUEST)`` (a ValueError) naming the first rule
+broken, so a model that exists is valid and is never re-checked by serialising and parsing it.
+
 ``parse_*`` take a decoded JSON value (from ``loads_strict``) and either return a frozen model or
-raise ``ProtocolError(INVALID_REQUEST)`` naming the first rule broken. ``*_to_dict`` turn a model
-back into the JSON object the wire carries. The checks run in a fixed order, documented in
-docs/protocol.md: object, ``v``, ``type``, unknown fields, missing fields, then each field in the
-order of PROTOCOL.md's tables, then cross-field rules (totals, result consistency).
+raise ``ProtocolError(INVALID_REQUEST)`` naming the first rule broken. They check every field of
+the JSON once, in a fixed order documented in docs/protocol.md: object, ``v``, ``type``, unknown
+fields, missing fields, then each field in the order of PROTOCOL.md's tables, then cross-field
+rules (totals, result consistency); the model is then assembled from the checked values without
+its constructor checking them a second time. Both paths call the same rule functions.
+``*_to_dict`` turn a model back into the JSON object the wire carries.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, Literal, NoReturn, TypeAlias
+from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar
 
 from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
 from protocol.limits import (
@@ -75,6 +81,17 @@ KIOSK_STATES: Final[tuple[KioskState, ...]] = ("online", "offline")
 # The request fields a result echoes (PROTOCOL.md "Which fields a result carries").
 ECHO_FIELDS: Final = ("request_id", "kiosk_id", "seq", "card_uid")
 
+_Model = TypeVar("_Model")
+
+
+class _Absent:
+    """An optional field that is not there (None is a JSON null, which an optional refuses)."""
+
+    __slots__ = ()
+
+
+_ABSENT: Final = _Absent()
+
 
 # --- models ----------------------------------------------------------------------------------
 
@@ -89,6 +106,17 @@ class BarItem:
     sku: str | None = None
     is_deposit: bool = False
     is_return: bool = False
+
+    def __post_init__(self) -> None:
+        _check_item(
+            self.name,
+            self.quantity,
+            self.unit_price_cents,
+            _ABSENT if self.sku is None else self.sku,
+            self.is_deposit,
+            self.is_return,
+            "",
+        )
 
     @property
     def signed_cents(self) -> int:
@@ -113,6 +141,20 @@ class BarOrder:
     total_cents: int
     staff_id: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        items = self.items
+        if type(items) is not tuple:
+            _fail(f"items must be a tuple of BarItem, got {type(items).__name__}")
+        _check_item_count(len(items))
+        for index, item in enumerate(items):
+            if type(item) is not BarItem:
+                _fail(f"items[{index}] must be a BarItem, got {type(item).__name__}")
+        _check_bar_order_rest(
+            items, self.total_cents, _ABSENT if self.staff_id is None else self.staff_id
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class CheckpointRecharge:
@@ -131,6 +173,18 @@ class CheckpointRecharge:
     staff_id: str
     checkpoint_id: str | None = None
 
+    def __post_init__(self) -> None:
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        # Here only what fits the wire (a bigint of cents, like a balance): the deployment's own
+        # limit is checked where it is known, by encode_request and parse_request.
+        _int(self.amount_cents, "amount_cents", TOPUP_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
+        _check_recharge_rest(
+            self.payment_method,
+            self.staff_id,
+            _ABSENT if self.checkpoint_id is None else self.checkpoint_id,
+        )
+
     @property
     def effective_checkpoint_id(self) -> str:
         """The checkpoint that took the money: ``checkpoint_id``, defaulting to ``kiosk_id``."""
@@ -142,7 +196,12 @@ Request: TypeAlias = BarOrder | CheckpointRecharge
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The cloud's signed answer to a request. See PROTOCOL.md's result table."""
+    """The cloud's signed answer to a request. See PROTOCOL.md's result table.
+
+    Built, it has passed every rule of that table (``check_result``). A subclass may relax the
+    rules for outcomes that are not answers to a kiosk (cloud.ledger.Outcome, whose Stripe
+    outcomes have no kiosk): ``encode_result`` checks such an instance before signing it.
+    """
 
     request_id: str | None
     kiosk_id: str | None
@@ -156,6 +215,9 @@ class Result:
     new_balance_cents: int | None
     replayed: bool
     processed_at_ms: int
+
+    def __post_init__(self) -> None:
+        check_result(self)
 
     @property
     def approved(self) -> bool:
@@ -175,6 +237,16 @@ class ScanRecord:
     reader: str
     duration_ms: int
 
+    def __post_init__(self) -> None:
+        _check_scan(
+            self.kiosk_id,
+            self.scanned_at_ms,
+            self.card_uid,
+            self.status,
+            self.reader,
+            self.duration_ms,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class KioskStatus:
@@ -184,6 +256,18 @@ class KioskStatus:
     state: KioskState
     at_ms: int
     firmware: str
+
+    def __post_init__(self) -> None:
+        _check_kiosk_status(self.kiosk_id, self.state, self.at_ms, self.firmware)
+
+
+def _assemble(cls: type[_Model], /, **values: object) -> _Model:
+    """An instance of ``cls`` from values a parser has already checked, each once, by the same
+    rules as the constructor (which would check them all a second time). Every field is given."""
+    instance = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(instance, name, value)
+    return instance
 
 
 # --- field rules -----------------------------------------------------------------------------
@@ -311,6 +395,163 @@ def echo_fields(document: object) -> dict[str, object]:
     return echo
 
 
+def request_echo(request: Request) -> dict[str, object]:
+    """The echo fields of a valid request: all four of its own (``echo_fields`` of its JSON)."""
+    return {
+        "request_id": request.request_id,
+        "kiosk_id": request.kiosk_id,
+        "seq": request.seq,
+        "card_uid": request.card_uid,
+    }
+
+
+# --- the rules of each model, shared by its constructor and its parser -------------------------
+# Optional fields are passed as _ABSENT when they are not there, so that a JSON null is refused.
+
+
+def _check_header(
+    request_id: object, kiosk_id: object, seq: object, created_at_ms: object, card_uid: object
+) -> None:
+    """The fields every request starts with, in PROTOCOL.md's order."""
+    _matching(request_id, "request_id", REQUEST_ID_PATTERN)
+    _kiosk_id(kiosk_id)
+    _int(seq, "seq", SEQ_MIN, SEQ_MAX)
+    _int(created_at_ms, "created_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+    _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+
+
+def _check_item_count(count: int) -> None:
+    if not ITEMS_MIN <= count <= ITEMS_MAX:
+        _fail(f"items must hold {ITEMS_MIN}..{ITEMS_MAX} entries, got {count}")
+
+
+def _check_item(
+    name: object,
+    quantity: object,
+    unit_price_cents: object,
+    sku: object,
+    is_deposit: object,
+    is_return: object,
+    where: str,
+) -> None:
+    """One bar item's fields; ``where`` prefixes the field names (``items[3].``)."""
+    _text(name, f"{where}name", ITEM_NAME_LENGTH_MIN, ITEM_NAME_LENGTH_MAX)
+    _int(quantity, f"{where}quantity", ITEM_QUANTITY_MIN, ITEM_QUANTITY_MAX)
+    _int(unit_price_cents, f"{where}unit_price_cents", UNIT_PRICE_CENTS_MIN, UNIT_PRICE_CENTS_MAX)
+    if sku is not _ABSENT:
+        _text(sku, f"{where}sku", SKU_LENGTH_MIN, SKU_LENGTH_MAX)
+    _bool(is_deposit, f"{where}is_deposit")
+    _bool(is_return, f"{where}is_return")
+
+
+def _check_bar_order_rest(
+    items: tuple[BarItem, ...], total_cents: object, staff_id: object
+) -> None:
+    """A bar order's fields after its items, then its total."""
+    if type(total_cents) is not int:
+        _fail(f"total_cents must be an integer, got {json_type_name(total_cents)}")
+    if staff_id is not _ABSENT:
+        _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+    computed_cents = sum(item.signed_cents for item in items)
+    if total_cents != computed_cents:
+        _fail(f"total_cents {quote(total_cents)} does not equal the items' sum {computed_cents}")
+
+
+def _check_recharge_rest(payment_method: object, staff_id: object, checkpoint_id: object) -> None:
+    """A top-up's fields after its amount."""
+    if type(payment_method) is not str or payment_method not in PAYMENT_METHODS:
+        _fail(f"payment_method must be cash or card, got {quote(payment_method)}")
+    _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+    if checkpoint_id is not _ABSENT:
+        _text(checkpoint_id, "checkpoint_id", CHECKPOINT_ID_LENGTH_MIN, CHECKPOINT_ID_LENGTH_MAX)
+
+
+def _check_result_echo(request_id: object, kiosk_id: object, seq: object, card_uid: object) -> None:
+    if request_id is not None:
+        _matching(request_id, "request_id", REQUEST_ID_PATTERN)
+    if kiosk_id is not None:
+        _kiosk_id(kiosk_id)
+    if seq is not None:
+        _int(seq, "seq", SEQ_MIN, SEQ_MAX)
+    if card_uid is not None:
+        _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+
+
+def _check_result_rest(
+    message: object,
+    transaction_id: object,
+    previous_balance_cents: object,
+    new_balance_cents: object,
+    replayed: object,
+    processed_at_ms: object,
+) -> None:
+    """A result's fields after its error code."""
+    _text(message, "message", RESULT_MESSAGE_LENGTH_MIN, RESULT_MESSAGE_LENGTH_MAX)
+    if transaction_id is not None:
+        _matching(transaction_id, "transaction_id", TRANSACTION_ID_PATTERN)
+    if previous_balance_cents is not None:
+        _int(
+            previous_balance_cents,
+            "previous_balance_cents",
+            BALANCE_CENTS_MIN,
+            BALANCE_CENTS_WIRE_MAX,
+        )
+    if new_balance_cents is not None:
+        _int(new_balance_cents, "new_balance_cents", BALANCE_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
+    _bool(replayed, "replayed")
+    _int(processed_at_ms, "processed_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+
+
+def check_result(result: Result) -> None:
+    """Raise ProtocolError(INVALID_REQUEST) unless ``result`` passes every rule of PROTOCOL.md's
+    result table: each field, then consistency (``result_inconsistency``). A Result runs this
+    when it is built; ``encode_result`` runs it for a subclass that does not."""
+    _check_result_echo(result.request_id, result.kiosk_id, result.seq, result.card_uid)
+    if type(result.status) is not Status:
+        _fail(f"unknown status {quote(result.status)}")
+    if result.error_code is not None and type(result.error_code) is not ErrorCode:
+        _fail(f"unknown error_code {quote(result.error_code)}")
+    _check_result_rest(
+        result.message,
+        result.transaction_id,
+        result.previous_balance_cents,
+        result.new_balance_cents,
+        result.replayed,
+        result.processed_at_ms,
+    )
+    problem = result_inconsistency(result)
+    if problem is not None:
+        _fail(problem)
+
+
+def _check_scan(
+    kiosk_id: object,
+    scanned_at_ms: object,
+    card_uid: object,
+    status: object,
+    reader: object,
+    duration_ms: object,
+) -> None:
+    _kiosk_id(kiosk_id)
+    _int(scanned_at_ms, "scanned_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+    if card_uid is not None:
+        _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+    if type(status) is not str or status not in SCAN_STATUSES:
+        _fail(f"unknown scan status {quote(status)}")
+    if status == "ok" and card_uid is None:
+        _fail("a scan with status ok must carry a card_uid")
+    _text(reader, "reader", READER_NAME_LENGTH_MIN, READER_NAME_LENGTH_MAX)
+    _int(duration_ms, "duration_ms", SCAN_DURATION_MS_MIN, SCAN_DURATION_MS_MAX)
+
+
+def _check_kiosk_status(kiosk_id: object, state: object, at_ms: object, firmware: object) -> None:
+    _kiosk_id(kiosk_id)
+    if type(state) is not str or state not in KIOSK_STATES:
+        _fail(f"state must be online or offline, got {quote(state)}")
+    _int(at_ms, "at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+    _text(firmware, "firmware", FIRMWARE_LENGTH_MIN, FIRMWARE_LENGTH_MAX)
+
+
 # --- requests --------------------------------------------------------------------------------
 
 _COMMON_REQUIRED: Final = frozenset(
@@ -347,13 +588,12 @@ def parse_request(
     else:
         _fail(f"unknown request type {quote(request_type)}")
 
-    request_id = _matching(document["request_id"], "request_id", REQUEST_ID_PATTERN)
-    kiosk_id = _kiosk_id(document["kiosk_id"])
-    seq = _int(document["seq"], "seq", SEQ_MIN, SEQ_MAX)
-    created_at_ms = _int(
-        document["created_at_ms"], "created_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
-    )
-    card_uid = _matching(document["card_uid"], "card_uid", CARD_UID_PATTERN)
+    request_id = document["request_id"]
+    kiosk_id = document["kiosk_id"]
+    seq = document["seq"]
+    created_at_ms = document["created_at_ms"]
+    card_uid = document["card_uid"]
+    _check_header(request_id, kiosk_id, seq, created_at_ms, card_uid)
     request_currency = document["currency"]
     if request_currency != currency:
         if type(request_currency) is not str:
@@ -363,19 +603,10 @@ def parse_request(
     if request_type == BarOrder.type:
         items = _items(document["items"])
         total_cents = document["total_cents"]
-        if type(total_cents) is not int:
-            _fail(f"total_cents must be an integer, got {json_type_name(total_cents)}")
-        staff_id = None
-        if "staff_id" in document:
-            staff_id = _text(
-                document["staff_id"], "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX
-            )
-        computed_cents = sum(item.signed_cents for item in items)
-        if total_cents != computed_cents:
-            _fail(
-                f"total_cents {quote(total_cents)} does not equal the items' sum {computed_cents}"
-            )
-        return BarOrder(
+        staff_id = document.get("staff_id", _ABSENT)
+        _check_bar_order_rest(items, total_cents, staff_id)
+        return _assemble(
+            BarOrder,
             request_id=request_id,
             kiosk_id=kiosk_id,
             seq=seq,
@@ -384,23 +615,16 @@ def parse_request(
             currency=currency,
             items=items,
             total_cents=total_cents,
-            staff_id=staff_id,
+            staff_id=None if staff_id is _ABSENT else staff_id,
         )
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
     payment_method = document["payment_method"]
-    if type(payment_method) is not str or payment_method not in PAYMENT_METHODS:
-        _fail(f"payment_method must be cash or card, got {quote(payment_method)}")
-    staff_id = _text(document["staff_id"], "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
-    checkpoint_id = None
-    if "checkpoint_id" in document:
-        checkpoint_id = _text(
-            document["checkpoint_id"],
-            "checkpoint_id",
-            CHECKPOINT_ID_LENGTH_MIN,
-            CHECKPOINT_ID_LENGTH_MAX,
-        )
-    return CheckpointRecharge(
+    staff_id = document["staff_id"]
+    checkpoint_id = document.get("checkpoint_id", _ABSENT)
+    _check_recharge_rest(payment_method, staff_id, checkpoint_id)
+    return _assemble(
+        CheckpointRecharge,
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
@@ -410,39 +634,33 @@ def parse_request(
         amount_cents=amount_cents,
         payment_method=payment_method,
         staff_id=staff_id,
-        checkpoint_id=checkpoint_id,
+        checkpoint_id=None if checkpoint_id is _ABSENT else checkpoint_id,
     )
 
 
 def _items(value: object) -> tuple[BarItem, ...]:
     if type(value) is not list:
         _fail(f"items must be an array, got {json_type_name(value)}")
-    if not ITEMS_MIN <= len(value) <= ITEMS_MAX:
-        _fail(f"items must hold {ITEMS_MIN}..{ITEMS_MAX} entries, got {len(value)}")
+    _check_item_count(len(value))
     return tuple(_item(entry, f"items[{index}]") for index, entry in enumerate(value))
 
 
 def _item(value: object, where: str) -> BarItem:
     item = _object(value, where)
     _check_fields(item, _ITEM_REQUIRED, _ITEM_OPTIONAL, where)
-    name = _text(item["name"], f"{where}.name", ITEM_NAME_LENGTH_MIN, ITEM_NAME_LENGTH_MAX)
-    quantity = _int(item["quantity"], f"{where}.quantity", ITEM_QUANTITY_MIN, ITEM_QUANTITY_MAX)
-    unit_price_cents = _int(
-        item["unit_price_cents"],
-        f"{where}.unit_price_cents",
-        UNIT_PRICE_CENTS_MIN,
-        UNIT_PRICE_CENTS_MAX,
-    )
-    sku = None
-    if "sku" in item:
-        sku = _text(item["sku"], f"{where}.sku", SKU_LENGTH_MIN, SKU_LENGTH_MAX)
-    is_deposit = _bool(item["is_deposit"], f"{where}.is_deposit") if "is_deposit" in item else False
-    is_return = _bool(item["is_return"], f"{where}.is_return") if "is_return" in item else False
-    return BarItem(
+    name = item["name"]
+    quantity = item["quantity"]
+    unit_price_cents = item["unit_price_cents"]
+    sku = item.get("sku", _ABSENT)
+    is_deposit = item.get("is_deposit", False)
+    is_return = item.get("is_return", False)
+    _check_item(name, quantity, unit_price_cents, sku, is_deposit, is_return, f"{where}.")
+    return _assemble(
+        BarItem,
         name=name,
         quantity=quantity,
         unit_price_cents=unit_price_cents,
-        sku=sku,
+        sku=None if sku is _ABSENT else sku,
         is_deposit=is_deposit,
         is_return=is_return,
     )
@@ -489,22 +707,6 @@ def _item_to_dict(item: BarItem) -> dict[str, object]:
     return document
 
 
-def validate_request(
-    request: Request, *, topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
-) -> Request:
-    """Return ``request`` if its wire form passes ``parse_request`` unchanged, else raise.
-
-    For the sending side: a kiosk checks what it built (from a menu, from staff input) before
-    signing, so that an invalid request is caught where it can be fixed.
-    """
-    parsed = parse_request(
-        request_to_dict(request), currency=request.currency, topup_cents_max=topup_cents_max
-    )
-    if parsed != request:
-        _fail("request does not survive its own wire form (wrong Python types?)")
-    return request
-
-
 # --- results ---------------------------------------------------------------------------------
 
 _RESULT_FIELDS: Final = frozenset(
@@ -530,59 +732,46 @@ _STATUS_VALUES: Final = frozenset(status.value for status in Status)
 _ERROR_CODE_VALUES: Final = frozenset(code.value for code in ErrorCode)
 
 
-def _nullable_balance(value: object, name: str) -> int | None:
-    if value is None:
-        return None
-    return _int(value, name, BALANCE_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
-
-
 def parse_result(obj: object) -> Result:
     """Validate a decoded result payload; raise ProtocolError(INVALID_REQUEST)."""
     document = _object(obj, "result")
     _version(document, "result")
     _check_fields(document, _RESULT_FIELDS, frozenset(), "result")
     request_id = document["request_id"]
-    if request_id is not None:
-        request_id = _matching(request_id, "request_id", REQUEST_ID_PATTERN)
     kiosk_id = document["kiosk_id"]
-    if kiosk_id is not None:
-        kiosk_id = _kiosk_id(kiosk_id)
     seq = document["seq"]
-    if seq is not None:
-        seq = _int(seq, "seq", SEQ_MIN, SEQ_MAX)
     card_uid = document["card_uid"]
-    if card_uid is not None:
-        card_uid = _matching(card_uid, "card_uid", CARD_UID_PATTERN)
+    _check_result_echo(request_id, kiosk_id, seq, card_uid)
     status_text = document["status"]
     if type(status_text) is not str or status_text not in _STATUS_VALUES:
         _fail(f"unknown status {quote(status_text)}")
-    status = Status(status_text)
     error_code_text = document["error_code"]
     error_code = None
     if error_code_text is not None:
         if type(error_code_text) is not str or error_code_text not in _ERROR_CODE_VALUES:
             _fail(f"unknown error_code {quote(error_code_text)}")
         error_code = ErrorCode(error_code_text)
-    message = _text(
-        document["message"], "message", RESULT_MESSAGE_LENGTH_MIN, RESULT_MESSAGE_LENGTH_MAX
-    )
+    message = document["message"]
     transaction_id = document["transaction_id"]
-    if transaction_id is not None:
-        transaction_id = _matching(transaction_id, "transaction_id", TRANSACTION_ID_PATTERN)
-    previous_balance_cents = _nullable_balance(
-        document["previous_balance_cents"], "previous_balance_cents"
+    previous_balance_cents = document["previous_balance_cents"]
+    new_balance_cents = document["new_balance_cents"]
+    replayed = document["replayed"]
+    processed_at_ms = document["processed_at_ms"]
+    _check_result_rest(
+        message,
+        transaction_id,
+        previous_balance_cents,
+        new_balance_cents,
+        replayed,
+        processed_at_ms,
     )
-    new_balance_cents = _nullable_balance(document["new_balance_cents"], "new_balance_cents")
-    replayed = _bool(document["replayed"], "replayed")
-    processed_at_ms = _int(
-        document["processed_at_ms"], "processed_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
-    )
-    result = Result(
+    result = _assemble(
+        Result,
         request_id=request_id,
         kiosk_id=kiosk_id,
         seq=seq,
         card_uid=card_uid,
-        status=status,
+        status=Status(status_text),
         error_code=error_code,
         message=message,
         transaction_id=transaction_id,
@@ -666,23 +855,15 @@ def parse_scan(obj: object) -> ScanRecord:
     if document.get("type") != ScanRecord.type:
         _fail(f"scan record type must be scan, got {quote(document.get('type'))}")
     _check_fields(document, _SCAN_FIELDS, frozenset(), "scan record")
-    kiosk_id = _kiosk_id(document["kiosk_id"])
-    scanned_at_ms = _int(
-        document["scanned_at_ms"], "scanned_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX
-    )
+    kiosk_id = document["kiosk_id"]
+    scanned_at_ms = document["scanned_at_ms"]
     card_uid = document["card_uid"]
-    if card_uid is not None:
-        card_uid = _matching(card_uid, "card_uid", CARD_UID_PATTERN)
     status = document["status"]
-    if type(status) is not str or status not in SCAN_STATUSES:
-        _fail(f"unknown scan status {quote(status)}")
-    if status == "ok" and card_uid is None:
-        _fail("a scan with status ok must carry a card_uid")
-    reader = _text(document["reader"], "reader", READER_NAME_LENGTH_MIN, READER_NAME_LENGTH_MAX)
-    duration_ms = _int(
-        document["duration_ms"], "duration_ms", SCAN_DURATION_MS_MIN, SCAN_DURATION_MS_MAX
-    )
-    return ScanRecord(
+    reader = document["reader"]
+    duration_ms = document["duration_ms"]
+    _check_scan(kiosk_id, scanned_at_ms, card_uid, status, reader, duration_ms)
+    return _assemble(
+        ScanRecord,
         kiosk_id=kiosk_id,
         scanned_at_ms=scanned_at_ms,
         card_uid=card_uid,
@@ -711,13 +892,12 @@ def parse_status(obj: object) -> KioskStatus:
     document = _object(obj, "status")
     _version(document, "status")
     _check_fields(document, _STATUS_FIELDS, frozenset(), "status")
-    kiosk_id = _kiosk_id(document["kiosk_id"])
+    kiosk_id = document["kiosk_id"]
     state = document["state"]
-    if type(state) is not str or state not in KIOSK_STATES:
-        _fail(f"state must be online or offline, got {quote(state)}")
-    at_ms = _int(document["at_ms"], "at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
-    firmware = _text(document["firmware"], "firmware", FIRMWARE_LENGTH_MIN, FIRMWARE_LENGTH_MAX)
-    return KioskStatus(kiosk_id=kiosk_id, state=state, at_ms=at_ms, firmware=firmware)
+    at_ms = document["at_ms"]
+    firmware = document["firmware"]
+    _check_kiosk_status(kiosk_id, state, at_ms, firmware)
+    return _assemble(KioskStatus, kiosk_id=kiosk_id, state=state, at_ms=at_ms, firmware=firmware)
 
 
 def status_to_dict(status: KioskStatus) -> dict[str, object]:

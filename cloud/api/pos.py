@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -43,6 +43,9 @@ from cloud.logs import bind
 from cloud.pos_devices import AuthenticatedDevice, claimed_device_id
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.models import CheckpointRecharge
+
+if TYPE_CHECKING:
+    from cloud.ledger import Outcome
 
 log = logging.getLogger("cloud.api.pos")
 
@@ -267,7 +270,7 @@ def _refusal(device: AuthenticatedDevice, request: Any) -> tuple[ErrorCode, str]
 
 async def _decide(
     services: Any, request: Request, kind: str, device: AuthenticatedDevice, parsed: Any
-) -> Any:
+) -> Outcome:
     from cloud.ledger import LedgerRequest  # the ledger module is the API's only writer
 
     refusal = _refusal(device, parsed.request)
@@ -275,7 +278,7 @@ async def _decide(
         code, message = refusal
         log.info("pos request refused", extra={"context": {"error_code": code.value}})
         # Stored forever under its request id, like a kiosk's rejected request.
-        return await services.ledger_call(
+        rejection: Outcome = await services.ledger_call(
             "record_rejection",
             services.ledger.record_rejection,
             request_id=parsed.request.request_id,
@@ -289,19 +292,22 @@ async def _decide(
             kind=kind,
             trace_id=request_id_of(request),
         )
+        return rejection
     item = LedgerRequest(
         request=parsed.request,
         payload_sha256=parsed.payload_sha256,
         source="http",
         trace_id=request_id_of(request),
     )
-    return await services.ledger_call(kind, services.ledger.apply, item)
+    outcome: Outcome = await services.ledger_call(kind, services.ledger.apply, item)
+    return outcome
 
 
 def _outcome_answer(
-    request: Request, started_s: float, kind: str, outcome: Any, metrics: Any
+    request: Request, started_s: float, kind: str, outcome: Outcome, metrics: Any
 ) -> Response:
-    error_code = None if outcome.error_code is None else ErrorCode(outcome.error_code).value
+    """The seed's answer, read off the ledger's outcome as it is."""
+    error_code = None if outcome.error_code is None else outcome.error_code.value
     approved = error_code is None
     metrics.pos_requests.labels(kind, error_code or "approved").inc()
     log.info(
@@ -309,7 +315,7 @@ def _outcome_answer(
         extra={
             "context": {
                 "kind": kind,
-                "status": str(getattr(outcome.status, "value", outcome.status)),
+                "status": outcome.status.value,
                 "error_code": error_code,
                 "replayed": outcome.replayed,
                 "transaction_id": outcome.transaction_id,
@@ -324,7 +330,7 @@ def _outcome_answer(
         success=approved,
         error=None if approved else outcome.message,
         error_code=error_code,
-        order_id=getattr(outcome, "order_id", None),
+        order_id=outcome.order_id,
         transaction_id=outcome.transaction_id,
         previous_balance_cents=outcome.previous_balance_cents,
         new_balance_cents=outcome.new_balance_cents,

@@ -256,7 +256,7 @@ def _still_owed(services: Services) -> bool:
 def _label(fresh: bool, outcome: Outcome) -> str:
     if not fresh and outcome.replayed:
         return "duplicate"
-    if outcome.status == "rejected" or outcome.error_code is not None:
+    if outcome.status is Status.REJECTED or outcome.error_code is not None:
         # Recorded but nothing done: an unknown payment intent (a refund linked only by the
         # card metadata: card blocked, nothing taken). The ledger keeps it for a human; Stripe
         # must stop.
@@ -264,7 +264,7 @@ def _label(fresh: bool, outcome: Outcome) -> str:
     return "processed"
 
 
-def _log_outcome(what: str, outcome: Any, *, level: int = 20, **context: Any) -> None:
+def _log_outcome(what: str, outcome: Outcome, *, level: int = 20, **context: Any) -> None:
     log.log(
         level if outcome.error_code is None else 40,
         what,
@@ -272,18 +272,14 @@ def _log_outcome(what: str, outcome: Any, *, level: int = 20, **context: Any) ->
             "context": {
                 **context,
                 "card_uid": outcome.card_uid,
-                "status": _text(outcome.status),
-                "error_code": _text(outcome.error_code),
+                "status": outcome.status.value,
+                "error_code": None if outcome.error_code is None else outcome.error_code.value,
                 "message": outcome.message,
                 "replayed": outcome.replayed,
                 "transaction_id": outcome.transaction_id,
             }
         },
     )
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(getattr(value, "value", value))
 
 
 async def stripe_webhook(request: Request) -> Response:

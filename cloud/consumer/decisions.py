@@ -15,13 +15,14 @@ PROTOCOL.md's rules, in the order they are checked:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
-from protocol.models import BarOrder, CheckpointRecharge, Request, echo_fields
+from protocol.models import ECHO_FIELDS, BarOrder, CheckpointRecharge, Request, echo_fields
 
 # Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
 # role").
@@ -31,12 +32,6 @@ TYPES_ALLOWED_BY_ROLE: Final[dict[str, frozenset[str]]] = {
     "all": frozenset({BarOrder.type, CheckpointRecharge.type}),
 }
 TYPES_ALL: Final = frozenset({BarOrder.type, CheckpointRecharge.type})
-NO_ECHO: Final[dict[str, object]] = {
-    "request_id": None,
-    "kiosk_id": None,
-    "seq": None,
-    "card_uid": None,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +65,17 @@ class Echo:
     card_uid: str | None
 
     @classmethod
-    def of(cls, fields: dict[str, object]) -> Echo:
-        request_id, kiosk_id = fields.get("request_id"), fields.get("kiosk_id")
-        seq, card_uid = fields.get("seq"), fields.get("card_uid")
-        return cls(
-            request_id=request_id if isinstance(request_id, str) else None,
-            kiosk_id=kiosk_id if isinstance(kiosk_id, str) else None,
-            seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-            card_uid=card_uid if isinstance(card_uid, str) else None,
-        )
+    def of(cls, fields: Mapping[str, object]) -> Echo:
+        """From fields ``protocol.models.echo_fields`` computed (as ``ProtocolError.echo``):
+        each is already the payload's valid value or None, so nothing is checked again."""
+        return cls(*(cast(Any, fields.get(name)) for name in ECHO_FIELDS))
 
     @classmethod
     def of_request(cls, request: Request) -> Echo:
         return cls(request.request_id, request.kiosk_id, request.seq, request.card_uid)
+
+
+NO_ECHO: Final = Echo(None, None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +127,7 @@ def decide_request(
     try:
         message = authenticate(raw, topic_kiosk_id=topic_kiosk_id, public_key_for=public_key_for)
     except ProtocolError as error:
-        return DeadLetter(error.code, error.message, Echo.of(NO_ECHO), authenticated=False)
+        return DeadLetter(error.code, error.message, NO_ECHO, authenticated=False)
     assert kiosk is not None  # authenticate() found its key
     return _decide_authenticated(message, kiosk, policy, now_ms)
 
@@ -142,40 +135,48 @@ def decide_request(
 def _decide_authenticated(
     message: AuthenticatedMessage, kiosk: KioskView, policy: RequestPolicy, now_ms: int
 ) -> Decision:
-    refusal: ProtocolError | None = None
-    request: Request | None = None
-    if not kiosk.enabled:
-        refusal = ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
-    else:
-        request_type = message.document.get("type")
-        allowed = TYPES_ALLOWED_BY_ROLE.get(kiosk.role, frozenset())
-        if (
-            isinstance(request_type, str)
-            and request_type in TYPES_ALL
-            and (request_type not in allowed)
-        ):
-            refusal = ProtocolError(
-                ErrorCode.OPERATION_NOT_ALLOWED,
-                f"a {kiosk.role} kiosk may not send {request_type}",
-            )
-        else:
-            try:
-                request = parse_authenticated(
-                    message,
-                    currency=policy.currency,
-                    now_ms=now_ms,
-                    stale_after_s=policy.stale_after_s,
-                    future_skew_s=policy.future_skew_s,
-                    topup_cents_max=policy.topup_cents_max,
-                )
-            except ProtocolError as error:
-                refusal = error
+    document = message.document
+    refusal = _refusal_by_kiosk(document, kiosk)
+    if refusal is not None:
+        # Refused before the schema was looked at: the echo is computed here, once.
+        return _refused(message, refusal, Echo.of(echo_fields(document)))
+    try:
+        request: Request = parse_authenticated(
+            message,
+            currency=policy.currency,
+            now_ms=now_ms,
+            stale_after_s=policy.stale_after_s,
+            future_skew_s=policy.future_skew_s,
+            topup_cents_max=policy.topup_cents_max,
+        )
+    except ProtocolError as error:
+        # parse_authenticated computed the echo of its refusal (ProtocolError.echo).
+        return _refused(message, error, Echo.of(error.echo))
+    echo = Echo.of_request(request)
     if isinstance(request, CheckpointRecharge):
-        request, refusal = _bind_checkpoint(request, kiosk)
-    if request is not None:
-        return Apply(request, message.payload_sha256, Echo.of_request(request))
-    assert refusal is not None
-    echo = Echo.of(echo_fields(message.document))
+        bound, refusal = _bind_checkpoint(request, kiosk)
+        if bound is None:
+            assert refusal is not None
+            return _refused(message, refusal, echo)
+        request = bound
+    return Apply(request, message.payload_sha256, echo)
+
+
+def _refusal_by_kiosk(document: dict[str, object], kiosk: KioskView) -> ProtocolError | None:
+    """KIOSK_DISABLED, or OPERATION_NOT_ALLOWED for a type the kiosk's role does not permit."""
+    if not kiosk.enabled:
+        return ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
+    request_type = document.get("type")
+    allowed = TYPES_ALLOWED_BY_ROLE.get(kiosk.role, frozenset())
+    if isinstance(request_type, str) and request_type in TYPES_ALL and request_type not in allowed:
+        return ProtocolError(
+            ErrorCode.OPERATION_NOT_ALLOWED, f"a {kiosk.role} kiosk may not send {request_type}"
+        )
+    return None
+
+
+def _refused(message: AuthenticatedMessage, refusal: ProtocolError, echo: Echo) -> Decision:
+    """A stored rejection, or a dead letter when there is no valid request_id to store it under."""
     if echo.request_id is None:
         return DeadLetter(refusal.code, refusal.message, echo, authenticated=True)
     request_type = message.document.get("type")

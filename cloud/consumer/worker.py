@@ -16,7 +16,10 @@ the next batch's CPU work (signature checks) - see service.py:
    transaction per batch and a counter, not a row per message), scans and statuses. A
    transient fault is retried with backoff; a step that committed is never repeated, and nothing
    is acknowledged or answered until every step of the batch has committed.
-4. Publish each signed result (QoS 1) to the result topic of the kiosk named by the TOPIC.
+4. Answer: the ledger's outcome is the protocol's result (cloud.ledger.Outcome is a
+   protocol Result), completed with the echo fields only the request knows (kiosk_id, seq),
+   checked once and signed (`encode_result`); publish it (QoS 1) to the result topic of the
+   kiosk named by the TOPIC.
 5. Acknowledge the batch's messages. The result is queued before the acknowledgement on the
    same connection, so the broker holds the answer before it forgets the request. A crash
    anywhere before the acknowledgement means redelivery, and the permanent idempotency record
@@ -29,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -38,7 +41,6 @@ from cloud.consumer.decisions import (
     Apply,
     DeadLetter,
     Decision,
-    Echo,
     KioskView,
     Reject,
     RequestPolicy,
@@ -49,8 +51,14 @@ from cloud.consumer.inbox import InboundMessage
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.limits import RESULT_TOPICS_CACHED_MAX
 from cloud.consumer.metrics import ConsumerMetrics
-from protocol.codec import build_result, decode_scan, decode_status, encode_result
-from protocol.errors import ErrorCode, ProtocolError, Status
+from protocol.codec import (
+    build_result,
+    decode_scan,
+    decode_status,
+    encode_result,
+    result_message_text,
+)
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import Ed25519PrivateKey
 from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
@@ -111,9 +119,11 @@ class DeadLetterEntry:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What one tx message led to: its result (None: unanswerable) and a label for metrics."""
+    """What one tx message led to: its result and the signed bytes of it (both None:
+    unanswerable), and a label for metrics."""
 
     result: Result | None
+    payload: bytes | None
     outcome: str  # approved | declined | rejected | replayed | dead_letter
     code: str
 
@@ -222,7 +232,7 @@ class Worker:
             for decision, outcome in zip(decisions, outcomes, strict=True)
         ]
         unpublished = self._publish_results(
-            [topic.kiosk_id for _, topic in batch], [a.result for a in answers]
+            [topic.kiosk_id for _, topic in batch], [a.payload for a in answers]
         )
         to_ack = [m for index, (m, _) in enumerate(batch) if index not in unpublished]
         self._link.ack(to_ack)
@@ -230,9 +240,9 @@ class Worker:
 
     def _record(
         self, batch: list[tuple[InboundMessage, Topic]], decisions: list[Decision]
-    ) -> list[Any]:
-        """Commit every decision; returns the ledger Outcome per message (None: dead letter)."""
-        outcomes: list[Any] = [None] * len(decisions)
+    ) -> list[Result | None]:
+        """Commit every decision; returns the ledger's outcome per message (None: dead letter)."""
+        outcomes: list[Result | None] = [None] * len(decisions)
         applies = [(index, d) for index, d in enumerate(decisions) if isinstance(d, Apply)]
         if applies:
             items = [
@@ -260,9 +270,9 @@ class Worker:
         self._dead_letters(letters)
         return outcomes
 
-    def _record_rejection(self, decision: Reject) -> Any:
+    def _record_rejection(self, decision: Reject) -> Result:
         echo = decision.echo
-        return self._ledger.record_rejection(
+        outcome: Result = self._ledger.record_rejection(
             request_id=decision.request_id,
             kiosk_id=decision.kiosk_id,
             seq=echo.seq,
@@ -272,69 +282,55 @@ class Worker:
             message=decision.message,
             kind=decision.request_type,
         )
+        return outcome
 
-    def _answer(self, decision: Decision, outcome: Any) -> Answer:
+    def _answer(self, decision: Decision, outcome: Result | None) -> Answer:
         echo = decision.echo
-        if isinstance(decision, DeadLetter):
-            result = self._result(
-                echo, decision.code, decision.message, None, None, None, False, _now_ms()
-            )
-            return Answer(result, "dead_letter", decision.code.value)
-        card_uid = echo.card_uid if echo.card_uid is not None else outcome.card_uid
-        result = self._result(
-            Echo(outcome.request_id, echo.kiosk_id, echo.seq, card_uid),
-            outcome.error_code,
-            outcome.message,
-            outcome.transaction_id,
-            outcome.previous_balance_cents,
-            outcome.new_balance_cents,
-            bool(outcome.replayed),
-            outcome.processed_at_ms,
-        )
-        code = outcome.error_code.value if outcome.error_code is not None else ""
-        label = "replayed" if outcome.replayed else Status(outcome.status).value
-        return Answer(result, label, code)
-
-    def _result(
-        self,
-        echo: Echo,
-        error_code: ErrorCode | None,
-        message: str,
-        transaction_id: str | None,
-        previous_balance_cents: int | None,
-        new_balance_cents: int | None,
-        replayed: bool,
-        processed_at_ms: int,
-    ) -> Result | None:
         try:
-            return build_result(
-                request_id=echo.request_id,
-                kiosk_id=echo.kiosk_id,
-                seq=echo.seq,
-                card_uid=echo.card_uid,
-                error_code=error_code,
-                message=message,
-                transaction_id=transaction_id,
-                previous_balance_cents=previous_balance_cents,
-                new_balance_cents=new_balance_cents,
-                replayed=replayed,
-                processed_at_ms=processed_at_ms,
-            )
-        except ValueError:
+            if isinstance(decision, DeadLetter):
+                # Nothing was stored: the answer is built here (and checks itself).
+                label, code, request_id = "dead_letter", decision.code.value, echo.request_id
+                result: Result = build_result(
+                    request_id=echo.request_id,
+                    kiosk_id=echo.kiosk_id,
+                    seq=echo.seq,
+                    card_uid=echo.card_uid,
+                    error_code=decision.code,
+                    message=decision.message,
+                    transaction_id=None,
+                    previous_balance_cents=None,
+                    new_balance_cents=None,
+                    replayed=False,
+                    processed_at_ms=_now_ms(),
+                )
+            else:
+                assert outcome is not None, "every stored decision has its outcome"
+                label = "replayed" if outcome.replayed else outcome.status.value
+                code = outcome.error_code.value if outcome.error_code is not None else ""
+                request_id = outcome.request_id
+                # The ledger's outcome is the answer as it is, completed with the echo fields
+                # only the request knows and a message made fit for the wire; encode_result
+                # checks it against the wire's rules, once.
+                result = replace(
+                    outcome,
+                    kiosk_id=echo.kiosk_id,
+                    seq=echo.seq,
+                    card_uid=echo.card_uid if echo.card_uid is not None else outcome.card_uid,
+                    message=result_message_text(outcome.message),
+                )
+            return Answer(result, encode_result(result, self._signing_key), label, code)
+        except ValueError:  # ProtocolError included: the outcome is no valid result
             # The outcome is committed and retrying would not change it: an inconsistent one is
             # a bug for a human (logged with its request id), not a reason to stop answering
             # everyone else. That kiosk gets no answer and shows the request as timed out.
-            log.exception(
-                "cannot build a result", extra={"context": {"request_id": echo.request_id}}
-            )
-            return None
+            log.exception("cannot build a result", extra={"context": {"request_id": request_id}})
+            return Answer(None, None, label, code)
 
-    def _publish_results(self, kiosk_ids: list[str], results: list[Result | None]) -> set[int]:
-        """Sign and publish each result; returns the indexes paho refused (left unacked)."""
+    def _publish_results(self, kiosk_ids: list[str], payloads: list[bytes | None]) -> set[int]:
+        """Publish each signed result; returns the indexes paho refused (left unacked)."""
         unpublished: set[int] = set()
-        key = self._signing_key
-        for index, (kiosk_id, result) in enumerate(zip(kiosk_ids, results, strict=True)):
-            if result is None:
+        for index, (kiosk_id, payload) in enumerate(zip(kiosk_ids, payloads, strict=True)):
+            if payload is None:
                 continue
             topic = self._result_topics.get(kiosk_id)
             if topic is None:
@@ -342,7 +338,7 @@ class Worker:
                     self._result_topics.clear()
                 topic = topic_for(self._prefix, kiosk_id, TopicKind.RESULT)
                 self._result_topics[kiosk_id] = topic
-            if not self._link.publish(topic, encode_result(result, key), 1):
+            if not self._link.publish(topic, payload, 1):
                 unpublished.add(index)
                 self._metrics.results_unpublished.inc()
         return unpublished

@@ -79,7 +79,9 @@ def test_99_returned_cups_per_tap_mint_nothing_however_often(ledger: Ledger) -> 
 def test_one_request_cannot_fill_a_card_to_the_maximum(ledger: Ledger) -> None:
     """Reproduced: with a kiosk key, one made-up return fills a card to the maximum balance."""
     ledger.apply(recharge(CARD, 1_000))
-    fill = bar_order(CARD, returned(1, ledger.max_balance_cents - 1_000))
+    # Two cups of 745.00 (a unit price over 1000.00 is no valid request since models check
+    # themselves; a signed one is refused by the consumer's schema).
+    fill = bar_order(CARD, returned(2, (ledger.max_balance_cents - 1_000) // 2))
     assert_declined_return(ledger.apply(fill), 1_000)
     # Within the per-order limit but with nothing ever deposited: still declined.
     assert_declined_return(ledger.apply(bar_order(CARD, returned(1))), 1_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -126,9 +127,12 @@ def test_encoding_is_deterministic_and_the_hash_identifies_the_bytes() -> None:
 
 
 def test_encode_request_refuses_invalid_requests() -> None:
-    too_long = BarOrder("r1", KIOSK_ID, 1, 0, "04A1B2C3", "EUR", (BarItem("x" * 65, 1, 1),), 1)
-    with pytest.raises(ProtocolError):
-        encode_request(too_long, KIOSK_KEY)
+    # An invalid request cannot be built: the kiosk gets the ProtocolError at construction.
+    with pytest.raises(ProtocolError) as caught:
+        BarOrder("r1", KIOSK_ID, 1, 0, "04A1B2C3", "EUR", (BarItem("x" * 65, 1, 1),), 1)
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert "name" in caught.value.message
+    # Over the deployment's top-up limit, which only the encoder (and the cloud) knows.
     too_much = CheckpointRecharge("r1", KIOSK_ID, 1, 0, "04A1B2C3", "EUR", 100_001, "cash", "s")
     with pytest.raises(ProtocolError):
         encode_request(too_much, KIOSK_KEY)
@@ -553,6 +557,25 @@ def test_result_must_answer_an_outstanding_request() -> None:
     raw = encode_result(anonymous, CLOUD_KEY)
     assert verify_result(raw, cloud_public_key=CLOUD_KEY.public_key(), kiosk_id=KIOSK_ID)
     assert verify_failure(raw, outstanding={"r1"}).code is ErrorCode.INVALID_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class UncheckedResult(Result):
+    """A subclass that does not check itself when built (like the ledger's Outcome)."""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def test_encode_result_checks_a_subclass_that_skipped_the_rules() -> None:
+    fields = {name: getattr(approved(), name) for name in Result.__slots__}
+    assert encode_result(UncheckedResult(**fields), CLOUD_KEY) == encode_result(
+        approved(), CLOUD_KEY
+    )
+    with pytest.raises(ProtocolError, match="transaction_id"):
+        encode_result(UncheckedResult(**{**fields, "transaction_id": None}), CLOUD_KEY)
+    with pytest.raises(ProtocolError, match="kiosk_id"):
+        encode_result(UncheckedResult(**{**fields, "kiosk_id": None}), CLOUD_KEY)
 
 
 def test_result_with_unknown_fields_is_refused_even_when_signed() -> None:

@@ -55,6 +55,16 @@ def test_rfc8037_signature_is_reproduced_and_verifies() -> None:
     verify_signature(signing_input, signature, load_public_key_b64(RFC8037_X))
 
 
+def test_sign_compact_makes_the_signature_cryptography_makes() -> None:
+    # Signed with libsodium, verified here with OpenSSL: Ed25519 signatures are deterministic.
+    key = Ed25519PrivateKey.from_private_bytes(b64url_decode(RFC8037_D))
+    for kid in ("bar-01", "cloud"):
+        token = sign_compact(b"Example of Ed25519 signing", key, kid)
+        signing_input, _, signature_b64 = token.rpartition(b".")
+        assert b64url_decode(signature_b64.decode()) == key.sign(signing_input)
+        key.public_key().verify(b64url_decode(signature_b64.decode()), signing_input)
+
+
 def test_rfc8037_signature_fails_on_any_other_input() -> None:
     signing_input, _, signature_b64 = RFC8037_JWS.rpartition(b".")
     with pytest.raises(ProtocolError) as caught:

@@ -25,7 +25,6 @@ from protocol.models import (
     result_to_dict,
     scan_to_dict,
     status_to_dict,
-    validate_request,
 )
 
 from .support import (
@@ -102,7 +101,8 @@ def test_recharge_parses_into_the_model() -> None:
 def test_to_dict_round_trips(document: dict[str, object]) -> None:
     request = parse_request(document, currency=CURRENCY)
     assert request_to_dict(request) == document
-    assert validate_request(request) is request
+    # The parsed model is the one its constructor builds (which checks every field itself).
+    assert type(request)(**{name: getattr(request, name) for name in request.__slots__}) == request
 
 
 def test_to_dict_omits_absent_optionals() -> None:
@@ -121,14 +121,106 @@ def test_to_dict_omits_absent_optionals() -> None:
     }
 
 
-def test_validate_request_catches_wrong_python_types() -> None:
-    order = BarOrder("r1", "bar-01", 1, 0, "04A1B2C3", "EUR", [BarItem("Cola", 1, 300)], 300)  # type: ignore[arg-type]
-    with pytest.raises(ProtocolError):
-        validate_request(order)
-    with pytest.raises(ProtocolError):
-        validate_request(
-            BarOrder("r1", "bar-01", True, 0, "04A1B2C3", "EUR", (BarItem("Cola", 1, 300),), 300)
-        )
+def test_constructors_catch_wrong_python_types() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        BarOrder("r1", "bar-01", 1, 0, "04A1B2C3", "EUR", [BarItem("Cola", 1, 300)], 300)  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert "items" in caught.value.message
+    with pytest.raises(ProtocolError, match="seq"):
+        BarOrder("r1", "bar-01", True, 0, "04A1B2C3", "EUR", (BarItem("Cola", 1, 300),), 300)
+
+
+COLA = BarItem("Cola", 1, 300)
+ORDER_FIELDS: dict[str, object] = {
+    "request_id": "r1",
+    "kiosk_id": "bar-01",
+    "seq": 1,
+    "created_at_ms": 0,
+    "card_uid": "04A1B2C3",
+    "currency": "EUR",
+    "items": (COLA,),
+    "total_cents": 300,
+}
+RECHARGE_FIELDS: dict[str, object] = {
+    **{name: ORDER_FIELDS[name] for name in list(ORDER_FIELDS)[:6]},
+    "amount_cents": 2000,
+    "payment_method": "cash",
+    "staff_id": "staff-17",
+}
+
+
+@pytest.mark.parametrize(
+    ("model", "fields", "changes", "field"),
+    [
+        (BarItem, {"name": "Cola", "quantity": 1, "unit_price_cents": 300}, {"name": ""}, "name"),
+        (
+            BarItem,
+            {"name": "Cola", "quantity": 1, "unit_price_cents": 300},
+            {"quantity": 100},
+            "quantity",
+        ),
+        (
+            BarItem,
+            {"name": "Cola", "quantity": 1, "unit_price_cents": 300},
+            {"unit_price_cents": -1},
+            "unit_price",
+        ),
+        (BarItem, {"name": "Cola", "quantity": 1, "unit_price_cents": 300}, {"sku": ""}, "sku"),
+        (
+            BarItem,
+            {"name": "Cola", "quantity": 1, "unit_price_cents": 300},
+            {"is_deposit": 1},
+            "is_deposit",
+        ),
+        (
+            BarItem,
+            {"name": "Cola", "quantity": 1, "unit_price_cents": 300},
+            {"name": "a\u202eb"},
+            "name",
+        ),
+        (BarOrder, ORDER_FIELDS, {"request_id": "not valid"}, "request_id"),
+        (BarOrder, ORDER_FIELDS, {"kiosk_id": "cloud"}, "kiosk_id"),
+        (BarOrder, ORDER_FIELDS, {"seq": 0}, "seq"),
+        (BarOrder, ORDER_FIELDS, {"created_at_ms": -1}, "created_at_ms"),
+        (BarOrder, ORDER_FIELDS, {"card_uid": "04a1b2c3"}, "card_uid"),
+        (BarOrder, ORDER_FIELDS, {"currency": "eur"}, "currency"),
+        (BarOrder, ORDER_FIELDS, {"items": (), "total_cents": 0}, "items"),
+        (BarOrder, ORDER_FIELDS, {"items": (COLA,) * 51, "total_cents": 51 * 300}, "items"),
+        (BarOrder, ORDER_FIELDS, {"items": ({"name": "Cola"},)}, "items[0]"),
+        (BarOrder, ORDER_FIELDS, {"total_cents": 301}, "total_cents"),
+        (BarOrder, ORDER_FIELDS, {"total_cents": 300.0}, "total_cents"),
+        (BarOrder, ORDER_FIELDS, {"staff_id": ""}, "staff_id"),
+        (CheckpointRecharge, RECHARGE_FIELDS, {"amount_cents": 0}, "amount_cents"),
+        (CheckpointRecharge, RECHARGE_FIELDS, {"payment_method": "crypto"}, "payment_method"),
+        (CheckpointRecharge, RECHARGE_FIELDS, {"staff_id": None}, "staff_id"),
+        (CheckpointRecharge, RECHARGE_FIELDS, {"checkpoint_id": "a\nb"}, "checkpoint_id"),
+    ],
+)
+def test_constructors_check_the_rules_of_the_schema(
+    model: type, fields: dict[str, object], changes: dict[str, object], field: str
+) -> None:
+    model(**fields)
+    with pytest.raises(ProtocolError) as caught:
+        model(**{**fields, **changes})
+    assert caught.value.code is ErrorCode.INVALID_REQUEST
+    assert field in caught.value.message, caught.value.message
+
+
+def test_result_scan_and_status_constructors_check_the_rules() -> None:
+    valid = parse_result(approved_result_document())
+    fields = {name: getattr(valid, name) for name in Result.__slots__}
+    with pytest.raises(ProtocolError, match="status"):
+        Result(**{**fields, "status": "approved"})
+    with pytest.raises(ProtocolError, match="transaction_id"):
+        Result(**{**fields, "transaction_id": None})
+    with pytest.raises(ProtocolError, match="message"):
+        Result(**{**fields, "message": "m" * 201})
+    with pytest.raises(ProtocolError, match="card_uid"):
+        ScanRecord("bar-01", 0, None, "ok", "reader", 1)
+    with pytest.raises(ProtocolError, match="reader"):
+        ScanRecord("bar-01", 0, None, "read_error", "r" * 65, 1)
+    with pytest.raises(ProtocolError, match="state"):
+        KioskStatus("bar-01", "away", 5, "1.0")  # type: ignore[arg-type]
 
 
 # --- envelope -----------------------------------------------------------------------------
