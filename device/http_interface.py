@@ -258,7 +258,12 @@ class _Handler(BaseHTTPRequestHandler):
                     HTTPStatus.CONFLICT, "the menu changed: check the order and charge again"
                 )
         try:
-            draft = price_order(sales.menu, body, return_cents_max=self.api.return_cents_max)
+            draft = price_order(
+                sales.menu,
+                body,
+                return_cents_max=self.api.return_cents_max,
+                config_version=sales.config_version,
+            )
         except OrderError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))
@@ -267,7 +272,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.api.mode is not Mode.CHECKPOINT:
             raise _HttpProblem(HTTPStatus.CONFLICT, "this is a bar kiosk: use /api/order")
         try:
-            draft = parse_recharge(body, topup_cents_max=self.api.topup_cents_max)
+            draft = parse_recharge(
+                body,
+                topup_cents_max=self.api.topup_cents_max,
+                config_version=self.api.sales_menu().config_version,
+            )
         except RechargeError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))

@@ -53,7 +53,9 @@ class Signal(StrEnum):
 
 # --- what an order is before it is signed -------------------------------------------------------
 # A draft's fields are its request's body, by the same names: device/kiosk.py's build_request
-# copies them into a BarOrder or a CheckpointRecharge.
+# copies them into a BarOrder or a CheckpointRecharge. ``config_version`` is the config the kiosk
+# ran when the order was entered (for a bar order: the config whose menu priced it), None when it
+# never received one (PROTOCOL.md 1.1 "Menus").
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class BarDraft:
     items: tuple[BarItem, ...]
     total_cents: int
     staff_id: str | None = None
+    config_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class RechargeDraft:
     payment_method: PaymentMethod
     staff_id: str
     checkpoint_id: str | None = None
+    config_version: int | None = None
 
 
 Draft: TypeAlias = BarDraft | RechargeDraft
@@ -582,6 +586,7 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
             ],
             "total_cents": draft.total_cents,
             "staff_id": draft.staff_id,
+            "config_version": draft.config_version,
         }
     return {
         "type": "checkpoint_recharge",
@@ -589,6 +594,7 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
         "payment_method": draft.payment_method,
         "staff_id": draft.staff_id,
         "checkpoint_id": draft.checkpoint_id,
+        "config_version": draft.config_version,
     }
 
 

@@ -112,6 +112,8 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         result_topic=link.result_topic,
         clock=clock,
         fallback_menu=settings.menu,
+        config_topic=link.config_topic,
+        denylist_topic=link.denylist_topic,
     )
     http = _http_server(settings, kiosk, simulated)
     resources.callback(http.stop)
@@ -137,6 +139,8 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
                 "http_port": http.port,
                 "mqtt": repr(settings.mqtt),
                 "firmware": settings.firmware,
+                "config_version": kiosk.config_version,
+                "denylist_version": kiosk.denylist_version,
                 "pid": os.getpid(),
             }
         },

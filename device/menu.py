@@ -43,12 +43,14 @@ from protocol.limits import (
     ITEMS_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     SKU_LENGTH_MAX,
+    SKU_LENGTH_MIN,
     STAFF_ID_LENGTH_MAX,
     TEXT_FORBIDDEN_PATTERN,
     UNIT_PRICE_CENTS_MAX,
     UNIT_PRICE_CENTS_MIN,
 )
 from protocol.models import BarItem
+from protocol.models import Menu as ConfigMenu
 from protocol.strict_json import loads_strict
 
 MenuSource: TypeAlias = Literal["config", "file", "none"]
@@ -147,6 +149,38 @@ class SalesMenu:
     @property
     def tag(self) -> str | None:
         return None if self.menu is None else self.menu.tag
+
+
+# --- a config's menu ---------------------------------------------------------------------------
+
+
+def menu_from_config(menu: ConfigMenu, *, currency: str) -> Menu:
+    """The menu a kiosk sells from, made from its config's menu (PROTOCOL.md 1.1 "Menus").
+
+    A config's menu is flat: every item is sold as it is, with exactly its price and flags, since
+    the cloud checks each line against it. Items without flags, and deposit items (``is_deposit``
+    without ``is_return``), are products the bartender taps: a deposit is a line of its own (the
+    config says nothing of which product takes which deposit, so the kiosk adds none by itself,
+    unlike a menu file's ``deposit_sku``). Return items (``is_return``) are what the page offers as
+    returns, credited, their line carrying the item's ``is_deposit`` too. Docs: docs/protocol.md.
+    """
+    products = tuple(
+        Product(item.sku, item.name, item.unit_price_cents, is_deposit=item.is_deposit)
+        for item in menu.items
+        if not item.is_return
+    )
+    returns = tuple(
+        Deposit(
+            item.sku,
+            item.name,
+            item.name,
+            item.unit_price_cents,
+            return_is_deposit=item.is_deposit,
+        )
+        for item in menu.items
+        if item.is_return
+    )
+    return Menu(currency=currency, title=menu.menu_id, products=products, deposits=returns)
 
 
 # --- menu file ---------------------------------------------------------------------------------
@@ -259,14 +293,18 @@ def _deposit(value: object, index: int) -> Deposit:
 
 
 def price_order(
-    menu: Menu, document: object, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+    menu: Menu,
+    document: object,
+    *,
+    return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
+    config_version: int | None = None,
 ) -> BarDraft:
     """Price the page's order ``{"items": [{"sku", "quantity"}], "returns": [...], "staff_id"}``.
 
     ``items`` are products; each product with a deposit adds a deposit line per deposit SKU;
     ``returns`` are deposit SKUs brought back (cups), credited, at most ``return_cents_max`` in
     one order (the cloud's FESTIVAL_RETURN_MAX_CENTS rule, refused here before signing). Raises
-    OrderError.
+    OrderError. ``config_version``: the config whose menu ``menu`` is (the draft cites it).
     """
     if not isinstance(document, dict):
         raise OrderError("order must be a JSON object")
@@ -336,7 +374,12 @@ def price_order(
     ):
         raise OrderError(f"staff_id must be 1..{STAFF_ID_LENGTH_MAX} printable characters")
     total_cents = sum(line.signed_cents for line in lines)
-    return BarDraft(items=tuple(lines), total_cents=total_cents, staff_id=staff_id)
+    return BarDraft(
+        items=tuple(lines),
+        total_cents=total_cents,
+        staff_id=staff_id,
+        config_version=config_version,
+    )
 
 
 def _quantities(value: object, name: str) -> dict[str, int]:
@@ -353,7 +396,13 @@ def _quantities(value: object, name: str) -> dict[str, int]:
         _only_keys(entry, {"sku", "quantity"}, where, OrderError)
         sku = entry.get("sku")
         quantity = entry.get("quantity")
-        if not isinstance(sku, str) or not SKU_PATTERN.match(sku):
+        # Any SKU a menu can hold (a config's are 1..32 printable characters); the lookup in the
+        # menu then decides.
+        if (
+            not isinstance(sku, str)
+            or not SKU_LENGTH_MIN <= len(sku) <= SKU_LENGTH_MAX
+            or TEXT_FORBIDDEN_PATTERN.search(sku)
+        ):
             raise OrderError(f"{where}.sku is not a valid sku")
         if type(quantity) is not int or not ITEM_QUANTITY_MIN <= quantity <= ITEM_QUANTITY_MAX:
             raise OrderError(

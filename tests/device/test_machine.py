@@ -373,6 +373,7 @@ def test_view_of_an_order_lists_lines_and_total() -> None:
         ],
         "total_cents": 1100,
         "staff_id": None,
+        "config_version": None,
     }
 
 
