@@ -21,6 +21,7 @@ Menu file (JSON, prices in the deployment's currency, integer cents)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -136,7 +137,9 @@ class Menu:
         return hashlib.sha256(content.encode("utf-8")).hexdigest()[:MENU_TAG_LENGTH]
 
 
-@dataclass(frozen=True, slots=True)
+# Not slots: ``tag`` is computed once (functools.cached_property needs a __dict__); the page's
+# snapshot names it on every refresh.
+@dataclass(frozen=True)
 class SalesMenu:
     """What a kiosk sells from now: ``menu`` (None at a checkpoint without one), ``source``
     (``config``: the menu of its latest config; ``file``: the local menu file; ``none``) and the
@@ -146,7 +149,7 @@ class SalesMenu:
     source: MenuSource
     config_version: int | None
 
-    @property
+    @functools.cached_property
     def tag(self) -> str | None:
         return None if self.menu is None else self.menu.tag
 
