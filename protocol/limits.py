@@ -121,7 +121,10 @@ TRANSACTION_ID_PATTERN: Final = re.compile(
     rf"\A[A-Za-z0-9._:-]{{{TRANSACTION_ID_LENGTH_MIN},{TRANSACTION_ID_LENGTH_MAX}}}\Z"
 )
 # 4, 7 or 10 bytes as upper-case hex.
-CARD_UID_PATTERN: Final = re.compile(r"\A(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")
+_CARD_UID: Final = r"(?:[0-9A-F]{20}|[0-9A-F]{14}|[0-9A-F]{8})"
+CARD_UID_PATTERN: Final = re.compile(rf"\A{_CARD_UID}\Z")
+# (1.1) Card UIDs joined by commas: a deny-list's 6000 cards checked in one pass.
+CARD_UIDS_JOINED_PATTERN: Final = re.compile(rf"\A{_CARD_UID}(?:,{_CARD_UID})*\Z")
 # ISO 4217 alphabetic code.
 CURRENCY_PATTERN: Final = re.compile(r"\A[A-Z]{3}\Z")
 # One or more topic levels of [A-Za-z0-9_-]; never a wildcard, "$" or an empty level.

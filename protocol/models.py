@@ -16,16 +16,18 @@ its constructor checking them a second time. Both paths call the same rule funct
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar
+from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar, cast
 
 from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
 from protocol.limits import (
     BALANCE_CENTS_MIN,
     BALANCE_CENTS_WIRE_MAX,
     CARD_UID_PATTERN,
+    CARD_UIDS_JOINED_PATTERN,
     CHECKPOINT_ID_LENGTH_MAX,
     CHECKPOINT_ID_LENGTH_MIN,
     CONFIG_VERSION_MAX,
@@ -649,9 +651,24 @@ def _check_message_version(version: object, issued_at_ms: object) -> None:
 
 
 def _check_card_uids(card_uids: tuple[object, ...] | list[object]) -> None:
-    """A deny-list's cards: at most 6000 card UIDs, sorted, unique (each strictly greater)."""
+    """A deny-list's cards: at most 6000 card UIDs, sorted, unique (each strictly greater).
+
+    A valid list is recognised in a few passes in C (a kiosk applies 6000 cards in well under
+    its 50 ms budget); only a list that fails is walked card by card to name the first culprit.
+    """
     if len(card_uids) > DENYLIST_CARDS_MAX:
         _fail(f"card_uids may hold at most {DENYLIST_CARDS_MAX} cards, got {len(card_uids)}")
+    if all(type(card_uid) is str for card_uid in card_uids):
+        strings = cast("tuple[str, ...] | list[str]", card_uids)
+        joined = ",".join(strings)
+        # As many commas as separators: no card holds a comma of its own, so the pattern saw
+        # exactly these cards, each one whole.
+        if not strings or (
+            joined.count(",") == len(strings) - 1
+            and CARD_UIDS_JOINED_PATTERN.match(joined) is not None
+            and all(map(operator.lt, strings, strings[1:]))
+        ):
+            return
     previous = ""
     for index, card_uid in enumerate(card_uids):
         if type(card_uid) is not str or not CARD_UID_PATTERN.match(card_uid):

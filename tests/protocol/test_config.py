@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any, Final
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.codec import (
     _signed,
@@ -20,6 +23,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.jws import sign_compact
 from protocol.keys import b64url_encode
 from protocol.limits import (
+    CARD_UID_PATTERN,
     CONFIG_BYTES_MAX,
     CONFIG_VERSION_MAX,
     DENYLIST_CARDS_MAX,
@@ -484,6 +488,11 @@ def test_the_largest_denylist_fits_the_message_size() -> None:
         (["04A1B2C3D4"], "invalid card_uids[0]"),
         ([4], "invalid card_uids[0]"),
         ([None], "invalid card_uids[0]"),
+        (["04A1B2C3,0A0B0C0D"], "invalid card_uids[0]"),  # two cards in one string
+        (["04A1B2C3", ",0A0B0C0D"], "invalid card_uids[1]"),
+        (["04A1B2C3", ""], "invalid card_uids[1]"),
+        (["04A1B2C3\n"], "invalid card_uids[0]"),
+        (["04A1B2C3", "0A0B0C0D", "0A0B0C0D1"], "invalid card_uids[2]"),
     ],
 )
 def test_denylist_cards_are_valid_sorted_and_unique(cards: list[object], message: str) -> None:
@@ -590,3 +599,31 @@ def test_the_config_and_denylist_topics() -> None:
         denylist_topic("festival/#")
     with pytest.raises(ProtocolError):
         parse_topic("festival/v1/denylist", "festival")  # no kiosk's topic
+
+
+def _accepted(cards: list[object]) -> bool:
+    try:
+        parse_denylist(denylist_document(card_uids=cards))
+    except ProtocolError:
+        return False
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.from_regex(r"\A(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z"),
+            st.text(alphabet="0123456789ABCDEFa,\n ", max_size=22),
+            st.integers(),
+        ),
+        max_size=12,
+    )
+)
+def test_the_one_pass_card_check_agrees_with_the_card_by_card_rule(cards: list[object]) -> None:
+    """The fast path of a deny-list's check accepts exactly what the card-by-card rule does."""
+    valid = all(type(card) is str and CARD_UID_PATTERN.match(card) for card in cards)
+    ordered = valid and all(a < b for a, b in itertools.pairwise(cards))  # type: ignore[operator]
+    assert _accepted(cards) == ordered, cards
+    if valid:
+        assert _accepted(sorted(set(cards))), cards  # type: ignore[type-var]
