@@ -658,17 +658,20 @@ def _check_card_uids(card_uids: tuple[object, ...] | list[object]) -> None:
     """
     if len(card_uids) > DENYLIST_CARDS_MAX:
         _fail(f"card_uids may hold at most {DENYLIST_CARDS_MAX} cards, got {len(card_uids)}")
-    if all(type(card_uid) is str for card_uid in card_uids):
-        strings = cast("tuple[str, ...] | list[str]", card_uids)
-        joined = ",".join(strings)
-        # As many commas as separators: no card holds a comma of its own, so the pattern saw
-        # exactly these cards, each one whole.
-        if not strings or (
-            joined.count(",") == len(strings) - 1
-            and CARD_UIDS_JOINED_PATTERN.match(joined) is not None
-            and all(map(operator.lt, strings, strings[1:]))
-        ):
-            return
+    strings = cast("tuple[str, ...] | list[str]", card_uids)
+    try:
+        joined = ",".join(strings)  # TypeError unless every card is a string
+    except TypeError:
+        joined = None
+    # As many commas as separators: no card holds a comma of its own, so the pattern saw exactly
+    # these cards, each one whole.
+    if not strings or (
+        joined is not None
+        and joined.count(",") == len(strings) - 1
+        and CARD_UIDS_JOINED_PATTERN.match(joined) is not None
+        and all(map(operator.lt, strings, strings[1:]))
+    ):
+        return
     previous = ""
     for index, card_uid in enumerate(card_uids):
         if type(card_uid) is not str or not CARD_UID_PATTERN.match(card_uid):
