@@ -42,7 +42,8 @@ from bench.bench_consumer_load import CpuMeter, LoadGenerator, RunStats  # noqa:
 from cloud import database  # noqa: E402
 from cloud.database import make_engine  # noqa: E402
 from cloud.keys import save_private_key  # noqa: E402
-from cloud.ledger import Ledger, LedgerRequest  # noqa: E402
+from cloud.ledger import Ledger  # noqa: E402
+from cloud.ledger_records import LedgerRequest  # noqa: E402
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port  # noqa: E402
 from protocol.keys import generate_private_key, public_key_b64  # noqa: E402
 from protocol.models import CheckpointRecharge, request_to_dict  # noqa: E402

@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 from cloud import database  # noqa: E402
 from cloud.database import TransientDatabaseError, make_engine  # noqa: E402
-from cloud.ledger import Ledger, LedgerRequest  # noqa: E402
+from cloud.ledger import Ledger  # noqa: E402
+from cloud.ledger_records import LedgerRequest  # noqa: E402
 from cloud.sandbox import PostgresServer  # noqa: E402
 from protocol.models import BarItem, BarOrder  # noqa: E402
 from tests.ledger.helpers import PUBLIC_KEY, recharge  # noqa: E402

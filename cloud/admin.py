@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from cloud import database
 from cloud.database import TransientDatabaseError, make_engine
-from cloud.ledger import TOPUP_RETENTION_DAYS, Ledger
+from cloud.ledger import Ledger
+from cloud.ledger_records import TOPUP_RETENTION_DAYS
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
 

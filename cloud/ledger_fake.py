@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from cloud.ledger import (
+from cloud.ledger_records import (
     BATCH_REQUESTS_MAX,
     CHECKPOINT_ID_LENGTH_MAX,
     DEAD_LETTERS_PER_KIOSK_MINUTE_MAX,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import cloud.ledger
     import cloud.ledger_fake
     from cloud.database import Engine
-    from cloud.ledger import (
+    from cloud.ledger_records import (
         CardRecord,
         DeadLetterLike,
         KioskRecord,

@@ -38,6 +38,7 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections import defaultdict
 from collections.abc import Iterator
@@ -351,11 +352,25 @@ def test_adapters_and_pure_imports_pass(tmp_path: Path) -> None:
             "cloud/ledger.py": "from cloud.database import text\n",
             "cloud/ports.py": "from typing import TYPE_CHECKING, Protocol\nif TYPE_CHECKING:\n"
             "    from cloud.database import Engine\n    import cloud.ledger\n",
-            "cloud/ledger_fake.py": "import threading\nfrom cloud.ledger import Outcome\n",
+            "cloud/ledger_fake.py": "import threading\nfrom cloud.ledger_records import Outcome\n",
         },
     )
     assert violations(imports) == []
     assert stale_entries(imports)  # most adapters are missing from this small tree
+
+
+def test_shipped_fakes_load_without_database_or_mqtt_libraries() -> None:
+    """What the rule checks statically, at run time: importing the fakes (and the ports and
+    records they build) loads neither SQLAlchemy, psycopg2 nor paho, also not through an import
+    of another of our modules."""
+    code = (
+        "import sys, cloud.ledger_fake, cloud.ports, cloud.ledger_records, device.link\n"
+        "print(sorted(m for m in ('sqlalchemy', 'psycopg2', 'paho') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 if __name__ == "__main__":  # print the census

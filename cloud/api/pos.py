@@ -45,7 +45,7 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.models import CheckpointRecharge
 
 if TYPE_CHECKING:
-    from cloud.ledger import Outcome
+    from cloud.ledger_records import Outcome
 
 log = logging.getLogger("cloud.api.pos")
 
@@ -271,7 +271,7 @@ def _refusal(device: AuthenticatedDevice, request: Any) -> tuple[ErrorCode, str]
 async def _decide(
     services: Any, request: Request, kind: str, device: AuthenticatedDevice, parsed: Any
 ) -> Outcome:
-    from cloud.ledger import LedgerRequest  # the ledger module is the API's only writer
+    from cloud.ledger_records import LedgerRequest
 
     refusal = _refusal(device, parsed.request)
     if refusal is not None:

@@ -52,7 +52,7 @@ from cloud.api.stripe_events import (
 )
 from cloud.api.stripe_gateway import live_mode_of
 from cloud.database import TransientDatabaseError
-from cloud.ledger import Outcome
+from cloud.ledger_records import Outcome
 from cloud.logs import bind
 from protocol.errors import Status
 

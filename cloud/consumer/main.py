@@ -32,7 +32,8 @@ def run(settings: CloudSettings) -> int:
 
     # Imported here: `festival-cloud --help` and the kiosk extra need no database driver.
     from cloud.database import TransientDatabaseError, make_engine
-    from cloud.ledger import Ledger, LedgerRequest
+    from cloud.ledger import Ledger
+    from cloud.ledger_records import LedgerRequest
 
     engine = make_engine(
         settings.database_url,

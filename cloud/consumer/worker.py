@@ -64,7 +64,7 @@ from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
 if TYPE_CHECKING:
-    from cloud.ledger import LedgerRequest
+    from cloud.ledger_records import LedgerRequest
     from cloud.ports import RequestLedger
 
 log = logging.getLogger("cloud.consumer")

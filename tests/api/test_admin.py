@@ -9,7 +9,8 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from cloud.ledger import Ledger, LedgerRequest
+from cloud.ledger import Ledger
+from cloud.ledger_records import LedgerRequest
 from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import BarItem, BarOrder, KioskStatus, request_to_dict
 from protocol.strict_json import dumps_canonical

@@ -20,7 +20,8 @@ from sqlalchemy import Engine, text
 
 from cloud import reports as reports_module
 from cloud.api import create_app
-from cloud.ledger import Ledger, LedgerRequest
+from cloud.ledger import Ledger
+from cloud.ledger_records import LedgerRequest
 from cloud.reports import ReportError, decimal_amount, parse_moment
 from cloud.settings import CloudSettings
 from cloud.stripe_fake import FakeStripe

@@ -561,7 +561,7 @@ def test_a_flood_of_junk_from_one_kiosk_stores_the_bound_and_counts_the_rest(
     """Reproduced: every junk message was a dead letter with up to 1 MiB of raw bytes, without
     bound. Now at most DEAD_LETTERS_PER_KIOSK_MINUTE_MAX per kiosk per minute are stored (a
     flood spans at most two minutes here), the rest only counted, each at most 8192 bytes."""
-    from cloud.ledger import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX as BOUND
+    from cloud.ledger_records import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX as BOUND
 
     flooder = system.kiosks["bar-flood"]
     count = 3 * BOUND

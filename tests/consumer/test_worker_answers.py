@@ -16,7 +16,7 @@ from cloud.consumer.inbox import InboundMessage
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
 from cloud.consumer.worker import Worker
-from cloud.ledger import KioskRecord, LedgerRequest, Outcome, outcome_from_document
+from cloud.ledger_records import KioskRecord, LedgerRequest, Outcome, outcome_from_document
 from protocol.codec import encode_request, verify_result
 from protocol.errors import ErrorCode, Status
 from protocol.keys import generate_private_key, public_key_b64

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from cloud.database import make_engine
-from cloud.ledger import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, Ledger, LedgerRequest
+from cloud.ledger import Ledger
 from cloud.ledger_fake import FakeLedger
+from cloud.ledger_records import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, LedgerRequest
 from protocol.errors import ErrorCode, Status
 from protocol.models import BarItem, KioskStatus, ScanRecord
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload

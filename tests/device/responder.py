@@ -25,8 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.ledger import LedgerRequest
 from cloud.ledger_fake import FakeLedger as InMemoryLedger
+from cloud.ledger_records import LedgerRequest
 from cloud.sandbox import MosquittoBroker
 from protocol.codec import authenticate, build_result, encode_result, parse_authenticated
 from protocol.errors import ProtocolError

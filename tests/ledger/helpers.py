@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy
 
-from cloud.ledger import LedgerRequest
+from cloud.ledger_records import LedgerRequest
 from protocol.models import BarItem, BarOrder, CheckpointRecharge, dumps_canonical, request_to_dict
 
 CURRENCY = "EUR"

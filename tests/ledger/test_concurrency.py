@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from cloud.database import TransientDatabaseError, make_engine
-from cloud.ledger import Ledger, LedgerRequest, Outcome
+from cloud.ledger import Ledger
+from cloud.ledger_records import LedgerRequest, Outcome
 from protocol.errors import ErrorCode, Status
 from tests.ledger.helpers import bar_order, recharge
 
@@ -198,7 +199,7 @@ def test_a_claim_lost_to_a_concurrent_transaction_aborts_the_batch_as_transient(
     from sqlalchemy import text
 
     from cloud.database import translate_errors
-    from cloud.ledger import request_document
+    from cloud.ledger_records import request_document
     from tests.waiting import wait_until
 
     for card in CARDS[:2]:

@@ -14,7 +14,8 @@ import os
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from cloud.ledger import DEAD_LETTER_BYTES_MAX, DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, Ledger
+from cloud.ledger import Ledger
+from cloud.ledger_records import DEAD_LETTER_BYTES_MAX, DEAD_LETTERS_PER_KIOSK_MINUTE_MAX
 from protocol.errors import ErrorCode
 from tests.ledger.helpers import execute, scalar
 from tests.ledger.test_cli import cli

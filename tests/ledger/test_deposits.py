@@ -15,7 +15,8 @@ import sqlalchemy
 
 from cloud.api.seed_requests import http_status_for
 from cloud.database import TransientDatabaseError, make_engine
-from cloud.ledger import Ledger, Outcome
+from cloud.ledger import Ledger
+from cloud.ledger_records import Outcome
 from protocol.errors import ErrorCode, Status
 from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 from protocol.models import BarItem

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from cloud.ledger import Outcome, outcome_from_document
+from cloud.ledger_records import Outcome, outcome_from_document
 from protocol.codec import encode_result, verify_result
 from protocol.errors import ErrorCode, ProtocolError, Status
 from protocol.keys import generate_private_key

@@ -11,7 +11,7 @@ from sqlalchemy import exc as sa_exc
 
 import cloud.limits
 from cloud import ledger as cloud_ledger
-from cloud.ledger import request_document
+from cloud.ledger_records import request_document
 from protocol import limits as protocol_limits
 from protocol.errors import ErrorCode
 from tests.ledger.helpers import execute, recharge, scalar

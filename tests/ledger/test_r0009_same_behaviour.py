@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy
 
 from cloud import database
-from cloud.ledger import LedgerRequest, request_document
+from cloud.ledger_records import LedgerRequest, request_document
 from protocol.models import BarItem
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
 

@@ -10,7 +10,8 @@ import re
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from cloud.ledger import Ledger, LedgerRequest, request_document
+from cloud.ledger import Ledger
+from cloud.ledger_records import LedgerRequest, request_document
 from protocol.models import BarItem, request_to_dict
 from tests.ledger.helpers import bar_order, execute, recharge, scalar
 

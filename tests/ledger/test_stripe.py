@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from cloud.ledger import Ledger, Outcome
+from cloud.ledger import Ledger
+from cloud.ledger_records import Outcome
 from protocol.errors import ErrorCode, Status
 from tests.ledger.helpers import bar_order, execute, recharge
 

@@ -12,7 +12,8 @@ import sqlalchemy
 
 from cloud import database
 from cloud.database import make_engine
-from cloud.ledger import Ledger, StripeCheckoutResult
+from cloud.ledger import Ledger
+from cloud.ledger_records import StripeCheckoutResult
 from tests.ledger.helpers import execute, scalar
 
 CARD = "04C0FFEE"

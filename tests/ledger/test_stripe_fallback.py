@@ -12,7 +12,8 @@ import threading
 
 import pytest
 
-from cloud.ledger import Ledger, Outcome
+from cloud.ledger import Ledger
+from cloud.ledger_records import Outcome
 from protocol.errors import ErrorCode, Status
 from tests.ledger.helpers import execute, recharge, scalar
 
