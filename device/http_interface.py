@@ -3,7 +3,9 @@
 stdlib ``http.server`` in a thread of its own (no web framework on the Pi). Handlers never touch
 the kiosk's state: they read the latest snapshot (an immutable JSON document the main loop
 publishes) and send commands to the main loop, waiting a bounded time for its reply.
-Prices are computed here from the menu (pure); the page sends only SKUs and quantities.
+Prices are computed here from the menu the kiosk sells from now (``sales_menu``: its latest
+config's, else the local file's; pure); the page sends only SKUs and quantities, and the tag of
+the menu it showed, so that an order is never charged from a menu the page did not show.
 
 Defences for an interface that only the kiosk's own browser should use: bound to loopback; the
 Host header must name loopback (DNS rebinding); POST bodies must be ``application/json`` (a
@@ -38,7 +40,7 @@ from device.machine import (
     OrderEntered,
     Reply,
 )
-from device.menu import Menu, OrderError, price_order
+from device.menu import OrderError, SalesMenu, price_order
 from device.reader import SimulatedReader
 from device.recharge import RechargeError, parse_recharge
 from protocol.errors import ProtocolError
@@ -57,7 +59,7 @@ class HttpApi:
     """What the handlers may use; built by the kiosk's composition root."""
 
     mode: Mode
-    menu: Menu | None
+    sales_menu: Callable[[], SalesMenu]
     topup_cents_max: int
     snapshot_json: Callable[[], bytes]
     command: Callable[[Event, float], Reply]
@@ -174,9 +176,16 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/api/state":
                 self._send(HTTPStatus.OK, self.api.snapshot_json())
             elif path == "/api/menu":
-                if self.api.menu is None:
+                sales = self.api.sales_menu()
+                if self.api.mode is not Mode.BAR or sales.menu is None:
                     raise _HttpProblem(HTTPStatus.NOT_FOUND, "a checkpoint kiosk has no menu")
-                menu = {**self.api.menu.to_dict(), "return_cents_max": self.api.return_cents_max}
+                menu = {
+                    **sales.menu.to_dict(),
+                    "tag": sales.tag,
+                    "source": sales.source,
+                    "config_version": sales.config_version,
+                    "return_cents_max": self.api.return_cents_max,
+                }
                 self._json(HTTPStatus.OK, menu)
             elif path in ("/", "/index.html"):
                 self._static("index.html")
@@ -236,10 +245,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"ok": reply.ok, "message": reply.message, "state": state})
 
     def _order(self, body: object) -> None:
-        if self.api.mode is not Mode.BAR or self.api.menu is None:
+        sales = self.api.sales_menu()
+        if self.api.mode is not Mode.BAR or sales.menu is None:
             raise _HttpProblem(HTTPStatus.CONFLICT, "this is a checkpoint kiosk: use /api/recharge")
+        if isinstance(body, dict) and "menu_tag" in body:
+            # The page priced the cart from the menu it showed: if the kiosk sells from another
+            # one now, charging would reprice the order behind the bartender's back.
+            shown = body["menu_tag"]
+            body = {key: value for key, value in body.items() if key != "menu_tag"}
+            if shown != sales.tag:
+                raise _HttpProblem(
+                    HTTPStatus.CONFLICT, "the menu changed: check the order and charge again"
+                )
         try:
-            draft = price_order(self.api.menu, body, return_cents_max=self.api.return_cents_max)
+            draft = price_order(
+                sales.menu,
+                body,
+                return_cents_max=self.api.return_cents_max,
+                config_version=sales.config_version,
+            )
         except OrderError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))
@@ -248,7 +272,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.api.mode is not Mode.CHECKPOINT:
             raise _HttpProblem(HTTPStatus.CONFLICT, "this is a bar kiosk: use /api/order")
         try:
-            draft = parse_recharge(body, topup_cents_max=self.api.topup_cents_max)
+            draft = parse_recharge(
+                body,
+                topup_cents_max=self.api.topup_cents_max,
+                config_version=self.api.sales_menu().config_version,
+            )
         except RechargeError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))

@@ -6,6 +6,15 @@ its effects: create a request (sign + store in the outbox, durably, before anyth
 publish stored bytes, drive the indicators. Results are verified against the pinned cloud key
 and matched to an outstanding request (id, seq, card) before they touch the outbox or the screen.
 
+(1.1) The cloud's config (menu, offline policy) and deny-list arrive on the kiosk's config topic
+and the deny-list topic, retained. One is applied only when it verifies under the pinned cloud
+key, names this kiosk (config) and this kiosk's currency, and carries a version higher than the
+one held; it is kept in the outbox database before it is applied, and loaded (verified again) at
+start, so a kiosk that reboots without a network still has both. Anything else is ignored and
+logged with the reason; the retained copy the broker hands over again on every connect (same
+version) is ignored quietly. The kiosk sells from its config's menu (the local menu file while
+no config with a menu was applied) and writes that config's version into every request.
+
 The composition root that builds a ``Kiosk`` from the environment is device/main.py.
 """
 
@@ -47,6 +56,7 @@ from device.machine import (
     LinkDown,
     LinkUp,
     MachineConfig,
+    MenuChanged,
     OutboxLoaded,
     Outcome,
     PendingRequest,
@@ -59,13 +69,29 @@ from device.machine import (
     Tick,
     Transition,
 )
-from device.outbox import Outbox, OutboxError, OutboxFull, StoredRequest
+from device.menu import Menu, SalesMenu, menu_from_config
+from device.outbox import CloudMessage, Outbox, OutboxError, OutboxFull, StoredRequest
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
-from protocol.codec import encode_request, encode_scan, verify_result
-from protocol.errors import ProtocolError
+from protocol.codec import (
+    encode_request,
+    encode_scan,
+    verify_config,
+    verify_denylist,
+    verify_result,
+)
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey
 from protocol.limits import MESSAGE_BYTES_MAX
-from protocol.models import BarOrder, CheckpointRecharge, Request, Result, ScanRecord
+from protocol.models import (
+    BarOrder,
+    CheckpointRecharge,
+    DenyList,
+    KioskConfig,
+    OfflinePolicy,
+    Request,
+    Result,
+    ScanRecord,
+)
 
 log = logging.getLogger("device.kiosk")
 
@@ -140,6 +166,16 @@ def pending_request(stored: StoredRequest) -> PendingRequest:
     )
 
 
+def _config_log_fields(config: KioskConfig) -> dict[str, object]:
+    menu = config.menu
+    return {
+        "version": config.version,
+        "menu_id": None if menu is None else menu.menu_id,
+        "menu_items": 0 if menu is None else len(menu.items),
+        "offline": config.offline is not None,
+    }
+
+
 def request_log_fields(pending: PendingRequest) -> dict[str, object]:
     """The fields every log line about one request carries."""
     return {
@@ -163,6 +199,9 @@ class Kiosk:
         result_topic: str,
         ids: UuidV7Generator | None = None,
         clock: SystemClock | None = None,
+        fallback_menu: Menu | None = None,
+        config_topic: str | None = None,
+        denylist_topic: str | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -171,9 +210,22 @@ class Kiosk:
         self.reader = reader
         self.indicators = indicators
         self.result_topic = result_topic
+        self.config_topic = config_topic
+        self.denylist_topic = denylist_topic
         self.ids = ids or UuidV7Generator()
         self.clock = clock or SystemClock()
         self.state = KioskState()
+        # The local menu file's menu: sold from while no config with a menu was applied.
+        self.fallback_menu = fallback_menu
+        self._sales_menu = SalesMenu(
+            fallback_menu, "none" if fallback_menu is None else "file", config_version=None
+        )
+        # What the cloud told this kiosk (None: nothing yet), as applied, with its signed bytes.
+        self._config: KioskConfig | None = None
+        self._config_payload: bytes | None = None
+        self._denylist: DenyList | None = None
+        self._denylist_payload: bytes | None = None
+        self._denied: frozenset[str] = frozenset()
         self.events: queue.Queue[QueueItem] = queue.Queue(maxsize=EVENT_QUEUE_MAX)
         self._message_ids: dict[int, str] = {}
         self._sent_at_ms: dict[str, int] = {}
@@ -187,6 +239,8 @@ class Kiosk:
             "scans": 0,
             "requests_stored": 0,
             "publishes": 0,
+            "cloud_messages_applied": 0,
+            "cloud_messages_ignored": 0,
         }
         self._snapshot_version = (-1, -1)
         self._snapshot = b"{}"
@@ -220,10 +274,40 @@ class Kiosk:
     def snapshot_json(self) -> bytes:
         return self._snapshot
 
+    def sales_menu(self) -> SalesMenu:
+        """The menu this kiosk sells from now (an immutable object: safe from any thread)."""
+        return self._sales_menu
+
+    # --- what the cloud told this kiosk (read by the main loop; offline sales use them) -------
+
+    @property
+    def config_version(self) -> int | None:
+        """The version of the config this kiosk runs; None: it never received one."""
+        return None if self._config is None else self._config.version
+
+    @property
+    def offline_policy(self) -> OfflinePolicy | None:
+        """What this kiosk may approve by itself offline; None: it must not sell offline (also
+        while it never received a config)."""
+        return None if self._config is None else self._config.offline
+
+    @property
+    def denylist_version(self) -> int | None:
+        return None if self._denylist is None else self._denylist.version
+
+    def is_denied(self, card_uid: str) -> bool:
+        """Whether ``card_uid`` is on the deny-list this kiosk holds (blocked, or with a debt).
+
+        Online the cloud decides (a blocked card is declined CARD_BLOCKED): the list is for the
+        kiosk's own decisions while it is offline (PROTOCOL.md "Offline sales")."""
+        return card_uid in self._denied
+
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the outbox into the machine, then start the link and the reader."""
+        """Load the kept config and deny-list and the outbox into the machine, then start the
+        link and the reader."""
+        self._load_cloud_messages()
         loaded = tuple(pending_request(stored) for stored in self.outbox.outstanding())
         if loaded:
             log.info(
@@ -424,6 +508,16 @@ class Kiosk:
             self._step(CardFailed(scan.status))
 
     def _message(self, message: MessageReceived) -> None:
+        """Every message from the broker: the cloud's config or deny-list, or a result."""
+        if self.config_topic is not None and message.topic == self.config_topic:
+            self._config_arrived(message.payload)
+            return
+        if self.denylist_topic is not None and message.topic == self.denylist_topic:
+            self._denylist_arrived(message.payload)
+            return
+        self._result_message(message)
+
+    def _result_message(self, message: MessageReceived) -> None:
         """The one path of every message on the result topic: verified once, then matched."""
         if message.topic != self.result_topic or len(message.payload) > MESSAGE_BYTES_MAX:
             self._ignore_result("not a result for this kiosk", message.topic)
@@ -508,10 +602,154 @@ class Kiosk:
         self.counters["results_ignored"] += 1
         log.warning("result ignored", extra={"context": {"reason": reason, "detail": detail}})
 
+    # --- the cloud's config and deny-list --------------------------------------------------------
+
+    def _verified_config(self, raw: bytes) -> KioskConfig:
+        """``raw`` as a config for this kiosk, in its currency; ProtocolError otherwise."""
+        config = verify_config(
+            raw, cloud_public_key=self.identity.cloud_public_key, kiosk_id=self.identity.kiosk_id
+        )
+        if config.currency != self.identity.currency:
+            raise ProtocolError(
+                ErrorCode.INVALID_REQUEST,
+                f"config currency {config.currency}, this kiosk sells in {self.identity.currency}",
+            )
+        return config
+
+    def _verified_denylist(self, raw: bytes) -> DenyList:
+        return verify_denylist(raw, cloud_public_key=self.identity.cloud_public_key)
+
+    def _config_arrived(self, raw: bytes) -> None:
+        try:
+            config = self._verified_config(raw)
+        except ProtocolError as error:  # forged, wrong kid, another kiosk's, oversize, malformed
+            self._ignore_cloud_message("config", f"{error.code}: {error.message}", None)
+            return
+        if self._is_stale("config", config.version, self.config_version, raw, self._config_payload):
+            return
+        self.outbox.keep_cloud_message(
+            CloudMessage("config", config.version, raw, self.clock.wall_ms())
+        )
+        self._apply_config(config, raw)
+        self.counters["cloud_messages_applied"] += 1
+        log.info("config applied", extra={"context": _config_log_fields(config)})
+
+    def _denylist_arrived(self, raw: bytes) -> None:
+        try:
+            denylist = self._verified_denylist(raw)
+        except ProtocolError as error:
+            self._ignore_cloud_message("denylist", f"{error.code}: {error.message}", None)
+            return
+        held = self.denylist_version
+        if self._is_stale("denylist", denylist.version, held, raw, self._denylist_payload):
+            return
+        self.outbox.keep_cloud_message(
+            CloudMessage("denylist", denylist.version, raw, self.clock.wall_ms())
+        )
+        self._apply_denylist(denylist, raw)
+        self.counters["cloud_messages_applied"] += 1
+        log.info(
+            "deny-list applied",
+            extra={"context": {"version": denylist.version, "cards": len(denylist.card_uids)}},
+        )
+
+    def _is_stale(
+        self, kind: str, version: int, held: int | None, raw: bytes, held_payload: bytes | None
+    ) -> bool:
+        """Whether a verified message must not be applied: its version is not above ``held``."""
+        if held is None or version > held:
+            return False
+        if version == held and raw == held_payload:
+            # The retained copy the broker hands over again after every (re)connect.
+            log.debug(f"{kind} already applied", extra={"context": {"version": version}})
+        elif version == held:
+            self._ignore_cloud_message(
+                kind, "same version as the one applied, different content", version
+            )
+        else:
+            self._ignore_cloud_message(kind, f"version {version} is older than {held}", version)
+        return True
+
+    def _ignore_cloud_message(self, kind: str, reason: str, version: int | None) -> None:
+        self.counters["cloud_messages_ignored"] += 1
+        log.warning(
+            f"{kind} ignored",
+            extra={"context": {"kind": kind, "reason": reason, "version": version}},
+        )
+
+    def _apply_config(self, config: KioskConfig, raw: bytes) -> None:
+        shown = self._sales_menu.tag
+        self._config = config
+        self._config_payload = raw
+        if config.menu is not None:
+            menu: Menu | None = menu_from_config(config.menu, currency=self.identity.currency)
+            sales = SalesMenu(menu, "config", config.version)
+        else:  # no menu assigned: the local menu file, as before any config
+            menu = self.fallback_menu
+            sales = SalesMenu(menu, "none" if menu is None else "file", config.version)
+        self._sales_menu = sales
+        if sales.tag != shown:
+            self._step(MenuChanged())
+        self._changed()
+
+    def _apply_denylist(self, denylist: DenyList, raw: bytes) -> None:
+        self._denylist = denylist
+        self._denylist_payload = raw
+        self._denied = frozenset(denylist.card_uids)
+        self._changed()
+
+    def _load_cloud_messages(self) -> None:
+        """The config and deny-list kept in the outbox database, verified again (the pinned cloud
+        key may have changed since): what the kiosk runs until the broker hands over newer."""
+        config_kept = self.outbox.cloud_message("config")
+        if config_kept is not None:
+            try:
+                config = self._verified_config(config_kept.payload)
+            except ProtocolError as error:
+                self._drop_kept("config", error, config_kept.version)
+            else:
+                self._apply_config(config, config_kept.payload)
+                log.info("config loaded", extra={"context": _config_log_fields(config)})
+        denylist_kept = self.outbox.cloud_message("denylist")
+        if denylist_kept is not None:
+            try:
+                denylist = self._verified_denylist(denylist_kept.payload)
+            except ProtocolError as error:
+                self._drop_kept("denylist", error, denylist_kept.version)
+            else:
+                self._apply_denylist(denylist, denylist_kept.payload)
+                log.info(
+                    "deny-list loaded",
+                    extra={
+                        "context": {"version": denylist.version, "cards": len(denylist.card_uids)}
+                    },
+                )
+
+    def _drop_kept(self, kind: str, error: ProtocolError, version: int) -> None:
+        self.outbox.forget_cloud_message(kind)
+        log.warning(
+            f"kept {kind} no longer verifies: dropped",
+            extra={"context": {"version": version, "reason": f"{error.code}: {error.message}"}},
+        )
+
     # --- what the page sees ------------------------------------------------------------------
 
     def _snapshot_marker(self) -> tuple[int, int]:
         return (self.state.version, sum(self.counters.values()))
+
+    def _cloud_view(self) -> machine.CloudView:
+        sales = self._sales_menu
+        config = self._config
+        denylist = self._denylist
+        return machine.CloudView(
+            config_version=sales.config_version,
+            menu_source=sales.source,
+            menu_tag=sales.tag,
+            menu_id=None if config is None or config.menu is None else config.menu.menu_id,
+            offline_allowed=config is not None and config.offline is not None,
+            denylist_version=None if denylist is None else denylist.version,
+            denylist_cards=len(self._denied),
+        )
 
     def _refresh_snapshot(self) -> None:
         """Publish a new immutable view; ``version`` grows with every change (pages poll it)."""
@@ -530,6 +768,7 @@ class Kiosk:
                 link_reason=self._link_reason,
                 alert=self._alert,
                 counters=dict(self.counters),
+                cloud=self._cloud_view(),
             ),
         )
         self._snapshot = json.dumps(document, separators=(",", ":")).encode()

@@ -83,6 +83,8 @@ MENU_FILE_BYTES_MAX: Final = 256 * 1024
 MENU_PRODUCTS_MAX: Final = 100
 MENU_DEPOSITS_MAX: Final = 10
 MENU_TITLE_LENGTH_MAX: Final = 64
+# Hex digits of a menu's content tag (SHA-256): the page sends it back with an order.
+MENU_TAG_LENGTH: Final = 16
 # Cup returns credited by one bar order (FESTIVAL_RETURN_MAX_CENTS, default the protocol's
 # RETURN_CENTS_MAX_DEFAULT, as the cloud's rule): the kiosk refuses more before anything is
 # signed; the cloud enforces the real rule (RETURN_LIMIT_EXCEEDED). 0: this kiosk takes no returns.

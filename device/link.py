@@ -1,8 +1,9 @@
 """The MQTT link port: what the kiosk needs from the broker, and an in-memory fake.
 
 The link reports through ``sink`` (a callable that only enqueues): ``LinkConnected``,
-``LinkDisconnected``, ``MessageReceived`` (a result for this kiosk) and ``PublishDone`` (the
-broker acknowledged a QoS 1 publish, or refused it). The real adapter is
+``LinkDisconnected``, ``MessageReceived`` (a message on one of the kiosk's subscriptions: its
+result topic, its config topic or the deny-list topic) and ``PublishDone`` (the broker
+acknowledged a QoS 1 publish, or refused it). The real adapter is
 ``device.mqtt_link.MqttLink``; ``FakeLink`` records publishes and lets tests and the benchmark
 play the broker.
 """
@@ -53,7 +54,9 @@ class Link(Protocol):
         ...
 
     def publish_online(self) -> None:
-        """Subscribe to our result topic and publish the retained ``online`` status."""
+        """Subscribe (QoS 1) to our result topic, our config topic and the deny-list topic, and
+        publish the retained ``online`` status. The broker hands over the retained config and
+        deny-list on every such subscription, so they arrive again after each connect."""
         ...
 
     def stop(self) -> None:
@@ -72,7 +75,10 @@ class FakeLink:
     """An in-memory broker for one kiosk.
 
     ``connect()`` / ``disconnect()`` drive the link state; ``deliver(payload)`` hands the kiosk a
-    result; with ``auto_ack`` every request publish is acknowledged as it reaches the broker;
+    result (``topic`` another of its topics); ``retain(topic, payload)`` is the cloud publishing a
+    retained message (config, deny-list): delivered now when the kiosk is subscribed, and again
+    after every ``publish_online`` (the subscription a connect makes), like the broker; with
+    ``auto_ack`` every request publish is acknowledged as it reaches the broker;
     ``responder`` (if set) is called with each request's bytes as it reaches the broker and may
     return result bytes to deliver. Like the real link (tests/contract/test_link_contract.py):
     a request published while disconnected waits (at most ``queued_max``, beyond that it is
@@ -99,7 +105,9 @@ class FakeLink:
         self._next_id = 0
         self._lock = threading.Lock()
         self._queued_requests: list[tuple[int, bytes]] = []  # published while disconnected
-        self._queued_results: list[bytes] = []  # delivered while disconnected
+        self._queued_results: list[tuple[str, bytes]] = []  # delivered while disconnected
+        self.retained: dict[str, bytes] = {}
+        self._subscribed = False
 
     def start(self, sink: LinkSink) -> None:
         self._sink = sink
@@ -115,18 +123,29 @@ class FakeLink:
         for message_id, payload in requests:
             self._arrive(message_id, payload)
         results, self._queued_results = self._queued_results, []
-        for payload in results:
-            self.deliver(payload)
+        for topic, payload in results:
+            self.deliver(payload, topic)
 
     def disconnect(self, reason: str = "test") -> None:
         self.connected = False
+        self._subscribed = False
         self._emit(LinkDisconnected(reason))
 
-    def deliver(self, payload: bytes) -> None:
+    def deliver(self, payload: bytes, topic: str | None = None) -> None:
+        topic = self.result_topic if topic is None else topic
         if not self.connected:
-            self._queued_results.append(payload)
+            self._queued_results.append((topic, payload))
             return
-        self._emit(MessageReceived(self.result_topic, payload))
+        self._emit(MessageReceived(topic, payload))
+
+    def retain(self, topic: str, payload: bytes) -> None:
+        """The cloud publishes a retained message (an empty payload clears it, as in MQTT)."""
+        if payload:
+            self.retained[topic] = payload
+        else:
+            self.retained.pop(topic, None)
+        if payload and self.connected and self._subscribed:
+            self._emit(MessageReceived(topic, payload))
 
     def _record(self, kind: str, payload: bytes) -> int:
         with self._lock:
@@ -159,10 +178,14 @@ class FakeLink:
 
     def publish_online(self) -> None:
         self._record("status", b"online")
+        self._subscribed = True
+        for topic, payload in list(self.retained.items()):
+            self._emit(MessageReceived(topic, payload))
 
     def stop(self) -> None:
         self._record("status", b"offline")
         self.connected = False
+        self._subscribed = False
 
     def requests(self) -> list[bytes]:
         return [p.payload for p in self.published if p.kind == "request"]

@@ -53,7 +53,9 @@ class Signal(StrEnum):
 
 # --- what an order is before it is signed -------------------------------------------------------
 # A draft's fields are its request's body, by the same names: device/kiosk.py's build_request
-# copies them into a BarOrder or a CheckpointRecharge.
+# copies them into a BarOrder or a CheckpointRecharge. ``config_version`` is the config the kiosk
+# ran when the order was entered (for a bar order: the config whose menu priced it), None when it
+# never received one (PROTOCOL.md 1.1 "Menus").
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class BarDraft:
     items: tuple[BarItem, ...]
     total_cents: int
     staff_id: str | None = None
+    config_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class RechargeDraft:
     payment_method: PaymentMethod
     staff_id: str
     checkpoint_id: str | None = None
+    config_version: int | None = None
 
 
 Draft: TypeAlias = BarDraft | RechargeDraft
@@ -220,6 +224,11 @@ class Tick:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class MenuChanged:
+    """The kiosk now sells from another menu (a config with a new menu was applied)."""
+
+
 Event: TypeAlias = (
     OrderEntered
     | CancelPressed
@@ -234,6 +243,7 @@ Event: TypeAlias = (
     | PublishAcked
     | ResultArrived
     | Tick
+    | MenuChanged
 )
 
 
@@ -342,6 +352,8 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
         return _publish_acked(state, event, config, now_ms)
     if isinstance(event, ResultArrived):
         return _result_arrived(state, event.outcome, config, now_ms)
+    if isinstance(event, MenuChanged):
+        return _menu_changed(state)
     raise AssertionError(f"unhandled event {event!r}")
 
 
@@ -508,6 +520,17 @@ def _result_arrived(
     return Transition(replace(state, late_results=late))
 
 
+MENU_CHANGED_NOTICE = "The menu changed: this order keeps the prices shown. Tap your wristband"
+
+
+def _menu_changed(state: KioskState) -> Transition:
+    """An order waiting for its band keeps the prices it was entered with (and cites the config
+    that priced them), but the screen says the menu changed: nothing is repriced silently."""
+    if state.screen is Screen.ORDER_PENDING and isinstance(state.draft, BarDraft):
+        return Transition(replace(state, notice=MENU_CHANGED_NOTICE))
+    return Transition(state)
+
+
 def _tick(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
     effects: list[Effect] = []
     if state.deadline_ms is not None and now_ms >= state.deadline_ms:
@@ -563,6 +586,7 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
             ],
             "total_cents": draft.total_cents,
             "staff_id": draft.staff_id,
+            "config_version": draft.config_version,
         }
     return {
         "type": "checkpoint_recharge",
@@ -570,6 +594,7 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
         "payment_method": draft.payment_method,
         "staff_id": draft.staff_id,
         "checkpoint_id": draft.checkpoint_id,
+        "config_version": draft.config_version,
     }
 
 
@@ -624,6 +649,20 @@ class ReaderView:
 
 
 @dataclass(frozen=True, slots=True)
+class CloudView:
+    """What the page shows of what the cloud told this kiosk: the config it runs (None: it never
+    received one), where its menu comes from, and the deny-list it holds."""
+
+    config_version: int | None = None
+    menu_source: str = "none"  # "config", "file" (the local menu file) or "none"
+    menu_tag: str | None = None
+    menu_id: str | None = None
+    offline_allowed: bool = False
+    denylist_version: int | None = None
+    denylist_cards: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ShellView:
     """The shell's own facts on the page: identity, reader, link, alert and counters."""
 
@@ -636,6 +675,7 @@ class ShellView:
     link_reason: str | None
     alert: str | None
     counters: dict[str, int]
+    cloud: CloudView = CloudView()
 
 
 def view(
@@ -688,6 +728,17 @@ def view(
             else {"available": reader.available, "name": reader.name, "detail": reader.detail},
             "link": {"online": state.online, "reason": shell.link_reason},
             "alert": shell.alert,
+            "config": {
+                "version": shell.cloud.config_version,
+                "menu": shell.cloud.menu_source,
+                "menu_tag": shell.cloud.menu_tag,
+                "menu_id": shell.cloud.menu_id,
+                "offline_allowed": shell.cloud.offline_allowed,
+            },
+            "denylist": {
+                "version": shell.cloud.denylist_version,
+                "cards": shell.cloud.denylist_cards,
+            },
             "counters": dict(shell.counters),
         }
     )
@@ -695,10 +746,12 @@ def view(
 
 
 __all__ = [
+    "MENU_CHANGED_NOTICE",
     "BarDraft",
     "CancelPressed",
     "CardFailed",
     "CardTapped",
+    "CloudView",
     "CreateRequest",
     "DismissPressed",
     "Draft",
@@ -709,6 +762,7 @@ __all__ = [
     "LinkDown",
     "LinkUp",
     "MachineConfig",
+    "MenuChanged",
     "Mode",
     "OrderEntered",
     "OutboxLoaded",

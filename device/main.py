@@ -111,6 +111,9 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         indicators=indicators,
         result_topic=link.result_topic,
         clock=clock,
+        fallback_menu=settings.menu,
+        config_topic=link.config_topic,
+        denylist_topic=link.denylist_topic,
     )
     http = _http_server(settings, kiosk, simulated)
     resources.callback(http.stop)
@@ -136,6 +139,8 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
                 "http_port": http.port,
                 "mqtt": repr(settings.mqtt),
                 "firmware": settings.firmware,
+                "config_version": kiosk.config_version,
+                "denylist_version": kiosk.denylist_version,
                 "pid": os.getpid(),
             }
         },
@@ -186,7 +191,7 @@ def _http_server(
 
     api = HttpApi(
         mode=settings.mode,
-        menu=settings.menu,
+        sales_menu=kiosk.sales_menu,
         topup_cents_max=settings.topup_cents_max,
         snapshot_json=kiosk.snapshot_json,
         command=kiosk.command,

@@ -1,8 +1,14 @@
 """The bar's menu and the pricing of an order: pure, no I/O.
 
 The bartender's page sends only SKUs and quantities; the kiosk computes every price, deposit and
-cup return from the menu file, so a page (or anyone on the loopback interface) cannot choose a
-price. The result is a ``BarDraft``: protocol ``BarItem`` lines and their total in cents.
+cup return from the menu it sells from, so a page (or anyone on the loopback interface) cannot
+choose a price. The result is a ``BarDraft``: protocol ``BarItem`` lines and their total in cents.
+
+A kiosk sells from the menu of its latest config (PROTOCOL.md 1.1, "Menus"); the local menu file
+is the fallback while no config with a menu was applied. ``SalesMenu`` is which one, with the
+version of the config the kiosk runs (written into every request as ``config_version``) and a
+``tag`` naming the menu's content, which the page sends back with an order so that an order
+priced on screen from one menu is never charged from another.
 
 Menu file (JSON, prices in the deployment's currency, integer cents)::
 
@@ -15,14 +21,18 @@ Menu file (JSON, prices in the deployment's currency, integer cents)::
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from device.limits import (
     MENU_DEPOSITS_MAX,
     MENU_PRODUCTS_MAX,
+    MENU_TAG_LENGTH,
     MENU_TITLE_LENGTH_MAX,
 )
 from device.machine import BarDraft
@@ -34,13 +44,17 @@ from protocol.limits import (
     ITEMS_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     SKU_LENGTH_MAX,
+    SKU_LENGTH_MIN,
     STAFF_ID_LENGTH_MAX,
     TEXT_FORBIDDEN_PATTERN,
     UNIT_PRICE_CENTS_MAX,
     UNIT_PRICE_CENTS_MIN,
 )
 from protocol.models import BarItem
+from protocol.models import Menu as ConfigMenu
 from protocol.strict_json import loads_strict
+
+MenuSource: TypeAlias = Literal["config", "file", "none"]
 
 SKU_PATTERN: Final = re.compile(rf"\A[A-Za-z0-9._-]{{1,{SKU_LENGTH_MAX}}}\Z")
 
@@ -55,18 +69,26 @@ class OrderError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Product:
+    """What the bartender can sell. ``deposit_sku`` (menu files): one unit of that deposit is
+    added per unit sold. ``is_deposit`` (config menus): this line is itself a deposit."""
+
     sku: str
     name: str
     unit_price_cents: int
     deposit_sku: str | None = None
+    is_deposit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Deposit:
+    """What can be brought back and credited (a cup). ``return_is_deposit``: the return line
+    also carries ``is_deposit`` (a config menu's return item that says so)."""
+
     sku: str
     name: str
     return_name: str
     unit_price_cents: int
+    return_is_deposit: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +115,7 @@ class Menu:
                     "name": product.name,
                     "unit_price_cents": product.unit_price_cents,
                     "deposit_sku": product.deposit_sku,
+                    "is_deposit": product.is_deposit,
                 }
                 for product in self.products
             ],
@@ -106,6 +129,61 @@ class Menu:
                 for deposit in self.deposits
             ],
         }
+
+    @property
+    def tag(self) -> str:
+        """Names this menu's content: equal tags, equal prices (whatever the config version)."""
+        content = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:MENU_TAG_LENGTH]
+
+
+# Not slots: ``tag`` is computed once (functools.cached_property needs a __dict__); the page's
+# snapshot names it on every refresh.
+@dataclass(frozen=True)
+class SalesMenu:
+    """What a kiosk sells from now: ``menu`` (None at a checkpoint without one), ``source``
+    (``config``: the menu of its latest config; ``file``: the local menu file; ``none``) and the
+    version of the config it runs (None: it never received one)."""
+
+    menu: Menu | None
+    source: MenuSource
+    config_version: int | None
+
+    @functools.cached_property
+    def tag(self) -> str | None:
+        return None if self.menu is None else self.menu.tag
+
+
+# --- a config's menu ---------------------------------------------------------------------------
+
+
+def menu_from_config(menu: ConfigMenu, *, currency: str) -> Menu:
+    """The menu a kiosk sells from, made from its config's menu (PROTOCOL.md 1.1 "Menus").
+
+    A config's menu is flat: every item is sold as it is, with exactly its price and flags, since
+    the cloud checks each line against it. Items without flags, and deposit items (``is_deposit``
+    without ``is_return``), are products the bartender taps: a deposit is a line of its own (the
+    config says nothing of which product takes which deposit, so the kiosk adds none by itself,
+    unlike a menu file's ``deposit_sku``). Return items (``is_return``) are what the page offers as
+    returns, credited, their line carrying the item's ``is_deposit`` too. Docs: docs/protocol.md.
+    """
+    products = tuple(
+        Product(item.sku, item.name, item.unit_price_cents, is_deposit=item.is_deposit)
+        for item in menu.items
+        if not item.is_return
+    )
+    returns = tuple(
+        Deposit(
+            item.sku,
+            item.name,
+            item.name,
+            item.unit_price_cents,
+            return_is_deposit=item.is_deposit,
+        )
+        for item in menu.items
+        if item.is_return
+    )
+    return Menu(currency=currency, title=menu.menu_id, products=products, deposits=returns)
 
 
 # --- menu file ---------------------------------------------------------------------------------
@@ -218,14 +296,18 @@ def _deposit(value: object, index: int) -> Deposit:
 
 
 def price_order(
-    menu: Menu, document: object, *, return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+    menu: Menu,
+    document: object,
+    *,
+    return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
+    config_version: int | None = None,
 ) -> BarDraft:
     """Price the page's order ``{"items": [{"sku", "quantity"}], "returns": [...], "staff_id"}``.
 
     ``items`` are products; each product with a deposit adds a deposit line per deposit SKU;
     ``returns`` are deposit SKUs brought back (cups), credited, at most ``return_cents_max`` in
     one order (the cloud's FESTIVAL_RETURN_MAX_CENTS rule, refused here before signing). Raises
-    OrderError.
+    OrderError. ``config_version``: the config whose menu ``menu`` is (the draft cites it).
     """
     if not isinstance(document, dict):
         raise OrderError("order must be a JSON object")
@@ -240,7 +322,15 @@ def price_order(
         product = menu.product(sku)
         if product is None:
             raise OrderError(f"unknown product sku {sku!r}")
-        lines.append(BarItem(product.name, quantity, product.unit_price_cents, sku=product.sku))
+        lines.append(
+            BarItem(
+                product.name,
+                quantity,
+                product.unit_price_cents,
+                sku=product.sku,
+                is_deposit=product.is_deposit,
+            )
+        )
         if product.deposit_sku is not None:
             deposit_quantities[product.deposit_sku] = (
                 deposit_quantities.get(product.deposit_sku, 0) + quantity
@@ -267,6 +357,7 @@ def price_order(
                 quantity,
                 deposit.unit_price_cents,
                 sku=deposit.sku,
+                is_deposit=deposit.return_is_deposit,
                 is_return=True,
             )
         )
@@ -286,7 +377,12 @@ def price_order(
     ):
         raise OrderError(f"staff_id must be 1..{STAFF_ID_LENGTH_MAX} printable characters")
     total_cents = sum(line.signed_cents for line in lines)
-    return BarDraft(items=tuple(lines), total_cents=total_cents, staff_id=staff_id)
+    return BarDraft(
+        items=tuple(lines),
+        total_cents=total_cents,
+        staff_id=staff_id,
+        config_version=config_version,
+    )
 
 
 def _quantities(value: object, name: str) -> dict[str, int]:
@@ -303,7 +399,13 @@ def _quantities(value: object, name: str) -> dict[str, int]:
         _only_keys(entry, {"sku", "quantity"}, where, OrderError)
         sku = entry.get("sku")
         quantity = entry.get("quantity")
-        if not isinstance(sku, str) or not SKU_PATTERN.match(sku):
+        # Any SKU a menu can hold (a config's are 1..32 printable characters); the lookup in the
+        # menu then decides.
+        if (
+            not isinstance(sku, str)
+            or not SKU_LENGTH_MIN <= len(sku) <= SKU_LENGTH_MAX
+            or TEXT_FORBIDDEN_PATTERN.search(sku)
+        ):
             raise OrderError(f"{where}.sku is not a valid sku")
         if type(quantity) is not int or not ITEM_QUANTITY_MIN <= quantity <= ITEM_QUANTITY_MAX:
             raise OrderError(

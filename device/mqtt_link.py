@@ -3,7 +3,9 @@
 - ``clean_start=False`` with a SessionExpiryInterval from the very first connect: results the
   cloud sends while the kiosk is away wait for it at the broker (a session first created with
   clean_start=True is lost on a broker restart, see ENVIRONMENT.md).
-- The Will is the retained ``offline`` status; ``online`` (retained) follows every connect.
+- The Will is the retained ``offline`` status; ``online`` (retained) follows every connect, after
+  the subscriptions (QoS 1) to the result topic, the kiosk's config topic and the deny-list topic:
+  the broker hands over the retained config and deny-list on each of them.
 - paho reconnects by itself with a growing delay; publishes it has not had acknowledged are
   resent by paho on reconnect (same packet). Its queue is bounded explicitly.
 - TCP_NODELAY on paho's socket: with Nagle and delayed ACKs a lone request/result round trip
@@ -48,7 +50,7 @@ from device.link import (
 from protocol.codec import encode_status
 from protocol.models import KioskStatus
 from protocol.mqtt_url import MqttEndpoint
-from protocol.topics import TopicKind, topic_for
+from protocol.topics import TopicKind, config_topic, denylist_topic, topic_for
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class MqttLink:
         self.result_topic = topic_for(topic_prefix, kiosk_id, TopicKind.RESULT)
         self.scan_topic = topic_for(topic_prefix, kiosk_id, TopicKind.SCAN)
         self.status_topic = topic_for(topic_prefix, kiosk_id, TopicKind.STATUS)
+        self.config_topic = config_topic(topic_prefix, kiosk_id)
+        self.denylist_topic = denylist_topic(topic_prefix)
         # One stable client id per kiosk: the durable session (and results waiting in it)
         # belongs to it. It equals the MQTT username (the kiosk id): the broker binds each
         # kiosk's credentials to that one client id (PROTOCOL.md 1.1).
@@ -109,6 +113,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
@@ -151,7 +156,10 @@ class MqttLink:
             self._client.publish(self.scan_topic, payload, qos=0)
 
     def publish_online(self) -> None:
-        self._client.subscribe(self.result_topic, qos=1)
+        # Exactly the filters the broker's ACL lets a kiosk read (cloud/broker.py).
+        self._client.subscribe(
+            [(self.result_topic, 1), (self.config_topic, 1), (self.denylist_topic, 1)]
+        )
         self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
 
     def stop(self) -> None:
@@ -232,6 +240,25 @@ class MqttLink:
             self._emit(PublishDone(mid, refused_reason=refused))
         except Exception:  # pragma: no cover
             log.exception("on_publish failed")
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        try:
+            refused = [str(code) for code in reason_codes if code.is_failure]
+            if refused:
+                # A broker whose ACL predates 1.1 refuses the config or deny-list filter: the
+                # kiosk then never hears of menus or blocked cards. Say so (once per connect).
+                log.warning(
+                    "broker refused a subscription", extra={"context": {"reasons": refused}}
+                )
+        except Exception:  # pragma: no cover
+            log.exception("on_subscribe failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -7,6 +7,12 @@ counter lives in the same database and is advanced in the same transaction as th
 seq is never reused, even after the request is gone. The outbox is bounded: ``store`` raises
 ``OutboxFull`` at capacity, and the kiosk refuses new sales until results drain it.
 
+The same database keeps the cloud's signed messages the kiosk applied (PROTOCOL.md 1.1 "Config and
+deny-list"): its latest config and deny-list, as the exact signed bytes with their version, in the
+same WAL/FULL discipline, so a kiosk that reboots without a network still sells from its config's
+menu and still holds the deny-list. The table is additive (``CREATE TABLE IF NOT EXISTS``): the
+schema version stays 1, so an older firmware (a rollback) still opens the file and ignores it.
+
 This is the only module that imports sqlite3. One instance is used from one thread (the kiosk's
 main loop).
 """
@@ -54,7 +60,16 @@ CREATE TABLE IF NOT EXISTS history (
     new_balance_cents INTEGER,
     completed_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cloud_messages (
+    kind TEXT PRIMARY KEY CHECK (kind IN ('config', 'denylist')),
+    version INTEGER NOT NULL CHECK (version >= 1),
+    payload BLOB NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+);
 """
+
+# What the cloud sends a kiosk and the kiosk keeps: its config and the deny-list (one row each).
+CLOUD_MESSAGE_KINDS: Final = ("config", "denylist")
 
 
 class OutboxError(RuntimeError):
@@ -80,6 +95,16 @@ class OutboxEntry:
 @dataclass(frozen=True, slots=True)
 class StoredRequest(OutboxEntry):
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloudMessage:
+    """A signed message of the cloud the kiosk applied: its exact bytes, as they arrived."""
+
+    kind: str
+    version: int
+    payload: bytes
+    applied_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +282,34 @@ class Outbox:
             )
         self._count -= 1
         return stored
+
+    # --- the cloud's config and deny-list ------------------------------------------------------
+
+    def cloud_message(self, kind: str) -> CloudMessage | None:
+        """The ``config`` or ``denylist`` message last kept by ``keep_cloud_message``."""
+        assert kind in CLOUD_MESSAGE_KINDS, kind
+        row = self._db.execute(
+            "SELECT kind, version, payload, applied_at_ms FROM cloud_messages WHERE kind = ?",
+            (kind,),
+        ).fetchone()
+        return None if row is None else CloudMessage(row[0], row[1], bytes(row[2]), row[3])
+
+    def keep_cloud_message(self, message: CloudMessage) -> None:
+        """Replace the kept message of its kind, durably (committed before the kiosk applies it)."""
+        assert message.kind in CLOUD_MESSAGE_KINDS, message.kind
+        assert message.version >= 1
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO cloud_messages (kind, version, payload, applied_at_ms)"
+                " VALUES (?, ?, ?, ?)",
+                (message.kind, message.version, message.payload, message.applied_at_ms),
+            )
+
+    def forget_cloud_message(self, kind: str) -> None:
+        """Drop the kept message of ``kind`` (it no longer verifies, e.g. the cloud key changed)."""
+        assert kind in CLOUD_MESSAGE_KINDS, kind
+        with self._transaction():
+            self._db.execute("DELETE FROM cloud_messages WHERE kind = ?", (kind,))
 
     def close(self) -> None:
         self._db.close()

@@ -16,8 +16,11 @@ class RechargeError(ValueError):
     """The top-up from the page is not acceptable (amount, payment method, staff id)."""
 
 
-def parse_recharge(document: object, *, topup_cents_max: int) -> RechargeDraft:
-    """``{"amount_cents", "payment_method", "staff_id", "checkpoint_id"?}`` -> RechargeDraft."""
+def parse_recharge(
+    document: object, *, topup_cents_max: int, config_version: int | None = None
+) -> RechargeDraft:
+    """``{"amount_cents", "payment_method", "staff_id", "checkpoint_id"?}`` -> RechargeDraft;
+    ``config_version``: the config the kiosk runs (the request cites it)."""
     if not isinstance(document, dict):
         raise RechargeError("recharge must be a JSON object")
     allowed = {"amount_cents", "payment_method", "staff_id", "checkpoint_id"}
@@ -45,6 +48,7 @@ def parse_recharge(document: object, *, topup_cents_max: int) -> RechargeDraft:
         payment_method=method,
         staff_id=staff_id,
         checkpoint_id=checkpoint_id,
+        config_version=config_version,
     )
 
 

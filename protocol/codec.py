@@ -1,5 +1,9 @@
 """Bytes on the wire <-> models: the decode pipeline and the signed encoders.
 
+(1.1) The cloud's own messages to kiosks, config and deny-list, are signed like results
+(``encode_config``, ``encode_denylist``) and checked by the kiosk against its pinned cloud key
+(``verify_config``, ``verify_denylist``); their limit is CONFIG_BYTES_MAX, not MESSAGE_BYTES_MAX.
+
 Decoding a request is two steps because the cloud must know whether a failure happened before
 or after authentication (PROTOCOL.md: every outcome of an authenticated request is stored, a
 message that did not authenticate only becomes a dead letter):
@@ -29,6 +33,7 @@ from protocol.errors import ErrorCode, ProtocolError, json_type_name, status_for
 from protocol.jws import parse_compact, sign_compact, verify
 from protocol.limits import (
     CLOUD_KID,
+    CONFIG_BYTES_MAX,
     FUTURE_SKEW_S_DEFAULT,
     MESSAGE_BYTES_MAX,
     RESULT_MESSAGE_LENGTH_MAX,
@@ -39,12 +44,18 @@ from protocol.limits import (
 )
 from protocol.models import (
     CheckpointRecharge,
+    DenyList,
+    KioskConfig,
     KioskStatus,
     Request,
     Result,
     ScanRecord,
     check_result,
+    config_to_dict,
+    denylist_to_dict,
     echo_fields,
+    parse_config,
+    parse_denylist,
     parse_request,
     parse_result,
     parse_scan,
@@ -155,12 +166,14 @@ def parse_authenticated(
     return request
 
 
-def _signed(payload: bytes, private_key: Ed25519PrivateKey, kid: str) -> bytes:
+def _signed(
+    payload: bytes, private_key: Ed25519PrivateKey, kid: str, bytes_max: int = MESSAGE_BYTES_MAX
+) -> bytes:
     token = sign_compact(payload, private_key, kid)
-    if len(token) > MESSAGE_BYTES_MAX:
+    if len(token) > bytes_max:
         raise ProtocolError(
             ErrorCode.INVALID_REQUEST,
-            f"signed message would be {len(token)} bytes, over {MESSAGE_BYTES_MAX}",
+            f"signed message would be {len(token)} bytes, over {bytes_max}",
         )
     return token
 
@@ -270,6 +283,57 @@ def verify_result(
     ):
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "result for no outstanding request")
     return result
+
+
+def encode_config(config: KioskConfig, cloud_private_key: Ed25519PrivateKey) -> bytes:
+    """(1.1) The cloud side: serialise ``config`` canonically and sign it (kid ``cloud``).
+
+    ``config`` checked itself when it was built; a signed form over CONFIG_BYTES_MAX raises
+    ProtocolError(INVALID_REQUEST) (it could not be published: nothing may be sent then).
+    """
+    return _signed(
+        dumps_canonical(config_to_dict(config)), cloud_private_key, CLOUD_KID, CONFIG_BYTES_MAX
+    )
+
+
+def verify_config(raw: bytes, *, cloud_public_key: Ed25519PublicKey, kiosk_id: str) -> KioskConfig:
+    """(1.1) The kiosk side: a config the pinned cloud key signed for ``kiosk_id``.
+
+    Checks, in order: the size of the raw bytes (at most CONFIG_BYTES_MAX, before anything is
+    decoded), structure and header as jws.parse_compact; kid ``cloud`` and the signature under
+    ``cloud_public_key`` (INVALID_SIGNATURE); strict JSON and the config schema, then its
+    ``kiosk_id`` = ``kiosk_id`` (INVALID_REQUEST). Whether its version is newer than the one the
+    kiosk holds is the kiosk's to judge.
+    """
+    payload = _verified_cloud_payload(raw, cloud_public_key, "config")
+    config = parse_config(loads_strict(payload))
+    if config.kiosk_id != kiosk_id:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, "config is addressed to another kiosk")
+    return config
+
+
+def encode_denylist(denylist: DenyList, cloud_private_key: Ed25519PrivateKey) -> bytes:
+    """(1.1) The cloud side: serialise ``denylist`` canonically and sign it (kid ``cloud``);
+    over CONFIG_BYTES_MAX: ProtocolError(INVALID_REQUEST)."""
+    return _signed(
+        dumps_canonical(denylist_to_dict(denylist)), cloud_private_key, CLOUD_KID, CONFIG_BYTES_MAX
+    )
+
+
+def verify_denylist(raw: bytes, *, cloud_public_key: Ed25519PublicKey) -> DenyList:
+    """(1.1) The kiosk side: a deny-list the pinned cloud key signed (checks as verify_config)."""
+    payload = _verified_cloud_payload(raw, cloud_public_key, "denylist")
+    return parse_denylist(loads_strict(payload))
+
+
+def _verified_cloud_payload(raw: bytes, cloud_public_key: Ed25519PublicKey, what: str) -> bytes:
+    """The payload of a config or deny-list message once its size, header, kid and signature
+    passed; the signature is checked before the payload is decoded."""
+    parts = parse_compact(raw, bytes_max=CONFIG_BYTES_MAX)
+    if parts.kid != CLOUD_KID:
+        raise ProtocolError(ErrorCode.INVALID_SIGNATURE, f"{what} kid must be cloud")
+    verify(parts, cloud_public_key)
+    return parts.payload
 
 
 def encode_scan(record: ScanRecord, private_key: Ed25519PrivateKey) -> bytes:

@@ -70,20 +70,19 @@ def _encoded_header(kid: str) -> bytes:
     return (b64url_encode(header.encode("utf-8")) + ".").encode("ascii")
 
 
-def parse_compact(token: bytes) -> JwsParts:
+def parse_compact(token: bytes, *, bytes_max: int = MESSAGE_BYTES_MAX) -> JwsParts:
     """Check size, structure and header of a JWS compact string; the signature is NOT verified.
 
-    Order and codes: larger than MESSAGE_BYTES_MAX, not ASCII, not three dot-separated parts of
+    Order and codes: larger than ``bytes_max`` (MESSAGE_BYTES_MAX; a config or deny-list:
+    CONFIG_BYTES_MAX), not ASCII, not three dot-separated parts of
     canonical base64url, or a header that is not a strict JSON object -> INVALID_REQUEST; a
     header member other than alg/kid/typ, ``alg`` other than ``EdDSA``, ``kid`` missing or not
     a string, ``typ`` not a string, or a signature that is not 64 bytes -> INVALID_SIGNATURE.
     """
     if type(token) is not bytes:
         token = bytes(token)  # a bytearray or memoryview: the header memo needs hashable bytes
-    if len(token) > MESSAGE_BYTES_MAX:
-        raise ProtocolError(
-            ErrorCode.INVALID_REQUEST, f"message larger than {MESSAGE_BYTES_MAX} bytes"
-        )
+    if len(token) > bytes_max:
+        raise ProtocolError(ErrorCode.INVALID_REQUEST, f"message larger than {bytes_max} bytes")
     if not token.isascii():
         raise ProtocolError(ErrorCode.INVALID_REQUEST, "message is not ASCII")
     parts = token.split(b".")

@@ -17,11 +17,16 @@ PROTOCOL_VERSION: Final = 1
 
 # Whole MQTT payload (the JWS compact string), in bytes.
 MESSAGE_BYTES_MAX: Final = 8192
+# (1.1) A config or deny-list message (the whole JWS), below the broker's 262144-byte packet cap,
+# which counts the MQTT headers too.
+CONFIG_BYTES_MAX: Final = 196_608
 # The JWS protected header: its kid and typ members, and how many decoded headers are memoised.
 JWS_KID_LENGTH_MAX: Final = 64
 JWS_TYP_LENGTH_MAX: Final = 64
 JWS_HEADER_CACHE_MAX: Final = 4096
-# Nesting of JSON containers: a request is object > items array > item object, i.e. depth 3.
+# Nesting of JSON containers: a request is object > items array > item object, i.e. depth 3;
+# (1.1) a config is object > menu object > items array > item object, depth 4, the most any
+# message needs (a deny-list is 2).
 JSON_DEPTH_MAX: Final = 4
 
 REQUEST_ID_LENGTH_MIN: Final = 1
@@ -56,6 +61,23 @@ CHECKPOINT_ID_LENGTH_MIN: Final = 1
 CHECKPOINT_ID_LENGTH_MAX: Final = 64
 # The largest |total_cents| a valid bar order can have (50 x 99 x 1000.00).
 ORDER_TOTAL_CENTS_MAX: Final = ITEMS_MAX * ITEM_QUANTITY_MAX * UNIT_PRICE_CENTS_MAX
+
+# (1.1) Config and deny-list messages (PROTOCOL.md "Config and deny-list"). A version, like seq,
+# must fit a PostgreSQL bigint.
+CONFIG_VERSION_MIN: Final = 1
+CONFIG_VERSION_MAX: Final = 2**63 - 1
+MENU_ID_LENGTH_MIN: Final = 1
+MENU_ID_LENGTH_MAX: Final = 64
+MENU_ITEMS_MIN: Final = 1
+MENU_ITEMS_MAX: Final = 200
+MENU_CATEGORY_LENGTH_MIN: Final = 1
+MENU_CATEGORY_LENGTH_MAX: Final = 32
+VAT_RATE_BP_MIN: Final = 0
+VAT_RATE_BP_MAX: Final = 10_000
+# An offline policy's limits: at least one cent; at most what a bigint of cents holds.
+OFFLINE_CENTS_MIN: Final = 1
+OFFLINE_CENTS_MAX: Final = 2**63 - 1
+DENYLIST_CARDS_MAX: Final = 6000
 
 TOPUP_CENTS_MIN: Final = 1
 TOPUP_CENTS_MAX_DEFAULT: Final = 100_000
@@ -99,7 +121,10 @@ TRANSACTION_ID_PATTERN: Final = re.compile(
     rf"\A[A-Za-z0-9._:-]{{{TRANSACTION_ID_LENGTH_MIN},{TRANSACTION_ID_LENGTH_MAX}}}\Z"
 )
 # 4, 7 or 10 bytes as upper-case hex.
-CARD_UID_PATTERN: Final = re.compile(r"\A(?:[0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})\Z")
+_CARD_UID: Final = r"(?:[0-9A-F]{20}|[0-9A-F]{14}|[0-9A-F]{8})"
+CARD_UID_PATTERN: Final = re.compile(rf"\A{_CARD_UID}\Z")
+# (1.1) Card UIDs joined by commas: a deny-list's 6000 cards checked in one pass.
+CARD_UIDS_JOINED_PATTERN: Final = re.compile(rf"\A{_CARD_UID}(?:,{_CARD_UID})*\Z")
 # ISO 4217 alphabetic code.
 CURRENCY_PATTERN: Final = re.compile(r"\A[A-Z]{3}\Z")
 # One or more topic levels of [A-Za-z0-9_-]; never a wildcard, "$" or an empty level.

@@ -15,19 +15,25 @@ its constructor checking them a second time. Both paths call the same rule funct
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar
+from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar, cast
 
 from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
 from protocol.limits import (
     BALANCE_CENTS_MIN,
     BALANCE_CENTS_WIRE_MAX,
     CARD_UID_PATTERN,
+    CARD_UIDS_JOINED_PATTERN,
     CHECKPOINT_ID_LENGTH_MAX,
     CHECKPOINT_ID_LENGTH_MIN,
+    CONFIG_VERSION_MAX,
+    CONFIG_VERSION_MIN,
     CURRENCY_PATTERN,
+    DENYLIST_CARDS_MAX,
     FIRMWARE_LENGTH_MAX,
     FIRMWARE_LENGTH_MIN,
     ITEM_NAME_LENGTH_MAX,
@@ -38,6 +44,14 @@ from protocol.limits import (
     ITEMS_MIN,
     KIOSK_ID_PATTERN,
     KIOSK_IDS_RESERVED,
+    MENU_CATEGORY_LENGTH_MAX,
+    MENU_CATEGORY_LENGTH_MIN,
+    MENU_ID_LENGTH_MAX,
+    MENU_ID_LENGTH_MIN,
+    MENU_ITEMS_MAX,
+    MENU_ITEMS_MIN,
+    OFFLINE_CENTS_MAX,
+    OFFLINE_CENTS_MIN,
     PROTOCOL_VERSION,
     READER_NAME_LENGTH_MAX,
     READER_NAME_LENGTH_MIN,
@@ -60,6 +74,8 @@ from protocol.limits import (
     TRANSACTION_ID_PATTERN,
     UNIT_PRICE_CENTS_MAX,
     UNIT_PRICE_CENTS_MIN,
+    VAT_RATE_BP_MAX,
+    VAT_RATE_BP_MIN,
 )
 
 # Re-exported: the brief of this package placed them here; they live in strict_json.
@@ -140,10 +156,13 @@ class BarOrder:
     items: tuple[BarItem, ...]
     total_cents: int
     staff_id: str | None = None
+    # (1.1) The version of the config whose menu priced this order (PROTOCOL.md "Menus").
+    config_version: int | None = None
 
     def __post_init__(self) -> None:
         _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
         _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
         items = self.items
         if type(items) is not tuple:
             _fail(f"items must be a tuple of BarItem, got {type(items).__name__}")
@@ -172,10 +191,13 @@ class CheckpointRecharge:
     payment_method: PaymentMethod
     staff_id: str
     checkpoint_id: str | None = None
+    # (1.1) The version of the config the kiosk ran when it created this top-up.
+    config_version: int | None = None
 
     def __post_init__(self) -> None:
         _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
         _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
         # Here only what fits the wire (a bigint of cents, like a balance): the deployment's own
         # limit is checked where it is known, by encode_request and parse_request.
         _int(self.amount_cents, "amount_cents", TOPUP_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
@@ -259,6 +281,113 @@ class KioskStatus:
 
     def __post_init__(self) -> None:
         _check_kiosk_status(self.kiosk_id, self.state, self.at_ms, self.firmware)
+
+
+@dataclass(frozen=True, slots=True)
+class MenuItem:
+    """(1.1) One line of a config's menu: what a kiosk may sell, at exactly this price."""
+
+    sku: str
+    name: str
+    unit_price_cents: int
+    is_deposit: bool = False
+    is_return: bool = False
+    vat_rate_bp: int | None = None
+    category: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_menu_item(
+            self.sku,
+            self.name,
+            self.unit_price_cents,
+            self.is_deposit,
+            self.is_return,
+            _ABSENT if self.vat_rate_bp is None else self.vat_rate_bp,
+            _ABSENT if self.category is None else self.category,
+            "",
+        )
+
+
+# Not slots: ``by_sku`` is computed once per menu (functools.cached_property needs a __dict__).
+@dataclass(frozen=True)
+class Menu:
+    """(1.1) A config's menu: 1-200 items, SKUs unique."""
+
+    menu_id: str
+    items: tuple[MenuItem, ...]
+
+    def __post_init__(self) -> None:
+        _text(self.menu_id, "menu.menu_id", MENU_ID_LENGTH_MIN, MENU_ID_LENGTH_MAX)
+        items = self.items
+        if type(items) is not tuple:
+            _fail(f"menu.items must be a tuple of MenuItem, got {type(items).__name__}")
+        _check_menu_item_count(len(items))
+        for index, item in enumerate(items):
+            if type(item) is not MenuItem:
+                _fail(f"menu.items[{index}] must be a MenuItem, got {type(item).__name__}")
+        _check_menu_skus_unique(items)
+
+    @functools.cached_property
+    def by_sku(self) -> Mapping[str, MenuItem]:
+        """Each item by its SKU (the price check looks lines up here)."""
+        return {item.sku: item for item in self.items}
+
+    def item(self, sku: str) -> MenuItem | None:
+        return self.by_sku.get(sku)
+
+
+@dataclass(frozen=True, slots=True)
+class OfflinePolicy:
+    """(1.1) What a kiosk may approve by itself while it has no connection ("Offline sales")."""
+
+    sale_max_cents: int
+    card_max_cents: int
+    kiosk_max_cents: int
+
+    def __post_init__(self) -> None:
+        _check_offline_policy(self.sale_max_cents, self.card_max_cents, self.kiosk_max_cents)
+
+
+@dataclass(frozen=True, slots=True)
+class KioskConfig:
+    """(1.1) A ``config`` message: one kiosk's menu (None: none assigned) and offline policy
+    (None: it must not sell offline), signed by the cloud, published retained."""
+
+    type: ClassVar[Literal["config"]] = "config"
+
+    kiosk_id: str
+    version: int
+    issued_at_ms: int
+    currency: str
+    menu: Menu | None
+    offline: OfflinePolicy | None
+
+    def __post_init__(self) -> None:
+        _kiosk_id(self.kiosk_id)
+        _check_message_version(self.version, self.issued_at_ms)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        if self.menu is not None and type(self.menu) is not Menu:
+            _fail(f"menu must be a Menu or None, got {type(self.menu).__name__}")
+        if self.offline is not None and type(self.offline) is not OfflinePolicy:
+            _fail(f"offline must be an OfflinePolicy or None, got {type(self.offline).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class DenyList:
+    """(1.1) A ``denylist`` message: every blocked card and every card with a debt, sorted,
+    unique, at most 6000, signed by the cloud, published retained to every kiosk."""
+
+    type: ClassVar[Literal["denylist"]] = "denylist"
+
+    version: int
+    issued_at_ms: int
+    card_uids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _check_message_version(self.version, self.issued_at_ms)
+        if type(self.card_uids) is not tuple:
+            _fail(f"card_uids must be a tuple of str, got {type(self.card_uids).__name__}")
+        _check_card_uids(self.card_uids)
 
 
 def _assemble(cls: type[_Model], /, **values: object) -> _Model:
@@ -466,6 +595,93 @@ def _check_recharge_rest(payment_method: object, staff_id: object, checkpoint_id
         _text(checkpoint_id, "checkpoint_id", CHECKPOINT_ID_LENGTH_MIN, CHECKPOINT_ID_LENGTH_MAX)
 
 
+def _check_config_version(config_version: object) -> None:
+    """(1.1) A request's optional ``config_version`` (``_ABSENT`` when it has none)."""
+    if config_version is not _ABSENT:
+        _int(config_version, "config_version", CONFIG_VERSION_MIN, CONFIG_VERSION_MAX)
+
+
+def _check_menu_item(
+    sku: object,
+    name: object,
+    unit_price_cents: object,
+    is_deposit: object,
+    is_return: object,
+    vat_rate_bp: object,
+    category: object,
+    where: str,
+) -> None:
+    """One menu item's fields, in PROTOCOL.md's order; ``where`` prefixes the names."""
+    _text(sku, f"{where}sku", SKU_LENGTH_MIN, SKU_LENGTH_MAX)
+    _text(name, f"{where}name", ITEM_NAME_LENGTH_MIN, ITEM_NAME_LENGTH_MAX)
+    _int(unit_price_cents, f"{where}unit_price_cents", UNIT_PRICE_CENTS_MIN, UNIT_PRICE_CENTS_MAX)
+    _bool(is_deposit, f"{where}is_deposit")
+    _bool(is_return, f"{where}is_return")
+    if vat_rate_bp is not _ABSENT:
+        _int(vat_rate_bp, f"{where}vat_rate_bp", VAT_RATE_BP_MIN, VAT_RATE_BP_MAX)
+    if category is not _ABSENT:
+        _text(category, f"{where}category", MENU_CATEGORY_LENGTH_MIN, MENU_CATEGORY_LENGTH_MAX)
+
+
+def _check_menu_item_count(count: int) -> None:
+    if not MENU_ITEMS_MIN <= count <= MENU_ITEMS_MAX:
+        _fail(f"menu.items must hold {MENU_ITEMS_MIN}..{MENU_ITEMS_MAX} items, got {count}")
+
+
+def _check_menu_skus_unique(items: tuple[MenuItem, ...]) -> None:
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if item.sku in seen:
+            _fail(f"menu.items[{index}].sku {quote(item.sku)} is not unique in the menu")
+        seen.add(item.sku)
+
+
+def _check_offline_policy(
+    sale_max_cents: object, card_max_cents: object, kiosk_max_cents: object
+) -> None:
+    _int(sale_max_cents, "offline.sale_max_cents", OFFLINE_CENTS_MIN, OFFLINE_CENTS_MAX)
+    _int(card_max_cents, "offline.card_max_cents", OFFLINE_CENTS_MIN, OFFLINE_CENTS_MAX)
+    _int(kiosk_max_cents, "offline.kiosk_max_cents", OFFLINE_CENTS_MIN, OFFLINE_CENTS_MAX)
+
+
+def _check_message_version(version: object, issued_at_ms: object) -> None:
+    """A config's or deny-list's ``version`` and ``issued_at_ms``."""
+    _int(version, "version", CONFIG_VERSION_MIN, CONFIG_VERSION_MAX)
+    _int(issued_at_ms, "issued_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
+
+
+def _check_card_uids(card_uids: tuple[object, ...] | list[object]) -> None:
+    """A deny-list's cards: at most 6000 card UIDs, sorted, unique (each strictly greater).
+
+    A valid list is recognised in a few passes in C (a kiosk applies 6000 cards in well under
+    its 50 ms budget); only a list that fails is walked card by card to name the first culprit.
+    """
+    if len(card_uids) > DENYLIST_CARDS_MAX:
+        _fail(f"card_uids may hold at most {DENYLIST_CARDS_MAX} cards, got {len(card_uids)}")
+    strings = cast("tuple[str, ...] | list[str]", card_uids)
+    try:
+        joined = ",".join(strings)  # TypeError unless every card is a string
+    except TypeError:
+        joined = None
+    # As many commas as separators: no card holds a comma of its own, so the pattern saw exactly
+    # these cards, each one whole.
+    if not strings or (
+        joined is not None
+        and joined.count(",") == len(strings) - 1
+        and CARD_UIDS_JOINED_PATTERN.match(joined) is not None
+        and all(map(operator.lt, strings, strings[1:]))
+    ):
+        return
+    previous = ""
+    for index, card_uid in enumerate(card_uids):
+        if type(card_uid) is not str or not CARD_UID_PATTERN.match(card_uid):
+            _fail(f"invalid card_uids[{index}] {quote(card_uid)}")
+        if card_uid <= previous:
+            what = "duplicate" if card_uid == previous else "unsorted"
+            _fail(f"card_uids must be sorted and unique: {what} card_uids[{index}]")
+        previous = card_uid
+
+
 def _check_result_echo(request_id: object, kiosk_id: object, seq: object, card_uid: object) -> None:
     if request_id is not None:
         _matching(request_id, "request_id", REQUEST_ID_PATTERN)
@@ -558,9 +774,10 @@ _COMMON_REQUIRED: Final = frozenset(
     {"v", "type", "request_id", "kiosk_id", "seq", "created_at_ms", "card_uid", "currency"}
 )
 _BAR_ORDER_REQUIRED: Final = _COMMON_REQUIRED | {"items", "total_cents"}
-_BAR_ORDER_OPTIONAL: Final = frozenset({"staff_id"})
+_COMMON_OPTIONAL: Final = frozenset({"config_version"})
+_BAR_ORDER_OPTIONAL: Final = _COMMON_OPTIONAL | {"staff_id"}
 _RECHARGE_REQUIRED: Final = _COMMON_REQUIRED | {"amount_cents", "payment_method", "staff_id"}
-_RECHARGE_OPTIONAL: Final = frozenset({"checkpoint_id"})
+_RECHARGE_OPTIONAL: Final = _COMMON_OPTIONAL | {"checkpoint_id"}
 _ITEM_REQUIRED: Final = frozenset({"name", "quantity", "unit_price_cents"})
 _ITEM_OPTIONAL: Final = frozenset({"sku", "is_deposit", "is_return"})
 
@@ -599,6 +816,9 @@ def parse_request(
         if type(request_currency) is not str:
             _fail(f"currency must be a string, got {json_type_name(request_currency)}")
         _fail(f"currency must be {currency}, got {quote(request_currency)}")
+    config_version = document.get("config_version", _ABSENT)
+    _check_config_version(config_version)
+    config_version_value = None if config_version is _ABSENT else config_version
 
     if request_type == BarOrder.type:
         items = _items(document["items"])
@@ -616,6 +836,7 @@ def parse_request(
             items=items,
             total_cents=total_cents,
             staff_id=None if staff_id is _ABSENT else staff_id,
+            config_version=config_version_value,
         )
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
@@ -635,6 +856,7 @@ def parse_request(
         payment_method=payment_method,
         staff_id=staff_id,
         checkpoint_id=None if checkpoint_id is _ABSENT else checkpoint_id,
+        config_version=config_version_value,
     )
 
 
@@ -678,6 +900,8 @@ def request_to_dict(request: Request) -> dict[str, object]:
         "card_uid": request.card_uid,
         "currency": request.currency,
     }
+    if request.config_version is not None:
+        document["config_version"] = request.config_version
     if isinstance(request, BarOrder):
         document["items"] = [_item_to_dict(item) for item in request.items]
         document["total_cents"] = request.total_cents
@@ -908,4 +1132,186 @@ def status_to_dict(status: KioskStatus) -> dict[str, object]:
         "state": status.state,
         "at_ms": status.at_ms,
         "firmware": status.firmware,
+    }
+
+
+# --- config and deny-list (1.1) ----------------------------------------------------------------
+
+_CONFIG_FIELDS: Final = frozenset(
+    {"v", "type", "kiosk_id", "version", "issued_at_ms", "currency", "menu", "offline"}
+)
+_MENU_FIELDS: Final = frozenset({"menu_id", "items"})
+_MENU_ITEM_REQUIRED: Final = frozenset({"sku", "name", "unit_price_cents"})
+_MENU_ITEM_OPTIONAL: Final = frozenset({"is_deposit", "is_return", "vat_rate_bp", "category"})
+_OFFLINE_FIELDS: Final = frozenset({"sale_max_cents", "card_max_cents", "kiosk_max_cents"})
+_DENYLIST_FIELDS: Final = frozenset({"v", "type", "version", "issued_at_ms", "card_uids"})
+
+
+def _message_type(document: Mapping[str, object], expected: str, where: str) -> None:
+    if "type" not in document:
+        _fail(f"missing field type in {where}")
+    if document["type"] != expected:
+        _fail(f"{where} type must be {expected}, got {quote(document['type'])}")
+
+
+def parse_config(obj: object) -> KioskConfig:
+    """Validate a decoded config payload; raise ProtocolError(INVALID_REQUEST).
+
+    Every field of PROTOCOL.md's config table is required; ``menu`` and ``offline`` may be null.
+    """
+    document = _object(obj, "config")
+    _version(document, "config")
+    _message_type(document, KioskConfig.type, "config")
+    _check_fields(document, _CONFIG_FIELDS, frozenset(), "config")
+    kiosk_id = document["kiosk_id"]
+    _kiosk_id(kiosk_id)
+    version = document["version"]
+    issued_at_ms = document["issued_at_ms"]
+    _check_message_version(version, issued_at_ms)
+    currency = _matching(document["currency"], "currency", CURRENCY_PATTERN)
+    menu_document = document["menu"]
+    menu = None if menu_document is None else _menu(menu_document)
+    offline_document = document["offline"]
+    offline = None if offline_document is None else _offline(offline_document)
+    return _assemble(
+        KioskConfig,
+        kiosk_id=kiosk_id,
+        version=version,
+        issued_at_ms=issued_at_ms,
+        currency=currency,
+        menu=menu,
+        offline=offline,
+    )
+
+
+def _menu(value: object) -> Menu:
+    document = _object(value, "menu")
+    _check_fields(document, _MENU_FIELDS, frozenset(), "menu")
+    menu_id = _text(document["menu_id"], "menu.menu_id", MENU_ID_LENGTH_MIN, MENU_ID_LENGTH_MAX)
+    entries = document["items"]
+    if type(entries) is not list:
+        _fail(f"menu.items must be an array, got {json_type_name(entries)}")
+    _check_menu_item_count(len(entries))
+    items = tuple(_menu_item(entry, f"menu.items[{index}]") for index, entry in enumerate(entries))
+    _check_menu_skus_unique(items)
+    return _assemble(Menu, menu_id=menu_id, items=items)
+
+
+def _menu_item(value: object, where: str) -> MenuItem:
+    item = _object(value, where)
+    _check_fields(item, _MENU_ITEM_REQUIRED, _MENU_ITEM_OPTIONAL, where)
+    sku = item["sku"]
+    name = item["name"]
+    unit_price_cents = item["unit_price_cents"]
+    is_deposit = item.get("is_deposit", False)
+    is_return = item.get("is_return", False)
+    vat_rate_bp = item.get("vat_rate_bp", _ABSENT)
+    category = item.get("category", _ABSENT)
+    _check_menu_item(
+        sku, name, unit_price_cents, is_deposit, is_return, vat_rate_bp, category, f"{where}."
+    )
+    return _assemble(
+        MenuItem,
+        sku=sku,
+        name=name,
+        unit_price_cents=unit_price_cents,
+        is_deposit=is_deposit,
+        is_return=is_return,
+        vat_rate_bp=None if vat_rate_bp is _ABSENT else vat_rate_bp,
+        category=None if category is _ABSENT else category,
+    )
+
+
+def _offline(value: object) -> OfflinePolicy:
+    document = _object(value, "offline")
+    _check_fields(document, _OFFLINE_FIELDS, frozenset(), "offline")
+    sale_max_cents = document["sale_max_cents"]
+    card_max_cents = document["card_max_cents"]
+    kiosk_max_cents = document["kiosk_max_cents"]
+    _check_offline_policy(sale_max_cents, card_max_cents, kiosk_max_cents)
+    return _assemble(
+        OfflinePolicy,
+        sale_max_cents=sale_max_cents,
+        card_max_cents=card_max_cents,
+        kiosk_max_cents=kiosk_max_cents,
+    )
+
+
+def config_to_dict(config: KioskConfig) -> dict[str, object]:
+    """The JSON object of ``config``: every field present, ``menu``/``offline`` null when None;
+    a menu item's optional fields are omitted when absent (``false`` flags are not written)."""
+    menu = config.menu
+    offline = config.offline
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": KioskConfig.type,
+        "kiosk_id": config.kiosk_id,
+        "version": config.version,
+        "issued_at_ms": config.issued_at_ms,
+        "currency": config.currency,
+        "menu": None if menu is None else menu_to_dict(menu),
+        "offline": None
+        if offline is None
+        else {
+            "sale_max_cents": offline.sale_max_cents,
+            "card_max_cents": offline.card_max_cents,
+            "kiosk_max_cents": offline.kiosk_max_cents,
+        },
+    }
+
+
+def menu_to_dict(menu: Menu) -> dict[str, object]:
+    """The JSON object of a config's ``menu``."""
+    return {"menu_id": menu.menu_id, "items": [_menu_item_to_dict(item) for item in menu.items]}
+
+
+def _menu_item_to_dict(item: MenuItem) -> dict[str, object]:
+    document: dict[str, object] = {
+        "sku": item.sku,
+        "name": item.name,
+        "unit_price_cents": item.unit_price_cents,
+    }
+    if item.is_deposit:
+        document["is_deposit"] = True
+    if item.is_return:
+        document["is_return"] = True
+    if item.vat_rate_bp is not None:
+        document["vat_rate_bp"] = item.vat_rate_bp
+    if item.category is not None:
+        document["category"] = item.category
+    return document
+
+
+def parse_menu(obj: object) -> Menu:
+    """Validate a decoded config ``menu`` object on its own (what `festival-cloud menu set`
+    reads from a file); raise ProtocolError(INVALID_REQUEST) naming the field."""
+    return _menu(obj)
+
+
+def parse_denylist(obj: object) -> DenyList:
+    """Validate a decoded deny-list payload; raise ProtocolError(INVALID_REQUEST)."""
+    document = _object(obj, "denylist")
+    _version(document, "denylist")
+    _message_type(document, DenyList.type, "denylist")
+    _check_fields(document, _DENYLIST_FIELDS, frozenset(), "denylist")
+    version = document["version"]
+    issued_at_ms = document["issued_at_ms"]
+    _check_message_version(version, issued_at_ms)
+    card_uids = document["card_uids"]
+    if type(card_uids) is not list:
+        _fail(f"card_uids must be an array, got {json_type_name(card_uids)}")
+    _check_card_uids(card_uids)
+    return _assemble(
+        DenyList, version=version, issued_at_ms=issued_at_ms, card_uids=tuple(card_uids)
+    )
+
+
+def denylist_to_dict(denylist: DenyList) -> dict[str, object]:
+    """The JSON object of ``denylist``."""
+    return {
+        "v": PROTOCOL_VERSION,
+        "type": DenyList.type,
+        "version": denylist.version,
+        "issued_at_ms": denylist.issued_at_ms,
+        "card_uids": list(denylist.card_uids),
     }

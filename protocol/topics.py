@@ -1,4 +1,5 @@
-"""MQTT topics of protocol v1: ``{prefix}/v1/kiosks/{kiosk_id}/{tx|result|scan|status}``."""
+"""MQTT topics of protocol v1: ``{prefix}/v1/kiosks/{kiosk_id}/{tx|result|scan|status|config}``
+and (1.1) the one deployment-wide topic ``{prefix}/v1/denylist``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from protocol.limits import (
 
 TOPIC_VERSION_LEVEL: Final = "v1"
 TOPIC_KIOSKS_LEVEL: Final = "kiosks"
+TOPIC_DENYLIST_LEVEL: Final = "denylist"
 SHARE_GROUP_DEFAULT: Final = "ledger"
 
 
@@ -27,6 +29,7 @@ class TopicKind(StrEnum):
     RESULT = "result"
     SCAN = "scan"
     STATUS = "status"
+    CONFIG = "config"  # 1.1: cloud -> kiosk, signed, retained
 
 
 def validate_kiosk_id(kiosk_id: object) -> str:
@@ -88,6 +91,17 @@ class Topic:
 def topic_for(prefix: str, kiosk_id: str, kind: TopicKind | str) -> str:
     """The topic name for ``kind`` messages of ``kiosk_id``."""
     return Topic(prefix, kiosk_id, TopicKind(kind)).text
+
+
+def config_topic(prefix: str, kiosk_id: str) -> str:
+    """(1.1) ``{prefix}/v1/kiosks/{kiosk_id}/config``: the kiosk's signed config (retained)."""
+    return topic_for(prefix, kiosk_id, TopicKind.CONFIG)
+
+
+def denylist_topic(prefix: str) -> str:
+    """(1.1) ``{prefix}/v1/denylist``: the signed deny-list every kiosk reads (retained)."""
+    validate_topic_prefix(prefix)
+    return f"{prefix}/{TOPIC_VERSION_LEVEL}/{TOPIC_DENYLIST_LEVEL}"
 
 
 def parse_topic(topic: str, prefix: str) -> Topic:

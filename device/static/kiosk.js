@@ -138,7 +138,7 @@
     const products = $("products");
     products.replaceChildren();
     for (const product of state.menu.products) {
-      const button = element("button", "button button-product");
+      const button = element("button", "button button-product" + (product.is_deposit ? " button-deposit" : ""));
       button.type = "button";
       button.dataset.sku = product.sku;
       button.append(element("span", "", product.name), element("span", "price money", money(product.unit_price_cents)));
@@ -164,6 +164,8 @@
     const body = {
       items: [...state.cart].map(([sku, quantity]) => ({ sku, quantity })),
       returns: [...state.returns].map(([sku, quantity]) => ({ sku, quantity })),
+      // The menu these prices came from: the kiosk refuses the order if it sells from another.
+      menu_tag: state.menu ? state.menu.tag : null,
     };
     const reply = await api("POST", "/api/order", body);
     const error = $("order-error");
@@ -172,11 +174,43 @@
       state.returns.clear();
       renderCart();
       error.hidden = true;
+      show("menu-changed", false);
     } else {
       error.textContent = (reply.document && reply.document.error) || (reply.document && reply.document.message) || "refused";
       error.hidden = false;
+      if (reply.status === 409) await loadMenu();  // "the menu changed": show the new one
     }
     await poll();
+  }
+
+  // --- the menu: the kiosk's latest config's, or its local file's --------------------------------
+
+  async function loadMenu() {
+    const reply = await api("GET", "/api/menu");
+    if (!reply.ok || !reply.document) return;
+    const previous = state.menu;
+    state.menu = reply.document;
+    if (previous && previous.tag !== state.menu.tag) menuChanged();
+    renderMenu();
+  }
+
+  // A new menu while an order is being built: never reprice it silently. Lines whose product is
+  // gone are dropped and named; the rest show the new prices, and the banner says so.
+  function menuChanged() {
+    const dropped = [];
+    for (const sku of [...state.cart.keys()]) {
+      if (!state.menu.products.some((p) => p.sku === sku)) { state.cart.delete(sku); dropped.push(sku); }
+    }
+    for (const sku of [...state.returns.keys()]) {
+      if (!state.menu.deposits.some((d) => d.sku === sku)) { state.returns.delete(sku); dropped.push(sku); }
+    }
+    const building = state.cart.size > 0 || state.returns.size > 0 || dropped.length > 0;
+    let text = building
+      ? "The menu changed: the order now shows the new prices. Check it with the customer."
+      : "The menu changed.";
+    if (dropped.length > 0) text += " No longer on the menu: " + dropped.join(", ") + ".";
+    $("menu-changed").textContent = text;
+    show("menu-changed", true);
   }
 
   // --- checkpoint ------------------------------------------------------------------------------
@@ -231,6 +265,12 @@
     const readerOk = view.reader && view.reader.available;
     reader.textContent = view.reader ? "reader " + (readerOk ? "ok" : "unavailable") : "reader ?";
     reader.className = "pill " + (readerOk ? "pill-on" : "pill-off");
+    const config = view.config || {};
+    const configPill = $("config");
+    configPill.textContent = config.version ? "config v" + config.version : "no config";
+    configPill.title = "menu: " + (config.menu === "config" ? (config.menu_id || "from the cloud") : config.menu === "file" ? "local file" : "none");
+    const denylist = view.denylist || {};
+    $("denylist").textContent = denylist.version ? "deny-list v" + denylist.version + " (" + denylist.cards + ")" : "no deny-list";
     const outbox = $("outbox");
     outbox.textContent = "outbox " + view.outbox.pending + "/" + view.outbox.max;
     outbox.className = "pill " + (view.outbox.full ? "pill-off" : view.outbox.pending > 0 ? "pill-warn" : "");
@@ -321,10 +361,8 @@
       if (reply.ok && reply.document && reply.document.version !== state.version) {
         state.view = reply.document;
         state.version = reply.document.version;
-        if (state.view.mode === "bar" && !state.menu) {
-          const menu = await api("GET", "/api/menu");
-          if (menu.ok) { state.menu = menu.document; renderMenu(); }
-        }
+        const tag = state.view.config ? state.view.config.menu_tag : null;
+        if (state.view.mode === "bar" && (!state.menu || state.menu.tag !== tag)) await loadMenu();
         render(state.view);
       }
     } catch (error) {
@@ -335,7 +373,8 @@
 
   function wire() {
     $("charge").addEventListener("click", charge);
-    $("clear").addEventListener("click", () => { state.cart.clear(); state.returns.clear(); renderCart(); });
+    $("clear").addEventListener("click", () => { state.cart.clear(); state.returns.clear(); show("menu-changed", false); renderCart(); });
+    $("menu-changed").addEventListener("click", () => show("menu-changed", false));
     $("cancel").addEventListener("click", async () => {
       const screen = state.view ? state.view.screen : "";
       await api("POST", screen === "order_pending" ? "/api/cancel" : "/api/dismiss", {});

@@ -9,10 +9,13 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from cloud.sandbox import MosquittoBroker
 from tests.browser import headless_chromium, save_screenshot
+from tests.device.cloud_messages import config_message, kiosk_config_topic, publish_retained
 from tests.device.conftest import CARD, CARD_BALANCE_CENTS
 from tests.device.kiosk_process import KioskProcess
 from tests.device.responder import FakeLedger, MqttResponder
 from tests.waiting import wait_until
+
+CONFIG_TOPIC = kiosk_config_topic("bar-1")
 
 
 def screen(driver: WebDriver) -> str:
@@ -200,3 +203,59 @@ def test_screen_shows_only_the_last_four_digits_of_a_band(
         )
         assert "****E5F6" in fetched and CARD not in fetched
     assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 550 - 200
+
+
+def test_bar_page_shows_a_new_menu_within_a_second_and_says_the_order_changed(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Issue 13: the kiosk sells from the menu of its latest config; the page shows a new menu
+    within a second of the kiosk receiving it, and an order being entered is not repriced
+    silently: the page says the menu changed."""
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "button[data-sku='beer']"),
+            timeout_s=15,
+            what="the menu buttons",
+        )
+        assert text(driver, "config") == "no config"
+        driver.find_element(By.CSS_SELECTOR, "button[data-sku='beer']").click()
+        assert text(driver, "total") == "7.50 EUR"  # the menu file: 5.50 and a 2.00 cup
+        publish_retained(kiosk_broker, CONFIG_TOPIC, config_message(ledger.cloud_key, version=1))
+        kiosk.wait_for(lambda s: s["config"]["version"] == 1, "the kiosk to apply the config")
+
+        def beer_price() -> str:
+            buttons = driver.find_elements(By.CSS_SELECTOR, "button[data-sku='beer'] .price")
+            return str(buttons[0].text) if buttons else ""
+
+        wait_until(lambda: beer_price() == "6.00 EUR", timeout_s=1.0, what="the new menu")
+        banner = driver.find_element(By.ID, "menu-changed")
+        assert banner.is_displayed()
+        assert banner.text.startswith("The menu changed: the order now shows the new prices")
+        assert text(driver, "config") == "config v1"
+        assert text(driver, "menu-title") == "main-bar"
+        # The order shows the central menu's prices: no automatic deposit line any more.
+        lines = driver.find_elements(By.CSS_SELECTOR, "#cart-lines li")
+        assert [line.get_attribute("data-kind") for line in lines] == ["item"]
+        assert text(driver, "total") == "6.00 EUR"
+        driver.find_element(By.CSS_SELECTOR, "button[data-sku='cup']").click()
+        assert text(driver, "total") == "8.00 EUR"
+        save_screenshot(driver, "kiosk-menu-changed")
+        driver.find_element(By.ID, "charge").click()
+        wait_for_screen(driver, "order_pending")
+        assert not driver.find_element(By.ID, "menu-changed").is_displayed()
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "approved")
+    [request_id] = ledger.received_ids()
+    request = ledger.requests[request_id]
+    assert request.config_version == 1
+    assert [(item.sku, item.unit_price_cents, item.is_deposit) for item in request.items] == [  # type: ignore[union-attr]
+        ("beer", 600, False),
+        ("cup", 200, True),
+    ]
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 800

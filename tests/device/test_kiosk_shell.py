@@ -19,6 +19,7 @@ from device.kiosk import Command, Kiosk, KioskIdentity
 from device.link import FakeLink
 from device.machine import (
     BarDraft,
+    CloudView,
     MachineConfig,
     Mode,
     OrderEntered,
@@ -437,6 +438,7 @@ def test_the_page_snapshot_is_built_by_the_view(rig: Rig) -> None:
             link_reason=None,
             alert=None,
             counters=dict(kiosk.counters),
+            cloud=CloudView(menu_source="none"),
         ),
     )
     assert shown == json.loads(json.dumps(expected))

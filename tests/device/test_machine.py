@@ -18,6 +18,7 @@ from device.machine import (
     LinkDown,
     LinkUp,
     MachineConfig,
+    MenuChanged,
     Mode,
     OrderEntered,
     OutboxLoaded,
@@ -372,6 +373,7 @@ def test_view_of_an_order_lists_lines_and_total() -> None:
         ],
         "total_cents": 1100,
         "staff_id": None,
+        "config_version": None,
     }
 
 
@@ -412,3 +414,23 @@ def test_the_view_shows_card_uids_masked_to_their_last_four_digits() -> None:
     assert shown["outcome"]["card_uid"] == "****E5F6"  # type: ignore[index]
     assert shown["late_results"] == [{**shown["late_results"][0], "card_uid": "****0C0D"}]  # type: ignore[index]
     assert view(KioskState(), CONFIG)["card_uid"] is None
+
+
+def test_a_menu_change_keeps_an_order_waiting_for_its_band_and_says_so() -> None:
+    """Issue 13: an order being entered is not silently repriced. The order that waits for a
+    band keeps the prices it was entered with; the screen says the menu changed."""
+    kiosk = Driver()
+    assert kiosk.send(MenuChanged()).state == kiosk.state  # nothing on screen: nothing to say
+    kiosk.send(OrderEntered(BEER))
+    changed = kiosk.send(MenuChanged())
+    assert changed.effects == ()
+    assert kiosk.screen() is Screen.ORDER_PENDING
+    assert kiosk.state.draft == BEER  # same lines, same prices
+    assert view(kiosk.state, CONFIG)["message"].startswith("The menu changed")
+    tapped = kiosk.send(CardTapped(UID))
+    assert CreateRequest(BEER, UID) in tapped.effects
+    assert kiosk.state.notice is None
+    # A top-up has no menu: nothing to say.
+    checkpoint = Driver(replace(CONFIG, mode=Mode.CHECKPOINT))
+    checkpoint.send(OrderEntered(RechargeDraft(2000, "cash", "anna")))
+    assert checkpoint.send(MenuChanged()).state.notice is None

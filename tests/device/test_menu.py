@@ -155,3 +155,53 @@ def test_returns_of_one_order_are_capped_before_anything_is_signed() -> None:
     )
     with pytest.raises(OrderError, match=r"at most 0\.00 EUR"):
         price_order(menu, {"returns": [{"sku": "cup", "quantity": 1}]}, return_cents_max=0)
+
+
+def test_a_config_menu_is_sold_as_it_is() -> None:
+    """(1.1) A config's menu is flat: deposits are products of their own (no automatic deposit
+    line), return items are the returns; every line carries exactly the item's price and flags."""
+    from device.menu import SalesMenu, menu_from_config
+    from protocol.models import Menu as ConfigMenu
+    from protocol.models import MenuItem
+
+    config_menu = ConfigMenu(
+        "main bar",
+        (
+            MenuItem("Pils 0,5", "Pils 0,5 l", 480, vat_rate_bp=1900, category="beer"),
+            MenuItem("cup", "Cup deposit", 200, is_deposit=True),
+            MenuItem("cup back", "Cup return", 200, is_deposit=True, is_return=True),
+            MenuItem("token back", "Token return", 100, is_return=True),
+        ),
+    )
+    menu = menu_from_config(config_menu, currency="EUR")
+    assert menu.title == "main bar"
+    assert [(p.sku, p.is_deposit, p.deposit_sku) for p in menu.products] == [
+        ("Pils 0,5", False, None),
+        ("cup", True, None),
+    ]
+    assert [d.sku for d in menu.deposits] == ["cup back", "token back"]
+    draft = price_order(
+        menu,
+        {
+            "items": [{"sku": "Pils 0,5", "quantity": 2}, {"sku": "cup", "quantity": 2}],
+            "returns": [{"sku": "cup back", "quantity": 1}, {"sku": "token back", "quantity": 1}],
+        },
+        config_version=4,
+    )
+    assert draft.items == (
+        BarItem("Pils 0,5 l", 2, 480, sku="Pils 0,5"),
+        BarItem("Cup deposit", 2, 200, sku="cup", is_deposit=True),
+        BarItem("Cup return", 1, 200, sku="cup back", is_deposit=True, is_return=True),
+        BarItem("Token return", 1, 100, sku="token back", is_return=True),
+    )
+    assert draft.total_cents == 960 + 400 - 200 - 100
+    assert draft.config_version == 4
+    with pytest.raises(OrderError, match="unknown product sku 'beer'"):
+        price_order(menu, {"items": [{"sku": "beer", "quantity": 1}]})
+    # The tag names the content: another price, another tag; the same content, the same tag.
+    same = menu_from_config(config_menu, currency="EUR")
+    assert same.tag == menu.tag and len(menu.tag) == 16
+    cheaper = ConfigMenu("main bar", (MenuItem("Pils 0,5", "Pils 0,5 l", 450),))
+    assert menu_from_config(cheaper, currency="EUR").tag != menu.tag
+    assert SalesMenu(menu, "config", 4).tag == menu.tag
+    assert SalesMenu(None, "none", None).tag is None

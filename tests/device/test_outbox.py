@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from device.ids import UuidV7Generator
-from device.outbox import Outbox, OutboxError, OutboxFull
+from device.outbox import CloudMessage, Outbox, OutboxError, OutboxFull
 
 UID = "04A1B2C3D4E5F6"
 
@@ -136,3 +136,49 @@ def test_request_ids_are_time_ordered_uuid_v7() -> None:
     assert len(set(made)) == len(made)
     assert all(value[14] == "7" and value[19] in "89ab" for value in made)
     assert made[0].startswith("018bcfe5-6800-7")
+
+
+def test_the_cloud_messages_survive_a_reopen_one_per_kind(outbox: Outbox, path: Path) -> None:
+    assert outbox.cloud_message("config") is None
+    outbox.keep_cloud_message(CloudMessage("config", 3, b"signed-config-3", 10))
+    outbox.keep_cloud_message(CloudMessage("config", 4, b"signed-config-4", 11))
+    outbox.keep_cloud_message(CloudMessage("denylist", 7, b"signed-denylist-7", 12))
+    outbox.close()
+    reopened = Outbox(path, kiosk_id="bar-1", capacity=3)
+    try:
+        assert reopened.cloud_message("config") == CloudMessage("config", 4, b"signed-config-4", 11)
+        assert reopened.cloud_message("denylist") == CloudMessage(
+            "denylist", 7, b"signed-denylist-7", 12
+        )
+        reopened.forget_cloud_message("config")
+        assert reopened.cloud_message("config") is None
+        assert reopened.cloud_message("denylist") is not None
+        # Kept beside the requests, without touching them or the seq counter.
+        assert len(reopened) == 0 and reopened.last_seq() == 0
+    finally:
+        reopened.close()
+
+
+def test_the_cloud_messages_table_is_checked_by_the_database(outbox: Outbox, path: Path) -> None:
+    with sqlite3.connect(path) as other:
+        with pytest.raises(sqlite3.IntegrityError):
+            other.execute("INSERT INTO cloud_messages VALUES ('menu', 1, x'00', 1)")
+        with pytest.raises(sqlite3.IntegrityError):
+            other.execute("INSERT INTO cloud_messages VALUES ('config', 0, x'00', 1)")
+
+
+def test_an_outbox_of_the_previous_firmware_gains_the_table(path: Path) -> None:
+    """A kiosk updated in place: its outbox (schema 1, no cloud_messages) keeps its requests and
+    seq and gains the table; the schema version stays 1, so a rollback still opens it."""
+    old = Outbox(path, kiosk_id="bar-1", capacity=3)
+    _, _, payload = store(old)
+    old._db.execute("DROP TABLE cloud_messages")
+    old.close()
+    updated = Outbox(path, kiosk_id="bar-1", capacity=3)
+    try:
+        assert [entry.payload for entry in updated.outstanding()] == [payload]
+        updated.keep_cloud_message(CloudMessage("denylist", 1, b"x", 1))
+        assert updated.cloud_message("denylist") is not None
+        assert updated._db.execute("PRAGMA user_version").fetchone()[0] == 1
+    finally:
+        updated.close()

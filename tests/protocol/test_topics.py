@@ -23,6 +23,7 @@ def test_topic_for_every_kind() -> None:
         "festival/v1/kiosks/bar-01/result",
         "festival/v1/kiosks/bar-01/scan",
         "festival/v1/kiosks/bar-01/status",
+        "festival/v1/kiosks/bar-01/config",
     ]
 
 
