@@ -106,10 +106,10 @@ def test_0009_up_down_up_with_money_on_the_cards(make_database: Callable[..., st
         engine.dispose()
 
 
-def test_the_ledger_suite_runs_at_revision_0009(database_url: str) -> None:
+def test_the_ledger_suite_runs_at_head_with_revision_0009(database_url: str) -> None:
     """Every test of tests/ledger gets a copy of the session's template, migrated to head."""
-    assert database.head_revision() == "0009"
-    assert database.current_revision(database_url) == "0009"
+    assert database.head_revision() >= "0009"
+    assert database.current_revision(database_url) == database.head_revision()
     assert scalar(
         database_url,
         "SELECT to_regprocedure('ledger_decide_request(ledger_request, text,"
