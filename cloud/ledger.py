@@ -41,13 +41,17 @@ from cloud.ledger_records import (
     SHA256_HEX_LENGTH,
     SOURCES,
     TOPUP_RETENTION_DAYS,
+    UNCHANGED,
     CardRecord,
     DeadLetterLike,
+    IssuedConfig,
+    IssuedDenyList,
     KioskRecord,
     LedgerRequest,
     Outcome,
     OwedRefund,
     StripeCheckoutResult,
+    Unchanged,
     outcome_from_document,
     request_document,
 )
@@ -64,10 +68,18 @@ from protocol.limits import (
 )
 from protocol.models import (
     KioskStatus,
+    Menu,
+    OfflinePolicy,
     ScanRecord,
+    menu_to_dict,
+    offline_policy_to_dict,
 )
 
 T = TypeVar("T")
+
+
+def _json(document: object) -> str:
+    return json.dumps(document, separators=(",", ":"))
 
 
 def _jsonable(value: object) -> object:
@@ -397,6 +409,102 @@ class Ledger:
 
     def disable_kiosk(self, kiosk_id: str) -> bool:
         return bool(self._scalar("SELECT sp_disable_kiosk(:kiosk_id)", kiosk_id=kiosk_id))
+
+    # --- configs and the deny-list (revision 0010; cloud/publisher.py sends them) ------------
+
+    def issue_kiosk_config(
+        self,
+        kiosk_id: str,
+        *,
+        menu: Menu | Unchanged | None = UNCHANGED,
+        offline: OfflinePolicy | Unchanged | None = UNCHANGED,
+    ) -> int | None:
+        """Change what is assigned to the kiosk (None: no menu / no offline sales; UNCHANGED:
+        keep it) and store its next config version, unsent (sp_issue_kiosk_config); None for
+        an unregistered kiosk. The models checked themselves when they were built."""
+        version = self._scalar(
+            "SELECT sp_issue_kiosk_config(:kiosk_id, :currency, :set_menu,"
+            " CAST(:menu AS jsonb), :set_offline, CAST(:offline AS jsonb))",
+            kiosk_id=kiosk_id,
+            currency=self.currency,
+            set_menu=not isinstance(menu, Unchanged),
+            menu=None if menu is None or isinstance(menu, Unchanged) else _json(menu_to_dict(menu)),
+            set_offline=not isinstance(offline, Unchanged),
+            offline=(
+                None
+                if offline is None or isinstance(offline, Unchanged)
+                else _json(offline_policy_to_dict(offline))
+            ),
+        )
+        return None if version is None else int(version)
+
+    def unpublished_configs(self, limit: int = 100) -> list[IssuedConfig]:
+        rows = self._select(
+            "SELECT DISTINCT ON (kiosk_id) kiosk_id, version, document, created_at"
+            " FROM kiosk_configs c WHERE published_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM kiosk_configs newer WHERE newer.kiosk_id = c.kiosk_id"
+            "   AND newer.version > c.version AND newer.published_at IS NOT NULL)"
+            " ORDER BY kiosk_id, version DESC",
+        )
+        rows.sort(key=lambda row: row["created_at"])  # type: ignore[arg-type,return-value]
+        return [
+            IssuedConfig(
+                kiosk_id=str(row["kiosk_id"]),
+                version=int(row["version"]),  # type: ignore[call-overload]
+                document=row["document"],  # type: ignore[arg-type]
+                published=False,
+            )
+            for row in rows[:limit]
+        ]
+
+    def mark_config_published(self, kiosk_id: str, version: int) -> None:
+        self._scalar(
+            "SELECT count(*) FROM (SELECT sp_mark_kiosk_config_published(:kiosk_id, :version))"
+            " AS marked",
+            kiosk_id=kiosk_id,
+            version=version,
+        )
+
+    def latest_config(self, kiosk_id: str) -> IssuedConfig | None:
+        rows = self._select(
+            "SELECT kiosk_id, version, document, published_at IS NOT NULL AS published"
+            " FROM kiosk_configs WHERE kiosk_id = :kiosk_id ORDER BY version DESC LIMIT 1",
+            kiosk_id=kiosk_id,
+        )
+        return IssuedConfig(**rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def denylist_stale(self) -> bool:
+        return bool(
+            self._scalar(
+                "SELECT s.changes IS DISTINCT FROM (SELECT changes_seen FROM denylists"
+                " ORDER BY version DESC LIMIT 1) FROM denylist_state s"
+            )
+        )
+
+    def issue_denylist(self) -> int | None:
+        version = self._scalar("SELECT sp_issue_denylist()")
+        return None if version is None else int(version)
+
+    def unpublished_denylist(self) -> IssuedDenyList | None:
+        rows = self._select(
+            "SELECT version, issued_at_ms, card_uids::text[] AS card_uids,"
+            " published_at IS NOT NULL AS published FROM denylists ORDER BY version DESC LIMIT 1"
+        )
+        if not rows or rows[0]["published"]:
+            return None
+        row = rows[0]
+        return IssuedDenyList(
+            version=int(row["version"]),  # type: ignore[call-overload]
+            issued_at_ms=int(row["issued_at_ms"]),  # type: ignore[call-overload]
+            card_uids=tuple(row["card_uids"]),  # type: ignore[arg-type]
+            published=False,
+        )
+
+    def mark_denylist_published(self, version: int) -> None:
+        self._scalar(
+            "SELECT count(*) FROM (SELECT sp_mark_denylist_published(:version)) AS marked",
+            version=version,
+        )
 
     def record_kiosk_status(self, status: KioskStatus, *, received_at_ms: int) -> None:
         self._scalar(

@@ -190,3 +190,44 @@ def request_document(item: LedgerRequest) -> dict[str, Any]:
         "source": item.source,
         "trace_id": item.trace_id,
     }
+
+
+# --- configs and deny-lists the cloud issues (revision 0010) ------------------------------------
+
+
+class Unchanged:
+    """The type of UNCHANGED: 'leave this part of a kiosk's config as it is'."""
+
+    _instance: Unchanged | None = None
+
+    def __new__(cls) -> Unchanged:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = Unchanged()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedConfig:
+    """A config version as stored when it was issued (before it is sent): `document` is
+    protocol.models.config_to_dict of it; `published` once the broker acknowledged it."""
+
+    kiosk_id: str
+    version: int
+    document: Mapping[str, Any]
+    published: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedDenyList:
+    """A deny-list version as stored when it was issued (before it is sent)."""
+
+    version: int
+    issued_at_ms: int
+    card_uids: tuple[str, ...]
+    published: bool

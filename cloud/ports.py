@@ -4,6 +4,8 @@
                     letters, scans, kiosk statuses, the kiosk directory
     CardLedger      a card's record, block and unblock
     RefundLedger    owed Stripe refunds, leased and settled (cloud/api/refunds.py)
+    ConfigLedger    (1.1) kiosk configs and deny-lists: issued (stored, version allocated)
+                    before they are sent, then marked published (cloud/publisher.py)
     Ledger          the API: all of the above, Stripe, top-ups, monitoring, and the engine the
                     API's own SQL modules share (queries, rate limits, point-of-sale devices)
 
@@ -29,14 +31,17 @@ if TYPE_CHECKING:
     from cloud.ledger_records import (
         CardRecord,
         DeadLetterLike,
+        IssuedConfig,
+        IssuedDenyList,
         KioskRecord,
         LedgerRequest,
         Outcome,
         OwedRefund,
         StripeCheckoutResult,
+        Unchanged,
     )
     from protocol.errors import ErrorCode
-    from protocol.models import KioskStatus, ScanRecord
+    from protocol.models import KioskStatus, Menu, OfflinePolicy, ScanRecord
 
 
 class RequestLedger(Protocol):
@@ -195,6 +200,48 @@ class Ledger(RequestLedger, CardLedger, RefundLedger, Protocol):
     ) -> bool: ...
 
     def refunds_owed(self) -> int: ...
+
+
+class ConfigLedger(Protocol):
+    """(1.1) What the publisher, the CLI's menu/offline verbs and the admin API need: a config or
+    deny-list version is allocated and its document stored before anything is sent, so a version
+    is never reused (PROTOCOL.md "Config and deny-list")."""
+
+    def issue_kiosk_config(
+        self,
+        kiosk_id: str,
+        *,
+        menu: Menu | Unchanged | None = ...,
+        offline: OfflinePolicy | Unchanged | None = ...,
+    ) -> int | None:
+        """Change what is assigned to the kiosk (None: no menu / no offline sales; UNCHANGED:
+        keep it) and store its next config version, unsent; None for an unregistered kiosk."""
+        ...
+
+    def unpublished_configs(self, limit: int = ...) -> list[IssuedConfig]:
+        """Issued configs not yet acknowledged by the broker, oldest first; of a kiosk with
+        several, only its newest (an older one would be superseded on arrival anyway)."""
+        ...
+
+    def mark_config_published(self, kiosk_id: str, version: int) -> None:
+        """The broker acknowledged this version, and every older one of the kiosk is moot."""
+        ...
+
+    def latest_config(self, kiosk_id: str) -> IssuedConfig | None: ...
+
+    def denylist_stale(self) -> bool:
+        """True when cards changed since the latest deny-list was computed."""
+        ...
+
+    def issue_denylist(self) -> int | None:
+        """Compute the deny-list; store and return its next version when it changed."""
+        ...
+
+    def unpublished_denylist(self) -> IssuedDenyList | None:
+        """The newest deny-list version when it is not yet acknowledged by the broker."""
+        ...
+
+    def mark_denylist_published(self, version: int) -> None: ...
 
 
 if TYPE_CHECKING:

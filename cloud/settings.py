@@ -22,6 +22,7 @@ from protocol.limits import (
     STALE_AFTER_S_DEFAULT,
     TOPUP_CENTS_MAX_DEFAULT,
 )
+from protocol.models import OfflinePolicy
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
 from protocol.redaction import redact
 
@@ -89,6 +90,13 @@ class CloudSettings(BaseSettings):
     festival_return_max_cents: int = Field(
         default=RETURN_CENTS_MAX_DEFAULT, ge=0, le=ORDER_TOTAL_CENTS_MAX
     )
+    # (1.1) The default offline policy put in every kiosk's config at `kiosk add` (PROTOCOL.md
+    # "Offline sales"); a sale maximum of 0 means no offline sales (the config's `offline` is null).
+    festival_offline_sale_max_cents: int = Field(default=2000, ge=0, le=ORDER_TOTAL_CENTS_MAX)
+    festival_offline_card_max_cents: int = Field(default=4000, ge=1, le=10**11)
+    festival_offline_kiosk_max_cents: int = Field(default=50000, ge=1, le=10**11)
+    # (1.1) How long after a config is superseded an order priced from it is still accepted.
+    festival_menu_grace_s: int = Field(default=600, ge=0, le=10**6)
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)
@@ -162,6 +170,18 @@ class CloudSettings(BaseSettings):
                     value.get_secret_value().strip().lower() in PLACEHOLDER_SECRETS
                 ):
                     raise SettingsError(f"{name.upper()} is a placeholder; set a real secret")
+
+    @property
+    def default_offline_policy(self) -> OfflinePolicy | None:
+        """(1.1) The offline policy of a kiosk's first config (`kiosk add`); None when
+        FESTIVAL_OFFLINE_SALE_MAX_CENTS is 0 (no offline sales)."""
+        if self.festival_offline_sale_max_cents == 0:
+            return None
+        return OfflinePolicy(
+            sale_max_cents=self.festival_offline_sale_max_cents,
+            card_max_cents=self.festival_offline_card_max_cents,
+            kiosk_max_cents=self.festival_offline_kiosk_max_cents,
+        )
 
     @property
     def mqtt_endpoint(self) -> MqttEndpoint:

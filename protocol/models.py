@@ -1250,13 +1250,16 @@ def config_to_dict(config: KioskConfig) -> dict[str, object]:
         "issued_at_ms": config.issued_at_ms,
         "currency": config.currency,
         "menu": None if menu is None else menu_to_dict(menu),
-        "offline": None
-        if offline is None
-        else {
-            "sale_max_cents": offline.sale_max_cents,
-            "card_max_cents": offline.card_max_cents,
-            "kiosk_max_cents": offline.kiosk_max_cents,
-        },
+        "offline": None if offline is None else offline_policy_to_dict(offline),
+    }
+
+
+def offline_policy_to_dict(offline: OfflinePolicy) -> dict[str, object]:
+    """The JSON object of a config's ``offline`` policy."""
+    return {
+        "sale_max_cents": offline.sale_max_cents,
+        "card_max_cents": offline.card_max_cents,
+        "kiosk_max_cents": offline.kiosk_max_cents,
     }
 
 

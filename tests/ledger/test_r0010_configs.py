@@ -103,3 +103,33 @@ def test_downgrade_of_0010_restores_revision_0009_exactly(
     assert any("kiosk_configs" in line for line in _schema(url))
     database.downgrade(url, "0009")
     assert _schema(url) == at_0009, _differences(at_0009, _schema(url))
+
+
+def test_the_ledger_issues_and_marks_configs_and_deny_lists(ledger: Ledger) -> None:
+    from cloud.ledger_records import UNCHANGED
+    from protocol.models import OfflinePolicy, parse_config, parse_menu
+
+    ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+    ledger.add_kiosk("bar-2", PUBLIC_KEY, "bar")
+    menu = parse_menu(MENU)
+    assert ledger.issue_kiosk_config("ghost", menu=menu) is None
+    assert ledger.issue_kiosk_config("bar-1", offline=OfflinePolicy(2000, 4000, 50000)) == 1
+    assert ledger.issue_kiosk_config("bar-1", menu=menu, offline=UNCHANGED) == 2
+    assert ledger.issue_kiosk_config("bar-2") == 1
+    pending = ledger.unpublished_configs()
+    assert [(c.kiosk_id, c.version) for c in pending] == [("bar-1", 2), ("bar-2", 1)]
+    config = parse_config(pending[0].document)  # the stored document is the protocol's
+    assert config.menu == menu and config.offline == OfflinePolicy(2000, 4000, 50000)
+    ledger.mark_config_published("bar-1", 2)
+    assert [(c.kiosk_id, c.version) for c in ledger.unpublished_configs()] == [("bar-2", 1)]
+    latest = ledger.latest_config("bar-1")
+    assert latest is not None and latest.version == 2 and latest.published
+    assert ledger.latest_config("ghost") is None
+
+    assert ledger.denylist_stale()
+    assert ledger.issue_denylist() == 1
+    assert not ledger.denylist_stale()
+    issued = ledger.unpublished_denylist()
+    assert issued is not None and issued.version == 1 and issued.card_uids == ()
+    ledger.mark_denylist_published(1)
+    assert ledger.unpublished_denylist() is None
