@@ -12,13 +12,18 @@ import socket
 
 
 def notify(state: str) -> bool:
-    """Send one notification; returns False when there is no systemd to tell."""
+    """Send one notification; returns False when there is no systemd to tell or its socket
+    is full (never blocks)."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address:
         return False
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # Never block: a datagram socket whose reader stopped reading (a hung supervisor, a test
+        # harness) fills up, and a blocking send would then stop the caller's main loop — for
+        # the consumer, every payment. A notification that does not fit is dropped (False).
+        sock.setblocking(False)
         try:
             sock.connect(address)
             sock.sendall(state.encode())

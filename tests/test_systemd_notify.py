@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -50,6 +51,23 @@ def test_abstract_namespace_sockets_are_reached(
         monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
         assert notify_module.notify("STOPPING=1") is True
         assert receiver.recv(64) == b"STOPPING=1"
+
+
+def test_a_socket_nobody_reads_never_blocks_the_sender(
+    notify_module: ModuleType, systemd_socket: socket.socket
+) -> None:
+    """A reader that stopped reading fills its queue (about ten datagrams); a blocking send would
+    then hang the consumer's main loop at its next watchdog ping — every payment with it. Each
+    call runs in a thread here, so a send that blocks fails the test instead of hanging it."""
+    answers: list[bool] = []
+    for _ in range(200):
+        sender = threading.Thread(target=lambda: answers.append(notify_module.notify("WATCHDOG=1")))
+        sender.start()
+        sender.join(timeout=5)
+        assert not sender.is_alive(), f"notify blocked after {len(answers)} notifications"
+    assert answers[0] is True
+    assert answers[-1] is False, "the queue must have filled: the full case was not exercised"
+    assert systemd_socket.recv(64) == b"WATCHDOG=1"  # what fitted was delivered
 
 
 def test_without_systemd_nothing_is_sent(

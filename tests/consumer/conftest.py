@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,42 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.keys import save_private_key
 from protocol.keys import generate_private_key
+from tests.consumer.support import CONSUMERS, LOG_TAIL_LINES, ConsumerProcess
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report carries the end of every consumer's log of its module: the logs
+    live in folders the fixtures delete, and a stall is only explained by what the consumer said."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        for consumer in CONSUMERS:
+            tail = consumer.log_text().splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append((f"consumer {consumer.consumer_id} log", "\n".join(tail)))
+            report.sections.append((f"consumer {consumer.consumer_id} metrics", _metrics(consumer)))
+        funcargs: dict[str, object] = getattr(item, "funcargs", {})
+        broker = funcargs.get("mosquitto_broker") or getattr(funcargs.get("system"), "broker", None)
+        log_file = getattr(broker, "log_file", None)
+        if log_file is not None and log_file.exists():
+            tail = log_file.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+            report.sections.append(("broker log", "\n".join(tail)))
+
+
+def _metrics(consumer: ConsumerProcess) -> str:
+    """The consumer's own figures (queues, in-flight, counts), when it still answers."""
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{consumer.metrics_port}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+    except OSError as error:
+        return f"(no metrics: {error})"
+    return "\n".join(
+        line
+        for line in text.splitlines()
+        if line.startswith("festival") and "_bucket" not in line and "_created" not in line
+    )
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,12 @@ def festival_cloud(
     return completed
 
 
+# Every consumer a test module made: a failing test's report shows the end of their logs
+# (tests/consumer/conftest.py), before the fixtures delete the folders they were in.
+CONSUMERS: list[ConsumerProcess] = []
+LOG_TAIL_LINES = 60
+
+
 @dataclass
 class ConsumerProcess:
     """One `festival-cloud consumer` child: started with its environment, stopped by its pid."""
@@ -70,6 +76,7 @@ class ConsumerProcess:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_file = self.workdir / f"{self.consumer_id}.log"
+        CONSUMERS.append(self)
         # AF_UNIX paths are short (108 bytes): the notify socket lives in its own /tmp folder.
         self._notify_dir = Path(tempfile.mkdtemp(prefix="sdn-"))
         self.notify_path = self._notify_dir / "notify"
