@@ -30,6 +30,10 @@ from tests.device.conftest import make_broker
 from tests.device.kiosk_process import KioskProcess
 from tests.waiting import wait_until
 
+# The consumer's publisher loop (issue 13 §1) sends what the API issues; until it is there, this
+# test has nothing to test.
+pytest.importorskip("cloud.publisher", reason="needs the publisher (cloud/publisher.py)")
+
 KIOSK = "bar-1"
 MENU: dict[str, Any] = {
     "menu_id": "main-bar",
