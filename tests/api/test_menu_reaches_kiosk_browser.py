@@ -8,6 +8,7 @@ dashboard.png, menu-reaches-kiosk-page.png."""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,7 @@ def test_a_price_saved_in_the_dashboard_shows_on_the_kiosk(
             load(driver, f"kiosk:{KIOSK}", KIOSK)
             price = editor_rows(driver)[0].find_element(By.CSS_SELECTOR, "input.price")
             set_text(price, "3.95")
+            saved_at_s = time.monotonic()
             save(driver)
             wait_until(
                 lambda: driver.find_element(By.ID, "menu-editor").get_attribute("data-saved"),
@@ -134,6 +136,8 @@ def test_a_price_saved_in_the_dashboard_shows_on_the_kiosk(
                 timeout_s=REACH_TIMEOUT_S,
                 what="the new price on the kiosk",
             )
+            # Save click -> PUT -> issued -> the publisher's NOTIFY -> broker -> kiosk -> its API.
+            print(f"menu change reached the kiosk in {time.monotonic() - saved_at_s:.2f} s")
             version, _ = kiosk_prices(kiosk)
             assert first_version is not None and version is not None and version > first_version
             latest = ledger.latest_config(KIOSK)
