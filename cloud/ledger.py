@@ -95,6 +95,10 @@ def _jsonable(value: object) -> object:
     return value
 
 
+class _UnknownKiosk(Exception):
+    """Raised inside a transaction to roll it back: a kiosk it names is not registered."""
+
+
 def _optional_card_uid(card_uid: str | None) -> str | None:
     """A card uid the caller read from Stripe metadata: None, or a valid uid (else a bug)."""
     if card_uid is not None and not CARD_UID_PATTERN.match(card_uid):
@@ -437,6 +441,53 @@ class Ledger:
             ),
         )
         return None if version is None else int(version)
+
+    def issue_kiosk_configs(
+        self,
+        kiosk_ids: Sequence[str],
+        *,
+        menu: Menu | Unchanged | None = UNCHANGED,
+        offline: OfflinePolicy | Unchanged | None = UNCHANGED,
+    ) -> dict[str, int] | None:
+        """issue_kiosk_config for several kiosks in ONE transaction: every kiosk gets its next
+        version, or (one of them not registered) none does and the answer is None. An operator
+        assigning a menu to five bars must never leave two on the old one because a name was
+        mistyped; and the publisher is notified only at the commit."""
+        set_menu = not isinstance(menu, Unchanged)
+        set_offline = not isinstance(offline, Unchanged)
+        params = {
+            "currency": self.currency,
+            "set_menu": set_menu,
+            "menu": None
+            if menu is None or isinstance(menu, Unchanged)
+            else _json(menu_to_dict(menu)),
+            "set_offline": set_offline,
+            "offline": (
+                None
+                if offline is None or isinstance(offline, Unchanged)
+                else _json(offline_policy_to_dict(offline))
+            ),
+        }
+
+        def work(connection: Connection) -> dict[str, int]:
+            versions: dict[str, int] = {}
+            for kiosk_id in kiosk_ids:
+                version = connection.execute(
+                    text(
+                        "SELECT sp_issue_kiosk_config(:kiosk_id, :currency, :set_menu,"
+                        " CAST(:menu AS jsonb), :set_offline, CAST(:offline AS jsonb))"
+                    ),
+                    {"kiosk_id": kiosk_id, **params},
+                ).scalar_one()
+                if version is None:
+                    raise _UnknownKiosk  # rolls back the versions issued so far
+                versions[kiosk_id] = int(version)
+            return versions
+
+        try:
+            return self._transaction(work)
+        except _UnknownKiosk:
+            return None
 
     def unpublished_configs(self, limit: int = 100) -> list[IssuedConfig]:
         rows = self._select(

@@ -118,7 +118,60 @@ class RefundLedger(Protocol):
     ) -> bool: ...
 
 
-class Ledger(RequestLedger, CardLedger, RefundLedger, Protocol):
+class ConfigLedger(Protocol):
+    """(1.1) What the publisher, the CLI's menu/offline verbs and the admin API need: a config or
+    deny-list version is allocated and its document stored before anything is sent, so a version
+    is never reused (PROTOCOL.md "Config and deny-list")."""
+
+    def issue_kiosk_config(
+        self,
+        kiosk_id: str,
+        *,
+        menu: Menu | Unchanged | None = ...,
+        offline: OfflinePolicy | Unchanged | None = ...,
+    ) -> int | None:
+        """Change what is assigned to the kiosk (None: no menu / no offline sales; UNCHANGED:
+        keep it) and store its next config version, unsent; None for an unregistered kiosk."""
+        ...
+
+    def issue_kiosk_configs(
+        self,
+        kiosk_ids: Sequence[str],
+        *,
+        menu: Menu | Unchanged | None = ...,
+        offline: OfflinePolicy | Unchanged | None = ...,
+    ) -> dict[str, int] | None:
+        """The same for several kiosks in one transaction: each kiosk's new version, or None
+        (nothing issued) when one of them is not registered."""
+        ...
+
+    def unpublished_configs(self, limit: int = ...) -> list[IssuedConfig]:
+        """Issued configs not yet acknowledged by the broker, oldest first; of a kiosk with
+        several, only its newest (an older one would be superseded on arrival anyway)."""
+        ...
+
+    def mark_config_published(self, kiosk_id: str, version: int) -> None:
+        """The broker acknowledged this version, and every older one of the kiosk is moot."""
+        ...
+
+    def latest_config(self, kiosk_id: str) -> IssuedConfig | None: ...
+
+    def denylist_stale(self) -> bool:
+        """True when cards changed since the latest deny-list was computed."""
+        ...
+
+    def issue_denylist(self) -> int | None:
+        """Compute the deny-list; store and return its next version when it changed."""
+        ...
+
+    def unpublished_denylist(self) -> IssuedDenyList | None:
+        """The newest deny-list version when it is not yet acknowledged by the broker."""
+        ...
+
+    def mark_denylist_published(self, version: int) -> None: ...
+
+
+class Ledger(RequestLedger, CardLedger, RefundLedger, ConfigLedger, Protocol):
     """What the API (create_app and its routes) needs."""
 
     @property
@@ -200,48 +253,6 @@ class Ledger(RequestLedger, CardLedger, RefundLedger, Protocol):
     ) -> bool: ...
 
     def refunds_owed(self) -> int: ...
-
-
-class ConfigLedger(Protocol):
-    """(1.1) What the publisher, the CLI's menu/offline verbs and the admin API need: a config or
-    deny-list version is allocated and its document stored before anything is sent, so a version
-    is never reused (PROTOCOL.md "Config and deny-list")."""
-
-    def issue_kiosk_config(
-        self,
-        kiosk_id: str,
-        *,
-        menu: Menu | Unchanged | None = ...,
-        offline: OfflinePolicy | Unchanged | None = ...,
-    ) -> int | None:
-        """Change what is assigned to the kiosk (None: no menu / no offline sales; UNCHANGED:
-        keep it) and store its next config version, unsent; None for an unregistered kiosk."""
-        ...
-
-    def unpublished_configs(self, limit: int = ...) -> list[IssuedConfig]:
-        """Issued configs not yet acknowledged by the broker, oldest first; of a kiosk with
-        several, only its newest (an older one would be superseded on arrival anyway)."""
-        ...
-
-    def mark_config_published(self, kiosk_id: str, version: int) -> None:
-        """The broker acknowledged this version, and every older one of the kiosk is moot."""
-        ...
-
-    def latest_config(self, kiosk_id: str) -> IssuedConfig | None: ...
-
-    def denylist_stale(self) -> bool:
-        """True when cards changed since the latest deny-list was computed."""
-        ...
-
-    def issue_denylist(self) -> int | None:
-        """Compute the deny-list; store and return its next version when it changed."""
-        ...
-
-    def unpublished_denylist(self) -> IssuedDenyList | None:
-        """The newest deny-list version when it is not yet acknowledged by the broker."""
-        ...
-
-    def mark_denylist_published(self, version: int) -> None: ...
 
 
 if TYPE_CHECKING:

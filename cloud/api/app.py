@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api import monitoring, pos, reports, topups, webhook
+from cloud.api import menus, monitoring, pos, reports, topups, webhook
 from cloud.api.errors import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -187,7 +187,11 @@ def create_app(
     webhook_paths = set(webhook.WEBHOOK_PATHS)
 
     def body_limit_for(path: str) -> int:
-        return limits.webhook_body_bytes_max if path in webhook_paths else limits.body_bytes_max
+        if path in webhook_paths:
+            return limits.webhook_body_bytes_max
+        if path == menus.MENUS_PATH:
+            return limits.menu_body_bytes_max
+        return limits.body_bytes_max
 
     app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit_for=body_limit_for)
     app.add_exception_handler(ApiError, _api_error)
@@ -199,6 +203,7 @@ def create_app(
     app.include_router(topups.router(settings))
     app.include_router(pos.router())
     app.include_router(monitoring.router())
+    app.include_router(menus.router())
     app.include_router(reports.router(Reports(ledger.engine, currency=settings.festival_currency)))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_security_schemes(app)
@@ -236,7 +241,7 @@ def _add_security_schemes(app: FastAPI) -> None:
 async def _api_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ApiError)
     return error_response(
-        request, error.status_code, error.error_code, error.message, error.headers
+        request, error.status_code, error.error_code, error.message, error.headers, error.field
     )
 
 

@@ -1,7 +1,9 @@
 """The API's error vocabulary and its one JSON error shape.
 
 Every refusal answers `{"error": <short text>, "error_code": <CODE>, "request_id": <X-Request-ID>}`
-(the seed-compatible endpoints add `"success": false` and their own fields). Codes are the
+(the seed-compatible endpoints add `"success": false` and their own fields; a refused menu adds
+`"field"`, the path of the offending field, e.g. `menu.items[2].unit_price_cents`, so the
+dashboard's editor can show the error next to it). Codes are the
 protocol's (INVALID_REQUEST, CARD_BLOCKED, ...) where one fits, else the HTTP-level ones below.
 """
 
@@ -49,12 +51,14 @@ class ApiError(Exception):
         message: str,
         *,
         headers: Mapping[str, str] | None = None,
+        field: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.error_code = error_code
         self.message = message
         self.headers = dict(headers or {})
+        self.field = field
 
 
 def request_id_of(request: Request) -> str | None:
@@ -62,11 +66,17 @@ def request_id_of(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def error_body(error_code: str, message: str, request_id: str | None) -> bytes:
-    return json.dumps(
-        {"error": message, "error_code": error_code, "request_id": request_id},
-        separators=(",", ":"),
-    ).encode("utf-8")
+def error_body(
+    error_code: str, message: str, request_id: str | None, field: str | None = None
+) -> bytes:
+    document: dict[str, str | None] = {
+        "error": message,
+        "error_code": error_code,
+        "request_id": request_id,
+    }
+    if field is not None:
+        document["field"] = field
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
 
 
 def error_response(
@@ -75,9 +85,10 @@ def error_response(
     error_code: str,
     message: str,
     headers: Mapping[str, str] | None = None,
+    field: str | None = None,
 ) -> Response:
     return Response(
-        error_body(error_code, message, request_id_of(request)),
+        error_body(error_code, message, request_id_of(request), field),
         status_code=status_code,
         media_type="application/json",
         headers=dict(headers or {}),

@@ -58,6 +58,11 @@ DASHBOARD_MINUTES_MAX: Final = 120
 DASHBOARD_ROWS_MAX: Final = 20
 # The operator's reason for blocking a card.
 BLOCK_REASON_LENGTH_MAX: Final = 200
+# (1.1) PUT /api/admin/menus: a menu of 200 items with long non-ASCII names is over 64 KiB of
+# JSON, and must still fit; the config it becomes is bounded by protocol.limits.CONFIG_BYTES_MAX.
+MENU_BODY_BYTES_MAX: Final = 256 * 1024
+# Kiosks one request may name in "kiosks" (a role or "all" names every registered one).
+MENU_TARGET_KIOSKS_MAX: Final = 1000
 
 # --- metrics ------------------------------------------------------------------------------------
 # Figures that need database queries are read at most once per this many seconds (DESIGN.md:
@@ -103,6 +108,7 @@ class ApiLimits:
     rate_limit_timeout_s: float = 0.5
     body_bytes_max: int = BODY_BYTES_MAX
     webhook_body_bytes_max: int = WEBHOOK_BODY_BYTES_MAX
+    menu_body_bytes_max: int = MENU_BODY_BYTES_MAX
     webhook_tolerance_s: int = WEBHOOK_TOLERANCE_S
 
     def __post_init__(self) -> None:
@@ -112,6 +118,7 @@ class ApiLimits:
         assert self.checkout_global_refill_per_s > 0
         assert self.rate_limit_timeout_s > 0
         assert 0 < self.body_bytes_max <= self.webhook_body_bytes_max
+        assert self.body_bytes_max <= self.menu_body_bytes_max
         assert self.webhook_tolerance_s >= 1
 
 

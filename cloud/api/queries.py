@@ -215,6 +215,47 @@ class DashboardQueries:
             for row in rows
         ]
 
+    # --- kiosk configs (revision 0010): what each kiosk runs, what was issued to it -----------
+
+    def kiosk_configs(self) -> dict[str, dict[str, Any]]:
+        """Per registered kiosk: the config version it runs (as its latest request cited it),
+        the latest version issued to it and whether the broker acknowledged that one, and the
+        menu id and offline policy assigned (what that latest version carries)."""
+        rows = self._rows(
+            """
+            SELECT k.kiosk_id, k.config_version, k.config_version_at,
+                   k.menu ->> 'menu_id' AS menu_id, k.offline_policy,
+                   latest.version AS latest_config_version,
+                   latest.published_at AS latest_config_published_at
+              FROM kiosks k
+              LEFT JOIN LATERAL (
+                   SELECT version, published_at FROM kiosk_configs c
+                    WHERE c.kiosk_id = k.kiosk_id ORDER BY version DESC LIMIT 1) latest ON true
+            """
+        )
+        return {
+            str(row["kiosk_id"]): {
+                "config_version": row["config_version"],
+                "config_version_at": _iso(row["config_version_at"]),
+                "latest_config_version": row["latest_config_version"],
+                "latest_config_published": row["latest_config_published_at"] is not None,
+                "latest_config_published_at": _iso(row["latest_config_published_at"]),
+                "menu_id": row["menu_id"],
+                "offline_policy": row["offline_policy"],
+            }
+            for row in rows
+        }
+
+    def kiosk_ids(self, role: str | None = None) -> list[str]:
+        """Every registered kiosk (disabled ones too), or those registered with `role`, sorted:
+        the targets of `"role"` / `"all"` in PUT /api/admin/menus (DESIGN.md `menu set`)."""
+        rows = self._rows(
+            "SELECT kiosk_id FROM kiosks WHERE CAST(:role AS text) IS NULL OR role = :role"
+            " ORDER BY kiosk_id",
+            role=role,
+        )
+        return [str(row["kiosk_id"]) for row in rows]
+
     def ledger_totals(self) -> dict[str, tuple[str, float]]:
         """Cheap totals for Prometheus (a few aggregates over small tables)."""
         return_alerts = self.return_alerts()

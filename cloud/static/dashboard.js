@@ -110,6 +110,27 @@
     });
   }
 
+  // Like api(), but every answer but 401 resolves as {status, body}: the editor shows the
+  // API's error (and the field it names) itself.
+  function apiCall(path, method, body) {
+    var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
+    var options = { method: method || "GET", headers: headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return window.fetch(path, options).then(function (response) {
+      if (response.status === 401) {
+        var refused = new Error("token refused");
+        refused.unauthorized = true;
+        throw refused;
+      }
+      return response.json().catch(function () { return null; }).then(function (parsed) {
+        return { status: response.status, body: parsed };
+      });
+    });
+  }
+
   function cell(row, text, className) {
     var td = document.createElement("td");
     td.textContent = text === null || text === undefined ? "" : String(text);
@@ -230,6 +251,7 @@
         return range[0] === range[1] ? String(range[0]) : range[0] + "–" + range[1];
       }).join(", ") || "none");
     }, "no kiosk registered", 5);
+    renderKioskConfigs(data.kiosks);
     // DESIGN.md 1.1: a bar paying out far more cup returns than it takes in deposits.
     var alerts = data.return_alerts || [];
     $("return-alerts-panel").setAttribute("data-alerts", String(alerts.length));
@@ -407,6 +429,336 @@
     });
   }
 
+  // --- kiosks and their configs (GET /api/monitoring/dashboard's kiosks) --------------------
+
+  function version(value) { return value === null || value === undefined ? "–" : "v" + value; }
+
+  function offlineText(policy) {
+    if (!policy) { return "not allowed"; }
+    return "≤ " + money(policy.sale_max_cents) + " a sale, " + money(policy.card_max_cents) +
+      " a card, " + money(policy.kiosk_max_cents) + " a kiosk";
+  }
+
+  function renderKioskConfigs(kiosks) {
+    fillTable("kiosk-config-table", kiosks, function (row, kiosk) {
+      var latest = kiosk.latest_config_version;
+      var runs = kiosk.config_version;
+      row.setAttribute("data-kiosk-id", kiosk.kiosk_id);
+      row.setAttribute("data-runs", runs === null || runs === undefined ? "" : String(runs));
+      row.setAttribute("data-latest", latest === null || latest === undefined ? "" : String(latest));
+      row.setAttribute("data-published", String(Boolean(kiosk.latest_config_published)));
+      cell(row, kiosk.kiosk_id);
+      cell(row, kiosk.role);
+      cell(row, version(runs), "num");
+      cell(row, version(latest), "num");
+      if (latest === null || latest === undefined) { cell(row, ""); }
+      else if (kiosk.latest_config_published) { badge(row, "published", "ok"); }
+      else { badge(row, "pending", "warn"); }
+      if (!kiosk.enabled) { badge(row, "disabled", "disabled"); }
+      else if (latest === null || latest === undefined) { badge(row, "no config", "unknown"); }
+      else if (runs === latest) { badge(row, "up to date", "ok"); }
+      else { badge(row, runs === null || runs === undefined ? "not cited yet" : "behind", "warn"); }
+      cell(row, kiosk.menu_id || "no menu");
+      cell(row, offlineText(kiosk.offline_policy));
+    }, "no kiosk registered", 8);
+    updateTargets(kiosks);
+  }
+
+  // --- the menu editor: GET /api/admin/kiosks/{id}/menu, PUT /api/admin/menus --------------
+
+  var ROLES = ["bar", "checkpoint", "all"];
+  var PRICE_TEXT = /^(\d{1,7})(?:[.,](\d{1,2}))?$/;
+  var PERCENT_TEXT = /^(\d{1,3})(?:[.,](\d{1,2}))?$/;
+  var FIELD_KEYS = {
+    sku: "sku", name: "name", unit_price_cents: "price", is_deposit: "deposit",
+    is_return: "return", vat_rate_bp: "vat", category: "category"
+  };
+  var knownKiosks = [];
+  var targetsKey = null;
+
+  function updateTargets(kiosks) {
+    knownKiosks = kiosks.map(function (kiosk) {
+      return { kiosk_id: kiosk.kiosk_id, role: kiosk.role };
+    });
+    var key = knownKiosks.map(function (kiosk) { return kiosk.kiosk_id + ":" + kiosk.role; }).join(",");
+    if (key === targetsKey) { return; }
+    targetsKey = key;
+    var select = $("menu-target");
+    var chosen = select.value;
+    select.textContent = "";
+    function option(value, text) {
+      var element = document.createElement("option");
+      element.value = value;
+      element.textContent = text;
+      select.appendChild(element);
+    }
+    knownKiosks.forEach(function (kiosk) {
+      option("kiosk:" + kiosk.kiosk_id, kiosk.kiosk_id + " (" + kiosk.role + ")");
+    });
+    ROLES.forEach(function (role) { option("role:" + role, "every kiosk with role " + role); });
+    option("all", "all kiosks");
+    if (chosen && Array.prototype.some.call(select.options, function (item) { return item.value === chosen; })) {
+      select.value = chosen;
+    }
+  }
+
+  // The kiosks a target names, as the API resolves them (registered, disabled ones too).
+  function targetKiosks(target) {
+    if (target.indexOf("kiosk:") === 0) { return [target.slice(6)]; }
+    return knownKiosks.filter(function (kiosk) {
+      return target === "all" || "role:" + kiosk.role === target;
+    }).map(function (kiosk) { return kiosk.kiosk_id; }).sort();
+  }
+
+  function targetBody(target) {
+    if (target.indexOf("kiosk:") === 0) { return { kiosks: [target.slice(6)] }; }
+    if (target.indexOf("role:") === 0) { return { role: target.slice(5) }; }
+    return { all: true };
+  }
+
+  function menuMessage(text, kind) {
+    var message = $("menu-message");
+    message.textContent = text || "";
+    message.className = "message " + (kind || "error") + (text ? "" : " hidden");
+  }
+
+  function clearFieldErrors() {
+    Array.prototype.forEach.call($("menu-editor").querySelectorAll(".field-error"), function (element) {
+      element.textContent = "";
+    });
+    Array.prototype.forEach.call($("menu-editor").querySelectorAll("input.invalid"), function (element) {
+      element.classList.remove("invalid");
+    });
+  }
+
+  function fieldError(field, text) {
+    var element = $("menu-editor").querySelector('.field-error[data-field="' + field + '"]');
+    if (!element) { return false; }
+    element.textContent = text;
+    var input = element.parentNode.querySelector("input");
+    if (input) { input.classList.add("invalid"); }
+    return true;
+  }
+
+  // Hundredths as text and back, by string and integer arithmetic only: a price typed as
+  // "4.5" is 450 cents exactly, never 4.5 * 100 in floating point.
+  function hundredthsText(value) {
+    var text = decimal(value);
+    return text.slice(-3) === ".00" ? text.slice(0, -3) : text;
+  }
+
+  function parseHundredths(text, pattern) {
+    var match = pattern.exec(text);
+    if (!match) { return null; }
+    var fraction = match[2] || "";
+    while (fraction.length < 2) { fraction += "0"; }
+    return parseInt(match[1], 10) * 100 + parseInt(fraction, 10);
+  }
+
+  function textInput(className, value, maxLength) {
+    var input = document.createElement("input");
+    input.type = "text";
+    input.className = className;
+    input.autocomplete = "off";
+    input.spellcheck = false;
+    if (maxLength) { input.maxLength = maxLength; }
+    input.value = value === null || value === undefined ? "" : String(value);
+    return input;
+  }
+
+  function editorCell(row, className, control) {
+    var td = document.createElement("td");
+    td.className = className;
+    td.appendChild(control);
+    var error = document.createElement("span");
+    error.className = "field-error";
+    td.appendChild(error);
+    row.appendChild(td);
+    return td;
+  }
+
+  function checkbox(className, checked) {
+    var input = document.createElement("input");
+    input.type = "checkbox";
+    input.className = className;
+    input.checked = Boolean(checked);
+    return input;
+  }
+
+  // Each row's error slots carry the API's field path (menu.items[N].…): renumbered whenever
+  // a row is added or removed, so an error the API names lands next to its field.
+  function renumberRows() {
+    Array.prototype.forEach.call($("menu-items").querySelectorAll("tbody tr"), function (row, index) {
+      row.setAttribute("data-index", String(index));
+      Array.prototype.forEach.call(row.querySelectorAll("td"), function (td) {
+        var error = td.querySelector(".field-error");
+        if (!error) { return; }
+        var key = td.getAttribute("data-key");
+        error.setAttribute("data-field", "menu.items[" + index + "]" + (key ? "." + key : ""));
+      });
+    });
+  }
+
+  function addRow(item) {
+    item = item || {};
+    var row = document.createElement("tr");
+    var cells = [
+      ["sku", "sku", textInput("sku", item.sku, 32)],
+      ["name", "name", textInput("name", item.name, 64)],
+      ["price", "unit_price_cents", textInput("price",
+        item.unit_price_cents === undefined ? "" : decimal(item.unit_price_cents), 10)],
+      ["flag", "is_deposit", checkbox("deposit", item.is_deposit)],
+      ["flag", "is_return", checkbox("return", item.is_return)],
+      ["vat", "vat_rate_bp", textInput("vat",
+        item.vat_rate_bp === undefined || item.vat_rate_bp === null ? "" : hundredthsText(item.vat_rate_bp), 6)],
+      ["category", "category", textInput("category", item.category, 32)]
+    ];
+    cells.forEach(function (spec) {
+      editorCell(row, spec[0], spec[2]).setAttribute("data-key", spec[1]);
+    });
+    var remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "link remove-row";
+    remove.textContent = "remove";
+    remove.addEventListener("click", function () {
+      row.parentNode.removeChild(row);
+      renumberRows();
+    });
+    editorCell(row, "row", remove);  // its error slot: the row as a whole (menu.items[N])
+    $("menu-items").querySelector("tbody").appendChild(row);
+    renumberRows();
+    return row;
+  }
+
+  function showMenu(menu) {
+    clearFieldErrors();
+    $("menu-items").querySelector("tbody").textContent = "";
+    $("menu-id").value = menu ? menu.menu_id : "";
+    (menu ? menu.items : [{}]).forEach(addRow);
+  }
+
+  function loadMenu() {
+    var target = $("menu-target").value;
+    var kiosks = targetKiosks(target);
+    menuMessage("");
+    if (!kiosks.length) {
+      showMenu(null);
+      $("menu-source").textContent = "No kiosk has that role: a new, empty menu.";
+      return Promise.resolve();
+    }
+    var source = kiosks[0];
+    return apiCall("/api/admin/kiosks/" + encodeURIComponent(source) + "/menu", "GET")
+      .then(function (answer) {
+        if (answer.status !== 200) { throw new Error(answerText(answer)); }
+        showMenu(answer.body.menu);
+        var from = kiosks.length > 1 ? "Loaded from " + source + " (the first of " + kiosks.length + " kiosks), " : source + ": ";
+        $("menu-source").textContent = from + (answer.body.version === null ? "never configured" :
+          "config " + version(answer.body.version) + (answer.body.published ? ", published" : ", pending")) +
+          (answer.body.menu ? "" : ", no menu — a new, empty one below") + ".";
+        $("menu-editor").setAttribute("data-loaded", source);
+      })
+      .catch(editorFailed);
+  }
+
+  function readMenu() {
+    var errors = 0;
+    function problem(field, text) { errors += 1; fieldError(field, text); }
+    var menuId = $("menu-id").value.trim();
+    if (!menuId) { problem("menu.menu_id", "a menu id is required"); }
+    var seen = {};
+    var items = [];
+    Array.prototype.forEach.call($("menu-items").querySelectorAll("tbody tr"), function (row, index) {
+      var where = "menu.items[" + index + "].";
+      var value = function (name) { return row.querySelector("input." + name).value.trim(); };
+      var item = { sku: value("sku"), name: value("name") };
+      if (!item.sku) { problem(where + "sku", "required"); }
+      else if (seen[item.sku] !== undefined) {
+        problem(where + "sku", "SKU " + item.sku + " is already row " + (seen[item.sku] + 1));
+      } else { seen[item.sku] = index; }
+      if (!item.name) { problem(where + "name", "required"); }
+      var price = parseHundredths(value("price"), PRICE_TEXT);
+      if (price === null) {
+        problem(where + "unit_price_cents", value("price") ? "a price like 4.50" : "required");
+      }
+      item.unit_price_cents = price;
+      if (row.querySelector("input.deposit").checked) { item.is_deposit = true; }
+      if (row.querySelector("input.return").checked) { item.is_return = true; }
+      if (value("vat")) {
+        var rate = parseHundredths(value("vat"), PERCENT_TEXT);
+        if (rate === null) { problem(where + "vat_rate_bp", "a rate in percent like 19 or 7.5"); }
+        item.vat_rate_bp = rate;
+      }
+      if (value("category")) { item.category = value("category"); }
+      items.push(item);
+    });
+    if (!items.length) { problem("menu.items", "add at least one row"); }
+    return errors ? null : { menu_id: menuId, items: items };
+  }
+
+  // The API's message, with its bounds in the units the editor shows (money, percent).
+  function editorText(field, message) {
+    var bounds = /must be (-?\d+)\.\.(-?\d+), got (-?\d+)/.exec(message);
+    if (bounds && /\.unit_price_cents$/.test(field)) {
+      return "must be between " + money(Number(bounds[1])) + " and " + money(Number(bounds[2]));
+    }
+    if (bounds && /\.vat_rate_bp$/.test(field)) {
+      return "must be between " + hundredthsText(Number(bounds[1])) + " % and " +
+        hundredthsText(Number(bounds[2])) + " %";
+    }
+    return message.replace(/^menu(\.[a-z_]+|\[\d+\])*\s*/, "") || message;
+  }
+
+  function answerText(answer) {
+    return (answer.body && answer.body.error) || ("the API answered " + answer.status);
+  }
+
+  function editorFailed(error) {
+    if (error.unauthorized) {
+      window.sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("That token was refused.");
+      return;
+    }
+    menuMessage(error.message);
+  }
+
+  function saveMenu(clear) {
+    clearFieldErrors();
+    menuMessage("");
+    var target = $("menu-target").value;
+    if (!target) { menuMessage("pick the kiosks first"); return; }
+    var menu = clear ? null : readMenu();
+    if (!clear && menu === null) {
+      menuMessage("Nothing was saved: fix the fields marked in red.");
+      return;
+    }
+    var body = targetBody(target);
+    body.menu = menu;
+    $("menu-save").disabled = true;
+    $("menu-clear").disabled = true;
+    apiCall("/api/admin/menus", "PUT", body).then(function (answer) {
+      if (answer.status === 200) {
+        var versions = answer.body.versions;
+        $("menu-editor").setAttribute("data-saved", JSON.stringify(versions));
+        menuMessage((clear ? "Menu cleared" : "Menu " + answer.body.menu_id + " saved") + ": " +
+          Object.keys(versions).sort().map(function (kiosk) {
+            return kiosk + " " + version(versions[kiosk]);
+          }).join(", ") + ". The kiosks get it once it is published.", "ok");
+        refresh();
+        return;
+      }
+      // 400 names the field (shown next to it); 404: a kiosk not registered. Nothing issued.
+      var field = answer.body && answer.body.field;
+      if (field && fieldError(field, editorText(field, answerText(answer)))) {
+        menuMessage("Nothing was saved: fix the field marked in red.");
+      } else {
+        menuMessage("Nothing was saved: " + answerText(answer));
+      }
+    }).catch(editorFailed).then(function () {
+      $("menu-save").disabled = false;
+      $("menu-clear").disabled = false;
+    });
+  }
+
   // --- card lookup: GET /api/cards/{uid}, POST …/block and …/unblock -----------------------
 
   function cardMessage(text, kind) {
@@ -491,6 +843,13 @@
       }
       lookUpCard(uid);
     });
+    $("menu-load").addEventListener("click", loadMenu);
+    $("menu-add-row").addEventListener("click", function () { addRow({}); });
+    $("menu-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      saveMenu(false);
+    });
+    $("menu-clear").addEventListener("click", function () { saveMenu(true); });
     $("card-block").addEventListener("click", function () { changeCard("block"); });
     $("card-unblock").addEventListener("click", function () { changeCard("unblock"); });
     $("login-form").addEventListener("submit", function (event) {
@@ -510,6 +869,7 @@
       shownCard = null;
       showLogin("");
     });
+    showMenu(null);
     if (token()) { refresh(); } else { showLogin(""); }
   }
 
