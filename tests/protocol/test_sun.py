@@ -112,7 +112,7 @@ def _reason(card_uid: object, picc: object, cmac: object) -> SunFailure:
 
 
 def test_missing_message() -> None:
-    picc, cmac = _genuine()
+    picc, _ = _genuine()
     assert _reason(UID, None, None) is SunFailure.MISSING
     assert _reason(UID, picc, None) is SunFailure.MISSING
 
