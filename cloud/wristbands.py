@@ -26,11 +26,14 @@ taken away midway is ``REMOVED`` and can simply be presented again.
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from protocol.ntag424 import (
     ACCESS_FREE,
@@ -74,6 +77,9 @@ from protocol.sun import (
     aes_cbc_encrypt,
     sun_from_url,
 )
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 WRITE_CHUNK_BYTES: Final = 128
 KEY_VERSION_PROGRAMMED: Final = 0x01
@@ -401,3 +407,78 @@ def _already_programmed(
     uid = uid_bytes.hex().upper()
     counter = read_back(transmit, verifier, uid)
     return Programmed(uid=uid, counter=counter, already_programmed=True)
+
+
+# --- the CLI verbs (cloud/cli.py) -----------------------------------------------------------
+
+
+def card_master_keygen(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`card master-keygen --out PATH`: a new master key file, 0600; never replaces one."""
+    from cloud.keys import generate_card_master_key, save_card_master_key
+
+    try:
+        save_card_master_key(generate_card_master_key(), Path(args.out))
+    except FileExistsError:
+        print(f"festival-cloud: {args.out} exists; not replaced", file=sys.stderr)
+        return 1
+    print(
+        f"card master key written to {args.out} (mode 0600): keep it where wristbands are "
+        "programmed and in the cloud (CARD_MASTER_KEY_FILE), nowhere else"
+    )
+    return 0
+
+
+def _master_key(settings: CloudSettings) -> bytes:
+    from cloud.keys import load_card_master_key
+    from cloud.settings import SettingsError
+
+    settings.require("card_master_key_file")
+    assert settings.card_master_key_file is not None
+    try:
+        return load_card_master_key(settings.card_master_key_file)
+    except (OSError, ValueError) as error:
+        raise SettingsError(f"CARD_MASTER_KEY_FILE: {error}") from None
+
+
+def card_program(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`card program --reader NAME [--count N]`: program the wristbands presented on the PC/SC
+    reader one after another; prints each UID (stdout: one line per programmed tag,
+    ``UID`` tab ``programmed|already programmed``), problems on stderr. Exit 0 when every tag
+    handled was programmed, 1 when one failed, 2 without a reader."""
+    master_key = _master_key(settings)
+    portal_url = settings.festival_portal_url
+    try:
+        ndef_template(portal_url)
+    except ValueError as error:
+        print(f"festival-cloud: FESTIVAL_PORTAL_URL: {error}", file=sys.stderr)
+        return 2
+    try:
+        from cloud.card_reader import ReaderUnavailable, serve_tags
+    except ModuleNotFoundError as error:
+        print(
+            f"festival-cloud card program: needs {error.name} (pyscard): pip install pyscard",
+            file=sys.stderr,
+        )
+        return 2
+    failures = 0
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def handle(transmit: Transmit) -> None:
+        nonlocal failures
+        try:
+            done = program_wristband(transmit, master_key, portal_url)
+        except ProvisioningError as error:
+            failures += 1
+            say(f"tag not programmed: {error.message}")
+            return
+        state = "already programmed" if done.already_programmed else "programmed"
+        print(f"{done.uid}\t{state}", flush=True)
+
+    try:
+        serve_tags(args.reader, handle, say=say, count=args.count)
+    except ReaderUnavailable as error:
+        say(f"festival-cloud card program: {error}")
+        return 2
+    return 1 if failures else 0

@@ -32,6 +32,7 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
     device.mqtt_link                        paho
     device.outbox                           sqlite3 (standard library, but an outside thing)
     device.reader_pcsc                      smartcard (pyscard)
+    cloud.card_reader                       smartcard (pyscard: `card program`)
     protocol.codec, protocol.jws, protocol.keys, protocol.sun  cryptography (jws also nacl)
 """
 
@@ -92,7 +93,7 @@ ADAPTERS: Final[dict[str, frozenset[str]]] = {
     # MQTT
     "paho": frozenset({"device.mqtt_link", "cloud.consumer.mqtt_link"}),
     # the kiosk's hardware and its disk
-    "smartcard": frozenset({"device.reader_pcsc"}),
+    "smartcard": frozenset({"device.reader_pcsc", "cloud.card_reader"}),  # (1.1) card program
     "RPi": frozenset({"device.indicators_rpi"}),  # RPi.GPIO, or rpi-lgpio (same import) on a Pi 5
     "sqlite3": frozenset({"device.outbox"}),
     # logging

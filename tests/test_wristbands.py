@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from cloud import cli
+from cloud.keys import load_card_master_key, save_card_master_key
 from cloud.wristbands import (
     ProvisioningError,
     ProvisioningFailure,
@@ -14,7 +18,12 @@ from cloud.wristbands import (
 )
 from device.virtual_card import answer_apdu
 from device.virtual_ntag424 import VirtualNtag424
-from protocol.ntag424 import TagCommunicationError, parse_ndef_uri, read_ndef_url
+from protocol.ntag424 import (
+    TagCommunicationError,
+    ndef_template,
+    parse_ndef_uri,
+    read_ndef_url,
+)
 from protocol.sun import CardKeyDerivation, SunVerifier, sun_from_url
 
 MASTER = bytes.fromhex("0F1E2D3C4B5A69788796A5B4C3D2E1F0")
@@ -171,3 +180,64 @@ def test_a_long_portal_url_is_written_in_chunks() -> None:
     assert len(writes) == 2
     tag.reset()
     assert read_ndef_url(tag.answer).startswith(portal + "/t?picc_data=")
+
+
+# --- the CLI verbs -------------------------------------------------------------------------
+
+
+def test_master_keygen_writes_a_0600_key_file_and_never_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CARD_MASTER_KEY_FILE", raising=False)
+    path = tmp_path / "master.key"
+    assert cli.main(["card", "master-keygen", "--out", str(path)]) == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert len(text) == 33 and text.endswith("\n")
+    key = load_card_master_key(path)
+    assert key.hex().upper() == text.strip()
+    assert text.strip() not in capsys.readouterr().out  # the key is never printed
+    assert cli.main(["card", "master-keygen", "--out", str(path)]) == 1
+    assert load_card_master_key(path) == key
+    assert "not replaced" in capsys.readouterr().err
+
+
+def test_a_master_key_file_others_can_read_or_that_holds_no_key_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "master.key"
+    save_card_master_key(MASTER, path)
+    path.chmod(0o644)
+    with pytest.raises(ValueError, match="0600"):
+        load_card_master_key(path)
+    secret = "ZZ" + "11" * 15
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    with pytest.raises(ValueError, match="32 hex digits") as caught:
+        load_card_master_key(path)
+    assert secret not in str(caught.value)
+    path.write_text("0" * 100)
+    with pytest.raises(ValueError, match="too long"):
+        load_card_master_key(path)
+
+
+def test_card_program_needs_the_master_key_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CARD_MASTER_KEY_FILE", raising=False)
+    assert cli.main(["card", "program", "--reader", "Nothing"]) == 2
+    assert "CARD_MASTER_KEY_FILE" in capsys.readouterr().err
+
+
+def test_card_program_refuses_a_portal_url_the_tag_cannot_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_card_master_key(MASTER, tmp_path / "master.key")
+    monkeypatch.setenv("CARD_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    # FESTIVAL_PORTAL_URL's pattern admits only what the 256-byte NDEF file holds.
+    longest = "http://" + "x" * 172 + ".example"
+    assert len(ndef_template(longest).file_bytes) <= 256
+    for bad in ("https://" + "x" * 173 + ".example", "ftp://pay.example", "https://a b"):
+        monkeypatch.setenv("FESTIVAL_PORTAL_URL", bad)
+        assert cli.main(["card", "program", "--reader", "Nothing"]) == 2
+        assert "configuration error" in capsys.readouterr().err
