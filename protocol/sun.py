@@ -38,6 +38,8 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
+from protocol.limits import CARD_SUN_CMAC_PATTERN, CARD_SUN_PICC_DATA_PATTERN
+
 AES_BLOCK_BYTES: Final = 16
 AES_KEY_BYTES: Final = 16
 MASTER_KEY_HEX_LENGTH: Final = 32
@@ -47,8 +49,8 @@ SUN_COUNTER_MAX: Final = 0xFFFFFF
 PICC_DATA_TAG: Final = 0xC7  # "UID and SDMReadCtr mirrored", 7-byte UID (NT4H2421Gx §9.3.5)
 PICC_DATA_HEX_LENGTH: Final = 32
 SUN_CMAC_HEX_LENGTH: Final = 16
-PICC_DATA_PATTERN: Final = re.compile(r"\A[0-9A-F]{32}\Z")
-SUN_CMAC_PATTERN: Final = re.compile(r"\A[0-9A-F]{16}\Z")
+PICC_DATA_PATTERN: Final = CARD_SUN_PICC_DATA_PATTERN
+SUN_CMAC_PATTERN: Final = CARD_SUN_CMAC_PATTERN
 SUN_UID_PATTERN: Final = re.compile(r"\A[0-9A-F]{14}\Z")
 
 _META_LABEL: Final = b"\x01festival-sdm-meta"
