@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from protocol.limits import SUN_COUNTER_MAX
 from protocol.ntag424 import (
     ACCESS_FREE,
     CC_FILE_ID,
@@ -81,7 +82,6 @@ from protocol.ntag424 import (
 )
 from protocol.sun import (
     PICC_DATA_HEX_LENGTH,
-    SUN_COUNTER_MAX,
     aes_cbc_decrypt,
     aes_cbc_encrypt,
     encrypt_picc_data,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
+from protocol.limits import NDEF_URI_LENGTH_MAX
 from protocol.sun import (
     AES_BLOCK_BYTES,
     PICC_DATA_HEX_LENGTH,
@@ -442,7 +443,6 @@ _URI_PREFIXES: Final[dict[int, str]] = {
     0x03: "http://",
     0x04: "https://",
 }
-NDEF_URI_LENGTH_MAX: Final = NDEF_FILE_BYTES - 2 - 4 - 1  # NLEN, record header, prefix code
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,14 +38,13 @@ from typing import Final
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
-from protocol.limits import CARD_SUN_CMAC_PATTERN, CARD_SUN_PICC_DATA_PATTERN
+from protocol.limits import CARD_SUN_CMAC_PATTERN, CARD_SUN_PICC_DATA_PATTERN, SUN_COUNTER_MAX
 
 AES_BLOCK_BYTES: Final = 16
 AES_KEY_BYTES: Final = 16
 MASTER_KEY_HEX_LENGTH: Final = 32
 SUN_UID_BYTES: Final = 7
 SUN_COUNTER_BYTES: Final = 3
-SUN_COUNTER_MAX: Final = 0xFFFFFF
 PICC_DATA_TAG: Final = 0xC7  # "UID and SDMReadCtr mirrored", 7-byte UID (NT4H2421Gx §9.3.5)
 PICC_DATA_HEX_LENGTH: Final = 32
 SUN_CMAC_HEX_LENGTH: Final = 16
