@@ -273,7 +273,6 @@ class VirtualNtag424:
         if ins == Ins.ADDITIONAL_FRAME:
             return self._additional_frame(data)
         # any other command cancels a pending multi-frame exchange
-        pending_version = self.version_frame
         self.version_frame = 0
         self.pending_auth = None
         if ins == Ins.GET_VERSION:
@@ -281,7 +280,6 @@ class VirtualNtag424:
                 raise _Refused(SW_LENGTH_ERROR)
             self.version_frame = 1
             return NTAG424_HARDWARE_VERSION + SW_ADDITIONAL_FRAME
-        del pending_version
         if not self.app_selected:
             raise _Refused(SW_PERMISSION_DENIED)
         if ins == Ins.AUTHENTICATE_EV2_FIRST:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloud.wristbands import authenticate
 from device.virtual_card import answer_apdu
@@ -283,3 +285,17 @@ def test_removal_ends_the_session_but_keeps_the_band(tag: VirtualNtag424) -> Non
 def test_the_plain_card_knows_no_ntag_command() -> None:
     assert answer_apdu(h(UID), h("9060000000")) == h("6D00")
     assert answer_apdu(h(UID), select_application_apdu()) == h("6D00")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=8))
+def test_any_apdus_get_a_status_word_never_an_exception(apdus: list[bytes]) -> None:
+    """Bad input is a status word: random APDUs (and random native frames) after a select and
+    inside a session never raise, and every answer ends in two status bytes."""
+    tag = VirtualNtag424(h(UID))
+    selected(tag)
+    session(tag)
+    for apdu in apdus:
+        for candidate in (apdu, b"\x90" + apdu[1:2] + b"\x00\x00" + apdu[2:]):
+            response = tag.answer(candidate)
+            assert len(response) >= 2

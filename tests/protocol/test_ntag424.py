@@ -6,6 +6,8 @@ there."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.ntag424 import (
     ACCESS_FREE,
@@ -258,3 +260,13 @@ def test_read_ndef_url_in_three_apdus_and_its_failures() -> None:
         read_ndef_url(lambda apdu: h("6A82"))
     with pytest.raises(TagReadError, match="parse NDEF file"):
         read_ndef_url(lambda apdu: h("00009000") if apdu[1] == 0xB0 else h("9000"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parsers_refuse_garbage_with_value_error_only(data: bytes) -> None:
+    for parse in (parse_ndef_uri, lambda d: parse_change_file_settings(d, 256)):
+        try:
+            parse(data)
+        except ValueError:
+            pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.sun import (
     CardKeyDerivation,
@@ -192,3 +194,27 @@ def test_sun_from_url() -> None:
         "https://pay.example/t?%%%",
     ):
         assert sun_from_url(bad) is None, bad
+
+
+HEX = "0123456789ABCDEF"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.none(), st.text(max_size=40), st.text(HEX, min_size=32, max_size=32)),
+    st.one_of(st.none(), st.text(max_size=20), st.text(HEX, min_size=16, max_size=16)),
+    st.one_of(st.text(max_size=20), st.text(HEX, min_size=14, max_size=14)),
+)
+def test_any_input_is_a_categorised_failure_never_a_crash(
+    picc: str | None, cmac: str | None, card_uid: str
+) -> None:
+    with pytest.raises(SunError) as caught:  # a random message verifying: 2^-64
+        SunVerifier(MASTER).verify(card_uid, picc, cmac)
+    assert caught.value.reason in SunFailure
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_url_gives_a_message_or_none(url: str) -> None:
+    message = sun_from_url(url)
+    assert message is None or (len(message.picc_data), len(message.cmac)) == (32, 16)
