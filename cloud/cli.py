@@ -187,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "uid"
     )
     _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
+    _add_wristband_verbs(card)
 
     _add_report_verbs(verbs)
 
@@ -206,6 +207,28 @@ def build_parser() -> argparse.ArgumentParser:
         "cloud.admin:cleanup",
     )
     return parser
+
+
+def _add_wristband_verbs(card: Verbs) -> None:
+    """(1.1) Genuine wristbands: `card master-keygen --out PATH`, `card program --reader NAME`."""
+    keygen = _verb(
+        card,
+        "master-keygen",
+        "create the card master key file (32 hex digits, mode 0600) of genuine wristbands",
+        "cloud.wristbands:card_master_keygen",
+    )
+    keygen.add_argument("--out", required=True, help="file to write (never replaced)")
+    program = _verb(
+        card,
+        "program",
+        "program blank NTAG 424 DNA wristbands on a PC/SC reader, one after another "
+        "(CARD_MASTER_KEY_FILE, FESTIVAL_PORTAL_URL); prints each UID",
+        "cloud.wristbands:card_program",
+    )
+    program.add_argument("--reader", required=True, help="part of the PC/SC reader's name")
+    program.add_argument(
+        "--count", type=int, help="stop after this many tags (default: until Ctrl-C)"
+    )
 
 
 def _add_report_verbs(verbs: Verbs) -> None:

@@ -1,5 +1,6 @@
 """The cloud's key files (CLOUD_SIGNING_KEY_FILE, `festival-cloud keygen`, the demo): PEM PKCS#8,
-mode 0600.
+mode 0600; (1.1) the card master key file (CARD_MASTER_KEY_FILE, `card master-keygen`): 32 hex
+digits and a newline, mode 0600, written the same atomic way.
 
 The file I/O around protocol/keys.py, which stays pure (bytes <-> keys). The kiosk has its own,
 device/keys.py (the two sides never import each other); tests/test_key_files.py runs the same
@@ -20,8 +21,11 @@ from protocol.keys import (
     private_key_from_pem,
     private_key_pem,
 )
+from protocol.sun import AES_KEY_BYTES, parse_master_key
 
 PRIVATE_KEY_FILE_MODE: Final = 0o600
+# 32 hex digits, a newline, maybe a CR: anything much longer is not a master key file.
+MASTER_KEY_FILE_BYTES_MAX: Final = 64
 
 
 def save_private_key(
@@ -33,8 +37,10 @@ def save_private_key(
     directory, synced, then moved into place: readers see the old file or the whole new one.
     Without ``overwrite`` an existing file is never replaced (FileExistsError).
     """
-    target = Path(path)
-    pem = private_key_pem(key)
+    _write_secret_file(private_key_pem(key), Path(path), overwrite=overwrite)
+
+
+def _write_secret_file(pem: bytes, target: Path, *, overwrite: bool) -> None:
     temporary = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
     descriptor = os.open(
         temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_KEY_FILE_MODE
@@ -88,3 +94,36 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     with target.open("rb") as file:
         data = file.read(PRIVATE_KEY_PEM_BYTES_MAX + 1)
     return private_key_from_pem(data, source=str(target))
+
+
+def generate_card_master_key() -> bytes:
+    """(1.1) A new card master key: 16 random bytes from the operating system."""
+    return secrets.token_bytes(AES_KEY_BYTES)
+
+
+def save_card_master_key(
+    key: bytes, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> None:
+    """Write the card master key as 32 hex digits and a newline, mode 0600, atomically; an
+    existing file is never replaced without ``overwrite`` (FileExistsError)."""
+    if len(key) != AES_KEY_BYTES:
+        raise ValueError("a card master key is 16 bytes")
+    _write_secret_file(key.hex().upper().encode("ascii") + b"\n", Path(path), overwrite=overwrite)
+
+
+def load_card_master_key(path: str | os.PathLike[str]) -> bytes:
+    """Read CARD_MASTER_KEY_FILE; ValueError when its mode lets others read it or its content is
+    not 32 hex digits (the message never quotes the content); OSError when it cannot be read."""
+    problem = mode_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    with Path(path).open("rb") as file:
+        data = file.read(MASTER_KEY_FILE_BYTES_MAX + 1)
+    if len(data) > MASTER_KEY_FILE_BYTES_MAX:
+        raise ValueError(f"{os.fspath(path)} is too long for a card master key (32 hex digits)")
+    try:
+        return parse_master_key(data.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(
+            f"{os.fspath(path)} does not hold a card master key (32 hex digits)"
+        ) from None

@@ -109,6 +109,12 @@ class CloudSettings(BaseSettings):
     topup_success_url: str = "http://127.0.0.1:8000/topup?status=success"
     topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
     festival_environment: str = Field(default="production", pattern=r"^(production|development)$")
+    # (1.1) Genuine wristbands (PROTOCOL.md): the 0600 file of the card master key, and the
+    # public base URL written into every wristband (`card program`) and served by GET /t.
+    card_master_key_file: Path | None = None
+    festival_portal_url: str = Field(
+        default="http://127.0.0.1:8000", pattern=r"^https?://[!-~]{1,180}$"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -45,7 +45,7 @@ from device.reader import SimulatedReader
 from device.recharge import RechargeError, parse_recharge
 from protocol.errors import ProtocolError
 from protocol.limits import RETURN_CENTS_MAX_DEFAULT
-from protocol.models import SCAN_STATUSES, ScanStatus
+from protocol.models import SCAN_STATUSES, CardSun, ScanStatus
 from protocol.strict_json import loads_strict
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,15 @@ class LocalHttpServer:
             self._server.shutdown()  # waits for serve_forever: only when it is running
             self._thread.join(timeout=5)
         self._server.server_close()
+
+
+def _card_sun(value: object) -> CardSun | None:
+    """(1.1) A simulated tap's ``card_sun`` (what a genuine band, or a replaying clone, gives)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"picc_data", "cmac"}:
+        raise ValueError('card_sun must be {"picc_data": 32 hex, "cmac": 16 hex}')
+    return CardSun(picc_data=value["picc_data"], cmac=value["cmac"])
 
 
 class _HttpProblem(Exception):
@@ -285,7 +294,7 @@ class _Handler(BaseHTTPRequestHandler):
         reader = self.api.simulated_reader
         if reader is None:
             raise _HttpProblem(HTTPStatus.NOT_FOUND, "taps come from the card reader (not sim)")
-        if not isinstance(body, dict) or set(body) - {"card_uid", "status"}:
+        if not isinstance(body, dict) or set(body) - {"card_uid", "status", "card_sun"}:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, 'send {"card_uid": "04A1B2C3D4E5F6"}')
         status = body.get("status", "ok")
         if status not in SCAN_STATUSES:
@@ -293,7 +302,10 @@ class _Handler(BaseHTTPRequestHandler):
         scan_status: ScanStatus = status
         card_uid = body.get("card_uid")
         try:
-            reader.tap(card_uid if isinstance(card_uid, str) else None, scan_status)
+            card_sun = _card_sun(body.get("card_sun"))
+            reader.tap(card_uid if isinstance(card_uid, str) else None, scan_status, card_sun)
+        except ProtocolError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, error.message) from None
         except ValueError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         except RuntimeError as error:

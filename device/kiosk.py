@@ -84,6 +84,7 @@ from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey
 from protocol.limits import MESSAGE_BYTES_MAX
 from protocol.models import (
     BarOrder,
+    CardSun,
     CheckpointRecharge,
     DenyList,
     KioskConfig,
@@ -136,6 +137,7 @@ def build_request(
     created_at_ms: int,
     card_uid: str,
     currency: str,
+    card_sun: CardSun | None = None,
 ) -> Request:
     """The protocol request for an order, once it has an id, a seq and a card.
 
@@ -151,6 +153,7 @@ def build_request(
         created_at_ms=created_at_ms,
         card_uid=card_uid,
         currency=currency,
+        card_sun=card_sun,
         **body,
     )
 
@@ -443,6 +446,7 @@ class Kiosk:
                 created_at_ms=created_at_ms,
                 card_uid=effect.card_uid,
                 currency=identity.currency,
+                card_sun=effect.card_sun,
             )
             return encode_request(
                 request, identity.private_key, topup_cents_max=identity.topup_cents_max
@@ -499,7 +503,7 @@ class Kiosk:
         except ProtocolError as error:  # pragma: no cover - the reader reports valid fields
             log.error("scan record not encodable", extra={"context": {"error": str(error)}})
         if scan.status == "ok" and scan.card_uid is not None:
-            self._step(CardTapped(scan.card_uid))
+            self._step(CardTapped(scan.card_uid, scan.card_sun))
         else:
             log.info(
                 "card read failed",

@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 from device.limits import LATE_RESULTS_MAX
 from protocol.models import BarItem, PaymentMethod
+from protocol.models import CardSun as CardSun  # (1.1) genuine wristbands
 from protocol.redaction import mask_card_uid
 
 
@@ -174,6 +175,7 @@ class DismissPressed:
 @dataclass(frozen=True, slots=True)
 class CardTapped:
     card_uid: str
+    card_sun: CardSun | None = None  # (1.1) the band's SUN message, when it gave one
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +259,7 @@ class CreateRequest:
 
     draft: Draft
     card_uid: str
+    card_sun: CardSun | None = None  # (1.1) passed on into the request as card_sun
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +327,7 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
             return Transition(_idle(state), reply=Reply(True, "ready"))
         return Transition(state, reply=Reply(False, f"cannot dismiss while {state.screen}"))
     if isinstance(event, CardTapped):
-        return _card_tapped(state, event.card_uid, config, now_ms)
+        return _card_tapped(state, event.card_uid, config, now_ms, event.card_sun)
     if isinstance(event, CardFailed):
         if state.screen is Screen.ORDER_PENDING:
             notice = _card_failure_text(event.status)
@@ -397,7 +400,11 @@ def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Tr
 
 
 def _card_tapped(
-    state: KioskState, card_uid: str, config: MachineConfig, now_ms: int
+    state: KioskState,
+    card_uid: str,
+    config: MachineConfig,
+    now_ms: int,
+    card_sun: CardSun | None = None,
 ) -> Transition:
     if state.screen is not Screen.ORDER_PENDING or state.draft is None:
         # A band tapped with no order (or held again after paying) never makes a request.
@@ -406,7 +413,7 @@ def _card_tapped(
         notice = _outbox_full_text(state)
         return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
     read = replace(state, screen=Screen.CARD_READ, card_uid=card_uid, notice=None)
-    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid))
+    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid, card_sun))
     return Transition(read, effects)
 
 

@@ -4,7 +4,9 @@ One thread per reader:
 1. establish a PC/SC context; wait until a reader whose name contains ``KIOSK_READER`` appears;
 2. wait for state changes with ``SCardGetStatusChange`` (a short timeout, so ``stop()`` is quick);
 3. when a card is present and not yet read, connect (shared), send GET UID (FF CA 00 00 00),
-   disconnect leaving the card, report one ``ScanEvent``; a card left on the reader is not read
+   (1.1) for a 7-byte UID read the NDEF file for a SUN message (``device.reader.read_card_sun``:
+   SELECT application, SELECT file, READ BINARY), disconnect leaving the card, report one
+   ``ScanEvent``; a card left on the reader is not read
    again until the reader reports it removed (or pcsc-lite's insertion counter moves on, which
    catches a removal and re-tap that happened between two polls);
 4. on any service error (pcscd restarted or stopped, reader unplugged) release the context,
@@ -33,9 +35,17 @@ from device.limits import (
     READER_RETRY_MAX_S,
     READER_RETRY_MIN_S,
 )
-from device.reader import CardRemoved, ReaderSink, ReaderStatus, ScanEvent, wall_clock_ms
+from device.reader import (
+    CardRemoved,
+    ReaderSink,
+    ReaderStatus,
+    ScanEvent,
+    read_card_sun,
+    wall_clock_ms,
+)
 from protocol.limits import READER_NAME_LENGTH_MAX
-from protocol.models import ScanStatus
+from protocol.models import CardSun, ScanStatus
+from protocol.ntag424 import TagCommunicationError
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +239,12 @@ class PcscReader:
                 read_counter = None
 
     def _scan(
-        self, reader: str, status: ScanStatus, card_uid: str | None, started_ms: int
+        self,
+        reader: str,
+        status: ScanStatus,
+        card_uid: str | None,
+        started_ms: int,
+        card_sun: CardSun | None = None,
     ) -> ScanEvent:
         now_ms = self._clock_ms()
         return ScanEvent(
@@ -238,6 +253,7 @@ class PcscReader:
             reader=reader[:READER_NAME_LENGTH_MAX],
             scanned_at_ms=started_ms,
             duration_ms=max(0, now_ms - started_ms),
+            card_sun=card_sun,
         )
 
     def _read_with_retries(self, context: Any, reader: str) -> ScanEvent:
@@ -281,17 +297,34 @@ class PcscReader:
                 )
                 if reset == scard.SCARD_S_SUCCESS:
                     result, response = scard.SCardTransmit(card, protocol, GET_UID_APDU)
+            if result != scard.SCARD_S_SUCCESS:
+                return self._scan(reader, self._failure(result, "transmit"), None, started_ms)
+            data, status_word = bytes(response[:-2]), tuple(response[-2:])
+            if status_word != _SW_OK or len(data) not in CARD_UID_BYTES_ALLOWED:
+                # 6D 00 / 6A 81: the card (or the reader for it) has no UID command; odd
+                # lengths are not wristbands the protocol can carry.
+                return self._scan(reader, "unsupported_card", None, started_ms)
+            card_uid = data.hex().upper()
+            uid_ms = (time.monotonic() - started_s) * 1000
+            try:
+                card_sun = read_card_sun(card_uid, _transmitter(card, protocol))
+            except _TransmitFailed as failed:
+                # Gone in the middle of the NDEF read: not a scan with a UID and no SUN message
+                # (a genuine band would be declined as a clone); removed early, or retried.
+                return self._scan(reader, self._failure(failed.code, "ndef"), None, started_ms)
         finally:
             scard.SCardDisconnect(card, scard.SCARD_LEAVE_CARD)
-        if result != scard.SCARD_S_SUCCESS:
-            return self._scan(reader, self._failure(result, "transmit"), None, started_ms)
-        data, status_word = bytes(response[:-2]), tuple(response[-2:])
-        if status_word != _SW_OK or len(data) not in CARD_UID_BYTES_ALLOWED:
-            # 6D 00 / 6A 81: the card (or the reader for it) has no UID command; odd lengths
-            # are not wristbands the protocol can carry.
-            return self._scan(reader, "unsupported_card", None, started_ms)
-        log.debug("card read", extra={"context": {"ms": (time.monotonic() - started_s) * 1000}})
-        return self._scan(reader, "ok", data.hex().upper(), started_ms)
+        log.debug(
+            "card read",
+            extra={
+                "context": {
+                    "uid_ms": uid_ms,
+                    "ms": (time.monotonic() - started_s) * 1000,
+                    "sun": card_sun is not None,
+                }
+            },
+        )
+        return self._scan(reader, "ok", card_uid, started_ms, card_sun)
 
     def _failure(self, result: int, step: str) -> ScanStatus:
         log.info(
@@ -305,6 +338,24 @@ class PcscReader:
         if result in _SERVICE_ERRORS:
             raise PcscUnavailable(f"{step} failed: {_error_text(result)}")
         return "read_error"
+
+
+class _TransmitFailed(TagCommunicationError):
+    """An APDU of the NDEF read failed at the PC/SC level (``code``: the PC/SC error)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(_error_text(code))
+        self.code = code
+
+
+def _transmitter(card: Any, protocol: Any) -> Callable[[bytes], bytes]:
+    def transmit(apdu: bytes) -> bytes:
+        result, response = scard.SCardTransmit(card, protocol, list(apdu))
+        if result != scard.SCARD_S_SUCCESS:
+            raise _TransmitFailed(result)
+        return bytes(response)
+
+    return transmit
 
 
 def _release(context: Any) -> None:

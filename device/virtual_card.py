@@ -7,6 +7,9 @@ body a command APDU, answered with the response APDU.
 
 The card answers the PC/SC "GET DATA - UID" pseudo-APDU (FF CA 00 00 Le) like a contactless reader
 does for MIFARE and NTAG wristbands; anything else gets 6D 00 (instruction not supported).
+(1.1) With ``tag=`` a ``device.virtual_ntag424.VirtualNtag424`` answers instead: a genuine
+NTAG 424 DNA wristband (GET UID included), factory-fresh or programmed; power off, reset and
+removal take it out of the field (its selection and session end, its keys and counter stay).
 Used by the kiosk's reader tests, the demo and anyone testing without a physical reader.
 """
 
@@ -15,8 +18,12 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 from device.limits import VPCD_CONNECT_TIMEOUT_S
+
+if TYPE_CHECKING:
+    from device.virtual_ntag424 import VirtualNtag424
 
 VPCD_HOST = "127.0.0.1"
 VPCD_PORT = 35963
@@ -49,17 +56,22 @@ def answer_apdu(uid: bytes | None, apdu: bytes) -> bytes:
 class VirtualCard:
     """One wristband on the virtual reader: `insert()` taps it, `remove()` takes it away.
 
-    `uid=None` makes a card that does not answer GET UID (an unsupported card).
+    `uid=None` makes a card that does not answer GET UID (an unsupported card); `tag=` an
+    NTAG 424 DNA (its UID is the tag's).
     """
 
     def __init__(
         self,
-        uid: bytes | str | None,
+        uid: bytes | str | None = None,
         *,
+        tag: VirtualNtag424 | None = None,
         host: str = VPCD_HOST,
         port: int = VPCD_PORT,
         atr: bytes = ATR_MIFARE_CLASSIC_1K,
     ) -> None:
+        self.tag = tag
+        if tag is not None:
+            uid = tag.uid
         self.uid = bytes.fromhex(uid) if isinstance(uid, str) else uid
         self.host = host
         self.port = port
@@ -71,6 +83,8 @@ class VirtualCard:
     def insert(self) -> None:
         if self._socket is not None:
             return
+        if self.tag is not None:
+            self.tag.reset()
         sock = socket.create_connection((self.host, self.port), timeout=VPCD_CONNECT_TIMEOUT_S)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -118,8 +132,12 @@ class VirtualCard:
         if len(body) == 1:
             if body[0] == CONTROL_GET_ATR:
                 return self.atr
+            if self.tag is not None:
+                self.tag.reset()
             return None  # power on/off and reset need no answer
         self.apdus_seen.append(body)
+        if self.tag is not None:
+            return self.tag.answer(body)
         return answer_apdu(self.uid, body)
 
 

@@ -125,6 +125,13 @@ _CARD_UID: Final = r"(?:[0-9A-F]{20}|[0-9A-F]{14}|[0-9A-F]{8})"
 CARD_UID_PATTERN: Final = re.compile(rf"\A{_CARD_UID}\Z")
 # (1.1) Card UIDs joined by commas: a deny-list's 6000 cards checked in one pass.
 CARD_UIDS_JOINED_PATTERN: Final = re.compile(rf"\A{_CARD_UID}(?:,{_CARD_UID})*\Z")
+# (1.1) Genuine wristbands: SDMReadCtr is 3 bytes; the NDEF URI a 256-byte NDEF file holds after
+# NLEN (2), the short record's header (4) and its URI prefix code (1).
+SUN_COUNTER_MAX: Final = 0xFFFFFF
+NDEF_URI_LENGTH_MAX: Final = 256 - 2 - 4 - 1
+# (1.1) A request's card_sun: the SUN message of a genuine wristband (PROTOCOL.md).
+CARD_SUN_PICC_DATA_PATTERN: Final = re.compile(r"\A[0-9A-F]{32}\Z")
+CARD_SUN_CMAC_PATTERN: Final = re.compile(r"\A[0-9A-F]{16}\Z")
 # ISO 4217 alphabetic code.
 CURRENCY_PATTERN: Final = re.compile(r"\A[A-Z]{3}\Z")
 # One or more topic levels of [A-Za-z0-9_-]; never a wildcard, "$" or an empty level.

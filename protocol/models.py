@@ -26,6 +26,8 @@ from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, qu
 from protocol.limits import (
     BALANCE_CENTS_MIN,
     BALANCE_CENTS_WIRE_MAX,
+    CARD_SUN_CMAC_PATTERN,
+    CARD_SUN_PICC_DATA_PATTERN,
     CARD_UID_PATTERN,
     CARD_UIDS_JOINED_PATTERN,
     CHECKPOINT_ID_LENGTH_MAX,
@@ -142,6 +144,18 @@ class BarItem:
 
 
 @dataclass(frozen=True, slots=True)
+class CardSun:
+    """(1.1) ``card_sun``: the SUN message the kiosk read from a genuine wristband, as it was
+    mirrored (PROTOCOL.md "Genuine wristbands"); checked for form here, verified by the cloud."""
+
+    picc_data: str
+    cmac: str
+
+    def __post_init__(self) -> None:
+        _check_card_sun_fields(self.picc_data, self.cmac)
+
+
+@dataclass(frozen=True, slots=True)
 class BarOrder:
     """A ``bar_order`` request: charge (or, for returns only, credit) a card."""
 
@@ -158,8 +172,11 @@ class BarOrder:
     staff_id: str | None = None
     # (1.1) The version of the config whose menu priced this order (PROTOCOL.md "Menus").
     config_version: int | None = None
+    # (1.1) The wristband's SUN message, when it is a genuine one.
+    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
         _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
         _matching(self.currency, "currency", CURRENCY_PATTERN)
         _check_config_version(_ABSENT if self.config_version is None else self.config_version)
@@ -193,8 +210,11 @@ class CheckpointRecharge:
     checkpoint_id: str | None = None
     # (1.1) The version of the config the kiosk ran when it created this top-up.
     config_version: int | None = None
+    # (1.1) The wristband's SUN message, when it is a genuine one.
+    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
         _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
         _matching(self.currency, "currency", CURRENCY_PATTERN)
         _check_config_version(_ABSENT if self.config_version is None else self.config_version)
@@ -601,6 +621,31 @@ def _check_config_version(config_version: object) -> None:
         _int(config_version, "config_version", CONFIG_VERSION_MIN, CONFIG_VERSION_MAX)
 
 
+def _check_card_sun_fields(picc_data: object, cmac: object) -> None:
+    if type(picc_data) is not str or CARD_SUN_PICC_DATA_PATTERN.match(picc_data) is None:
+        _fail(f"card_sun.picc_data must be 32 upper-case hex digits, got {quote(picc_data)}")
+    if type(cmac) is not str or CARD_SUN_CMAC_PATTERN.match(cmac) is None:
+        _fail(f"card_sun.cmac must be 16 upper-case hex digits, got {quote(cmac)}")
+
+
+def _check_card_sun(card_sun: object) -> None:
+    if card_sun is not None and type(card_sun) is not CardSun:
+        _fail(f"card_sun must be a CardSun, got {type(card_sun).__name__}")
+
+
+_CARD_SUN_FIELDS: Final = frozenset({"picc_data", "cmac"})
+
+
+def _card_sun(value: object) -> CardSun | None:
+    """(1.1) A request's optional ``card_sun`` (``_ABSENT`` when it has none; null is invalid)."""
+    if value is _ABSENT:
+        return None
+    document = _object(value, "card_sun")
+    _check_fields(document, _CARD_SUN_FIELDS, frozenset(), "card_sun")
+    _check_card_sun_fields(document["picc_data"], document["cmac"])
+    return _assemble(CardSun, picc_data=document["picc_data"], cmac=document["cmac"])
+
+
 def _check_menu_item(
     sku: object,
     name: object,
@@ -774,7 +819,7 @@ _COMMON_REQUIRED: Final = frozenset(
     {"v", "type", "request_id", "kiosk_id", "seq", "created_at_ms", "card_uid", "currency"}
 )
 _BAR_ORDER_REQUIRED: Final = _COMMON_REQUIRED | {"items", "total_cents"}
-_COMMON_OPTIONAL: Final = frozenset({"config_version"})
+_COMMON_OPTIONAL: Final = frozenset({"config_version", "card_sun"})
 _BAR_ORDER_OPTIONAL: Final = _COMMON_OPTIONAL | {"staff_id"}
 _RECHARGE_REQUIRED: Final = _COMMON_REQUIRED | {"amount_cents", "payment_method", "staff_id"}
 _RECHARGE_OPTIONAL: Final = _COMMON_OPTIONAL | {"checkpoint_id"}
@@ -819,6 +864,7 @@ def parse_request(
     config_version = document.get("config_version", _ABSENT)
     _check_config_version(config_version)
     config_version_value = None if config_version is _ABSENT else config_version
+    card_sun = _card_sun(document.get("card_sun", _ABSENT))
 
     if request_type == BarOrder.type:
         items = _items(document["items"])
@@ -837,6 +883,7 @@ def parse_request(
             total_cents=total_cents,
             staff_id=None if staff_id is _ABSENT else staff_id,
             config_version=config_version_value,
+            card_sun=card_sun,
         )
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
@@ -857,6 +904,7 @@ def parse_request(
         staff_id=staff_id,
         checkpoint_id=None if checkpoint_id is _ABSENT else checkpoint_id,
         config_version=config_version_value,
+        card_sun=card_sun,
     )
 
 
@@ -902,6 +950,11 @@ def request_to_dict(request: Request) -> dict[str, object]:
     }
     if request.config_version is not None:
         document["config_version"] = request.config_version
+    if request.card_sun is not None:
+        document["card_sun"] = {
+            "picc_data": request.card_sun.picc_data,
+            "cmac": request.card_sun.cmac,
+        }
     if isinstance(request, BarOrder):
         document["items"] = [_item_to_dict(item) for item in request.items]
         document["total_cents"] = request.total_cents

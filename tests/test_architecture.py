@@ -32,7 +32,8 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
     device.mqtt_link                        paho
     device.outbox                           sqlite3 (standard library, but an outside thing)
     device.reader_pcsc                      smartcard (pyscard)
-    protocol.codec, protocol.jws, protocol.keys  cryptography (jws also nacl)
+    cloud.card_reader                       smartcard (pyscard: `card program`)
+    protocol.codec, protocol.jws, protocol.keys, protocol.sun  cryptography (jws also nacl)
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ PROTOCOL_LIBRARIES: Final = frozenset({"cryptography", "nacl"})
 # the exceptions are said where they stand.
 ADAPTERS: Final[dict[str, frozenset[str]]] = {
     # protocol's own, pure dependencies; both sides use the key types through protocol.keys.
-    "cryptography": frozenset({"protocol.codec", "protocol.jws", "protocol.keys"}),
+    # (1.1) protocol.sun: AES and AES-CMAC of genuine wristbands (protocol.ntag424 builds on it).
+    "cryptography": frozenset({"protocol.codec", "protocol.jws", "protocol.keys", "protocol.sun"}),
     "nacl": frozenset({"protocol.jws"}),
     # MQTT
     "paho": frozenset({"device.mqtt_link", "cloud.consumer.mqtt_link"}),
     # the kiosk's hardware and its disk
-    "smartcard": frozenset({"device.reader_pcsc"}),
+    "smartcard": frozenset({"device.reader_pcsc", "cloud.card_reader"}),  # (1.1) card program
     "RPi": frozenset({"device.indicators_rpi"}),  # RPi.GPIO, or rpi-lgpio (same import) on a Pi 5
     "sqlite3": frozenset({"device.outbox"}),
     # logging
