@@ -95,6 +95,7 @@ class FakeLedger:
                 transaction_id=outcome.transaction_id,
                 previous_balance_cents=outcome.previous_balance_cents,
                 new_balance_cents=outcome.new_balance_cents,
+                debt_cents=outcome.debt_cents,
                 replayed=outcome.replayed,
                 processed_at_ms=outcome.processed_at_ms,
             )
@@ -112,6 +113,7 @@ class FakeLedger:
             transaction_id=None,
             previous_balance_cents=None,
             new_balance_cents=None,
+            debt_cents=None,
             replayed=False,
             processed_at_ms=now_ms,
         )

@@ -221,6 +221,7 @@ def test_result_for_a_request_not_outstanding_is_ignored(rig: Rig) -> None:
         transaction_id="tx-x",
         previous_balance_cents=10,
         new_balance_cents=5,
+        debt_cents=0,
         replayed=False,
         processed_at_ms=1,
     )
@@ -243,6 +244,7 @@ def test_unattributable_rejection_raises_an_alert(rig: Rig) -> None:
         transaction_id=None,
         previous_balance_cents=None,
         new_balance_cents=None,
+        debt_cents=None,
         replayed=False,
         processed_at_ms=1,
     )
@@ -390,6 +392,7 @@ def test_every_result_takes_one_path_verified_then_matched(
                 "transaction_id": "tx-1",
                 "previous_balance_cents": 5_000,
                 "new_balance_cents": 3_900,
+                "debt_cents": 0,
                 "replayed": False,
                 "processed_at_ms": 1,
             }
