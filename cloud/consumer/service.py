@@ -40,6 +40,14 @@ class LinkControl(Protocol):
     def stop(self, timeout_s: float = ...) -> None: ...
 
 
+class Background(Protocol):
+    """A thread beside the pipeline (the publishing loop): started once the link is, stopped
+    before it is."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout_s: float) -> None: ...
+
+
 class SubscribeRefused(RuntimeError):
     """The broker refused a subscription: the ACL or the configuration is wrong."""
 
@@ -119,6 +127,7 @@ class ConsumerService:
         metrics: ConsumerMetrics,
         batch_max: int,
         linger_s: float = limits.BATCH_LINGER_S,
+        publishing: Background | None = None,
     ) -> None:
         self._inbox = inbox
         self._link = link
@@ -128,6 +137,7 @@ class ConsumerService:
         self._batch_max = batch_max
         self._linger_s = linger_s
         self._committer = Committer(worker, lifecycle)
+        self._publishing = publishing
         self._ready = False
         self._broker_down_since: float | None = None
         self._refused_seen = 0
@@ -137,6 +147,8 @@ class ConsumerService:
         """Until a stop request; returns the exit code (0 after a clean shutdown)."""
         self._link.start()
         self._committer.start()
+        if self._publishing is not None:
+            self._publishing.start()
         lifecycle = self._lifecycle
         inbox = self._inbox
         committer = self._committer
@@ -187,6 +199,8 @@ class ConsumerService:
             finished = False
         committer.put(_END)
         committer.join()
+        if self._publishing is not None:
+            self._publishing.stop(limits.PUBLISHING_STOP_TIMEOUT_S)
         if not finished or committer.abandoned:
             # Unacknowledged messages stay in our durable session; the broker redelivers them.
             log.warning("shutdown deadline passed; the rest is redelivered on the next start")
