@@ -90,6 +90,9 @@ class Publisher:
         self._unencodable: set[tuple[str, int]] = set()
         # When this process first saw each unpublished version (for the unpublished-age gauge).
         self._pending_since: dict[tuple[str, int], float] = {}
+        # Versions whose last publish failed: a broker away for a minute is one warning per
+        # version, not one per flush.
+        self._failing: set[tuple[str, int]] = set()
 
     def flush(self) -> FlushReport:
         """Publish every unpublished config (the newest of each kiosk), then recompute the
@@ -128,6 +131,7 @@ class Publisher:
                 self._failed(report, "config", key, refused)
                 continue
             self._ledger.mark_config_published(issued.kiosk_id, issued.version)
+            self._failing.discard(key)
             seen.discard(key)
             report.configs_published.append(key)
             if self._metrics is not None:
@@ -178,6 +182,7 @@ class Publisher:
                         self._failed(report, "denylist", key, refused)
                     else:
                         self._ledger.mark_denylist_published(issued.version)
+                        self._failing.discard(key)
                         seen.discard(key)
                         report.denylist_published = issued.version
                         if self._metrics is not None:
@@ -221,8 +226,13 @@ class Publisher:
         report.failures += 1
         if self._metrics is not None:
             self._metrics.cloud_message_publish_failures.labels(kind=kind).inc()
+        if key in self._failing:
+            return
+        if len(self._failing) >= PUBLISH_CONFIGS_PER_FLUSH_MAX:
+            self._failing.clear()
+        self._failing.add(key)
         log.warning(
-            f"{kind} not published; retried at the next flush",
+            f"{kind} not published; retried at every flush",
             extra={"context": {"kiosk_id": key[0] or None, "version": key[1], "reason": reason}},
         )
 
