@@ -199,6 +199,7 @@ class MqttLink:
         self.flush(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        _release_sockets(self._client)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until paho has written everything queued (results, acks) to the socket."""
@@ -438,18 +439,24 @@ class RetainedPublisherSession:
     def __exit__(self, *exc: object) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-        sock = self._client.socket()
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+        _release_sockets(self._client)
 
     def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> str | None:
         """As MqttLink.publish_retained."""
         if self._connect_refused is not None or not self._client.is_connected():
             return "not connected to the broker"
         return _publish_and_wait(self._client, self._refused, topic, payload, timeout_s)
+
+
+def _release_sockets(client: mqtt.Client) -> None:
+    """Close the connection's socket and the wake-up socket pair `loop_start` made. paho closes
+    them only when the client is collected, and a client in a reference cycle (its callbacks
+    are our bound methods) may be collected in any order with its sockets: each then warns of
+    an unclosed socket (a ResourceWarning, an error in the test suite)."""
+    try:
+        client._reset_sockets()  # paho's own close of all three; no public equivalent
+    except OSError:
+        pass
 
 
 def _use_tls(client: mqtt.Client, tls: TlsFiles | None) -> None:
