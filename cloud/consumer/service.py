@@ -1,11 +1,13 @@
 """The consumer's main loop: take a batch, prepare it, hand it to the committer; stop on SIGTERM.
 
-Three threads:
+Three threads for payments:
 - paho's network thread only fills the inbox;
 - the main thread takes batches, handles connection events, reads the batch's kiosks and
   checks every signature (`Worker.prepare`), then hands the batch over;
 - the committer thread writes each batch to the database, publishes its results and
   acknowledges it (`Worker.commit`), strictly in arrival order.
+(1.1) A fourth, the publishing loop (cloud/consumer/publishing.py), sends the configs and
+deny-lists any process stored, on its own database connections; it shares only the MQTT link.
 While the committer waits for PostgreSQL (the GIL is released), the main thread verifies the
 next batch. The main thread hands a batch over and waits until the committer has *taken* it
 before it takes the next messages from the inbox, so the next batch is made of everything that
