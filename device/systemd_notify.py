@@ -19,10 +19,14 @@ def notify(state: str) -> bool:
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # Never wait: a receiver that does not read (its queue holds net.unix.max_dgram_qlen,
+        # 10 by default) would otherwise block the caller's loop - the consumer's payments -
+        # on a watchdog ping. A ping that does not fit is dropped, and the call says so.
+        sock.setblocking(False)
         try:
             sock.connect(address)
             sock.sendall(state.encode())
-        except OSError:
+        except OSError:  # BlockingIOError (a full queue) included
             return False
     return True
 

@@ -76,3 +76,15 @@ def test_watchdog_interval_is_half_of_systemds(
     monkeypatch.setenv("WATCHDOG_PID", "")
     monkeypatch.setenv("WATCHDOG_USEC", "not-a-number")
     assert notify_module.watchdog_interval_s() is None
+
+
+def test_a_receiver_that_does_not_read_never_blocks_the_sender(
+    notify_module: ModuleType, systemd_socket: socket.socket
+) -> None:
+    """Its queue full (net.unix.max_dgram_qlen datagrams, 10 by default), a ping is dropped
+    at once instead of blocking the caller: reproduced, a test's unread notify socket stopped
+    the consumer's main loop after 5 s of WATCHDOG=1 pings."""
+    sent = [notify_module.notify("WATCHDOG=1") for _ in range(1000)]
+    assert sent[0] is True and sent[-1] is False
+    assert systemd_socket.recv(64) == b"WATCHDOG=1"
+    assert notify_module.notify("WATCHDOG=1") is True  # room again
