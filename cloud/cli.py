@@ -190,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_wristband_verbs(card)
 
     _add_report_verbs(verbs)
+    _add_config_verbs(verbs)
 
     _verb(verbs, "consumer", "run the MQTT consumer", "cloud.consumer:run_from_cli")
     api = _verb(
@@ -228,6 +229,71 @@ def _add_wristband_verbs(card: Verbs) -> None:
     program.add_argument("--reader", required=True, help="part of the PC/SC reader's name")
     program.add_argument(
         "--count", type=int, help="stop after this many tags (default: until Ctrl-C)"
+    )
+
+
+def _targets(parser: argparse.ArgumentParser, *, roles: bool = True) -> None:
+    """``--kiosk ID …`` | ``--role R`` | ``--all``: exactly one (cloud/menu_admin.py)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--kiosk", action="extend", nargs="+", metavar="ID", help="these kiosks (repeatable)"
+    )
+    if roles:
+        group.add_argument(
+            "--role",
+            choices=["bar", "checkpoint", "all"],
+            help="every enabled kiosk registered with this role",
+        )
+    group.add_argument("--all", action="store_true", help="every enabled kiosk")
+
+
+def _add_config_verbs(verbs: Verbs) -> None:
+    """(1.1) `menu set|clear|show` and `offline set|disable`: each issues the kiosks' next
+    configs and publishes them (cloud/menu_admin.py, cloud/publisher.py)."""
+    menu = _group(verbs, "menu", "central menus: what each kiosk sells, at which price")
+    menu_set = _verb(
+        menu,
+        "set",
+        "assign the menu in FILE.json (a config's menu object) and publish the new configs",
+        "cloud.menu_admin:menu_set",
+    )
+    menu_set.add_argument("file", metavar="FILE.json")
+    _targets(menu_set)
+    _targets(
+        _verb(
+            menu,
+            "clear",
+            "remove the menu (the kiosks sell from their local file again)",
+            "cloud.menu_admin:menu_clear",
+        )
+    )
+    show = _verb(
+        menu,
+        "show",
+        "the menu of a kiosk's latest config, its version, published or not",
+        "cloud.menu_admin:menu_show",
+    )
+    show.add_argument("kiosk_id")
+    show.add_argument("--json", action="store_true")
+
+    offline = _group(verbs, "offline", "what kiosks may approve by themselves without network")
+    offline_set = _verb(
+        offline,
+        "set",
+        'set the offline policy (PROTOCOL.md "Offline sales") and publish the new configs',
+        "cloud.menu_admin:offline_set",
+    )
+    _targets(offline_set, roles=False)
+    for option in ("--sale-max-cents", "--card-max-cents", "--kiosk-max-cents"):
+        offline_set.add_argument(option, type=int, required=True, metavar="N")
+    _targets(
+        _verb(
+            offline,
+            "disable",
+            "no offline sales for these kiosks; publish the new configs",
+            "cloud.menu_admin:offline_disable",
+        ),
+        roles=False,
     )
 
 

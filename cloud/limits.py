@@ -32,6 +32,18 @@ PASSWORD_SALT_BYTES: Final = 12
 PASSWORD_BYTES: Final = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
 CONTROL_TIMEOUT_S: Final = 5.0
 
+# --- the publisher of configs and deny-lists (cloud/publisher.py, 1.1) ---------------------------
+# How long one retained publish waits for the broker's PUBACK before it is left for the next flush.
+PUBLISH_ACK_TIMEOUT_S: Final = 5.0
+# Configs published per flush (the rest wait for the next one, a second later at most).
+PUBLISH_CONFIGS_PER_FLUSH_MAX: Final = 500
+# The consumer's publishing loop flushes at least this often, and at once on a NOTIFY.
+PUBLISH_INTERVAL_S: Final = 1.0
+# The CLI's short MQTT session (menu set, offline set, kiosk add): connect and each PUBACK.
+PUBLISH_SESSION_TIMEOUT_S: Final = 5.0
+# `menu set FILE.json`: a menu of 200 items is a few tens of kilobytes; a config is at most 196608.
+MENU_FILE_BYTES_MAX: Final = 196_608
+
 # --- the fake Stripe (cloud/stripe_fake.py: tests, benchmarks, the demo) ------------------------
 # Stripe's own rules for Checkout Sessions: 24 h by default, expires_at at least 30 min ahead.
 STRIPE_CHECKOUT_SESSION_LIFETIME_S: Final = 24 * 3600
