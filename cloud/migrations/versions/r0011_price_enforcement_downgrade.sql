@@ -7,7 +7,6 @@ DROP FUNCTION ledger_process_requests(jsonb, bigint, bigint, bigint, integer);
 DROP FUNCTION ledger_decide_request(
     ledger_request, text, bigint, bigint, bigint, bigint, bigint, text);
 DROP FUNCTION ledger_price_problems(jsonb, integer);
-DROP FUNCTION ledger_menu_problem(text, bigint, jsonb);
 DROP TRIGGER kiosk_configs_items ON kiosk_configs;
 DROP FUNCTION trg_kiosk_config_items();
 DROP FUNCTION ledger_config_items(text, integer, jsonb);

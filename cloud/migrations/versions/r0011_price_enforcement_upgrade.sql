@@ -117,79 +117,89 @@ SELECT i.* FROM kiosk_configs c
 -- ---------------------------------------------------------------------------------------------
 -- 4. The price check
 
--- Why the lines of a bar order do not match the menu of config p_version of the kiosk (the
--- first bad line, numbered from 1), or NULL: they match, or that config has no menu. Every
--- line must carry a sku of that menu with exactly its unit_price_cents, is_deposit and
--- is_return; the name may differ. One index lookup per line.
-CREATE FUNCTION ledger_menu_problem(p_kiosk_id text, p_version bigint, p_items jsonb)
-RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    RETURN (
-        SELECT CASE
-               WHEN l.sku IS NULL THEN
-                   format('Price mismatch: line %s has no sku, and config version %s has a menu',
-                          l.line_no, p_version)
-               WHEN m.sku IS NULL THEN
-                   format('Price mismatch: line %s: sku ''%s'' is not on the menu of config version %s',
-                          l.line_no, l.sku, p_version)
-               WHEN m.unit_price_cents <> l.unit_price_cents THEN
-                   format('Price mismatch: line %s: sku ''%s'' costs %s on the menu of config version %s, not %s',
-                          l.line_no, l.sku, ledger_amount_text(m.unit_price_cents), p_version,
-                          ledger_amount_text(l.unit_price_cents))
-               ELSE
-                   format('Price mismatch: line %s: sku ''%s'' is_deposit/is_return differ from the menu of config version %s',
-                          l.line_no, l.sku, p_version)
-               END
-          FROM ROWS FROM (jsonb_to_recordset(p_items) AS (
-                   sku text, unit_price_cents bigint, is_deposit boolean, is_return boolean))
-               WITH ORDINALITY AS l(sku, unit_price_cents, is_deposit, is_return, line_no)
-          LEFT JOIN kiosk_config_items m
-                 ON m.kiosk_id = p_kiosk_id AND m.version = p_version AND m.sku = l.sku
-         -- a config without a menu checks nothing (evaluated once, not per line)
-         WHERE EXISTS (SELECT 1 FROM kiosk_config_items h
-                        WHERE h.kiosk_id = p_kiosk_id AND h.version = p_version)
-           AND (m.sku IS NULL OR m.unit_price_cents <> l.unit_price_cents
-                OR m.is_deposit <> coalesce(l.is_deposit, false)
-                OR m.is_return <> coalesce(l.is_return, false))
-         ORDER BY l.line_no
-         LIMIT 1);
-END
-$$;
-
 -- For every request of a batch, in input order: why it is PRICE_MISMATCH, or NULL (it matches,
 -- or it is not checked: a top-up, or a POS request, whose lines carry no SKU). PROTOCOL.md
 -- "Menus": a kiosk with a menu assigned must cite a config_version; a cited version must have
 -- been issued to this kiosk and be current at the order's created_at_ms (the kiosk's clock,
 -- which the consumer bounded: STALE_REQUEST), or superseded (the next version's issued_at_ms)
--- at most p_menu_grace_s before it; then its menu, if it has one, prices every line.
+-- at most p_menu_grace_s before it; then its menu, if it has one, prices every line: each must
+-- carry a sku of that menu with exactly its unit_price_cents, is_deposit and is_return (the name
+-- may differ), and the first line that does not (numbered from 1) is named.
+-- One statement for the whole batch: per order a few primary-key lookups, per line one.
 CREATE FUNCTION ledger_price_problems(p_requests jsonb, p_menu_grace_s integer)
 RETURNS text[]
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN (
-        SELECT array_agg(CASE
-               WHEN o.type IS DISTINCT FROM 'bar_order' OR o.source IS DISTINCT FROM 'mqtt'
-                    OR jsonb_typeof(o.items) IS DISTINCT FROM 'array' THEN NULL
-               WHEN o.config_version IS NULL THEN
-                   CASE WHEN EXISTS (SELECT 1 FROM kiosks k
-                                      WHERE k.kiosk_id = o.kiosk_id AND k.menu IS NOT NULL)
-                        THEN 'Price mismatch: this kiosk sells from a menu the cloud sent it, '
-                             || 'and the order cites no config_version' END
-               WHEN NOT EXISTS (SELECT 1 FROM kiosk_configs c
-                                 WHERE c.kiosk_id = o.kiosk_id AND c.version = o.config_version)
-                   THEN format('Price mismatch: config version %s was never sent to this kiosk',
-                               o.config_version)
-               -- (reached only for a version that exists, so + 1 cannot overflow)
-               WHEN o.created_at_ms - (SELECT n.issued_at_ms FROM kiosk_configs n
-                                        WHERE n.kiosk_id = o.kiosk_id
-                                          AND n.version = o.config_version + 1)
-                    > p_menu_grace_s * 1000::bigint
-                   THEN format('Price mismatch: config version %s was replaced more than %s s '
-                               || 'before the order was made', o.config_version, p_menu_grace_s)
-               ELSE ledger_menu_problem(o.kiosk_id, o.config_version, o.items)
-               END ORDER BY o.ordinality)
-          FROM jsonb_populate_recordset(NULL::ledger_request, p_requests) WITH ORDINALITY AS o);
+        WITH orders AS (
+            SELECT o.ordinality AS position, o.kiosk_id, o.config_version, o.items,
+                   o.type = 'bar_order' AND o.source = 'mqtt'
+                   AND jsonb_typeof(o.items) = 'array' AS checked,
+                   o.created_at_ms
+              FROM jsonb_populate_recordset(NULL::ledger_request, p_requests)
+                   WITH ORDINALITY AS o
+        ), verdicts AS MATERIALIZED (
+            SELECT d.position, d.kiosk_id, d.config_version, d.items, v.problem,
+                   -- the lines are checked: the cited config is valid and has a menu
+                   d.checked AND v.problem IS NULL AND d.config_version IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM kiosk_config_items h
+                                WHERE h.kiosk_id = d.kiosk_id
+                                  AND h.version = d.config_version) AS lines_checked
+              FROM orders d
+             CROSS JOIN LATERAL (SELECT CASE
+                   WHEN NOT coalesce(d.checked, false) THEN NULL
+                   WHEN d.config_version IS NULL THEN
+                       CASE WHEN EXISTS (SELECT 1 FROM kiosks k
+                                          WHERE k.kiosk_id = d.kiosk_id AND k.menu IS NOT NULL)
+                            THEN 'Price mismatch: this kiosk sells from a menu the cloud sent it, '
+                                 || 'and the order cites no config_version' END
+                   WHEN NOT EXISTS (SELECT 1 FROM kiosk_configs c
+                                     WHERE c.kiosk_id = d.kiosk_id
+                                       AND c.version = d.config_version)
+                       THEN format('Price mismatch: config version %s was never sent to this '
+                                   || 'kiosk', d.config_version)
+                   -- (reached only for a version that exists, so + 1 cannot overflow)
+                   WHEN d.created_at_ms - (SELECT n.issued_at_ms FROM kiosk_configs n
+                                            WHERE n.kiosk_id = d.kiosk_id
+                                              AND n.version = d.config_version + 1)
+                        > p_menu_grace_s * 1000::bigint
+                       THEN format('Price mismatch: config version %s was replaced more than '
+                                   || '%s s before the order was made', d.config_version,
+                                   p_menu_grace_s)
+                   END AS problem) v
+        ), bad_lines AS (
+            SELECT DISTINCT ON (v.position) v.position, CASE
+                   WHEN l.sku IS NULL THEN
+                       format('Price mismatch: line %s has no sku, and config version %s has a '
+                              || 'menu', l.line_no, v.config_version)
+                   WHEN m.sku IS NULL THEN
+                       format('Price mismatch: line %s: sku ''%s'' is not on the menu of config '
+                              || 'version %s', l.line_no, l.sku, v.config_version)
+                   WHEN m.unit_price_cents <> l.unit_price_cents THEN
+                       format('Price mismatch: line %s: sku ''%s'' costs %s on the menu of '
+                              || 'config version %s, not %s', l.line_no, l.sku,
+                              ledger_amount_text(m.unit_price_cents), v.config_version,
+                              ledger_amount_text(l.unit_price_cents))
+                   ELSE
+                       format('Price mismatch: line %s: sku ''%s'' is_deposit/is_return differ '
+                              || 'from the menu of config version %s', l.line_no, l.sku,
+                              v.config_version)
+                   END AS problem
+              FROM verdicts v
+             CROSS JOIN LATERAL ROWS FROM (jsonb_to_recordset(v.items) AS (
+                   sku text, unit_price_cents bigint, is_deposit boolean, is_return boolean))
+                   WITH ORDINALITY AS l(sku, unit_price_cents, is_deposit, is_return, line_no)
+              LEFT JOIN kiosk_config_items m
+                     ON m.kiosk_id = v.kiosk_id AND m.version = v.config_version
+                    AND m.sku = l.sku
+             WHERE v.lines_checked
+               AND (m.sku IS NULL OR m.unit_price_cents <> l.unit_price_cents
+                    OR m.is_deposit <> coalesce(l.is_deposit, false)
+                    OR m.is_return <> coalesce(l.is_return, false))
+             ORDER BY v.position, l.line_no
+        )
+        SELECT array_agg(coalesce(v.problem, b.problem) ORDER BY v.position)
+          FROM verdicts v LEFT JOIN bad_lines b ON b.position = v.position);
 END
 $$;
 
@@ -782,7 +792,6 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     ledger_config_items(text, integer, jsonb),
     trg_kiosk_config_items(),
-    ledger_menu_problem(text, bigint, jsonb),
     ledger_price_problems(jsonb, integer),
     ledger_decide_request(ledger_request, text, bigint, bigint, bigint, bigint, bigint, text),
     ledger_process_requests(jsonb, bigint, bigint, bigint, integer),
