@@ -125,10 +125,16 @@ SELECT i.* FROM kiosk_configs c
 -- at most p_menu_grace_s before it; then its menu, if it has one, prices every line: each must
 -- carry a sku of that menu with exactly its unit_price_cents, is_deposit and is_return (the name
 -- may differ), and the first line that does not (numbered from 1) is named.
--- One statement for the whole batch: per order a few primary-key lookups, per line one.
+-- One statement for the whole batch: per order a few primary-key lookups (scalar subqueries,
+-- so the planner probes the keys and never hashes a whole table), per cited config one range
+-- read of its menu lines, per line one lookup among those, in memory.
 CREATE FUNCTION ledger_price_problems(p_requests jsonb, p_menu_grace_s integer)
 RETURNS text[]
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE
+-- One plan per session, as ledger_process_requests (which calls it with the same setting): a
+-- custom plan per batch cost three times the check itself.
+SET plan_cache_mode = force_generic_plan
+AS $$
 BEGIN
     RETURN (
         WITH orders AS (
@@ -142,21 +148,20 @@ BEGIN
             SELECT d.position, d.kiosk_id, d.config_version, d.items, v.problem,
                    -- the lines are checked: the cited config is valid and has a menu
                    d.checked AND v.problem IS NULL AND d.config_version IS NOT NULL
-                   AND EXISTS (SELECT 1 FROM kiosk_config_items h
-                                WHERE h.kiosk_id = d.kiosk_id
-                                  AND h.version = d.config_version) AS lines_checked
+                   AND (SELECT true FROM kiosk_config_items h
+                         WHERE h.kiosk_id = d.kiosk_id AND h.version = d.config_version
+                         LIMIT 1) AS lines_checked
               FROM orders d
              CROSS JOIN LATERAL (SELECT CASE
                    WHEN NOT coalesce(d.checked, false) THEN NULL
                    WHEN d.config_version IS NULL THEN
-                       CASE WHEN EXISTS (SELECT 1 FROM kiosks k
-                                          WHERE k.kiosk_id = d.kiosk_id AND k.menu IS NOT NULL)
+                       CASE WHEN (SELECT k.menu IS NOT NULL FROM kiosks k
+                                   WHERE k.kiosk_id = d.kiosk_id)
                             THEN 'Price mismatch: this kiosk sells from a menu the cloud sent it, '
                                  || 'and the order cites no config_version' END
-                   WHEN NOT EXISTS (SELECT 1 FROM kiosk_configs c
-                                     WHERE c.kiosk_id = d.kiosk_id
-                                       AND c.version = d.config_version)
-                       THEN format('Price mismatch: config version %s was never sent to this '
+                   WHEN (SELECT true FROM kiosk_configs c
+                          WHERE c.kiosk_id = d.kiosk_id AND c.version = d.config_version)
+                        IS NULL THEN format('Price mismatch: config version %s was never sent to this '
                                    || 'kiosk', d.config_version)
                    -- (reached only for a version that exists, so + 1 cannot overflow)
                    WHEN d.created_at_ms - (SELECT n.issued_at_ms FROM kiosk_configs n
@@ -166,7 +171,20 @@ BEGIN
                        THEN format('Price mismatch: config version %s was replaced more than '
                                    || '%s s before the order was made', d.config_version,
                                    p_menu_grace_s)
-                   END AS problem) v
+                   END AS problem
+                   -- (OFFSET 0: evaluated once per order, not once per use of `problem`)
+                   OFFSET 0) v
+        ), cited_items AS MATERIALIZED (
+            -- the menu lines of each config the batch cites, read once per config (by its
+            -- primary-key prefix) and then looked up in memory for every line
+            SELECT i.kiosk_id, i.version, i.sku, i.unit_price_cents, i.is_deposit, i.is_return
+              FROM (SELECT DISTINCT kiosk_id, config_version FROM verdicts
+                     WHERE lines_checked) c
+             CROSS JOIN LATERAL (
+                   SELECT * FROM kiosk_config_items i
+                    WHERE i.kiosk_id = c.kiosk_id AND i.version = c.config_version
+                   -- (OFFSET 0: kept a lateral read by the key, never a hash of the table)
+                   OFFSET 0) i
         ), bad_lines AS (
             SELECT DISTINCT ON (v.position) v.position, CASE
                    WHEN l.sku IS NULL THEN
@@ -189,7 +207,7 @@ BEGIN
              CROSS JOIN LATERAL ROWS FROM (jsonb_to_recordset(v.items) AS (
                    sku text, unit_price_cents bigint, is_deposit boolean, is_return boolean))
                    WITH ORDINALITY AS l(sku, unit_price_cents, is_deposit, is_return, line_no)
-              LEFT JOIN kiosk_config_items m
+              LEFT JOIN cited_items m
                      ON m.kiosk_id = v.kiosk_id AND m.version = v.config_version
                     AND m.sku = l.sku
              WHERE v.lines_checked
@@ -418,9 +436,12 @@ BEGIN
                   is_deposit boolean, is_return boolean))
               WITH ORDINALITY AS i(
                   name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no)
-          LEFT JOIN kiosk_config_items m
-                 ON a.source = 'mqtt' AND m.kiosk_id = a.kiosk_id
-                AND m.version = a.config_version AND m.sku = i.sku
+          -- one primary-key probe per line (as the price check), only for a kiosk's order
+          LEFT JOIN LATERAL (
+               SELECT c.vat_rate_bp, c.category FROM kiosk_config_items c
+                WHERE a.source = 'mqtt' AND c.kiosk_id = a.kiosk_id
+                  AND c.version = a.config_version AND c.sku = i.sku
+                LIMIT 1) m ON true
          WHERE a.type = 'bar_order'
         RETURNING order_id, line_total_cents
     ), checkpoint_topups AS (
