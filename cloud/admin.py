@@ -45,6 +45,7 @@ def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
             engine,
             max_balance_cents=settings.festival_max_balance_cents,
             max_topup_cents=settings.festival_max_topup_cents,
+            menu_grace_s=settings.festival_menu_grace_s,
             currency=settings.festival_currency,
         )
     finally:

@@ -306,7 +306,7 @@ def _add_report_verbs(verbs: Verbs) -> None:
         "sales per product, kiosk or hour as CSV (sales lines only, net of voids)",
         "cloud.reports:report_sales",
     )
-    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour"])
+    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour", "vat"])
     for option, destination, meaning in (
         ("--from", "start", "sales at or after"),
         ("--to", "end", "sales before"),
