@@ -870,10 +870,8 @@ class Demo:
             )
 
     def _sales_per_product(self) -> None:
-        """What cloud.reports gives per product (sales lines, net of voids).
-
-        TODO(issue 13, helper A): A's report makes one row per product *and price*; once it
-        lands the repriced product shows both its prices here (the rows are printed as given)."""
+        """What cloud.reports gives per product and price (sales lines, net of voids): the
+        repriced product shows a row for each price it was sold at."""
         from cloud.database import make_engine
         from cloud.reports import Reports, SalesGroup, SalesWindow
 
