@@ -106,6 +106,9 @@ class CloudSettings(BaseSettings):
     # Loopback by default: the consumer's figures are for a local Prometheus or a tunnel.
     consumer_metrics_host: str = "127.0.0.1"
     consumer_batch_max: int = Field(default=64, ge=1, le=1000)
+    # (1.1) The public base URL of the API: the attendee's portal is FESTIVAL_PORTAL_URL/portal;
+    # its session cookie is marked Secure when this is https.
+    festival_portal_url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^\s]+$")
     topup_success_url: str = "http://127.0.0.1:8000/topup?status=success"
     topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
     festival_environment: str = Field(default="production", pattern=r"^(production|development)$")
