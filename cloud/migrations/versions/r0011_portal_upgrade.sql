@@ -205,7 +205,10 @@ $$;
 -- debt_cents is read from the card row when the column exists (offline sales add it), else 0.
 CREATE FUNCTION sp_portal_card(p_token_sha256 bytea, p_limit integer)
 RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    v_document jsonb;
+BEGIN
     SELECT jsonb_build_object(
         'card_uid', c.card_uid,
         'balance_cents', c.balance_cents,
@@ -248,9 +251,12 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
                  WHERE p.account_id = c.account_id
                  ORDER BY t.created_at DESC, t.transaction_id DESC
                  LIMIT p_limit) m), '[]'::jsonb))
+      INTO v_document
       FROM portal_sessions s
       JOIN cards c ON c.card_uid = s.card_uid
-     WHERE s.token_sha256 = p_token_sha256 AND s.revoked_at IS NULL AND s.expires_at > now()
+     WHERE s.token_sha256 = p_token_sha256 AND s.revoked_at IS NULL AND s.expires_at > now();
+    RETURN v_document;
+END
 $$;
 
 -- Logging out: the session is revoked (kept until it would have expired, for the record).
