@@ -96,5 +96,7 @@ PIN_SALT_BYTES: Final = 16
 # A supplier's file: one line per wristband (a big festival has tens of thousands).
 PIN_IMPORT_ROWS_MAX: Final = 200_000
 PIN_IMPORT_LINE_CHARACTERS_MAX: Final = 200
+# Below this many PINs, starting worker processes to hash them costs more than it saves.
+PIN_IMPORT_PARALLEL_MIN: Final = 64
 # The session cookie's secret: 32 random bytes, base64url (43 characters).
 PORTAL_TOKEN_BYTES: Final = 32

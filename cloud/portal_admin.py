@@ -21,6 +21,7 @@ from cloud.admin import EXIT_OK, _unavailable, _url
 from cloud.database import Engine, make_engine
 from cloud.limits import (
     PIN_IMPORT_LINE_CHARACTERS_MAX,
+    PIN_IMPORT_PARALLEL_MIN,
     PIN_IMPORT_ROWS_MAX,
     PIN_LENGTH_MAX,
     PIN_LENGTH_MIN,
@@ -31,8 +32,6 @@ from protocol.limits import CARD_UID_PATTERN
 
 EXIT_BAD_FILE = 1
 HEADER = ["card_uid", "pin"]
-# Below this many PINs, starting worker processes costs more than it saves.
-PARALLEL_HASHING_MIN = 64
 
 
 class ImportFileError(ValueError):
@@ -80,7 +79,7 @@ def read_pin_file(lines: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def hash_pins(pins: list[str]) -> list[str]:
-    if len(pins) < PARALLEL_HASHING_MIN:
+    if len(pins) < PIN_IMPORT_PARALLEL_MIN:
         return [hash_pin(pin) for pin in pins]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(hash_pin, pins, chunksize=32))

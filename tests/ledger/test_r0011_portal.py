@@ -6,14 +6,14 @@ the portal's block; least privilege for festival_api; an exact downgrade; `card 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 
 from cloud import database
-from cloud.database import make_engine
+from cloud.database import Engine, make_engine
 from cloud.ledger import Ledger
 from cloud.portal import PortalStore, check_pin, hash_pin, new_pin, new_session_token, valid_pin
 from tests.ledger.helpers import bar_order, execute, recharge, scalar
@@ -56,8 +56,20 @@ def test_pins_are_hashed_slowly_and_checked_in_constant_work() -> None:
             hash_pin(bad)
 
 
+_engines: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    yield
+    while _engines:
+        _engines.pop().dispose()
+
+
 def _store(url: str) -> PortalStore:
-    return PortalStore(make_engine(url, pool_size=2, application_name="test-portal"))
+    engine = make_engine(url, pool_size=2, application_name="test-portal")
+    _engines.append(engine)
+    return PortalStore(engine)
 
 
 def _begin(store: PortalStore, uid: str = UID, window_s: int = WINDOW_S) -> tuple[bool, int]:
