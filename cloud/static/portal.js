@@ -211,7 +211,11 @@
       applyLanguage(code);
     });
     $("login-form").addEventListener("submit", onLogin);
-    $("block-button").addEventListener("click", function () { show("block-confirm", true); });
+    $("block-button").addEventListener("click", function () {
+      show("block-confirm", true);
+      // On a phone the question would open below the fold: bring it (and its buttons) up.
+      $("block-confirm").scrollIntoView({ block: "center" });
+    });
     $("block-no").addEventListener("click", function () { show("block-confirm", false); });
     $("block-yes").addEventListener("click", onBlock);
     $("logout").addEventListener("click", function () {
