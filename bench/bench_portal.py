@@ -248,7 +248,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--orders", type=int, default=20, help="bar orders per card")
-    parser.add_argument("--rate", type=float, default=200.0, help="reads/s offered in total")
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="reads/s offered in total (default: 1 per session)"
+    )
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
