@@ -217,19 +217,25 @@ class PortalStore:
         expires_at: datetime | None = row[0]
         return expires_at
 
+    def _read(self, sql: str, **params: object) -> Any:
+        """One read-only statement in autocommit: no BEGIN / COMMIT round trips (the page's
+        reads are the portal's hot path; one statement is atomic anyway)."""
+        with translate_errors(), self._engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="AUTOCOMMIT")
+            return connection.execute(text(sql), params).one_or_none()
+
     def session(self, token: str) -> PortalSession | None:
-        with translate_errors(), self._engine.begin() as connection:
-            row = connection.execute(
-                text("SELECT card_uid, kind, expires_at FROM sp_portal_session(:digest)"),
-                {"digest": token_sha256(token)},
-            ).one_or_none()
+        row = self._read(
+            "SELECT card_uid, kind, expires_at FROM sp_portal_session(:digest)",
+            digest=token_sha256(token),
+        )
         if row is None:
             return None
         return PortalSession(card_uid=row.card_uid, kind=row.kind, expires_at=row.expires_at)
 
     def card(self, token: str, *, transactions_max: int) -> dict[str, Any] | None:
         """The page's whole document, or None without a valid session (one round trip)."""
-        row = self._one(
+        row = self._read(
             "SELECT sp_portal_card(:digest, :limit)",
             digest=token_sha256(token),
             limit=transactions_max,
