@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
     _add_wristband_verbs(card)
+    _add_portal_card_verbs(card)
 
     _add_report_verbs(verbs)
     _add_config_verbs(verbs)
@@ -295,6 +296,24 @@ def _add_config_verbs(verbs: Verbs) -> None:
         ),
         roles=False,
     )
+
+
+def _add_portal_card_verbs(card: Verbs) -> None:
+    """`card import FILE.csv` and `card pin UID`: the attendee portal's PINs (issue 16)."""
+    card_import = _verb(
+        card,
+        "import",
+        "store the portal PINs of a wristband supplier's CSV (header card_uid,pin); "
+        "creates missing cards with balance 0; all lines or none",
+        "cloud.portal_admin:card_import",
+    )
+    card_import.add_argument("file", metavar="FILE.csv")
+    _verb(
+        card,
+        "pin",
+        "set a fresh portal PIN for a card (created when missing) and print it",
+        "cloud.portal_admin:card_pin",
+    ).add_argument("uid")
 
 
 def _add_report_verbs(verbs: Verbs) -> None:

@@ -19,6 +19,7 @@ from tests.ledger.helpers import PUBLIC_KEY, bar_order, execute, recharge
 
 FESTIVAL_CLOUD = Path(sys.executable).with_name("festival-cloud")
 CLI_TIMEOUT_S = 60
+# The newest revision (each new revision moves it; the tests below name none of their own).
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
