@@ -564,8 +564,24 @@ class Demo:
         self.say(f"Dashboard    {self.api_url}/dashboard")
         self.say(f"Admin token  {self.admin_token}")
         self.say(f"Top-up page  {self.api_url}/topup")
+        self.say(f"Portal       {self.api_url}/portal  ({self.portal_login(self.cards[0])})")
         self.say(f"Logs         {self.root / 'logs'}")
         self.say("")
+
+    def portal_login(self, card_uid: str) -> str:
+        """`festival-cloud card pin UID`, as the info desk runs it for a band printed on site:
+        the attendee's portal login of one simulated attendee (issue 16)."""
+        done = subprocess.run(
+            [self._python_bin("festival-cloud"), "card", "pin", card_uid],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=DEMO_READY_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DemoError(f"card pin failed: {done.stderr.strip() or done.stdout.strip()}")
+        return f"wristband {card_uid}, PIN {done.stdout.strip()}"
 
     # --- the central menu (1.1) ------------------------------------------------------------------
 

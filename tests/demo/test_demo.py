@@ -63,6 +63,13 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     reader.join(timeout=10)
     output = "".join(lines)
     assert "Dashboard    http://127.0.0.1:" in output
+    # Issue 16: one simulated attendee's portal login, as `card pin` prints it.
+    assert re.search(
+        r"^Portal       http://127\.0\.0\.1:\d+/portal"
+        r"  \(wristband [0-9A-F]{8,20}, PIN [A-Z0-9]{6,12}\)$",
+        output,
+        re.M,
+    ), output
     assert re.search(r"Admin token  \S{20,}", output)
     assert "ledger check: passed" in output
     assert _count(output, "approved") > 20
