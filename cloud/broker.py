@@ -687,6 +687,13 @@ class BrokerAdmin:
         )
         return not response.get("error")
 
+    def enable_client(self, username: str) -> bool:
+        """Accept the client's logins again (after disable_client); False if there is none."""
+        [response] = self.run(
+            [{"command": "enableClient", "username": username}], ignore={"Client not found"}
+        )
+        return not response.get("error")
+
     def create_client(
         self, username: str, password: str, role: str, *, clientid: str | None = None
     ) -> None:

@@ -38,6 +38,7 @@ from cloud.limits import (
     DEMO_RESULT_TIMEOUT_S,
 )
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
+from cloud.settings import CloudSettings
 
 DEMO_ROOT_DEFAULT = Path.cwd() / "var" / "demo"
 TOPIC_PREFIX = "festival"
@@ -71,6 +72,11 @@ DEMO_REPRICED_SKU = "beer"
 DEMO_REPRICED_CENTS = 600
 # Without --duration the price changes this long after the traffic started.
 DEMO_REPRICE_AFTER_S = 30.0
+# (1.1) One bar is cut off the broker for real (its MQTT login refused and its session kicked
+# through the broker's control topic) and sells offline: without --duration after this long,
+# for about DEMO_OFFLINE_FOR_S (a short --duration shortens it).
+DEMO_OFFLINE_AFTER_S = 40.0
+DEMO_OFFLINE_FOR_S = 20.0
 UNKNOWN_CARD_SHARE = 0.04  # taps of wristbands nobody ever topped up (CARD_NOT_FOUND)
 STAFF_IDS = ("anna", "ben", "chris", "dana", "emil")
 PRODUCT_WEIGHTS = {
@@ -231,8 +237,27 @@ class DemoKiosk:
                 ):
                     http_json("POST", f"{self.base_url}/api/dismiss", {})
                     return outcome
+                if state.get("screen") in ("offline", "timed_out"):
+                    # Stored, unanswered (the link went down after it was sent, or before it
+                    # was): the kiosk applies its result once it arrives; move on.
+                    return None
+                if state.get("screen") == "approved_offline":
+                    # (1.1) Approved by the kiosk itself: stored, sent when the link is back.
+                    http_json("POST", f"{self.base_url}/api/dismiss", {})
+                    order = state.get("order") or {}
+                    return {"approved": True, "offline": True, **_total(order)}
+                if state.get("screen") == "order_pending" and state.get("notice"):
+                    # (1.1) Offline and not allowed (a return line, over a limit): refused on
+                    # the spot, nothing was signed or stored.
+                    http_json("POST", f"{self.base_url}/api/cancel", {})
+                    return {"approved": False, "error_code": "refused offline"}
                 time.sleep(POLL_INTERVAL_S)
             return None  # still pending at the kiosk: it will be applied once when it arrives
+
+
+def _total(order: dict[str, Any]) -> dict[str, int]:
+    total = order.get("total_cents")
+    return {"amount_cents": total} if isinstance(total, int) else {}
 
 
 @dataclass
@@ -244,6 +269,7 @@ class Tally:
     online_topups: int = 0
     online_topups_cents: int = 0
     timeouts: int = 0
+    offline_approved: int = 0
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
 
@@ -254,6 +280,8 @@ class Tally:
                 return
             if outcome.get("approved"):
                 self.outcomes["approved"] += 1
+                if outcome.get("offline"):
+                    self.offline_approved += 1
                 if role == "bar":
                     self.sales_cents += amount_cents
                 else:
@@ -280,6 +308,7 @@ class Tally:
                 f"{self.outcomes['approved']} approved; declined: {declines or 'none'}; "
                 f"sales {self.sales_cents / 100:.2f}, top-ups {self.topups_cents / 100:.2f}, "
                 f"online {self.online_topups} ({self.online_topups_cents / 100:.2f})"
+                + (f"; {self.offline_approved} offline" if self.offline_approved else "")
                 + (f"; {self.timeouts} still pending" if self.timeouts else "")
                 + (f"; {len(self.errors)} errors" if self.errors else "")
             )
@@ -458,9 +487,15 @@ class Demo:
         engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
         try:
             ledger = Ledger(engine)
+            # As `festival-cloud kiosk add` does: registered, then config version 1 (no menu,
+            # the deployment's default offline policy, FESTIVAL_OFFLINE_*) issued; the
+            # consumer's publishing loop sends it once it runs.
+            offline = CloudSettings.model_construct().default_offline_policy
             for kiosk in self.kiosks:
                 _, public_key = key(kiosk.kiosk_id)
                 ledger.add_kiosk(kiosk.kiosk_id, public_key, kiosk.role)
+                if ledger.latest_config(kiosk.kiosk_id) is None:
+                    ledger.issue_kiosk_config(kiosk.kiosk_id, menu=None, offline=offline)
         finally:
             engine.dispose()
 
@@ -649,6 +684,39 @@ class Demo:
             f" the kiosks applied it {took_s:.2f} s after menu set returned"
         )
 
+    def _cut_a_bar_off(self, after_s: float, for_s: float) -> None:
+        """(1.1) The Wi-Fi of one bar fails: the broker refuses its login and kicks its session
+        (a real disconnect), the bar sells offline within its config's policy, and when the
+        login is accepted again its backlog drains, each sale applied once."""
+        if self.stop.wait(after_s):
+            return
+        bar = next(k for k in self.kiosks if k.role == "bar")
+        assert self.broker is not None
+        admin = self.broker.admin()
+        try:
+            admin.disable_client(bar.kiosk_id)
+            self.say(
+                f"network: {bar.kiosk_id} cut off the broker for {for_s:.0f} s (its login"
+                " refused, its session kicked); it keeps selling offline"
+            )
+            self.stop.wait(for_s)
+        finally:
+            admin.enable_client(bar.kiosk_id)
+        back_s = time.monotonic()
+        try:
+            pending = int(bar.state()["offline"]["pending"])
+            wait_for(
+                lambda: bool(bar.state().get("online")) and bar.state()["outbox"]["pending"] == 0,
+                f"{bar.kiosk_id} to reconnect and drain its backlog",
+            )
+        except (DemoError, OSError, KeyError, TypeError, ValueError) as error:
+            self.tally.error(f"offline drain: {error}")
+            return
+        self.say(
+            f"network: {bar.kiosk_id} back; its {pending} offline sales were sent and applied"
+            f" {time.monotonic() - back_s:.1f} s after the broker took it back"
+        )
+
     # --- traffic -------------------------------------------------------------------------------
 
     def _admin(self) -> dict[str, str]:
@@ -804,6 +872,14 @@ class Demo:
         reprice_after_s = DEMO_REPRICE_AFTER_S if duration_s is None else duration_s / 3
         threads.append(
             threading.Thread(target=self._change_a_price, args=(reprice_after_s,), daemon=True)
+        )
+        if duration_s is None:
+            cut_after_s, cut_for_s = DEMO_OFFLINE_AFTER_S, DEMO_OFFLINE_FOR_S
+        else:
+            # After the price change (at a third), so every bar runs the new menu first.
+            cut_after_s, cut_for_s = duration_s * 0.4, min(DEMO_OFFLINE_FOR_S, duration_s * 0.4)
+        threads.append(
+            threading.Thread(target=self._cut_a_bar_off, args=(cut_after_s, cut_for_s), daemon=True)
         )
         self.say(
             f"Simulating attendees at {len(bars)} bars and {len(self.kiosks) - len(bars)} "

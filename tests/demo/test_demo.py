@@ -81,11 +81,17 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert online and int(online.group(1)) >= 1, output
     # Issue 13: a central menu at its bars from the start, one price changed part-way through
     # (the kiosks run the new config before the line is printed), sales per product.
-    assert re.search(r"^Menu         demo-bars at bar-\S+.* \(config v1\)$", output, re.M), output
+    assert re.search(r"^Menu         demo-bars at bar-\S+.* \(config v2\)$", output, re.M), output
     assert re.search(
-        r"^menu: beer now 6\.00 at bar-\S+.* \(config v2\); the kiosks applied it", output, re.M
+        r"^menu: beer now 6\.00 at bar-\S+.* \(config v3\); the kiosks applied it", output, re.M
     ), output
     assert re.search(r"^    beer +Beer 0\.5 l", output.split("sales per product:")[1], re.M)
+    # Issue 14: one bar cut off the broker for real sells offline; its backlog drains after.
+    assert re.search(r"^network: bar-1 cut off the broker for \d+ s", output, re.M), output
+    drained = re.search(r"^network: bar-1 back; its (\d+) offline sales were sent", output, re.M)
+    assert drained, output
+    offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
+    assert offline and int(offline.group(1)) >= 1, output
     # Issue 11's holes, tried from outside during the run and refused (docs/security.md).
     assert "NOT refused" not in output, output
     for attack in ("99 returned cups", "$share subscription", "reveals no balance"):
