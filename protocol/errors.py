@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
     RETURN_LIMIT_EXCEEDED = "RETURN_LIMIT_EXCEEDED"
+    OFFLINE_LIMIT_EXCEEDED = "OFFLINE_LIMIT_EXCEEDED"
 
     @property
     def status(self) -> Status:
@@ -51,6 +52,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.INSUFFICIENT_FUNDS: Status.DECLINED,
     ErrorCode.BALANCE_LIMIT_EXCEEDED: Status.DECLINED,
     ErrorCode.RETURN_LIMIT_EXCEEDED: Status.DECLINED,
+    ErrorCode.OFFLINE_LIMIT_EXCEEDED: Status.REJECTED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 
