@@ -22,6 +22,7 @@ PROTOCOL_TABLE = {
     "INSUFFICIENT_FUNDS": "declined",
     "BALANCE_LIMIT_EXCEEDED": "declined",
     "RETURN_LIMIT_EXCEEDED": "declined",
+    "PRICE_MISMATCH": "rejected",
     "OFFLINE_LIMIT_EXCEEDED": "rejected",
 }
 
