@@ -615,7 +615,7 @@ DROP INDEX cards_with_debt;
 ALTER TABLE cards DROP CONSTRAINT cards_balance_or_debt, DROP COLUMN debt_cents;
 ALTER TABLE accounts DROP CONSTRAINT accounts_kind_check;
 ALTER TABLE accounts ADD CONSTRAINT accounts_kind_check
-    CHECK (kind IN ('card', 'sales', 'cash', 'terminal', 'stripe', 'shortfall', 'deposit'));
+    CHECK (kind IN ('card', 'sales', 'cash', 'terminal', 'stripe', 'shortfall', 'deposit', 'loss'));
 
 REVOKE EXECUTE ON FUNCTION
     ledger_decide_request(ledger_request, text, bigint, bigint, bigint, bigint, bigint, text),
