@@ -313,3 +313,31 @@ def test_the_downgrade_is_refused_once_debts_exist(
     ledger.apply(bar_order(CARD, ("Beer", 1, 500), config_version=offline_version, offline=True))
     with pytest.raises(Exception, match="cannot be downgraded"):
         database.downgrade(database_url, "0011")
+
+
+def test_a_stripe_top_up_pays_the_debt_first(
+    ledger: Ledger, offline_version: int, database_url: str
+) -> None:
+    ledger.apply(bar_order(CARD, ("Beer", 1, 700), config_version=offline_version, offline=True))
+    ledger.create_topup(topup_id="tu_debt", card_uid=CARD, amount_cents=2_000, currency="EUR")
+    result = ledger.handle_stripe_checkout(
+        event_id="evt_debt",
+        session_id="cs_debt",
+        topup_id="tu_debt",
+        card_uid=CARD,
+        amount_cents=2_000,
+        currency="EUR",
+        payment_intent_id="pi_cs_debt",
+    )
+    assert result.outcome.approved
+    card = ledger.card(CARD)
+    assert card is not None and (card.balance_cents, card.debt_cents) == (1_300, 0)
+    receivable = scalar(
+        database_url,
+        "SELECT sum(p.amount_cents) FROM postings p JOIN accounts a USING (account_id)"
+        " WHERE a.name = :name",
+        name=f"receivable:{CARD}",
+    )
+    assert receivable == 0
+    _sums_to_zero(database_url)
+    assert ledger.check() == []
