@@ -20,6 +20,8 @@ from cloud.ledger import Ledger
 from cloud.ledger_records import TOPUP_RETENTION_DAYS
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
+from protocol.errors import ProtocolError
+from protocol.models import OfflinePolicy
 
 if TYPE_CHECKING:
     from cloud.broker import BrokerAdmin
@@ -272,6 +274,53 @@ def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
             f"{row['state']!s:<7} {row['last_seq'] if row['last_seq'] is not None else '-':>9}  "
             f"{missing or '-'}"
         )
+    return EXIT_OK
+
+
+# --- offline policies (issue 14) ----------------------------------------------------------------
+
+
+@_unavailable
+def offline_set(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`offline set`: a new config with this offline policy for each kiosk named (or all)."""
+    try:
+        policy = OfflinePolicy(
+            sale_max_cents=args.sale_max_cents,
+            card_max_cents=args.card_max_cents,
+            kiosk_max_cents=args.kiosk_max_cents,
+        )
+    except ProtocolError as error:
+        print(f"festival-cloud: {error.message}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return _issue_offline(args, settings, policy)
+
+
+@_unavailable
+def offline_disable(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`offline disable`: a new config without offline sales for each kiosk named (or all)."""
+    return _issue_offline(args, settings, None)
+
+
+def _issue_offline(
+    args: argparse.Namespace, settings: CloudSettings, policy: OfflinePolicy | None
+) -> int:
+    with _ledger(settings) as ledger:
+        kiosk_ids = [kiosk.kiosk_id for kiosk in ledger.kiosks()] if args.all else list(args.kiosk)
+        versions = ledger.issue_kiosk_configs(kiosk_ids, offline=policy) if kiosk_ids else {}
+    if versions is None:  # one of them is not registered: none got a config
+        with _ledger(settings) as ledger:
+            known = {kiosk.kiosk_id for kiosk in ledger.kiosks()}
+        return _not_found("kiosk", ", ".join(k for k in kiosk_ids if k not in known))
+    what = (
+        "no offline sales"
+        if policy is None
+        else (
+            f"offline sales up to {_euros(policy.sale_max_cents)} a sale,"
+            f" {_euros(policy.card_max_cents)} a card, {_euros(policy.kiosk_max_cents)} the kiosk"
+        )
+    )
+    for kiosk_id, version in sorted(versions.items()):
+        print(f"kiosk {kiosk_id}: config version {version}: {what}")
     return EXIT_OK
 
 

@@ -179,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--log-file", help="broker log file (default: stderr, i.e. journald)")
     config.add_argument("--plugin", help="path of mosquitto_dynamic_security.so (default: found)")
 
+    offline = _group(verbs, "offline", "the offline policy of kiosks (a new config each)")
+    for name, help, handler in (
+        ("set", "allow offline sales within these limits", "cloud.admin:offline_set"),
+        ("disable", "allow no offline sales", "cloud.admin:offline_disable"),
+    ):
+        verb = _verb(offline, name, help, handler)
+        which = verb.add_mutually_exclusive_group(required=True)
+        which.add_argument("--kiosk", action="append", metavar="ID", help="a kiosk (repeatable)")
+        which.add_argument("--all", action="store_true", help="every registered kiosk")
+        if name == "set":
+            for limit in ("sale", "card", "kiosk"):
+                verb.add_argument(f"--{limit}-max-cents", type=int, required=True, metavar="N")
+
     card = _group(verbs, "card", "inspect, block and unblock cards")
     show = _verb(card, "show", "balance and status of a card", "cloud.admin:card_show")
     show.add_argument("uid")

@@ -170,3 +170,36 @@ def test_service_role_can_run_read_only_verbs(
     service_database_url: str, verb: tuple[str, ...]
 ) -> None:
     assert cli(service_database_url, *verb).returncode == 0
+
+
+def test_offline_set_and_disable_issue_a_config_each(database_url: str) -> None:
+    """(issue 14) `offline set|disable` change the policy of the kiosks named, or all, as a new
+    config each; an unknown kiosk changes none; a bad limit is refused with exit 2."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        ledger = Ledger(engine)
+        for kiosk_id in ("bar-1", "bar-2"):
+            ledger.add_kiosk(kiosk_id, PUBLIC_KEY, "bar")
+        limits = ["--sale-max-cents", "1500", "--card-max-cents", "3000", "--kiosk-max-cents"]
+        done = cli(database_url, "offline", "set", "--kiosk", "bar-1", *limits, "40000")
+        assert done.returncode == 0, done.stderr
+        assert "kiosk bar-1: config version 1: offline sales up to" in done.stdout
+        latest = ledger.latest_config("bar-1")
+        assert latest is not None and latest.document["offline"] == {
+            "sale_max_cents": 1500,
+            "card_max_cents": 3000,
+            "kiosk_max_cents": 40000,
+        }
+        unknown = cli(database_url, "offline", "disable", "--kiosk", "bar-1", "--kiosk", "ghost")
+        assert unknown.returncode == 1 and "ghost" in unknown.stderr
+        assert ledger.latest_config("bar-1").version == 1  # type: ignore[union-attr]
+        bad = cli(database_url, "offline", "set", "--all", *limits, "-5")
+        assert bad.returncode == 2 and "kiosk_max_cents" in bad.stderr
+        off = cli(database_url, "offline", "disable", "--all")
+        assert off.returncode == 0, off.stderr
+        for kiosk_id, version in (("bar-1", 2), ("bar-2", 1)):
+            config = ledger.latest_config(kiosk_id)
+            assert config is not None and config.version == version
+            assert config.document["offline"] is None
+    finally:
+        engine.dispose()
