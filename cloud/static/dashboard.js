@@ -803,7 +803,8 @@
     $("card-result").setAttribute("data-status", card.status);
     $("card-balance").textContent = money(card.balance_cents);
     // Debts arrive with offline sales (DESIGN.md 1.1): shown once the API reports them.
-    var hasDebt = card.debt_cents !== undefined && card.debt_cents !== null;
+    // (1.1) every card now names its debt_cents (0 without one): the row shows only a debt
+    var hasDebt = typeof card.debt_cents === "number" && card.debt_cents > 0;
     $("card-debt-row").classList.toggle("hidden", !hasDebt);
     $("card-debt").textContent = hasDebt ? money(card.debt_cents) : "";
     $("card-block").disabled = card.status === "blocked";
