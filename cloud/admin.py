@@ -20,8 +20,6 @@ from cloud.ledger import Ledger
 from cloud.ledger_records import TOPUP_RETENTION_DAYS
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
-from protocol.errors import ProtocolError
-from protocol.models import OfflinePolicy
 
 if TYPE_CHECKING:
     from cloud.broker import BrokerAdmin
@@ -47,6 +45,7 @@ def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
             engine,
             max_balance_cents=settings.festival_max_balance_cents,
             max_topup_cents=settings.festival_max_topup_cents,
+            menu_grace_s=settings.festival_menu_grace_s,
             currency=settings.festival_currency,
         )
     finally:
@@ -202,12 +201,21 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
         # A fresh broker password for this kiosk: shown once, kept only as a salted hash (the
         # registry's and the broker's) and in the kiosk's MQTT_URL.
         password, note, problem = _issue_broker_password(settings, ledger, kiosk.kiosk_id)
-    if not args.json:
-        print(
-            f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
-            f" checkpoint {kiosk.checkpoint_id}, enabled"
+        if not args.json:
+            print(
+                f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
+                f" checkpoint {kiosk.checkpoint_id}, enabled"
+            )
+        code = _print_credentials(args, kiosk.kiosk_id, password, note, problem)
+        # (1.1) Config version 1: no menu, the deployment's default offline policy; stored
+        # first, then published (with --json the notes go to stderr: stdout stays one object).
+        from cloud.menu_admin import issue_configs, publish_now
+
+        issued = issue_configs(
+            ledger, [kiosk.kiosk_id], menu=None, offline=settings.default_offline_policy
         )
-    return _print_credentials(args, kiosk.kiosk_id, password, note, problem)
+        publish_now(settings, ledger, issued, out=sys.stderr if args.json else sys.stdout)
+    return code
 
 
 @_unavailable
@@ -274,53 +282,6 @@ def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
             f"{row['state']!s:<7} {row['last_seq'] if row['last_seq'] is not None else '-':>9}  "
             f"{missing or '-'}"
         )
-    return EXIT_OK
-
-
-# --- offline policies (issue 14) ----------------------------------------------------------------
-
-
-@_unavailable
-def offline_set(args: argparse.Namespace, settings: CloudSettings) -> int:
-    """`offline set`: a new config with this offline policy for each kiosk named (or all)."""
-    try:
-        policy = OfflinePolicy(
-            sale_max_cents=args.sale_max_cents,
-            card_max_cents=args.card_max_cents,
-            kiosk_max_cents=args.kiosk_max_cents,
-        )
-    except ProtocolError as error:
-        print(f"festival-cloud: {error.message}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    return _issue_offline(args, settings, policy)
-
-
-@_unavailable
-def offline_disable(args: argparse.Namespace, settings: CloudSettings) -> int:
-    """`offline disable`: a new config without offline sales for each kiosk named (or all)."""
-    return _issue_offline(args, settings, None)
-
-
-def _issue_offline(
-    args: argparse.Namespace, settings: CloudSettings, policy: OfflinePolicy | None
-) -> int:
-    with _ledger(settings) as ledger:
-        kiosk_ids = [kiosk.kiosk_id for kiosk in ledger.kiosks()] if args.all else list(args.kiosk)
-        versions = ledger.issue_kiosk_configs(kiosk_ids, offline=policy) if kiosk_ids else {}
-    if versions is None:  # one of them is not registered: none got a config
-        with _ledger(settings) as ledger:
-            known = {kiosk.kiosk_id for kiosk in ledger.kiosks()}
-        return _not_found("kiosk", ", ".join(k for k in kiosk_ids if k not in known))
-    what = (
-        "no offline sales"
-        if policy is None
-        else (
-            f"offline sales up to {_euros(policy.sale_max_cents)} a sale,"
-            f" {_euros(policy.card_max_cents)} a card, {_euros(policy.kiosk_max_cents)} the kiosk"
-        )
-    )
-    for kiosk_id, version in sorted(versions.items()):
-        print(f"kiosk {kiosk_id}: config version {version}: {what}")
     return EXIT_OK
 
 

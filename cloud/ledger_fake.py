@@ -124,7 +124,7 @@ PRICE_FLAGS_MESSAGE: Final = (
     "Price mismatch: line {line}: sku '{sku}' is_deposit/is_return differ from the menu of"
     " config version {version}"
 )
-# Revision 0012's texts (ledger_process_requests, offline sales), word for word.
+# Revision 0013's texts (ledger_process_requests, offline sales), word for word.
 OFFLINE_APPROVED_MESSAGE: Final = "Paid (offline sale)"
 OFFLINE_NO_VERSION_MESSAGE: Final = "Offline sale refused: it cites no config_version"
 OFFLINE_UNPUBLISHED_MESSAGE: Final = (
@@ -259,7 +259,7 @@ class FakeLedger:
         # Public and mutable: a test may set a card's balance as it likes (no cap applies).
         self.balances: dict[str, int] = dict(balances or {})
         self._blocked: dict[str, str] = {}  # card uid -> reason
-        # (0012) what cards owe (only cards with a debt are here; never with a balance > 0),
+        # (0013) what cards owe (only cards with a debt are here; never with a balance > 0),
         # and every approved offline sale: (kiosk id, applied at, total, shortfall)
         self.debts: dict[str, int] = {}
         self.offline_sales: list[tuple[str, int, int, int]] = []
@@ -379,7 +379,7 @@ class FakeLedger:
         return None
 
     def _offline_problem(self, item: LedgerRequest, now_ms: int) -> str | None:
-        """Why an offline sale is OFFLINE_LIMIT_EXCEEDED, as revision 0012 says it (None: it is
+        """Why an offline sale is OFFLINE_LIMIT_EXCEEDED, as revision 0013 says it (None: it is
         allowed, or it is not an offline sale)."""
         order = item.request
         if not isinstance(order, BarOrder) or not order.offline:
@@ -431,7 +431,7 @@ class FakeLedger:
             self.balances.setdefault(card_uid, 0)  # the first top-up activates a wristband
         balance = self.balances.get(card_uid)
         debt = self.debts.get(card_uid, 0)
-        # The rules work on the net position (balance - debt), as revision 0012 does.
+        # The rules work on the net position (balance - debt), as revision 0013 does.
         net = None if balance is None else balance - debt
         code: ErrorCode | None = None
         message: str | None = None

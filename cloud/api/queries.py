@@ -372,7 +372,7 @@ class DashboardQueries:
         kiosk_max_cents of the newest config published to each (what it can be selling
         under), their sum as the worst-case exposure, the offline sales applied since 00:00
         UTC (count, amount, shortfall), the open debts, and the kiosks past the 24-hour bound
-        of revision 0012 (more than 2 x kiosk_max_cents of debts created within 24 hours)."""
+        of revision 0013 (more than 2 x kiosk_max_cents of debts created within 24 hours)."""
         kiosks = self._rows(
             """
             SELECT k.kiosk_id, k.state_at,

@@ -67,7 +67,7 @@ MENU = Menu(
     ),
 )
 MENU_BEER = BarItem("Beer", 2, 550, sku="beer")
-# (1.1) An offline policy for the offline-sale behaviours (revision 0012).
+# (1.1) An offline policy for the offline-sale behaviours (revision 0013).
 POLICY = OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=3_000)
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
@@ -624,7 +624,7 @@ class LedgerContract:
         assert ledger.apply(recharge(CARD, 100, config_version=7)).status is Status.APPROVED
         assert ledger.card(CARD).balance_cents == 5_000 - 3 * 123 + 100
 
-    # --- offline sales (1.1, revision 0012) ------------------------------------------------
+    # --- offline sales (1.1, revision 0013) ------------------------------------------------
 
     @staticmethod
     def _offline_config(ledger: Any, kiosk_id: str = "bar-2") -> int:

@@ -1,4 +1,4 @@
--- Revision 0012: offline sales, the cloud's half (PROTOCOL.md 1.1 "Offline sales", the order of
+-- Revision 0013: offline sales, the cloud's half (PROTOCOL.md 1.1 "Offline sales", the order of
 -- checks, debt_cents).
 --
 --   * cards.debt_cents: what a card owes, cached like balance_cents; a card never holds a balance
@@ -66,7 +66,7 @@ ALTER TYPE ledger_request ADD ATTRIBUTE offline boolean;
 ALTER TYPE ledger_decided ADD ATTRIBUTE debt_delta_cents bigint;
 
 -- ---------------------------------------------------------------------------------------------
--- 3. Decide, write, and the batch: revision 0011's, with offline sales and debts (marked 0012)
+-- 3. Decide, write, and the batch: revision 0011's, with offline sales and debts (marked 0013)
 
 DROP FUNCTION ledger_decide_request(ledger_request, text, bigint, bigint, bigint, bigint, bigint,
                                     text);
@@ -146,7 +146,7 @@ BEGIN
         v_decision.with_order := false;
         RETURN v_decision;
     END IF;
-    -- 0012: an offline sale its cited config does not allow (ledger_offline_problem, or the
+    -- 0013: an offline sale its cited config does not allow (ledger_offline_problem, or the
     -- kiosk's 24-hour bound) is rejected next; one it allows happened: approved whatever the
     -- card's balance or status (the card rules are skipped), an unknown card opened by it.
     IF r.type = 'bar_order' AND coalesce(r.offline, false) THEN
@@ -166,7 +166,7 @@ BEGIN
         RETURN v_decision;
     END IF;
 
-    -- The rules, in this order, for every type. (0012: p_balance_cents is the card's net
+    -- The rules, in this order, for every type. (0013: p_balance_cents is the card's net
     -- position, its balance minus its debt: a card with a debt has nothing to pay with, and the
     -- maximum balance applies to what is left after the debt is paid.)
     IF p_card_status IS NULL THEN
@@ -186,7 +186,7 @@ BEGIN
           AND p_deposit_balance_cents + v_decision.deposit_delta_cents < 0 THEN
         v_decision.error_code := 'RETURN_LIMIT_EXCEEDED';
         v_decision.message := 'More cups returned than deposits were charged: see a supervisor';
-    -- (0012: only a payment needs funds; a top-up on a card with a debt pays it off)
+    -- (0013: only a payment needs funds; a top-up on a card with a debt pays it off)
     ELSIF v_decision.delta_cents < 0 AND p_balance_cents + v_decision.delta_cents < 0 THEN
         v_decision.error_code := 'INSUFFICIENT_FUNDS';
         v_decision.message := 'Insufficient funds';
@@ -260,7 +260,7 @@ BEGIN
         SELECT a.transaction_id, a.type, a.request_id, p_at FROM approved a
         RETURNING 1
     ), ledger_postings AS (
-        -- 0012: what the card's debt moves goes to its receivable account (receivable:<uid>,
+        -- 0013: what the card's debt moves goes to its receivable account (receivable:<uid>,
         -- whose postings sum to minus the debt), and the counter account gets the rest, so
         -- every transaction still sums to zero: an offline sale with a shortfall posts the card
         -- (what it paid), its receivable (the shortfall) and the sales account (the total); a
@@ -287,7 +287,7 @@ BEGIN
          WHERE p.always OR p.amount_cents <> 0
         RETURNING 1
     ), offline AS (
-        -- 0012: every approved offline sale, with what the card could not pay (the 24-hour
+        -- 0013: every approved offline sale, with what the card could not pay (the 24-hour
         -- bound, monitoring)
         INSERT INTO offline_sales (
             request_id, kiosk_id, card_uid, config_version, total_cents, shortfall_cents,
@@ -296,6 +296,17 @@ BEGIN
                greatest(coalesce(a.debt_delta_cents, 0), 0), p_at
           FROM approved a WHERE a.type = 'bar_order' AND coalesce(a.offline, false)
         RETURNING 1
+    ), cited_items AS MATERIALIZED (
+        -- 0011: the menu lines of each config an approved order cites, read once per config by
+        -- its key (as the price check), then looked up in memory for every line
+        SELECT i.kiosk_id, i.version, i.sku, i.vat_rate_bp, i.category
+          FROM (SELECT DISTINCT a.kiosk_id, a.config_version FROM approved a
+                 WHERE a.type = 'bar_order' AND a.source = 'mqtt'
+                   AND a.config_version IS NOT NULL) c
+         CROSS JOIN LATERAL (
+               SELECT * FROM kiosk_config_items i
+                WHERE i.kiosk_id = c.kiosk_id AND i.version = c.config_version
+               OFFSET 0) i
     ), orders AS (
         INSERT INTO bar_orders (
             order_id, transaction_id, client_request_id, card_id, kiosk_id, staff_id,
@@ -322,12 +333,9 @@ BEGIN
                   is_deposit boolean, is_return boolean))
               WITH ORDINALITY AS i(
                   name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no)
-          -- one primary-key probe per line (as the price check), only for a kiosk's order
-          LEFT JOIN LATERAL (
-               SELECT c.vat_rate_bp, c.category FROM kiosk_config_items c
-                WHERE a.source = 'mqtt' AND c.kiosk_id = a.kiosk_id
-                  AND c.version = a.config_version AND c.sku = i.sku
-                LIMIT 1) m ON true
+          LEFT JOIN cited_items m
+                 ON a.source = 'mqtt' AND m.kiosk_id = a.kiosk_id
+                AND m.version = a.config_version AND m.sku = i.sku
          WHERE a.type = 'bar_order'
         RETURNING order_id, line_total_cents
     ), checkpoint_topups AS (
@@ -427,7 +435,7 @@ DECLARE
     c_balance bigint[];
     c_status text[];
     c_changed boolean[];
-    -- 0012: the batch's cards' debts as decided so far, and per kiosk with offline sales in the
+    -- 0013: the batch's cards' debts as decided so far, and per kiosk with offline sales in the
     -- batch, the debts its offline sales created within 24 hours (the bound)
     c_debt bigint[];
     v_net bigint;
@@ -472,7 +480,7 @@ BEGIN
            array_agg(DISTINCT x ->> 'card_uid'),
            array_agg(DISTINCT ledger_counter_account(
                x ->> 'type', x ->> 'kiosk_id', x ->> 'payment_method', x ->> 'checkpoint_id'))
-           -- 0012: an offline sale's card may get a debt: its receivable account
+           -- 0013: an offline sale's card may get a debt: its receivable account
            || coalesce(array_agg(DISTINCT 'receivable:' || (x ->> 'card_uid'))
                            FILTER (WHERE x ->> 'type' = 'bar_order'
                                      AND (x ->> 'offline')::boolean), '{}'),
@@ -545,7 +553,7 @@ BEGIN
             CONTINUE;
         END IF;
 
-        -- 0012: an offline sale is judged by the config it cites, then by the kiosk's bound:
+        -- 0013: an offline sale is judged by the config it cites, then by the kiosk's bound:
         -- more than twice the cited kiosk_max_cents of debts created by its offline sales
         -- within 24 hours (those earlier in this batch included)
         v_offline_problem := NULL;
@@ -624,7 +632,7 @@ BEGIN
             IF v_decision.with_order THEN
                 v_order := ledger_uuid7();
             END IF;
-            -- 0012: the net position moves; a negative one is a debt, a positive one the
+            -- 0013: the net position moves; a negative one is a debt, a positive one the
             -- balance (never both): a payment takes the balance first, the rest is a debt; a
             -- top-up pays the debt first, the rest is the balance
             v_net := v_previous - c_debt[v_card_index] + v_decision.delta_cents;
@@ -654,7 +662,7 @@ BEGIN
         v_outcome := ledger_outcome(
             r.request_id, v_status, v_decision.error_code, v_decision.message, v_started,
             r.card_uid, v_tx, v_previous, v_new, v_order)
-            -- 0012: the card's debt after it, an integer exactly when the balances are
+            -- 0013: the card's debt after it, an integer exactly when the balances are
             || jsonb_build_object('debt_cents', CASE WHEN v_new IS NOT NULL
                                                      THEN c_debt[v_card_index] END);
         -- 0011: the config version a kiosk runs is what its latest new request cites (one
@@ -697,9 +705,8 @@ BEGIN
 END
 $$;
 
-
 -- ---------------------------------------------------------------------------------------------
--- 4. A Stripe top-up pays the card's debt first (revision 0009's, marked 0012)
+-- 4. A Stripe top-up pays the card's debt first (revision 0009's, marked 0013)
 
 CREATE OR REPLACE FUNCTION ledger_credit_from_stripe(
     p_card cards, p_amount_cents bigint, p_event_id text, p_topup_id text, p_session_id text,
@@ -708,7 +715,7 @@ RETURNS uuid
 LANGUAGE plpgsql AS $$
 DECLARE
     v_tx uuid := ledger_uuid7();
-    -- 0012: the debt first, the rest to the balance
+    -- 0013: the debt first, the rest to the balance
     v_paid_debt bigint := least(p_card.debt_cents, p_amount_cents);
     v_new bigint := p_card.balance_cents + p_amount_cents - least(p_card.debt_cents, p_amount_cents);
 BEGIN
@@ -735,7 +742,7 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- 4b. festival-cloud check: debts against their postings (revision 0005's, marked 0012)
+-- 4b. festival-cloud check: debts against their postings (revision 0005's, marked 0013)
 
 CREATE OR REPLACE FUNCTION ledger_check_accounts(p_limit integer DEFAULT 20) RETURNS SETOF text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -774,7 +781,7 @@ BEGIN
                         WHERE a.account_id = d.account_id AND a.kind = 'deposit')
      ORDER BY d.account_id LIMIT p_limit;
 
-    -- 0012: a card's cached debt is minus what its receivable account's postings sum to, a
+    -- 0013: a card's cached debt is minus what its receivable account's postings sum to, a
     -- card never holds a balance and a debt at once, and no receivable is in credit
     RETURN QUERY
     SELECT format('card %s: cached debt %s cents, but its receivable postings sum to %s cents',
@@ -802,7 +809,7 @@ END
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- 5. The deny-list: blocked cards, then cards with a debt (revision 0010's, marked 0012)
+-- 5. The deny-list: blocked cards, then cards with a debt (revision 0010's, marked 0013)
 
 CREATE OR REPLACE FUNCTION sp_issue_denylist() RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
@@ -813,7 +820,7 @@ DECLARE
     v_version integer;
 BEGIN
     SELECT changes INTO v_changes FROM denylist_state FOR UPDATE;
-    -- 0012: over 6000, cards blocked as lost or stolen first, then the other blocked cards,
+    -- 0013: over 6000, cards blocked as lost or stolen first, then the other blocked cards,
     -- then the largest debts
     SELECT coalesce(array_agg(card_uid ORDER BY card_uid), '{}') INTO v_uids
     FROM (

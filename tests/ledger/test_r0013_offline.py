@@ -1,4 +1,4 @@
-"""Revision 0012: offline sales (PROTOCOL.md 1.1 "Offline sales"). An offline sale the config
+"""Revision 0013: offline sales (PROTOCOL.md 1.1 "Offline sales"). An offline sale the config
 it cites allows is approved whatever the card holds: the card pays what it has, the rest is its
 debt (a receivable, so postings still sum to zero); top-ups pay the debt first; OFFLINE_LIMIT_
 EXCEEDED for a sale its config does not allow and beyond the kiosk's 24-hour bound; indebted
@@ -312,7 +312,7 @@ def test_the_downgrade_is_refused_once_debts_exist(
 ) -> None:
     ledger.apply(bar_order(CARD, ("Beer", 1, 500), config_version=offline_version, offline=True))
     with pytest.raises(Exception, match="cannot be downgraded"):
-        database.downgrade(database_url, "0011")
+        database.downgrade(database_url, "0012")
 
 
 def test_a_stripe_top_up_pays_the_debt_first(

@@ -1,12 +1,13 @@
--- Revision 0012 down: offline sales and debts removed; revision 0011's procedures back.
--- Refused while any card has a debt or any offline sale was applied: 0011 cannot represent
+-- Revision 0013 down: offline sales and debts removed; revision 0011's procedures back (0012,
+-- the portal, changed none of them).
+-- Refused while any card has a debt or any offline sale was applied: 0012 cannot represent
 -- them (the postings are append-only, so the receivable accounts could not be dropped).
 
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM offline_sales)
        OR EXISTS (SELECT 1 FROM accounts WHERE kind = 'receivable') THEN
-        RAISE EXCEPTION 'revision 0012 cannot be downgraded: offline sales or debts exist'
+        RAISE EXCEPTION 'revision 0013 cannot be downgraded: offline sales or debts exist'
             USING ERRCODE = 'object_in_use';
     END IF;
 END
@@ -200,6 +201,17 @@ BEGIN
               AS p(account_id, amount_cents, balance_after_cents, always)
          WHERE p.always OR p.amount_cents <> 0
         RETURNING 1
+    ), cited_items AS MATERIALIZED (
+        -- 0011: the menu lines of each config an approved order cites, read once per config by
+        -- its key (as the price check), then looked up in memory for every line
+        SELECT i.kiosk_id, i.version, i.sku, i.vat_rate_bp, i.category
+          FROM (SELECT DISTINCT a.kiosk_id, a.config_version FROM approved a
+                 WHERE a.type = 'bar_order' AND a.source = 'mqtt'
+                   AND a.config_version IS NOT NULL) c
+         CROSS JOIN LATERAL (
+               SELECT * FROM kiosk_config_items i
+                WHERE i.kiosk_id = c.kiosk_id AND i.version = c.config_version
+               OFFSET 0) i
     ), orders AS (
         INSERT INTO bar_orders (
             order_id, transaction_id, client_request_id, card_id, kiosk_id, staff_id,
@@ -226,12 +238,9 @@ BEGIN
                   is_deposit boolean, is_return boolean))
               WITH ORDINALITY AS i(
                   name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no)
-          -- one primary-key probe per line (as the price check), only for a kiosk's order
-          LEFT JOIN LATERAL (
-               SELECT c.vat_rate_bp, c.category FROM kiosk_config_items c
-                WHERE a.source = 'mqtt' AND c.kiosk_id = a.kiosk_id
-                  AND c.version = a.config_version AND c.sku = i.sku
-                LIMIT 1) m ON true
+          LEFT JOIN cited_items m
+                 ON a.source = 'mqtt' AND m.kiosk_id = a.kiosk_id
+                AND m.version = a.config_version AND m.sku = i.sku
          WHERE a.type = 'bar_order'
         RETURNING order_id, line_total_cents
     ), checkpoint_topups AS (
