@@ -46,6 +46,11 @@ class Offline:
         with self.engine.begin() as connection:
             return connection.execute(sqlalchemy.text(sql), params).scalar()
 
+    def latest_denylist(self) -> list[str]:
+        """The card uids of the newest deny-list version issued (the publisher's)."""
+        uids = self.scalar("SELECT card_uids::text[] FROM denylists ORDER BY version DESC LIMIT 1")
+        return list(uids or [])
+
     def held(self, uid: str) -> tuple[int, int]:
         card = self.ledger.card(uid)
         assert card is not None
@@ -136,18 +141,23 @@ def test_a_returning_backlog_is_applied_once_with_exact_balances_and_debts(
     assert [r.debt_cents for r in replays] == [0, 300, 1_100]
     assert offline.held(uid) == (0, 1_100)
     assert offline.scalar("SELECT count(*) FROM offline_sales WHERE card_uid = :c", c=uid) == 3
-    # A top-up pays the debt first; the card comes off the deny-list.
-    assert offline.ledger.issue_denylist() is not None
-    listed = offline.ledger.unpublished_denylist()
-    assert listed is not None and uid in listed.card_uids
+    # The card is on the deny-list the consumer's publisher issues; a top-up pays the debt
+    # first, and the card comes off it.
+    wait_until(
+        lambda: uid in offline.latest_denylist(),
+        timeout_s=15,
+        what="the indebted card on the deny-list",
+    )
     top = offline.kiosks["top-off"]
     top_up = top.recharge(uid, 1_500)
     top.send(top_up)
     paid = top.wait_result(top_up.request_id)
     assert (paid.previous_balance_cents, paid.new_balance_cents, paid.debt_cents) == (0, 400, 0)
-    assert offline.ledger.issue_denylist() is not None
-    latest = offline.ledger.unpublished_denylist()
-    assert latest is not None and uid not in latest.card_uids
+    wait_until(
+        lambda: uid not in offline.latest_denylist(),
+        timeout_s=15,
+        what="the card off the deny-list once its debt is paid",
+    )
     assert offline.ledger.check() == []
 
 
@@ -176,14 +186,22 @@ def test_forged_or_over_limit_offline_sales_are_offline_limit_exceeded(offline: 
     cases = {
         "over": offline.sale("bar-off-1", uid, 2_500),
         "no config": offline.sale("bar-off-1", uid, 500, config_version=None),
-        # a config issued but never published to this kiosk: one it cannot have run
-        "unpublished": offline.sale(
-            "bar-off-1",
-            uid,
-            500,
-            config_version=offline.ledger.issue_kiosk_config("bar-off-1", offline=POLICY),
-        ),
     }
+    # a config without offline sales, published by the consumer's publisher (a config issued
+    # but never published is tests/ledger's: the publisher here sends every one at once)
+    no_policy = offline.ledger.issue_kiosk_config("bar-off-1", offline=None)
+    wait_until(
+        lambda: bool(
+            offline.scalar(
+                "SELECT published_at IS NOT NULL FROM kiosk_configs"
+                " WHERE kiosk_id = 'bar-off-1' AND version = :v",
+                v=no_policy,
+            )
+        ),
+        timeout_s=15,
+        what="the config without offline sales published",
+    )
+    cases["no policy"] = offline.sale("bar-off-1", uid, 500, config_version=no_policy)
     for what, sale in cases.items():
         bar.send(sale)
         result = bar.wait_result(sale.request_id)
