@@ -210,9 +210,11 @@ class LoadGenerator:
         *,
         items: tuple[BarItem, ...] | None = None,
         config_version: int | None = None,
+        offline: bool = False,
     ) -> list[Sent]:
         """``count`` bar orders, round-robin over kiosks and cards, signed now: one beer at
-        ``price_cents``, or ``items``, citing ``config_version`` (the menus comparison)."""
+        ``price_cents``, or ``items``, citing ``config_version`` (the menus comparison);
+        ``offline``: offline sales (bench/bench_offline_drain.py)."""
         lines = items or (BarItem(name="Beer", quantity=1, unit_price_cents=price_cents),)
         requests: list[Sent] = []
         now_ms = time.time_ns() // 1_000_000
@@ -230,6 +232,7 @@ class LoadGenerator:
                 total_cents=sum(line.signed_cents for line in lines),
                 staff_id="bench",
                 config_version=config_version,
+                offline=offline,
             )
             raw = encode_request(order, self._keys[kiosk.kiosk_id])
             requests.append(Sent(kiosk.index, order.request_id, raw))

@@ -303,12 +303,14 @@ def card_show(args: argparse.Namespace, settings: CloudSettings) -> int:
                 {
                     "card_uid": card.card_uid,
                     "balance_cents": card.balance_cents,
+                    "debt_cents": card.debt_cents,
                     "status": card.status,
                 }
             )
         )
         return EXIT_OK
-    print(f"card {card.card_uid}: {card.status}, balance {_euros(card.balance_cents)}")
+    owes = f", debt {_euros(card.debt_cents)}" if card.debt_cents else ""
+    print(f"card {card.card_uid}: {card.status}, balance {_euros(card.balance_cents)}{owes}")
     for row in history:
         amount = int(row["amount_cents"])  # type: ignore[call-overload]
         print(f"  {row['created_at']}  {row['kind']:<20} {_euros(amount):>10}")

@@ -625,7 +625,8 @@ class Ledger:
 
     def card(self, card_uid: str) -> CardRecord | None:
         rows = self._select(
-            "SELECT card_uid, balance_cents, status FROM cards WHERE card_uid = :card_uid",
+            "SELECT card_uid, balance_cents, status, debt_cents FROM cards"
+            " WHERE card_uid = :card_uid",
             card_uid=card_uid,
         )
         return CardRecord(**rows[0]) if rows else None  # type: ignore[arg-type]

@@ -124,6 +124,24 @@ PRICE_FLAGS_MESSAGE: Final = (
     "Price mismatch: line {line}: sku '{sku}' is_deposit/is_return differ from the menu of"
     " config version {version}"
 )
+# Revision 0013's texts (ledger_process_requests, offline sales), word for word.
+OFFLINE_APPROVED_MESSAGE: Final = "Paid (offline sale)"
+OFFLINE_NO_VERSION_MESSAGE: Final = "Offline sale refused: it cites no config_version"
+OFFLINE_UNPUBLISHED_MESSAGE: Final = (
+    "Offline sale refused: config version {version} was never published to this kiosk"
+)
+OFFLINE_NO_POLICY_MESSAGE: Final = (
+    "Offline sale refused: config version {version} allows no offline sales"
+)
+OFFLINE_OVER_SALE_MESSAGE: Final = (
+    "Offline sale refused: {total} is over the offline limit of {limit} per sale"
+)
+OFFLINE_BOUND_MESSAGE: Final = (
+    "Offline sale refused: this kiosk's offline sales created {created} of debts within 24"
+    " hours, more than twice its offline limit of {limit}"
+)
+# The kiosk's bound counts the debts its offline sales created within this window.
+OFFLINE_BOUND_WINDOW_MS: Final = 24 * 3_600_000
 # A kiosk's seq is tracked when it is 1 .. the largest bigint but one (ledger_track_seqs).
 _SEQ_TRACKED_MAX: Final = 2**63 - 2
 # kiosks.config_version is an integer column: a larger cited version counts as none.
@@ -241,6 +259,10 @@ class FakeLedger:
         # Public and mutable: a test may set a card's balance as it likes (no cap applies).
         self.balances: dict[str, int] = dict(balances or {})
         self._blocked: dict[str, str] = {}  # card uid -> reason
+        # (0013) what cards owe (only cards with a debt are here; never with a balance > 0),
+        # and every approved offline sale: (kiosk id, applied at, total, shortfall)
+        self.debts: dict[str, int] = {}
+        self.offline_sales: list[tuple[str, int, int, int]] = []
         self._deposits_held_cents = deposits_held_cents
         self._claims: dict[str, _Claim] = {}
         self._kiosks: dict[str, _Kiosk] = {}
@@ -271,7 +293,17 @@ class FakeLedger:
                 claim = self._claims.get(request.request_id)
                 if claim is None:
                     problem = self._price_problem(item)
-                    if problem is None:
+                    offline_problem = (
+                        None if problem is not None else self._offline_problem(item, now_ms)
+                    )
+                    if offline_problem is not None:
+                        document = {
+                            **_rejected(request.request_id, request.card_uid, now_ms),
+                            "error_code": ErrorCode.OFFLINE_LIMIT_EXCEEDED.value,
+                            "message": offline_problem,
+                            "debt_cents": None,
+                        }
+                    elif problem is None:
                         document = self._decide(request, now_ms)
                     else:
                         document = {
@@ -346,6 +378,37 @@ class FakeLedger:
                 return PRICE_FLAGS_MESSAGE.format(line=line_no, sku=sku, version=version)
         return None
 
+    def _offline_problem(self, item: LedgerRequest, now_ms: int) -> str | None:
+        """Why an offline sale is OFFLINE_LIMIT_EXCEEDED, as revision 0013 says it (None: it is
+        allowed, or it is not an offline sale)."""
+        order = item.request
+        if not isinstance(order, BarOrder) or not order.offline:
+            return None
+        version = order.config_version
+        if version is None:
+            return OFFLINE_NO_VERSION_MESSAGE
+        kiosk = self._kiosks.get(order.kiosk_id)
+        configs = [] if kiosk is None else kiosk.configs
+        if not 1 <= version <= len(configs) or not configs[version - 1].published:
+            return OFFLINE_UNPUBLISHED_MESSAGE.format(version=version)
+        policy = configs[version - 1].config.offline
+        if policy is None:
+            return OFFLINE_NO_POLICY_MESSAGE.format(version=version)
+        if order.total_cents > policy.sale_max_cents:
+            return OFFLINE_OVER_SALE_MESSAGE.format(
+                total=_amount_text(order.total_cents), limit=_amount_text(policy.sale_max_cents)
+            )
+        created = sum(
+            shortfall
+            for kiosk_id, at_ms, _total, shortfall in self.offline_sales
+            if kiosk_id == order.kiosk_id and at_ms > now_ms - OFFLINE_BOUND_WINDOW_MS
+        )
+        if created > 2 * policy.kiosk_max_cents:
+            return OFFLINE_BOUND_MESSAGE.format(
+                created=_amount_text(created), limit=_amount_text(policy.kiosk_max_cents)
+            )
+        return None
+
     def _runs(self, kiosk_id: str, config_version: int | None) -> None:
         """kiosks.config_version: what the kiosk's latest request cited."""
         kiosk = self._kiosks.get(kiosk_id)
@@ -356,17 +419,25 @@ class FakeLedger:
     def _decide(self, request: BarOrder | CheckpointRecharge, now_ms: int) -> dict[str, Any]:
         """One new request, in ledger_process_requests's order of rules."""
         card_uid = request.card_uid
+        offline = isinstance(request, BarOrder) and request.offline
         if isinstance(request, BarOrder):
             delta = -request.total_cents
             deposit_delta, returns_cents = _deposit_lines(request)
+            if offline:  # an offline sale the config allows happened: it opens an unknown card
+                self.balances.setdefault(card_uid, 0)
         else:
             delta = request.amount_cents
             deposit_delta, returns_cents = None, 0
             self.balances.setdefault(card_uid, 0)  # the first top-up activates a wristband
         balance = self.balances.get(card_uid)
+        debt = self.debts.get(card_uid, 0)
+        # The rules work on the net position (balance - debt), as revision 0013 does.
+        net = None if balance is None else balance - debt
         code: ErrorCode | None = None
         message: str | None = None
-        if balance is None:
+        if offline:
+            pass  # the card rules are skipped
+        elif net is None:
             code = ErrorCode.CARD_NOT_FOUND
         elif card_uid in self._blocked:
             code = ErrorCode.CARD_BLOCKED
@@ -378,16 +449,27 @@ class FakeLedger:
         elif deposit_delta is not None and self._deposits_held_cents + deposit_delta < 0:
             code = ErrorCode.RETURN_LIMIT_EXCEEDED
             message = RETURNS_OVER_DEPOSITS_MESSAGE
-        elif balance + delta < 0:
+        elif delta < 0 and net + delta < 0:
             code = ErrorCode.INSUFFICIENT_FUNDS
-        elif delta > 0 and balance + delta > self.max_balance_cents:
+        elif delta > 0 and net + delta > self.max_balance_cents:
             code = ErrorCode.BALANCE_LIMIT_EXCEEDED
         new_balance = balance
         transaction_id = order_id = None
         if code is None:
-            assert balance is not None
-            new_balance = balance + delta
+            assert net is not None
+            new_net = net + delta
+            new_balance = max(new_net, 0)
             self.balances[card_uid] = new_balance
+            if new_net < 0:
+                self.debts[card_uid] = -new_net
+            else:
+                self.debts.pop(card_uid, None)
+            if offline:
+                assert isinstance(request, BarOrder)
+                shortfall = max(-new_net, 0) - debt
+                self.offline_sales.append(
+                    (request.kiosk_id, now_ms, request.total_cents, max(shortfall, 0))
+                )
             if deposit_delta is not None:
                 self._deposits_held_cents += deposit_delta
             transaction_id = _uuid7(now_ms)
@@ -397,10 +479,15 @@ class FakeLedger:
             "status": (Status.APPROVED if code is None else Status.DECLINED).value,
             "error_code": None if code is None else code.value,
             "message": message
-            or (APPROVED_MESSAGES[request.type] if code is None else DECLINE_MESSAGES[code]),
+            or (
+                (OFFLINE_APPROVED_MESSAGE if offline else APPROVED_MESSAGES[request.type])
+                if code is None
+                else DECLINE_MESSAGES[code]
+            ),
             "transaction_id": transaction_id,
             "previous_balance_cents": balance,
             "new_balance_cents": new_balance,
+            "debt_cents": None if new_balance is None else self.debts.get(card_uid, 0),
             "replayed": False,
             "processed_at_ms": now_ms,
             "order_id": order_id,
@@ -622,7 +709,12 @@ class FakeLedger:
             if balance is None:
                 return None
             status = "blocked" if card_uid in self._blocked else "active"
-            return CardRecord(card_uid=card_uid, balance_cents=balance, status=status)
+            return CardRecord(
+                card_uid=card_uid,
+                balance_cents=balance,
+                status=status,
+                debt_cents=self.debts.get(card_uid, 0),
+            )
 
     def block_card(self, card_uid: str, reason: str) -> bool:
         with self._lock:

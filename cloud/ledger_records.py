@@ -130,6 +130,8 @@ class CardRecord:
     card_uid: str
     balance_cents: int
     status: str
+    # (1.1, revision 0013) what the card owes from offline sales; never both this and a balance
+    debt_cents: int = 0
 
 
 @dataclass(frozen=True, slots=True)

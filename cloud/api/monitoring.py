@@ -138,6 +138,8 @@ def _card_json(card: Any) -> dict[str, Any]:
     return {
         "card_uid": card.card_uid,
         "balance_cents": int(card.balance_cents),
+        # (1.1) what offline sales left it owing (never with a balance above 0)
+        "debt_cents": int(getattr(card, "debt_cents", 0)),
         "status": str(getattr(status, "value", status)),
     }
 
@@ -270,6 +272,10 @@ def monitoring_kiosks(request: Request) -> JSONResponse:
     return json_response(kiosk_rows(services_of(request)))
 
 
+def monitoring_offline(request: Request) -> JSONResponse:
+    return json_response(services_of(request).queries.offline_overview())
+
+
 def dashboard_data(
     request: Request, minutes: int = Query(60, ge=1, le=DASHBOARD_MINUTES_MAX)
 ) -> JSONResponse:
@@ -293,6 +299,8 @@ def dashboard_data(
         "error_rates": services.ledger.error_rates(),
         "recent_declines": queries.recent_declines(),
         "return_alerts": queries.return_alerts(),
+        # (1.1) offline sales: exposure, synced today, open debts (GET /api/monitoring/offline)
+        "offline": queries.offline_overview(),
     }
     return json_response(body)
 
@@ -380,6 +388,13 @@ def router() -> APIRouter:
         monitoring_kiosks,
         methods=["GET"],
         summary="Every kiosk: role, enabled, online, last seen, seq gaps, config versions, menu",
+        responses=unauthorized,
+    )
+    admin.add_api_route(
+        "/api/monitoring/offline",
+        monitoring_offline,
+        methods=["GET"],
+        summary="Offline sales: kiosks offline now, worst-case exposure, synced today, debts",
         responses=unauthorized,
     )
     admin.add_api_route(

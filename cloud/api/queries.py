@@ -329,4 +329,122 @@ class DashboardQueries:
                 f"/metrics at most every {LEDGER_CHECK_INTERVAL_S:g} s (alert when > 0)",
                 float(violations),
             )
+        offline = self.offline_overview()
+        totals.update(
+            {
+                "offline_kiosks": (
+                    "Enabled kiosks whose last presence message says offline (they may be "
+                    "selling offline now)",
+                    float(offline["kiosks_offline"]["count"]),
+                ),
+                "offline_exposure_cents": (
+                    "Worst-case exposure: the kiosk_max_cents of the offline kiosks summed",
+                    float(offline["exposure_cents"]),
+                ),
+                "offline_sales_today": (
+                    "Offline sales applied since 00:00 UTC",
+                    float(offline["synced_today"]["count"]),
+                ),
+                "offline_sales_today_cents": (
+                    "Cents of the offline sales applied since 00:00 UTC",
+                    float(offline["synced_today"]["amount_cents"]),
+                ),
+                "offline_shortfall_today_cents": (
+                    "Cents of those offline sales the cards could not pay (new debts)",
+                    float(offline["synced_today"]["shortfall_cents"]),
+                ),
+                "debt_cards": ("Cards with an open debt", float(offline["open_debts"]["cards"])),
+                "debt_cents": (
+                    "Sum of the open debts: what attendees owe the festival",
+                    float(offline["open_debts"]["total_cents"]),
+                ),
+                "offline_kiosks_over_bound": (
+                    "Kiosks whose offline sales created more than twice their kiosk_max_cents "
+                    "of debts within 24 hours: their offline sales are refused (alert when > 0)",
+                    float(len(offline["over_bound"])),
+                ),
+            }
+        )
         return totals
+
+    def offline_overview(self) -> dict[str, Any]:
+        """GET /api/monitoring/offline (DESIGN.md): the enabled kiosks offline now with the
+        kiosk_max_cents of the newest config published to each (what it can be selling
+        under), their sum as the worst-case exposure, the offline sales applied since 00:00
+        UTC (count, amount, shortfall), the open debts, and the kiosks past the 24-hour bound
+        of revision 0013 (more than 2 x kiosk_max_cents of debts created within 24 hours)."""
+        kiosks = self._rows(
+            """
+            SELECT k.kiosk_id, k.state_at,
+                   (c.document -> 'offline' ->> 'kiosk_max_cents')::bigint AS kiosk_max_cents
+              FROM kiosks k
+              LEFT JOIN LATERAL (
+                   SELECT c.document FROM kiosk_configs c
+                    WHERE c.kiosk_id = k.kiosk_id AND c.published_at IS NOT NULL
+                    ORDER BY c.version DESC LIMIT 1) c ON true
+             WHERE k.enabled AND k.state = 'offline'
+             ORDER BY k.kiosk_id
+             LIMIT :rows
+            """,
+            rows=DASHBOARD_ROWS_MAX,
+        )
+        synced = self._rows(
+            """
+            SELECT count(*) AS count, coalesce(sum(total_cents), 0) AS amount_cents,
+                   coalesce(sum(shortfall_cents), 0) AS shortfall_cents
+              FROM offline_sales
+             WHERE applied_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+            """
+        )[0]
+        debts = self._rows(
+            "SELECT count(*) AS cards, coalesce(sum(debt_cents), 0) AS total_cents"
+            " FROM cards WHERE debt_cents > 0"
+        )[0]
+        over_bound = self._rows(
+            """
+            SELECT s.kiosk_id, s.created_cents,
+                   (c.document -> 'offline' ->> 'kiosk_max_cents')::bigint AS kiosk_max_cents
+              FROM (SELECT kiosk_id, sum(shortfall_cents) AS created_cents,
+                           max(config_version) AS config_version
+                      FROM offline_sales
+                     WHERE applied_at > now() - interval '24 hours'
+                     GROUP BY kiosk_id) s
+              JOIN kiosk_configs c
+                ON c.kiosk_id = s.kiosk_id AND c.version = s.config_version
+             WHERE s.created_cents > 2 * (c.document -> 'offline' ->> 'kiosk_max_cents')::bigint
+             ORDER BY s.kiosk_id
+             LIMIT :rows
+            """,
+            rows=DASHBOARD_ROWS_MAX,
+        )
+        offline = [
+            {
+                "kiosk_id": str(row["kiosk_id"]),
+                "since": _iso(row["state_at"]),
+                "kiosk_max_cents": None
+                if row["kiosk_max_cents"] is None
+                else int(row["kiosk_max_cents"]),
+            }
+            for row in kiosks
+        ]
+        return {
+            "kiosks_offline": {"count": len(offline), "kiosks": offline},
+            "exposure_cents": sum(row["kiosk_max_cents"] or 0 for row in offline),
+            "synced_today": {
+                "count": int(synced["count"]),
+                "amount_cents": int(synced["amount_cents"]),
+                "shortfall_cents": int(synced["shortfall_cents"]),
+            },
+            "open_debts": {
+                "cards": int(debts["cards"]),
+                "total_cents": int(debts["total_cents"]),
+            },
+            "over_bound": [
+                {
+                    "kiosk_id": str(row["kiosk_id"]),
+                    "created_cents": int(row["created_cents"]),
+                    "kiosk_max_cents": int(row["kiosk_max_cents"]),
+                }
+                for row in over_bound
+            ],
+        }

@@ -211,6 +211,28 @@
     chart.setAttribute("data-points", String(points.length));
   }
 
+  // (1.1) Offline sales: what the offline kiosks may be selling (their kiosk_max_cents summed),
+  // what came back today, what attendees owe, and the kiosks past the 24-hour bound.
+  function renderOffline(offline) {
+    if (!offline) { return; }
+    var kiosks = offline.kiosks_offline.kiosks || [];
+    $("offline-exposure").textContent = money(offline.exposure_cents);
+    $("offline-kiosks").textContent = plural(offline.kiosks_offline.count, "kiosk") + " offline" +
+      (kiosks.length ? ": " + kiosks.map(function (k) { return k.kiosk_id; }).join(", ") : "");
+    $("offline-synced").textContent = money(offline.synced_today.amount_cents);
+    $("offline-shortfall").textContent = plural(offline.synced_today.count, "sale") + ", " +
+      money(offline.synced_today.shortfall_cents) + " unpaid (new debts)";
+    $("offline-debts").textContent = money(offline.open_debts.total_cents);
+    $("offline-debt-cards").textContent = plural(offline.open_debts.cards, "card") + " owing";
+    var over = offline.over_bound || [];
+    $("offline-bound").textContent = over.length ? over.length + " over" : "ok";
+    $("offline-bound").parentNode.classList.toggle("alert", over.length > 0);
+    $("offline-bound-kiosks").textContent = over.length
+      ? over.map(function (k) { return k.kiosk_id + " " + money(k.created_cents); }).join(", ") +
+        ": offline sales refused"
+      : "no kiosk past 2 × its offline limit";
+  }
+
   function render(data) {
     setCurrency(data.currency);
     Array.prototype.forEach.call(document.querySelectorAll(".window"), function (element) {
@@ -240,6 +262,7 @@
     $("error-rate").textContent = total ? (100 * failed / total).toFixed(1) + " %" : "–";
     $("error-total").textContent = failed + " of " + total + " declined or rejected";
 
+    renderOffline(data.offline);
     drawChart(points);
     fillTable("kiosks", data.kiosks, function (row, kiosk) {
       cell(row, kiosk.kiosk_id);
@@ -780,7 +803,8 @@
     $("card-result").setAttribute("data-status", card.status);
     $("card-balance").textContent = money(card.balance_cents);
     // Debts arrive with offline sales (DESIGN.md 1.1): shown once the API reports them.
-    var hasDebt = card.debt_cents !== undefined && card.debt_cents !== null;
+    // (1.1) every card now names its debt_cents (0 without one): the row shows only a debt
+    var hasDebt = typeof card.debt_cents === "number" && card.debt_cents > 0;
     $("card-debt-row").classList.toggle("hidden", !hasDebt);
     $("card-debt").textContent = hasDebt ? money(card.debt_cents) : "";
     $("card-block").disabled = card.status === "blocked";

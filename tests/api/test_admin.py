@@ -32,6 +32,7 @@ ADMIN_GETS = [
     "/api/monitoring/idempotency",
     "/api/monitoring/nfc-scans",
     "/api/monitoring/kiosks",
+    "/api/monitoring/offline",
     "/api/monitoring/ledger",
     "/api/monitoring/sales",
     "/api/monitoring/dashboard",

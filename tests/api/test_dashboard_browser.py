@@ -145,6 +145,10 @@ def test_dashboard_renders_live_data_in_chromium(
         assert driver.find_element(By.ID, "sales-amount").text.startswith("€")
         assert driver.find_element(By.ID, "sales-orders").text != "0 orders"
         assert driver.find_element(By.ID, "kiosks-online").text == "1 online"
+        # (1.1) the offline block: no offline sale and no debt in this festival yet
+        assert driver.find_element(By.ID, "offline-debt-cards").text == "0 cards owing"
+        assert driver.find_element(By.ID, "offline-debts").text.startswith("€")
+        assert driver.find_element(By.ID, "offline-bound").text == "ok"
         bars = driver.find_elements(By.CSS_SELECTOR, "#chart-svg rect.bar")
         assert len(bars) == 60
         assert any(float(bar.get_attribute("height") or 0) > 0 for bar in bars)

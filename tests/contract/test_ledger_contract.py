@@ -25,7 +25,7 @@ from cloud.ledger import Ledger
 from cloud.ledger_fake import FakeLedger
 from cloud.ledger_records import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, LedgerRequest
 from protocol.errors import ErrorCode, Status
-from protocol.models import BarItem, KioskStatus, Menu, MenuItem, ScanRecord
+from protocol.models import BarItem, KioskStatus, Menu, MenuItem, OfflinePolicy, ScanRecord
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
 
 LIMITS: dict[str, int] = {
@@ -52,6 +52,7 @@ FIELDS = (
     "message",
     "previous_balance_cents",
     "new_balance_cents",
+    "debt_cents",
     "replayed",
     "card_uid",
 )
@@ -66,6 +67,8 @@ MENU = Menu(
     ),
 )
 MENU_BEER = BarItem("Beer", 2, 550, sku="beer")
+# (1.1) An offline policy for the offline-sale behaviours (revision 0013).
+POLICY = OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=3_000)
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
 
@@ -128,6 +131,7 @@ class LedgerContract:
             "message": "Topped up",
             "previous_balance_cents": 0,
             "new_balance_cents": 5_000,
+            "debt_cents": 0,
             "replayed": False,
             "card_uid": CARD,
             "has_transaction": True,
@@ -156,6 +160,7 @@ class LedgerContract:
             "message": "Unknown card: top it up first",
             "previous_balance_cents": None,
             "new_balance_cents": None,
+            "debt_cents": None,
             "replayed": False,
             "card_uid": CARD,
             "has_transaction": False,
@@ -250,6 +255,7 @@ class LedgerContract:
             "message": "Request id already used for a different request",
             "previous_balance_cents": None,
             "new_balance_cents": None,
+            "debt_cents": None,
             "replayed": False,
             "card_uid": CARD,
             "has_transaction": False,
@@ -388,6 +394,7 @@ class LedgerContract:
             "message": "this kiosk is disabled",
             "previous_balance_cents": None,
             "new_balance_cents": None,
+            "debt_cents": None,
             "replayed": False,
             "card_uid": CARD,
             "has_transaction": False,
@@ -566,6 +573,7 @@ class LedgerContract:
                 "message": message,
                 "previous_balance_cents": None,
                 "new_balance_cents": None,
+                "debt_cents": None,
                 "replayed": False,
                 "card_uid": CARD,
                 "has_transaction": False,
@@ -615,6 +623,137 @@ class LedgerContract:
         assert ledger.apply(pos).status is Status.APPROVED
         assert ledger.apply(recharge(CARD, 100, config_version=7)).status is Status.APPROVED
         assert ledger.card(CARD).balance_cents == 5_000 - 3 * 123 + 100
+
+    # --- offline sales (1.1, revision 0013) ------------------------------------------------
+
+    @staticmethod
+    def _offline_config(ledger: Any, kiosk_id: str = "bar-2") -> int:
+        version = ledger.issue_kiosk_config(kiosk_id, offline=POLICY)
+        ledger.mark_config_published(kiosk_id, version)
+        return int(version)
+
+    def test_an_offline_sale_is_approved_and_the_shortfall_is_a_debt(self, ledger: Any) -> None:
+        version = self._offline_config(ledger)
+        ledger.apply(recharge(CARD, 500))
+        sale = bar_order(CARD, BEER, kiosk_id="bar-2", config_version=version, offline=True)
+        outcome = ledger.apply(sale)
+        assert fields(outcome) == {
+            "request_id": sale.request.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Paid (offline sale)",
+            "previous_balance_cents": 500,
+            "new_balance_cents": 0,
+            "debt_cents": 600,
+            "replayed": False,
+            "card_uid": CARD,
+            "has_transaction": True,
+            "has_order": True,
+        }
+        card = ledger.card(CARD)
+        assert (card.balance_cents, card.debt_cents) == (0, 600)
+        assert ledger.apply(sale).replayed is True
+        assert ledger.card(CARD).debt_cents == 600, "applied once"
+        online = ledger.apply(bar_order(CARD, ("Water", 1, 100), kiosk_id="bar-2"))
+        assert (online.error_code, online.debt_cents) == (ErrorCode.INSUFFICIENT_FUNDS, 600)
+        top_up = ledger.apply(recharge(CARD, 1_000))
+        assert (top_up.previous_balance_cents, top_up.new_balance_cents, top_up.debt_cents) == (
+            0,
+            400,
+            0,
+        )
+
+    def test_an_offline_sale_opens_an_unknown_card_and_charges_a_blocked_one(
+        self, ledger: Any
+    ) -> None:
+        version = self._offline_config(ledger)
+        new = ledger.apply(
+            bar_order(OTHER, BEER, kiosk_id="bar-2", config_version=version, offline=True)
+        )
+        assert (new.status, new.previous_balance_cents, new.debt_cents) == (
+            Status.APPROVED,
+            0,
+            1_100,
+        )
+        ledger.apply(recharge(CARD, 2_000))
+        ledger.block_card(CARD, "lost")
+        blocked = ledger.apply(
+            bar_order(CARD, BEER, kiosk_id="bar-2", config_version=version, offline=True)
+        )
+        assert (blocked.status, blocked.new_balance_cents, blocked.debt_cents) == (
+            Status.APPROVED,
+            900,
+            0,
+        )
+
+    def test_an_offline_sale_its_config_does_not_allow_is_rejected(self, ledger: Any) -> None:
+        version = self._offline_config(ledger)
+        unpublished = ledger.issue_kiosk_config("bar-2", offline=None)
+        ledger.apply(recharge(CARD, 5_000))
+        cases = {
+            "Offline sale refused: it cites no config_version": bar_order(
+                CARD, BEER, kiosk_id="bar-2", offline=True
+            ),
+            "Offline sale refused: 22.00 is over the offline limit of 20.00 per sale": bar_order(
+                CARD, ("Beer", 4, 550), kiosk_id="bar-2", config_version=version, offline=True
+            ),
+            f"Offline sale refused: config version {unpublished} was never published to this"
+            " kiosk": bar_order(
+                CARD, BEER, kiosk_id="bar-2", config_version=unpublished, offline=True
+            ),
+        }
+        for message, item in cases.items():
+            outcome = ledger.apply(item)
+            assert (outcome.status, outcome.error_code, outcome.message) == (
+                Status.REJECTED,
+                ErrorCode.OFFLINE_LIMIT_EXCEEDED,
+                message,
+            )
+            assert (outcome.new_balance_cents, outcome.debt_cents) == (None, None)
+        ledger.mark_config_published("bar-2", unpublished)
+        no_policy = ledger.apply(
+            bar_order(CARD, BEER, kiosk_id="bar-2", config_version=unpublished, offline=True)
+        )
+        assert no_policy.message == (
+            f"Offline sale refused: config version {unpublished} allows no offline sales"
+        )
+        assert ledger.card(CARD).balance_cents == 5_000
+
+    def test_the_kiosk_bound_refuses_offline_sales_past_twice_its_limit(self, ledger: Any) -> None:
+        version = self._offline_config(ledger)
+        uids = [f"0A0B0C{n:02X}" for n in range(5)]
+        # 2000 each, no balance: 6000 = 2 x 3000 is not over the bound, 8000 is.
+        made = [
+            ledger.apply(
+                bar_order(
+                    uid, ("Beer", 2, 1_000), kiosk_id="bar-2", config_version=version, offline=True
+                )
+            )
+            for uid in uids
+        ]
+        assert [o.status for o in made] == [Status.APPROVED] * 4 + [Status.REJECTED]
+        assert made[-1].message == (
+            "Offline sale refused: this kiosk's offline sales created 80.00 of debts within 24"
+            " hours, more than twice its offline limit of 30.00"
+        )
+
+    def test_two_kiosks_offline_on_one_card_make_a_debt_not_a_negative_balance(
+        self, ledger: Any
+    ) -> None:
+        one = self._offline_config(ledger, "bar-1")
+        two = self._offline_config(ledger, "bar-2")
+        ledger.apply(recharge(CARD, 1_000))
+        outcomes = ledger.apply_batch(
+            [
+                bar_order(
+                    CARD, ("Beer", 1, 800), kiosk_id="bar-1", config_version=one, offline=True
+                ),
+                bar_order(
+                    CARD, ("Beer", 1, 900), kiosk_id="bar-2", config_version=two, offline=True
+                ),
+            ]
+        )
+        assert [(o.new_balance_cents, o.debt_cents) for o in outcomes] == [(200, 0), (0, 700)]
 
 
 class TestFakeLedger(LedgerContract):
@@ -672,6 +811,12 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
             lines = chooser.sample(SCRIPT_LINES, chooser.randint(1, 3))
             # bar-1 sells from MENU (version 1, now and then citing none); bar-2 has no menu
             cited = 1 if kiosk_id == "bar-1" and chooser.random() < 0.9 else None
+            # (1.1) bar-2 sells offline now and then, under its config 1 (no return lines)
+            # (to two cards only: the others stay CARD_NOT_FOUND until their first top-up)
+            offline = kiosk_id == "bar-2" and card in SCRIPT_CARDS[:2] and chooser.random() < 0.3
+            if offline:
+                lines = [line for line in lines if not line.is_return] or [SCRIPT_LINES[0]]
+                cited = 1
             item = bar_order(
                 card,
                 *lines,
@@ -679,6 +824,7 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
                 kiosk_id=kiosk_id,
                 seq=seqs[kiosk_id],
                 config_version=cited,
+                offline=offline,
             )
         made.append(item)
         return item
@@ -706,6 +852,8 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
 
 def play(ledger: Any, actions: list[tuple[str, object]]) -> list[object]:
     assert ledger.issue_kiosk_config("bar-1", menu=MENU) == 1
+    assert ledger.issue_kiosk_config("bar-2", offline=POLICY) == 1
+    ledger.mark_config_published("bar-2", 1)
     answers: list[object] = []
     for action, argument in actions:
         if action == "block":
@@ -717,7 +865,12 @@ def play(ledger: Any, actions: list[tuple[str, object]]) -> list[object]:
         else:
             answers.append([fields(outcome) for outcome in ledger.apply_batch(argument)])
     cards = {uid: ledger.card(uid) for uid in SCRIPT_CARDS}
-    answers.append({uid: card and (card.balance_cents, card.status) for uid, card in cards.items()})
+    answers.append(
+        {
+            uid: card and (card.balance_cents, card.debt_cents, card.status)
+            for uid, card in cards.items()
+        }
+    )
     answers.append(ledger.deposit_balance_cents())
     answers.append(
         [
@@ -729,7 +882,7 @@ def play(ledger: Any, actions: list[tuple[str, object]]) -> list[object]:
 
 
 def test_the_fake_and_postgres_answer_one_long_script_alike(postgres_ledger: Ledger) -> None:
-    actions = script(seed=12, steps=400)
+    actions = script(seed=17, steps=400)
     from_fake = play(make_fake(), actions)
     from_postgres = play(postgres_ledger, actions)
     for index, (fake_answer, real_answer) in enumerate(zip(from_fake, from_postgres, strict=True)):
@@ -757,4 +910,10 @@ def test_the_fake_and_postgres_answer_one_long_script_alike(postgres_ledger: Led
         ErrorCode.RETURN_LIMIT_EXCEEDED,
         ErrorCode.IDEMPOTENCY_CONFLICT,
         ErrorCode.PRICE_MISMATCH,
+        ErrorCode.OFFLINE_LIMIT_EXCEEDED,
     }
+    assert any(
+        isinstance(outcome, dict) and (outcome["debt_cents"] or 0) > 0
+        for answer in from_fake[: len(actions)]
+        for outcome in (answer if isinstance(answer, list) else [answer])
+    ), "some offline sale left a debt"

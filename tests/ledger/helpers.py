@@ -35,9 +35,11 @@ def bar_order(
     trace_id: str | None = None,
     config_version: int | None = None,
     created_at_ms: int | None = None,
+    offline: bool = False,
 ) -> LedgerRequest:
     """A bar order of (name, quantity, unit_price_cents) lines (or BarItems), made now unless
-    `created_at_ms` says when, citing `config_version` (the config whose menu priced it)."""
+    `created_at_ms` says when, citing `config_version` (the config whose menu priced it);
+    `offline`: an offline sale (PROTOCOL.md 1.1)."""
     items = tuple(line if isinstance(line, BarItem) else BarItem(*line) for line in lines) or (
         BarItem("Beer", 1, 500),
     )
@@ -52,6 +54,7 @@ def bar_order(
         total_cents=sum(item.signed_cents for item in items),
         staff_id="staff-1",
         config_version=config_version,
+        offline=offline,
     )
     return LedgerRequest(request, sha256_of(request), source=source, trace_id=trace_id)
 

@@ -104,6 +104,7 @@ def test_card_show_block_unblock(database_url: str) -> None:
     assert json.loads(shown.stdout) == {
         "card_uid": "04ABCDEF",
         "balance_cents": 1_234,
+        "debt_cents": 0,
         "status": "active",
     }
     assert "12.34" in cli(database_url, "card", "show", "04ABCDEF").stdout

@@ -131,7 +131,7 @@ def test_the_ledger_suite_runs_at_head_with_revision_0009(database_url: str) -> 
     assert database.current_revision(database_url) == database.head_revision()
     assert scalar(
         database_url,
-        # revision 0011's signature (the price check), which replaced 0009's
+        # revision 0013's signature (the offline check), which replaced 0011's and 0009's
         "SELECT to_regprocedure('ledger_decide_request(ledger_request, text,"
-        " bigint, bigint, bigint, bigint, bigint, text)') IS NOT NULL",
+        " bigint, bigint, bigint, bigint, bigint, text, text)') IS NOT NULL",
     )

@@ -16,6 +16,7 @@ from protocol.models import BarItem, request_to_dict
 from tests.ledger.helpers import bar_order, execute, recharge, scalar
 
 OUTCOME_KEYS = {
+    "debt_cents",  # (revision 0013) what the card owes after the request
     "request_id",
     "status",
     "error_code",
