@@ -34,6 +34,7 @@ from cloud.ledger_records import LedgerRequest
 from cloud.sandbox import MosquittoBroker
 from protocol.codec import authenticate, build_result, encode_result, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError
+from protocol.keys import public_key_b64
 from protocol.models import BarOrder, Request, Result
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 from tests.waiting import wait_until
@@ -90,6 +91,7 @@ class FakeLedger:
                 return self._rejection(error, now_ms)
             self.received.append((request.request_id, raw))
             self.requests.setdefault(request.request_id, request)
+            self._know_the_cited_config(request)
             if isinstance(request, BarOrder) and request.offline:
                 result = self._offline_sale(request, message.payload_sha256, now_ms)
                 return encode_result(result, self.cloud_key)
@@ -111,6 +113,23 @@ class FakeLedger:
                 processed_at_ms=outcome.processed_at_ms,
             )
             return encode_result(result, self.cloud_key)
+
+    def _know_the_cited_config(self, request: Request) -> None:
+        """The kiosk tests publish their own configs (tests/device/cloud_messages.py), not
+        through the ledger: let the in-memory ledger know every version a kiosk cites, as
+        configs without a menu, so it checks no prices (what the kiosk sells is these tests'
+        subject; the cloud's price check is tests/contract's and tests/consumer's)."""
+        cited = request.config_version
+        if cited is None:
+            return
+        if self.ledger.kiosk(request.kiosk_id) is None:  # authenticated by this wrapper
+            key = public_key_b64(self.kiosk_keys[request.kiosk_id])
+            self.ledger.add_kiosk(request.kiosk_id, key, "all")
+        while True:
+            latest = self.ledger.latest_config(request.kiosk_id)
+            if latest is not None and latest.version >= cited:
+                return
+            self.ledger.issue_kiosk_config(request.kiosk_id, menu=None)
 
     def _offline_sale(self, order: BarOrder, payload_sha256: str, now_ms: int) -> Result:
         """An offline sale: it happened, so it is approved once; the shortfall becomes a debt."""

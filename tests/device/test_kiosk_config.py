@@ -243,7 +243,7 @@ def test_a_retained_config_is_applied_kept_and_sold_from(rig: Rig) -> None:
         },
     ]
     assert request["total_cents"] == 1200 + 400 - 200
-    assert rig.state()["screen"] == "approved"
+    assert rig.state()["screen"] == "approved", str(rig.state()["outcome"])
 
 
 def test_the_retained_copy_after_a_reconnect_is_ignored_quietly(
