@@ -14,6 +14,12 @@ migrates a fresh ledger, registers N bar kiosks and funds M cards, then runs the
 3. the raw procedure rate of the same ledger, in the same run, on the same server: the
    function of bench/bench_ledger.py (stored procedures called directly, no MQTT).
 
+With --menus, phases 1 and 2 give way to the price check's end-to-end cost (revision 0011):
+sustained approved orders/s with one consumer, the same orders (MENU_LINES lines, each with its
+SKU) first from kiosks without a menu, then - in the same run, after every kiosk was assigned a
+menu - citing the menu's config version, so every line is checked; results to
+bench/results/consumer_menus.json.
+
 Every result is verified under the cloud key; `festival-cloud check` must pass at the end.
 Writes bench/results/consumer.json and prints a summary; the figures go to the
 "Consumer (end to end)" section of docs/benchmarks.md.
@@ -28,6 +34,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,10 +53,24 @@ from cloud.ledger import Ledger  # noqa: E402
 from cloud.ledger_records import LedgerRequest  # noqa: E402
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port  # noqa: E402
 from protocol.keys import generate_private_key, public_key_b64  # noqa: E402
-from protocol.models import CheckpointRecharge, request_to_dict  # noqa: E402
+from protocol.models import (  # noqa: E402
+    BarItem,
+    CheckpointRecharge,
+    Menu,
+    MenuItem,
+    request_to_dict,
+)
 from protocol.strict_json import dumps_canonical  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "consumer.json"
+MENUS_RESULTS = REPO / "bench" / "results" / "consumer_menus.json"
+# --menus: the orders' lines (distinct SKUs of a 20-item menu), the same with menus off and on.
+MENU = Menu(
+    "bench",
+    tuple(MenuItem(f"sku-{n:02d}", f"Item {n}", 10 + n, vat_rate_bp=1900) for n in range(20)),
+)
+MENU_ROUNDS = 2
+MENU_LINES = tuple(BarItem(f"Item {n}", 1, 10 + n, sku=f"sku-{n:02d}") for n in range(0, 20, 4))
 FESTIVAL_CLOUD = REPO / ".venv" / "bin" / "festival-cloud"
 CARD_OPENING_CENTS = 100_000
 PRICE_CENTS = 100
@@ -180,6 +201,59 @@ def raw_procedure_rate(ledger: Ledger, duration_s: float) -> list[dict[str, obje
     return runs
 
 
+def menus_comparison(
+    generator: LoadGenerator,
+    consumers: Consumers,
+    ledger: Ledger,
+    kiosk_ids: list[str],
+    cards: list[str],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Sustained approved orders/s, one consumer, menus off and on in alternation (off, on,
+    off, on: drift and warm-up hit both alike), in this run, on this server. On: every kiosk is
+    assigned MENU and every order cites that config; off: the menus are cleared again (a config
+    without a menu) and the same orders cite none, so nothing is checked."""
+    rows: list[dict[str, Any]] = []
+    generator.run_open_loop(generator.presign(200, cards, PRICE_CENTS, items=MENU_LINES), 200)
+    assigned = False
+    for menus in ("off", "on") * MENU_ROUNDS:
+        version = None
+        if menus == "on" or assigned:
+            menu = MENU if menus == "on" else None
+            versions = {ledger.issue_kiosk_config(kiosk_id, menu=menu) for kiosk_id in kiosk_ids}
+            assert len(versions) == 1, versions
+            assigned = menus == "on"
+            version = versions.pop() if assigned else None
+        budget = int(6000 * args.sustained_s) + 10_000
+        requests = generator.presign(
+            budget, cards, PRICE_CENTS, items=MENU_LINES, config_version=version
+        )
+        stats, _, _ = generator.run_closed_loop(requests, args.window, args.sustained_s)
+        summary = stats.summary()
+        rows.append(
+            {
+                "menus": menus,
+                "config_version": version,
+                "lines_per_order": len(MENU_LINES),
+                "window_per_kiosk": args.window,
+                "duration_s": args.sustained_s,
+                "approved_per_s": summary["approved_per_s"],
+                "sent": summary["sent"],
+                "answered": summary["answered"],
+                "unanswered": summary["unanswered"],
+                "latency_ms": summary["latency_ms"],
+                "load_average": os.getloadavg(),
+            }
+        )
+        print(
+            f"  menus {menus}: {summary['approved_per_s']} approved orders/s"
+            f" ({len(MENU_LINES)} lines each; p50 {summary['latency_ms']['p50']} ms;"  # type: ignore[index]
+            f" load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kiosks", type=int, default=8, help="simulated bar kiosks (N)")
@@ -191,7 +265,12 @@ def main() -> int:
     parser.add_argument("--batch-max", type=int, default=64, help="CONSUMER_BATCH_MAX")
     parser.add_argument("--raw-s", type=float, default=5.0, help="seconds per raw configuration")
     parser.add_argument("--quick", action="store_true", help="short phases (smoke run)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--menus",
+        action="store_true",
+        help="measure menus off vs on (the price check) instead of phases 1 and 2",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs) and print its path"
     )
@@ -202,6 +281,8 @@ def main() -> int:
     if args.quick:
         args.latency_s, args.sustained_s, args.raw_s = 4.0, 6.0, 2.0
     rates = [float(rate) for rate in args.rates.split(",")]
+    if args.out is None:
+        args.out = MENUS_RESULTS if args.menus else RESULTS
 
     root = Path(tempfile.mkdtemp(prefix="festival-bench-consumer-"))
     root.chmod(0o755)
@@ -255,6 +336,25 @@ def main() -> int:
         report: dict[str, Any] = {"latency": [], "sustained": []}
         print(f"1 consumer, {args.kiosks} kiosks, {args.cards} cards", flush=True)
         consumers.start(1, broker)
+        if args.menus:
+            rates = []  # the menus comparison replaces phases 1 and 2
+            report["menus"] = menus_comparison(generator, consumers, ledger, kiosk_ids, cards, args)
+            report["menus_approved_per_s_mean"] = {
+                mode: round(
+                    statistics.mean(
+                        float(row["approved_per_s"])
+                        for row in report["menus"]
+                        if row["menus"] == mode
+                    ),
+                    1,
+                )
+                for mode in ("off", "on")
+            }
+            print(f"  menus off vs on (mean): {report['menus_approved_per_s_mean']}", flush=True)
+            report["sustained"] = [
+                {"consumers": 1, **row}
+                for row in report["menus"]  # type: ignore[dict-item]
+            ]
         # Warm-up: connections, caches, the first batches.
         generator.run_open_loop(generator.presign(200, cards, PRICE_CENTS), 200)
         for rate in rates:
@@ -268,7 +368,7 @@ def main() -> int:
                 f" ({row['answered']}/{row['sent']} answered)",
                 flush=True,
             )
-        for count in (1, 2):
+        for count in () if args.menus else (1, 2):
             if count == 2:
                 consumers.stop()
                 print("2 consumers on the shared subscription", flush=True)

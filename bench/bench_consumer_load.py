@@ -202,8 +202,18 @@ class LoadGenerator:
         for kiosk in self.kiosks:
             kiosk.close()
 
-    def presign(self, count: int, card_uids: Sequence[str], price_cents: int) -> list[Sent]:
-        """``count`` bar orders, round-robin over kiosks and cards, signed now."""
+    def presign(
+        self,
+        count: int,
+        card_uids: Sequence[str],
+        price_cents: int,
+        *,
+        items: tuple[BarItem, ...] | None = None,
+        config_version: int | None = None,
+    ) -> list[Sent]:
+        """``count`` bar orders, round-robin over kiosks and cards, signed now: one beer at
+        ``price_cents``, or ``items``, citing ``config_version`` (the menus comparison)."""
+        lines = items or (BarItem(name="Beer", quantity=1, unit_price_cents=price_cents),)
         requests: list[Sent] = []
         now_ms = time.time_ns() // 1_000_000
         for number in range(count):
@@ -216,9 +226,10 @@ class LoadGenerator:
                 created_at_ms=now_ms,
                 card_uid=card_uids[number % len(card_uids)],
                 currency=self._currency,
-                items=(BarItem(name="Beer", quantity=1, unit_price_cents=price_cents),),
-                total_cents=price_cents,
+                items=lines,
+                total_cents=sum(line.signed_cents for line in lines),
                 staff_id="bench",
+                config_version=config_version,
             )
             raw = encode_request(order, self._keys[kiosk.kiosk_id])
             requests.append(Sent(kiosk.index, order.request_id, raw))

@@ -61,6 +61,7 @@ from protocol.limits import (
     CARD_UID_PATTERN,
     KIOSK_ID_PATTERN,
     KIOSK_IDS_RESERVED,
+    MENU_GRACE_S_DEFAULT,
     ORDER_TOTAL_CENTS_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
@@ -193,13 +194,19 @@ class Ledger:
         max_topup_cents: int = TOPUP_CENTS_MAX_DEFAULT,
         return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
         currency: str = "EUR",
+        menu_grace_s: int = MENU_GRACE_S_DEFAULT,
     ) -> None:
+        """The limits are the deployment's settings (FESTIVAL_MAX_BALANCE_CENTS, ...,
+        FESTIVAL_MENU_GRACE_S), passed to every request procedure; each defaults to the
+        protocol's default, as the procedures' own parameters do (ledger_limit)."""
         assert max_balance_cents >= 0 and max_topup_cents >= 1
         assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
+        assert menu_grace_s >= 0
         self._engine = engine
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
         self.return_cents_max = return_cents_max
+        self.menu_grace_s = menu_grace_s
         self.currency = currency.upper()
 
     @property
@@ -235,11 +242,12 @@ class Ledger:
         """Apply one request in its own transaction (sp_handle_request)."""
         document = self._scalar(
             "SELECT sp_handle_request(CAST(:request AS jsonb), :balance_max, :topup_max,"
-            " :return_max)",
+            " :return_max, :menu_grace_s)",
             request=json.dumps(request_document(item), separators=(",", ":")),
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
+            menu_grace_s=self.menu_grace_s,
         )
         return outcome_from_document(document)
 
@@ -251,11 +259,12 @@ class Ledger:
         payload = json.dumps([request_document(item) for item in items], separators=(",", ":"))
         documents = self._scalar(
             "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max,"
-            " :return_max)",
+            " :return_max, :menu_grace_s)",
             requests=payload,
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
+            menu_grace_s=self.menu_grace_s,
         )
         assert len(documents) == len(items)
         return [outcome_from_document(document) for document in documents]

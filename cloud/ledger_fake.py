@@ -9,17 +9,22 @@ with the real `cloud.ledger.Ledger`'s names and signatures.
 It decides what `ledger_process_requests` and its neighbours in cloud/migrations decide, in the
 same order: idempotent by request id (the same payload hash gets the stored outcome, replayed;
 another payload IDEMPOTENCY_CONFLICT, nothing stored), a repeated request id inside a batch is a
-replay of its first occurrence, the first top-up opens a card, then CARD_NOT_FOUND,
+replay of its first occurrence, (1.1) PRICE_MISMATCH for a kiosk's bar order that does not match
+the menu of the config it cites (revision 0011), the first top-up opens a card, then CARD_NOT_FOUND,
 CARD_BLOCKED, RETURN_LIMIT_EXCEEDED (per order, then against the cup deposits held),
 INSUFFICIENT_FUNDS, BALANCE_LIMIT_EXCEEDED; seq tracking per kiosk; dead letters bounded per
 kiosk per minute. tests/contract/ runs one set of behaviours against this and against the real
 ledger on PostgreSQL, so the two cannot drift apart.
 
+It issues kiosk configs like sp_issue_kiosk_config (`issue_kiosk_config`, `latest_config`,
+`unpublished_configs`, `mark_config_published`: the part of `cloud.ports.ConfigLedger` the price
+check needs); it keeps no deny-lists.
+
 What it leaves out: the double-entry accounts and postings (a card's balance is a number), the
-audit and idempotency-cache tables, Stripe, and concurrency between processes (one lock makes
-every call atomic). A call that the procedures refuse as a caller's bug (a top-up above the cap,
-a malformed request) raises `ValueError` here and changes nothing, as the rolled-back
-transaction does there.
+audit and idempotency-cache tables, Stripe, the deny-list, and concurrency between processes
+(one lock makes every call atomic). A call that the procedures refuse as a caller's bug (a top-up
+above the cap, a malformed request) raises `ValueError` here and changes nothing, as the
+rolled-back transaction does there.
 
 It takes the record types and limits from `cloud.ledger` (one definition each), so importing it
 loads SQLAlchemy, but nothing here opens a connection.
@@ -45,11 +50,14 @@ from cloud.ledger_records import (
     REJECTION_CODES,
     SHA256_HEX_LENGTH,
     SOURCES,
+    UNCHANGED,
     CardRecord,
     DeadLetterLike,
+    IssuedConfig,
     KioskRecord,
     LedgerRequest,
     Outcome,
+    Unchanged,
     outcome_from_document,
 )
 from cloud.limits import LEDGER_FAKE_RECORDS_KEPT_MAX
@@ -59,13 +67,23 @@ from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,
     KIOSK_ID_PATTERN,
     KIOSK_IDS_RESERVED,
+    MENU_GRACE_S_DEFAULT,
     ORDER_TOTAL_CENTS_MAX,
     RESULT_MESSAGE_LENGTH_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
 )
-from protocol.models import BarOrder, CheckpointRecharge, KioskStatus, ScanRecord
+from protocol.models import (
+    BarOrder,
+    CheckpointRecharge,
+    KioskConfig,
+    KioskStatus,
+    Menu,
+    OfflinePolicy,
+    ScanRecord,
+    config_to_dict,
+)
 
 # The procedures' texts (ledger_process_requests, sp_record_rejection), word for word.
 DECLINE_MESSAGES: Final = {
@@ -80,8 +98,36 @@ RETURNS_OVER_LIMIT_MESSAGE: Final = "Returns of {returns} exceed the limit of {l
 RETURNS_OVER_DEPOSITS_MESSAGE: Final = (
     "More cups returned than deposits were charged: see a supervisor"
 )
+# Revision 0011's texts (ledger_price_problems, ledger_menu_problem), word for word.
+PRICE_NO_VERSION_MESSAGE: Final = (
+    "Price mismatch: this kiosk sells from a menu the cloud sent it, and the order cites no"
+    " config_version"
+)
+PRICE_NEVER_SENT_MESSAGE: Final = (
+    "Price mismatch: config version {version} was never sent to this kiosk"
+)
+PRICE_SUPERSEDED_MESSAGE: Final = (
+    "Price mismatch: config version {version} was replaced more than {grace_s} s before the"
+    " order was made"
+)
+PRICE_NO_SKU_MESSAGE: Final = (
+    "Price mismatch: line {line} has no sku, and config version {version} has a menu"
+)
+PRICE_UNKNOWN_SKU_MESSAGE: Final = (
+    "Price mismatch: line {line}: sku '{sku}' is not on the menu of config version {version}"
+)
+PRICE_OTHER_PRICE_MESSAGE: Final = (
+    "Price mismatch: line {line}: sku '{sku}' costs {menu_price} on the menu of config version"
+    " {version}, not {price}"
+)
+PRICE_FLAGS_MESSAGE: Final = (
+    "Price mismatch: line {line}: sku '{sku}' is_deposit/is_return differ from the menu of"
+    " config version {version}"
+)
 # A kiosk's seq is tracked when it is 1 .. the largest bigint but one (ledger_track_seqs).
 _SEQ_TRACKED_MAX: Final = 2**63 - 2
+# kiosks.config_version is an integer column: a larger cited version counts as none.
+_CONFIG_VERSION_STORED_MAX: Final = 2**31 - 1
 SCAN_ACTIVITY_WINDOW_MS: Final = 3_600_000  # the seed's "NFC scan activity": the last hour
 MINUTE_MS: Final = 60_000
 
@@ -120,6 +166,12 @@ class _Kiosk:
     firmware: str | None = None
     last_seen_at_ms: int | None = None
     seen_seqs: set[int] = field(default_factory=set)
+    # (1.1) What is assigned (kiosks.menu, .offline_policy), every config issued (by version,
+    # from 1), and the version its latest request cited (kiosks.config_version).
+    menu: Menu | None = None
+    offline: OfflinePolicy | None = None
+    configs: list[_Config] = field(default_factory=list)
+    config_version: int | None = None
 
     def record(self) -> KioskRecord:
         fields = (self.kiosk_id, self.public_key_b64, self.role, self.enabled)
@@ -145,6 +197,14 @@ class _Kiosk:
         return gaps
 
 
+@dataclass
+class _Config:
+    """One config issued to a kiosk (a kiosk_configs row)."""
+
+    config: KioskConfig
+    published: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class _Claim:
     """A processed request id: the hash of its payload and its outcome (a procedure's jsonb)."""
@@ -165,12 +225,16 @@ class FakeLedger:
         return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
         deposits_held_cents: int = 0,
         clock_ms: Callable[[], int] = _wall_ms,
+        menu_grace_s: int = MENU_GRACE_S_DEFAULT,
+        currency: str = "EUR",
     ) -> None:
         """`balances`: cards that exist already (uid -> cents), as if topped up before;
         `deposits_held_cents`: cup deposits charged before and not yet returned."""
         assert max_balance_cents >= 0 and max_topup_cents >= 1
         assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
-        assert deposits_held_cents >= 0
+        assert deposits_held_cents >= 0 and menu_grace_s >= 0
+        self.menu_grace_s = menu_grace_s
+        self.currency = currency.upper()
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
         self.return_cents_max = return_cents_max
@@ -206,10 +270,19 @@ class FakeLedger:
                 request = item.request
                 claim = self._claims.get(request.request_id)
                 if claim is None:
-                    document = self._decide(request, now_ms)
+                    problem = self._price_problem(item)
+                    if problem is None:
+                        document = self._decide(request, now_ms)
+                    else:
+                        document = {
+                            **_rejected(request.request_id, request.card_uid, now_ms),
+                            "error_code": ErrorCode.PRICE_MISMATCH.value,
+                            "message": problem,
+                        }
                     self._claims[request.request_id] = _Claim(item.payload_sha256.lower(), document)
                     if item.source == "mqtt":
                         self._saw(request.kiosk_id, request.seq, now_ms)
+                        self._runs(request.kiosk_id, request.config_version)
                 elif claim.payload_sha256 == item.payload_sha256.lower():
                     document = {**claim.document, "replayed": True}
                 else:
@@ -233,6 +306,52 @@ class FakeLedger:
                 f"checkpoint recharge {request.request_id} needs amount_cents "
                 f"1..{self.max_topup_cents} and payment_method cash|card"
             )
+
+    def _price_problem(self, item: LedgerRequest) -> str | None:
+        """Why a kiosk's bar order does not match the menu of the config it cites, as
+        ledger_price_problems says it (None: it matches, or it is not checked)."""
+        order = item.request
+        if not isinstance(order, BarOrder) or item.source != "mqtt":
+            return None
+        kiosk = self._kiosks.get(order.kiosk_id)
+        configs = [] if kiosk is None else kiosk.configs
+        version = order.config_version
+        if version is None:
+            return PRICE_NO_VERSION_MESSAGE if kiosk is not None and kiosk.menu else None
+        if not 1 <= version <= len(configs):
+            return PRICE_NEVER_SENT_MESSAGE.format(version=version)
+        if version < len(configs):
+            replaced_at_ms = configs[version].config.issued_at_ms
+            if order.created_at_ms - replaced_at_ms > self.menu_grace_s * 1000:
+                return PRICE_SUPERSEDED_MESSAGE.format(version=version, grace_s=self.menu_grace_s)
+        menu = configs[version - 1].config.menu
+        if menu is None:
+            return None
+        for line_no, line in enumerate(order.items, start=1):
+            sku = line.sku
+            if sku is None:
+                return PRICE_NO_SKU_MESSAGE.format(line=line_no, version=version)
+            listed = menu.item(sku)
+            if listed is None:
+                return PRICE_UNKNOWN_SKU_MESSAGE.format(line=line_no, sku=sku, version=version)
+            if listed.unit_price_cents != line.unit_price_cents:
+                return PRICE_OTHER_PRICE_MESSAGE.format(
+                    line=line_no,
+                    sku=sku,
+                    menu_price=_amount_text(listed.unit_price_cents),
+                    version=version,
+                    price=_amount_text(line.unit_price_cents),
+                )
+            if (listed.is_deposit, listed.is_return) != (line.is_deposit, line.is_return):
+                return PRICE_FLAGS_MESSAGE.format(line=line_no, sku=sku, version=version)
+        return None
+
+    def _runs(self, kiosk_id: str, config_version: int | None) -> None:
+        """kiosks.config_version: what the kiosk's latest request cited."""
+        kiosk = self._kiosks.get(kiosk_id)
+        if kiosk is not None:
+            fits = config_version is not None and config_version <= _CONFIG_VERSION_STORED_MAX
+            kiosk.config_version = config_version if fits else None
 
     def _decide(self, request: BarOrder | CheckpointRecharge, now_ms: int) -> dict[str, Any]:
         """One new request, in ledger_process_requests's order of rules."""
@@ -415,6 +534,64 @@ class FakeLedger:
                 kiosk.enabled = False
             return kiosk is not None
 
+    # --- configs (revision 0010's sp_issue_kiosk_config, in memory) -----------------------------
+
+    def issue_kiosk_config(
+        self,
+        kiosk_id: str,
+        *,
+        menu: Menu | Unchanged | None = UNCHANGED,
+        offline: OfflinePolicy | Unchanged | None = UNCHANGED,
+    ) -> int | None:
+        """As Ledger.issue_kiosk_config: change what is assigned and store the next version,
+        unsent, issued now (never before the version it supersedes); None for an unknown kiosk."""
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            if kiosk is None:
+                return None
+            if not isinstance(menu, Unchanged):
+                kiosk.menu = menu
+            if not isinstance(offline, Unchanged):
+                kiosk.offline = offline
+            issued_at_ms = self._clock_ms()
+            if kiosk.configs:
+                issued_at_ms = max(issued_at_ms, kiosk.configs[-1].config.issued_at_ms)
+            config = KioskConfig(
+                kiosk_id=kiosk_id,
+                version=len(kiosk.configs) + 1,
+                issued_at_ms=issued_at_ms,
+                currency=self.currency,
+                menu=kiosk.menu,
+                offline=kiosk.offline,
+            )
+            kiosk.configs.append(_Config(config))
+            return config.version
+
+    def latest_config(self, kiosk_id: str) -> IssuedConfig | None:
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            if kiosk is None or not kiosk.configs:
+                return None
+            return _issued(kiosk.configs[-1])
+
+    def unpublished_configs(self, limit: int = 100) -> list[IssuedConfig]:
+        """Of each kiosk, its newest config when it is not yet published (and no newer one
+        is), oldest first."""
+        with self._lock:
+            pending = [
+                kiosk.configs[-1]
+                for kiosk in self._kiosks.values()
+                if kiosk.configs and not kiosk.configs[-1].published
+            ]
+            pending.sort(key=lambda issued: issued.config.issued_at_ms)
+            return [_issued(issued) for issued in pending[:limit]]
+
+    def mark_config_published(self, kiosk_id: str, version: int) -> None:
+        with self._lock:
+            kiosk = self._kiosks.get(kiosk_id)
+            if kiosk is not None and 1 <= version <= len(kiosk.configs):
+                kiosk.configs[version - 1].published = True
+
     def kiosk_overview(self) -> list[dict[str, object]]:
         """Every registered kiosk with its presence and the seq ranges that went missing."""
         with self._lock:
@@ -463,6 +640,16 @@ class FakeLedger:
         """Cup deposits charged and not yet returned (the account 'deposit:cups')."""
         with self._lock:
             return self._deposits_held_cents
+
+
+def _issued(issued: _Config) -> IssuedConfig:
+    config = issued.config
+    return IssuedConfig(
+        kiosk_id=config.kiosk_id,
+        version=config.version,
+        document=config_to_dict(config),
+        published=issued.published,
+    )
 
 
 def _deposit_lines(order: BarOrder) -> tuple[int | None, int]:

@@ -1,6 +1,7 @@
 """Reports an operator and an accountant ask for (DESIGN.md, "reports"; issue 13 section 3).
 
-- Sales per product, kiosk, hour (and quarter hour, for the dashboard's chart): sales lines only
+- Sales per product (and price), kiosk, hour, VAT rate (and quarter hour, for the dashboard's
+  chart): sales lines only
   (cup deposits and their returns move money through the deposit account; they are not sales),
   net of voids, offline sales included. CSV with a header row, amounts as integer cents and, in
   an extra last column, as a decimal of the deployment's currency (`12.50`, integer arithmetic).
@@ -57,16 +58,39 @@ class SalesGroup(StrEnum):
     HOUR = "hour"
     # Not in DESIGN.md's list: the dashboard's sales-per-15-minutes chart reads it.
     QUARTER_HOUR = "quarter_hour"
+    # (issue 13 section 3) The VAT summary: one row per VAT rate the menus carried (and one for
+    # the lines sold without a rate), what an accountant declares.
+    VAT = "vat"
 
 
-# The CSV columns of each grouping (DESIGN.md), then `amount`: amount_cents as a decimal.
+# The CSV columns of each grouping (DESIGN.md), then the decimal columns: `amount` (and `vat`),
+# amount_cents (vat_cents) as a decimal. A product is one row per SKU, name, unit price and VAT
+# rate: a price changed during the festival shows both prices. vat_cents is the VAT included in
+# the row's gross amount (empty where the menu carried no rate).
 SALES_COLUMNS: Mapping[SalesGroup, tuple[str, ...]] = {
-    SalesGroup.PRODUCT: ("sku", "name", "quantity", "amount_cents"),
+    SalesGroup.PRODUCT: (
+        "sku",
+        "name",
+        "unit_price_cents",
+        "vat_rate_bp",
+        "quantity",
+        "amount_cents",
+        "vat_cents",
+    ),
     SalesGroup.KIOSK: ("kiosk_id", "orders", "amount_cents"),
     SalesGroup.HOUR: ("hour", "orders", "amount_cents"),
     SalesGroup.QUARTER_HOUR: ("quarter_hour", "orders", "amount_cents"),
+    SalesGroup.VAT: ("vat_rate_bp", "quantity", "amount_cents", "vat_cents"),
 }
 DECIMAL_COLUMN = "amount"
+VAT_DECIMAL_COLUMN = "vat"
+# The decimal column of each cents column a grouping has.
+DECIMAL_COLUMNS: Mapping[str, str] = {
+    DECIMAL_COLUMN: "amount_cents",
+    VAT_DECIMAL_COLUMN: "vat_cents",
+}
+# A VAT rate in basis points: 2000 = 20 %.
+VAT_RATE_BP_DENOMINATOR = 10_000
 
 
 def parse_moment(value: str) -> datetime:
@@ -98,6 +122,17 @@ def iso_utc(moment: datetime) -> str:
     if moment.microsecond:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def vat_included_cents(gross_cents: int, vat_rate_bp: int) -> int:
+    """The VAT included in a gross amount at a rate (basis points), in whole cents:
+    gross x rate / (10000 + rate), rounded half away from zero (1234 at 2000 bp: 205.67 -> 206),
+    in integer arithmetic. Reports round once per row, on the row's gross (a product at one
+    price, or one VAT rate), never per order line."""
+    assert isinstance(gross_cents, int) and isinstance(vat_rate_bp, int) and vat_rate_bp >= 0
+    divisor = VAT_RATE_BP_DENOMINATOR + vat_rate_bp
+    magnitude = (2 * abs(gross_cents) * vat_rate_bp + divisor) // (2 * divisor)
+    return -magnitude if gross_cents < 0 else magnitude
 
 
 def decimal_amount(cents: int) -> str:
@@ -142,18 +177,19 @@ SOLD_AT_SQL = "o.created_at"
 # do (a void table naming the order and its lines), `voided_lines` selects each voided line with
 # the same columns and its quantity and amount negated, and every report is net of it. Offline
 # sales are bar_orders rows like any other (their `offline` mark changes nothing here).
-# VAT: when bar_order_items carries `vat_rate_bp` (another issue adds it), add it to these
-# columns and to the product grouping's key (PRODUCT_KEY) - the CSV gains the column there.
+# VAT: each line keeps the rate of the menu line it was sold from (revision 0011; NULL without
+# a menu, and for the seed POS endpoint's lines).
 NET_SALES_LINES_SQL = f"""
 WITH sales_lines AS (
     SELECT o.order_id, o.kiosk_id, {SOLD_AT_SQL} AS sold_at,
-           i.sku, i.name, i.quantity::bigint AS quantity, i.line_total_cents AS amount_cents
+           i.sku, i.name, i.unit_price_cents, i.vat_rate_bp, i.quantity::bigint AS quantity,
+           i.line_total_cents AS amount_cents
       FROM bar_orders o
       JOIN bar_order_items i ON i.order_id = o.order_id
      WHERE NOT i.is_deposit AND NOT i.is_return {{window}}
 ), voided_lines AS (
-    SELECT order_id, kiosk_id, sold_at, sku, name, -quantity AS quantity,
-           -amount_cents AS amount_cents
+    SELECT order_id, kiosk_id, sold_at, sku, name, unit_price_cents, vat_rate_bp,
+           -quantity AS quantity, -amount_cents AS amount_cents
       FROM sales_lines
      WHERE false
 ), net_lines AS (
@@ -169,7 +205,7 @@ WITH sales_lines AS (
 )
 """
 
-PRODUCT_KEY = ("sku", "name")
+PRODUCT_KEY = ("sku", "name", "unit_price_cents", "vat_rate_bp")
 
 SALES_SELECT_SQL: Mapping[SalesGroup, str] = {
     SalesGroup.PRODUCT: f"""
@@ -178,7 +214,14 @@ SALES_SELECT_SQL: Mapping[SalesGroup, str] = {
           FROM net_lines
          GROUP BY {", ".join(PRODUCT_KEY)}
         HAVING sum(quantity) <> 0 OR sum(amount_cents) <> 0
-         ORDER BY sku NULLS LAST, name
+         ORDER BY sku NULLS LAST, name, unit_price_cents, vat_rate_bp NULLS LAST
+    """,
+    SalesGroup.VAT: """
+        SELECT vat_rate_bp, sum(quantity) AS quantity, sum(amount_cents) AS amount_cents
+          FROM net_lines
+         GROUP BY vat_rate_bp
+        HAVING sum(quantity) <> 0 OR sum(amount_cents) <> 0
+         ORDER BY vat_rate_bp NULLS LAST
     """,
     SalesGroup.KIOSK: """
         SELECT kiosk_id, count(*) AS orders, sum(amount_cents) AS amount_cents
@@ -234,6 +277,10 @@ def _window_sql(window: SalesWindow) -> tuple[str, dict[str, Any]]:
 def _sales_row(group: SalesGroup, row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in SALES_COLUMNS[group]:
+        if column == "vat_cents":
+            rate = out["vat_rate_bp"]
+            out[column] = None if rate is None else vat_included_cents(out["amount_cents"], rate)
+            continue
         value = row[column]
         if column in ("hour", "quarter_hour"):
             # date_trunc/date_bin of a UTC wall-clock time: a naive timestamp, in UTC.
@@ -241,8 +288,19 @@ def _sales_row(group: SalesGroup, row: Mapping[str, Any]) -> dict[str, Any]:
         elif column in ("quantity", "orders", "amount_cents"):
             value = int(value)  # sum() of bigint is numeric: whole cents, exactly
         out[column] = value
-    out[DECIMAL_COLUMN] = decimal_amount(out["amount_cents"])
+    for decimal_column, cents_column in _decimal_columns(group).items():
+        cents = out[cents_column]
+        out[decimal_column] = None if cents is None else decimal_amount(cents)
     return out
+
+
+def _decimal_columns(group: SalesGroup) -> dict[str, str]:
+    """The decimal columns of a grouping (after its own columns), each with its cents column."""
+    return {
+        decimal: cents
+        for decimal, cents in DECIMAL_COLUMNS.items()
+        if cents in SALES_COLUMNS[group]
+    }
 
 
 class Reports:
@@ -283,7 +341,11 @@ class Reports:
         for column in ("quantity", "orders"):
             if column in SALES_COLUMNS[group]:
                 total[column] = sum(row[column] for row in rows)
-        total[DECIMAL_COLUMN] = decimal_amount(total["amount_cents"])
+        if "vat_cents" in SALES_COLUMNS[group]:
+            # the sum of the rows' VAT (each rounded on its row), the rows without a rate as 0
+            total["vat_cents"] = sum(row["vat_cents"] or 0 for row in rows)
+        for decimal_column, cents_column in _decimal_columns(group).items():
+            total[decimal_column] = decimal_amount(total[cents_column])
         return {
             "group": group.value,
             "currency": self.currency,
@@ -329,7 +391,7 @@ class Reports:
 
 def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
     """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
-    columns = (*SALES_COLUMNS[group], DECIMAL_COLUMN)
+    columns = (*SALES_COLUMNS[group], *_decimal_columns(group))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -353,7 +415,7 @@ def _reports(settings: CloudSettings) -> Iterator[Reports]:
 
 
 def report_sales(args: argparse.Namespace, settings: CloudSettings) -> int:
-    """`report sales --group product|kiosk|hour [--from T] [--to T]`: the CSV on stdout."""
+    """`report sales --group product|kiosk|hour|vat [--from T] [--to T]`: the CSV on stdout."""
     try:
         window = SalesWindow.parse(args.start, args.end)
         with _reports(settings) as reports:

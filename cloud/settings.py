@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,
     FUTURE_SKEW_S_DEFAULT,
+    MENU_GRACE_S_DEFAULT,
     ORDER_TOTAL_CENTS_MAX,
     RETURN_CENTS_MAX_DEFAULT,
     STALE_AFTER_S_DEFAULT,
@@ -96,7 +97,7 @@ class CloudSettings(BaseSettings):
     festival_offline_card_max_cents: int = Field(default=4000, ge=1, le=10**11)
     festival_offline_kiosk_max_cents: int = Field(default=50000, ge=1, le=10**11)
     # (1.1) How long after a config is superseded an order priced from it is still accepted.
-    festival_menu_grace_s: int = Field(default=600, ge=0, le=10**6)
+    festival_menu_grace_s: int = Field(default=MENU_GRACE_S_DEFAULT, ge=0, le=10**6)
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)

@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     BALANCE_LIMIT_EXCEEDED = "BALANCE_LIMIT_EXCEEDED"
     RETURN_LIMIT_EXCEEDED = "RETURN_LIMIT_EXCEEDED"
+    # (1.1) A bar order whose lines do not match the menu the cloud sent this kiosk ("Menus").
+    PRICE_MISMATCH = "PRICE_MISMATCH"
 
     @property
     def status(self) -> Status:
@@ -51,6 +53,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.INSUFFICIENT_FUNDS: Status.DECLINED,
     ErrorCode.BALANCE_LIMIT_EXCEEDED: Status.DECLINED,
     ErrorCode.RETURN_LIMIT_EXCEEDED: Status.DECLINED,
+    ErrorCode.PRICE_MISMATCH: Status.REJECTED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 

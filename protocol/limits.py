@@ -84,6 +84,9 @@ TOPUP_CENTS_MAX_DEFAULT: Final = 100_000
 BALANCE_CENTS_MAX_DEFAULT: Final = 150_000
 # (1.1) The most the return lines of one bar order may add up to (FESTIVAL_RETURN_MAX_CENTS).
 RETURN_CENTS_MAX_DEFAULT: Final = 2000
+# (1.1) How long after a config is superseded an order priced from it is still accepted
+# (FESTIVAL_MENU_GRACE_S, PROTOCOL.md "Menus").
+MENU_GRACE_S_DEFAULT: Final = 600
 # Balances in results are never negative and must fit a PostgreSQL bigint.
 BALANCE_CENTS_MIN: Final = 0
 BALANCE_CENTS_WIRE_MAX: Final = 2**63 - 1

@@ -58,6 +58,7 @@ def build_ledger(settings: CloudSettings) -> LedgerPort:
         max_topup_cents=settings.festival_max_topup_cents,
         return_cents_max=settings.festival_return_max_cents,
         currency=settings.festival_currency,
+        menu_grace_s=settings.festival_menu_grace_s,
     )
 
 

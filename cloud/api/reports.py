@@ -41,7 +41,7 @@ def _window(start: str | None, end: str | None) -> SalesWindow:
 
 def router(reports: Reports) -> APIRouter:
     def sales_csv(
-        group: SalesGroup = Query(..., description="product, kiosk, hour (or quarter_hour)"),
+        group: SalesGroup = Query(..., description="product, kiosk, hour, vat (or quarter_hour)"),
         start: str | None = _moment("from"),
         end: str | None = _moment("to"),
     ) -> Response:
@@ -61,7 +61,7 @@ def router(reports: Reports) -> APIRouter:
         )
 
     def sales(
-        group: SalesGroup = Query(..., description="product, kiosk, hour or quarter_hour"),
+        group: SalesGroup = Query(..., description="product, kiosk, hour, vat or quarter_hour"),
         start: str | None = _moment("from"),
         end: str | None = _moment("to"),
     ) -> JSONResponse:

@@ -262,6 +262,7 @@ HTTP_STATUS_BY_CODE: Final[dict[ErrorCode, int]] = {
     ErrorCode.INSUFFICIENT_FUNDS: 402,
     ErrorCode.BALANCE_LIMIT_EXCEEDED: 422,
     ErrorCode.RETURN_LIMIT_EXCEEDED: 422,
+    ErrorCode.PRICE_MISMATCH: 422,
 }
 assert set(HTTP_STATUS_BY_CODE) == set(ErrorCode)
 

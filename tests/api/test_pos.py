@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from cloud.ledger import Ledger
+from protocol.keys import generate_private_key, public_key_b64
+from protocol.models import Menu, MenuItem
 from tests.api.conftest import (
     OLD_POS_API_TOKEN,
     POS_DEVICE_ID,
@@ -302,3 +304,19 @@ def test_trace_id_and_source_in_the_transaction_log(
             "status": "approved",
         }
     ]
+
+
+def test_menus_do_not_apply_to_the_pos_endpoint(client: TestClient, ledger: Ledger) -> None:
+    """(1.1) Its lines carry no SKU: a bar order over HTTP is not checked against any menu,
+    even when every kiosk sells from one (docs/api.md). A POS device is never a kiosk (their ids
+    never meet), so it has no menu of its own to be checked against either."""
+    ledger.add_kiosk("bar-1", public_key_b64(generate_private_key()), "bar")
+    menu = Menu("m", (MenuItem("beer", "Beer", 550),))
+    assert ledger.issue_kiosk_config("bar-1", menu=menu) == 1
+    assert ledger.kiosk(POS_DEVICE_ID) is None
+    assert recharge(client, 10.00).status_code == 200
+    sold = bar_order(client, "b-menu", unit_price=4.99)
+    assert sold.status_code == 200, sold.text
+    assert sold.json()["success"] is True
+    card = ledger.card(CARD)
+    assert card is not None and card.balance_cents == 501

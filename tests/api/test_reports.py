@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,10 +23,10 @@ from cloud import reports as reports_module
 from cloud.api import create_app
 from cloud.ledger import Ledger
 from cloud.ledger_records import LedgerRequest
-from cloud.reports import ReportError, decimal_amount, parse_moment
+from cloud.reports import ReportError, decimal_amount, parse_moment, vat_included_cents
 from cloud.settings import CloudSettings
 from cloud.stripe_fake import FakeStripe
-from protocol.models import BarItem
+from protocol.models import BarItem, Menu, MenuItem
 from tests.api.conftest import (
     LOOPBACK_PEER,
     POS_DEVICE_ID,
@@ -42,6 +43,19 @@ CARD_B = "04BB0002"
 TOPUP_CENTS = 5000
 BEER = BarItem("Beer", 2, 500, sku="beer")
 WATER = BarItem("Water", 1, 250, sku="water")
+
+
+PRODUCT_HEADER = [
+    "sku",
+    "name",
+    "unit_price_cents",
+    "vat_rate_bp",
+    "quantity",
+    "amount_cents",
+    "vat_cents",
+    "amount",
+    "vat",
+]
 
 
 def cups(quantity: int) -> BarItem:
@@ -128,10 +142,11 @@ def seeded(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict[str
 
 def test_sales_per_product_are_sales_lines_only(client: TestClient, seeded: object) -> None:
     assert get_csv(client, group="product") == [
-        ["sku", "name", "quantity", "amount_cents", "amount"],
-        ["beer", "Beer", "5", "2500", "25.00"],
-        ["water", "Water", "1", "250", "2.50"],
-        ["", "Nachos", "1", "600", "6.00"],  # the seed POS endpoint's lines carry no SKU
+        PRODUCT_HEADER,
+        ["beer", "Beer", "500", "", "5", "2500", "", "25.00", ""],
+        ["water", "Water", "250", "", "1", "250", "", "2.50", ""],
+        # the seed POS endpoint's lines carry no SKU
+        ["", "Nachos", "600", "", "1", "600", "", "6.00", ""],
     ]
     response = client.get("/api/reports/sales.csv?group=product", headers=admin_headers())
     assert response.headers["content-disposition"] == (
@@ -202,13 +217,23 @@ def test_the_json_rows_and_total_for_the_dashboard(client: TestClient, seeded: o
     ).json()
     assert body["group"] == "product" and body["currency"] == "EUR"
     assert body["from"] == "2026-07-04T20:00:00Z" and body["to"] is None
-    assert body["total"] == {"amount_cents": 3350, "quantity": 7, "amount": "33.50"}
+    assert body["total"] == {
+        "amount_cents": 3350,
+        "quantity": 7,
+        "vat_cents": 0,
+        "amount": "33.50",
+        "vat": "0.00",
+    }
     assert body["rows"][0] == {
         "sku": "beer",
         "name": "Beer",
+        "unit_price_cents": 500,
+        "vat_rate_bp": None,
         "quantity": 5,
         "amount_cents": 2500,
+        "vat_cents": None,
         "amount": "25.00",
+        "vat": None,
     }
 
 
@@ -335,6 +360,66 @@ def test_decimal_amounts_are_exact_integer_arithmetic() -> None:
     assert decimal_amount(large) == "90071992547409.93"
 
 
+# --- menus: a price change and VAT (revision 0011 keeps each line's rate) -----------------------
+
+
+def test_a_price_change_shows_both_prices_with_their_vat_and_a_vat_summary(
+    client: TestClient, ledger: Ledger
+) -> None:
+    ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+    ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint")
+    apply(ledger, recharge(CARD_A, TOPUP_CENTS))
+    first = Menu(
+        "summer",
+        (
+            MenuItem("beer", "Beer", 500, vat_rate_bp=2000, category="drinks"),
+            MenuItem("water", "Water", 250, vat_rate_bp=700),
+            MenuItem("chips", "Chips", 300),
+            MenuItem("cup", "Cup", 200, is_deposit=True, vat_rate_bp=0),
+        ),
+    )
+    assert ledger.issue_kiosk_config("bar-1", menu=first) == 1
+    apply(ledger, bar_order(CARD_A, BEER, WATER, cups(2), config_version=1))
+    apply(ledger, bar_order(CARD_A, BarItem("Chips", 1, 300, sku="chips"), config_version=1))
+    dearer = replace(first, items=(replace(first.items[0], unit_price_cents=617), *first.items[1:]))
+    assert ledger.issue_kiosk_config("bar-1", menu=dearer) == 2
+    apply(ledger, bar_order(CARD_A, BarItem("Beer", 1, 617, sku="beer"), config_version=2))
+    assert get_csv(client, group="product") == [
+        PRODUCT_HEADER,
+        # 1000 at 20 %: 166.67 -> 167; 617 at 20 %: 102.83 -> 103 (half away from zero)
+        ["beer", "Beer", "500", "2000", "2", "1000", "167", "10.00", "1.67"],
+        ["beer", "Beer", "617", "2000", "1", "617", "103", "6.17", "1.03"],
+        ["chips", "Chips", "300", "", "1", "300", "", "3.00", ""],
+        ["water", "Water", "250", "700", "1", "250", "16", "2.50", "0.16"],  # 16.36 -> 16
+    ]
+    assert get_csv(client, group="vat") == [
+        ["vat_rate_bp", "quantity", "amount_cents", "vat_cents", "amount", "vat"],
+        # the rate's whole gross, rounded once: 1617 at 20 % = 269.5 -> 270
+        ["700", "1", "250", "16", "2.50", "0.16"],
+        ["2000", "3", "1617", "270", "16.17", "2.70"],
+        ["", "1", "300", "", "3.00", ""],  # sold without a rate
+    ]
+    vat = client.get("/api/reports/sales", params={"group": "vat"}, headers=admin_headers()).json()
+    assert vat["total"] == {
+        "amount_cents": 2167,
+        "quantity": 5,
+        "vat_cents": 286,
+        "amount": "21.67",
+        "vat": "2.86",
+    }
+
+
+def test_vat_included_is_integer_arithmetic_rounded_half_away_from_zero() -> None:
+    assert vat_included_cents(1200, 2000) == 200
+    assert vat_included_cents(1234, 2000) == 206  # 205.67
+    assert vat_included_cents(1617, 2000) == 270  # 269.5 exactly
+    assert vat_included_cents(-1617, 2000) == -270
+    assert vat_included_cents(999, 0) == 0
+    assert vat_included_cents(10_000, 10_000) == 5_000
+    huge = 9_007_199_254_740_993
+    assert vat_included_cents(huge, 1900) == (2 * huge * 1900 + 11_900) // 23_800
+
+
 def test_moments_parse_as_utc_and_clamp_to_what_can_hold_a_sale() -> None:
     assert parse_moment("2026-07-04T23:00:00.5+02:00") == datetime(
         2026, 7, 4, 21, 0, 0, 500_000, tzinfo=UTC
@@ -357,8 +442,8 @@ def test_cli_report_sales_prints_the_csv(
     products = cli(database_url, "report", "sales", "--group", "product")
     assert products.returncode == 0, products.stderr
     assert parse_csv(products.stdout)[:2] == [
-        ["sku", "name", "quantity", "amount_cents", "amount"],
-        ["beer", "Beer", "5", "2500", "25.00"],
+        PRODUCT_HEADER,
+        ["beer", "Beer", "500", "", "5", "2500", "", "25.00", ""],
     ]
     hours = cli(
         database_url,

@@ -25,7 +25,7 @@ from cloud.ledger import Ledger
 from cloud.ledger_fake import FakeLedger
 from cloud.ledger_records import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, LedgerRequest
 from protocol.errors import ErrorCode, Status
-from protocol.models import BarItem, KioskStatus, ScanRecord
+from protocol.models import BarItem, KioskStatus, Menu, MenuItem, ScanRecord
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
 
 LIMITS: dict[str, int] = {
@@ -55,6 +55,17 @@ FIELDS = (
     "replayed",
     "card_uid",
 )
+# (1.1) A menu for the price behaviours (revision 0011).
+MENU = Menu(
+    "bar-menu",
+    (
+        MenuItem("beer", "Beer", 550, vat_rate_bp=2000, category="drinks"),
+        MenuItem("cola", "Cola", 300),
+        MenuItem("burger", "Burger", 1_200),
+        MenuItem("cup", "Cup deposit", 200, is_deposit=True),
+    ),
+)
+MENU_BEER = BarItem("Beer", 2, 550, sku="beer")
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
 
@@ -514,6 +525,97 @@ class LedgerContract:
         assert kept == [True] * bound + [False, True, True]
         assert ledger.record_dead_letters([]) == []
 
+    # --- price enforcement (1.1, revision 0011) -----------------------------------------------
+
+    def test_a_menu_priced_order_is_approved_whatever_its_names(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        assert ledger.issue_kiosk_config("bar-1", menu=MENU) == 1
+        renamed = BarItem("Big lager", 1, 550, sku="beer")
+        outcome = ledger.apply(bar_order(CARD, MENU_BEER, renamed, CUP, config_version=1))
+        assert (outcome.status, outcome.new_balance_cents) == (Status.APPROVED, 5_000 - 1_850)
+        assert ledger.issue_kiosk_config("ghost", menu=MENU) is None
+
+    def test_an_order_off_the_menu_is_price_mismatch_and_charges_nothing(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        ledger.issue_kiosk_config("bar-1", menu=MENU)
+        cases = {
+            "Price mismatch: line 2: sku 'cola' costs 3.00 on the menu of config version 1,"
+            " not 2.50": bar_order(
+                CARD, MENU_BEER, BarItem("Cola", 1, 250, sku="cola"), config_version=1
+            ),
+            "Price mismatch: line 1: sku 'wine' is not on the menu of config version 1": (
+                bar_order(CARD, BarItem("Wine", 1, 550, sku="wine"), config_version=1)
+            ),
+            "Price mismatch: line 1 has no sku, and config version 1 has a menu": bar_order(
+                CARD, BEER, config_version=1
+            ),
+            "Price mismatch: line 1: sku 'cup' is_deposit/is_return differ from the menu of"
+            " config version 1": bar_order(CARD, CUP_BACK, config_version=1),
+            "Price mismatch: this kiosk sells from a menu the cloud sent it, and the order"
+            " cites no config_version": bar_order(CARD, MENU_BEER),
+            "Price mismatch: config version 2 was never sent to this kiosk": bar_order(
+                CARD, MENU_BEER, config_version=2
+            ),
+        }
+        for message, item in cases.items():
+            outcome = ledger.apply(item)
+            assert fields(outcome) == {
+                "request_id": item.request.request_id,
+                "status": Status.REJECTED,
+                "error_code": ErrorCode.PRICE_MISMATCH,
+                "message": message,
+                "previous_balance_cents": None,
+                "new_balance_cents": None,
+                "replayed": False,
+                "card_uid": CARD,
+                "has_transaction": False,
+                "has_order": False,
+            }
+            again = ledger.apply(item)
+            assert (again.replayed, again.error_code, again.message) == (
+                True,
+                ErrorCode.PRICE_MISMATCH,
+                message,
+            )
+        assert ledger.card(CARD).balance_cents == 5_000
+        assert ledger.deposit_balance_cents() == 0
+
+    def test_a_superseded_menu_is_honoured_for_the_grace_only(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        ledger.issue_kiosk_config("bar-1", menu=MENU)
+        assert ledger.issue_kiosk_config("bar-1", offline=None) == 2
+        latest = ledger.latest_config("bar-1")
+        assert latest.version == 2 and latest.document["menu"] is not None
+        replaced_at_ms = latest.document["issued_at_ms"]
+        grace_ms = ledger.menu_grace_s * 1000
+        within = bar_order(
+            CARD, MENU_BEER, config_version=1, created_at_ms=replaced_at_ms + grace_ms
+        )
+        beyond = bar_order(
+            CARD, MENU_BEER, config_version=1, created_at_ms=replaced_at_ms + grace_ms + 1
+        )
+        assert ledger.apply(within).status is Status.APPROVED
+        outcome = ledger.apply(beyond)
+        assert (outcome.error_code, outcome.message) == (
+            ErrorCode.PRICE_MISMATCH,
+            "Price mismatch: config version 1 was replaced more than 600 s before the order"
+            " was made",
+        )
+        assert ledger.card(CARD).balance_cents == 5_000 - 1_100
+
+    def test_kiosks_without_a_menu_and_pos_orders_are_not_checked(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        ledger.issue_kiosk_config("bar-1", menu=MENU)
+        assert ledger.issue_kiosk_config("bar-2") == 1  # a config without a menu
+        unpriced = BarItem("Anything", 1, 123)
+        assert ledger.apply(bar_order(CARD, unpriced, kiosk_id="bar-2")).status is Status.APPROVED
+        cited = bar_order(CARD, unpriced, kiosk_id="bar-2", config_version=1)
+        assert ledger.apply(cited).status is Status.APPROVED
+        pos = bar_order(CARD, unpriced, kiosk_id="bar-1", source="http")
+        assert ledger.apply(pos).status is Status.APPROVED
+        assert ledger.apply(recharge(CARD, 100, config_version=7)).status is Status.APPROVED
+        assert ledger.card(CARD).balance_cents == 5_000 - 3 * 123 + 100
+
 
 class TestFakeLedger(LedgerContract):
     @pytest.fixture
@@ -540,6 +642,7 @@ SCRIPT_LINES = (
     cups(1, back=True),
     cups(3, back=True),
     cups(11, back=True),
+    BarItem("Beer", 1, 500, sku="beer"),  # not bar-1's menu price
 )
 
 
@@ -567,8 +670,15 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
             )
         else:
             lines = chooser.sample(SCRIPT_LINES, chooser.randint(1, 3))
+            # bar-1 sells from MENU (version 1, now and then citing none); bar-2 has no menu
+            cited = 1 if kiosk_id == "bar-1" and chooser.random() < 0.9 else None
             item = bar_order(
-                card, *lines, request_id=request_id, kiosk_id=kiosk_id, seq=seqs[kiosk_id]
+                card,
+                *lines,
+                request_id=request_id,
+                kiosk_id=kiosk_id,
+                seq=seqs[kiosk_id],
+                config_version=cited,
             )
         made.append(item)
         return item
@@ -595,6 +705,7 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
 
 
 def play(ledger: Any, actions: list[tuple[str, object]]) -> list[object]:
+    assert ledger.issue_kiosk_config("bar-1", menu=MENU) == 1
     answers: list[object] = []
     for action, argument in actions:
         if action == "block":
@@ -645,4 +756,5 @@ def test_the_fake_and_postgres_answer_one_long_script_alike(postgres_ledger: Led
         ErrorCode.BALANCE_LIMIT_EXCEEDED,
         ErrorCode.RETURN_LIMIT_EXCEEDED,
         ErrorCode.IDEMPOTENCY_CONFLICT,
+        ErrorCode.PRICE_MISMATCH,
     }

@@ -143,6 +143,30 @@ def test_declined_shows_the_reason_and_plays_declined() -> None:
     assert view(kiosk.state, CONFIG)["message"] == "insufficient funds"
 
 
+def test_a_price_mismatch_shows_the_clouds_reason() -> None:
+    """(1.1) The cloud refused the prices (the kiosk sold from a menu it no longer may): the
+    screen says which line and why, as the cloud wrote it, and the page shows the code."""
+    kiosk = Driver()
+    request = kiosk.sell()
+    message = (
+        "Price mismatch: line 1: sku 'beer' costs 6.00 on the menu of config version 2, not 5.50"
+    )
+    rejected = replace(
+        outcome(request, approved=False),
+        status="rejected",
+        error_code="PRICE_MISMATCH",
+        message=message,
+        previous_balance_cents=None,
+        new_balance_cents=None,
+    )
+    arrived = kiosk.send(ResultArrived(rejected))
+    assert arrived.effects == (Indicate(Signal.DECLINED),)
+    assert kiosk.screen() is Screen.DECLINED
+    shown = view(kiosk.state, CONFIG)
+    assert shown["message"] == message
+    assert shown["outcome"]["error_code"] == "PRICE_MISMATCH"  # type: ignore[index]
+
+
 def test_tap_without_an_order_makes_no_request() -> None:
     kiosk = Driver()
     transition = kiosk.send(CardTapped(UID))

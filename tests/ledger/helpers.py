@@ -33,8 +33,11 @@ def bar_order(
     seq: int = 1,
     source: str = "mqtt",
     trace_id: str | None = None,
+    config_version: int | None = None,
+    created_at_ms: int | None = None,
 ) -> LedgerRequest:
-    """A bar order of (name, quantity, unit_price_cents) lines (or BarItems)."""
+    """A bar order of (name, quantity, unit_price_cents) lines (or BarItems), made now unless
+    `created_at_ms` says when, citing `config_version` (the config whose menu priced it)."""
     items = tuple(line if isinstance(line, BarItem) else BarItem(*line) for line in lines) or (
         BarItem("Beer", 1, 500),
     )
@@ -42,12 +45,13 @@ def bar_order(
         request_id=request_id or next_id("order"),
         kiosk_id=kiosk_id,
         seq=seq,
-        created_at_ms=int(time.time() * 1000),
+        created_at_ms=int(time.time() * 1000) if created_at_ms is None else created_at_ms,
         card_uid=card_uid,
         currency=CURRENCY,
         items=items,
         total_cents=sum(item.signed_cents for item in items),
         staff_id="staff-1",
+        config_version=config_version,
     )
     return LedgerRequest(request, sha256_of(request), source=source, trace_id=trace_id)
 
@@ -62,6 +66,7 @@ def recharge(
     checkpoint_id: str | None = None,
     seq: int = 1,
     source: str = "mqtt",
+    config_version: int | None = None,
 ) -> LedgerRequest:
     request = CheckpointRecharge(
         request_id=request_id or next_id("topup"),
@@ -74,6 +79,7 @@ def recharge(
         payment_method=method,  # type: ignore[arg-type]
         staff_id="staff-1",
         checkpoint_id=checkpoint_id,
+        config_version=config_version,
     )
     return LedgerRequest(request, sha256_of(request), source=source)
 

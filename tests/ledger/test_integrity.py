@@ -22,7 +22,7 @@ CARD = "04ABCDEF"
         "INSERT INTO kiosks (kiosk_id, public_key_b64, role) VALUES "
         "('evil', '11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo', 'all')",
         "UPDATE kiosks SET enabled = true",
-        "SELECT ledger_process_requests('[]', 1, 1, 1)",
+        "SELECT ledger_process_requests('[]', 1, 1, 1, 600)",
         # revision 0005: the deposit account's cache, the kiosks' checkpoints, the dead letters
         "UPDATE deposit_balances SET balance_cents = 1000000",
         "UPDATE kiosks SET checkpoint_id = 'another-drawer'",

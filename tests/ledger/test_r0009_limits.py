@@ -21,6 +21,7 @@ PYTHON_COPIES = {
     "balance_cents_max": protocol_limits.BALANCE_CENTS_MAX_DEFAULT,
     "topup_cents_max": protocol_limits.TOPUP_CENTS_MAX_DEFAULT,
     "return_cents_max": protocol_limits.RETURN_CENTS_MAX_DEFAULT,
+    "menu_grace_s": protocol_limits.MENU_GRACE_S_DEFAULT,
     "rejection_message_characters_max": cloud.limits.LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX,
     "stripe_message_characters_max": cloud.limits.LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX,
     "refund_error_characters_max": cloud.limits.LEDGER_REFUND_ERROR_CHARACTERS_MAX,
@@ -110,6 +111,18 @@ def test_every_limit_parameter_defaults_to_ledger_limit(database_url: str) -> No
     for name, parameter, default in defaults:
         limit = LIMIT_PARAMETERS[parameter]
         assert default.startswith(f"ledger_limit('{limit}'"), (name, parameter, default)
+    # (0011) The grace period is a limit in seconds, not a maximum: named on its own.
+    graces = execute(
+        database_url,
+        "SELECT p.proname, m[1] FROM pg_proc p,"
+        " regexp_matches(pg_get_function_arguments(p.oid),"
+        " 'p_menu_grace_s \\w+ DEFAULT ([^,]+)', 'g') AS m"
+        " WHERE p.pronamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    assert graces == [
+        ("sp_handle_request", "ledger_limit('menu_grace_s'::text)"),
+        ("sp_process_batch", "ledger_limit('menu_grace_s'::text)"),
+    ]
 
 
 @pytest.mark.parametrize("role", ["service", "api"])

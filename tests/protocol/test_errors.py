@@ -22,12 +22,13 @@ PROTOCOL_TABLE = {
     "INSUFFICIENT_FUNDS": "declined",
     "BALANCE_LIMIT_EXCEEDED": "declined",
     "RETURN_LIMIT_EXCEEDED": "declined",
+    "PRICE_MISMATCH": "rejected",
 }
 
 
 def test_error_codes_are_exactly_the_protocol_table() -> None:
     assert {code.value: code.status.value for code in ErrorCode} == PROTOCOL_TABLE
-    assert len(ErrorCode) == 12
+    assert len(ErrorCode) == 13
 
 
 def test_status_values() -> None:
