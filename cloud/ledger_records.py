@@ -97,6 +97,11 @@ class LedgerRequest:
     payload_sha256: str
     source: str = "mqtt"
     trace_id: str | None = None
+    # (1.1) sun mode only (both None in uid mode): the SDMReadCtr of the request's verified SUN
+    # message, or why it did not verify (protocol.sun.SunFailure's value, never stale_counter:
+    # freshness is the ledger's to decide, in the transaction that applies the request).
+    sun_counter: int | None = None
+    sun_failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,8 @@ def request_document(item: LedgerRequest) -> dict[str, Any]:
         "payload_sha256": item.payload_sha256,
         "source": item.source,
         "trace_id": item.trace_id,
+        "sun_counter": item.sun_counter,
+        "sun_failure": item.sun_failure,
     }
 
 
