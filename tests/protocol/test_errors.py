@@ -23,12 +23,13 @@ PROTOCOL_TABLE = {
     "BALANCE_LIMIT_EXCEEDED": "declined",
     "RETURN_LIMIT_EXCEEDED": "declined",
     "PRICE_MISMATCH": "rejected",
+    "CARD_NOT_GENUINE": "declined",
 }
 
 
 def test_error_codes_are_exactly_the_protocol_table() -> None:
     assert {code.value: code.status.value for code in ErrorCode} == PROTOCOL_TABLE
-    assert len(ErrorCode) == 13
+    assert len(ErrorCode) == 14
 
 
 def test_status_values() -> None:
