@@ -29,6 +29,7 @@ class ConsumerMetrics:
     connected: Gauge
     dropped: Counter
     results_unpublished: Counter
+    sun_failures: Counter
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -94,6 +95,14 @@ class ConsumerMetrics:
                 f"{prefix}_results_unpublished",
                 "Results paho refused (its queue was full); the request is left"
                 " unacknowledged and answered again when the broker redelivers it.",
+                registry=registry,
+            ),
+            sun_failures=Counter(
+                f"{prefix}_sun_failures",
+                "(1.1) sun mode: requests whose SUN message failed, by reason (missing,"
+                " malformed, not_ours, wrong_uid, bad_mac, stale_counter). A rising"
+                " stale_counter is a cloning alarm.",
+                ["reason"],
                 registry=registry,
             ),
         )
