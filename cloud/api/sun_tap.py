@@ -1,0 +1,122 @@
+"""(1.1) ``GET /t?picc_data=…&cmac=…``: the URL a genuine wristband gives a phone (DESIGN.md).
+
+The wristband's URL carries no UID: it is inside ``picc_data``. The page decrypts it, verifies
+the message for that UID exactly as the consumer does (protocol/sun.py), and accepts its
+counter by the online rule in the ledger (``sp_accept_sun_counter``: a portal login uses up the
+counter like a tap at a kiosk, PROTOCOL.md). Until the attendee portal's tap login exists
+("The attendee's side": then this answers 303 to /portal with a ``tap`` session), a valid,
+fresh message answers a page with that card's balance; anything else — uid mode, a malformed,
+foreign, forged or used message — 403 with a page that says only "not accepted" (which check
+failed is for the metrics, not for whoever holds the link).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Query
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from cloud.api.pages import page_headers
+from cloud.api.services import services_of
+from protocol.sun import SUN_UID_BYTES, SunError, SunVerifier
+
+log = logging.getLogger("cloud.api.sun_tap")
+
+PAGE_HEADERS = page_headers(
+    "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title><link rel="stylesheet" href="/static/festival.css"></head>
+<body><main class="tap"><h1>{title}</h1>{body}</main></body></html>
+"""
+NOT_ACCEPTED = (
+    "<p>This wristband link was not accepted. Tap your wristband with your phone again; if it"
+    " keeps failing, see the info desk.</p>"
+)
+
+
+class _Verifiers(threading.local):
+    """One SunVerifier per thread (its OpenSSL contexts are not shared across threads)."""
+
+    verifier: SunVerifier | None = None
+
+
+def _page(title: str, body: str, status_code: int) -> HTMLResponse:
+    return HTMLResponse(
+        _PAGE.format(title=html.escape(title), body=body),
+        status_code=status_code,
+        headers=PAGE_HEADERS,
+    )
+
+
+def _amount(cents: int, currency: str) -> str:
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} {currency}"
+
+
+def router(master_key: bytes | None) -> APIRouter:
+    """``master_key``: the card master key in sun mode; None in uid mode (every tap: 403)."""
+    verifiers = _Verifiers()
+
+    def verify(picc_data: str, cmac: str) -> tuple[str, int] | None:
+        if master_key is None:
+            return None
+        if verifiers.verifier is None:
+            verifiers.verifier = SunVerifier(master_key)
+        verifier = verifiers.verifier
+        try:
+            uid, _ = verifier.decrypt_picc_data(picc_data)
+            assert len(uid) == SUN_UID_BYTES
+            verified = verifier.verify(uid.hex().upper(), picc_data, cmac)
+        except SunError as error:
+            log.info("tap not accepted", extra={"context": {"reason": error.reason.value}})
+            return None
+        return verified.uid, verified.counter
+
+    async def tap(
+        request: Request,
+        picc_data: str = Query(""),
+        cmac: str = Query(""),
+    ) -> HTMLResponse:
+        services = services_of(request)
+        verified = verify(picc_data, cmac)
+        if verified is None:
+            return _page("Not accepted", NOT_ACCEPTED, 403)
+        card_uid, counter = verified
+        fresh = await services.ledger_call(
+            "accept_sun_counter", services.ledger.accept_sun_counter, card_uid, counter
+        )
+        if not fresh:
+            log.info("tap not accepted", extra={"context": {"reason": "stale_counter"}})
+            return _page("Not accepted", NOT_ACCEPTED, 403)
+        card: Any = await services.ledger_call("card", services.ledger.card, card_uid)
+        currency = services.settings.festival_currency
+        if card is None:
+            body = "<p>This wristband has no balance yet: top it up at a checkpoint.</p>"
+        else:
+            body = (
+                f'<p class="balance" data-balance-cents="{int(card.balance_cents)}">'
+                f"Balance: {html.escape(_amount(int(card.balance_cents), currency))}</p>"
+            )
+            if card.status != "active":
+                body += "<p>This wristband is blocked: see the info desk.</p>"
+        return _page("Your wristband", body, 200)
+
+    routes = APIRouter(tags=["portal"])
+    routes.add_api_route(
+        "/t",
+        tap,
+        methods=["GET"],
+        summary="A genuine wristband's URL (SUN message): the card's balance, or 403",
+        response_class=HTMLResponse,
+        responses={403: {"description": "not a valid, fresh SUN message (or uid mode)"}},
+    )
+    return routes
