@@ -639,7 +639,7 @@ class Ledger:
 
     def sun_failures(self, *, minutes: int) -> list[dict[str, object]]:
         """SUN failures per minute and reason over the last ``minutes`` (oldest first):
-        ``{"minute": datetime, "reason": str, "failures": int}``."""
+        ``{"minute": ISO 8601 text, "reason": str, "failures": int}``."""
         return self._select(
             "SELECT minute, reason, failures FROM sun_failure_minutes"
             " WHERE minute >= date_trunc('minute', now()) - make_interval(mins => :minutes)"
