@@ -482,6 +482,9 @@ BEGIN
         SELECT date_trunc('minute', v_started), x.reason, count(*)
           FROM unnest(f_reason) AS x(reason) GROUP BY x.reason ORDER BY x.reason
         ON CONFLICT (minute, reason) DO UPDATE SET failures = m.failures + excluded.failures;
+        -- bounded: a week of minutes (the dashboard shows the last hour)
+        DELETE FROM sun_failure_minutes
+         WHERE minute < date_trunc('minute', v_started) - make_interval(days => 7);
     END IF;
     RETURN v_outcomes;
 END
