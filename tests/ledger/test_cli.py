@@ -50,11 +50,11 @@ def test_db_upgrade_current_downgrade(make_database: Callable[..., str]) -> None
     assert cli(url, "db", "current").stdout.startswith("base")
     upgraded = cli(url, "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "revision 0011" in upgraded.stdout
-    assert cli(url, "db", "current").stdout.strip() == "0011 (head)"
+    assert "revision 0012" in upgraded.stdout
+    assert cli(url, "db", "current").stdout.strip() == "0012 (head)"
     down = cli(url, "db", "downgrade", "0001")
     assert down.returncode == 0 and "revision 0001" in down.stdout
-    assert cli(url, "db", "current").stdout.strip() == "0001 (head is 0011)"
+    assert cli(url, "db", "current").stdout.strip() == "0001 (head is 0012)"
     assert cli(url, "db", "downgrade", "base").returncode == 0
     assert cli(url, "db", "upgrade", "head").returncode == 0
 
