@@ -163,6 +163,7 @@ def bench_in_process(taps: int) -> dict[str, Any]:
             transaction_id=f"tx-{processed}",
             previous_balance_cents=1_000_000,
             new_balance_cents=1_000_000 - draft.total_cents,
+            debt_cents=0,
             replayed=False,
             processed_at_ms=time.time_ns() // 1_000_000,
         )

@@ -45,6 +45,7 @@ def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
             engine,
             max_balance_cents=settings.festival_max_balance_cents,
             max_topup_cents=settings.festival_max_topup_cents,
+            menu_grace_s=settings.festival_menu_grace_s,
             currency=settings.festival_currency,
         )
     finally:
@@ -200,12 +201,21 @@ def kiosk_add(args: argparse.Namespace, settings: CloudSettings) -> int:
         # A fresh broker password for this kiosk: shown once, kept only as a salted hash (the
         # registry's and the broker's) and in the kiosk's MQTT_URL.
         password, note, problem = _issue_broker_password(settings, ledger, kiosk.kiosk_id)
-    if not args.json:
-        print(
-            f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
-            f" checkpoint {kiosk.checkpoint_id}, enabled"
+        if not args.json:
+            print(
+                f"kiosk {kiosk.kiosk_id} registered: role {kiosk.role},"
+                f" checkpoint {kiosk.checkpoint_id}, enabled"
+            )
+        code = _print_credentials(args, kiosk.kiosk_id, password, note, problem)
+        # (1.1) Config version 1: no menu, the deployment's default offline policy; stored
+        # first, then published (with --json the notes go to stderr: stdout stays one object).
+        from cloud.menu_admin import issue_configs, publish_now
+
+        issued = issue_configs(
+            ledger, [kiosk.kiosk_id], menu=None, offline=settings.default_offline_policy
         )
-    return _print_credentials(args, kiosk.kiosk_id, password, note, problem)
+        publish_now(settings, ledger, issued, out=sys.stderr if args.json else sys.stdout)
+    return code
 
 
 @_unavailable

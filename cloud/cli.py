@@ -188,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
     _add_wristband_verbs(card)
+    _add_portal_card_verbs(card)
 
     _add_report_verbs(verbs)
+    _add_config_verbs(verbs)
 
     _verb(verbs, "consumer", "run the MQTT consumer", "cloud.consumer:run_from_cli")
     api = _verb(
@@ -231,6 +233,89 @@ def _add_wristband_verbs(card: Verbs) -> None:
     )
 
 
+def _targets(parser: argparse.ArgumentParser, *, roles: bool = True) -> None:
+    """``--kiosk ID …`` | ``--role R`` | ``--all``: exactly one (cloud/menu_admin.py)."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--kiosk", action="extend", nargs="+", metavar="ID", help="these kiosks (repeatable)"
+    )
+    if roles:
+        group.add_argument(
+            "--role",
+            choices=["bar", "checkpoint", "all"],
+            help="every enabled kiosk registered with this role",
+        )
+    group.add_argument("--all", action="store_true", help="every enabled kiosk")
+
+
+def _add_config_verbs(verbs: Verbs) -> None:
+    """(1.1) `menu set|clear|show` and `offline set|disable`: each issues the kiosks' next
+    configs and publishes them (cloud/menu_admin.py, cloud/publisher.py)."""
+    menu = _group(verbs, "menu", "central menus: what each kiosk sells, at which price")
+    menu_set = _verb(
+        menu,
+        "set",
+        "assign the menu in FILE.json (a config's menu object) and publish the new configs",
+        "cloud.menu_admin:menu_set",
+    )
+    menu_set.add_argument("file", metavar="FILE.json")
+    _targets(menu_set)
+    _targets(
+        _verb(
+            menu,
+            "clear",
+            "remove the menu (the kiosks sell from their local file again)",
+            "cloud.menu_admin:menu_clear",
+        )
+    )
+    show = _verb(
+        menu,
+        "show",
+        "the menu of a kiosk's latest config, its version, published or not",
+        "cloud.menu_admin:menu_show",
+    )
+    show.add_argument("kiosk_id")
+    show.add_argument("--json", action="store_true")
+
+    offline = _group(verbs, "offline", "what kiosks may approve by themselves without network")
+    offline_set = _verb(
+        offline,
+        "set",
+        'set the offline policy (PROTOCOL.md "Offline sales") and publish the new configs',
+        "cloud.menu_admin:offline_set",
+    )
+    _targets(offline_set, roles=False)
+    for option in ("--sale-max-cents", "--card-max-cents", "--kiosk-max-cents"):
+        offline_set.add_argument(option, type=int, required=True, metavar="N")
+    _targets(
+        _verb(
+            offline,
+            "disable",
+            "no offline sales for these kiosks; publish the new configs",
+            "cloud.menu_admin:offline_disable",
+        ),
+        roles=False,
+    )
+
+
+def _add_portal_card_verbs(card: Verbs) -> None:
+    """`card import FILE.csv` and `card pin UID`: the attendee portal's PINs (issue 16)."""
+    card_import = _verb(
+        card,
+        "import",
+        "store the portal PINs of a wristband supplier's CSV (header card_uid,pin); "
+        "creates missing cards with balance 0; all lines or none",
+        "cloud.portal_admin:card_import",
+    )
+    card_import.add_argument("file", metavar="FILE.csv")
+    _verb(
+        card,
+        "pin",
+        "set a fresh portal PIN for a card (created when missing) and print it",
+        "cloud.portal_admin:card_pin",
+    ).add_argument("uid")
+
+
 def _add_report_verbs(verbs: Verbs) -> None:
     """`report sales --group … [--from T --to T]` (CSV) and `report liability [--json]`."""
     report = _group(verbs, "report", "sales and liability reports (docs/operations.md)")
@@ -240,7 +325,7 @@ def _add_report_verbs(verbs: Verbs) -> None:
         "sales per product, kiosk or hour as CSV (sales lines only, net of voids)",
         "cloud.reports:report_sales",
     )
-    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour"])
+    sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour", "vat"])
     for option, destination, meaning in (
         ("--from", "start", "sales at or after"),
         ("--to", "end", "sales before"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy
 from sqlalchemy import Connection as Connection
@@ -223,3 +223,72 @@ def service_url(url: str, role: str = "festival_service") -> str:
         .set(username=role, password=None)
         .render_as_string(hide_password=False)
     )
+
+
+# --- notifications and leadership (1.1: the consumer's publishing loop) -----------------------
+
+
+class NotificationListener:
+    """A connection of its own that LISTENs on ``channels`` and, with ``lock_key``, holds the
+    session-level advisory lock naming one leader among the processes doing the same job (the
+    publishing loops of several consumers): whoever holds the lock does the work, the others
+    try again at every wait. The lock ends with the connection, so a consumer that dies hands
+    over at once.
+
+    Every method raises TransientDatabaseError when the server is away; the next call connects
+    again (taken out of ``engine``'s pool and kept apart from it)."""
+
+    def __init__(self, engine: Engine, channels: tuple[str, ...], lock_key: int | None) -> None:
+        self._engine = engine
+        self._channels = channels
+        self._lock_key = lock_key
+        self._connection: object | None = None
+        self.leader = lock_key is None
+
+    def _connect(self) -> object:
+        fairy = self._engine.raw_connection()
+        fairy.detach()  # ours for good: the pool neither recycles nor reuses it
+        connection: Any = fairy.dbapi_connection
+        assert connection is not None
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            for channel in self._channels:
+                cursor.execute(f'LISTEN "{channel}"')
+        self.leader = self._lock_key is None
+        return connection
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a notification (True: one arrived, the pending ones are
+        consumed); first (re)connects and, when not the leader yet, tries to become it."""
+        import select
+
+        with translate_errors():
+            try:
+                if self._connection is None:
+                    self._connection = self._connect()
+                connection: Any = self._connection
+                if not self.leader:
+                    with connection.cursor() as cursor:
+                        cursor.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_key,))
+                        self.leader = bool(cursor.fetchone()[0])
+                connection.poll()
+                if not connection.notifies:
+                    readable, _, _ = select.select([connection], [], [], timeout_s)
+                    if readable:
+                        connection.poll()
+                notified = bool(connection.notifies)
+                connection.notifies.clear()
+                return notified
+            except Exception:
+                self.close()
+                raise
+
+    def close(self) -> None:
+        connection: Any = self._connection
+        self._connection = None
+        self.leader = self._lock_key is None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # noqa: S110 - already broken; nothing to release
+                pass

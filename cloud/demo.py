@@ -50,6 +50,27 @@ TOPUP_AMOUNTS_CENTS = (2000, 3000, 5000, 10000)
 BLOCKED_CARD_COUNT = 1
 # Broker credentials of a kiosk that never runs (a spare Pi's SD card): the demo's attacks use them.
 SPARE_KIOSK_ID = "spare-1"
+# (1.1) The central menu the demo assigns to its bars (`festival-cloud menu set --role bar`), the
+# local file's drinks at the local file's prices; the deposit and its return are items of their
+# own (a config's menu is flat), and part-way through one price changes.
+DEMO_MENU_ID = "demo-bars"
+DEMO_DEPOSIT_SKU = "cup"
+DEMO_RETURN_SKU = "cup-return"
+DEMO_MENU_ITEMS: tuple[tuple[str, str, int, bool], ...] = (  # sku, name, price, takes a cup
+    ("beer", "Beer 0.5 l", 550, True),
+    ("radler", "Radler 0.5 l", 550, True),
+    ("wine", "Wine 0.2 l", 650, True),
+    ("cola", "Cola 0.4 l", 400, True),
+    ("water", "Water 0.5 l", 300, True),
+    ("mate", "Club-Mate 0.5 l", 450, False),
+    ("longdrink", "Long drink", 900, True),
+    ("shot", "Shot 2 cl", 350, False),
+)
+DEMO_CUP_CENTS = 200
+DEMO_REPRICED_SKU = "beer"
+DEMO_REPRICED_CENTS = 600
+# Without --duration the price changes this long after the traffic started.
+DEMO_REPRICE_AFTER_S = 30.0
 UNKNOWN_CARD_SHARE = 0.04  # taps of wristbands nobody ever topped up (CARD_NOT_FOUND)
 STAFF_IDS = ("anna", "ben", "chris", "dana", "emil")
 PRODUCT_WEIGHTS = {
@@ -280,13 +301,54 @@ def bar_order(generator: random.Random) -> tuple[dict[str, Any], int]:
     for _ in range(generator.choice((1, 1, 1, 2, 2, 3))):
         items[generator.choices(skus, weights)[0]] += 1
     returns = generator.choice((0, 0, 0, 1, 2))
+    # The central menu's deposit is an item of its own: the bartender taps one cup per drink
+    # that comes in one (the kiosk adds none by itself for a config's menu).
+    cups = sum(quantity for sku, quantity in items.items() if sku in CUP_SKUS)
+    if cups:
+        items[DEMO_DEPOSIT_SKU] += cups
     entry: dict[str, Any] = {
         "items": [{"sku": sku, "quantity": quantity} for sku, quantity in items.items()],
         "staff_id": generator.choice(STAFF_IDS),
     }
     if returns:
-        entry["returns"] = [{"sku": "cup", "quantity": returns}]
+        entry["returns"] = [{"sku": DEMO_RETURN_SKU, "quantity": returns}]
     return entry, 0
+
+
+CUP_SKUS = frozenset(sku for sku, _, _, cup in DEMO_MENU_ITEMS if cup)
+
+
+def demo_menu(prices: dict[str, int] | None = None) -> dict[str, Any]:
+    """The central menu (a config's `menu` object), with ``prices`` overriding some."""
+    chosen = prices or {}
+    items: list[dict[str, Any]] = [
+        {
+            "sku": sku,
+            "name": name,
+            "unit_price_cents": chosen.get(sku, cents),
+            "vat_rate_bp": 1900,
+            "category": "drinks",
+        }
+        for sku, name, cents, _ in DEMO_MENU_ITEMS
+    ]
+    items.append(
+        {
+            "sku": DEMO_DEPOSIT_SKU,
+            "name": "Cup deposit",
+            "unit_price_cents": DEMO_CUP_CENTS,
+            "is_deposit": True,
+        }
+    )
+    items.append(
+        {
+            "sku": DEMO_RETURN_SKU,
+            "name": "Cup return",
+            "unit_price_cents": DEMO_CUP_CENTS,
+            "is_deposit": True,
+            "is_return": True,
+        }
+    )
+    return {"menu_id": DEMO_MENU_ID, "items": items}
 
 
 def recharge(generator: random.Random) -> tuple[dict[str, Any], int]:
@@ -323,6 +385,8 @@ class Demo:
     webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
     owner_url: str = ""
     cards: list[str] = field(default_factory=list)
+    cli_env: dict[str, str] = field(default_factory=dict)
+    menu_versions: dict[str, int] = field(default_factory=dict)
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -412,6 +476,12 @@ class Demo:
             "FESTIVAL_ENVIRONMENT": "development",
             "CLOUD_SIGNING_KEY_FILE": str(cloud_key_file),
         }
+        # The operator's CLI (menu set): the owner's database URL, the cloud's MQTT user and key.
+        self.cli_env = {
+            **cloud_env,
+            "DATABASE_URL": self.owner_url,
+            "MQTT_URL": self.broker.url(CLOUD_MQTT_USER),
+        }
         self._child(
             "consumer",
             [self._python_bin("festival-cloud"), "consumer"],
@@ -486,13 +556,98 @@ class Demo:
             raise DemoError(f"the consumer exited:\n{consumer.tail()}")
         for kiosk in self.kiosks:
             self.say(f"Kiosk        {kiosk.kiosk_id:14} touchscreen {kiosk.base_url}/")
+        self.assign_menu(demo_menu(), "demo-menu.json")
+        bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
+        self.say(f"Menu         {DEMO_MENU_ID} at {bars} ({self._versions_text()})")
         self.cards = card_uids(self.card_count)
         self.say("")
         self.say(f"Dashboard    {self.api_url}/dashboard")
         self.say(f"Admin token  {self.admin_token}")
         self.say(f"Top-up page  {self.api_url}/topup")
+        self.say(f"Portal       {self.api_url}/portal  ({self.portal_login(self.cards[0])})")
         self.say(f"Logs         {self.root / 'logs'}")
         self.say("")
+
+    def portal_login(self, card_uid: str) -> str:
+        """`festival-cloud card pin UID`, as the info desk runs it for a band printed on site:
+        the attendee's portal login of one simulated attendee (issue 16)."""
+        done = subprocess.run(
+            [self._python_bin("festival-cloud"), "card", "pin", card_uid],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=DEMO_READY_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DemoError(f"card pin failed: {done.stderr.strip() or done.stdout.strip()}")
+        return f"wristband {card_uid}, PIN {done.stdout.strip()}"
+
+    # --- the central menu (1.1) ------------------------------------------------------------------
+
+    def assign_menu(self, menu: dict[str, Any], file_name: str) -> float:
+        """`festival-cloud menu set FILE --role bar`, as an operator runs it; then wait until
+        every bar kiosk runs the new config and sells from it. Returns how long the kiosks took
+        after the command returned."""
+        path = self.root / file_name
+        path.write_text(json.dumps(menu, indent=2) + "\n")
+        done = subprocess.run(
+            [self._python_bin("festival-cloud"), "menu", "set", str(path), "--role", "bar"],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=DEMO_READY_TIMEOUT_S,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DemoError(f"menu set failed: {done.stderr.strip() or done.stdout.strip()}")
+        returned = time.monotonic()
+        versions: dict[str, int] = {}
+        for line in done.stdout.splitlines():
+            words = line.split()
+            # "config v3 published to bar-1", or "stored, not published now …: bar-1 v3, …"
+            if line.startswith("config v") and len(words) == 5:
+                versions[words[4]] = int(words[1][1:])
+        for line in done.stdout.splitlines():
+            if line.startswith("stored, not published now"):
+                for pair in line.split(": ", 1)[1].split(";")[0].split(", "):
+                    kiosk_id, _, version = pair.partition(" v")
+                    if version.isdigit():
+                        versions[kiosk_id] = int(version)
+        self.menu_versions = versions
+        for kiosk in self.kiosks:
+            expected = versions.get(kiosk.kiosk_id)
+            if expected is None:
+                continue
+            wait_for(
+                lambda kiosk=kiosk, expected=expected: (  # type: ignore[misc]
+                    ((kiosk.state().get("config") or {}).get("version") or 0) >= expected
+                ),
+                f"kiosk {kiosk.kiosk_id} to run config v{expected}",
+            )
+        return time.monotonic() - returned
+
+    def _versions_text(self) -> str:
+        versions = sorted(set(self.menu_versions.values()))
+        return "config " + "/".join(f"v{version}" for version in versions)
+
+    def _change_a_price(self, after_s: float) -> None:
+        """Part-way through, the operator changes one price at every bar."""
+        if self.stop.wait(after_s):
+            return
+        try:
+            took_s = self.assign_menu(
+                demo_menu({DEMO_REPRICED_SKU: DEMO_REPRICED_CENTS}), "demo-menu-repriced.json"
+            )
+        except (DemoError, OSError, subprocess.SubprocessError) as error:
+            self.tally.error(f"price change: {error}")
+            return
+        bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
+        price = f"{DEMO_REPRICED_CENTS // 100}.{DEMO_REPRICED_CENTS % 100:02d}"
+        self.say(
+            f"menu: {DEMO_REPRICED_SKU} now {price} at {bars} ({self._versions_text()});"
+            f" the kiosks applied it {took_s:.2f} s after menu set returned"
+        )
 
     # --- traffic -------------------------------------------------------------------------------
 
@@ -594,7 +749,7 @@ class Demo:
             # 99 cups "brought back" (+198.00) from the bar's normal screen.
             entry = {
                 "items": [],
-                "returns": [{"sku": "cup", "quantity": 99}],
+                "returns": [{"sku": DEMO_RETURN_SKU, "quantity": 99}],
                 "staff_id": "mallory",
             }
             with bars[0].lock:
@@ -646,6 +801,10 @@ class Demo:
         ]
         threads.append(threading.Thread(target=self._online_topups, daemon=True))
         threads.append(threading.Thread(target=self._block_a_lost_wristband, daemon=True))
+        reprice_after_s = DEMO_REPRICE_AFTER_S if duration_s is None else duration_s / 3
+        threads.append(
+            threading.Thread(target=self._change_a_price, args=(reprice_after_s,), daemon=True)
+        )
         self.say(
             f"Simulating attendees at {len(bars)} bars and {len(self.kiosks) - len(bars)} "
             f"checkpoints, about {self.rate_per_s:g} payments/s over {len(self.cards)} wristbands."
@@ -716,6 +875,7 @@ class Demo:
             self.say(f"  {code:24} {count}")
         for error in self.tally.errors[:10]:
             self.say(f"  error: {error}")
+        self._sales_per_product()
         if violations:
             self.say(f"  ledger check: FAILED ({len(violations)} violations)")
             for violation in violations[:20]:
@@ -723,6 +883,29 @@ class Demo:
         else:
             self.say(
                 "  ledger check: passed (postings balance, cached balances exact, none negative)"
+            )
+
+    def _sales_per_product(self) -> None:
+        """What cloud.reports gives per product and price (sales lines, net of voids): the
+        repriced product shows a row for each price it was sold at."""
+        from cloud.database import make_engine
+        from cloud.reports import Reports, SalesGroup, SalesWindow
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            rows = Reports(engine, currency="EUR").sales(SalesGroup.PRODUCT, SalesWindow())
+        except Exception as error:  # the summary goes on without it
+            self.say(f"  sales per product: unavailable ({error})")
+            return
+        finally:
+            engine.dispose()
+        self.say("  sales per product:")
+        for row in rows:
+            price = row.get("unit_price_cents")
+            at = "" if price is None else f" at {int(price) // 100}.{int(price) % 100:02d}"
+            self.say(
+                f"    {row['sku']!s:12} {row['name']!s:18}{at} {row['quantity']:>6} x"
+                f"  {row['amount']:>10} EUR"
             )
 
     def shutdown(self) -> None:

@@ -98,7 +98,7 @@ RETURNS_OVER_LIMIT_MESSAGE: Final = "Returns of {returns} exceed the limit of {l
 RETURNS_OVER_DEPOSITS_MESSAGE: Final = (
     "More cups returned than deposits were charged: see a supervisor"
 )
-# Revision 0012's texts (ledger_sun_message), word for word, by protocol.sun.SunFailure value.
+# Revision 0013's texts (ledger_sun_message), word for word, by protocol.sun.SunFailure value.
 SUN_MESSAGES: Final = {
     reason: f"Wristband not genuine: see the info desk ({detail})"
     for reason, detail in (
@@ -311,7 +311,7 @@ class FakeLedger:
             return [outcome_from_document(document) for document in documents]
 
     def _sun_problem(self, item: LedgerRequest) -> str | None:
-        """(1.1) As revision 0012: the consumer's failure, or the counter rule (online: above
+        """(1.1) As revision 0013: the consumer's failure, or the counter rule (online: above
         every accepted counter; offline: not accepted before, within the window). A fresh
         counter is accepted here, whatever the outcome."""
         reason = item.sun_failure

@@ -59,6 +59,7 @@ _OUTCOME_FIELD_TYPES: Final = (
     ("transaction_id", (str, _NONE)),
     ("previous_balance_cents", (int, _NONE)),
     ("new_balance_cents", (int, _NONE)),
+    ("debt_cents", (int, _NONE)),
     ("replayed", (bool,)),
     ("processed_at_ms", (int,)),
     ("order_id", (str, _NONE)),
@@ -161,8 +162,21 @@ class OwedRefund:
 
 
 def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
-    """Map a procedure's jsonb outcome to an Outcome."""
+    """Map a procedure's jsonb outcome to an Outcome.
+
+    (1.1) ``debt_cents`` is the document's when it names one; else 0 when the balances are
+    integers and None when they are not: the procedures of revisions before debts exist know
+    none, and a card without debts owes 0 (the wire's rule: null exactly when the balances are).
+    """
     error_code = document.get("error_code")
+    previous_balance_cents = document.get("previous_balance_cents")
+    new_balance_cents = document.get("new_balance_cents")
+    if "debt_cents" in document and document["debt_cents"] is not None:
+        debt_cents = document["debt_cents"]
+    elif previous_balance_cents is None and new_balance_cents is None:
+        debt_cents = None
+    else:
+        debt_cents = 0
     return Outcome(
         request_id=document.get("request_id"),
         kiosk_id=document.get("kiosk_id"),
@@ -171,8 +185,9 @@ def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
         error_code=ErrorCode(error_code) if error_code else None,
         message=str(document.get("message") or ""),
         transaction_id=document.get("transaction_id"),
-        previous_balance_cents=document.get("previous_balance_cents"),
-        new_balance_cents=document.get("new_balance_cents"),
+        previous_balance_cents=previous_balance_cents,
+        new_balance_cents=new_balance_cents,
+        debt_cents=debt_cents,
         replayed=bool(document.get("replayed", False)),
         processed_at_ms=int(document["processed_at_ms"]),
         order_id=document.get("order_id"),

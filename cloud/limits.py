@@ -32,6 +32,18 @@ PASSWORD_SALT_BYTES: Final = 12
 PASSWORD_BYTES: Final = 24  # secrets.token_urlsafe(24): 32 characters, 192 bits
 CONTROL_TIMEOUT_S: Final = 5.0
 
+# --- the publisher of configs and deny-lists (cloud/publisher.py, 1.1) ---------------------------
+# How long one retained publish waits for the broker's PUBACK before it is left for the next flush.
+PUBLISH_ACK_TIMEOUT_S: Final = 5.0
+# Configs published per flush (the rest wait for the next one, a second later at most).
+PUBLISH_CONFIGS_PER_FLUSH_MAX: Final = 500
+# The consumer's publishing loop flushes at least this often, and at once on a NOTIFY.
+PUBLISH_INTERVAL_S: Final = 1.0
+# The CLI's short MQTT session (menu set, offline set, kiosk add): connect and each PUBACK.
+PUBLISH_SESSION_TIMEOUT_S: Final = 5.0
+# `menu set FILE.json`: a menu of 200 items is a few tens of kilobytes; a config is at most 196608.
+MENU_FILE_BYTES_MAX: Final = 196_608
+
 # --- the fake Stripe (cloud/stripe_fake.py: tests, benchmarks, the demo) ------------------------
 # Stripe's own rules for Checkout Sessions: 24 h by default, expires_at at least 30 min ahead.
 STRIPE_CHECKOUT_SESSION_LIFETIME_S: Final = 24 * 3600
@@ -76,7 +88,31 @@ LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024
 LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX: Final = 200  # sp_record_rejection's message
 LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX: Final = 300  # a Stripe anomaly's or ignored event's reason
 LEDGER_REFUND_ERROR_CHARACTERS_MAX: Final = 500  # an owed refund's last error
-# (1.1, revision 0012) How many accepted SUN counters below a wristband's highest the ledger
+# (1.1, revision 0013) How many accepted SUN counters below a wristband's highest the ledger
 # keeps for the offline rule ("not accepted before"): an offline sale read more than this many
 # taps before the band's latest accepted one is refused as stale (docs/protocol.md).
 SUN_COUNTER_WINDOW: Final = 1024
+
+# --- the attendee's portal (cloud/portal.py: PINs and sessions; the API's in cloud/api/limits.py)
+# DESIGN.md 1.1: a PIN is 6-12 of [A-Z0-9] (`card import`); `card pin` prints 8 of them.
+PIN_LENGTH_MIN: Final = 6
+PIN_LENGTH_MAX: Final = 12
+PIN_LENGTH_GENERATED: Final = 8
+PIN_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+# scrypt with N = 2^13, r = 8 (8 MiB of memory per check), p = 1: about 26 ms per check on the
+# 2-core test machine when idle, about 150 ms when both cores are busy; DESIGN.md wants <= 100 ms
+# (docs/benchmarks.md, bench/bench_portal.py). 2^14 took 70-90 ms idle, too close to the bound.
+# The parameters are stored with each hash: raising them later keeps old hashes checkable.
+PIN_SCRYPT_N: Final = 2**13
+PIN_SCRYPT_R: Final = 8
+PIN_SCRYPT_P: Final = 1
+PIN_SCRYPT_KEY_BYTES: Final = 32
+PIN_SCRYPT_MAXMEM_BYTES: Final = 64 * 1024 * 1024
+PIN_SALT_BYTES: Final = 16
+# A supplier's file: one line per wristband (a big festival has tens of thousands).
+PIN_IMPORT_ROWS_MAX: Final = 200_000
+PIN_IMPORT_LINE_CHARACTERS_MAX: Final = 200
+# Below this many PINs, starting worker processes to hash them costs more than it saves.
+PIN_IMPORT_PARALLEL_MIN: Final = 64
+# The session cookie's secret: 32 random bytes, base64url (43 characters).
+PORTAL_TOKEN_BYTES: Final = 32

@@ -112,7 +112,8 @@ class CloudSettings(BaseSettings):
     topup_cancel_url: str = "http://127.0.0.1:8000/topup?status=cancelled"
     festival_environment: str = Field(default="production", pattern=r"^(production|development)$")
     # (1.1) Genuine wristbands (PROTOCOL.md): the 0600 file of the card master key, and the
-    # public base URL written into every wristband (`card program`) and served by GET /t.
+    # public base URL of the API, written into every wristband (`card program`, GET /t); the
+    # attendee's portal is FESTIVAL_PORTAL_URL/portal, its session cookie Secure when https.
     card_master_key_file: Path | None = None
     # (1.1) uid: a wristband is its UID (card_sun allowed and ignored); sun: every kiosk's bar
     # order and top-up must carry a verified, fresh SUN message (needs CARD_MASTER_KEY_FILE).

@@ -38,6 +38,16 @@ PATTERNS: Final[dict[Signal, tuple[Step, ...]]] = {
     Signal.CARD_READ: (Step(False, False, True, 60),),
     # Green with one beep.
     Signal.APPROVED: (Step(True, False, True, 150), Step(True, False, False, 1850)),
+    # (1.1) Amber (green and red together: the bi-colour LED's amber) with three short beeps:
+    # approved by the kiosk itself, offline - visibly and audibly not an online approval.
+    Signal.APPROVED_OFFLINE: (
+        Step(True, True, True, 80),
+        Step(True, True, False, 80),
+        Step(True, True, True, 80),
+        Step(True, True, False, 80),
+        Step(True, True, True, 80),
+        Step(True, True, False, 1600),
+    ),
     # Red with two beeps.
     Signal.DECLINED: (
         Step(False, True, True, 150),

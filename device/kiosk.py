@@ -15,6 +15,14 @@ logged with the reason; the retained copy the broker hands over again on every c
 version) is ignored quietly. The kiosk sells from its config's menu (the local menu file while
 no config with a menu was applied) and writes that config's version into every request.
 
+(1.1) Offline sales: the machine decides (device/machine.py ``offline_refusal``); the shell tells
+it the policy of every config applied (``PolicyChanged``) and whether a tapped card is on the
+deny-list (``CardTapped.denied``), signs an approved offline sale with ``offline: true`` and the
+config version that allowed it, and stores it (marked as offline in the outbox) before the
+machine turns the screen amber. The retained status carries ``offline_pending`` and
+``offline_pending_cents``: on every connect, and again (at most once per loop tick) whenever they
+change while the kiosk is online.
+
 The composition root that builds a ``Kiosk`` from the environment is device/main.py.
 """
 
@@ -60,6 +68,7 @@ from device.machine import (
     OutboxLoaded,
     Outcome,
     PendingRequest,
+    PolicyChanged,
     Publish,
     PublishAcked,
     Reply,
@@ -152,14 +161,19 @@ def build_request(
     card_uid: str,
     currency: str,
     card_sun: CardSun | None = None,
+    offline: bool = False,
 ) -> Request:
     """The protocol request for an order, once it has an id, a seq and a card.
 
     A draft's fields are its request's body (BarDraft: items, total_cents, staff_id;
     RechargeDraft: amount_cents, payment_method, staff_id, checkpoint_id): the same names, so
-    the body is copied field by field and the envelope is written once."""
+    the body is copied field by field and the envelope is written once. ``offline`` (1.1): a bar
+    order the kiosk approved itself."""
     request_type = BarOrder if isinstance(draft, BarDraft) else CheckpointRecharge
     body = {field.name: getattr(draft, field.name) for field in dataclasses.fields(draft)}
+    if offline:
+        assert request_type is BarOrder, "only a bar order is ever an offline sale"
+        body["offline"] = True
     return request_type(
         request_id=request_id,
         kiosk_id=kiosk_id,
@@ -180,6 +194,7 @@ def pending_request(stored: StoredRequest) -> PendingRequest:
         created_at_ms=stored.created_at_ms,
         card_uid=stored.card_uid,
         amount_cents=stored.amount_cents,
+        offline=stored.offline,
     )
 
 
@@ -200,6 +215,7 @@ def request_log_fields(pending: PendingRequest) -> dict[str, object]:
         "seq": pending.seq,
         "card_uid": pending.card_uid,
         "amount_cents": pending.amount_cents,
+        "offline": pending.offline,
     }
 
 
@@ -259,6 +275,8 @@ class Kiosk:
             "cloud_messages_applied": 0,
             "cloud_messages_ignored": 0,
         }
+        # The offline_pending* last put in the retained status (None: not since connecting).
+        self._status_offline: tuple[int, int] | None = None
         self._snapshot_version = (-1, -1)
         self._snapshot = b"{}"
         self._snapshots = 0
@@ -403,13 +421,16 @@ class Kiosk:
         elif isinstance(item, LinkConnected):
             log.info("mqtt connected", extra={"context": {"session_present": item.session_present}})
             self._link_reason = None
-            self.link.publish_online()
+            count, cents = self.state.offline_pending
+            self.link.publish_online(offline_pending=count, offline_pending_cents=cents)
+            self._status_offline = (count, cents)
             self._step(LinkUp())
         elif isinstance(item, LinkDisconnected):
             if self.state.online or self._link_reason is None:
                 log.warning("mqtt disconnected", extra={"context": {"reason": item.reason}})
             changed = item.reason != self._link_reason
             self._link_reason = item.reason
+            self._status_offline = None
             self._step(LinkDown())
             if changed:
                 self._changed()
@@ -428,6 +449,18 @@ class Kiosk:
             self._message(item)
         else:
             self._step(item)
+            if isinstance(item, Tick):
+                self._refresh_status()
+
+    def _refresh_status(self) -> None:
+        """Republish the retained status when the offline sales held changed while online (at
+        most once per tick: a backlog draining must not send one status per result)."""
+        if not self.state.online or self._status_offline is None:
+            return
+        offline = self.state.offline_pending
+        if offline != self._status_offline:
+            self.link.publish_status(offline_pending=offline[0], offline_pending_cents=offline[1])
+            self._status_offline = offline
 
     def _step(self, event: machine.Event) -> Transition:
         transition = machine.step(self.state, event, self.config, self.clock.monotonic_ms())
@@ -461,12 +494,18 @@ class Kiosk:
                 card_uid=effect.card_uid,
                 currency=identity.currency,
                 card_sun=effect.card_sun,
+                offline=effect.offline,
             )
             return encode_request(
                 request, identity.private_key, topup_cents_max=identity.topup_cents_max
             )
 
         amount_cents = machine.draft_amount_cents(draft)
+        offline_config_version = None
+        if effect.offline:
+            # The machine allowed it by the policy of the config that priced it (a BarDraft).
+            assert isinstance(draft, BarDraft) and draft.config_version is not None
+            offline_config_version = draft.config_version
         try:
             stored = self.outbox.store(
                 kind="bar_order" if isinstance(draft, BarDraft) else "checkpoint_recharge",
@@ -475,6 +514,7 @@ class Kiosk:
                 amount_cents=amount_cents,
                 new_request_id=lambda: self.ids.new(created_at_ms),
                 sign=sign,
+                offline_config_version=offline_config_version,
             )
         except OutboxFull as error:
             log.warning("outbox full: sale refused", extra={"context": {"detail": str(error)}})
@@ -517,7 +557,22 @@ class Kiosk:
         except ProtocolError as error:  # pragma: no cover - the reader reports valid fields
             log.error("scan record not encodable", extra={"context": {"error": str(error)}})
         if scan.status == "ok" and scan.card_uid is not None:
-            self._step(CardTapped(scan.card_uid, scan.card_sun))
+            transition = self._step(
+                CardTapped(scan.card_uid, scan.card_sun, denied=self.is_denied(scan.card_uid))
+            )
+            if machine.Indicate(machine.Signal.DECLINED) in transition.effects:
+                count, cents = self.state.offline_pending
+                log.info(
+                    "offline sale refused",
+                    extra={
+                        "context": {
+                            "card_uid": scan.card_uid,
+                            "reason": transition.state.notice,
+                            "offline_pending": count,
+                            "offline_pending_cents": cents,
+                        }
+                    },
+                )
         else:
             log.info(
                 "card read failed",
@@ -582,6 +637,7 @@ class Kiosk:
             error_code=error_code,
             new_balance_cents=result.new_balance_cents,
             completed_at_ms=self.clock.wall_ms(),
+            debt_cents=result.debt_cents if pending.offline else None,
         )
         self.counters["results_accepted"] += 1
         sent_at_ms = self._sent_at_ms.pop(result.request_id, None)
@@ -595,6 +651,7 @@ class Kiosk:
                     "status": str(result.status),
                     "error_code": error_code,
                     "new_balance_cents": result.new_balance_cents,
+                    "debt_cents": result.debt_cents,
                     "replayed": result.replayed,
                     "latency_ms": latency_ms,
                 }
@@ -613,6 +670,8 @@ class Kiosk:
             new_balance_cents=result.new_balance_cents,
             replayed=result.replayed,
             at_ms=self.clock.wall_ms(),
+            debt_cents=result.debt_cents,
+            offline=pending.offline,
         )
         self._step(ResultArrived(outcome))
 
@@ -706,6 +765,7 @@ class Kiosk:
             menu = self.fallback_menu
             sales = SalesMenu(menu, "none" if menu is None else "file", config.version)
         self._sales_menu = sales
+        self._step(PolicyChanged(config.version, config.offline))
         if sales.tag != shown:
             self._step(MenuChanged())
         self._changed()

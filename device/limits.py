@@ -32,6 +32,12 @@ RESULT_TIMEOUT_MAX_S: Final = 600.0
 RESEND_AFTER_S_DEFAULT: Final = 10.0
 RESEND_AFTER_MIN_S: Final = 0.05
 RESEND_AFTER_MAX_S: Final = 300.0
+# (1.1) KIOSK_OFFLINE_AFTER_S: a publish the broker has not acknowledged for this long means the
+# kiosk is offline for new sales (it judges them by its offline policy), even while the TCP
+# connection still looks up (paho's keepalive notices a dead link only after 1.5 x 30 s).
+OFFLINE_AFTER_S_DEFAULT: Final = 3.0
+OFFLINE_AFTER_MIN_S: Final = 0.5
+OFFLINE_AFTER_MAX_S: Final = 120.0
 # How long approved / declined stay on screen before the kiosk returns to idle.
 OUTCOME_DISPLAY_S: Final = 6.0
 # Results that arrived for a request no longer on screen, kept for the page's "late results".

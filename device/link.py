@@ -53,10 +53,15 @@ class Link(Protocol):
         """Publish a signed scan record (QoS 0, dropped when offline)."""
         ...
 
-    def publish_online(self) -> None:
+    def publish_online(self, *, offline_pending: int = 0, offline_pending_cents: int = 0) -> None:
         """Subscribe (QoS 1) to our result topic, our config topic and the deny-list topic, and
-        publish the retained ``online`` status. The broker hands over the retained config and
-        deny-list on every such subscription, so they arrive again after each connect."""
+        publish the retained ``online`` status (with the offline sales the kiosk holds
+        unanswered, 1.1). The broker hands over the retained config and deny-list on every such
+        subscription, so they arrive again after each connect."""
+        ...
+
+    def publish_status(self, *, offline_pending: int, offline_pending_cents: int) -> None:
+        """(1.1) Publish the retained ``online`` status again, with new ``offline_pending*``."""
         ...
 
     def stop(self) -> None:
@@ -107,6 +112,8 @@ class FakeLink:
         self._queued_requests: list[tuple[int, bytes]] = []  # published while disconnected
         self._queued_results: list[tuple[str, bytes]] = []  # delivered while disconnected
         self.retained: dict[str, bytes] = {}
+        # (offline_pending, offline_pending_cents) of every online status published.
+        self.statuses: list[tuple[int, int]] = []
         self._subscribed = False
 
     def start(self, sink: LinkSink) -> None:
@@ -176,11 +183,17 @@ class FakeLink:
         if self.connected:
             self._record("scan", payload)
 
-    def publish_online(self) -> None:
+    def publish_online(self, *, offline_pending: int = 0, offline_pending_cents: int = 0) -> None:
         self._record("status", b"online")
+        self.statuses.append((offline_pending, offline_pending_cents))
         self._subscribed = True
         for topic, payload in list(self.retained.items()):
             self._emit(MessageReceived(topic, payload))
+
+    def publish_status(self, *, offline_pending: int, offline_pending_cents: int) -> None:
+        if self.connected:
+            self._record("status", b"online")
+            self.statuses.append((offline_pending, offline_pending_cents))
 
     def stop(self) -> None:
         self._record("status", b"offline")

@@ -12,6 +12,14 @@ Rules that matter for money:
 - A request that gets no result in time stays pending (screen ``timed_out``); it is resent with
   the same bytes and its late result is shown when it arrives.
 - When the outbox is full the kiosk refuses new orders and taps, and says so.
+- (1.1) Offline sales: a bar kiosk that knows it is offline **before** the request is created
+  (the link is down, or the broker has not acknowledged a publish for ``offline_after_ms``)
+  approves a bar order itself when its config's offline policy allows it (``offline_refusal``);
+  the request is then signed with ``offline: true``, stored, and only then the screen turns
+  amber (``APPROVED_OFFLINE``). Otherwise the order is refused on the spot with the reason. A
+  request created online never becomes an offline sale, whatever happens to it afterwards. The
+  running totals are those of the offline sales in ``pending`` (the outbox): nothing else to
+  keep, so they survive a reboot with the outbox.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
-from device.limits import LATE_RESULTS_MAX
-from protocol.models import BarItem, PaymentMethod
+from device.limits import LATE_RESULTS_MAX, OFFLINE_AFTER_S_DEFAULT
+from protocol.models import BarItem, OfflinePolicy, PaymentMethod
 from protocol.models import CardSun as CardSun  # (1.1) genuine wristbands
 from protocol.redaction import mask_card_uid
 
@@ -37,6 +45,8 @@ class Screen(StrEnum):
     CARD_READ = "card_read"  # the card was read; the request is being stored
     WAITING = "waiting"  # the request is stored and sent; waiting for the signed result
     APPROVED = "approved"
+    # (1.1) The kiosk approved this sale itself, offline: stored, the cloud will apply it.
+    APPROVED_OFFLINE = "approved_offline"
     DECLINED = "declined"  # declined or rejected by the cloud
     TIMED_OUT = "timed_out"  # no result in time; the request stays pending
     OFFLINE = "offline"  # the request is stored but the link is down
@@ -47,6 +57,7 @@ class Signal(StrEnum):
 
     CARD_READ = "card_read"
     APPROVED = "approved"
+    APPROVED_OFFLINE = "approved_offline"
     DECLINED = "declined"
     OFFLINE = "offline"
     ERROR = "error"
@@ -95,6 +106,9 @@ class MachineConfig:
     resend_after_ms: int
     resend_after_ms_max: int
     outcome_display_ms: int
+    # (1.1) A publish the broker has not acknowledged for this long means the link is dead
+    # even if TCP has not noticed yet: new bar orders are then judged as offline sales.
+    offline_after_ms: int = int(OFFLINE_AFTER_S_DEFAULT * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,10 @@ class PendingRequest:
     # The broker acknowledged the last publish (PUBACK); only then do we count towards a resend.
     acked: bool = False
     resend_at_ms: int | None = None
+    # (1.1) An offline sale (signed with ``offline: true``): counts towards the running totals.
+    offline: bool = False
+    # Since when a publish of it waits for the broker's acknowledgement (None: none waits).
+    unacked_since_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +147,9 @@ class Outcome:
     new_balance_cents: int | None
     replayed: bool
     at_ms: int
+    # (1.1) What the card owes after this outcome (an offline sale it could not cover).
+    debt_cents: int | None = None
+    offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +166,31 @@ class KioskState:
     notice: str | None = None
     late_results: tuple[Outcome, ...] = ()
     version: int = 0
+    # (1.1) The offline policy of the config the kiosk runs, and that config's version (None:
+    # no config, or a config that forbids offline sales).
+    offline_policy: OfflinePolicy | None = None
+    policy_version: int | None = None
+    # Online, but a publish has waited longer than ``offline_after_ms`` for the broker (the
+    # page shows it; decisions compute it afresh from the clock).
+    link_stale: bool = False
 
     @property
     def outstanding_ids(self) -> frozenset[str]:
         return frozenset(request.request_id for request in self.pending)
+
+    @property
+    def offline_pending(self) -> tuple[int, int]:
+        """How many offline sales wait for their result, and their sum in cents."""
+        sales = [request.amount_cents for request in self.pending if request.offline]
+        return len(sales), sum(sales)
+
+    def card_offline_cents(self, card_uid: str) -> int:
+        """This kiosk's unanswered offline sales to ``card_uid``, in cents."""
+        return sum(
+            request.amount_cents
+            for request in self.pending
+            if request.offline and request.card_uid == card_uid
+        )
 
     def pending_request(self, request_id: str | None) -> PendingRequest | None:
         return next((p for p in self.pending if p.request_id == request_id), None)
@@ -176,6 +218,8 @@ class DismissPressed:
 class CardTapped:
     card_uid: str
     card_sun: CardSun | None = None  # (1.1) the band's SUN message, when it gave one
+    # (1.1) The card is on the deny-list the kiosk holds (the shell looks it up).
+    denied: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +275,14 @@ class MenuChanged:
     """The kiosk now sells from another menu (a config with a new menu was applied)."""
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyChanged:
+    """(1.1) A config was applied: its version and offline policy (None: no offline sales)."""
+
+    config_version: int
+    offline: OfflinePolicy | None
+
+
 Event: TypeAlias = (
     OrderEntered
     | CancelPressed
@@ -246,6 +298,7 @@ Event: TypeAlias = (
     | ResultArrived
     | Tick
     | MenuChanged
+    | PolicyChanged
 )
 
 
@@ -260,6 +313,8 @@ class CreateRequest:
     draft: Draft
     card_uid: str
     card_sun: CardSun | None = None  # (1.1) passed on into the request as card_sun
+    # (1.1) Sign it as an offline sale (``offline: true``): the machine approved it itself.
+    offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +349,9 @@ class Transition:
 
 _BUSY_SCREENS = frozenset({Screen.CARD_READ, Screen.WAITING})
 _DISMISSABLE_SCREENS = frozenset(
-    {Screen.APPROVED, Screen.DECLINED, Screen.TIMED_OUT, Screen.OFFLINE}
+    {Screen.APPROVED, Screen.APPROVED_OFFLINE, Screen.DECLINED, Screen.TIMED_OUT, Screen.OFFLINE}
 )
+_OUTCOME_SCREENS = frozenset({Screen.APPROVED, Screen.APPROVED_OFFLINE, Screen.DECLINED})
 _AWAITING_SCREENS = frozenset({Screen.CARD_READ, Screen.WAITING, Screen.TIMED_OUT, Screen.OFFLINE})
 
 
@@ -327,7 +383,7 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
             return Transition(_idle(state), reply=Reply(True, "ready"))
         return Transition(state, reply=Reply(False, f"cannot dismiss while {state.screen}"))
     if isinstance(event, CardTapped):
-        return _card_tapped(state, event.card_uid, config, now_ms, event.card_sun)
+        return _card_tapped(state, event, config, now_ms)
     if isinstance(event, CardFailed):
         if state.screen is Screen.ORDER_PENDING:
             notice = _card_failure_text(event.status)
@@ -357,6 +413,10 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
         return _result_arrived(state, event.outcome, config, now_ms)
     if isinstance(event, MenuChanged):
         return _menu_changed(state)
+    if isinstance(event, PolicyChanged):
+        return Transition(
+            replace(state, offline_policy=event.offline, policy_version=event.config_version)
+        )
     raise AssertionError(f"unhandled event {event!r}")
 
 
@@ -400,21 +460,83 @@ def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Tr
 
 
 def _card_tapped(
-    state: KioskState,
-    card_uid: str,
-    config: MachineConfig,
-    now_ms: int,
-    card_sun: CardSun | None = None,
+    state: KioskState, tap: CardTapped, config: MachineConfig, now_ms: int
 ) -> Transition:
-    if state.screen is not Screen.ORDER_PENDING or state.draft is None:
+    draft = state.draft
+    if state.screen is not Screen.ORDER_PENDING or draft is None:
         # A band tapped with no order (or held again after paying) never makes a request.
         return Transition(state)
     if outbox_full(state, config):
         notice = _outbox_full_text(state)
         return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
+    card_uid = tap.card_uid
+    offline = isinstance(draft, BarDraft) and is_offline(state, config, now_ms)
+    if offline:
+        assert isinstance(draft, BarDraft)
+        refusal = offline_refusal(state, draft, card_uid, denied=tap.denied)
+        if refusal is not None:
+            # Refused on the spot: nothing is signed or stored; the order stays on screen.
+            refused = replace(state, notice=refusal)
+            return Transition(refused, (Indicate(Signal.DECLINED),))
     read = replace(state, screen=Screen.CARD_READ, card_uid=card_uid, notice=None)
-    effects = (Indicate(Signal.CARD_READ), CreateRequest(state.draft, card_uid, card_sun))
+    effects = (
+        Indicate(Signal.CARD_READ),
+        CreateRequest(draft, card_uid, tap.card_sun, offline=offline),
+    )
     return Transition(read, effects)
+
+
+def is_offline(state: KioskState, config: MachineConfig, now_ms: int) -> bool:
+    """Whether the kiosk knows it is offline now: the link is down, or a publish has waited
+    ``offline_after_ms`` or longer for the broker's acknowledgement (a link that died without
+    TCP noticing; paho's keepalive would take far longer to say so)."""
+    if not state.online:
+        return True
+    return any(
+        request.unacked_since_ms is not None
+        and now_ms - request.unacked_since_ms >= config.offline_after_ms
+        for request in state.pending
+    )
+
+
+OFFLINE_NOT_ALLOWED_TEXT = "offline: this bar cannot sell offline"
+OFFLINE_RETURNS_TEXT = "offline: returns need the network"
+OFFLINE_CONFIG_CHANGED_TEXT = (
+    "offline: the config changed since this order was entered: enter it again"
+)
+OFFLINE_SALE_LIMIT_TEXT = "offline: over the offline limit"
+OFFLINE_CARD_LIMIT_TEXT = "offline: over the offline limit for this card"
+OFFLINE_BLOCKED_TEXT = "card blocked"
+OFFLINE_KIOSK_LIMIT_TEXT = "offline limit of this bar reached"
+
+
+def offline_refusal(
+    state: KioskState, draft: BarDraft, card_uid: str, *, denied: bool
+) -> str | None:
+    """Why the offline sale of ``draft`` to ``card_uid`` must be refused, or None when the
+    policy of the config the kiosk runs allows it (PROTOCOL.md "Offline sales"), checked in
+    this order: a policy at all; the order was priced by that config (the sale cites one
+    config, whose policy must be the one that allowed it); no return lines; the total between
+    0 and ``sale_max_cents``; the card not on the deny-list; this kiosk's unanswered offline
+    sales to the card plus this one within ``card_max_cents``; all its unanswered offline
+    sales plus this one within ``kiosk_max_cents``."""
+    policy = state.offline_policy
+    if policy is None or state.policy_version is None:
+        return OFFLINE_NOT_ALLOWED_TEXT
+    if draft.config_version != state.policy_version:
+        return OFFLINE_CONFIG_CHANGED_TEXT
+    if any(item.is_return for item in draft.items):
+        return OFFLINE_RETURNS_TEXT
+    total_cents = draft.total_cents
+    if not 0 <= total_cents <= policy.sale_max_cents:
+        return OFFLINE_SALE_LIMIT_TEXT
+    if denied:
+        return OFFLINE_BLOCKED_TEXT
+    if state.card_offline_cents(card_uid) + total_cents > policy.card_max_cents:
+        return OFFLINE_CARD_LIMIT_TEXT
+    if state.offline_pending[1] + total_cents > policy.kiosk_max_cents:
+        return OFFLINE_KIOSK_LIMIT_TEXT
+    return None
 
 
 def _request_stored(
@@ -426,6 +548,15 @@ def _request_stored(
         request = _sent(request, config, now_ms)
         effects.append(Publish(request.request_id))
     new_state = replace(state, pending=(*state.pending, request))
+    if request.offline and state.screen is Screen.CARD_READ:
+        # Stored (durably, by the shell, before this event): now, and only now, amber.
+        approved = replace(
+            new_state,
+            screen=Screen.APPROVED_OFFLINE,
+            current_request_id=request.request_id,
+            deadline_ms=now_ms + config.outcome_display_ms,
+        )
+        return Transition(approved, (*effects, Indicate(Signal.APPROVED_OFFLINE)))
     if state.screen is Screen.CARD_READ:
         screen = Screen.WAITING if state.online else Screen.OFFLINE
         new_state = replace(
@@ -443,11 +574,13 @@ def _sent(request: PendingRequest, config: MachineConfig, now_ms: int) -> Pendin
     """``request`` once handed to MQTT. Until the broker's acknowledgement sets the normal resend
     time, the longest pause applies: should the acknowledgement itself be lost, the request is
     still sent again, late, instead of never."""
+    waiting = not request.acked and request.unacked_since_ms is not None
     return replace(
         request,
         sends=request.sends + 1,
         acked=False,
         resend_at_ms=now_ms + config.resend_after_ms_max,
+        unacked_since_ms=request.unacked_since_ms if waiting else now_ms,
     )
 
 
@@ -468,7 +601,12 @@ def _send_unsent(state: KioskState, config: MachineConfig, now_ms: int) -> Trans
 def _link_up(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
     # Requests the MQTT client already holds unacknowledged are resent by the client itself on
     # reconnect (same packet); publishing them again would only make duplicates.
-    state = replace(state, online=True)
+    # What the client resends on reconnect gets a fresh window for its acknowledgement.
+    pending = tuple(
+        p if p.unacked_since_ms is None else replace(p, unacked_since_ms=now_ms)
+        for p in state.pending
+    )
+    state = replace(state, online=True, pending=pending, link_stale=False)
     if state.screen is Screen.OFFLINE:
         state = replace(state, screen=Screen.WAITING, deadline_ms=now_ms + config.result_timeout_ms)
     return _send_unsent(state, config, now_ms)
@@ -495,7 +633,10 @@ def _publish_acked(
     if request is None:
         return Transition(state)  # its result came first
     acked = replace(
-        request, acked=True, resend_at_ms=now_ms + _resend_delay_ms(config, request.sends)
+        request,
+        acked=True,
+        resend_at_ms=now_ms + _resend_delay_ms(config, request.sends),
+        unacked_since_ms=None,
     )
     pending = tuple(acked if p.request_id == request.request_id else p for p in state.pending)
     new_state = replace(state, pending=pending)
@@ -544,8 +685,11 @@ def _tick(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
         if state.screen is Screen.WAITING:
             state = replace(state, screen=Screen.TIMED_OUT, deadline_ms=None)
             effects.append(Indicate(Signal.ERROR))
-        elif state.screen in (Screen.APPROVED, Screen.DECLINED):
+        elif state.screen in _OUTCOME_SCREENS:
             state = _idle(state)
+    stale = state.online and is_offline(state, config, now_ms)
+    if stale != state.link_stale:
+        state = replace(state, link_stale=stale)
     if state.online and any(_resend_due(p, now_ms) for p in state.pending):
         pending: list[PendingRequest] = []
         for request in state.pending:
@@ -622,13 +766,19 @@ def outcome_to_dict(outcome: Outcome | None) -> dict[str, object] | None:
         "new_balance_cents": outcome.new_balance_cents,
         "replayed": outcome.replayed,
         "at_ms": outcome.at_ms,
+        "debt_cents": outcome.debt_cents,
+        "offline": outcome.offline,
     }
 
 
 def screen_text(state: KioskState) -> str:
     """One line for the screen (the page may render more from the structured view)."""
     if state.screen is Screen.IDLE:
-        return "Ready" if state.online else "Ready (offline: payments are queued)"
+        if state.online and not state.link_stale:
+            return "Ready"
+        if state.offline_policy is not None:
+            return "Ready (offline: sales are approved offline within the limits)"
+        return "Ready (offline: payments are queued)"
     if state.screen is Screen.ORDER_PENDING:
         return state.notice or "Tap your wristband"
     if state.screen is Screen.CARD_READ:
@@ -637,6 +787,8 @@ def screen_text(state: KioskState) -> str:
         return "Processing..."
     if state.screen is Screen.APPROVED and state.outcome is not None:
         return state.outcome.message or "Approved"
+    if state.screen is Screen.APPROVED_OFFLINE:
+        return "Approved offline"
     if state.screen is Screen.DECLINED and state.outcome is not None:
         return state.outcome.message or "Declined"
     if state.screen is Screen.TIMED_OUT:
@@ -685,6 +837,27 @@ class ShellView:
     cloud: CloudView = CloudView()
 
 
+def _offline_view(state: KioskState, config: MachineConfig) -> dict[str, object]:
+    """(1.1) What the page shows of offline sales: whether the kiosk sells offline now, the
+    policy it runs, and the offline sales it holds unanswered."""
+    count, cents = state.offline_pending
+    policy = state.offline_policy
+    return {
+        "active": config.mode is Mode.BAR and (not state.online or state.link_stale),
+        "allowed": policy is not None,
+        "policy": None
+        if policy is None
+        else {
+            "config_version": state.policy_version,
+            "sale_max_cents": policy.sale_max_cents,
+            "card_max_cents": policy.card_max_cents,
+            "kiosk_max_cents": policy.kiosk_max_cents,
+        },
+        "pending": count,
+        "pending_cents": cents,
+    }
+
+
 def view(
     state: KioskState, config: MachineConfig, shell: ShellView | None = None
 ) -> dict[str, object]:
@@ -720,6 +893,7 @@ def view(
             "oldest_seq": state.pending[0].seq if state.pending else None,
         },
         "late_results": [outcome_to_dict(outcome) for outcome in state.late_results],
+        "offline": _offline_view(state, config),
     }
     if shell is None:
         return document
@@ -775,6 +949,7 @@ __all__ = [
     "OutboxLoaded",
     "Outcome",
     "PendingRequest",
+    "PolicyChanged",
     "Publish",
     "PublishAcked",
     "ReaderView",
@@ -788,6 +963,8 @@ __all__ = [
     "Signal",
     "Tick",
     "Transition",
+    "is_offline",
+    "offline_refusal",
     "step",
     "view",
 ]

@@ -70,6 +70,7 @@ def machine_config(settings: KioskSettings) -> MachineConfig:
         resend_after_ms=int(settings.resend_after_s * 1000),
         resend_after_ms_max=int(max(settings.resend_after_s, RESEND_AFTER_MAX_S) * 1000),
         outcome_display_ms=int(OUTCOME_DISPLAY_S * 1000),
+        offline_after_ms=int(settings.offline_after_s * 1000),
     )
 
 

@@ -76,6 +76,7 @@ class MqttLink:
         self._firmware = firmware
         self._clock_ms = clock_ms
         self._sink: LinkSink | None = None
+        self._offline: tuple[int, int] | None = None
         self.tx_topic = topic_for(topic_prefix, kiosk_id, TopicKind.TX)
         self.result_topic = topic_for(topic_prefix, kiosk_id, TopicKind.RESULT)
         self.scan_topic = topic_for(topic_prefix, kiosk_id, TopicKind.SCAN)
@@ -119,13 +120,15 @@ class MqttLink:
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
         self._connect_properties = properties
 
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: str, offline: tuple[int, int] | None = None) -> bytes:
         return encode_status(
             KioskStatus(
                 kiosk_id=self._kiosk_id,
                 state="online" if state == "online" else "offline",
                 at_ms=self._clock_ms(),
                 firmware=self._firmware,
+                offline_pending=None if offline is None else offline[0],
+                offline_pending_cents=None if offline is None else offline[1],
             )
         )
 
@@ -155,17 +158,26 @@ class MqttLink:
         if self._client.is_connected():
             self._client.publish(self.scan_topic, payload, qos=0)
 
-    def publish_online(self) -> None:
+    def publish_online(self, *, offline_pending: int = 0, offline_pending_cents: int = 0) -> None:
         # Exactly the filters the broker's ACL lets a kiosk read (cloud/broker.py).
         self._client.subscribe(
             [(self.result_topic, 1), (self.config_topic, 1), (self.denylist_topic, 1)]
         )
-        self._client.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+        self.publish_status(
+            offline_pending=offline_pending, offline_pending_cents=offline_pending_cents
+        )
+
+    def publish_status(self, *, offline_pending: int, offline_pending_cents: int) -> None:
+        # Kept for the "offline" status of a clean shutdown (the Will, set before the first
+        # connect, cannot know them).
+        self._offline = (offline_pending, offline_pending_cents)
+        payload = self._status("online", self._offline)
+        self._client.publish(self.status_topic, payload, qos=1, retain=True)
 
     def stop(self) -> None:
         if self._client.is_connected():
             info = self._client.publish(
-                self.status_topic, self._status("offline"), qos=1, retain=True
+                self.status_topic, self._status("offline", self._offline), qos=1, retain=True
             )
             try:
                 info.wait_for_publish(SHUTDOWN_PUBLISH_TIMEOUT_S)

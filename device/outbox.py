@@ -13,6 +13,13 @@ same WAL/FULL discipline, so a kiosk that reboots without a network still sells 
 menu and still holds the deny-list. The table is additive (``CREATE TABLE IF NOT EXISTS``): the
 schema version stays 1, so an older firmware (a rollback) still opens the file and ignores it.
 
+(1.1) Offline sales: a request the kiosk approved itself is marked by a row in ``offline_sales``
+(same seq), written in the same transaction as the request, and given the ``debt_cents`` of its
+result when that arrives. The kiosk's running totals are derived from the offline sales still
+in ``requests`` (``outstanding``), so they survive a reboot and cannot drift from what is really
+unanswered. The table is additive like ``cloud_messages``; an older firmware ignores it (it sends
+the stored bytes, which say ``offline: true``, as they are).
+
 This is the only module that imports sqlite3. One instance is used from one thread (the kiosk's
 main loop).
 """
@@ -60,6 +67,11 @@ CREATE TABLE IF NOT EXISTS history (
     new_balance_cents INTEGER,
     completed_at_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS offline_sales (
+    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+    config_version INTEGER NOT NULL CHECK (config_version >= 1),
+    debt_cents INTEGER CHECK (debt_cents >= 0)
+);
 CREATE TABLE IF NOT EXISTS cloud_messages (
     kind TEXT PRIMARY KEY CHECK (kind IN ('config', 'denylist')),
     version INTEGER NOT NULL CHECK (version >= 1),
@@ -95,6 +107,8 @@ class OutboxEntry:
 @dataclass(frozen=True, slots=True)
 class StoredRequest(OutboxEntry):
     payload: bytes
+    # (1.1) The kiosk approved it itself (signed with ``offline: true``).
+    offline: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,9 @@ class Completed(OutboxEntry):
     error_code: str | None
     new_balance_cents: int | None
     completed_at_ms: int
+    offline: bool = False
+    # (1.1) What the card owed after the result (offline sales only; None otherwise).
+    debt_cents: int | None = None
 
 
 class Outbox:
@@ -184,8 +201,8 @@ class Outbox:
     def outstanding(self) -> list[StoredRequest]:
         """Every request still waiting for its result, oldest (lowest seq) first."""
         rows = self._db.execute(
-            "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload"
-            " FROM requests ORDER BY seq"
+            f"SELECT {_STORED_COLUMNS} FROM requests r"
+            " LEFT JOIN offline_sales o ON o.seq = r.seq ORDER BY r.seq"
         ).fetchall()
         return [_stored(row) for row in rows]
 
@@ -198,12 +215,13 @@ class Outbox:
     def history(self, limit: int = OUTBOX_HISTORY_MAX) -> list[Completed]:
         """Finished requests, newest first."""
         rows = self._db.execute(
-            "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, status,"
-            " error_code, new_balance_cents, completed_at_ms FROM history"
-            " ORDER BY seq DESC LIMIT ?",
+            "SELECT h.request_id, h.seq, h.kind, h.created_at_ms, h.card_uid, h.amount_cents,"
+            " h.status, h.error_code, h.new_balance_cents, h.completed_at_ms,"
+            " o.seq IS NOT NULL, o.debt_cents FROM history h"
+            " LEFT JOIN offline_sales o ON o.seq = h.seq ORDER BY h.seq DESC LIMIT ?",
             (limit,),
         ).fetchall()
-        return [Completed(*row) for row in rows]
+        return [_completed(row) for row in rows]
 
     # --- changes ---------------------------------------------------------------------------
 
@@ -216,10 +234,13 @@ class Outbox:
         amount_cents: int,
         new_request_id: Callable[[], str],
         sign: Callable[[str, int], bytes],
+        offline_config_version: int | None = None,
     ) -> StoredRequest:
         """Allocate the next seq and a request id, sign, and store, in one durable transaction.
 
         ``sign(request_id, seq)`` returns the exact bytes to publish (now and on every resend).
+        ``offline_config_version`` (1.1): the request is an offline sale, allowed by that
+        config's policy; it is marked as one in the same transaction.
         Raises OutboxFull at capacity; nothing is stored and no seq is consumed then.
         """
         if self.full:
@@ -234,8 +255,22 @@ class Outbox:
                 " amount_cents, payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (seq, request_id, kind, created_at_ms, card_uid, amount_cents, payload),
             )
+            if offline_config_version is not None:
+                self._db.execute(
+                    "INSERT INTO offline_sales (seq, config_version) VALUES (?, ?)",
+                    (seq, offline_config_version),
+                )
         self._count += 1
-        return StoredRequest(request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload)
+        return StoredRequest(
+            request_id,
+            seq,
+            kind,
+            created_at_ms,
+            card_uid,
+            amount_cents,
+            payload,
+            offline_config_version is not None,
+        )
 
     def complete(
         self,
@@ -245,15 +280,17 @@ class Outbox:
         error_code: str | None,
         new_balance_cents: int | None,
         completed_at_ms: int,
+        debt_cents: int | None = None,
     ) -> StoredRequest | None:
-        """Remove a request whose verified result arrived; keep a line of history.
+        """Remove a request whose verified result arrived; keep a line of history (an offline
+        sale's with the ``debt_cents`` its result names).
 
         Returns the removed request, or None when it was not outstanding (a duplicate result).
         """
         with self._transaction():
             row = self._db.execute(
-                "SELECT request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload"
-                " FROM requests WHERE request_id = ?",
+                f"SELECT {_STORED_COLUMNS} FROM requests r"
+                " LEFT JOIN offline_sales o ON o.seq = r.seq WHERE r.request_id = ?",
                 (request_id,),
             ).fetchone()
             if row is None:
@@ -275,10 +312,21 @@ class Outbox:
                     completed_at_ms,
                 ),
             )
+            if stored.offline:
+                self._db.execute(
+                    "UPDATE offline_sales SET debt_cents = ? WHERE seq = ?",
+                    (debt_cents, stored.seq),
+                )
             self._db.execute(
                 "DELETE FROM history WHERE seq <= (SELECT seq FROM history"
                 " ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                 (OUTBOX_HISTORY_MAX,),
+            )
+            # An offline sale's mark goes with its last line of history; one still waiting for
+            # its result (an older seq answered late) keeps it.
+            self._db.execute(
+                "DELETE FROM offline_sales WHERE seq < (SELECT min(seq) FROM history)"
+                " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.seq = offline_sales.seq)"
             )
         self._count -= 1
         return stored
@@ -315,10 +363,35 @@ class Outbox:
         self._db.close()
 
 
+_STORED_COLUMNS: Final = (
+    "r.request_id, r.seq, r.kind, r.created_at_ms, r.card_uid, r.amount_cents, r.payload,"
+    " o.seq IS NOT NULL"
+)
+
+
+def _completed(row: tuple[Any, ...]) -> Completed:
+    (request_id, seq, kind, created_at_ms, card_uid, amount_cents) = row[:6]
+    status, error_code, new_balance_cents, completed_at_ms, offline, debt_cents = row[6:]
+    return Completed(
+        request_id,
+        seq,
+        kind,
+        created_at_ms,
+        card_uid,
+        amount_cents,
+        status,
+        error_code,
+        new_balance_cents,
+        completed_at_ms,
+        bool(offline),
+        debt_cents,
+    )
+
+
 def _stored(row: tuple[Any, ...]) -> StoredRequest:
-    request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload = row
+    request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload, offline = row
     return StoredRequest(
-        request_id, seq, kind, created_at_ms, card_uid, amount_cents, bytes(payload)
+        request_id, seq, kind, created_at_ms, card_uid, amount_cents, bytes(payload), bool(offline)
     )
 
 

@@ -25,6 +25,9 @@ from device.limits import (
     GREEN_PIN_DEFAULT,
     HTTP_PORT_DEFAULT,
     MENU_FILE_BYTES_MAX,
+    OFFLINE_AFTER_MAX_S,
+    OFFLINE_AFTER_MIN_S,
+    OFFLINE_AFTER_S_DEFAULT,
     OUTBOX_MAX_DEFAULT,
     OUTBOX_MAX_MAX,
     OUTBOX_MAX_MIN,
@@ -78,6 +81,7 @@ KNOWN_VARIABLES = frozenset(
         "KIOSK_MENU_FILE",
         "KIOSK_RESULT_TIMEOUT_S",
         "KIOSK_RESEND_AFTER_S",
+        "KIOSK_OFFLINE_AFTER_S",
         "KIOSK_OUTBOX_MAX",
         "KIOSK_GREEN_PIN",
         "KIOSK_RED_PIN",
@@ -117,6 +121,7 @@ class KioskSettings:
     menu: Menu | None = None
     result_timeout_s: float = RESULT_TIMEOUT_S_DEFAULT
     resend_after_s: float = RESEND_AFTER_S_DEFAULT
+    offline_after_s: float = OFFLINE_AFTER_S_DEFAULT
     outbox_max: int = OUTBOX_MAX_DEFAULT
     green_pin: int = GREEN_PIN_DEFAULT
     red_pin: int = RED_PIN_DEFAULT
@@ -284,6 +289,9 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
     resend_after_s = env.seconds(
         "KIOSK_RESEND_AFTER_S", RESEND_AFTER_S_DEFAULT, RESEND_AFTER_MIN_S, RESEND_AFTER_MAX_S
     )
+    offline_after_s = env.seconds(
+        "KIOSK_OFFLINE_AFTER_S", OFFLINE_AFTER_S_DEFAULT, OFFLINE_AFTER_MIN_S, OFFLINE_AFTER_MAX_S
+    )
     outbox_max = env.integer("KIOSK_OUTBOX_MAX", OUTBOX_MAX_DEFAULT, OUTBOX_MAX_MIN, OUTBOX_MAX_MAX)
     pins = [
         env.integer(name, default, GPIO_PIN_MIN, GPIO_PIN_MAX)
@@ -328,6 +336,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         menu=menu,
         result_timeout_s=result_timeout_s,
         resend_after_s=resend_after_s,
+        offline_after_s=offline_after_s,
         outbox_max=outbox_max,
         green_pin=pins[0],
         red_pin=pins[1],

@@ -219,6 +219,7 @@ def build_result(
     transaction_id: str | None,
     previous_balance_cents: int | None,
     new_balance_cents: int | None,
+    debt_cents: int | None,
     replayed: bool,
     processed_at_ms: int,
 ) -> Result:
@@ -240,6 +241,7 @@ def build_result(
         transaction_id=transaction_id,
         previous_balance_cents=previous_balance_cents,
         new_balance_cents=new_balance_cents,
+        debt_cents=debt_cents,
         replayed=replayed,
         processed_at_ms=processed_at_ms,
     )

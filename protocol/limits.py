@@ -78,6 +78,11 @@ VAT_RATE_BP_MAX: Final = 10_000
 OFFLINE_CENTS_MIN: Final = 1
 OFFLINE_CENTS_MAX: Final = 2**63 - 1
 DENYLIST_CARDS_MAX: Final = 6000
+# (1.1) A status message's count and amount of the offline sales a kiosk holds unanswered.
+OFFLINE_PENDING_MIN: Final = 0
+OFFLINE_PENDING_MAX: Final = 2**63 - 1
+OFFLINE_PENDING_CENTS_MIN: Final = 0
+OFFLINE_PENDING_CENTS_MAX: Final = 2**63 - 1
 
 TOPUP_CENTS_MIN: Final = 1
 TOPUP_CENTS_MAX_DEFAULT: Final = 100_000

@@ -54,6 +54,10 @@ from protocol.limits import (
     MENU_ITEMS_MIN,
     OFFLINE_CENTS_MAX,
     OFFLINE_CENTS_MIN,
+    OFFLINE_PENDING_CENTS_MAX,
+    OFFLINE_PENDING_CENTS_MIN,
+    OFFLINE_PENDING_MAX,
+    OFFLINE_PENDING_MIN,
     PROTOCOL_VERSION,
     READER_NAME_LENGTH_MAX,
     READER_NAME_LENGTH_MIN,
@@ -170,10 +174,15 @@ class BarOrder:
     items: tuple[BarItem, ...]
     total_cents: int
     staff_id: str | None = None
-    # (1.1) The version of the config whose menu priced this order (PROTOCOL.md "Menus").
+    # (1.1) The version of the config whose menu priced this order (PROTOCOL.md "Menus"); for
+    # an offline sale, the config whose offline policy allowed it.
     config_version: int | None = None
     # (1.1) The wristband's SUN message, when it is a genuine one.
     card_sun: CardSun | None = None
+    # (1.1) The kiosk approved this sale itself, without a connection ("Offline sales"): no
+    # return lines then. Whether its config allowed it is the cloud's to judge
+    # (OFFLINE_LIMIT_EXCEEDED), so an offline order citing no config can still be built.
+    offline: bool = False
 
     def __post_init__(self) -> None:
         _check_card_sun(self.card_sun)
@@ -188,7 +197,10 @@ class BarOrder:
             if type(item) is not BarItem:
                 _fail(f"items[{index}] must be a BarItem, got {type(item).__name__}")
         _check_bar_order_rest(
-            items, self.total_cents, _ABSENT if self.staff_id is None else self.staff_id
+            items,
+            self.total_cents,
+            _ABSENT if self.staff_id is None else self.staff_id,
+            self.offline,
         )
 
 
@@ -255,6 +267,8 @@ class Result:
     transaction_id: str | None
     previous_balance_cents: int | None
     new_balance_cents: int | None
+    # (1.1) What the card owes after this outcome; None exactly when the balances are None.
+    debt_cents: int | None
     replayed: bool
     processed_at_ms: int
 
@@ -298,9 +312,19 @@ class KioskStatus:
     state: KioskState
     at_ms: int
     firmware: str
+    # (1.1) The offline sales the kiosk holds that the cloud has not answered yet, and their sum.
+    offline_pending: int | None = None
+    offline_pending_cents: int | None = None
 
     def __post_init__(self) -> None:
-        _check_kiosk_status(self.kiosk_id, self.state, self.at_ms, self.firmware)
+        _check_kiosk_status(
+            self.kiosk_id,
+            self.state,
+            self.at_ms,
+            self.firmware,
+            _ABSENT if self.offline_pending is None else self.offline_pending,
+            _ABSENT if self.offline_pending_cents is None else self.offline_pending_cents,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,16 +618,24 @@ def _check_item(
 
 
 def _check_bar_order_rest(
-    items: tuple[BarItem, ...], total_cents: object, staff_id: object
+    items: tuple[BarItem, ...], total_cents: object, staff_id: object, offline: object
 ) -> None:
-    """A bar order's fields after its items, then its total."""
+    """A bar order's fields after its items, then its total, then (1.1) the offline rule: an
+    offline sale has no return lines (so its total is never negative; PROTOCOL.md
+    "Offline sales": INVALID_REQUEST)."""
     if type(total_cents) is not int:
         _fail(f"total_cents must be an integer, got {json_type_name(total_cents)}")
     if staff_id is not _ABSENT:
         _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+    if offline is not _ABSENT:
+        _bool(offline, "offline")
     computed_cents = sum(item.signed_cents for item in items)
     if total_cents != computed_cents:
         _fail(f"total_cents {quote(total_cents)} does not equal the items' sum {computed_cents}")
+    if offline is True:
+        returns = [index for index, item in enumerate(items) if item.is_return]
+        if returns:
+            _fail(f"an offline sale has no return lines: items[{returns[0]}] is a return")
 
 
 def _check_recharge_rest(payment_method: object, staff_id: object, checkpoint_id: object) -> None:
@@ -743,6 +775,7 @@ def _check_result_rest(
     transaction_id: object,
     previous_balance_cents: object,
     new_balance_cents: object,
+    debt_cents: object,
     replayed: object,
     processed_at_ms: object,
 ) -> None:
@@ -759,6 +792,8 @@ def _check_result_rest(
         )
     if new_balance_cents is not None:
         _int(new_balance_cents, "new_balance_cents", BALANCE_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
+    if debt_cents is not None:
+        _int(debt_cents, "debt_cents", BALANCE_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
     _bool(replayed, "replayed")
     _int(processed_at_ms, "processed_at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
 
@@ -777,6 +812,7 @@ def check_result(result: Result) -> None:
         result.transaction_id,
         result.previous_balance_cents,
         result.new_balance_cents,
+        result.debt_cents,
         result.replayed,
         result.processed_at_ms,
     )
@@ -805,12 +841,28 @@ def _check_scan(
     _int(duration_ms, "duration_ms", SCAN_DURATION_MS_MIN, SCAN_DURATION_MS_MAX)
 
 
-def _check_kiosk_status(kiosk_id: object, state: object, at_ms: object, firmware: object) -> None:
+def _check_kiosk_status(
+    kiosk_id: object,
+    state: object,
+    at_ms: object,
+    firmware: object,
+    offline_pending: object,
+    offline_pending_cents: object,
+) -> None:
     _kiosk_id(kiosk_id)
     if type(state) is not str or state not in KIOSK_STATES:
         _fail(f"state must be online or offline, got {quote(state)}")
     _int(at_ms, "at_ms", TIMESTAMP_MS_MIN, TIMESTAMP_MS_MAX)
     _text(firmware, "firmware", FIRMWARE_LENGTH_MIN, FIRMWARE_LENGTH_MAX)
+    if offline_pending is not _ABSENT:
+        _int(offline_pending, "offline_pending", OFFLINE_PENDING_MIN, OFFLINE_PENDING_MAX)
+    if offline_pending_cents is not _ABSENT:
+        _int(
+            offline_pending_cents,
+            "offline_pending_cents",
+            OFFLINE_PENDING_CENTS_MIN,
+            OFFLINE_PENDING_CENTS_MAX,
+        )
 
 
 # --- requests --------------------------------------------------------------------------------
@@ -820,7 +872,7 @@ _COMMON_REQUIRED: Final = frozenset(
 )
 _BAR_ORDER_REQUIRED: Final = _COMMON_REQUIRED | {"items", "total_cents"}
 _COMMON_OPTIONAL: Final = frozenset({"config_version", "card_sun"})
-_BAR_ORDER_OPTIONAL: Final = _COMMON_OPTIONAL | {"staff_id"}
+_BAR_ORDER_OPTIONAL: Final = _COMMON_OPTIONAL | {"staff_id", "offline"}
 _RECHARGE_REQUIRED: Final = _COMMON_REQUIRED | {"amount_cents", "payment_method", "staff_id"}
 _RECHARGE_OPTIONAL: Final = _COMMON_OPTIONAL | {"checkpoint_id"}
 _ITEM_REQUIRED: Final = frozenset({"name", "quantity", "unit_price_cents"})
@@ -870,7 +922,8 @@ def parse_request(
         items = _items(document["items"])
         total_cents = document["total_cents"]
         staff_id = document.get("staff_id", _ABSENT)
-        _check_bar_order_rest(items, total_cents, staff_id)
+        offline = document.get("offline", _ABSENT)
+        _check_bar_order_rest(items, total_cents, staff_id, offline)
         return _assemble(
             BarOrder,
             request_id=request_id,
@@ -884,6 +937,7 @@ def parse_request(
             staff_id=None if staff_id is _ABSENT else staff_id,
             config_version=config_version_value,
             card_sun=card_sun,
+            offline=offline is True,
         )
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
@@ -960,6 +1014,8 @@ def request_to_dict(request: Request) -> dict[str, object]:
         document["total_cents"] = request.total_cents
         if request.staff_id is not None:
             document["staff_id"] = request.staff_id
+        if request.offline:  # PROTOCOL.md: absent means false; false is not written
+            document["offline"] = True
     else:
         document["amount_cents"] = request.amount_cents
         document["payment_method"] = request.payment_method
@@ -999,6 +1055,7 @@ _RESULT_FIELDS: Final = frozenset(
         "transaction_id",
         "previous_balance_cents",
         "new_balance_cents",
+        "debt_cents",
         "replayed",
         "processed_at_ms",
     }
@@ -1032,6 +1089,7 @@ def parse_result(obj: object) -> Result:
     transaction_id = document["transaction_id"]
     previous_balance_cents = document["previous_balance_cents"]
     new_balance_cents = document["new_balance_cents"]
+    debt_cents = document["debt_cents"]
     replayed = document["replayed"]
     processed_at_ms = document["processed_at_ms"]
     _check_result_rest(
@@ -1039,6 +1097,7 @@ def parse_result(obj: object) -> Result:
         transaction_id,
         previous_balance_cents,
         new_balance_cents,
+        debt_cents,
         replayed,
         processed_at_ms,
     )
@@ -1054,6 +1113,7 @@ def parse_result(obj: object) -> Result:
         transaction_id=transaction_id,
         previous_balance_cents=previous_balance_cents,
         new_balance_cents=new_balance_cents,
+        debt_cents=debt_cents,
         replayed=replayed,
         processed_at_ms=processed_at_ms,
     )
@@ -1071,7 +1131,8 @@ def result_inconsistency(result: Result) -> str | None:
     - approved and declined outcomes echo all of request_id, kiosk_id, seq and card_uid
       (only a valid, authenticated request gets that far);
     - balances are both null (rejected, CARD_NOT_FOUND; 1.1: CARD_NOT_GENUINE on an unknown
-      card) or both integers (every other outcome), and a decline leaves the balance unchanged.
+      card) or both integers (every other outcome), and a decline leaves the balance unchanged;
+    - (1.1) ``debt_cents`` is null exactly when the balances are.
     """
     if result.status is not status_for(result.error_code):
         return f"status {result.status} contradicts error_code {result.error_code}"
@@ -1097,6 +1158,8 @@ def result_inconsistency(result: Result) -> str | None:
         return f"a {result.error_code or result.status} result must carry no balances"
     if result.status is Status.DECLINED and balances[0] != balances[1]:
         return "a declined result must leave the balance unchanged"
+    if (result.debt_cents is None) != (balances == (None, None)):
+        return "debt_cents must be null exactly when the balances are null"
     return None
 
 
@@ -1114,6 +1177,7 @@ def result_to_dict(result: Result) -> dict[str, object]:
         "transaction_id": result.transaction_id,
         "previous_balance_cents": result.previous_balance_cents,
         "new_balance_cents": result.new_balance_cents,
+        "debt_cents": result.debt_cents,
         "replayed": result.replayed,
         "processed_at_ms": result.processed_at_ms,
     }
@@ -1125,6 +1189,7 @@ _SCAN_FIELDS: Final = frozenset(
     {"v", "type", "kiosk_id", "scanned_at_ms", "card_uid", "status", "reader", "duration_ms"}
 )
 _STATUS_FIELDS: Final = frozenset({"v", "kiosk_id", "state", "at_ms", "firmware"})
+_STATUS_OPTIONAL: Final = frozenset({"offline_pending", "offline_pending_cents"})
 
 
 def parse_scan(obj: object) -> ScanRecord:
@@ -1170,24 +1235,39 @@ def parse_status(obj: object) -> KioskStatus:
     """Validate a decoded status message; raise ProtocolError(INVALID_REQUEST)."""
     document = _object(obj, "status")
     _version(document, "status")
-    _check_fields(document, _STATUS_FIELDS, frozenset(), "status")
+    _check_fields(document, _STATUS_FIELDS, _STATUS_OPTIONAL, "status")
     kiosk_id = document["kiosk_id"]
     state = document["state"]
     at_ms = document["at_ms"]
     firmware = document["firmware"]
-    _check_kiosk_status(kiosk_id, state, at_ms, firmware)
-    return _assemble(KioskStatus, kiosk_id=kiosk_id, state=state, at_ms=at_ms, firmware=firmware)
+    offline_pending = document.get("offline_pending", _ABSENT)
+    offline_pending_cents = document.get("offline_pending_cents", _ABSENT)
+    _check_kiosk_status(kiosk_id, state, at_ms, firmware, offline_pending, offline_pending_cents)
+    return _assemble(
+        KioskStatus,
+        kiosk_id=kiosk_id,
+        state=state,
+        at_ms=at_ms,
+        firmware=firmware,
+        offline_pending=None if offline_pending is _ABSENT else offline_pending,
+        offline_pending_cents=None if offline_pending_cents is _ABSENT else offline_pending_cents,
+    )
 
 
 def status_to_dict(status: KioskStatus) -> dict[str, object]:
-    """The JSON object of ``status``."""
-    return {
+    """The JSON object of ``status``; (1.1) ``offline_pending*`` only when set."""
+    document: dict[str, object] = {
         "v": PROTOCOL_VERSION,
         "kiosk_id": status.kiosk_id,
         "state": status.state,
         "at_ms": status.at_ms,
         "firmware": status.firmware,
     }
+    if status.offline_pending is not None:
+        document["offline_pending"] = status.offline_pending
+    if status.offline_pending_cents is not None:
+        document["offline_pending_cents"] = status.offline_pending_cents
+    return document
 
 
 # --- config and deny-list (1.1) ----------------------------------------------------------------

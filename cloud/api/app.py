@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api import menus, monitoring, pos, reports, sun_tap, topups, webhook
+from cloud.api import menus, monitoring, portal, pos, reports, sun_tap, topups, webhook
 from cloud.api.errors import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -164,6 +164,7 @@ def create_app(
         pos_devices=PosDevices(ledger.engine),
     )
     _warn_about_missing_configuration(settings)
+    portal_context = _portal_context(settings, ledger.engine, limits)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -185,6 +186,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.portal = portal_context
     webhook_paths = set(webhook.WEBHOOK_PATHS)
 
     def body_limit_for(path: str) -> int:
@@ -208,9 +210,34 @@ def create_app(
     # (1.1) GET /t: the card master key in sun mode (SettingsError without a 0600 key file)
     app.include_router(sun_tap.router(settings.card_master_key()))
     app.include_router(reports.router(Reports(ledger.engine, currency=settings.festival_currency)))
+    app.include_router(portal.router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_security_schemes(app)
     return app
+
+
+def _portal_context(
+    settings: CloudSettings, engine: Any, limits: ApiLimits
+) -> portal.PortalContext:
+    """The attendee portal's store and login limit (issue 16), on the API's own engine."""
+    from cloud.portal import PortalStore
+
+    limiter = SharedRateLimiter(
+        engine,
+        scope="portal-login",
+        burst=limits.portal_login_burst,
+        refill_per_s=limits.portal_login_refill_per_s,
+        global_burst=limits.portal_login_global_burst,
+        global_refill_per_s=limits.portal_login_global_refill_per_s,
+        timeout_s=limits.rate_limit_timeout_s,
+    )
+    return portal.build_context(
+        PortalStore(engine),
+        limiter,
+        limits,
+        portal_url=settings.festival_portal_url,
+        currency=settings.festival_currency,
+    )
 
 
 def _add_security_schemes(app: FastAPI) -> None:

@@ -115,6 +115,18 @@ class ApiLimits:
     webhook_body_bytes_max: int = WEBHOOK_BODY_BYTES_MAX
     menu_body_bytes_max: int = MENU_BODY_BYTES_MAX
     webhook_tolerance_s: int = WEBHOOK_TOLERANCE_S
+    # The attendee's portal (cloud/api/portal.py). Logins: a bucket per client (shared by every
+    # API process) on top of the per-card lockout, so one address cannot walk through many cards;
+    # 10 at once and one more every 5 s is plenty for a family sharing a phone.
+    portal_login_burst: int = 10
+    portal_login_refill_per_s: float = 1 / 5
+    portal_login_global_burst: int = 200
+    portal_login_global_refill_per_s: float = 20.0
+    # DESIGN.md 1.1: 429 after 5 failures for one card within 15 minutes, for 15 minutes.
+    portal_lockout_failures_max: int = 5
+    portal_lockout_window_s: int = 900
+    # A session lasts a festival day; logging in again costs the holder a PIN typed.
+    portal_session_ttl_s: int = 12 * 3600
 
     def __post_init__(self) -> None:
         assert self.checkout_burst >= 1
@@ -125,6 +137,10 @@ class ApiLimits:
         assert 0 < self.body_bytes_max <= self.webhook_body_bytes_max
         assert self.body_bytes_max <= self.menu_body_bytes_max
         assert self.webhook_tolerance_s >= 1
+        assert self.portal_login_burst >= 1 and self.portal_login_refill_per_s > 0
+        assert self.portal_login_global_burst >= 1 and self.portal_login_global_refill_per_s > 0
+        assert self.portal_lockout_failures_max >= 1 and self.portal_lockout_window_s >= 1
+        assert self.portal_session_ttl_s >= 1
 
 
 # --- the server (cloud/api/__init__.py) ---------------------------------------------------------
@@ -149,3 +165,16 @@ SWEEP_REFUNDS_MAX: Final = 10
 # --- Stripe events (cloud/api/stripe_events.py) -------------------------------------------------
 STRIPE_SIGNATURE_TIMESTAMP_DIGITS_MAX: Final = 12
 STRIPE_DISPUTE_STATUS_LENGTH_MAX: Final = 32
+
+# --- the attendee's portal (cloud/api/portal.py) ------------------------------------------------
+# Transactions the page lists (newest first): a festival-goer's weekend is well below this.
+PORTAL_TRANSACTIONS_MAX: Final = 200
+# Slow PIN checks (8 MiB of scrypt each) running at once in one API process; more wait their
+# turn for at most PORTAL_PIN_CHECK_WAIT_S, then 503: memory stays bounded under a flood.
+PORTAL_PIN_CHECKS_IN_FLIGHT_MAX: Final = 4
+PORTAL_PIN_CHECK_WAIT_S: Final = 5.0
+PORTAL_FIELD_LENGTH_MAX: Final = 64
+# The header a state-changing portal request must carry (CSRF: a cross-site form cannot set a
+# header, and a cross-site script cannot without a CORS preflight, which this API never grants).
+PORTAL_CSRF_HEADER: Final = "x-festival-portal"
+PORTAL_BLOCK_REASON: Final = "reported lost by the holder"

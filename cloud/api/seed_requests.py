@@ -263,6 +263,7 @@ HTTP_STATUS_BY_CODE: Final[dict[ErrorCode, int]] = {
     ErrorCode.BALANCE_LIMIT_EXCEEDED: 422,
     ErrorCode.RETURN_LIMIT_EXCEEDED: 422,
     ErrorCode.PRICE_MISMATCH: 422,
+    ErrorCode.OFFLINE_LIMIT_EXCEEDED: 422,
     # (1.1) sun mode: these endpoints cannot carry a SUN message (PROTOCOL.md)
     ErrorCode.CARD_NOT_GENUINE: 403,
 }

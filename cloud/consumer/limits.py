@@ -39,6 +39,9 @@ PACKET_BYTES_MAX: Final = 2 * MESSAGE_BYTES_MAX
 # redelivers it, and the replayed outcome is published again.
 RESULT_INFLIGHT_MAX: Final = 1000
 RESULT_QUEUE_MAX: Final = 20_000
+# (1.1) PUBACK refusals remembered for the retained publishes waiting on them (see
+# mqtt_link._Refusals); a refusal is read at once, so a few suffice.
+PUBACK_REFUSALS_KEPT_MAX: Final = 1000
 
 # --- inbox (paho's thread -> the worker) --------------------------------------------------------
 # Hard cap on QoS 1 messages waiting. The Receive Maximum above should bound them, but
@@ -77,6 +80,9 @@ DATABASE_RETRY_DELAY_MAX_S: Final = 5.0
 # SIGTERM: finish what is in hand within this, under systemd's TimeoutStopSec=30.
 SHUTDOWN_GRACE_S: Final = 20.0
 DISCONNECT_TIMEOUT_S: Final = 5.0
+# (1.1) The publishing loop's thread: a flush in hand waits at most one PUBACK timeout per
+# message; it is a daemon, so a stuck one never holds the process past this.
+PUBLISHING_STOP_TIMEOUT_S: Final = 6.0
 
 
 def receive_maximum_for(batch_max: int) -> int:

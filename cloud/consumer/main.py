@@ -13,6 +13,7 @@ from cloud.consumer.inbox import Inbox
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
 from cloud.consumer.mqtt_link import MqttLink, Subscription, TlsFiles
+from cloud.consumer.publishing import LEADER_LOCK_KEY, NOTIFY_CHANNELS, PublishingLoop
 from cloud.consumer.service import ConsumerService
 from cloud.consumer.signing_key import load_signing_key
 from cloud.consumer.worker import Worker
@@ -33,7 +34,7 @@ def run(settings: CloudSettings) -> int:
     endpoint = settings.mqtt_endpoint
 
     # Imported here: `festival-cloud --help` and the kiosk extra need no database driver.
-    from cloud.database import TransientDatabaseError, make_engine
+    from cloud.database import NotificationListener, TransientDatabaseError, make_engine
     from cloud.ledger import Ledger
     from cloud.ledger_records import LedgerRequest
 
@@ -47,6 +48,7 @@ def run(settings: CloudSettings) -> int:
         max_balance_cents=settings.festival_max_balance_cents,
         max_topup_cents=settings.festival_max_topup_cents,
         return_cents_max=settings.festival_return_max_cents,
+        menu_grace_s=settings.festival_menu_grace_s,
         currency=settings.festival_currency,
     )
     # PROTOCOL.md 1.1: no kiosk's credentials may use a cloud process's client id. The broker binds
@@ -118,6 +120,28 @@ def run(settings: CloudSettings) -> int:
         ),
         sun_master_key=sun_master_key,
     )
+    # (1.1) The configs and deny-lists any process issued, sent from here: a thread and a
+    # database connection pair of its own (one LISTENs and holds the leader lock), so
+    # publishing never waits for the payment pipeline nor the other way round.
+    from cloud.publisher import Publisher
+
+    publishing_engine = make_engine(
+        settings.database_url,
+        pool_size=2,
+        application_name=f"festival-publisher {settings.consumer_id}"[:63],
+    )
+    publishing = PublishingLoop(
+        Publisher(
+            Ledger(publishing_engine, currency=settings.festival_currency),
+            link,
+            signing_key,
+            prefix,
+            transient_errors=(TransientDatabaseError,),
+            metrics=metrics,
+        ),
+        NotificationListener(publishing_engine, NOTIFY_CHANNELS, LEADER_LOCK_KEY),
+        transient_errors=(TransientDatabaseError,),
+    )
     service = ConsumerService(
         inbox=inbox,
         link=link,
@@ -125,6 +149,7 @@ def run(settings: CloudSettings) -> int:
         lifecycle=lifecycle,
         metrics=metrics,
         batch_max=batch_max,
+        publishing=publishing,
     )
     log.info(
         "consumer starting",
@@ -143,3 +168,4 @@ def run(settings: CloudSettings) -> int:
         return service.run()
     finally:
         engine.dispose()
+        publishing_engine.dispose()

@@ -29,6 +29,10 @@ class ConsumerMetrics:
     connected: Gauge
     dropped: Counter
     results_unpublished: Counter
+    cloud_messages_published: Counter
+    cloud_message_publish_failures: Counter
+    cloud_messages_unencodable: Counter
+    cloud_messages_unpublished_age_seconds: Gauge
     sun_failures: Counter
 
     @classmethod
@@ -95,6 +99,32 @@ class ConsumerMetrics:
                 f"{prefix}_results_unpublished",
                 "Results paho refused (its queue was full); the request is left"
                 " unacknowledged and answered again when the broker redelivers it.",
+                registry=registry,
+            ),
+            cloud_messages_published=Counter(
+                f"{prefix}_cloud_messages_published",
+                "(1.1) Configs and deny-lists the broker acknowledged, by kind (config, denylist).",
+                ["kind"],
+                registry=registry,
+            ),
+            cloud_message_publish_failures=Counter(
+                f"{prefix}_cloud_message_publish_failures",
+                "(1.1) Config and deny-list publishes not acknowledged (broker away, refused,"
+                " timeout); retried at the next flush, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            cloud_messages_unencodable=Counter(
+                f"{prefix}_cloud_messages_unencodable",
+                "(1.1) Stored config or deny-list versions that cannot be signed and sent (over"
+                " the 196608-byte limit); skipped, by kind.",
+                ["kind"],
+                registry=registry,
+            ),
+            cloud_messages_unpublished_age_seconds=Gauge(
+                f"{prefix}_cloud_messages_unpublished_age_seconds",
+                "(1.1) How long the oldest config or deny-list version this process saw has been"
+                " waiting to be published (0: nothing waiting).",
                 registry=registry,
             ),
             sun_failures=Counter(

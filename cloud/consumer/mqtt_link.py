@@ -79,6 +79,7 @@ class MqttLink:
         self._generation = 0
         self._connected = False
         self._pending_subscribe: dict[int, int] = {}  # SUBSCRIBE mid -> generation
+        self._refused = _Refusals()
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -104,6 +105,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_publish = self._refused.on_publish
         self._client = client
         # A durable session from the very first connect: a v5 session first created with
         # clean_start=True does not survive a broker restart (ENVIRONMENT.md).
@@ -144,6 +146,17 @@ class MqttLink:
         """Queue a publish; False when paho refused it (its bounded queue is full)."""
         info = self._client.publish(topic, payload, qos=qos)
         return info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN)
+
+    def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> str | None:
+        """(1.1) Publish a retained QoS 1 message (a config, the deny-list) and wait for the
+        broker's PUBACK; None once the broker took it, else why not (not connected, refused,
+        no PUBACK within ``timeout_s``). Called by the publisher's thread, never the worker's.
+
+        Nothing is queued while disconnected: paho would send a stale copy on reconnect,
+        after the publisher has already moved on to a newer version."""
+        if not self._connected:
+            return "not connected to the broker"
+        return _publish_and_wait(self._client, self._refused, topic, payload, timeout_s)
 
     def ack(self, messages: Sequence[InboundMessage]) -> int:
         """Acknowledge QoS 1 messages received on the current connection; returns how many.
@@ -186,6 +199,7 @@ class MqttLink:
         self.flush(timeout_s)
         self._client.disconnect()
         self._client.loop_stop()
+        _release_sockets(self._client)
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until paho has written everything queued (results, acks) to the socket."""
@@ -310,6 +324,139 @@ class MqttLink:
             )
         except Exception:  # pragma: no cover
             log.exception("on_message failed")
+
+
+class _Refusals:
+    """PUBACKs with a failure reason (MQTT 5: e.g. "Not authorized"), by message id, for the
+    retained publishes that wait for them. paho reports a refused QoS 1 message as published;
+    only the reason code tells. Its callback runs on paho's network thread *inside* paho's
+    outgoing-message lock, so this lock is never held while calling into paho."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reasons: dict[int, str] = {}
+
+    def on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                with self._lock:
+                    if len(self._reasons) >= limits.PUBACK_REFUSALS_KEPT_MAX:
+                        self._reasons.clear()  # only waiting publishers read them, at once
+                    self._reasons[mid] = str(reason_code)
+        except Exception:  # pragma: no cover - a bug must not end paho's thread
+            log.exception("on_publish failed")
+
+    def take(self, mid: int) -> str | None:
+        with self._lock:
+            return self._reasons.pop(mid, None)
+
+
+def _publish_and_wait(
+    client: mqtt.Client, refusals: _Refusals, topic: str, payload: bytes, timeout_s: float
+) -> str | None:
+    info = client.publish(topic, payload, qos=1, retain=True)
+    if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        return f"publish not sent: {mqtt.error_string(info.rc)}"
+    try:
+        info.wait_for_publish(timeout_s)
+    except (ValueError, RuntimeError) as error:
+        return f"publish failed: {error}"
+    if not info.is_published():
+        return f"no PUBACK within {timeout_s} s"
+    refused = refusals.take(info.mid)
+    return None if refused is None else f"refused by the broker: {refused}"
+
+
+class RetainedPublisherSession:
+    """(1.1) A short MQTT 5 session of the operator's CLI that publishes retained messages
+    (configs, the deny-list) and waits for each PUBACK (cloud/publisher.py's link): a clean
+    session that expires at once, under one of the cloud's client ids. Use it as a context
+    manager; entering raises OSError when the broker cannot be reached or refuses us."""
+
+    def __init__(
+        self,
+        endpoint: MqttEndpoint,
+        *,
+        client_id: str,
+        timeout_s: float,
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._refused = _Refusals()
+        self._connected = threading.Event()
+        self._connect_refused: str | None = None
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        if endpoint.username is not None:
+            client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            _use_tls(client, tls)
+        client.connect_timeout = min(limits.CONNECT_TIMEOUT_S, timeout_s)
+        client.on_connect = self._on_connect
+        client.on_publish = self._refused.on_publish
+        self._client = client
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._connect_refused = str(reason)
+        self._connected.set()
+
+    def __enter__(self) -> RetainedPublisherSession:
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 0
+        self._client.connect(
+            self._endpoint.host,
+            self._endpoint.port,
+            keepalive=30,
+            clean_start=True,
+            properties=properties,
+        )
+        self._client.loop_start()
+        try:
+            if not self._connected.wait(self._timeout_s):
+                raise OSError(f"no CONNACK within {self._timeout_s} s")
+            if self._connect_refused is not None:
+                raise OSError(f"the broker refused the connection: {self._connect_refused}")
+        except OSError:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        _release_sockets(self._client)
+
+    def publish_retained(self, topic: str, payload: bytes, timeout_s: float) -> str | None:
+        """As MqttLink.publish_retained."""
+        if self._connect_refused is not None or not self._client.is_connected():
+            return "not connected to the broker"
+        return _publish_and_wait(self._client, self._refused, topic, payload, timeout_s)
+
+
+def _release_sockets(client: mqtt.Client) -> None:
+    """Close the connection's socket and the wake-up socket pair `loop_start` made. paho closes
+    them only when the client is collected, and a client in a reference cycle (its callbacks
+    are our bound methods) may be collected in any order with its sockets: each then warns of
+    an unclosed socket (a ResourceWarning, an error in the test suite)."""
+    try:
+        client._reset_sockets()  # paho's own close of all three; no public equivalent
+    except OSError:
+        pass
 
 
 def _use_tls(client: mqtt.Client, tls: TlsFiles | None) -> None:

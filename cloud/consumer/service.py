@@ -1,11 +1,13 @@
 """The consumer's main loop: take a batch, prepare it, hand it to the committer; stop on SIGTERM.
 
-Three threads:
+Three threads for payments:
 - paho's network thread only fills the inbox;
 - the main thread takes batches, handles connection events, reads the batch's kiosks and
   checks every signature (`Worker.prepare`), then hands the batch over;
 - the committer thread writes each batch to the database, publishes its results and
   acknowledges it (`Worker.commit`), strictly in arrival order.
+(1.1) A fourth, the publishing loop (cloud/consumer/publishing.py), sends the configs and
+deny-lists any process stored, on its own database connections; it shares only the MQTT link.
 While the committer waits for PostgreSQL (the GIL is released), the main thread verifies the
 next batch. The main thread hands a batch over and waits until the committer has *taken* it
 before it takes the next messages from the inbox, so the next batch is made of everything that
@@ -38,6 +40,14 @@ class LinkControl(Protocol):
     def start(self) -> None: ...
     def restart(self) -> None: ...
     def stop(self, timeout_s: float = ...) -> None: ...
+
+
+class Background(Protocol):
+    """A thread beside the pipeline (the publishing loop): started once the link is, stopped
+    before it is."""
+
+    def start(self) -> None: ...
+    def stop(self, timeout_s: float) -> None: ...
 
 
 class SubscribeRefused(RuntimeError):
@@ -119,6 +129,7 @@ class ConsumerService:
         metrics: ConsumerMetrics,
         batch_max: int,
         linger_s: float = limits.BATCH_LINGER_S,
+        publishing: Background | None = None,
     ) -> None:
         self._inbox = inbox
         self._link = link
@@ -128,6 +139,7 @@ class ConsumerService:
         self._batch_max = batch_max
         self._linger_s = linger_s
         self._committer = Committer(worker, lifecycle)
+        self._publishing = publishing
         self._ready = False
         self._broker_down_since: float | None = None
         self._refused_seen = 0
@@ -137,6 +149,8 @@ class ConsumerService:
         """Until a stop request; returns the exit code (0 after a clean shutdown)."""
         self._link.start()
         self._committer.start()
+        if self._publishing is not None:
+            self._publishing.start()
         lifecycle = self._lifecycle
         inbox = self._inbox
         committer = self._committer
@@ -187,6 +201,8 @@ class ConsumerService:
             finished = False
         committer.put(_END)
         committer.join()
+        if self._publishing is not None:
+            self._publishing.stop(limits.PUBLISHING_STOP_TIMEOUT_S)
         if not finished or committer.abandoned:
             # Unacknowledged messages stay in our durable session; the broker redelivers them.
             log.warning("shutdown deadline passed; the rest is redelivered on the next start")

@@ -325,6 +325,7 @@ class Worker:
                     transaction_id=None,
                     previous_balance_cents=None,
                     new_balance_cents=None,
+                    debt_cents=None,
                     replayed=False,
                     processed_at_ms=_now_ms(),
                 )

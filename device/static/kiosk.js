@@ -274,6 +274,14 @@
     const outbox = $("outbox");
     outbox.textContent = "outbox " + view.outbox.pending + "/" + view.outbox.max;
     outbox.className = "pill " + (view.outbox.full ? "pill-off" : view.outbox.pending > 0 ? "pill-warn" : "");
+    // (1.1) Offline sales held until the cloud answers them, and their total.
+    const offline = view.offline || { pending: 0, pending_cents: 0, active: false };
+    const offlinePill = $("offline-sales");
+    show("offline-sales", offline.pending > 0 || offline.active);
+    offlinePill.textContent = "offline sales " + offline.pending + " (" + money(offline.pending_cents) + ")";
+    offlinePill.title = offline.active
+      ? (offline.allowed ? "no network: sales are approved offline within the limits" : "no network: this bar cannot sell offline")
+      : "waiting for the cloud's answers";
     show("alert", Boolean(view.alert));
     $("alert").textContent = view.alert || "";
     show("notice", Boolean(view.notice) && screen !== "order_pending");
@@ -284,7 +292,7 @@
     show("panel-checkpoint", building && view.mode === "checkpoint");
     const waiting = ["order_pending", "card_read", "waiting", "timed_out", "offline"].includes(screen);
     show("panel-tap", waiting);
-    show("panel-outcome", screen === "approved" || screen === "declined");
+    show("panel-outcome", screen === "approved" || screen === "declined" || screen === "approved_offline");
 
     if (waiting) {
       $("tap-title").textContent = view.message;
@@ -311,7 +319,16 @@
         $("cancel").textContent = "Next customer";
       }
     }
+    if (screen === "approved_offline") {
+      // The kiosk approved it itself: the amount, no balance (it does not know one).
+      const order = view.order;
+      $("outcome-title").textContent = "Approved offline";
+      $("outcome-amount").textContent = order ? money(order.total_cents) : "";
+      $("outcome-message").textContent = "Stored: it is sent to the cloud when the network is back";
+      show("balance-row", false);
+    }
     if (screen === "approved" || screen === "declined") {
+      show("balance-row", true);
       const outcome = view.outcome;
       $("outcome-title").textContent = screen === "approved" ? "Approved" : "Declined";
       $("outcome-amount").textContent = outcome ? money(outcome.amount_cents) : "";
@@ -327,7 +344,9 @@
       const item = element("li");
       item.append(
         // card_uid comes masked (****E5F6): the screen never shows a whole UID.
-        element("span", "", "#" + outcome.seq + " " + outcome.card_uid + " " + outcome.status),
+        element("span", "", "#" + outcome.seq + " " + outcome.card_uid + " " + outcome.status +
+          (outcome.offline ? " (offline sale)" : "") +
+          (outcome.debt_cents ? " - debt " + money(outcome.debt_cents) : "")),
         element("span", "money", money(outcome.amount_cents)),
       );
       lateLines.append(item);

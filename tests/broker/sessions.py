@@ -125,6 +125,9 @@ def close_socket(client: mqtt.Client) -> None:
             sock.close()
         except OSError:
             pass
+    # And the wake-up socket pair of loop_start(): a session is in a reference cycle (its
+    # callbacks are bound methods), collected in any order with its sockets, which then warn.
+    client._reset_sockets()
 
 
 def _nodelay(client: Any, userdata: Any, sock: Any) -> None:

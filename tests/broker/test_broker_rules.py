@@ -242,3 +242,33 @@ def test_packets_are_capped_and_the_consumer_is_unaffected(broker: MosquittoBrok
         assert consumer.link.generation == generation
     finally:
         consumer.close()
+
+
+def test_retained_configs_reach_their_own_kiosk_only_and_only_the_cloud_publishes_them(
+    broker: MosquittoBroker,
+) -> None:
+    """(1.1) The cloud's link publishes a retained config and the deny-list and gets the PUBACK
+    (MqttLink.publish_retained); a kiosk reads its own config and the deny-list, never another
+    kiosk's config; a topic outside the cloud's ACL is refused, and said so."""
+    consumer = Consumer(broker, "consumer-retained-test").start()
+    own = kiosk(broker, "bar-1")
+    other = kiosk(broker, "bar-2")
+    try:
+        config_1 = "festival/v1/kiosks/bar-1/config"
+        assert consumer.link.publish_retained(config_1, b"config of bar-1", 5.0) is None
+        assert consumer.link.publish_retained("festival/v1/denylist", b"denylist", 5.0) is None
+        refused = consumer.link.publish_retained("festival/v1/kiosks/bar-1/tx", b"x", 5.0)
+        assert refused == f"refused by the broker: {NOT_AUTHORIZED}"
+
+        assert own.connect() == "Success" and other.connect() == "Success"
+        assert own.subscribe(config_1, "festival/v1/denylist") == ["Granted QoS 1"] * 2
+        wait_until(lambda: len(own.payloads()) == 2, timeout_s=10, what="the retained copies")
+        assert sorted(own.payloads()) == [b"config of bar-1", b"denylist"]
+        assert other.subscribe(config_1, "festival/v1/kiosks/+/config") == [NOT_AUTHORIZED] * 2
+        assert other.subscribe("festival/v1/denylist") == ["Granted QoS 1"]
+        wait_until(lambda: other.payloads(), timeout_s=10, what="the deny-list at bar-2")
+        assert other.payloads() == [b"denylist"]
+    finally:
+        own.close()
+        other.close()
+        consumer.close()

@@ -616,7 +616,7 @@ class LedgerContract:
         assert ledger.apply(recharge(CARD, 100, config_version=7)).status is Status.APPROVED
         assert ledger.card(CARD).balance_cents == 5_000 - 3 * 123 + 100
 
-    # --- (1.1) genuine wristbands: the SUN counter rule (revision 0012) ---------------------
+    # --- (1.1) genuine wristbands: the SUN counter rule (revision 0013) ---------------------
 
     def test_sun_a_fresh_counter_pays_and_a_used_one_is_not_genuine(self, ledger: Any) -> None:
         ledger.apply(recharge(CARD, 5_000))

@@ -63,6 +63,13 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     reader.join(timeout=10)
     output = "".join(lines)
     assert "Dashboard    http://127.0.0.1:" in output
+    # Issue 16: one simulated attendee's portal login, as `card pin` prints it.
+    assert re.search(
+        r"^Portal       http://127\.0\.0\.1:\d+/portal"
+        r"  \(wristband [0-9A-F]{8,20}, PIN [A-Z0-9]{6,12}\)$",
+        output,
+        re.M,
+    ), output
     assert re.search(r"Admin token  \S{20,}", output)
     assert "ledger check: passed" in output
     assert _count(output, "approved") > 20
@@ -72,6 +79,13 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert declines > 0, output
     online = re.search(r"online (\d+) \(", output.split("Summary")[1])
     assert online and int(online.group(1)) >= 1, output
+    # Issue 13: a central menu at its bars from the start, one price changed part-way through
+    # (the kiosks run the new config before the line is printed), sales per product.
+    assert re.search(r"^Menu         demo-bars at bar-\S+.* \(config v1\)$", output, re.M), output
+    assert re.search(
+        r"^menu: beer now 6\.00 at bar-\S+.* \(config v2\); the kiosks applied it", output, re.M
+    ), output
+    assert re.search(r"^    beer +Beer 0\.5 l", output.split("sales per product:")[1], re.M)
     # Issue 11's holes, tried from outside during the run and refused (docs/security.md).
     assert "NOT refused" not in output, output
     for attack in ("99 returned cups", "$share subscription", "reveals no balance"):

@@ -5,7 +5,10 @@ the kiosk's key, parse it, let the ledger decide, sign the result with a test cl
 the shipped in-memory ledger (``cloud.ledger_fake.FakeLedger``, held to the stored procedures by
 tests/contract/) deciding: idempotent by request_id (the same payload gets the stored outcome,
 ``replayed: true``; another payload IDEMPOTENCY_CONFLICT), CARD_NOT_FOUND for a bar order on an
-unknown card, balances never below zero, the balance cap, the cup-return rules.
+unknown card, balances never below zero, the balance cap, the cup-return rules. (1.1) An offline
+sale (``offline: true``) is answered here, not by the in-memory ledger (the cloud's real rules for
+them come in a later revision): approved once, whatever the balance, the card paying what it
+holds and the rest becoming its debt (``debts``), replayed like any other outcome.
 ``MqttResponder`` puts it on the broker as the "cloud-consumer" user, subscribed to the shared
 subscription every consumer uses, answering on each kiosk's result topic.
 """
@@ -17,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,8 +33,8 @@ from cloud.ledger_fake import FakeLedger as InMemoryLedger
 from cloud.ledger_records import LedgerRequest
 from cloud.sandbox import MosquittoBroker
 from protocol.codec import authenticate, build_result, encode_result, parse_authenticated
-from protocol.errors import ProtocolError
-from protocol.models import Request
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.models import BarOrder, Request, Result
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 from tests.waiting import wait_until
 
@@ -63,6 +67,10 @@ class FakeLedger:
         self.applied: Counter[str] = Counter()
         self.received: list[tuple[str, bytes]] = []
         self.requests: dict[str, Request] = {}
+        # (1.1) What each card owes after offline sales it could not cover, and the answers
+        # given to offline sales (payload SHA-256, result) for their replays.
+        self.debts: dict[str, int] = {}
+        self._offline_answers: dict[str, tuple[str, Result]] = {}
         self.lock = threading.Lock()
 
     @property
@@ -82,6 +90,9 @@ class FakeLedger:
                 return self._rejection(error, now_ms)
             self.received.append((request.request_id, raw))
             self.requests.setdefault(request.request_id, request)
+            if isinstance(request, BarOrder) and request.offline:
+                result = self._offline_sale(request, message.payload_sha256, now_ms)
+                return encode_result(result, self.cloud_key)
             outcome = self.ledger.apply(LedgerRequest(request, message.payload_sha256))
             if outcome.approved and not outcome.replayed:
                 self.applied[request.request_id] += 1
@@ -95,10 +106,69 @@ class FakeLedger:
                 transaction_id=outcome.transaction_id,
                 previous_balance_cents=outcome.previous_balance_cents,
                 new_balance_cents=outcome.new_balance_cents,
+                debt_cents=outcome.debt_cents,
                 replayed=outcome.replayed,
                 processed_at_ms=outcome.processed_at_ms,
             )
             return encode_result(result, self.cloud_key)
+
+    def _offline_sale(self, order: BarOrder, payload_sha256: str, now_ms: int) -> Result:
+        """An offline sale: it happened, so it is approved once; the shortfall becomes a debt."""
+        answered = self._offline_answers.get(order.request_id)
+        if answered is not None:
+            sha256, result = answered
+            if sha256 == payload_sha256:
+                return replace(result, replayed=True)
+            return self._result_for(
+                order, ErrorCode.IDEMPOTENCY_CONFLICT, "request_id reused", None, None, now_ms
+            )
+        balances = self.ledger.balances
+        balance = balances.get(order.card_uid, 0)
+        paid = min(balance, order.total_cents)
+        balances[order.card_uid] = balance - paid
+        debt = self.debts.get(order.card_uid, 0) + order.total_cents - paid
+        self.debts[order.card_uid] = debt
+        self.applied[order.request_id] += 1
+        result = build_result(
+            request_id=order.request_id,
+            kiosk_id=order.kiosk_id,
+            seq=order.seq,
+            card_uid=order.card_uid,
+            error_code=None,
+            message="Offline sale applied" + (f", debt {debt}" if debt else ""),
+            transaction_id=f"offline-{len(self._offline_answers) + 1}",
+            previous_balance_cents=balance,
+            new_balance_cents=balance - paid,
+            debt_cents=debt,
+            replayed=False,
+            processed_at_ms=now_ms,
+        )
+        self._offline_answers[order.request_id] = (payload_sha256, result)
+        return result
+
+    def _result_for(
+        self,
+        order: BarOrder,
+        code: ErrorCode,
+        message: str,
+        previous_balance_cents: int | None,
+        new_balance_cents: int | None,
+        now_ms: int,
+    ) -> Result:
+        return build_result(
+            request_id=order.request_id,
+            kiosk_id=order.kiosk_id,
+            seq=order.seq,
+            card_uid=order.card_uid,
+            error_code=code,
+            message=message,
+            transaction_id=None,
+            previous_balance_cents=previous_balance_cents,
+            new_balance_cents=new_balance_cents,
+            debt_cents=None if previous_balance_cents is None else 0,
+            replayed=False,
+            processed_at_ms=now_ms,
+        )
 
     def _rejection(self, error: ProtocolError, now_ms: int) -> bytes:
         echo = error.echo
@@ -112,6 +182,7 @@ class FakeLedger:
             transaction_id=None,
             previous_balance_cents=None,
             new_balance_cents=None,
+            debt_cents=None,
             replayed=False,
             processed_at_ms=now_ms,
         )

@@ -45,6 +45,30 @@ def test_approved_plays_green_with_a_beep_then_everything_off() -> None:
     assert pins.closed
 
 
+def test_approved_offline_is_amber_with_its_own_three_beeps() -> None:
+    pins = RecordingPins()
+    player = IndicatorPlayer(pins)
+    try:
+        player.signal(Signal.APPROVED_OFFLINE)
+        wait_until(lambda: len(pins.history) >= 7, timeout_s=5, what="the offline pattern")
+        played = levels(pins.history)
+        # Amber (both LEDs) throughout, three beeps, then everything off.
+        assert played[:6] == [(True, True, True), (True, True, False)] * 3
+        assert played[6] == (False, False, False)
+        assert played[:6] != levels_of(Signal.APPROVED)[:6]
+    finally:
+        player.close()
+
+
+def levels_of(signal: Signal) -> list[tuple[bool, bool, bool]]:
+    return [(step.green, step.red, step.buzzer) for step in PATTERNS[signal]]
+
+
+def test_every_signal_has_a_pattern_of_its_own() -> None:
+    patterns = [tuple(levels_of(signal)) for signal in Signal]
+    assert len(set(patterns)) == len(patterns)
+
+
 def test_a_new_signal_interrupts_the_current_pattern() -> None:
     pins = RecordingPins()
     player = IndicatorPlayer(pins)

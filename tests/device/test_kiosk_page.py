@@ -259,3 +259,61 @@ def test_bar_page_shows_a_new_menu_within_a_second_and_says_the_order_changed(
         ("cup", 200, True),
     ]
     assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 800
+
+
+def test_an_offline_sale_is_amber_without_a_balance_and_its_debt_shows_later(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """(1.1) Broker stopped: the page shows "Approved offline" in amber with the amount and no
+    balance, and the offline sales pending with their total; once the cloud answered, the sale
+    is in the history with the debt it created (a card the cloud did not know)."""
+    from protocol.models import OfflinePolicy
+
+    stranger = "04B1B2C3D4E5F6"
+    policy = OfflinePolicy(sale_max_cents=2_000, card_max_cents=3_000, kiosk_max_cents=5_000)
+    publish_retained(
+        kiosk_broker, CONFIG_TOPIC, config_message(ledger.cloud_key, version=2, offline=policy)
+    )
+    kiosk = make_kiosk(kiosk_broker, KIOSK_RESEND_AFTER_S="0.5").start()
+    kiosk.wait_for(lambda s: s["online"] and s["config"]["version"] == 2, "config 2")
+    kiosk_broker.stop()
+    kiosk.wait_for(lambda s: not s["online"], "the kiosk to go offline")
+    with headless_chromium() as driver:
+        driver.get(f"http://127.0.0.1:{kiosk.http_port}/")
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "button[data-sku='beer']"),
+            timeout_s=15,
+            what="the menu buttons",
+        )
+        beer = driver.find_element(By.CSS_SELECTOR, "button[data-sku='beer']")
+        beer.click()
+        beer.click()
+        driver.find_element(By.ID, "charge").click()
+        wait_for_screen(driver, "order_pending")
+        driver.find_element(By.ID, "sim-uid").clear()
+        driver.find_element(By.ID, "sim-uid").send_keys(stranger)
+        driver.find_element(By.ID, "sim-tap").click()
+        wait_for_screen(driver, "approved_offline")
+        assert text(driver, "outcome-title") == "Approved offline"
+        assert text(driver, "outcome-amount") == "12.00 EUR"
+        assert not driver.find_element(By.ID, "balance-row").is_displayed()
+        panel = driver.find_element(By.ID, "panel-outcome")
+        assert panel.value_of_css_property("background-color") == "rgba(146, 64, 14, 1)"
+        assert text(driver, "offline-sales") == "offline sales 1 (12.00 EUR)"
+        save_screenshot(driver, "kiosk-approved-offline")
+        driver.find_element(By.ID, "dismiss").click()
+        wait_for_screen(driver, "idle")
+        kiosk_broker.start()
+        wait_until(
+            lambda: driver.find_elements(By.CSS_SELECTOR, "#late-lines li"),
+            timeout_s=30,
+            what="the offline sale's result in the history",
+        )
+        [line] = driver.find_elements(By.CSS_SELECTOR, "#late-lines li")
+        assert "(offline sale)" in line.text and "debt 12.00 EUR" in line.text
+        assert not driver.find_element(By.ID, "offline-sales").is_displayed()
+        save_screenshot(driver, "kiosk-offline-sale-synced")
+    assert ledger.debts[stranger] == 1_200

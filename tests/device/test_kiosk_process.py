@@ -89,16 +89,24 @@ def test_crash_after_storing_before_publishing_resends_the_same_request(
     make_kiosk: Callable[..., KioskProcess],
 ) -> None:
     # The broker is unreachable for the first run: the request is stored but never published.
-    nowhere = f"mqtt://bar-1:{kiosk_broker.users['bar-1']}@127.0.0.1:{free_port()}"
-    first = make_kiosk(kiosk_broker, mqtt_url=nowhere).start()
-    first.sell(BEER, CARD)
+    # (1.1) A bar without an offline policy refuses sales offline (tests/device/
+    # test_kiosk_offline_process.py); a checkpoint's top-up is still stored and sent later.
+    kiosk_id = "checkpoint-1"
+    nowhere = f"mqtt://{kiosk_id}:{kiosk_broker.users[kiosk_id]}@127.0.0.1:{free_port()}"
+    first = make_kiosk(kiosk_broker, kiosk_id, mqtt_url=nowhere, mode="checkpoint").start()
+    status, reply = first.post(
+        "/api/recharge", {"amount_cents": 500, "payment_method": "cash", "staff_id": "a"}
+    )
+    assert status == 200, reply
+    status, reply = first.post("/api/tap", {"card_uid": CARD})
+    assert status == 202, reply
     first.wait_for(lambda s: s["screen"] == "offline", "the request to be queued offline")
     [(request_id, seq, payload)] = first.outbox_rows()
     assert seq == 1
     first.kill()
 
-    second = make_kiosk(kiosk_broker)
-    second.env = dict(first.env, MQTT_URL=kiosk_broker.url("bar-1"))
+    second = make_kiosk(kiosk_broker, kiosk_id, mode="checkpoint")
+    second.env = dict(first.env, MQTT_URL=kiosk_broker.url(kiosk_id))
     second.start()
     state = second.wait_for(
         lambda s: s["outbox"]["pending"] == 0 and s["late_results"], "the queued request to land"
@@ -106,7 +114,7 @@ def test_crash_after_storing_before_publishing_resends_the_same_request(
     assert ledger.received == [(request_id, payload)]  # the exact stored bytes, once
     assert ledger.applied[request_id] == 1
     assert state["late_results"][0]["request_id"] == request_id
-    assert ledger.balances[CARD] == CARD_BALANCE_CENTS - BEER_CENTS
+    assert ledger.balances[CARD] == CARD_BALANCE_CENTS + 500
 
 
 def test_crash_after_publishing_before_the_result_is_applied_once(
@@ -190,13 +198,17 @@ def test_broker_down_requests_queue_and_drain_in_order(
 ) -> None:
     responder = MqttResponder(kiosk_broker, ledger, durable=True).start()
     try:
-        kiosk = make_kiosk(kiosk_broker).start()
+        # (1.1) Top-ups: a bar without an offline policy refuses sales while offline
+        # (tests/device/test_kiosk_offline_process.py covers bars that may sell offline).
+        kiosk = make_kiosk(kiosk_broker, "checkpoint-1", mode="checkpoint").start()
         kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
         kiosk_broker.stop()
         kiosk.wait_for(lambda s: not s["online"], "the kiosk to notice the broker is down")
         for _ in range(3):
-            kiosk.sell([{"sku": "shot", "quantity": 1}], CARD)
-            kiosk.wait_for(lambda s: s["screen"] == "offline", "the sale to be queued")
+            recharge = {"amount_cents": 350, "payment_method": "cash", "staff_id": "a"}
+            assert kiosk.post("/api/recharge", recharge)[0] == 200
+            assert kiosk.post("/api/tap", {"card_uid": CARD})[0] == 202
+            kiosk.wait_for(lambda s: s["screen"] == "offline", "the top-up to be queued")
             assert kiosk.post("/api/dismiss", {})[0] == 200
         assert [seq for _, seq, _ in kiosk.outbox_rows()] == [1, 2, 3]
         assert ledger.received == []
@@ -209,7 +221,7 @@ def test_broker_down_requests_queue_and_drain_in_order(
         ids = list(dict.fromkeys(ledger.received_ids()))
         assert [ledger.requests[request_id].seq for request_id in ids] == [1, 2, 3]
         assert all(ledger.applied[request_id] == 1 for request_id in ids)
-        assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 3 * 350
+        assert ledger.balances[CARD] == CARD_BALANCE_CENTS + 3 * 350
     finally:
         responder.stop()
 

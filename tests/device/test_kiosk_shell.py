@@ -221,6 +221,7 @@ def test_result_for_a_request_not_outstanding_is_ignored(rig: Rig) -> None:
         transaction_id="tx-x",
         previous_balance_cents=10,
         new_balance_cents=5,
+        debt_cents=0,
         replayed=False,
         processed_at_ms=1,
     )
@@ -243,6 +244,7 @@ def test_unattributable_rejection_raises_an_alert(rig: Rig) -> None:
         transaction_id=None,
         previous_balance_cents=None,
         new_balance_cents=None,
+        debt_cents=None,
         replayed=False,
         processed_at_ms=1,
     )
@@ -252,30 +254,21 @@ def test_unattributable_rejection_raises_an_alert(rig: Rig) -> None:
     assert isinstance(alert, str) and "UNKNOWN_KIOSK" in alert
 
 
-def test_offline_sales_queue_and_drain_in_seq_order(
+def test_offline_without_a_policy_a_bar_order_is_refused_and_nothing_stored(
     tmp_path: Path, keys: tuple[object, FakeLedger]
 ) -> None:
+    # No config, so no offline policy: a bar order offline is refused on the spot (before
+    # 1.1 it was stored and sent later; offline sales with a policy: test_kiosk_offline.py).
     kiosk_key, ledger = keys
     rig = make_rig(tmp_path, ledger, kiosk_key=kiosk_key)
     try:
-        for _ in range(3):
-            assert rig.order().ok
-            rig.tap()
+        assert rig.order().ok
+        rig.tap()
         state = rig.state()
-        assert state["screen"] == "offline"
-        assert rig.link.requests() == []
-        assert len(rig.kiosk.outbox) == 3
-        rig.link.connect()
-        rig.kiosk.process_pending()
-        seqs = [ledger.requests[request_id].seq for request_id in ledger.received_ids()]
-        assert seqs == [1, 2, 3]
-        assert ledger.balances[UID] == 5_000 - 3 * 1_100
-        assert len(rig.kiosk.outbox) == 0
-        # The last one was on screen: its result is shown; the earlier two are late results.
-        state = rig.state()
-        assert state["screen"] == "approved"
-        late = state["late_results"]
-        assert isinstance(late, list) and [entry["seq"] for entry in late] == [1, 2]
+        assert state["screen"] == "order_pending"
+        assert state["notice"] == "offline: this bar cannot sell offline"
+        assert len(rig.kiosk.outbox) == 0 and rig.link.requests() == []
+        assert rig.kiosk.outbox.last_seq() == 0  # no seq consumed
     finally:
         rig.kiosk.close()
 
@@ -310,8 +303,9 @@ def test_restart_resends_the_exact_stored_bytes(
 
 def test_outbox_full_refuses_new_sales(tmp_path: Path, keys: tuple[object, FakeLedger]) -> None:
     kiosk_key, ledger = keys
+    # Offline top-ups wait in the outbox (a bar order offline is an offline sale or refused).
     config = MachineConfig(
-        mode=Mode.BAR,
+        mode=Mode.CHECKPOINT,
         outbox_max=2,
         result_timeout_ms=5_000,
         resend_after_ms=10_000,
@@ -319,11 +313,12 @@ def test_outbox_full_refuses_new_sales(tmp_path: Path, keys: tuple[object, FakeL
         outcome_display_ms=6_000,
     )
     rig = make_rig(tmp_path, ledger, kiosk_key=kiosk_key, config=config)
+    top_up = RechargeDraft(1000, "cash", "anna")
     try:
         for _ in range(2):
-            assert rig.order().ok
+            assert rig.order(top_up).ok
             rig.tap()
-        refused = rig.order()
+        refused = rig.order(top_up)
         assert not refused.ok and "outbox full" in refused.message
         outbox = rig.state()["outbox"]
         assert outbox == {"pending": 2, "max": 2, "full": True, "oldest_seq": 1}
@@ -390,6 +385,7 @@ def test_every_result_takes_one_path_verified_then_matched(
                 "transaction_id": "tx-1",
                 "previous_balance_cents": 5_000,
                 "new_balance_cents": 3_900,
+                "debt_cents": 0,
                 "replayed": False,
                 "processed_at_ms": 1,
             }

@@ -251,15 +251,18 @@ def test_wrong_mode_order_is_refused() -> None:
     assert reply is not None and reply.ok
 
 
-def test_offline_sale_is_stored_not_published_and_sent_on_link_up() -> None:
-    kiosk = Driver(online=False)
-    kiosk.send(OrderEntered(BEER))
+def test_offline_top_up_is_stored_not_published_and_sent_on_link_up() -> None:
+    # A checkpoint's top-up made offline waits in the outbox (the cashier took the money); a bar
+    # order offline is an offline sale or refused (tests/device/test_machine_offline.py).
+    kiosk = Driver(replace(CONFIG, mode=Mode.CHECKPOINT), online=False)
+    top_up = RechargeDraft(2000, "cash", "anna")
+    kiosk.send(OrderEntered(top_up))
     kiosk.send(CardTapped(UID))
     request = kiosk.stored()
     stored = kiosk.send(RequestStored(request))
     assert stored.effects == (Indicate(Signal.OFFLINE),)
     assert kiosk.screen() is Screen.OFFLINE
-    second_order = kiosk.send(OrderEntered(BEER))
+    second_order = kiosk.send(OrderEntered(top_up))
     assert second_order.reply is not None and second_order.reply.ok
     kiosk.send(CardTapped(UID))
     second = kiosk.stored()
@@ -319,9 +322,11 @@ def test_no_resend_while_offline() -> None:
 
 
 def test_outbox_full_refuses_orders_and_taps_visibly() -> None:
-    kiosk = Driver(online=False)
+    kiosk = Driver()
     for _ in range(3):
-        kiosk.sell()
+        request = kiosk.sell()
+        kiosk.send(PublishAcked(request.request_id))
+        kiosk.send(Tick(), advance_ms=CONFIG.result_timeout_ms)  # no answer: "timed out"
     refused = kiosk.send(OrderEntered(BEER))
     assert refused.reply is not None and not refused.reply.ok
     assert "outbox full" in refused.reply.message

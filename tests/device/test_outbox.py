@@ -182,3 +182,108 @@ def test_an_outbox_of_the_previous_firmware_gains_the_table(path: Path) -> None:
         assert updated._db.execute("PRAGMA user_version").fetchone()[0] == 1
     finally:
         updated.close()
+
+
+# --- (1.1) offline sales ----------------------------------------------------------------------
+
+
+def store_offline(outbox: Outbox, amount_cents: int, config_version: int | None) -> int:
+    ids = UuidV7Generator()
+    return outbox.store(
+        kind="bar_order",
+        created_at_ms=1_700_000_000_000,
+        card_uid=UID,
+        amount_cents=amount_cents,
+        new_request_id=lambda: ids.new(1_700_000_000_000),
+        sign=lambda request_id, seq: f"signed:{request_id}:{seq}".encode(),
+        offline_config_version=config_version,
+    ).seq
+
+
+def test_offline_sales_are_marked_and_the_mark_survives_a_reopen(
+    outbox: Outbox, path: Path
+) -> None:
+    store_offline(outbox, 500, 4)
+    store_offline(outbox, 300, None)  # an online order
+    store_offline(outbox, 700, 4)
+    outbox.close()
+    reopened = Outbox(path, kiosk_id="bar-1", capacity=3)
+    try:
+        entries = reopened.outstanding()
+        assert [(e.seq, e.offline, e.amount_cents) for e in entries] == [
+            (1, True, 500),
+            (2, False, 300),
+            (3, True, 700),
+        ]
+    finally:
+        reopened.close()
+
+
+def test_an_answered_offline_sale_leaves_the_totals_and_keeps_its_debt_in_history(
+    outbox: Outbox,
+) -> None:
+    store_offline(outbox, 500, 4)
+    store_offline(outbox, 700, 4)
+    [first, second] = outbox.outstanding()
+    outbox.complete(
+        first.request_id,
+        status="approved",
+        error_code=None,
+        new_balance_cents=0,
+        completed_at_ms=1,
+        debt_cents=200,
+    )
+    assert [e.seq for e in outbox.outstanding() if e.offline] == [second.seq]
+    [line] = outbox.history()
+    assert (line.seq, line.offline, line.debt_cents) == (first.seq, True, 200)
+
+
+def test_a_failing_signature_stores_neither_the_request_nor_its_mark(outbox: Outbox) -> None:
+    def fail(request_id: str, seq: int) -> bytes:
+        raise ValueError("cannot sign")
+
+    with pytest.raises(ValueError):
+        outbox.store(
+            kind="bar_order",
+            created_at_ms=1,
+            card_uid=UID,
+            amount_cents=500,
+            new_request_id=lambda: "r1",
+            sign=fail,
+            offline_config_version=4,
+        )
+    assert outbox.outstanding() == [] and outbox.last_seq() == 0
+    connection = sqlite3.connect(outbox.path)
+    try:
+        assert connection.execute("SELECT count(*) FROM offline_sales").fetchone()[0] == 0
+    finally:
+        connection.close()
+
+
+def test_marks_are_pruned_with_their_history_but_not_while_unanswered(path: Path) -> None:
+    from device.limits import OUTBOX_HISTORY_MAX
+
+    box = Outbox(path, kiosk_id="bar-1", capacity=OUTBOX_HISTORY_MAX + 10)
+    try:
+        waiting = store_offline(box, 100, 1)  # answered last of all
+        for _ in range(OUTBOX_HISTORY_MAX + 5):
+            store_offline(box, 100, 1)
+        for entry in box.outstanding()[1:]:
+            box.complete(
+                entry.request_id,
+                status="approved",
+                error_code=None,
+                new_balance_cents=0,
+                completed_at_ms=1,
+                debt_cents=0,
+            )
+        [still] = box.outstanding()
+        assert (still.seq, still.offline) == (waiting, True)
+        connection = sqlite3.connect(path)
+        try:
+            marks = connection.execute("SELECT count(*) FROM offline_sales").fetchone()[0]
+        finally:
+            connection.close()
+        assert marks == OUTBOX_HISTORY_MAX + 1  # the history's lines and the one waiting
+    finally:
+        box.close()

@@ -174,3 +174,19 @@ def test_the_return_cap_is_a_bounded_setting(environ: dict[str, str]) -> None:
         environ["FESTIVAL_RETURN_MAX_CENTS"] = bad
         with pytest.raises(SettingsError, match="FESTIVAL_RETURN_MAX_CENTS"):
             load_settings(environ)
+
+
+def test_offline_after_is_a_bounded_setting_that_reaches_the_machine(
+    environ: dict[str, str],
+) -> None:
+    from device.main import machine_config
+
+    settings = load_settings(environ)
+    assert settings.offline_after_s == 3.0
+    assert machine_config(settings).offline_after_ms == 3_000
+    environ["KIOSK_OFFLINE_AFTER_S"] = "1.5"
+    assert machine_config(load_settings(environ)).offline_after_ms == 1_500
+    for bad in ("0", "0.1", "121", "nan", "soon"):
+        environ["KIOSK_OFFLINE_AFTER_S"] = bad
+        with pytest.raises(SettingsError, match="KIOSK_OFFLINE_AFTER_S"):
+            load_settings(environ)

@@ -77,6 +77,7 @@ def test_an_outcome_checks_the_types_of_its_fields() -> None:
         "transaction_id": None,
         "previous_balance_cents": 10,
         "new_balance_cents": 10,
+        "debt_cents": 0,
         "replayed": False,
         "processed_at_ms": PROCESSED_AT_MS,
     }
@@ -84,3 +85,24 @@ def test_an_outcome_checks_the_types_of_its_fields() -> None:
     for name, wrong in (("status", "declined"), ("error_code", "CARD_BLOCKED"), ("seq", True)):
         with pytest.raises(TypeError, match=name):
             Outcome(**{**fields, name: wrong})  # type: ignore[arg-type]
+
+
+def test_debt_cents_comes_from_the_document_else_follows_the_balances() -> None:
+    # (1.1) Procedures before debts exist name none: a card with balances owes 0, an outcome
+    # without balances carries a null debt, as the wire requires.
+    assert outcome_from_document(APPROVED).debt_cents == 0
+    assert outcome_from_document({**APPROVED, "debt_cents": 350}).debt_cents == 350
+    rejected = {
+        **APPROVED,
+        "status": "rejected",
+        "error_code": "KIOSK_DISABLED",
+        "transaction_id": None,
+        "previous_balance_cents": None,
+        "new_balance_cents": None,
+    }
+    assert outcome_from_document(rejected).debt_cents is None
+    answer = replace(outcome_from_document({**APPROVED, "debt_cents": 350}), kiosk_id="b", seq=1)
+    verified = verify_result(
+        encode_result(answer, CLOUD_KEY), cloud_public_key=CLOUD_KEY.public_key(), kiosk_id="b"
+    )
+    assert verified.debt_cents == 350

@@ -191,6 +191,7 @@ def result_for_error(
         transaction_id=None,
         previous_balance_cents=None,
         new_balance_cents=None,
+        debt_cents=None,
         replayed=replayed,
         processed_at_ms=processed_at_ms,
     )

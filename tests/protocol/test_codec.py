@@ -430,6 +430,10 @@ def approved(**changes: object) -> Result:
         "processed_at_ms": NOW_MS,
     }
     fields.update(changes)
+    if "debt_cents" not in fields:
+        # Null exactly when the balances are: what every producer of a result must write.
+        balances = (fields["previous_balance_cents"], fields["new_balance_cents"])
+        fields["debt_cents"] = None if balances == (None, None) else 0
     return build_result(**fields)  # type: ignore[arg-type]
 
 
@@ -529,6 +533,7 @@ def test_result_signed_by_anyone_else_is_refused() -> None:
             "transaction_id": "t",
             "previous_balance_cents": 0,
             "new_balance_cents": 0,
+            "debt_cents": 0,
             "replayed": False,
             "processed_at_ms": 1,
         }

@@ -23,13 +23,14 @@ PROTOCOL_TABLE = {
     "BALANCE_LIMIT_EXCEEDED": "declined",
     "RETURN_LIMIT_EXCEEDED": "declined",
     "PRICE_MISMATCH": "rejected",
+    "OFFLINE_LIMIT_EXCEEDED": "rejected",
     "CARD_NOT_GENUINE": "declined",
 }
 
 
 def test_error_codes_are_exactly_the_protocol_table() -> None:
     assert {code.value: code.status.value for code in ErrorCode} == PROTOCOL_TABLE
-    assert len(ErrorCode) == 14
+    assert len(ErrorCode) == len(PROTOCOL_TABLE)
 
 
 def test_status_values() -> None:

@@ -641,6 +641,7 @@ def approved_result_document(**changes: object) -> dict[str, object]:
         "transaction_id": "tx-123",
         "previous_balance_cents": 5000,
         "new_balance_cents": 3900,
+        "debt_cents": 0,
         "replayed": False,
         "processed_at_ms": 1_750_000_000_100,
     }
@@ -661,6 +662,7 @@ def test_result_round_trips() -> None:
         "tx-123",
         5000,
         3900,
+        0,
         False,
         1_750_000_000_100,
     )
@@ -673,6 +675,7 @@ REJECTED = {
     "transaction_id": None,
     "previous_balance_cents": None,
     "new_balance_cents": None,
+    "debt_cents": None,
 }
 
 
@@ -699,6 +702,13 @@ REJECTED = {
         ({"previous_balance_cents": None}, False),
         ({"new_balance_cents": -1}, False),
         ({"new_balance_cents": 1.0}, False),
+        ({"debt_cents": DELETE}, False),  # 1.1: results gain a field, parsers require it
+        ({"debt_cents": None}, False),  # balances without a debt
+        ({"debt_cents": -1}, False),
+        ({"debt_cents": 1.0}, False),
+        ({"debt_cents": "0"}, False),
+        ({"debt_cents": 250}, True),  # an offline sale's shortfall
+        ({**REJECTED, "error_code": "INVALID_SIGNATURE", "debt_cents": 0}, False),
         ({"replayed": 0}, False),
         ({"replayed": True}, True),
         ({"processed_at_ms": -1}, False),

@@ -57,6 +57,7 @@ SIGNED_RESULT: Final = encode_result(
         transaction_id="tx-1",
         previous_balance_cents=5000,
         new_balance_cents=3900,
+        debt_cents=0,
         replayed=False,
         processed_at_ms=NOW_MS,
     ),

@@ -410,6 +410,17 @@ BEGIN
               AS p(account_id, amount_cents, balance_after_cents, always)
          WHERE p.always OR p.amount_cents <> 0
         RETURNING 1
+    ), cited_items AS MATERIALIZED (
+        -- 0011: the menu lines of each config an approved order cites, read once per config by
+        -- its key (as the price check), then looked up in memory for every line
+        SELECT i.kiosk_id, i.version, i.sku, i.vat_rate_bp, i.category
+          FROM (SELECT DISTINCT a.kiosk_id, a.config_version FROM approved a
+                 WHERE a.type = 'bar_order' AND a.source = 'mqtt'
+                   AND a.config_version IS NOT NULL) c
+         CROSS JOIN LATERAL (
+               SELECT * FROM kiosk_config_items i
+                WHERE i.kiosk_id = c.kiosk_id AND i.version = c.config_version
+               OFFSET 0) i
     ), orders AS (
         INSERT INTO bar_orders (
             order_id, transaction_id, client_request_id, card_id, kiosk_id, staff_id,
@@ -436,12 +447,9 @@ BEGIN
                   is_deposit boolean, is_return boolean))
               WITH ORDINALITY AS i(
                   name, sku, quantity, unit_price_cents, is_deposit, is_return, line_no)
-          -- one primary-key probe per line (as the price check), only for a kiosk's order
-          LEFT JOIN LATERAL (
-               SELECT c.vat_rate_bp, c.category FROM kiosk_config_items c
-                WHERE a.source = 'mqtt' AND c.kiosk_id = a.kiosk_id
-                  AND c.version = a.config_version AND c.sku = i.sku
-                LIMIT 1) m ON true
+          LEFT JOIN cited_items m
+                 ON a.source = 'mqtt' AND m.kiosk_id = a.kiosk_id
+                AND m.version = a.config_version AND m.sku = i.sku
          WHERE a.type = 'bar_order'
         RETURNING order_id, line_total_cents
     ), checkpoint_topups AS (

@@ -1,8 +1,8 @@
-"""Revision 0012: the SUN counter rule, decided in the transaction that applies a request
+"""Revision 0013: the SUN counter rule, decided in the transaction that applies a request
 (PROTOCOL.md 1.1 "Genuine wristbands"): online a counter must be above every accepted one,
 offline not accepted before; a fresh counter is accepted whatever the outcome; a failure is
 CARD_NOT_GENUINE (declined, nothing moves, stored and replayed); two transactions cannot both
-accept one counter; the downgrade gives back exactly what 0011 had."""
+accept one counter; the downgrade gives back exactly what 0012 had."""
 
 from __future__ import annotations
 
@@ -292,13 +292,13 @@ def test_an_unknown_failure_reason_fails_the_batch(funded: Ledger) -> None:
         funded.apply(sun(bar_order(CARD, ("Beer", 1, 500)), failure="stale_counter"))
 
 
-def test_downgrade_of_0012_restores_revision_0011_exactly(
+def test_downgrade_of_0013_restores_revision_0012_exactly(
     make_database: Callable[..., str],
 ) -> None:
     url = make_database()
-    database.upgrade(url, "0011")
-    at_0011 = _schema(url)
     database.upgrade(url, "0012")
+    at_0012 = _schema(url)
+    database.upgrade(url, "0013")
     assert any("card_sun_counters" in line for line in _schema(url))
-    database.downgrade(url, "0011")
-    assert _schema(url) == at_0011, _differences(at_0011, _schema(url))
+    database.downgrade(url, "0012")
+    assert _schema(url) == at_0012, _differences(at_0012, _schema(url))

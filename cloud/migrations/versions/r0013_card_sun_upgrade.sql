@@ -1,4 +1,4 @@
--- Revision 0012: genuine wristbands, the cloud's check (PROTOCOL.md 1.1 "Genuine wristbands —
+-- Revision 0013: genuine wristbands, the cloud's check (PROTOCOL.md 1.1 "Genuine wristbands —
 -- NTAG 424 DNA SUN", CARD_NOT_GENUINE; issue 15 section 4).
 --
 -- In sun mode (FESTIVAL_CARD_AUTH=sun) the consumer verifies each request's card_sun (decrypt,
@@ -32,7 +32,7 @@ BEGIN
         -- 0011: how long after a config is superseded an order priced from it is accepted
         -- (FESTIVAL_MENU_GRACE_S; protocol/limits.py MENU_GRACE_S_DEFAULT)
         WHEN 'menu_grace_s' THEN RETURN 600;
-        -- 0012: how many accepted SUN counters below a wristband's highest are kept for the
+        -- 0013: how many accepted SUN counters below a wristband's highest are kept for the
         -- offline rule (cloud/limits.py SUN_COUNTER_WINDOW; docs/protocol.md)
         WHEN 'sun_counter_window' THEN RETURN 1024;
         -- a card's blocked_reason (cards_blocked_reason_check)
@@ -148,8 +148,29 @@ BEGIN
 END
 $$;
 
+-- GET /t with the attendee portal (revision 0012): the counter accepted and, for a card that
+-- exists, a `tap` session opened, in one transaction. accepted false: a stale counter (no
+-- session); expires_at NULL: accepted, but there is no card to log in to yet.
+CREATE FUNCTION sp_portal_tap_login(
+    p_card_uid text, p_counter integer, p_token_sha256 bytea, p_ttl_s integer)
+RETURNS TABLE (accepted boolean, expires_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    IF NOT sp_accept_sun_counter(p_card_uid, p_counter) THEN
+        RETURN QUERY SELECT false, NULL::timestamptz;
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM cards c WHERE c.card_uid = p_card_uid) THEN
+        RETURN QUERY SELECT true, NULL::timestamptz;
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT true,
+        ledger_portal_open_session(p_card_uid, 'tap', p_token_sha256, p_ttl_s);
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
--- 4. The batch: revision 0011's, with the SUN check (marked 0012)
+-- 4. The batch: revision 0011's, with the SUN check (marked 0013)
 
 CREATE OR REPLACE FUNCTION ledger_process_requests(
     p_requests jsonb, p_balance_cents_max bigint, p_topup_cents_max bigint,
@@ -202,7 +223,7 @@ DECLARE
     k_version integer[] := '{}';
     v_kiosk_index integer;
     v_outcomes jsonb;
-    -- 0012: the batch's verified wristbands' SUN counters, locked: per card the highest accepted
+    -- 0013: the batch's verified wristbands' SUN counters, locked: per card the highest accepted
     -- (-1: none yet) and whether it changed; every accepted counter kept (stored and this
     -- batch's, as pairs); this batch's failures by card and reason
     v_sun_uids text[];
@@ -262,7 +283,7 @@ BEGIN
         END IF;
     END IF;
 
-    -- 2c. (0012) The SUN counters of the batch's verified wristbands (the consumer verified the
+    -- 2c. (0013) The SUN counters of the batch's verified wristbands (the consumer verified the
     -- message; freshness is decided here, under this lock, so two consumers cannot both accept
     -- one counter): a row per wristband, made when it has none, locked in card_uid order after
     -- the cards and the deposit account.
@@ -328,7 +349,7 @@ BEGIN
         v_decision := ledger_decide_request(r, c_status[v_card_index], c_balance[v_card_index],
                                    v_deposit_balance, p_balance_cents_max, p_topup_cents_max,
                                    p_return_cents_max, v_price_problems[v_position]);
-        -- 0012: the SUN check (PROTOCOL.md "Genuine wristbands"), in sun mode only (the
+        -- 0013: the SUN check (PROTOCOL.md "Genuine wristbands"), in sun mode only (the
         -- consumer sends a verified counter or the failure's reason): CARD_NOT_GENUINE after
         -- the price check, before every rule of the card. A verified counter that is fresh is
         -- accepted whatever the outcome (online: above every accepted one; offline: not
@@ -370,7 +391,7 @@ BEGIN
                 v_decision.sun_failed_offline := coalesce(r.offline, false);
                 -- TODO(loss account, issue 14): until the loss account exists, an offline
                 -- sale with sun_failed_offline is declined like an online request
-                -- (tests/ledger/test_r0012_sun.py, xfail strict).
+                -- (tests/ledger/test_r0013_sun.py, xfail strict).
                 v_decision.error_code := 'CARD_NOT_GENUINE';
                 v_decision.message := ledger_sun_message(v_sun_problem);
                 v_decision.delta_cents := 0;
@@ -456,7 +477,7 @@ BEGIN
           ORDER BY u.kiosk_id;
     END IF;
 
-    -- 8. (0012) The accepted counters (the highest, and those within the window below it: the
+    -- 8. (0013) The accepted counters (the highest, and those within the window below it: the
     -- bound), on the rows locked in 2c; this batch's failures, per card (stale counters: the
     -- cloning alarm) and per minute and reason (the dashboard), in reason order.
     IF s_uid IS NOT NULL THEN
@@ -493,7 +514,9 @@ $$;
 -- ---------------------------------------------------------------------------------------------
 -- 5. Privileges
 
-REVOKE EXECUTE ON FUNCTION ledger_sun_message(text), sp_accept_sun_counter(text, integer)
+REVOKE EXECUTE ON FUNCTION ledger_sun_message(text), sp_accept_sun_counter(text, integer),
+    sp_portal_tap_login(text, integer, bytea, integer)
 FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sp_portal_tap_login(text, integer, bytea, integer) TO festival_api;
 GRANT EXECUTE ON FUNCTION sp_accept_sun_counter(text, integer) TO festival_service, festival_api;
 GRANT SELECT ON card_sun_counters, sun_failure_minutes TO festival_service, festival_api;

@@ -1,4 +1,4 @@
--- Revision 0012 down: revision 0011's batch and limit, no SUN counters.
+-- Revision 0013 down: revision 0011's batch and limit (0012 left them as they were), no SUN counters.
 
 CREATE OR REPLACE FUNCTION ledger_limit(p_name text) RETURNS integer
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -254,6 +254,7 @@ BEGIN
 END
 $$;
 
+DROP FUNCTION sp_portal_tap_login(text, integer, bytea, integer);
 DROP FUNCTION sp_accept_sun_counter(text, integer);
 DROP FUNCTION ledger_sun_message(text);
 DROP TABLE sun_failure_minutes;

@@ -1,0 +1,235 @@
+/* The attendee's portal (cloud/api/portal.py). The session is an HttpOnly cookie this script
+   never sees; every state-changing request carries the header X-Festival-Portal: 1, which the
+   API demands (CSRF). Messages come from one catalogue (/static/portal_messages.json); the
+   chosen language is remembered in localStorage. Amounts are integer cents, formatted in the
+   deployment's currency with Intl.NumberFormat. */
+(function () {
+  "use strict";
+
+  var LANGUAGES = ["en", "de", "fr"];
+  var LANGUAGE_KEY = "festival-portal-language";
+  var LOCALES = { en: "en-GB", de: "de-DE", fr: "fr-FR" };
+  var catalogue = {};
+  var language = "en";
+  var lastCard = null;
+
+  function $(id) { return document.getElementById(id); }
+  function show(id, visible) { $(id).classList.toggle("hidden", !visible); }
+
+  function t(key, values) {
+    var messages = catalogue[language] || {};
+    var text = messages[key] || (catalogue.en || {})[key] || key;
+    Object.keys(values || {}).forEach(function (name) {
+      text = text.split("{" + name + "}").join(String(values[name]));
+    });
+    return text;
+  }
+
+  function chooseLanguage() {
+    var stored = null;
+    try { stored = window.localStorage.getItem(LANGUAGE_KEY); } catch (error) { stored = null; }
+    if (LANGUAGES.indexOf(stored) >= 0) { return stored; }
+    var wanted = (navigator.languages || [navigator.language || "en"]);
+    for (var i = 0; i < wanted.length; i += 1) {
+      var code = String(wanted[i]).slice(0, 2).toLowerCase();
+      if (LANGUAGES.indexOf(code) >= 0) { return code; }
+    }
+    return "en";
+  }
+
+  function applyLanguage(code) {
+    language = code;
+    document.documentElement.lang = code;
+    $("language").value = code;
+    Array.prototype.forEach.call(document.querySelectorAll("[data-i18n]"), function (element) {
+      element.textContent = t(element.getAttribute("data-i18n"));
+    });
+    if (lastCard) { renderCard(lastCard); }
+  }
+
+  // Cents as the decimal string "12.50" by integer arithmetic; Intl formats it exactly.
+  function decimal(cents) {
+    var absolute = Math.abs(cents);
+    var fraction = String(absolute % 100);
+    return (cents < 0 ? "-" : "") + String(Math.floor(absolute / 100)) + "." +
+      (fraction.length < 2 ? "0" + fraction : fraction);
+  }
+
+  function money(cents, currency, signed) {
+    var text;
+    try {
+      text = new Intl.NumberFormat(LOCALES[language], {
+        style: "currency", currency: currency, minimumFractionDigits: 2,
+        maximumFractionDigits: 2, signDisplay: signed ? "exceptZero" : "auto"
+      }).format(decimal(cents));
+    } catch (error) {
+      text = (signed && cents > 0 ? "+" : "") + decimal(cents) + " " + currency;
+    }
+    return text;
+  }
+
+  function when(iso) {
+    var date = new Date(iso);
+    if (isNaN(date.getTime())) { return String(iso); }
+    return date.toLocaleString(LOCALES[language], {
+      weekday: "short", hour: "2-digit", minute: "2-digit", day: "numeric", month: "short"
+    });
+  }
+
+  function request(method, path, body) {
+    var options = { method: method, credentials: "same-origin", headers: {} };
+    if (method !== "GET") { options.headers["X-Festival-Portal"] = "1"; }
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return fetch(path, options).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (data) {
+        return { status: response.status, data: data, retryAfter: response.headers.get("Retry-After") };
+      });
+    });
+  }
+
+  function describe(transaction, currency) {
+    var item = document.createElement("li");
+    item.className = "transaction";
+    var what = document.createElement("span");
+    what.className = "what";
+    var key = "kind_" + transaction.kind;
+    what.textContent = t(key) === key ? t("kind_other") : t(key);
+    var place = transaction.where === "online" ? t("online") : transaction.where;
+    if (place) { what.textContent += " " + t("at_place", { place: place }); }
+    if (transaction.payment_method) {
+      what.textContent += " (" + t("method_" + transaction.payment_method) + ")";
+    }
+    var amount = document.createElement("span");
+    amount.className = "amount" + (transaction.amount_cents > 0 ? " credit" : "");
+    amount.textContent = money(transaction.amount_cents, currency, true);
+    var moment = document.createElement("span");
+    moment.className = "when";
+    moment.textContent = when(transaction.at);
+    item.appendChild(what);
+    item.appendChild(amount);
+    item.appendChild(moment);
+    if (transaction.items && transaction.items.length) {
+      var items = document.createElement("span");
+      items.className = "items";
+      items.textContent = transaction.items.map(function (line) {
+        return line.quantity + " × " + line.name;
+      }).join(", ");
+      item.appendChild(items);
+    }
+    return item;
+  }
+
+  function renderCard(card) {
+    lastCard = card;
+    $("balance").textContent = money(card.balance_cents, card.currency, false);
+    $("debt").textContent = money(card.debt_cents, card.currency, false);
+    show("debt-line", card.debt_cents > 0);
+    var status = $("status");
+    status.textContent = t("status_" + card.status);
+    status.className = "status-" + card.status;
+    $("shown-uid").textContent = card.card_uid;
+    var blocked = card.status === "blocked";
+    show("blocked-note", blocked);
+    show("block-section", !blocked);
+    var list = $("history");
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    card.transactions.forEach(function (transaction) {
+      list.appendChild(describe(transaction, card.currency));
+    });
+    show("history-empty", card.transactions.length === 0);
+  }
+
+  function showLogin(message) {
+    lastCard = null;
+    show("loading", false);
+    show("account", false);
+    show("login", true);
+    $("login-error").textContent = message || "";
+    show("login-error", Boolean(message));
+  }
+
+  function loadCard() {
+    return request("GET", "/api/portal/card").then(function (answer) {
+      show("loading", false);
+      if (answer.status === 401) { showLogin(""); return; }
+      if (answer.status !== 200) { showLogin(t("error_network")); return; }
+      show("login", false);
+      show("account", true);
+      renderCard(answer.data);
+    }, function () { showLogin(t("error_network")); });
+  }
+
+  function loginFailed(answer) {
+    if (answer.status === 401) { return t("error_wrong"); }
+    if (answer.status === 400) { return t("error_invalid"); }
+    if (answer.status === 429 && /wristband/.test(String(answer.data.error))) {
+      var minutes = Math.max(1, Math.ceil(Number(answer.retryAfter || 60) / 60));
+      return t("error_locked", { minutes: minutes });
+    }
+    if (answer.status === 429) { return t("error_rate"); }
+    return t("error_network");
+  }
+
+  function onLogin(event) {
+    event.preventDefault();
+    var button = $("login-button");
+    button.disabled = true;
+    request("POST", "/api/portal/login", {
+      card_uid: $("card_uid").value, pin: $("pin").value
+    }).then(function (answer) {
+      button.disabled = false;
+      if (answer.status !== 200) { showLogin(loginFailed(answer)); return; }
+      $("pin").value = "";
+      show("login-error", false);
+      loadCard();
+    }, function () { button.disabled = false; showLogin(t("error_network")); });
+  }
+
+  function onBlock() {
+    show("block-confirm", false);
+    request("POST", "/api/portal/block").then(function (answer) {
+      if (answer.status === 401) { showLogin(t("error_session")); return; }
+      if (answer.status !== 200) {
+        $("block-error").textContent = t("error_network");
+        show("block-error", true);
+        return;
+      }
+      loadCard();
+    }, function () {
+      $("block-error").textContent = t("error_network");
+      show("block-error", true);
+    });
+  }
+
+  function start() {
+    $("language").addEventListener("change", function () {
+      var code = $("language").value;
+      try { window.localStorage.setItem(LANGUAGE_KEY, code); } catch (error) { /* private mode */ }
+      applyLanguage(code);
+    });
+    $("login-form").addEventListener("submit", onLogin);
+    $("block-button").addEventListener("click", function () {
+      show("block-confirm", true);
+      // On a phone the question would open below the fold: bring it (and its buttons) up.
+      $("block-confirm").scrollIntoView({ block: "center" });
+    });
+    $("block-no").addEventListener("click", function () { show("block-confirm", false); });
+    $("block-yes").addEventListener("click", onBlock);
+    $("logout").addEventListener("click", function () {
+      request("POST", "/api/portal/logout").then(function () { showLogin(""); });
+    });
+    fetch("/static/portal_messages.json", { credentials: "same-origin" })
+      .then(function (response) { return response.json(); })
+      .then(function (messages) { catalogue = messages; }, function () { catalogue = {}; })
+      .then(function () { applyLanguage(chooseLanguage()); return loadCard(); });
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+}());
