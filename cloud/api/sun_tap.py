@@ -1,13 +1,14 @@
 """(1.1) ``GET /t?picc_data=…&cmac=…``: the URL a genuine wristband gives a phone (DESIGN.md).
 
-The wristband's URL carries no UID: it is inside ``picc_data``. The page decrypts it, verifies
-the message for that UID exactly as the consumer does (protocol/sun.py), and accepts its
-counter by the online rule in the ledger (``sp_accept_sun_counter``: a portal login uses up the
-counter like a tap at a kiosk, PROTOCOL.md). Until the attendee portal's tap login exists
-("The attendee's side": then this answers 303 to /portal with a ``tap`` session), a valid,
-fresh message answers a page with that card's balance; anything else — uid mode, a malformed,
-foreign, forged or used message — 403 with a page that says only "not accepted" (which check
-failed is for the metrics, not for whoever holds the link).
+The wristband's URL carries no UID: it is inside ``picc_data``. The route decrypts it, verifies
+the message for that UID exactly as the consumer does (protocol/sun.py), and in one transaction
+accepts its counter by the online rule (a portal login uses up the counter like a tap at a
+kiosk, PROTOCOL.md) and opens a ``tap`` session of the attendee portal
+(``sp_portal_tap_login``, revision 0013): 303 to /portal with the session cookie. A genuine band
+that has no card yet (never topped up) has nothing to log in to: a page saying so, 200.
+Anything else — uid mode, a malformed, foreign, forged or used message — 403 with a page that
+says only "not accepted" (which check failed is for the logs and metrics, not for whoever holds
+the link).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from __future__ import annotations
 import html
 import logging
 import threading
-from typing import Any
 
 from fastapi import APIRouter, Query
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from cloud.api.pages import page_headers
+from cloud.api.portal import _set_cookie, portal_of
 from cloud.api.services import services_of
+from cloud.portal import new_session_token
 from protocol.sun import SUN_UID_BYTES, SunError, SunVerifier
 
 log = logging.getLogger("cloud.api.sun_tap")
@@ -57,11 +59,6 @@ def _page(title: str, body: str, status_code: int) -> HTMLResponse:
     )
 
 
-def _amount(cents: int, currency: str) -> str:
-    sign = "-" if cents < 0 else ""
-    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d} {currency}"
-
-
 def router(master_key: bytes | None) -> APIRouter:
     """``master_key``: the card master key in sun mode; None in uid mode (every tap: 403)."""
     verifiers = _Verifiers()
@@ -85,38 +82,45 @@ def router(master_key: bytes | None) -> APIRouter:
         request: Request,
         picc_data: str = Query(""),
         cmac: str = Query(""),
-    ) -> HTMLResponse:
+    ) -> Response:
         services = services_of(request)
         verified = verify(picc_data, cmac)
         if verified is None:
             return _page("Not accepted", NOT_ACCEPTED, 403)
         card_uid, counter = verified
-        fresh = await services.ledger_call(
-            "accept_sun_counter", services.ledger.accept_sun_counter, card_uid, counter
+        portal = portal_of(request)
+        token = new_session_token()
+        accepted, expires_at = await services.ledger_call(
+            "portal_tap_login",
+            portal.store.tap_login,
+            card_uid,
+            counter,
+            token=token,
+            ttl_s=portal.limits.portal_session_ttl_s,
         )
-        if not fresh:
+        if not accepted:
             log.info("tap not accepted", extra={"context": {"reason": "stale_counter"}})
             return _page("Not accepted", NOT_ACCEPTED, 403)
-        card: Any = await services.ledger_call("card", services.ledger.card, card_uid)
-        currency = services.settings.festival_currency
-        if card is None:
+        if expires_at is None:
             body = "<p>This wristband has no balance yet: top it up at a checkpoint.</p>"
-        else:
-            body = (
-                f'<p class="balance" data-balance-cents="{int(card.balance_cents)}">'
-                f"Balance: {html.escape(_amount(int(card.balance_cents), currency))}</p>"
-            )
-            if card.status != "active":
-                body += "<p>This wristband is blocked: see the info desk.</p>"
-        return _page("Your wristband", body, 200)
+            return _page("Your wristband", body, 200)
+        log.info("portal login", extra={"context": {"card_uid": card_uid, "kind": "tap"}})
+        response: Response = RedirectResponse("/portal", status_code=303)
+        _set_cookie(response, portal, token)
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     routes = APIRouter(tags=["portal"])
     routes.add_api_route(
         "/t",
         tap,
         methods=["GET"],
-        summary="A genuine wristband's URL (SUN message): the card's balance, or 403",
+        summary="A genuine wristband's URL (SUN message): a `tap` portal session, 303 to /portal",
         response_class=HTMLResponse,
-        responses={403: {"description": "not a valid, fresh SUN message (or uid mode)"}},
+        status_code=303,
+        responses={
+            200: {"description": "genuine, but the band has no card yet"},
+            403: {"description": "not a valid, fresh SUN message (or uid mode)"},
+        },
     )
     return routes

@@ -1,7 +1,7 @@
-"""(1.1) Genuine wristbands at the API, against the real ledger: GET /t answers the card's
-balance only for a valid, fresh SUN message (and uses its counter up); the seed-compatible POS
-endpoints answer CARD_NOT_GENUINE, 403, in sun mode; the dashboard shows SUN failures and the
-cloning alarm; FESTIVAL_CARD_AUTH=sun needs a 0600 CARD_MASTER_KEY_FILE."""
+"""(1.1) Genuine wristbands at the API, against the real ledger: GET /t logs a phone into the
+attendee portal (a `tap` session) only for a valid, fresh SUN message, and uses its counter up;
+the seed-compatible POS endpoints answer CARD_NOT_GENUINE, 403, in sun mode; the dashboard shows
+SUN failures and the cloning alarm; FESTIVAL_CARD_AUTH=sun needs a 0600 CARD_MASTER_KEY_FILE."""
 
 from __future__ import annotations
 
@@ -68,33 +68,39 @@ def message(master: bytes, counter: int, uid: str = UID) -> SunMessage:
 
 
 def tap(client: TestClient, sun: SunMessage) -> Any:
-    return client.get(f"/t?picc_data={sun.picc_data}&cmac={sun.cmac}")
+    return client.get(f"/t?picc_data={sun.picc_data}&cmac={sun.cmac}", follow_redirects=False)
 
 
-def test_a_fresh_sun_message_shows_the_balance_once(
+def test_a_fresh_sun_message_logs_the_phone_in_once(
     sun_client: TestClient, ledger: Ledger, master_key: tuple[bytes, Path]
 ) -> None:
     ledger.apply(recharge(UID, 1_250))
     first = tap(sun_client, message(master_key[0], 5))
-    assert first.status_code == 200
-    assert 'data-balance-cents="1250"' in first.text and "12.50 EUR" in first.text
+    assert first.status_code == 303, first.text
+    assert first.headers["location"] == "/portal"
     assert first.headers["cache-control"] == "no-store"
+    assert "httponly" in first.headers["set-cookie"].lower()
+    card = sun_client.get("/api/portal/card")
+    assert card.status_code == 200, card.text
+    assert (card.json()["card_uid"], card.json()["balance_cents"]) == (UID, 1_250)
+    assert card.json()["session"]["kind"] == "tap"
+    sun_client.cookies.clear()
     again = tap(sun_client, message(master_key[0], 5))
-    assert again.status_code == 403
-    older = tap(sun_client, message(master_key[0], 4))
-    assert older.status_code == 403
+    assert again.status_code == 403 and "set-cookie" not in again.headers
+    assert tap(sun_client, message(master_key[0], 4)).status_code == 403
     # the portal's use counts for the kiosks too
     used = ledger.apply(replace(bar_order(UID, ("Beer", 1, 100)), sun_counter=5))
     assert used.error_code is ErrorCode.CARD_NOT_GENUINE
-    assert tap(sun_client, message(master_key[0], 6)).status_code == 200
+    assert tap(sun_client, message(master_key[0], 6)).status_code == 303
 
 
-def test_a_band_with_no_balance_yet_says_so(
+def test_a_band_with_no_card_yet_says_so(
     sun_client: TestClient, master_key: tuple[bytes, Path]
 ) -> None:
     answer = tap(sun_client, message(master_key[0], 2))
     assert answer.status_code == 200
-    assert "no balance yet" in answer.text
+    assert "no balance yet" in answer.text and "set-cookie" not in answer.headers
+    assert tap(sun_client, message(master_key[0], 2)).status_code == 403, "its counter was used"
 
 
 @pytest.mark.parametrize(
@@ -113,10 +119,10 @@ def test_anything_but_a_valid_message_is_403(
         "lower_case": f"/t?picc_data={genuine.picc_data.lower()}&cmac={genuine.cmac.lower()}",
         "too_long": f"/t?picc_data={genuine.picc_data * 40}&cmac={genuine.cmac}",
     }[how]
-    answer = sun_client.get(url)
+    answer = sun_client.get(url, follow_redirects=False)
     assert answer.status_code == 403, answer.text
-    assert "Balance" not in answer.text and "1000" not in answer.text
-    assert tap(sun_client, genuine).status_code == 200, "the real message is still fresh"
+    assert "set-cookie" not in answer.headers and "not accepted" in answer.text
+    assert tap(sun_client, genuine).status_code == 303, "the real message is still fresh"
 
 
 def test_uid_mode_refuses_every_tap(client: TestClient, master_key: tuple[bytes, Path]) -> None:
