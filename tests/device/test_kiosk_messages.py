@@ -21,6 +21,7 @@ def result(error_code: ErrorCode | None, message: str) -> Result:
         transaction_id="tx-1" if error_code is None else None,
         previous_balance_cents=1_000,
         new_balance_cents=550 if error_code is None else 1_000,
+        debt_cents=0,
         replayed=False,
         processed_at_ms=1,
     )
