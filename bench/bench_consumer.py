@@ -20,6 +20,12 @@ SKU) first from kiosks without a menu, then - in the same run, after every kiosk
 menu - citing the menu's config version, so every line is checked; results to
 bench/results/consumer_menus.json.
 
+With --sun, phases 1 and 2 give way to genuine wristbands' end-to-end cost (issue 15): sustained
+approved orders/s with one consumer on 7-byte-UID cards, every order carrying a fresh SUN message
+(protocol/sun.py, as a genuine band gives it), the consumer restarted with FESTIVAL_CARD_AUTH=uid
+(card_sun ignored) and =sun (verified in the consumer, counter rule in the ledger) in
+alternation, in the same run; results to bench/results/consumer_sun.json.
+
 Every result is verified under the cloud key; `festival-cloud check` must pass at the end.
 Writes bench/results/consumer.json and prints a summary; the figures go to the
 "Consumer (end to end)" section of docs/benchmarks.md.
@@ -48,21 +54,29 @@ sys.path.insert(0, str(REPO))
 from bench.bench_consumer_load import CpuMeter, LoadGenerator, RunStats  # noqa: E402
 from cloud import database  # noqa: E402
 from cloud.database import make_engine  # noqa: E402
-from cloud.keys import save_private_key  # noqa: E402
+from cloud.keys import (  # noqa: E402
+    generate_card_master_key,
+    save_card_master_key,
+    save_private_key,
+)
 from cloud.ledger import Ledger  # noqa: E402
 from cloud.ledger_records import LedgerRequest  # noqa: E402
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port  # noqa: E402
 from protocol.keys import generate_private_key, public_key_b64  # noqa: E402
 from protocol.models import (  # noqa: E402
     BarItem,
+    CardSun,
     CheckpointRecharge,
     Menu,
     MenuItem,
     request_to_dict,
 )
 from protocol.strict_json import dumps_canonical  # noqa: E402
+from protocol.sun import CardKeyDerivation, sun_message  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "consumer.json"
+SUN_RESULTS = REPO / "bench" / "results" / "consumer_sun.json"
+SUN_ROUNDS = 2
 MENUS_RESULTS = REPO / "bench" / "results" / "consumer_menus.json"
 # --menus: the orders' lines (distinct SKUs of a 20-item menu), the same with menus off and on.
 MENU = Menu(
@@ -77,8 +91,28 @@ PRICE_CENTS = 100
 READY_TIMEOUT_S = 30.0
 
 
-def card_uids(count: int) -> list[str]:
+def card_uids(count: int, *, seven_bytes: bool = False) -> list[str]:
+    """Card UIDs; 7-byte ones (14 hex digits) for --sun: only those can be genuine."""
+    if seven_bytes:
+        return [f"0C{number:012X}" for number in range(1, count + 1)]
     return [f"0C{number:06X}" for number in range(1, count + 1)]
+
+
+class Bands:
+    """Genuine wristbands' SUN messages: one fresh counter per card per order (what a band
+    gives at each tap). Computed before signing, so the load generator's cost is not measured."""
+
+    def __init__(self, master_key: bytes) -> None:
+        self._keys = CardKeyDerivation(master_key)
+        self._counters: dict[str, int] = {}
+
+    def tap(self, card_uid: str) -> CardSun:
+        counter = self._counters.get(card_uid, 1) + 1
+        self._counters[card_uid] = counter
+        message = sun_message(
+            self._keys.meta_key, self._keys.file_key(card_uid), bytes.fromhex(card_uid), counter
+        )
+        return CardSun(message.picc_data, message.cmac)
 
 
 class Consumers:
@@ -254,6 +288,57 @@ def menus_comparison(
     return rows
 
 
+def sun_comparison(
+    generator: LoadGenerator,
+    consumers: Consumers,
+    broker: MosquittoBroker,
+    bands: Bands,
+    key_file: Path,
+    cards: list[str],
+    args: argparse.Namespace,
+) -> list[dict[str, Any]]:
+    """Sustained approved orders/s, one consumer, FESTIVAL_CARD_AUTH uid and sun in alternation
+    (uid, sun, uid, sun: drift and warm-up hit both alike), the consumer restarted for each.
+    Every order carries a fresh SUN message in both modes, so the messages are the same size;
+    uid mode ignores it, sun mode verifies it and the ledger checks and stores its counter."""
+    rows: list[dict[str, Any]] = []
+    base_env = dict(consumers.env)
+    for mode in ("uid", "sun") * SUN_ROUNDS:
+        consumers.stop()
+        consumers.env = {
+            **base_env,
+            "FESTIVAL_CARD_AUTH": mode,
+            "CARD_MASTER_KEY_FILE": str(key_file),
+        }
+        consumers.start(1, broker)
+        warm = generator.presign(200, cards, PRICE_CENTS, card_sun=bands.tap)
+        generator.run_open_loop(warm, 200)
+        budget = int(6000 * args.sustained_s) + 10_000
+        requests = generator.presign(budget, cards, PRICE_CENTS, card_sun=bands.tap)
+        stats, _, _ = generator.run_closed_loop(requests, args.window, args.sustained_s)
+        summary = stats.summary()
+        rows.append(
+            {
+                "card_auth": mode,
+                "window_per_kiosk": args.window,
+                "duration_s": args.sustained_s,
+                "approved_per_s": summary["approved_per_s"],
+                "sent": summary["sent"],
+                "answered": summary["answered"],
+                "unanswered": summary["unanswered"],
+                "latency_ms": summary["latency_ms"],
+                "load_average": os.getloadavg(),
+            }
+        )
+        print(
+            f"  FESTIVAL_CARD_AUTH={mode}: {summary['approved_per_s']} approved orders/s"
+            f" (p50 {summary['latency_ms']['p50']} ms;"  # type: ignore[index]
+            f" load {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kiosks", type=int, default=8, help="simulated bar kiosks (N)")
@@ -272,6 +357,11 @@ def main() -> int:
         help="measure menus off vs on (the price check) instead of phases 1 and 2",
     )
     parser.add_argument(
+        "--sun",
+        action="store_true",
+        help="measure FESTIVAL_CARD_AUTH uid vs sun instead of phases 1 and 2",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs) and print its path"
     )
     parser.add_argument(
@@ -282,7 +372,7 @@ def main() -> int:
         args.latency_s, args.sustained_s, args.raw_s = 4.0, 6.0, 2.0
     rates = [float(rate) for rate in args.rates.split(",")]
     if args.out is None:
-        args.out = MENUS_RESULTS if args.menus else RESULTS
+        args.out = MENUS_RESULTS if args.menus else SUN_RESULTS if args.sun else RESULTS
 
     root = Path(tempfile.mkdtemp(prefix="festival-bench-consumer-"))
     root.chmod(0o755)
@@ -308,7 +398,7 @@ def main() -> int:
         for kiosk_id, key in keys.items():
             ledger.add_kiosk(kiosk_id, public_key_b64(key), "bar")
         ledger.add_kiosk("bench-checkpoint", public_key_b64(generate_private_key()), "checkpoint")
-        cards = card_uids(args.cards)
+        cards = card_uids(args.cards, seven_bytes=args.sun)
         fund(ledger, cards)
         cloud_key = generate_private_key()
         save_private_key(cloud_key, root / "cloud.pem")
@@ -336,6 +426,32 @@ def main() -> int:
         report: dict[str, Any] = {"latency": [], "sustained": []}
         print(f"1 consumer, {args.kiosks} kiosks, {args.cards} cards", flush=True)
         consumers.start(1, broker)
+        if args.sun:
+            rates = []  # the sun comparison replaces phases 1 and 2
+            master_key = generate_card_master_key()
+            save_card_master_key(master_key, root / "card-master.key")
+            report["sun"] = sun_comparison(
+                generator,
+                consumers,
+                broker,
+                Bands(master_key),
+                root / "card-master.key",
+                cards,
+                args,
+            )
+            report["sun_approved_per_s_mean"] = {
+                mode: round(
+                    statistics.mean(
+                        float(row["approved_per_s"])
+                        for row in report["sun"]
+                        if row["card_auth"] == mode
+                    ),
+                    1,
+                )
+                for mode in ("uid", "sun")
+            }
+            print(f"  uid vs sun (mean): {report['sun_approved_per_s_mean']}", flush=True)
+            report["sustained"] = [{"consumers": 1, **row} for row in report["sun"]]
         if args.menus:
             rates = []  # the menus comparison replaces phases 1 and 2
             report["menus"] = menus_comparison(generator, consumers, ledger, kiosk_ids, cards, args)
@@ -368,7 +484,7 @@ def main() -> int:
                 f" ({row['answered']}/{row['sent']} answered)",
                 flush=True,
             )
-        for count in () if args.menus else (1, 2):
+        for count in () if args.menus or args.sun else (1, 2):
             if count == 2:
                 consumers.stop()
                 print("2 consumers on the shared subscription", flush=True)

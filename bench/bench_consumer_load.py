@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 
 from protocol.codec import encode_request, verify_result
 from protocol.errors import ProtocolError, Status
-from protocol.models import BarItem, BarOrder
+from protocol.models import BarItem, BarOrder, CardSun
 from protocol.mqtt_url import parse_mqtt_url
 from protocol.topics import TopicKind, topic_for
 
@@ -211,10 +211,12 @@ class LoadGenerator:
         items: tuple[BarItem, ...] | None = None,
         config_version: int | None = None,
         offline: bool = False,
+        card_sun: Callable[[str], CardSun] | None = None,
     ) -> list[Sent]:
         """``count`` bar orders, round-robin over kiosks and cards, signed now: one beer at
         ``price_cents``, or ``items``, citing ``config_version`` (the menus comparison);
-        ``offline``: offline sales (bench/bench_offline_drain.py)."""
+        ``offline``: offline sales (bench/bench_offline_drain.py); each carrying
+        ``card_sun(card_uid)`` when given (the sun comparison: a fresh SUN message)."""
         lines = items or (BarItem(name="Beer", quantity=1, unit_price_cents=price_cents),)
         requests: list[Sent] = []
         now_ms = time.time_ns() // 1_000_000
@@ -233,6 +235,7 @@ class LoadGenerator:
                 staff_id="bench",
                 config_version=config_version,
                 offline=offline,
+                card_sun=None if card_sun is None else card_sun(card_uids[number % len(card_uids)]),
             )
             raw = encode_request(order, self._keys[kiosk.kiosk_id])
             requests.append(Sent(kiosk.index, order.request_id, raw))

@@ -623,6 +623,41 @@ class Ledger:
 
     # --- cards -----------------------------------------------------------------------------------
 
+    # --- genuine wristbands (1.1, revision 0013) ----------------------------------------------
+
+    def accept_sun_counter(self, card_uid: str, counter: int) -> bool:
+        """A portal login by GET /t: accept a verified SUN message's counter by the online rule
+        (above every counter accepted for that wristband), in one transaction. False: stale,
+        counted as a stale-counter failure (the cloning alarm)."""
+        return bool(
+            self._scalar(
+                "SELECT sp_accept_sun_counter(:card_uid, :counter)",
+                card_uid=card_uid,
+                counter=counter,
+            )
+        )
+
+    def sun_failures(self, *, minutes: int) -> list[dict[str, object]]:
+        """SUN failures per minute and reason over the last ``minutes`` (oldest first):
+        ``{"minute": ISO 8601 text, "reason": str, "failures": int}``."""
+        return self._select(
+            "SELECT minute, reason, failures FROM sun_failure_minutes"
+            " WHERE minute >= date_trunc('minute', now()) - make_interval(mins => :minutes)"
+            " ORDER BY minute, reason",
+            minutes=minutes,
+        )
+
+    def stale_sun_cards(self, *, minutes: int, limit: int) -> list[dict[str, object]]:
+        """The wristbands with a stale counter in the last ``minutes``, most stale first: the
+        cards a clone (or a replayed message) was used for."""
+        return self._select(
+            "SELECT card_uid, stale_count, last_stale_at FROM card_sun_counters"
+            " WHERE last_stale_at >= now() - make_interval(mins => :minutes)"
+            " ORDER BY stale_count DESC, card_uid LIMIT :limit",
+            minutes=minutes,
+            limit=limit,
+        )
+
     def card(self, card_uid: str) -> CardRecord | None:
         rows = self._select(
             "SELECT card_uid, balance_cents, status, debt_cents FROM cards"

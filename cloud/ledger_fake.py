@@ -60,7 +60,7 @@ from cloud.ledger_records import (
     Unchanged,
     outcome_from_document,
 )
-from cloud.limits import LEDGER_FAKE_RECORDS_KEPT_MAX
+from cloud.limits import LEDGER_FAKE_RECORDS_KEPT_MAX, SUN_COUNTER_WINDOW
 from protocol.errors import ErrorCode, Status
 from protocol.keys import load_public_key_b64
 from protocol.limits import (
@@ -98,6 +98,19 @@ RETURNS_OVER_LIMIT_MESSAGE: Final = "Returns of {returns} exceed the limit of {l
 RETURNS_OVER_DEPOSITS_MESSAGE: Final = (
     "More cups returned than deposits were charged: see a supervisor"
 )
+# Revision 0013's texts (ledger_sun_message), word for word, by protocol.sun.SunFailure value.
+SUN_MESSAGES: Final = {
+    reason: f"Wristband not genuine: see the info desk ({detail})"
+    for reason, detail in (
+        ("missing", "no SUN message"),
+        ("malformed", "malformed SUN message"),
+        ("not_ours", "not a wristband of this festival"),
+        ("wrong_uid", "SUN message of another wristband"),
+        ("bad_mac", "SUN message does not verify"),
+        ("stale_counter", "SUN message already used"),
+    )
+}
+SUN_FAILURES_FROM_CONSUMER: Final = frozenset(SUN_MESSAGES) - {"stale_counter"}
 # Revision 0011's texts (ledger_price_problems, ledger_menu_problem), word for word.
 PRICE_NO_VERSION_MESSAGE: Final = (
     "Price mismatch: this kiosk sells from a menu the cloud sent it, and the order cites no"
@@ -273,6 +286,10 @@ class FakeLedger:
         self.scans: deque[ScanRecord] = deque(maxlen=LEDGER_FAKE_RECORDS_KEPT_MAX)
         self._clock_ms = clock_ms
         self._lock = threading.RLock()
+        # (1.1) per wristband, the SUN counters accepted (card_sun_counters: the highest and
+        # those within SUN_COUNTER_WINDOW below it), and the failures by reason
+        self._sun_counters: dict[str, set[int]] = {}
+        self.sun_failures: dict[str, int] = {}
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -293,6 +310,7 @@ class FakeLedger:
                 claim = self._claims.get(request.request_id)
                 if claim is None:
                     problem = self._price_problem(item)
+                    sun_problem = self._sun_problem(item)  # accepts a fresh counter
                     offline_problem = (
                         None if problem is not None else self._offline_problem(item, now_ms)
                     )
@@ -303,6 +321,8 @@ class FakeLedger:
                             "message": offline_problem,
                             "debt_cents": None,
                         }
+                    elif problem is None and sun_problem is not None:
+                        document = self._not_genuine(request, sun_problem, now_ms)
                     elif problem is None:
                         document = self._decide(request, now_ms)
                     else:
@@ -322,9 +342,64 @@ class FakeLedger:
                 documents.append(document)
             return [outcome_from_document(document) for document in documents]
 
+    def _sun_problem(self, item: LedgerRequest) -> str | None:
+        """(1.1) As revision 0013: the consumer's failure, or the counter rule (online: above
+        every accepted counter; offline: not accepted before, within the window). A fresh
+        counter is accepted here, whatever the outcome."""
+        reason = item.sun_failure
+        if reason is None and item.sun_counter is not None:
+            counter = item.sun_counter
+            accepted = self._sun_counters.setdefault(item.request.card_uid, set())
+            highest = max(accepted, default=-1)
+            if getattr(item.request, "offline", False):
+                fresh = counter > highest - SUN_COUNTER_WINDOW and counter not in accepted
+            else:
+                fresh = counter > highest
+            if fresh:
+                accepted.add(counter)
+                highest = max(highest, counter)
+                accepted.difference_update(
+                    {c for c in accepted if c <= highest - SUN_COUNTER_WINDOW}
+                )
+            else:
+                reason = "stale_counter"
+        if reason is not None:
+            self.sun_failures[reason] = self.sun_failures.get(reason, 0) + 1
+        return reason
+
+    def _not_genuine(
+        self, request: BarOrder | CheckpointRecharge, reason: str, now_ms: int
+    ) -> dict[str, Any]:
+        """CARD_NOT_GENUINE: declined, the card's balance in both (null on an unknown card)."""
+        balance = self.balances.get(request.card_uid)
+        return {
+            **_rejected(request.request_id, request.card_uid, now_ms),
+            "status": Status.DECLINED.value,
+            "error_code": ErrorCode.CARD_NOT_GENUINE.value,
+            "message": SUN_MESSAGES[reason],
+            "previous_balance_cents": balance,
+            "new_balance_cents": balance,
+            "debt_cents": None if balance is None else self.debts.get(request.card_uid, 0),
+        }
+
+    def accept_sun_counter(self, card_uid: str, counter: int) -> bool:
+        """As sp_accept_sun_counter (a portal login by GET /t): the online rule."""
+        with self._lock:
+            accepted = self._sun_counters.setdefault(card_uid, set())
+            if counter <= max(accepted, default=-1):
+                self.sun_failures["stale_counter"] = self.sun_failures.get("stale_counter", 0) + 1
+                return False
+            accepted.add(counter)
+            accepted.difference_update({c for c in accepted if c <= counter - SUN_COUNTER_WINDOW})
+            return True
+
     def _check(self, item: LedgerRequest) -> None:
         """What request_document asserts and the procedures refuse as a caller's bug."""
         request = item.request
+        if item.sun_failure is not None and (
+            item.sun_failure not in SUN_FAILURES_FROM_CONSUMER or item.sun_counter is not None
+        ):
+            raise ValueError(f"request {request.request_id}: sun_failure is not a consumer's")
         assert item.source in SOURCES, item.source
         assert len(item.payload_sha256) == SHA256_HEX_LENGTH, "payload_sha256 must be hex SHA-256"
         int(item.payload_sha256, 16)  # ValueError when it is not hex

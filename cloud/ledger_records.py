@@ -98,6 +98,11 @@ class LedgerRequest:
     payload_sha256: str
     source: str = "mqtt"
     trace_id: str | None = None
+    # (1.1) sun mode only (both None in uid mode): the SDMReadCtr of the request's verified SUN
+    # message, or why it did not verify (protocol.sun.SunFailure's value, never stale_counter:
+    # freshness is the ledger's to decide, in the transaction that applies the request).
+    sun_counter: int | None = None
+    sun_failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,18 +200,25 @@ def outcome_from_document(document: Mapping[str, Any]) -> Outcome:
 def request_document(item: LedgerRequest) -> dict[str, Any]:
     """The JSON object sp_handle_request and sp_process_batch take for one request: the
     protocol's own form of it (request_to_dict) with what only the ledger adds, the SHA-256 of
-    its payload bytes, where it came from and its trace id."""
+    its payload bytes, where it came from and its trace id (and, in sun mode, the consumer's
+    SUN verdict)."""
     assert item.source in SOURCES, item.source
     assert len(item.payload_sha256) == SHA256_HEX_LENGTH, "payload_sha256 must be hex SHA-256"
     request = item.request
     if isinstance(request, BarOrder):
         assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
-    return {
+    document = {
         **request_to_dict(request),
         "payload_sha256": item.payload_sha256,
         "source": item.source,
         "trace_id": item.trace_id,
     }
+    # (1.1) sun mode only: uid mode's documents stay exactly the protocol's form
+    if item.sun_counter is not None:
+        document["sun_counter"] = item.sun_counter
+    if item.sun_failure is not None:
+        document["sun_failure"] = item.sun_failure
+    return document
 
 
 # --- configs and deny-lists the cloud issues (revision 0010) ------------------------------------

@@ -217,6 +217,22 @@ class PortalStore:
         expires_at: datetime | None = row[0]
         return expires_at
 
+    def tap_login(
+        self, card_uid: str, counter: int, *, token: str, ttl_s: int
+    ) -> tuple[bool, datetime | None]:
+        """(1.1) GET /t: accept a verified SUN message's counter (online rule) and open a `tap`
+        session for the card (revision 0013). (False, None): a stale counter; (True, None):
+        accepted, but the card does not exist yet; (True, expiry): logged in."""
+        row = self._one(
+            "SELECT accepted, expires_at FROM sp_portal_tap_login(:card_uid, :counter,"
+            " :digest, :ttl_s)",
+            card_uid=card_uid,
+            counter=counter,
+            digest=token_sha256(token),
+            ttl_s=ttl_s,
+        )
+        return bool(row.accepted), row.expires_at
+
     def _read(self, sql: str, **params: object) -> Any:
         """One read-only statement in autocommit: no BEGIN / COMMIT round trips (the page's
         reads are the portal's hot path; one statement is atomic anyway)."""

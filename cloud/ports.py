@@ -94,6 +94,17 @@ class CardLedger(Protocol):
 
     def unblock_card(self, card_uid: str) -> bool: ...
 
+    # (1.1) A portal login by GET /t: the SUN counter by the online rule (revision 0013).
+    def accept_sun_counter(self, card_uid: str, counter: int) -> bool: ...
+
+
+class SunMonitoringLedger(Protocol):
+    """(1.1) The SUN failures the dashboard shows (the cloning alarm)."""
+
+    def sun_failures(self, *, minutes: int) -> list[dict[str, object]]: ...
+
+    def stale_sun_cards(self, *, minutes: int, limit: int) -> list[dict[str, object]]: ...
+
 
 class RefundLedger(Protocol):
     """The refunds owed for paid Checkout Sessions that could not be credited."""
@@ -171,7 +182,7 @@ class ConfigLedger(Protocol):
     def mark_denylist_published(self, version: int) -> None: ...
 
 
-class Ledger(RequestLedger, CardLedger, RefundLedger, ConfigLedger, Protocol):
+class Ledger(RequestLedger, CardLedger, RefundLedger, ConfigLedger, SunMonitoringLedger, Protocol):
     """What the API (create_app and its routes) needs."""
 
     @property

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cloud.keys import load_card_master_key
 from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,
     FUTURE_SKEW_S_DEFAULT,
@@ -114,6 +115,9 @@ class CloudSettings(BaseSettings):
     # public base URL of the API, written into every wristband (`card program`, GET /t); the
     # attendee's portal is FESTIVAL_PORTAL_URL/portal, its session cookie Secure when https.
     card_master_key_file: Path | None = None
+    # (1.1) uid: a wristband is its UID (card_sun allowed and ignored); sun: every kiosk's bar
+    # order and top-up must carry a verified, fresh SUN message (needs CARD_MASTER_KEY_FILE).
+    festival_card_auth: str = Field(default="uid", pattern=r"^(uid|sun)$")
     festival_portal_url: str = Field(
         default="http://127.0.0.1:8000", pattern=r"^https?://[!-~]{1,180}$"
     )
@@ -190,6 +194,23 @@ class CloudSettings(BaseSettings):
             card_max_cents=self.festival_offline_card_max_cents,
             kiosk_max_cents=self.festival_offline_kiosk_max_cents,
         )
+
+    @property
+    def sun_mode(self) -> bool:
+        """(1.1) FESTIVAL_CARD_AUTH=sun: wristbands must prove they are genuine."""
+        return self.festival_card_auth == "sun"
+
+    def card_master_key(self) -> bytes | None:
+        """(1.1) The card master key in sun mode (None in uid mode); SettingsError when sun mode
+        has no CARD_MASTER_KEY_FILE or the file is not a 0600 key (never quoting it)."""
+        if not self.sun_mode:
+            return None
+        self.require("card_master_key_file")
+        assert self.card_master_key_file is not None
+        try:
+            return load_card_master_key(self.card_master_key_file)
+        except (OSError, ValueError) as error:
+            raise SettingsError(f"FESTIVAL_CARD_AUTH=sun: CARD_MASTER_KEY_FILE: {error}") from None
 
     @property
     def mqtt_endpoint(self) -> MqttEndpoint:

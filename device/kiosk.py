@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from device import machine
 from device.ids import UuidV7Generator
@@ -104,6 +104,20 @@ from protocol.models import (
 )
 
 log = logging.getLogger("device.kiosk")
+
+
+# (1.1) What the screen says for a decline the bartender must act on, whatever the cloud's
+# detail (a clone must not learn which check it failed at the bar).
+KIOSK_TEXT_BY_CODE: Final[dict[str, str]] = {
+    ErrorCode.CARD_NOT_GENUINE.value: "wristband not genuine \u2014 see the info desk",
+}
+
+
+def kiosk_message(result: Result) -> str:
+    """The text the kiosk shows for a result: its own for the codes above, else the cloud's."""
+    if result.error_code is None:
+        return result.message
+    return KIOSK_TEXT_BY_CODE.get(str(result.error_code), result.message)
 
 
 class SystemClock:
@@ -650,7 +664,7 @@ class Kiosk:
             approved=result.approved,
             status=str(result.status),
             error_code=error_code,
-            message=result.message,
+            message=kiosk_message(result),
             amount_cents=pending.amount_cents,
             previous_balance_cents=result.previous_balance_cents,
             new_balance_cents=result.new_balance_cents,

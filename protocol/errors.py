@@ -34,6 +34,9 @@ class ErrorCode(StrEnum):
     # (1.1) A bar order whose lines do not match the menu the cloud sent this kiosk ("Menus").
     PRICE_MISMATCH = "PRICE_MISMATCH"
     OFFLINE_LIMIT_EXCEEDED = "OFFLINE_LIMIT_EXCEEDED"
+    # (1.1) sun mode: no SUN message, or one that does not verify, names another UID, or reuses
+    # a counter ("Genuine wristbands").
+    CARD_NOT_GENUINE = "CARD_NOT_GENUINE"
 
     @property
     def status(self) -> Status:
@@ -56,6 +59,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.RETURN_LIMIT_EXCEEDED: Status.DECLINED,
     ErrorCode.PRICE_MISMATCH: Status.REJECTED,
     ErrorCode.OFFLINE_LIMIT_EXCEEDED: Status.REJECTED,
+    ErrorCode.CARD_NOT_GENUINE: Status.DECLINED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 

@@ -1130,8 +1130,8 @@ def result_inconsistency(result: Result) -> str | None:
     - ``transaction_id`` is present exactly when approved;
     - approved and declined outcomes echo all of request_id, kiosk_id, seq and card_uid
       (only a valid, authenticated request gets that far);
-    - balances are both null (rejected, CARD_NOT_FOUND) or both integers (every other outcome),
-      and a decline leaves the balance unchanged;
+    - balances are both null (rejected, CARD_NOT_FOUND; 1.1: CARD_NOT_GENUINE on an unknown
+      card) or both integers (every other outcome), and a decline leaves the balance unchanged;
     - (1.1) ``debt_cents`` is null exactly when the balances are.
     """
     if result.status is not status_for(result.error_code):
@@ -1150,6 +1150,8 @@ def result_inconsistency(result: Result) -> str | None:
         result.error_code is not ErrorCode.CARD_NOT_FOUND
     )
     balances = (result.previous_balance_cents, result.new_balance_cents)
+    if result.error_code is ErrorCode.CARD_NOT_GENUINE and balances == (None, None):
+        balances_expected = False  # (1.1) CARD_NOT_GENUINE on an unknown card: no balances
     if balances_expected and None in balances:
         return f"a {result.error_code or result.status} result must carry both balances"
     if not balances_expected and balances != (None, None):

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api import menus, monitoring, portal, pos, reports, topups, webhook
+from cloud.api import menus, monitoring, portal, pos, reports, sun_tap, topups, webhook
 from cloud.api.errors import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -207,6 +207,8 @@ def create_app(
     app.include_router(pos.router())
     app.include_router(monitoring.router())
     app.include_router(menus.router())
+    # (1.1) GET /t: the card master key in sun mode (SettingsError without a 0600 key file)
+    app.include_router(sun_tap.router(settings.card_master_key()))
     app.include_router(reports.router(Reports(ledger.engine, currency=settings.festival_currency)))
     app.include_router(portal.router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -73,6 +73,11 @@ METRICS_CACHE_S: Final = 10.0
 # returns, each below the per-order limit, shows here long before the deposit account is empty).
 RETURN_ALERT_FACTOR: Final = 20
 RETURN_ALERT_WINDOW_S: Final = 3600
+# (1.1) The cloning alarm: stale SUN counters in the last window against the window before it
+# (a rising count); the dashboard also lists the wristbands with the most stale counters.
+SUN_ALARM_WINDOW_MINUTES: Final = 15
+SUN_FAILURES_SHOWN_MINUTES: Final = 60
+SUN_STALE_CARDS_MAX: Final = 10
 
 LATENCY_BUCKETS_S: Final = (
     0.001,

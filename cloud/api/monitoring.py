@@ -22,6 +22,9 @@ from cloud.api.limits import (
     BLOCK_REASON_LENGTH_MAX,
     CARD_TRANSACTIONS_MAX,
     DASHBOARD_MINUTES_MAX,
+    SUN_ALARM_WINDOW_MINUTES,
+    SUN_FAILURES_SHOWN_MINUTES,
+    SUN_STALE_CARDS_MAX,
 )
 from cloud.api.metrics import CONTENT_TYPE
 from cloud.api.pages import STATIC_DIR, page_headers
@@ -276,6 +279,39 @@ def monitoring_offline(request: Request) -> JSONResponse:
     return json_response(services_of(request).queries.offline_overview())
 
 
+def sun_summary(services: Any, now: datetime) -> dict[str, Any]:
+    """(1.1) Genuine wristbands on the dashboard: SUN failures of the last hour by reason, and
+    the cloning alarm, raised when the stale-counter failures of the last window outnumber
+    those of the window before it (a clone, or a sniffed message, being tried again and again).
+    A few stale counters are normal (a request queued at one kiosk overtaken by a later tap at
+    another): a steady trickle does not alarm, a rise does."""
+    rows = services.ledger.sun_failures(minutes=SUN_FAILURES_SHOWN_MINUTES)
+    by_reason: dict[str, int] = {}
+    recent = before = 0
+    window_s = SUN_ALARM_WINDOW_MINUTES * 60
+    for row in rows:
+        failures = int(row["failures"])
+        by_reason[str(row["reason"])] = by_reason.get(str(row["reason"]), 0) + failures
+        if row["reason"] != "stale_counter":
+            continue
+        age_s = (now - datetime.fromisoformat(str(row["minute"]))).total_seconds()
+        if age_s < window_s:
+            recent += failures
+        elif age_s < 2 * window_s:
+            before += failures
+    return {
+        "card_auth": services.settings.festival_card_auth,
+        "failures_by_reason": by_reason,
+        "alarm_window_minutes": SUN_ALARM_WINDOW_MINUTES,
+        "stale_counter_recent": recent,
+        "stale_counter_before": before,
+        "cloning_alarm": recent > before,
+        "stale_cards": services.ledger.stale_sun_cards(
+            minutes=SUN_FAILURES_SHOWN_MINUTES, limit=SUN_STALE_CARDS_MAX
+        ),
+    }
+
+
 def dashboard_data(
     request: Request, minutes: int = Query(60, ge=1, le=DASHBOARD_MINUTES_MAX)
 ) -> JSONResponse:
@@ -301,6 +337,7 @@ def dashboard_data(
         "return_alerts": queries.return_alerts(),
         # (1.1) offline sales: exposure, synced today, open debts (GET /api/monitoring/offline)
         "offline": queries.offline_overview(),
+        "sun": sun_summary(services, now),
     }
     return json_response(body)
 

@@ -298,6 +298,9 @@ async def _decide(
         payload_sha256=parsed.payload_sha256,
         source="http",
         trace_id=request_id_of(request),
+        # (1.1) sun mode: these endpoints cannot carry a SUN message, so the ledger declines
+        # them CARD_NOT_GENUINE (HTTP 403), stored under the request id like any decline
+        sun_failure="missing" if services.settings.sun_mode else None,
     )
     outcome: Outcome = await services.ledger_call(kind, services.ledger.apply, item)
     return outcome

@@ -264,6 +264,8 @@ HTTP_STATUS_BY_CODE: Final[dict[ErrorCode, int]] = {
     ErrorCode.RETURN_LIMIT_EXCEEDED: 422,
     ErrorCode.PRICE_MISMATCH: 422,
     ErrorCode.OFFLINE_LIMIT_EXCEEDED: 422,
+    # (1.1) sun mode: these endpoints cannot carry a SUN message (PROTOCOL.md)
+    ErrorCode.CARD_NOT_GENUINE: 403,
 }
 assert set(HTTP_STATUS_BY_CODE) == set(ErrorCode)
 

@@ -11,6 +11,11 @@ PROTOCOL.md's rules, in the order they are checked:
    return it), which needs a valid request_id: without one it can only be a dead letter.
 3. Otherwise the request goes to the ledger; a top-up that names no checkpoint goes with the
    kiosk's registered checkpoint filled in, so its cash lands in that checkpoint's drawer.
+4. (1.1) In sun mode (FESTIVAL_CARD_AUTH=sun) ``check_sun`` verifies the request's ``card_sun``
+   (decrypt, UID, MAC: CPU only, no database) and the ledger gets the verified counter or the
+   failure's reason: the counter rule needs the accepted counters, so the ledger decides it in
+   the transaction that applies the request (revision 0013), where CARD_NOT_GENUINE falls in
+   PROTOCOL.md's order of checks (after PRICE_MISMATCH, before CARD_NOT_FOUND).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticat
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
 from protocol.models import ECHO_FIELDS, BarOrder, CheckpointRecharge, Request, echo_fields
+from protocol.sun import SunError, SunFailure, SunVerifier
 
 # Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
 # role").
@@ -85,6 +91,9 @@ class Apply:
     request: Request
     payload_sha256: str
     echo: Echo
+    # (1.1) sun mode, set by check_sun: the verified SDMReadCtr, or why the message failed
+    sun_counter: int | None = None
+    sun_failure: SunFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,22 @@ def decide_request(
         return DeadLetter(error.code, error.message, NO_ECHO, authenticated=False)
     assert kiosk is not None  # authenticate() found its key
     return _decide_authenticated(message, kiosk, policy, now_ms)
+
+
+def check_sun(decision: Decision, verifier: SunVerifier) -> Decision:
+    """(1.1) sun mode: an Apply with its ``card_sun`` verified for its ``card_uid`` (once per
+    request); any other decision as it is. Never raises: a failure is its reason."""
+    if not isinstance(decision, Apply):
+        return decision
+    request = decision.request
+    card_sun = request.card_sun
+    try:
+        if card_sun is None:
+            raise SunError(SunFailure.MISSING, "no SUN message")
+        verified = verifier.verify(request.card_uid, card_sun.picc_data, card_sun.cmac)
+    except SunError as error:
+        return replace(decision, sun_failure=error.reason)
+    return replace(decision, sun_counter=verified.counter)
 
 
 def _decide_authenticated(

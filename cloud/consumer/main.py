@@ -29,6 +29,8 @@ def run(settings: CloudSettings) -> int:
     settings.require("database_url", "mqtt_url", "cloud_signing_key_file")
     assert settings.cloud_signing_key_file is not None and settings.database_url is not None
     signing_key = load_signing_key(settings.cloud_signing_key_file)
+    # (1.1) FESTIVAL_CARD_AUTH=sun: the card master key, read once (SettingsError when absent)
+    sun_master_key = settings.card_master_key()
     endpoint = settings.mqtt_endpoint
 
     # Imported here: `festival-cloud --help` and the kiosk extra need no database driver.
@@ -116,6 +118,7 @@ def run(settings: CloudSettings) -> int:
         backoff_factory=lambda: Backoff(
             limits.DATABASE_RETRY_DELAY_MIN_S, limits.DATABASE_RETRY_DELAY_MAX_S
         ),
+        sun_master_key=sun_master_key,
     )
     # (1.1) The configs and deny-lists any process issued, sent from here: a thread and a
     # database connection pair of its own (one LISTENs and holds the leader lock), so

@@ -33,6 +33,7 @@ class ConsumerMetrics:
     cloud_message_publish_failures: Counter
     cloud_messages_unencodable: Counter
     cloud_messages_unpublished_age_seconds: Gauge
+    sun_failures: Counter
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -124,6 +125,14 @@ class ConsumerMetrics:
                 f"{prefix}_cloud_messages_unpublished_age_seconds",
                 "(1.1) How long the oldest config or deny-list version this process saw has been"
                 " waiting to be published (0: nothing waiting).",
+                registry=registry,
+            ),
+            sun_failures=Counter(
+                f"{prefix}_sun_failures",
+                "(1.1) sun mode: requests whose SUN message failed, by reason (missing,"
+                " malformed, not_ours, wrong_uid, bad_mac, stale_counter). A rising"
+                " stale_counter is a cloning alarm.",
+                ["reason"],
                 registry=registry,
             ),
         )

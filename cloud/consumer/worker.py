@@ -44,6 +44,7 @@ from cloud.consumer.decisions import (
     KioskView,
     Reject,
     RequestPolicy,
+    check_sun,
     decide_request,
 )
 from cloud.consumer.directory import KioskDirectory
@@ -61,6 +62,7 @@ from protocol.codec import (
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import Ed25519PrivateKey
 from protocol.models import KioskStatus, Result, ScanRecord
+from protocol.sun import SunFailure, SunVerifier
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
 if TYPE_CHECKING:
@@ -142,8 +144,15 @@ class Worker:
         metrics: ConsumerMetrics,
         lifecycle: Lifecycle,
         backoff_factory: Callable[[], Backoff],
+        sun_master_key: bytes | None = None,
     ) -> None:
+        """``sun_master_key``: the card master key in sun mode (FESTIVAL_CARD_AUTH=sun), None in
+        uid mode (card_sun allowed and ignored)."""
         self._ledger = ledger
+        self._sun_master_key = sun_master_key
+        # SunVerifier keeps OpenSSL contexts that are not shared across threads: one per thread
+        # (prepare runs on its own; handle() on the caller's at shutdown and in tests).
+        self._sun_verifiers = threading.local()
         self._ledger_request = ledger_request
         self._transient = transient_errors
         self._link = link
@@ -200,9 +209,20 @@ class Worker:
             )
             for message, topic in batch.requests
         ]
+        if self._sun_master_key is not None:
+            verifier = self._sun_verifier()
+            batch.decisions = [check_sun(decision, verifier) for decision in batch.decisions]
         batch.scan_records = [_decode_scan(m, t, views.get(t.kiosk_id)) for m, t in batch.scans]
         batch.status_records = [_decode_status(m, t) for m, t in batch.statuses]
         return batch
+
+    def _sun_verifier(self) -> SunVerifier:
+        verifier: SunVerifier | None = getattr(self._sun_verifiers, "verifier", None)
+        if verifier is None:
+            assert self._sun_master_key is not None
+            verifier = SunVerifier(self._sun_master_key)
+            self._sun_verifiers.verifier = verifier
+        return verifier
 
     # --- stage 2: commit (database writes, results, acknowledgements) -----------------------------
 
@@ -246,7 +266,12 @@ class Worker:
         applies = [(index, d) for index, d in enumerate(decisions) if isinstance(d, Apply)]
         if applies:
             items = [
-                self._ledger_request(request=d.request, payload_sha256=d.payload_sha256)
+                self._ledger_request(
+                    request=d.request,
+                    payload_sha256=d.payload_sha256,
+                    sun_counter=d.sun_counter,
+                    sun_failure=None if d.sun_failure is None else d.sun_failure.value,
+                )
                 for _, d in applies
             ]
             applied = self._database(lambda: self._ledger.apply_batch(items), self._commit_backoff)
@@ -360,6 +385,8 @@ class Worker:
             observe(duration_s)
             self._count("tx", answer.outcome, answer.code)
             result = answer.result
+            if isinstance(decision, Apply) and answer.outcome != "replayed":
+                self._count_sun(decision, answer.code)
             echo = decision.echo
             info(
                 "request processed",
@@ -491,6 +518,14 @@ class Worker:
             counter = self._metrics.messages.labels(kind=kind, outcome=outcome, code=code)
             self._counters[key] = counter
         counter.inc()
+
+    def _count_sun(self, decision: Apply, code: str) -> None:
+        """(1.1) SUN failures by reason: the consumer's own, or stale_counter when the ledger
+        refused a verified message (a rising count is the cloning alarm)."""
+        if decision.sun_failure is not None:
+            self._metrics.sun_failures.labels(reason=decision.sun_failure.value).inc()
+        elif decision.sun_counter is not None and code == ErrorCode.CARD_NOT_GENUINE.value:
+            self._metrics.sun_failures.labels(reason=SunFailure.STALE_COUNTER.value).inc()
 
     def _database(self, call: Callable[[], T], backoff: Backoff) -> T:
         """Run ``call``; on a transient fault retry it with capped backoff until it succeeds.

@@ -286,6 +286,27 @@
       cell(row, money(alert.excess_cents) + " (alert above " + money(alert.threshold_cents) + ")",
         "num");
     }, "no bar returns more than it takes", 4);
+    // (1.1) Genuine wristbands: a rising count of stale SUN counters is a cloning alarm.
+    var sun = data.sun || {failures_by_reason: {}, stale_cards: []};
+    var alarm = Boolean(sun.cloning_alarm);
+    $("sun-panel").setAttribute("data-alarm", String(alarm));
+    $("sun-panel").classList.toggle("alert", alarm);
+    $("sun-alarm").textContent = (alarm ? "Cloning alarm: " : "") + sun.stale_counter_recent +
+      " stale counters in the last " + sun.alarm_window_minutes + " min (" +
+      sun.stale_counter_before + " in the " + sun.alarm_window_minutes + " min before)" +
+      (sun.card_auth === "sun" ? "" : " \u2014 FESTIVAL_CARD_AUTH is " + sun.card_auth);
+    var reasons = Object.keys(sun.failures_by_reason).sort().map(function (reason) {
+      return {reason: reason, count: sun.failures_by_reason[reason]};
+    });
+    fillTable("sun-failures", reasons, function (row, item) {
+      badge(row, item.reason, item.reason === "stale_counter" ? "bad" : "warn");
+      cell(row, String(item.count), "num");
+    }, "no SUN failures", 2);
+    fillTable("sun-cards", sun.stale_cards, function (row, card) {
+      cell(row, card.card_uid);
+      cell(row, String(card.stale_count), "num");
+      cell(row, time(card.last_stale_at));
+    }, "no wristband with a stale counter", 3);
     fillTable("declines", data.recent_declines, function (row, decline) {
       cell(row, time(decline.at));
       cell(row, decline.kiosk_id || decline.source || "");

@@ -15,7 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -755,6 +755,59 @@ class LedgerContract:
         )
         assert [(o.new_balance_cents, o.debt_cents) for o in outcomes] == [(200, 0), (0, 700)]
 
+    # --- (1.1) genuine wristbands: the SUN counter rule (revision 0013) ---------------------
+
+    def test_sun_a_fresh_counter_pays_and_a_used_one_is_not_genuine(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=10)).approved
+        for counter in (10, 3):
+            outcome = ledger.apply(replace(bar_order(CARD, BEER), sun_counter=counter))
+            assert fields(outcome) == {
+                "request_id": outcome.request_id,
+                "status": Status.DECLINED,
+                "error_code": ErrorCode.CARD_NOT_GENUINE,
+                "message": "Wristband not genuine: see the info desk (SUN message already used)",
+                "previous_balance_cents": 3_900,
+                "new_balance_cents": 3_900,
+                "debt_cents": 0,
+                "replayed": False,
+                "card_uid": CARD,
+                "has_transaction": False,
+                "has_order": False,
+            }
+        assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=11)).approved
+        assert ledger.card(CARD).balance_cents == 2_800
+
+    def test_sun_a_clone_s_top_up_opens_no_card(self, ledger: Any) -> None:
+        outcome = ledger.apply(replace(recharge(CARD, 5_000), sun_failure="missing"))
+        assert (outcome.status, outcome.error_code, outcome.message) == (
+            Status.DECLINED,
+            ErrorCode.CARD_NOT_GENUINE,
+            "Wristband not genuine: see the info desk (no SUN message)",
+        )
+        assert (outcome.previous_balance_cents, outcome.new_balance_cents) == (None, None)
+        assert ledger.card(CARD) is None
+
+    def test_sun_the_price_check_comes_first_and_still_uses_the_counter(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        assert ledger.issue_kiosk_config("bar-1", menu=MENU) == 1
+        wrong = replace(bar_order(CARD, BEER, config_version=1), sun_failure="bad_mac")
+        assert ledger.apply(wrong).error_code is ErrorCode.PRICE_MISMATCH
+        priced = bar_order(CARD, MENU_BEER, config_version=1)
+        assert ledger.apply(replace(priced, sun_counter=4)).approved
+        unpriced = replace(bar_order(CARD, BEER, config_version=1), sun_counter=5)
+        assert ledger.apply(unpriced).error_code is ErrorCode.PRICE_MISMATCH
+        again = replace(bar_order(CARD, MENU_BEER, config_version=1), sun_counter=5)
+        assert ledger.apply(again).error_code is ErrorCode.CARD_NOT_GENUINE
+
+    def test_sun_a_portal_login_uses_the_counter(self, ledger: Any) -> None:
+        ledger.apply(recharge(CARD, 5_000))
+        assert ledger.accept_sun_counter(CARD, 7)
+        assert not ledger.accept_sun_counter(CARD, 7)
+        used = replace(bar_order(CARD, BEER), sun_counter=7)
+        assert ledger.apply(used).error_code is ErrorCode.CARD_NOT_GENUINE
+        assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=8)).approved
+
 
 class TestFakeLedger(LedgerContract):
     @pytest.fixture
@@ -788,6 +841,9 @@ SCRIPT_LINES = (
 def script(seed: int, steps: int) -> list[tuple[str, object]]:
     """A seeded mixture: top-ups, orders (deposits, returns), replays, conflicts, blocks."""
     chooser = random.Random(seed)
+    # (1.1) SUN verdicts from a chooser of their own (the rest of the script stays as it was):
+    # most requests in uid style, some with a counter (7-byte UIDs only), some failed
+    sun_chooser = random.Random(seed + 1)
     made: list[LedgerRequest] = []
     seqs = dict.fromkeys(KIOSKS, 0)
     actions: list[tuple[str, object]] = []
@@ -826,6 +882,11 @@ def script(seed: int, steps: int) -> list[tuple[str, object]]:
                 config_version=cited,
                 offline=offline,
             )
+        roll = sun_chooser.random()
+        if roll < 0.3 and len(card) == 14:
+            item = replace(item, sun_counter=sun_chooser.randint(0, 40))
+        elif roll < 0.35:
+            item = replace(item, sun_failure=sun_chooser.choice(("missing", "bad_mac")))
         made.append(item)
         return item
 
@@ -911,6 +972,7 @@ def test_the_fake_and_postgres_answer_one_long_script_alike(postgres_ledger: Led
         ErrorCode.IDEMPOTENCY_CONFLICT,
         ErrorCode.PRICE_MISMATCH,
         ErrorCode.OFFLINE_LIMIT_EXCEEDED,
+        ErrorCode.CARD_NOT_GENUINE,
     }
     assert any(
         isinstance(outcome, dict) and (outcome["debt_cents"] or 0) > 0

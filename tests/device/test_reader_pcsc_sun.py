@@ -1,6 +1,7 @@
 """(1.1) Genuine wristbands through real pcscd + vpcd: `festival-cloud card program` programs a
 factory-fresh virtual NTAG 424 DNA on the reader, then the kiosk's PC/SC reader reads its SUN
-message with the UID, and the message verifies with the master key.
+message with the UID, and the message verifies with the master key; and (issue 15 phase 2) the
+cloud's check and the real ledger decide what those taps, a replay and a clone may buy.
 
 Starts pcscd (the machine-wide one): only the helper or suite allowed to run pcscd tests runs
 this module (tests/device/test_reader_pcsc.py's rules)."""
@@ -10,18 +11,26 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from cloud.consumer.decisions import Apply, Echo, check_sun
+from cloud.database import make_engine
 from cloud.keys import save_card_master_key
+from cloud.ledger import Ledger
+from cloud.ledger_records import LedgerRequest, Outcome
 from device.reader import CardRemoved, ScanEvent
 from device.sandbox import PcscdService
 from device.virtual_card import VirtualCard
 from device.virtual_ntag424 import VirtualNtag424
+from protocol.errors import ErrorCode, Status
+from protocol.models import CardSun
 from protocol.sun import SunVerifier
 from tests.device.pcsc import wait_until_readers_empty
 from tests.device.test_reader_pcsc import PORT_0, READER_0, Recorder, start_reader
+from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge
 
 MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 UID = "04A1B2C3D4E5F6"
@@ -128,3 +137,54 @@ def test_card_program_without_the_reader_says_so(
     )
     assert done.returncode == 2
     assert "no reader matching 'No Such Reader'" in done.stderr
+
+
+def _cloud_decides(ledger: Ledger, item: LedgerRequest, card_sun: CardSun | None) -> Outcome:
+    """What the consumer does with a request carrying what the reader read: check_sun (sun
+    mode), then the ledger's counter rule in the applying transaction."""
+    request = replace(item.request, card_sun=card_sun)
+    decided = check_sun(
+        Apply(request, item.payload_sha256, Echo.of_request(request)), SunVerifier(MASTER)
+    )
+    assert isinstance(decided, Apply)
+    failure = None if decided.sun_failure is None else decided.sun_failure.value
+    return ledger.apply(
+        replace(item, request=request, sun_counter=decided.sun_counter, sun_failure=failure)
+    )
+
+
+def test_a_programmed_band_read_through_pcscd_pays_once_per_tap_and_its_clone_never(
+    programmed_tag: VirtualNtag424, recorder: Recorder, service_database_url: str
+) -> None:
+    """Issue 15 end to end: `card program`, the kiosk's PC/SC reader, the cloud's check and the
+    real ledger. Each tap pays; a captured message replayed, and a UID-only card answering the
+    band's UID, are CARD_NOT_GENUINE."""
+    engine = make_engine(service_database_url, pool_size=2, application_name="test-pcsc-sun")
+    ledger = Ledger(engine)
+    for kiosk_id, role in (("bar-1", "bar"), ("checkpoint-1", "checkpoint")):
+        ledger.add_kiosk(kiosk_id, PUBLIC_KEY, role)
+    reader = start_reader(recorder, "00 00")
+    try:
+        taps: list[CardSun] = []
+        for _ in range(2):
+            with VirtualCard(tag=programmed_tag, port=PORT_0):
+                scan = recorder.next(ScanEvent)
+                assert isinstance(scan, ScanEvent) and scan.card_sun is not None
+                taps.append(scan.card_sun)
+            recorder.next(CardRemoved)
+        topped = _cloud_decides(ledger, recharge(UID, 2_000), taps[0])
+        assert topped.status is Status.APPROVED, topped.message
+        paid = _cloud_decides(ledger, bar_order(UID, ("Beer", 1, 450)), taps[1])
+        assert paid.status is Status.APPROVED and paid.new_balance_cents == 1_550
+        replayed = _cloud_decides(ledger, bar_order(UID, ("Beer", 1, 450)), taps[1])
+        assert replayed.error_code is ErrorCode.CARD_NOT_GENUINE
+        with VirtualCard(UID, port=PORT_0):  # a magic card answering the band's UID
+            scan = recorder.next(ScanEvent)
+            assert isinstance(scan, ScanEvent) and scan.card_sun is None
+        recorder.next(CardRemoved)
+        cloned = _cloud_decides(ledger, bar_order(UID, ("Beer", 1, 450)), scan.card_sun)
+        assert cloned.error_code is ErrorCode.CARD_NOT_GENUINE
+        assert ledger.card(UID).balance_cents == 1_550  # type: ignore[union-attr]
+    finally:
+        reader.stop()
+        engine.dispose()

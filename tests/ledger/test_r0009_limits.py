@@ -22,6 +22,7 @@ PYTHON_COPIES = {
     "topup_cents_max": protocol_limits.TOPUP_CENTS_MAX_DEFAULT,
     "return_cents_max": protocol_limits.RETURN_CENTS_MAX_DEFAULT,
     "menu_grace_s": protocol_limits.MENU_GRACE_S_DEFAULT,
+    "sun_counter_window": cloud.limits.SUN_COUNTER_WINDOW,
     "rejection_message_characters_max": cloud.limits.LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX,
     "stripe_message_characters_max": cloud.limits.LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX,
     "refund_error_characters_max": cloud.limits.LEDGER_REFUND_ERROR_CHARACTERS_MAX,

@@ -24,6 +24,7 @@ PROTOCOL_TABLE = {
     "RETURN_LIMIT_EXCEEDED": "declined",
     "PRICE_MISMATCH": "rejected",
     "OFFLINE_LIMIT_EXCEEDED": "rejected",
+    "CARD_NOT_GENUINE": "declined",
 }
 
 

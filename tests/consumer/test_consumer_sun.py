@@ -1,0 +1,239 @@
+"""(1.1) Genuine wristbands through the real `festival-cloud consumer` in sun mode
+(FESTIVAL_CARD_AUTH=sun): signed requests carrying SUN messages over Mosquitto, verified by the
+consumer, counters decided in PostgreSQL (revision 0013), signed results (PROTOCOL.md "Genuine
+wristbands"). Two consumers on one shared subscription never both accept one counter."""
+
+from __future__ import annotations
+
+import itertools
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from cloud.database import make_engine
+from cloud.keys import generate_card_master_key, save_card_master_key
+from cloud.ledger import Ledger
+from cloud.sandbox import MosquittoBroker
+from protocol.errors import ErrorCode, Status
+from protocol.keys import generate_private_key, public_key_b64
+from protocol.models import BarOrder, CardSun, CheckpointRecharge, Result
+from protocol.sun import CardKeyDerivation, sun_message
+from tests.consumer.conftest import CloudKey, LedgerDatabase
+from tests.consumer.kiosk_client import KioskClient, uuid7
+from tests.consumer.support import ConsumerProcess
+from tests.waiting import wait_until
+
+ROLES = {"sun-bar": "bar", "sun-top": "checkpoint"}
+NOT_GENUINE = "wristband not genuine"
+_uids = itertools.count(0x04_00_00_00_00_10_00)
+
+
+class Band:
+    """A genuine wristband of this deployment: its UID and read counter (what the chip does)."""
+
+    def __init__(self, derivation: CardKeyDerivation) -> None:
+        self.uid = f"{next(_uids):014X}"
+        self._derivation = derivation
+        self.counter = 1  # programming's read-back
+
+    def tap(self) -> CardSun:
+        self.counter += 1
+        return self.sun_at(self.counter)
+
+    def sun_at(self, counter: int) -> CardSun:
+        message = sun_message(
+            self._derivation.meta_key,
+            self._derivation.file_key(self.uid),
+            bytes.fromhex(self.uid),
+            counter,
+        )
+        return CardSun(message.picc_data, message.cmac)
+
+
+@dataclass
+class Sun:
+    ledger: Ledger
+    kiosks: dict[str, KioskClient]
+    consumers: list[ConsumerProcess]
+    derivation: CardKeyDerivation
+
+    def band(self, funded_cents: int = 0) -> Band:
+        band = Band(self.derivation)
+        if funded_cents:
+            result = self.top_up(band.uid, funded_cents, band.tap())
+            assert result.status is Status.APPROVED, result.message
+        return band
+
+    def top_up(self, card_uid: str, amount_cents: int, card_sun: CardSun | None) -> Result:
+        top = self.kiosks["sun-top"]
+        request: CheckpointRecharge = replace(
+            top.recharge(card_uid, amount_cents), card_sun=card_sun
+        )
+        top.send(request)
+        return top.wait_result(request.request_id)
+
+    def order(self, card_uid: str, total_cents: int, card_sun: CardSun | None) -> BarOrder:
+        return replace(self.kiosks["sun-bar"].bar_order(card_uid, total_cents), card_sun=card_sun)
+
+    def buy(self, card_uid: str, total_cents: int, card_sun: CardSun | None) -> Result:
+        bar = self.kiosks["sun-bar"]
+        order = self.order(card_uid, total_cents, card_sun)
+        bar.send(order)
+        return bar.wait_result(order.request_id)
+
+    def balance(self, card_uid: str) -> int:
+        card = self.ledger.card(card_uid)
+        assert card is not None
+        return card.balance_cents
+
+    def sun_failures(self) -> dict[str, float]:
+        """festival_consumer_sun_failures_total by reason, summed over the consumers."""
+        counts: dict[str, float] = {}
+        for consumer in self.consumers:
+            url = f"http://127.0.0.1:{consumer.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                for line in response.read().decode().splitlines():
+                    if line.startswith("festival_consumer_sun_failures_total{"):
+                        reason = line.split('reason="', 1)[1].split('"', 1)[0]
+                        counts[reason] = counts.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+        return counts
+
+
+@pytest.fixture(scope="module")
+def sun(
+    ledger_database: LedgerDatabase,
+    cloud_key: CloudKey,
+    mosquitto_broker: MosquittoBroker,
+    service_dirs: Callable[[str], Path],
+) -> Iterator[Sun]:
+    for kiosk_id in ROLES:
+        if kiosk_id not in mosquitto_broker.users:
+            mosquitto_broker.add_user(kiosk_id)
+    workdir = service_dirs("consumer-sun")
+    master_key = generate_card_master_key()
+    key_file = workdir / "card-master.key"
+    save_card_master_key(master_key, key_file)
+    engine = make_engine(ledger_database.owner_url, pool_size=2)
+    ledger = Ledger(engine)
+    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
+    for kiosk_id, role in ROLES.items():
+        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
+    consumers = [
+        ConsumerProcess(
+            database_url=ledger_database.service_url,
+            mqtt_url=mosquitto_broker.url("cloud-consumer"),
+            signing_key_file=cloud_key.path,
+            consumer_id=f"consumer-sun-{n}-{uuid7()[-8:]}",
+            workdir=workdir,
+            extra_env={"FESTIVAL_CARD_AUTH": "sun", "CARD_MASTER_KEY_FILE": str(key_file)},
+        )
+        for n in range(2)
+    ]
+    kiosks: dict[str, KioskClient] = {}
+    try:
+        for consumer in consumers:
+            consumer.start()
+        for kiosk_id, key in keys.items():
+            kiosks[kiosk_id] = KioskClient(
+                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
+            ).connect()
+        yield Sun(ledger, kiosks, consumers, CardKeyDerivation(master_key))
+    finally:
+        for client in kiosks.values():
+            client.close()
+        for consumer in consumers:
+            consumer.close()
+        engine.dispose()
+
+
+def _not_genuine(result: Result, detail: str) -> None:
+    assert (result.status, result.error_code) == (Status.DECLINED, ErrorCode.CARD_NOT_GENUINE)
+    assert result.message == f"Wristband not genuine: see the info desk ({detail})"
+
+
+def test_a_genuine_band_tops_up_and_pays(sun: Sun) -> None:
+    band = sun.band(funded_cents=2_000)
+    result = sun.buy(band.uid, 450, band.tap())
+    assert result.status is Status.APPROVED, result.message
+    assert result.new_balance_cents == 1_550
+
+
+def test_the_same_uid_on_a_uid_only_card_is_not_genuine(sun: Sun) -> None:
+    band = sun.band(funded_cents=2_000)
+    result = sun.buy(band.uid, 450, None)  # a magic card answering the band's UID
+    _not_genuine(result, "no SUN message")
+    assert (result.previous_balance_cents, result.new_balance_cents) == (2_000, 2_000)
+    _not_genuine(sun.top_up(band.uid, 1_000, None), "no SUN message")
+    assert sun.balance(band.uid) == 2_000
+
+
+def test_a_replayed_sun_message_is_not_genuine_online(sun: Sun) -> None:
+    band = sun.band(funded_cents=2_000)
+    captured = band.tap()
+    assert sun.buy(band.uid, 100, captured).status is Status.APPROVED
+    _not_genuine(sun.buy(band.uid, 100, captured), "SUN message already used")
+    older = band.sun_at(band.counter - 1)  # a message sniffed before the last tap
+    _not_genuine(sun.buy(band.uid, 100, older), "SUN message already used")
+    assert sun.buy(band.uid, 100, band.tap()).status is Status.APPROVED, "the band still works"
+    assert sun.balance(band.uid) == 1_800
+
+
+def test_card_a_s_message_with_card_b_s_uid_is_not_genuine(sun: Sun) -> None:
+    a, b = sun.band(funded_cents=1_000), sun.band(funded_cents=1_000)
+    _not_genuine(sun.buy(b.uid, 100, a.tap()), "SUN message of another wristband")
+    assert sun.balance(b.uid) == 1_000
+
+
+def test_one_flipped_mac_bit_is_declined(sun: Sun) -> None:
+    band = sun.band(funded_cents=1_000)
+    genuine = band.tap()
+    flipped = f"{int(genuine.cmac, 16) ^ 1:016X}"
+    _not_genuine(
+        sun.buy(band.uid, 100, replace(genuine, cmac=flipped)), "SUN message does not verify"
+    )
+    assert sun.buy(band.uid, 100, genuine).status is Status.APPROVED, "the real one still counts"
+
+
+def test_a_foreign_band_and_a_short_uid_are_not_genuine(sun: Sun) -> None:
+    foreign = Band(CardKeyDerivation(bytes(16)))  # programmed by another deployment
+    _not_genuine(sun.top_up(foreign.uid, 500, foreign.tap()), "not a wristband of this festival")
+    band = sun.band()
+    _not_genuine(sun.top_up("04A1B2C3", 500, band.tap()), "malformed SUN message")
+
+
+def test_two_consumers_never_both_accept_one_counter(sun: Sun) -> None:
+    """Each SUN message is sent in two requests at once; the shared subscription spreads them
+    over both consumers. Exactly one of each pair is approved."""
+    bar = sun.kiosks["sun-bar"]
+    band = sun.band(funded_cents=10_000)
+    pairs = []
+    for _ in range(10):
+        card_sun = band.tap()
+        pair = [sun.order(band.uid, 10, card_sun) for _ in range(2)]
+        for order in pair:
+            bar.send(order, wait=False)
+        pairs.append(pair)
+    for pair in pairs:
+        statuses = sorted(str(bar.wait_result(order.request_id).status) for order in pair)
+        assert statuses == ["approved", "declined"], statuses
+    assert sun.balance(band.uid) == 10_000 - 10 * 10
+
+
+def test_failures_are_counted_by_reason(sun: Sun) -> None:
+    before = sun.sun_failures()
+    band = sun.band(funded_cents=1_000)
+    captured = band.tap()
+    assert sun.buy(band.uid, 100, captured).status is Status.APPROVED
+    _not_genuine(sun.buy(band.uid, 100, captured), "SUN message already used")
+    _not_genuine(sun.buy(band.uid, 100, None), "no SUN message")
+
+    def grew() -> bool:
+        now = sun.sun_failures()
+        return all(now.get(r, 0) >= before.get(r, 0) + 1 for r in ("stale_counter", "missing"))
+
+    wait_until(grew, timeout_s=10, what="the consumers' sun failure counters")
+    recent = {row["reason"] for row in sun.ledger.sun_failures(minutes=5)}
+    assert {"stale_counter", "missing"} <= recent
