@@ -13,7 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 SCREENSHOT_DIR = Path(
     os.environ.get(
@@ -63,3 +65,15 @@ def save_screenshot(driver: webdriver.Chrome, name: str) -> Path:
     path = SCREENSHOT_DIR / f"{name}.png"
     assert driver.save_screenshot(str(path)), f"screenshot {name} not written"
     return path
+
+
+def attribute_now(driver: webdriver.Chrome, css: str, name: str) -> str | None:
+    """The attribute of the element matching css as the page is now; None while there is none.
+
+    For wait_until: a page that re-renders (the dashboard redraws its tables on every poll)
+    replaces an element between finding it and reading it, which is "not yet", not a failure.
+    """
+    try:
+        return driver.find_element(By.CSS_SELECTOR, css).get_attribute(name)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None

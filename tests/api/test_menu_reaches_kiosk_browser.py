@@ -25,7 +25,7 @@ from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import parse_menu
 from tests.api.live import serve
 from tests.api.test_menu_editor_browser import editor_rows, load, log_in, save, set_text
-from tests.browser import headless_chromium, save_screenshot
+from tests.browser import attribute_now, headless_chromium, save_screenshot
 from tests.consumer.support import ConsumerProcess, festival_cloud
 from tests.device.conftest import make_broker
 from tests.device.kiosk_process import KioskProcess
@@ -126,7 +126,7 @@ def test_a_price_saved_in_the_dashboard_shows_on_the_kiosk(
             saved_at_s = time.monotonic()
             save(driver)
             wait_until(
-                lambda: driver.find_element(By.ID, "menu-editor").get_attribute("data-saved"),
+                lambda: attribute_now(driver, "#menu-editor", "data-saved"),
                 timeout_s=15,
                 what="the menu saved",
             )
@@ -145,9 +145,9 @@ def test_a_price_saved_in_the_dashboard_shows_on_the_kiosk(
             # The dashboard says the broker acknowledged it.
             wait_until(
                 lambda: (
-                    driver.find_element(
-                        By.CSS_SELECTOR, f'#kiosk-config-table tr[data-kiosk-id="{KIOSK}"]'
-                    ).get_attribute("data-published")
+                    attribute_now(
+                        driver, f'#kiosk-config-table tr[data-kiosk-id="{KIOSK}"]', "data-published"
+                    )
                     == "true"
                 ),
                 timeout_s=15,

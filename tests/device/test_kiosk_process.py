@@ -191,7 +191,7 @@ def test_result_signed_by_the_wrong_key_is_ignored(
     assert state["outcome"]["new_balance_cents"] == CARD_BALANCE_CENTS - BEER_CENTS
 
 
-def test_broker_down_requests_queue_and_drain_in_order(
+def test_link_down_requests_queue_and_drain_in_order(
     kiosk_broker: MosquittoBroker,
     ledger: FakeLedger,
     make_kiosk: Callable[..., KioskProcess],
@@ -202,8 +202,14 @@ def test_broker_down_requests_queue_and_drain_in_order(
         # (tests/device/test_kiosk_offline_process.py covers bars that may sell offline).
         kiosk = make_kiosk(kiosk_broker, "checkpoint-1", mode="checkpoint").start()
         kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
-        kiosk_broker.stop()
-        kiosk.wait_for(lambda s: not s["online"], "the kiosk to notice the broker is down")
+        # The kiosk loses the broker (its login disabled: disconnected, reconnects refused)
+        # while the receiver stays subscribed, so the order received is the order sent. With
+        # a real broker restart both sides reconnect, and mosquitto may pass a request published
+        # before the receiver's session was back after later ones (seen in CI: [2, 3, 1]);
+        # the broker-restart tests of tests/consumer cover that the cloud still applies each.
+        admin = kiosk_broker.admin()
+        assert admin.disable_client("checkpoint-1")
+        kiosk.wait_for(lambda s: not s["online"], "the kiosk to notice the broker is gone")
         for _ in range(3):
             recharge = {"amount_cents": 350, "payment_method": "cash", "staff_id": "a"}
             assert kiosk.post("/api/recharge", recharge)[0] == 200
@@ -212,7 +218,7 @@ def test_broker_down_requests_queue_and_drain_in_order(
             assert kiosk.post("/api/dismiss", {})[0] == 200
         assert [seq for _, seq, _ in kiosk.outbox_rows()] == [1, 2, 3]
         assert ledger.received == []
-        kiosk_broker.start()
+        assert admin.enable_client("checkpoint-1")
         kiosk.wait_for(
             lambda s: s["online"] and s["outbox"]["pending"] == 0,
             "the outbox to drain",
