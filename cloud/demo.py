@@ -77,6 +77,12 @@ DEMO_REPRICE_AFTER_S = 30.0
 # for about DEMO_OFFLINE_FOR_S (a short --duration shortens it).
 DEMO_OFFLINE_AFTER_S = 40.0
 DEMO_OFFLINE_FOR_S = 20.0
+# (1.1, issue 14 §3) One attendee, kept out of the random traffic, is topped up with this, buys
+# DEMO_DEBT_ORDER (more than the balance) at the bar while it is offline, and pays the debt with
+# a DEMO_DEBT_TOPUP_CENTS top-up once the backlog drained.
+DEMO_DEBTOR_START_CENTS = 500
+DEMO_DEBT_ORDER: tuple[tuple[str, int], ...] = (("mate", 1), ("shot", 1))  # 8.00, no cups
+DEMO_DEBT_TOPUP_CENTS = 1000
 UNKNOWN_CARD_SHARE = 0.04  # taps of wristbands nobody ever topped up (CARD_NOT_FOUND)
 STAFF_IDS = ("anna", "ben", "chris", "dana", "emil")
 PRODUCT_WEIGHTS = {
@@ -255,6 +261,10 @@ class DemoKiosk:
             return None  # still pending at the kiosk: it will be applied once when it arrives
 
 
+def _eur(cents: int) -> str:
+    return f"{cents // 100}.{cents % 100:02d}"
+
+
 def _total(order: dict[str, Any]) -> dict[str, int]:
     total = order.get("total_cents")
     return {"amount_cents": total} if isinstance(total, int) else {}
@@ -270,6 +280,7 @@ class Tally:
     online_topups_cents: int = 0
     timeouts: int = 0
     offline_approved: int = 0
+    debt_paid: bool = False
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
 
@@ -692,6 +703,14 @@ class Demo:
             return
         bar = next(k for k in self.kiosks if k.role == "bar")
         assert self.broker is not None
+        debt_sale = False
+        try:
+            before = self._card(self.debtor)
+            have_cents = before.balance_cents if before else 0
+            if have_cents < DEMO_DEBTOR_START_CENTS:
+                self._checkpoint_topup(self.debtor, DEMO_DEBTOR_START_CENTS - have_cents)
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"debt story: {error}")
         admin = self.broker.admin()
         try:
             admin.disable_client(bar.kiosk_id)
@@ -699,6 +718,7 @@ class Demo:
                 f"network: {bar.kiosk_id} cut off the broker for {for_s:.0f} s (its login"
                 " refused, its session kicked); it keeps selling offline"
             )
+            debt_sale = self._offline_debt_sale(bar)
             self.stop.wait(for_s)
         finally:
             admin.enable_client(bar.kiosk_id)
@@ -716,6 +736,58 @@ class Demo:
             f"network: {bar.kiosk_id} back; its {pending} offline sales were sent and applied"
             f" {time.monotonic() - back_s:.1f} s after the broker took it back"
         )
+        if debt_sale:
+            self._pay_the_debt(bar)
+
+    def _offline_debt_sale(self, bar: DemoKiosk) -> bool:
+        """While ``bar`` is offline, the debtor buys more than their balance: approved offline."""
+        try:
+            wait_for(lambda: not bar.state().get("online"), f"{bar.kiosk_id} to notice", 15.0)
+            entry = {
+                "items": [{"sku": sku, "quantity": n} for sku, n in DEMO_DEBT_ORDER],
+                "staff_id": "ben",
+            }
+            outcome = bar.transact(entry, self.debtor)
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"debt story: {error}")
+            return False
+        if outcome is None or not outcome.get("offline"):
+            self.tally.error(f"debt story: the offline sale was not approved offline: {outcome}")
+            return False
+        self.tally.record("bar", outcome, int(outcome.get("amount_cents") or 0))
+        return True
+
+    def _pay_the_debt(self, bar: DemoKiosk) -> None:
+        """After the drain the debtor owes the shortfall; a checkpoint top-up pays it first."""
+        try:
+            owed = self._card(self.debtor)
+            if owed is None or owed.debt_cents <= 0:
+                self.tally.error(f"debt story: no debt after the drain: {owed}")
+                return
+            self.say(
+                f"debt: attendee {self.debtor} owes {_eur(owed.debt_cents)} after"
+                f" {bar.kiosk_id}'s offline sales"
+            )
+            outcome = self._checkpoint_topup(self.debtor, DEMO_DEBT_TOPUP_CENTS)
+            after = self._card(self.debtor)
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"debt story: {error}")
+            return
+        expected = DEMO_DEBT_TOPUP_CENTS - owed.debt_cents
+        if (
+            not outcome
+            or not outcome.get("approved")
+            or after is None
+            or (after.debt_cents != 0 or after.balance_cents != expected)
+        ):
+            self.tally.error(f"debt story: top-up {outcome}, card after it {after}")
+            return
+        self.say(
+            f"debt: top-up {_eur(DEMO_DEBT_TOPUP_CENTS)}: {_eur(owed.debt_cents)} paid the debt,"
+            f" balance {_eur(after.balance_cents)}"
+        )
+        with self.tally.lock:
+            self.tally.debt_paid = True
 
     # --- traffic -------------------------------------------------------------------------------
 
@@ -725,7 +797,29 @@ class Demo:
     def known_cards(self) -> list[str]:
         """Every wristband but each 25th and the last, which nobody tops up (CARD_NOT_FOUND)."""
         last = len(self.cards) - 1
-        return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n != last]
+        return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n not in (1, last)]
+
+    @property
+    def debtor(self) -> str:
+        """The attendee of the debt story (issue 14 §3), outside the random traffic."""
+        return self.cards[1]
+
+    def _card(self, card_uid: str) -> Any:
+        from cloud.database import make_engine
+        from cloud.ledger import Ledger
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            return Ledger(engine).card(card_uid)
+        finally:
+            engine.dispose()
+
+    def _checkpoint_topup(self, card_uid: str, amount_cents: int) -> dict[str, Any] | None:
+        checkpoint = next(k for k in self.kiosks if k.role == "checkpoint")
+        entry = {"amount_cents": amount_cents, "payment_method": "cash", "staff_id": "anna"}
+        outcome = checkpoint.transact(entry, card_uid)
+        self.tally.record("checkpoint", outcome, amount_cents)
+        return outcome
 
     def _pay(self, kiosk: DemoKiosk, generator: random.Random, card: str) -> None:
         if kiosk.role == "checkpoint":
@@ -753,7 +847,7 @@ class Demo:
     def _kiosk_worker(self, kiosk: DemoKiosk, index: int, pace_s: float) -> None:
         generator = random.Random(index * 7919 + int(time.time()))
         known = self.known_cards()
-        unknown = sorted(set(self.cards) - set(known)) or known
+        unknown = sorted(set(self.cards) - set(known) - {self.debtor}) or known
         next_s = time.monotonic()
         first = True
         while not self.stop.is_set():
@@ -773,7 +867,7 @@ class Demo:
 
         generator = random.Random()
         while not self.stop.wait(ONLINE_TOPUP_INTERVAL_S):
-            card = generator.choice(self.cards)
+            card = generator.choice([uid for uid in self.cards if uid != self.debtor])
             amount_cents = generator.choice(TOPUP_AMOUNTS_CENTS)
             try:
                 status, reply = http_json(
@@ -952,6 +1046,13 @@ class Demo:
         for error in self.tally.errors[:10]:
             self.say(f"  error: {error}")
         self._sales_per_product()
+        shown = [
+            f"offline ({self.tally.offline_approved} sales approved offline, drained)"
+            if self.tally.offline_approved
+            else "",
+            "debt paid by a later top-up" if self.tally.debt_paid else "",
+        ]
+        self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))
         if violations:
             self.say(f"  ledger check: FAILED ({len(violations)} violations)")
             for violation in violations[:20]:

@@ -90,6 +90,24 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert re.search(r"^network: bar-1 cut off the broker for \d+ s", output, re.M), output
     drained = re.search(r"^network: bar-1 back; its (\d+) offline sales were sent", output, re.M)
     assert drained, output
+    # Issue 14 §3: an attendee ends the offline period owing money; a later top-up pays it first
+    # (the demo checks the card in the database: debt 0, balance exactly top-up minus debt).
+    owes = re.search(
+        r"^debt: attendee (\w+) owes (\d+)\.(\d\d) after bar-1's offline sales$", output, re.M
+    )
+    assert owes, output
+    debt = int(owes.group(2)) * 100 + int(owes.group(3))
+    assert debt > 0
+    paid = re.search(
+        r"^debt: top-up 10\.00: (\d+)\.(\d\d) paid the debt, balance (\d+)\.(\d\d)$", output, re.M
+    )
+    assert paid, output
+    assert int(paid.group(1)) * 100 + int(paid.group(2)) == debt
+    assert int(paid.group(3)) * 100 + int(paid.group(4)) == 1000 - debt
+    assert "debt story" not in output, output
+    assert re.search(
+        r"^  shown: offline \(\d+ sales approved offline, drained\), debt paid", output, re.M
+    ), output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
     assert offline and int(offline.group(1)) >= 1, output
     # Issue 11's holes, tried from outside during the run and refused (docs/security.md).
