@@ -81,7 +81,9 @@ DEMO_OFFLINE_FOR_S = 20.0
 # DEMO_DEBT_ORDER (more than the balance) at the bar while it is offline, and pays the debt with
 # a DEMO_DEBT_TOPUP_CENTS top-up once the backlog drained.
 DEMO_DEBTOR_START_CENTS = 500
-DEMO_DEBT_ORDER: tuple[tuple[str, int], ...] = (("mate", 1), ("shot", 1))  # 8.00, no cups
+# Shots (no cup), one more than the balance pays for: the balance left by an earlier run (below
+# the top-up) keeps the order within the offline policy's per-sale limit run after run.
+DEMO_DEBT_SKU, DEMO_DEBT_SKU_CENTS = "shot", 350
 DEMO_DEBT_TOPUP_CENTS = 1000
 UNKNOWN_CARD_SHARE = 0.04  # taps of wristbands nobody ever topped up (CARD_NOT_FOUND)
 STAFF_IDS = ("anna", "ben", "chris", "dana", "emil")
@@ -743,8 +745,10 @@ class Demo:
         """While ``bar`` is offline, the debtor buys more than their balance: approved offline."""
         try:
             wait_for(lambda: not bar.state().get("online"), f"{bar.kiosk_id} to notice", 15.0)
+            card = self._card(self.debtor)
+            shots = (card.balance_cents if card else 0) // DEMO_DEBT_SKU_CENTS + 1
             entry = {
-                "items": [{"sku": sku, "quantity": n} for sku, n in DEMO_DEBT_ORDER],
+                "items": [{"sku": DEMO_DEBT_SKU, "quantity": shots}],
                 "staff_id": "ben",
             }
             outcome = bar.transact(entry, self.debtor)
