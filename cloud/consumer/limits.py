@@ -51,6 +51,10 @@ PUBACK_REFUSALS_KEPT_MAX: Final = 1000
 INBOX_MESSAGES_MAX: Final = 20_000
 # QoS 0 scan records beyond this many waiting are dropped and counted (a scan never moves money).
 INBOX_SCANS_MAX: Final = 2000
+# (1.1) While several kiosks have messages waiting, a batch takes at most this many of one kiosk
+# (inbox.py "Fairness"): a kiosk draining an offline backlog shares batches with the others'
+# orders instead of queueing them behind it; a kiosk alone still fills whole batches.
+INBOX_SOURCE_SHARE_MAX: Final = 16
 # Connection events waiting for the worker (connected / disconnected); old ones are coalesced.
 INBOX_EVENTS_MAX: Final = 64
 # The worker wakes at least this often to ping the watchdog and notice a stop request.

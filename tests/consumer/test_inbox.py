@@ -9,9 +9,9 @@ from cloud.consumer.backoff import Backoff
 from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState
 
 
-def message(mid: int, qos: int = 1) -> InboundMessage:
+def message(mid: int, qos: int = 1, kiosk: str = "bar-1") -> InboundMessage:
     return InboundMessage(
-        topic="festival/v1/kiosks/bar-1/tx",
+        topic=f"festival/v1/kiosks/{kiosk}/{'tx' if qos else 'scan'}",
         payload=b"x",
         qos=qos,
         mid=mid,
@@ -31,6 +31,28 @@ def test_take_returns_messages_in_arrival_order_up_to_the_batch_size() -> None:
     assert events == []
     assert [m.mid for m in first] == [1, 2, 3]
     assert [m.mid for m in rest] == [4, 5]
+
+
+def test_a_kiosk_draining_a_backlog_shares_each_batch_with_the_other_kiosks() -> None:
+    inbox = Inbox(messages_max=1000, scans_max=5, events_max=4, source_share_max=16)
+    for mid in range(1, 201):
+        assert inbox.put_message(message(mid, kiosk="bar-1"))  # the returning kiosk's backlog
+    for mid in (1001, 1002):
+        assert inbox.put_message(message(mid, kiosk="bar-2"))
+    assert inbox.put_message(message(2001, kiosk="bar-3"))
+    _, first = inbox.take(64, timeout_s=0.1)
+    # The other kiosks' orders are in the first batch, not behind 200 offline sales.
+    assert [m.mid for m in first] == [*range(1, 17), 1001, 1002, 2001]
+    # bar-1 alone again: whole batches, in its own order.
+    _, second = inbox.take(64, timeout_s=0.1)
+    assert [m.mid for m in second] == list(range(17, 81))
+    assert inbox.depth() == 200 - 80
+    # A newcomer is served before bar-1's next share.
+    assert inbox.put_message(message(3001, kiosk="bar-4"))
+    _, third = inbox.take(64, timeout_s=0.1)
+    assert [m.mid for m in third] == [*range(81, 97), 3001]
+    assert [m.mid for m in inbox.drain()] == list(range(97, 201))
+    assert inbox.depth() == 0
 
 
 def test_qos1_messages_beyond_the_cap_are_refused_and_counted() -> None:
