@@ -102,3 +102,31 @@ class PayoutStore:
                 {"state": state, "card": card_uid},
             ).all()
         return [PayoutPart(*row) for row in rows]
+
+
+# A valid German test IBAN (the Bundesbank's documentation example): the demo's attendees.
+DEMO_IBAN = "DE89370400440532013000"
+
+
+def demo_payouts(
+    engine: Engine, card_uids: list[str], *, fee_cents: int = 0, donate_cents: int = 0
+) -> list[dict[str, Any]]:
+    """For the demo (wired by the coordinator): request a payout of each card with a balance, to
+    DEMO_IBAN; the outcomes of those that were not refused (no balance, a debt, ...)."""
+    store = PayoutStore(engine)
+    outcomes: list[dict[str, Any]] = []
+    for card_uid in card_uids:
+        try:
+            outcomes.append(
+                store.request(
+                    card_uid,
+                    iban=DEMO_IBAN,
+                    account_holder=f"Demo attendee {card_uid}",
+                    donate_cents=donate_cents,
+                    fee_cents=fee_cents,
+                    request_key=f"demo:{card_uid}",
+                )
+            )
+        except (PayoutRefused, PayoutInvalid):
+            continue
+    return outcomes

@@ -6,7 +6,7 @@ import pytest
 
 from cloud.database import make_engine
 from cloud.ledger import Ledger
-from cloud.payouts import PayoutInvalid, PayoutRefused, PayoutStore, valid_iban
+from cloud.payouts import PayoutInvalid, PayoutRefused, PayoutStore, demo_payouts, valid_iban
 from tests.ledger.helpers import bar_order, recharge, scalar
 
 UID = "04A1B2C3D4E5F6"
@@ -105,3 +105,17 @@ def test_ibans_are_checked_by_their_checksum() -> None:
     assert valid_iban("DE89 3704 0044 0532 0130 00") == IBAN
     assert valid_iban("DE89370400440532013001") is None
     assert valid_iban("not an iban") is None
+
+
+def test_demo_payouts_pays_out_the_cards_with_a_balance(
+    ledger: Ledger, service_database_url: str
+) -> None:
+    ledger.apply(recharge(UID, 700, kiosk_id="checkpoint-1"))
+    engine = make_engine(service_database_url, pool_size=2)
+    try:
+        outcomes = demo_payouts(engine, [UID, "04FFFFFF"], fee_cents=50)
+    finally:
+        engine.dispose()
+    assert [(o["amount_cents"], o["fee_cents"], o["bank_transfer_cents"]) for o in outcomes] == [
+        (700, 50, 650)
+    ]
