@@ -8,11 +8,16 @@ card), `list` reads the parts. Money is integer cents throughout.
 
 from __future__ import annotations
 
+import argparse
 import json
-from dataclasses import dataclass
-from typing import Any
+import sys
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from cloud.database import Engine, text, translate_errors
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 
 class PayoutRefused(Exception):
@@ -130,3 +135,44 @@ def demo_payouts(
         except (PayoutRefused, PayoutInvalid):
             continue
     return outcomes
+
+
+# --- the CLI: `festival-cloud payout list|fail` -------------------------------------------------
+
+
+def _cli_store(settings: CloudSettings) -> tuple[PayoutStore, Engine]:
+    from cloud.admin import _url
+    from cloud.database import make_engine
+
+    engine = make_engine(_url(settings), pool_size=1, application_name="festival-cloud")
+    return PayoutStore(engine), engine
+
+
+def payout_list(args: argparse.Namespace, settings: CloudSettings) -> int:
+    store, engine = _cli_store(settings)
+    try:
+        parts = store.list(state=args.state)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps([asdict(part) for part in parts]))
+    else:
+        for part in parts:
+            print(f"{part.payout_id} {part.card_uid} {part.kind} {part.state} {part.amount_cents}")
+    return 0
+
+
+def payout_fail(args: argparse.Namespace, settings: CloudSettings) -> int:
+    store, engine = _cli_store(settings)
+    try:
+        outcome = store.fail(args.payout_id, args.reason)
+    finally:
+        engine.dispose()
+    if outcome is None:
+        print(
+            f"festival-cloud: no pending or exported bank/Stripe payout {args.payout_id}",
+            file=sys.stderr,
+        )
+        return 1
+    print(json.dumps(outcome))
+    return 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
+from cloud.cli import main
 from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.payouts import PayoutInvalid, PayoutRefused, PayoutStore, demo_payouts, valid_iban
@@ -119,3 +123,46 @@ def test_demo_payouts_pays_out_the_cards_with_a_balance(
     assert [(o["amount_cents"], o["fee_cents"], o["bank_transfer_cents"]) for o in outcomes] == [
         (700, 50, 650)
     ]
+
+
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, *args: str
+) -> tuple[int, str, str]:
+    """festival-cloud in this process (the shared venv's script runs main's checkout)."""
+    for key in list(os.environ):
+        if key.startswith(("FESTIVAL_", "DATABASE_", "STRIPE_", "MQTT_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DATABASE_URL", url)
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_cli_lists_payouts_and_fails_one(
+    ledger: Ledger,
+    store: PayoutStore,
+    service_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ledger.apply(recharge(UID, 900, kiosk_id="checkpoint-1"))
+    store.request(
+        UID, iban=IBAN, account_holder="Ada", donate_cents=0, fee_cents=0, request_key="c"
+    )
+    url = service_database_url
+    code, out, err = _cli(
+        monkeypatch, capsys, url, "payout", "list", "--state", "pending", "--json"
+    )
+    assert code == 0, err
+    [part] = json.loads(out)
+    assert (part["kind"], part["amount_cents"], part["iban"]) == ("bank", 900, IBAN)
+    code, out, err = _cli(
+        monkeypatch, capsys, url, "payout", "fail", part["payout_id"], "--reason", "closed"
+    )
+    assert code == 0, err
+    assert _balance(url) == 900
+    code, out, err = _cli(
+        monkeypatch, capsys, url, "payout", "fail", part["payout_id"], "--reason", "closed"
+    )
+    assert code == 1
