@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portal_card_verbs(card)
 
     _add_report_verbs(verbs)
+    _add_payout_verbs(verbs)
     _add_config_verbs(verbs)
 
     _verb(verbs, "consumer", "run the MQTT consumer", "cloud.consumer:run_from_cli")
@@ -314,6 +315,22 @@ def _add_portal_card_verbs(card: Verbs) -> None:
         "set a fresh portal PIN for a card (created when missing) and print it",
         "cloud.portal_admin:card_pin",
     ).add_argument("uid")
+
+
+def _add_payout_verbs(verbs: Verbs) -> None:
+    """`payout list [--state S] [--json]`, `payout fail ID --reason TEXT` (issue 16 §2)."""
+    payout = _group(verbs, "payout", "payouts after the festival")
+    listing = _verb(payout, "list", "the payout parts", "cloud.payouts:payout_list")
+    listing.add_argument("--state", choices=["pending", "exported", "paid", "failed"])
+    listing.add_argument("--json", action="store_true")
+    fail = _verb(
+        payout,
+        "fail",
+        "a bank transfer (or Stripe refund) failed: its money goes back to the card",
+        "cloud.payouts:payout_fail",
+    )
+    fail.add_argument("payout_id")
+    fail.add_argument("--reason", required=True)
 
 
 def _add_report_verbs(verbs: Verbs) -> None:

@@ -21,6 +21,7 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
     cloud.api (package: the HTTP adapter)   fastapi, starlette, uvicorn, pydantic
     cloud.api.metrics                       prometheus_client  (the API's /metrics)
     cloud.api.stripe_gateway                stripe
+    cloud.payouts                           schwifty  (IBAN checks of payouts)
     cloud.consumer.metrics                  prometheus_client  (the consumer's metrics port)
     cloud.consumer.mqtt_link                paho
     cloud.database                          sqlalchemy, psycopg2, alembic
@@ -111,6 +112,8 @@ ADAPTERS: Final[dict[str, frozenset[str]]] = {
     "pydantic": frozenset({"cloud.settings", "cloud.api.*"}),
     "pydantic_settings": frozenset({"cloud.settings"}),
     "stripe": frozenset({"cloud.api.stripe_gateway"}),
+    # (1.1) payouts: the IBAN checksum (issue 16)
+    "schwifty": frozenset({"cloud.payouts"}),
     # Prometheus: each of the two cloud processes exposes its own registry its own way (the
     # consumer its own port, the API a route); one module each.
     "prometheus_client": frozenset({"cloud.consumer.metrics", "cloud.api.metrics"}),
