@@ -68,6 +68,8 @@ DEMO_MENU_ITEMS: tuple[tuple[str, str, int, bool], ...] = (  # sku, name, price,
     ("shot", "Shot 2 cl", 350, False),
 )
 DEMO_CUP_CENTS = 200
+# Attendees who ask for their money back at the end (issue 16 §2).
+DEMO_PAYOUTS = 3
 DEMO_REPRICED_SKU = "beer"
 DEMO_REPRICED_CENTS = 600
 # Without --duration the price changes this long after the traffic started.
@@ -283,6 +285,7 @@ class Tally:
     timeouts: int = 0
     offline_approved: int = 0
     debt_paid: bool = False
+    payouts: int = 0
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
 
@@ -1031,6 +1034,36 @@ class Demo:
                 return
             time.sleep(0.1)
 
+    def request_payouts(self, count: int = DEMO_PAYOUTS) -> None:
+        """After the festival (issue 16 §2): a few attendees ask for what is left on their band,
+        to a bank account; the ledger splits each (Stripe top-ups first, then the bank) and
+        blocks the band. The SEPA file and the Stripe refunds are not built yet."""
+        from cloud.database import make_engine
+        from cloud.payouts import demo_payouts
+
+        candidates = [uid for uid in self.known_cards() if uid != self.debtor]
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        outcomes: list[dict[str, Any]] = []
+        try:
+            for card_uid in candidates:  # one at a time: only `count` bands are paid out
+                if len(outcomes) >= count:
+                    break
+                outcomes += demo_payouts(engine, [card_uid])
+        except Exception as error:  # the demo goes on to its summary and ledger check
+            self.tally.error(f"payouts: {error}")
+            return
+        finally:
+            engine.dispose()
+        for outcome in outcomes:
+            self.say(
+                f"payout: {_eur(outcome['amount_cents'])} back to an attendee"
+                f" (bank transfer {_eur(outcome['bank_transfer_cents'])},"
+                f" Stripe refund {_eur(outcome['stripe_refund_cents'])}); band blocked"
+            )
+        self.tally.payouts = len(outcomes)
+        if not outcomes:
+            self.tally.error("payouts: no attendee had a balance to pay out")
+
     def ledger_check(self) -> list[str]:
         from cloud.database import make_engine
         from cloud.ledger import Ledger
@@ -1055,6 +1088,7 @@ class Demo:
             if self.tally.offline_approved
             else "",
             "debt paid by a later top-up" if self.tally.debt_paid else "",
+            f"payouts ({self.tally.payouts} attendees paid back)" if self.tally.payouts else "",
         ]
         self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))
         if violations:
@@ -1148,6 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.start()
         demo.run_traffic(args.duration)
         demo.wait_for_quiet()
+        demo.request_payouts()
         violations = demo.ledger_check()
         demo.summary(violations)
     except KeyboardInterrupt:

@@ -108,6 +108,21 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert re.search(
         r"^  shown: offline \(\d+ sales approved offline, drained\), debt paid", output, re.M
     ), output
+    # Issue 16 §2: a few attendees get what is left back; each split adds up to its amount.
+    payouts = re.findall(
+        r"^payout: (\d+)\.(\d\d) back to an attendee \(bank transfer (\d+)\.(\d\d),"
+        r" Stripe refund (\d+)\.(\d\d)\); band blocked$",
+        output,
+        re.M,
+    )
+    assert payouts, output
+    for whole, bank, stripe in (
+        (int(p[0]) * 100 + int(p[1]), int(p[2]) * 100 + int(p[3]), int(p[4]) * 100 + int(p[5]))
+        for p in payouts
+    ):
+        assert whole > 0 and whole == bank + stripe, output
+    assert f"payouts ({len(payouts)} attendees paid back)" in output, output
+    assert "error: payouts" not in output, output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
     assert offline and int(offline.group(1)) >= 1, output
     # Issue 11's holes, tried from outside during the run and refused (docs/security.md).

@@ -52,6 +52,8 @@ def test_the_whole_balance_leaves_split_into_donation_fee_and_bank(
         " WHERE a.name = 'payout:pending'",
     )
     assert pending == 4_100
+    # festival-cloud check: the payout's transaction names its payout, not a kiosk request.
+    assert ledger.check() == []
 
 
 def test_a_double_submit_makes_one_payout(ledger: Ledger, store: PayoutStore) -> None:
@@ -103,6 +105,7 @@ def test_payout_fail_returns_the_money_and_unblocks_the_card(
         id=bank.payout_id,
     )
     assert audit == 2
+    assert ledger.check() == []  # the return names the failed part
 
 
 def test_ibans_are_checked_by_their_checksum() -> None:
