@@ -53,7 +53,7 @@ CREATE FUNCTION ledger_payout_add(
     p_topup text, p_iban text, p_holder text, p_key text, p_at timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_id uuid := gen_random_uuid();
+    v_id uuid := ledger_uuid7();
 BEGIN
     IF p_amount <= 0 THEN
         RETURN;
@@ -84,7 +84,7 @@ DECLARE
     v_stripe bigint := 0;
     v_part bigint;
     v_topup record;
-    v_tx uuid := gen_random_uuid();
+    v_tx uuid := ledger_uuid7();
     v_pending bigint;
 BEGIN
     SELECT * INTO v_card FROM cards WHERE card_uid = p_card_uid FOR UPDATE;
@@ -114,7 +114,7 @@ BEGIN
     IF p_donate_cents < 0 OR p_donate_cents > v_card.balance_cents THEN
         RETURN jsonb_build_object('status', 'invalid', 'reason', 'donation above the balance');
     END IF;
-    v_request := gen_random_uuid();
+    v_request := ledger_uuid7();
     v_rest := v_card.balance_cents;
     v_donation := p_donate_cents;
     v_rest := v_rest - v_donation;
@@ -192,7 +192,7 @@ DECLARE
     v_at timestamptz := clock_timestamp();
     v_payout payouts;
     v_card cards;
-    v_tx uuid := gen_random_uuid();
+    v_tx uuid := ledger_uuid7();
 BEGIN
     SELECT * INTO v_payout FROM payouts WHERE payout_id = p_payout_id;
     IF NOT FOUND THEN
@@ -242,6 +242,11 @@ GRANT EXECUTE ON FUNCTION sp_payout_request(text, text, text, bigint, bigint, te
     TO festival_api, festival_service;
 GRANT EXECUTE ON FUNCTION sp_payout_fail(uuid, text) TO festival_service;
 GRANT SELECT ON payouts, payout_audit TO festival_service, festival_api;
+-- The helpers are the owner's alone (tests/ledger/test_r0009_structure.py): the sp_ functions,
+-- SECURITY DEFINER, call them.
+REVOKE EXECUTE ON FUNCTION ledger_payout_add(uuid, cards, text, bigint, text, text, text, text,
+                                             text, text, timestamptz) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION ledger_payout_summary(uuid, text) FROM PUBLIC;
 
 -- festival-cloud check: a payout's transactions name payout requests (r0002's definition with
 -- that one exception; the downgrade restores it as it was).
