@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cloud.admin import _euros as _eur
 from cloud.limits import (
     DEMO_HTTP_TIMEOUT_S,
     DEMO_READY_TIMEOUT_S,
@@ -263,10 +264,6 @@ class DemoKiosk:
                     return {"approved": False, "error_code": "refused offline"}
                 time.sleep(POLL_INTERVAL_S)
             return None  # still pending at the kiosk: it will be applied once when it arrives
-
-
-def _eur(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
 
 
 def _total(order: dict[str, Any]) -> dict[str, int]:
@@ -694,7 +691,7 @@ class Demo:
             self.tally.error(f"price change: {error}")
             return
         bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
-        price = f"{DEMO_REPRICED_CENTS // 100}.{DEMO_REPRICED_CENTS % 100:02d}"
+        price = _eur(DEMO_REPRICED_CENTS)
         self.say(
             f"menu: {DEMO_REPRICED_SKU} now {price} at {bars} ({self._versions_text()});"
             f" the kiosks applied it {took_s:.2f} s after menu set returned"
@@ -1043,12 +1040,8 @@ class Demo:
 
         candidates = [uid for uid in self.known_cards() if uid != self.debtor]
         engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
-        outcomes: list[dict[str, Any]] = []
         try:
-            for card_uid in candidates:  # one at a time: only `count` bands are paid out
-                if len(outcomes) >= count:
-                    break
-                outcomes += demo_payouts(engine, [card_uid])
+            outcomes = demo_payouts(engine, candidates, limit=count)
         except Exception as error:  # the demo goes on to its summary and ledger check
             self.tally.error(f"payouts: {error}")
             return
@@ -1117,7 +1110,7 @@ class Demo:
         self.say("  sales per product:")
         for row in rows:
             price = row.get("unit_price_cents")
-            at = "" if price is None else f" at {int(price) // 100}.{int(price) % 100:02d}"
+            at = "" if price is None else f" at {_eur(int(price))}"
             self.say(
                 f"    {row['sku']!s:12} {row['name']!s:18}{at} {row['quantity']:>6} x"
                 f"  {row['amount']:>10} EUR"

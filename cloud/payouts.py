@@ -114,13 +114,20 @@ DEMO_IBAN = "DE89370400440532013000"
 
 
 def demo_payouts(
-    engine: Engine, card_uids: list[str], *, fee_cents: int = 0, donate_cents: int = 0
+    engine: Engine,
+    card_uids: list[str],
+    *,
+    fee_cents: int = 0,
+    donate_cents: int = 0,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """For the demo (wired by the coordinator): request a payout of each card with a balance, to
+    """For the demo: request a payout of each card with a balance (at most ``limit`` of them), to
     DEMO_IBAN; the outcomes of those that were not refused (no balance, a debt, ...)."""
     store = PayoutStore(engine)
     outcomes: list[dict[str, Any]] = []
     for card_uid in card_uids:
+        if limit is not None and len(outcomes) >= limit:
+            break
         try:
             outcomes.append(
                 store.request(
