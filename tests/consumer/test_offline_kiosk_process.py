@@ -132,12 +132,13 @@ def test_sales_approved_offline_are_applied_once_with_debts_when_the_broker_is_b
                 f"{error}\n--- kiosk ---\n{kiosk.log_tail()}\n"
                 f"--- consumer ---\n{consumer.log_text()[-3000:]}"
             ) from None
-        late = sorted(state["late_results"], key=lambda entry: entry["seq"])
-        assert [(entry["offline"], entry["debt_cents"]) for entry in late[-3:]] == [
-            (True, 0),
-            (True, 900),
-            (True, 1_200),
-        ]
+        late = sorted(state["late_results"], key=lambda entry: entry["seq"])[-3:]
+        assert all(entry["offline"] for entry in late)  # in seq order: CARD, CARD, STRANGER
+        # Which of CARD's two sales carries the debt depends on which reached the consumer
+        # first: a publish the restarted broker took before the consumer had resubscribed is
+        # dropped and comes back with the kiosk's resend, behind the next one (docs/protocol.md).
+        assert sorted(entry["debt_cents"] for entry in late[:2]) == [0, 900]
+        assert late[2]["debt_cents"] == 1_200
         card = ledger.card(CARD)
         stranger = ledger.card(STRANGER)
         assert card is not None and (card.balance_cents, card.debt_cents) == (0, 900)
