@@ -171,16 +171,18 @@ def test_broker_stopped_sales_within_the_limits_are_approved_offline_and_survive
     )
     assert refused(kiosk, TWO_BEERS, CARD) == "offline: over the offline limit for this card"
 
-    # The broker is back: every sale is sent in seq order and applied once.
+    # The broker is back: every sale is sent (in seq order) and applied once. The arrival order
+    # is not asserted: what the restarted broker took before the responder had resubscribed is
+    # dropped and comes back with the kiosk's resend, behind later ones (docs/protocol.md).
     kiosk_broker.start()
     state = kiosk.wait_for(
         lambda s: s["online"] and s["outbox"]["pending"] == 0, "the backlog to drain", 30
     )
-    assert [ledger.requests[r].seq for r in ledger.received_ids()][:4] == [1, 2, 3, 4]
+    assert sorted({ledger.requests[r].seq for r in ledger.received_ids()}) == [1, 2, 3, 4]
     assert sorted(ledger.applied.values()) == [1, 1, 1, 1]
     assert ledger.balances[CARD] == CARD_BALANCE_CENTS - 2_400
     assert (ledger.debts[STRANGERS[0]], ledger.debts[STRANGERS[1]]) == (1_200, 1_200)
-    late = state["late_results"]
+    late = sorted(state["late_results"], key=lambda entry: entry["seq"])
     assert [(entry["seq"], entry["offline"], entry["debt_cents"]) for entry in late] == [
         (1, True, 0),
         (2, True, 0),
