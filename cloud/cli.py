@@ -232,6 +232,12 @@ def _add_wristband_verbs(card: Verbs) -> None:
     program.add_argument(
         "--count", type=int, help="stop after this many tags (default: until Ctrl-C)"
     )
+    program.add_argument(
+        "--register",
+        action="store_true",
+        help="also register each card with the cloud (DATABASE_URL): created with balance 0 "
+        "if unknown, with a fresh portal PIN printed after its UID (only its hash is stored)",
+    )
 
 
 def _targets(parser: argparse.ArgumentParser, *, roles: bool = True) -> None:

@@ -440,11 +440,83 @@ def _master_key(settings: CloudSettings) -> bytes:
         raise SettingsError(f"CARD_MASTER_KEY_FILE: {error}") from None
 
 
+@dataclass(frozen=True)
+class Handled:
+    """What `card program` did with one tag presented: programmed (with the portal PIN printed
+    on it when registered), or not, and why."""
+
+    programmed: Programmed | None
+    pin: str | None = None
+    created: bool = False
+    failure: str | None = None
+
+    def line(self) -> str:
+        """The tag's stdout line: ``UID`` tab ``programmed|already programmed`` (tab ``PIN``
+        when registered): what a wristband printer takes."""
+        assert self.programmed is not None
+        done = self.programmed
+        state = "already programmed" if done.already_programmed else "programmed"
+        return f"{done.uid}\t{state}" + (f"\t{self.pin}" if self.pin else "")
+
+
+def handle_tag(
+    transmit: Transmit,
+    master_key: bytes,
+    portal_url: str,
+    register: Callable[[str], tuple[str, bool]] | None = None,
+) -> Handled:
+    """One tag presented to `card program`: programmed and read back (``program_wristband``),
+    then, when ``register`` is given (``--register``), the card is registered with the cloud:
+    created with balance 0 if unknown and given a fresh portal PIN, which ``register(uid)``
+    stores (only its hash) and returns with whether the card was created. A tag that fails is
+    reported and nothing is registered. The demo's wristbands go through this same function
+    (cloud/demo_wristbands.py), with the virtual tag answering in-process instead of on pcscd."""
+    try:
+        done = program_wristband(transmit, master_key, portal_url)
+    except ProvisioningError as error:
+        return Handled(None, failure=error.message)
+    if register is None:
+        return Handled(done)
+    from cloud.database import TransientDatabaseError
+
+    try:
+        pin, created = register(done.uid)
+    except TransientDatabaseError as error:
+        # Programmed and verified, only not registered: the operator gives it a PIN later.
+        return Handled(
+            done,
+            failure=f"programmed but not registered (database unavailable: {error}); "
+            f"register it with `festival-cloud card pin {done.uid}`",
+        )
+    return Handled(done, pin=pin, created=created)
+
+
+def pin_registrar(
+    settings: CloudSettings,
+) -> tuple[Callable[[str], tuple[str, bool]], Callable[[], None]]:
+    """``--register``: the function that creates the card and sets a fresh PIN (the owner's or
+    festival_service's DATABASE_URL, like `card pin`), and the one that closes its engine."""
+    from cloud.admin import _url
+    from cloud.database import make_engine
+    from cloud.portal import PortalStore, hash_pin, new_pin
+
+    engine = make_engine(_url(settings), pool_size=1, application_name="festival-cloud")
+    store = PortalStore(engine)
+
+    def register(card_uid: str) -> tuple[str, bool]:
+        pin = new_pin()
+        created = store.set_pin_hash(card_uid, hash_pin(pin))
+        return pin, created
+
+    return register, engine.dispose
+
+
 def card_program(args: argparse.Namespace, settings: CloudSettings) -> int:
-    """`card program --reader NAME [--count N]`: program the wristbands presented on the PC/SC
-    reader one after another; prints each UID (stdout: one line per programmed tag,
-    ``UID`` tab ``programmed|already programmed``), problems on stderr. Exit 0 when every tag
-    handled was programmed, 1 when one failed, 2 without a reader."""
+    """`card program --reader NAME [--count N] [--register]`: program the wristbands presented
+    on the PC/SC reader one after another; prints each UID (stdout: one line per programmed tag,
+    ``UID`` tab ``programmed|already programmed``, with ``--register`` tab the portal PIN to
+    print on the band), problems on stderr. Exit 0 when every tag handled was programmed, 1 when
+    one failed, 2 without a reader (or, with ``--register``, without DATABASE_URL)."""
     master_key = _master_key(settings)
     portal_url = settings.festival_portal_url
     try:
@@ -460,6 +532,10 @@ def card_program(args: argparse.Namespace, settings: CloudSettings) -> int:
             file=sys.stderr,
         )
         return 2
+    register: Callable[[str], tuple[str, bool]] | None = None
+    close: Callable[[], None] | None = None
+    if args.register:
+        register, close = pin_registrar(settings)
     failures = 0
 
     def say(text: str) -> None:
@@ -467,18 +543,24 @@ def card_program(args: argparse.Namespace, settings: CloudSettings) -> int:
 
     def handle(transmit: Transmit) -> None:
         nonlocal failures
-        try:
-            done = program_wristband(transmit, master_key, portal_url)
-        except ProvisioningError as error:
+        handled = handle_tag(transmit, master_key, portal_url, register)
+        if handled.programmed is None:
             failures += 1
-            say(f"tag not programmed: {error.message}")
+            say(f"tag not programmed: {handled.failure}")
             return
-        state = "already programmed" if done.already_programmed else "programmed"
-        print(f"{done.uid}\t{state}", flush=True)
+        if handled.failure is not None:
+            failures += 1
+            say(f"card {handled.programmed.uid}: {handled.failure}")
+        if handled.created:
+            say(f"card {handled.programmed.uid} registered with balance 0")
+        print(handled.line(), flush=True)
 
     try:
         serve_tags(args.reader, handle, say=say, count=args.count)
     except ReaderUnavailable as error:
         say(f"festival-cloud card program: {error}")
         return 2
+    finally:
+        if close is not None:
+            close()
     return 1 if failures else 0

@@ -241,3 +241,62 @@ def test_card_program_refuses_a_portal_url_the_tag_cannot_hold(
         monkeypatch.setenv("FESTIVAL_PORTAL_URL", bad)
         assert cli.main(["card", "program", "--reader", "Nothing"]) == 2
         assert "configuration error" in capsys.readouterr().err
+
+
+def test_card_program_register_creates_the_card_and_gives_it_a_pin(database_url: str) -> None:
+    """`card program --register` (issue 15 §2): each tag programmed is registered with the
+    cloud through the PIN procedure, created with balance 0, its fresh PIN printed once and
+    only its hash stored; a tag programmed again gets a new PIN and creates nothing."""
+    from sqlalchemy import text
+
+    from cloud.database import make_engine
+    from cloud.ledger import Ledger
+    from cloud.portal import check_pin
+    from cloud.settings import CloudSettings
+    from cloud.wristbands import handle_tag, pin_registrar
+
+    register, close = pin_registrar(CloudSettings.model_construct(database_url=database_url))
+    tag = VirtualNtag424(bytes.fromhex(UID))
+    try:
+        first = handle_tag(tag.answer, MASTER, PORTAL, register)
+        tag.reset()
+        again = handle_tag(tag.answer, MASTER, PORTAL, register)
+    finally:
+        close()
+    assert first.failure is None and first.created and first.pin is not None
+    assert first.line() == f"{UID}\tprogrammed\t{first.pin}"
+    assert again.created is False and again.pin not in (None, first.pin)
+    assert again.line().startswith(f"{UID}\talready programmed\t")
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        card = Ledger(engine).card(UID)
+        assert card is not None and (card.balance_cents, card.status) == (0, "active")
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT pin_hash FROM card_pins WHERE card_uid = :uid"), {"uid": UID}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert again.pin is not None and check_pin(again.pin, stored)
+    assert not check_pin(first.pin, stored)
+    assert again.pin not in stored
+
+
+def test_card_program_without_register_registers_nothing() -> None:
+    from cloud.wristbands import handle_tag
+
+    tag = VirtualNtag424(bytes.fromhex(UID))
+    handled = handle_tag(tag.answer, MASTER, PORTAL)
+    assert (handled.failure, handled.pin, handled.created) == (None, None, False)
+    assert handled.line() == f"{UID}\tprogrammed"
+    registered: list[str] = []
+
+    def register(uid: str) -> tuple[str, bool]:
+        registered.append(uid)
+        return "000000", True
+
+    uid_only = handle_tag(
+        lambda apdu: answer_apdu(bytes.fromhex(UID), apdu), MASTER, PORTAL, register
+    )
+    assert uid_only.programmed is None and uid_only.failure is not None
+    assert "6D00" in uid_only.failure and registered == []  # a failed tag registers nothing

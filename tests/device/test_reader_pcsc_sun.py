@@ -54,7 +54,9 @@ def master_key_file(tmp_path: Path) -> Path:
     return path
 
 
-def program(master_key_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def program(
+    master_key_file: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`festival-cloud card program --reader "00 00" --count 1` as the operator runs it."""
     return subprocess.run(
         [sys.executable, "-m", "cloud.cli", "card", "program", "--reader", "00 00", *extra],
@@ -62,6 +64,7 @@ def program(master_key_file: Path, *extra: str) -> subprocess.CompletedProcess[s
             "PATH": "/usr/bin:/bin",
             "CARD_MASTER_KEY_FILE": str(master_key_file),
             "FESTIVAL_PORTAL_URL": "https://pay.festival.example",
+            **(env or {}),
         },
         capture_output=True,
         text=True,
@@ -100,6 +103,37 @@ def test_card_program_then_the_kiosk_reads_a_genuine_band(
         assert counters[1] == counters[0] + 1
     finally:
         reader.stop()
+
+
+def test_card_program_register_gives_each_band_a_card_and_a_pin(
+    pcscd: PcscdService, master_key_file: Path, database_url: str
+) -> None:
+    """`card program --register`: the band programmed on the reader is registered with the
+    cloud (balance 0) and its portal PIN is printed after its UID, for the band's print."""
+    from sqlalchemy import text
+
+    from cloud.portal import check_pin
+
+    tag = VirtualNtag424(bytes.fromhex(UID))
+    with VirtualCard(tag=tag, port=PORT_0):
+        done = program(
+            master_key_file, "--count", "1", "--register", env={"DATABASE_URL": database_url}
+        )
+    assert done.returncode == 0, done.stderr
+    uid, state, pin = done.stdout.strip().split("\t")
+    assert (uid, state) == (UID, "programmed")
+    assert f"card {UID} registered with balance 0" in done.stderr
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        card = Ledger(engine).card(UID)
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT pin_hash FROM card_pins WHERE card_uid = :uid"), {"uid": UID}
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert card is not None and card.balance_cents == 0
+    assert check_pin(pin, stored)
 
 
 def test_a_uid_only_card_reads_without_card_sun(pcscd: PcscdService, recorder: Recorder) -> None:
