@@ -28,11 +28,13 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloud.admin import _euros as _eur
+from cloud.demo_wristbands import DemoWristbands
 from cloud.limits import (
     DEMO_HTTP_TIMEOUT_S,
     DEMO_READY_TIMEOUT_S,
@@ -214,6 +216,8 @@ class DemoKiosk:
     http_port: int
     process: ChildProcess | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # (1.1, sun mode) the attendees' genuine bands: each tap reads one (cloud/demo_wristbands.py)
+    wristbands: DemoWristbands | None = None
 
     @property
     def base_url(self) -> str:
@@ -225,15 +229,23 @@ class DemoKiosk:
             raise DemoError(f"{self.kiosk_id}: /api/state answered {status}")
         return state
 
-    def transact(self, entry: dict[str, Any], card_uid: str) -> dict[str, Any] | None:
-        """Enter an order or a top-up, tap the wristband, wait for the verified result."""
-        with self.lock:
+    def transact(
+        self, entry: dict[str, Any], card_uid: str, *, genuine: bool = True
+    ) -> dict[str, Any] | None:
+        """Enter an order or a top-up, tap the wristband, wait for the verified result. In sun
+        mode the tap reads the attendee's band (its SUN message rides along); ``genuine=False``
+        is a copy of the UID on a UID-only card (no SUN message)."""
+        band = self.wristbands.tap(card_uid) if self.wristbands and genuine else nullcontext()
+        with self.lock, band as card_sun:
             http_json("POST", f"{self.base_url}/api/dismiss", {})
             path = "/api/order" if self.role == "bar" else "/api/recharge"
             status, reply = http_json("POST", self.base_url + path, entry)
             if status != 200:
                 raise DemoError(f"{self.kiosk_id}{path} answered {status}: {reply}")
-            status, reply = http_json("POST", f"{self.base_url}/api/tap", {"card_uid": card_uid})
+            tap: dict[str, Any] = {"card_uid": card_uid}
+            if card_sun is not None:
+                tap["card_sun"] = card_sun
+            status, reply = http_json("POST", f"{self.base_url}/api/tap", tap)
             if status != 202:
                 raise DemoError(f"{self.kiosk_id}/api/tap answered {status}: {reply}")
             deadline = time.monotonic() + DEMO_RESULT_TIMEOUT_S
@@ -283,6 +295,7 @@ class Tally:
     offline_approved: int = 0
     debt_paid: bool = False
     payouts: int = 0
+    clone_refused: bool = False
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
 
@@ -429,6 +442,8 @@ class Demo:
     cards: list[str] = field(default_factory=list)
     cli_env: dict[str, str] = field(default_factory=dict)
     menu_versions: dict[str, int] = field(default_factory=dict)
+    card_auth: str = "sun"  # FESTIVAL_CARD_AUTH of the demo's cloud (--card-auth)
+    wristbands: DemoWristbands | None = None
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -517,13 +532,21 @@ class Demo:
             for key_, value in os.environ.items()
             if not key_.startswith(("KIOSK_", "NOTIFY_SOCKET", "WATCHDOG_"))
         }
+        api_port = _preferred_port(API_PORT_PREFERRED)
+        self.api_url = f"http://127.0.0.1:{api_port}"
         cloud_env = {
             **base_env,
             "DATABASE_URL": services_url,
             "FESTIVAL_TOPIC_PREFIX": TOPIC_PREFIX,
             "FESTIVAL_ENVIRONMENT": "development",
             "CLOUD_SIGNING_KEY_FILE": str(cloud_key_file),
+            # (1.1) what a genuine band's URL opens (GET /t logs the phone into the portal)
+            "FESTIVAL_PORTAL_URL": self.api_url,
         }
+        if self.card_auth == "sun":
+            cloud_env.update(
+                FESTIVAL_CARD_AUTH="sun", CARD_MASTER_KEY_FILE=str(self._card_master_key(keys))
+            )
         # The operator's CLI (menu set): the owner's database URL, the cloud's MQTT user and key.
         self.cli_env = {
             **cloud_env,
@@ -543,8 +566,6 @@ class Demo:
 
         self.stripe = FakeStripe()
         stripe_base = self.stripe.start()
-        api_port = _preferred_port(API_PORT_PREFERRED)
-        self.api_url = f"http://127.0.0.1:{api_port}"
         self.stripe.webhook_url = f"{self.api_url}/stripe/webhook"
         self.stripe.webhook_secret = self.webhook_secret
         api = self._child(
@@ -608,6 +629,8 @@ class Demo:
         bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
         self.say(f"Menu         {DEMO_MENU_ID} at {bars} ({self._versions_text()})")
         self.cards = card_uids(self.card_count)
+        if self.card_auth == "sun":
+            self._program_the_wristbands(keys)
         self.say("")
         self.say(f"Dashboard    {self.api_url}/dashboard")
         self.say(f"Admin token  {self.admin_token}")
@@ -615,6 +638,44 @@ class Demo:
         self.say(f"Portal       {self.api_url}/portal  ({self.portal_login(self.cards[0])})")
         self.say(f"Logs         {self.root / 'logs'}")
         self.say("")
+
+    def _card_master_key(self, keys: Path) -> Path:
+        """The deployment's card master key (`card master-keygen`): kept with the demo's data,
+        0600, so the bands programmed in a run stay genuine for the next one's cloud."""
+        from cloud.keys import generate_card_master_key, save_card_master_key
+
+        path = keys / "card-master.key"
+        if not path.exists():
+            save_card_master_key(generate_card_master_key(), path)
+        return path
+
+    def _program_the_wristbands(self, keys: Path) -> None:
+        """(1.1, issue 15 §5) Every attendee's band is a virtual NTAG 424 DNA, programmed at
+        start as `festival-cloud card program` programs each band on its reader."""
+        from cloud.database import make_engine
+        from cloud.keys import load_card_master_key
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            with engine.connect() as connection:
+                rows = connection.exec_driver_sql(
+                    "SELECT card_uid, counter_max FROM card_sun_counters"
+                ).all()
+        finally:
+            engine.dispose()
+        accepted = {str(uid): int(counter) for uid, counter in rows}
+        started_s = time.monotonic()
+        self.wristbands = DemoWristbands(sys.executable)
+        self.wristbands.program(
+            self.cards, load_card_master_key(keys / "card-master.key"), self.api_url, accepted
+        )
+        for kiosk in self.kiosks:
+            kiosk.wristbands = self.wristbands
+        self.say(
+            f"Wristbands   {len(self.cards)} genuine NTAG 424 DNA (virtual), programmed as"
+            f" `card program` does in {time.monotonic() - started_s:.1f} s;"
+            " FESTIVAL_CARD_AUTH=sun: every tap's SUN message is checked"
+        )
 
     def portal_login(self, card_uid: str) -> str:
         """`festival-cloud card pin UID`, as the info desk runs it for a band printed on site:
@@ -924,6 +985,8 @@ class Demo:
             self._refused(
                 status == 400, f"{bars[0].kiosk_id}: 99 returned cups refused by the kiosk", reply
             )
+        if bars and self.wristbands is not None:
+            self._a_copied_uid(bars[0])
         self._refused(
             self._shared_subscription_refused(SPARE_KIOSK_ID),
             f"the MQTT password of kiosk {SPARE_KIOSK_ID} (a spare Pi's SD card) cannot join the "
@@ -937,6 +1000,31 @@ class Demo:
             {"card_uid": self.cards[0], "amount_cents": 100_000},
         )
         self._refused(status == 201, "the online checkout reveals no balance (201)", reply)
+
+    def _a_copied_uid(self, bar: DemoKiosk) -> None:
+        """(1.1) Someone copied an attendee's UID onto a UID-only card (any phone prints the
+        UID): at a bar the copy buys nothing, CARD_NOT_GENUINE; the attendee's own band,
+        tapped next, still pays."""
+        victim = self.known_cards()[-1]
+        entry = {"items": [{"sku": DEMO_DEBT_SKU, "quantity": 1}], "staff_id": "ben"}
+        try:
+            copy = bar.transact(entry, victim, genuine=False)
+            real = bar.transact(entry, victim)
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"copied UID: {error}")
+            return
+        self.tally.record("bar", copy, 0)
+        self.tally.record("bar", real, int((real or {}).get("amount_cents") or 0))
+        refused = (copy or {}).get("error_code") == "CARD_NOT_GENUINE"
+        self._refused(
+            refused and bool((real or {}).get("approved")),
+            f"a copy of wristband {victim}'s UID on a UID-only card at {bar.kiosk_id}:"
+            " CARD_NOT_GENUINE; the attendee's own band then paid",
+            {"copy": copy, "real": real},
+        )
+        if refused:
+            with self.tally.lock:
+                self.tally.clone_refused = True
 
     def _refused(self, refused: bool, what: str, reply: object) -> None:
         if refused:
@@ -1082,6 +1170,7 @@ class Demo:
             else "",
             "debt paid by a later top-up" if self.tally.debt_paid else "",
             f"payouts ({self.tally.payouts} attendees paid back)" if self.tally.payouts else "",
+            "genuine wristbands (a copied UID refused)" if self.tally.clone_refused else "",
         ]
         self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))
         if violations:
@@ -1121,6 +1210,8 @@ class Demo:
             child.stop()
         if self.stripe is not None:
             self.stripe.stop()
+        if self.wristbands is not None:
+            self.wristbands.close()
         if self.broker is not None:
             self.broker.stop()
         if self.postgres is not None:
@@ -1152,6 +1243,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="payments per second offered over all kiosks (default 8)",
     )
     parser.add_argument("--fresh", action="store_true", help="delete the demo's data first")
+    parser.add_argument(
+        "--card-auth",
+        choices=["sun", "uid"],
+        default="sun",
+        help="sun (default): genuine NTAG 424 DNA wristbands, every tap's SUN message checked; "
+        "uid: a wristband is its UID",
+    )
     return parser
 
 
@@ -1168,7 +1266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(os.environ.get("FESTIVAL_DEMO_DIR", DEMO_ROOT_DEFAULT)).resolve()
     if args.fresh and root.exists():
         shutil.rmtree(root)
-    demo = Demo(root, args.kiosks, args.cards, args.rate)
+    demo = Demo(root, args.kiosks, args.cards, args.rate, card_auth=args.card_auth)
     signal.signal(signal.SIGTERM, lambda *_: demo.stop.set())
     violations: list[str] = ["the demo did not run"]
     try:

@@ -127,10 +127,24 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert offline and int(offline.group(1)) >= 1, output
     # Issue 11's holes, tried from outside during the run and refused (docs/security.md).
     assert "NOT refused" not in output, output
-    for attack in ("99 returned cups", "$share subscription", "reveals no balance"):
+    for attack in (
+        "99 returned cups",
+        "$share subscription",
+        "reveals no balance",
+        "UID on a UID-only card at bar-1: CARD_NOT_GENUINE; the attendee's own band then paid",
+    ):
         assert any(line.startswith("(attack refused: ") and attack in line for line in lines), (
             output
         )
+    # Issue 15 §5: sun mode by default, every band a programmed virtual NTAG 424 DNA; the copy
+    # is the one CARD_NOT_GENUINE of the run (no genuine band was taken for a replay).
+    assert re.search(
+        r"^Wristbands   12 genuine NTAG 424 DNA \(virtual\), programmed as `card program`",
+        output,
+        re.M,
+    ), output
+    assert re.search(r"^  CARD_NOT_GENUINE +1$", output, re.M), output
+    assert "genuine wristbands (a copied UID refused)" in output, output
     _nothing_left_running(output, tmp_path / "demo")
 
 
@@ -156,4 +170,6 @@ def test_demo_stops_cleanly_on_ctrl_c_and_keeps_its_data(tmp_path: Path) -> None
     reader.join(timeout=10)
     output = "".join(lines)
     assert "ledger check: passed" in output
+    # The second run's bands start above the counters the cloud accepted in the first.
+    assert not re.search(r"^  CARD_NOT_GENUINE +([2-9]|\d\d)", output, re.M), output
     _nothing_left_running(output, tmp_path / "demo")
