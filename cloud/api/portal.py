@@ -332,6 +332,8 @@ async def card(request: Request) -> Response:
     body = {
         **document,
         "payouts": payouts,
+        # What a payout would keep (FESTIVAL_PAYOUT_FEE_CENTS): the page says so before.
+        "payout_fee_cents": portal.payout_fee_cents,
         "currency": portal.currency,
         "session": session,
     }
