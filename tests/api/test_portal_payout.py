@@ -13,16 +13,18 @@ from typing import Any
 
 import pytest
 import requests
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from cloud.api import create_app
 from cloud.keys import generate_card_master_key, save_card_master_key
 from cloud.ledger import Ledger
 from cloud.payouts import PayoutStore
+from cloud.settings import CloudSettings
 from cloud.stripe_fake import FakeStripe, checkout_session_completed_event
 from protocol.models import OfflinePolicy
 from protocol.sun import CardKeyDerivation, sun_message
-from tests.api.conftest import PostEvent, make_settings, scalar
+from tests.api.conftest import PostEvent, admin_headers, make_settings, scalar
 from tests.api.live import serve
 from tests.api.stripe_helpers import our_paid_session
 from tests.api.test_portal import (
@@ -368,3 +370,61 @@ def test_a_pin_session_needs_no_pin_again(
     http = _logged_in(sun_base_url)
     answer = request_payout(sun_base_url, http, {"iban": IBAN, "account_holder": "Ada"})
     assert answer.status_code == 201, answer.text
+
+
+def _liability(client: TestClient) -> dict[str, Any]:
+    answer = client.get("/api/reports/liability", headers=admin_headers())
+    assert answer.status_code == 200, answer.text
+    report: dict[str, Any] = answer.json()
+    assert report["reconciled"] is True
+    return report
+
+
+def test_a_payout_request_moves_money_from_balances_to_pending_payouts(
+    settings: CloudSettings,
+    client: TestClient,
+    post_event: PostEvent,
+    api_ledger: Ledger,
+    ledger: Ledger,
+    engine: Engine,
+) -> None:
+    """The liability (GET /api/reports/liability) is the same before and after the request: the
+    balance became payouts not yet paid (no donation, no fee here), and stays the same when the
+    bank part fails and its money goes back to the card."""
+    give_pin(engine)
+    session = our_paid_session(ledger, UID, 1_000)
+    assert post_event(checkout_session_completed_event(session)).status_code == 200
+    assert ledger.apply(recharge(UID, 3_000)).approved
+    assert ledger.apply(bar_order(UID, ("Beer", 2, 450))).approved
+    before = _liability(client)
+    assert before["card_balances_cents"] == 3_100 and before["payouts_pending_cents"] == 0
+    with serve(create_app(settings, ledger=api_ledger, limits=portal_limits())) as base_url:
+        answer = request_payout(
+            base_url, _logged_in(base_url), {"iban": IBAN, "account_holder": "Ada"}
+        )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["fee_cents"] == 0, "FESTIVAL_PAYOUT_FEE_CENTS defaults to 0"
+    after = _liability(client)
+    assert after["liability_cents"] == before["liability_cents"]
+    assert after["card_balances_cents"] == 0 and after["payouts_pending_cents"] == 3_100
+    store = PayoutStore(engine)
+    [bank] = [part for part in store.list(card_uid=UID) if part.kind == "bank"]
+    assert bank.amount_cents == 2_100
+    assert store.fail(bank.payout_id, "account closed") is not None
+    returned = _liability(client)
+    assert returned["liability_cents"] == before["liability_cents"]
+    assert returned["card_balances_cents"] == 2_100 and returned["payouts_pending_cents"] == 1_000
+
+
+def test_the_liability_subtracts_debts(client: TestClient, ledger: Ledger) -> None:
+    ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+    policy = OfflinePolicy(sale_max_cents=2_000, card_max_cents=4_000, kiosk_max_cents=1_500)
+    version = ledger.issue_kiosk_config("bar-1", offline=policy)
+    assert version is not None
+    ledger.mark_config_published("bar-1", version)
+    assert ledger.apply(recharge(UID, 500)).approved
+    sold = ledger.apply(bar_order(UID, ("Beer", 3, 600), config_version=version, offline=True))
+    assert sold.approved
+    report = _liability(client)
+    assert (report["card_balances_cents"], report["debts_cents"]) == (0, 1_300)
+    assert report["liability_cents"] == -1_300
