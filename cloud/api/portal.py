@@ -433,14 +433,17 @@ async def _check_payout_pin(
     request: Request, portal: PortalContext, card_uid: str, pin: str
 ) -> bool:
     """The PIN of a `tap` session's payout, checked like a login: the same per-card lockout
-    (429 while locked), the same slow check. A right PIN opens a throwaway `pin` session (what
-    sp_portal_login_finish does), revoked at once: the tap session stays what it was."""
+    (429 while locked) and per-client limit, the same slow check. A right PIN opens a throwaway
+    `pin` session (what sp_portal_login_finish does), revoked at once: the tap session stays
+    what it was."""
     services = services_of(request)
     limits = portal.limits
     lockout = {
         "window_s": limits.portal_lockout_window_s,
         "failures_max": limits.portal_lockout_failures_max,
     }
+    # The per-client limit of logins too: a PIN check is a login attempt.
+    await _take_login_token(request, portal)
     start = await services.ledger_call(
         "portal_login_begin", portal.store.login_begin, card_uid, **lockout
     )
