@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from cloud.settings import CloudSettings
 
 
+# A card's payout requests as the portal shows them (PayoutStore.card_requests): named here,
+# because inside PayoutStore `list` is its method.
+RequestDocuments = list[dict[str, Any]]
+
+
 class PayoutRefused(Exception):
     """409 at the API: no balance, a debt, an unfinished payout or an open dispute."""
 
@@ -107,6 +112,58 @@ class PayoutStore:
                 {"state": state, "card": card_uid},
             ).all()
         return [PayoutPart(*row) for row in rows]
+
+    def card_requests(self, card_uid: str) -> RequestDocuments:
+        """The card's payout requests, newest first, for the attendee's page: each with its
+        parts (kind, amount, state) and the request's state (`request_state`). The IBAN only as
+        its last four characters: a phone that merely touched the band sees no account."""
+        with translate_errors(), self._engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT request_id::text, kind, amount_cents, state, iban,"
+                    " to_char(min(created_at) OVER (PARTITION BY request_id) AT TIME ZONE 'UTC',"
+                    '         \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\') AS requested_at,'
+                    " to_char(updated_at AT TIME ZONE 'UTC',"
+                    '         \'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"\') AS updated_at'
+                    " FROM payouts WHERE card_uid = :card"
+                    " ORDER BY created_at DESC, request_id DESC, kind, payout_id"
+                ),
+                {"card": card_uid},
+            ).all()
+        requests: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            request = requests.setdefault(
+                row.request_id,
+                {
+                    "payout_id": row.request_id,
+                    "requested_at": row.requested_at,
+                    "amount_cents": 0,
+                    "parts": [],
+                },
+            )
+            request["amount_cents"] += int(row.amount_cents)
+            part: dict[str, Any] = {
+                "kind": row.kind,
+                "amount_cents": int(row.amount_cents),
+                "state": row.state,
+                "updated_at": row.updated_at,
+            }
+            if row.iban:
+                part["iban_end"] = str(row.iban)[-4:]
+            request["parts"].append(part)
+        for request in requests.values():
+            request["state"] = request_state([part["state"] for part in request["parts"]])
+        return list(requests.values())
+
+
+def request_state(part_states: list[str]) -> str:
+    """One word for a whole request: `pending` while a part is pending or exported, else
+    `failed` when a part failed, else `paid`."""
+    if any(state in ("pending", "exported") for state in part_states):
+        return "pending"
+    if "failed" in part_states:
+        return "failed"
+    return "paid"
 
 
 # A valid German test IBAN (the Bundesbank's documentation example): the demo's attendees.

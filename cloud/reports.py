@@ -257,8 +257,14 @@ SELECT (SELECT count(*) FROM cards) AS cards,
        (SELECT coalesce(sum(d.balance_cents), 0)
           FROM deposit_balances d JOIN accounts a ON a.account_id = d.account_id
          WHERE a.name = 'deposit:cups') AS deposits_cents,
-       0::bigint AS payouts_pending_cents,
-       0::bigint AS debts_cents,
+       -- (0015) Money that left a card for a payout and has not reached the attendee yet:
+       -- Stripe and bank parts pending or exported (a donation and a fee are paid at once; a
+       -- failed part is back on its card).
+       (SELECT coalesce(sum(o.amount_cents), 0) FROM payouts o
+         WHERE o.kind IN ('stripe', 'bank')
+           AND o.state IN ('pending', 'exported')) AS payouts_pending_cents,
+       -- (0013) What offline sales left cards owing.
+       (SELECT coalesce(sum(debt_cents), 0) FROM cards) AS debts_cents,
        now() AS generated_at
 """
 

@@ -92,6 +92,9 @@ class CloudSettings(BaseSettings):
     festival_return_max_cents: int = Field(
         default=RETURN_CENTS_MAX_DEFAULT, ge=0, le=ORDER_TOTAL_CENTS_MAX
     )
+    # (1.1) What a payout keeps for the festival (DESIGN.md payout rules): taken after the
+    # donation, never more than what is left of the balance; 0 = no fee.
+    festival_payout_fee_cents: int = Field(default=0, ge=0, le=10**11)
     # (1.1) The default offline policy put in every kiosk's config at `kiosk add` (PROTOCOL.md
     # "Offline sales"); a sale maximum of 0 means no offline sales (the config's `offline` is null).
     festival_offline_sale_max_cents: int = Field(default=2000, ge=0, le=ORDER_TOTAL_CENTS_MAX)

@@ -102,3 +102,13 @@ def test_the_return_limit_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("FESTIVAL_RETURN_MAX_CENTS", bad)
         with pytest.raises(ValueError, match="festival_return_max_cents"):
             CloudSettings()
+
+
+def test_the_payout_fee_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CloudSettings().festival_payout_fee_cents == 0
+    monkeypatch.setenv("FESTIVAL_PAYOUT_FEE_CENTS", "150")
+    assert CloudSettings().festival_payout_fee_cents == 150
+    for bad in ("-1", "1.50", "100000000001"):
+        monkeypatch.setenv("FESTIVAL_PAYOUT_FEE_CENTS", bad)
+        with pytest.raises(ValueError, match="festival_payout_fee_cents"):
+            CloudSettings()

@@ -220,6 +220,7 @@ def _portal_context(
     settings: CloudSettings, engine: Any, limits: ApiLimits
 ) -> portal.PortalContext:
     """The attendee portal's store and login limit (issue 16), on the API's own engine."""
+    from cloud.payouts import PayoutStore
     from cloud.portal import PortalStore
 
     limiter = SharedRateLimiter(
@@ -237,6 +238,8 @@ def _portal_context(
         limits,
         portal_url=settings.festival_portal_url,
         currency=settings.festival_currency,
+        payouts=PayoutStore(engine),
+        payout_fee_cents=settings.festival_payout_fee_cents,
     )
 
 

@@ -279,6 +279,10 @@ def monitoring_offline(request: Request) -> JSONResponse:
     return json_response(services_of(request).queries.offline_overview())
 
 
+def monitoring_payouts(request: Request) -> JSONResponse:
+    return json_response(services_of(request).queries.payouts_overview())
+
+
 def sun_summary(services: Any, now: datetime) -> dict[str, Any]:
     """(1.1) Genuine wristbands on the dashboard: SUN failures of the last hour by reason, and
     the cloning alarm, raised when the stale-counter failures of the last window outnumber
@@ -337,6 +341,8 @@ def dashboard_data(
         "return_alerts": queries.return_alerts(),
         # (1.1) offline sales: exposure, synced today, open debts (GET /api/monitoring/offline)
         "offline": queries.offline_overview(),
+        # (1.1) payouts after the festival (GET /api/monitoring/payouts)
+        "payouts": queries.payouts_overview(),
         "sun": sun_summary(services, now),
     }
     return json_response(body)
@@ -432,6 +438,13 @@ def router() -> APIRouter:
         monitoring_offline,
         methods=["GET"],
         summary="Offline sales: kiosks offline now, worst-case exposure, synced today, debts",
+        responses=unauthorized,
+    )
+    admin.add_api_route(
+        "/api/monitoring/payouts",
+        monitoring_payouts,
+        methods=["GET"],
+        summary="Payouts: parts by state (count, total), the refund queue, what is kept, failures",
         responses=unauthorized,
     )
     admin.add_api_route(

@@ -18,8 +18,15 @@ Sec-Fetch-Site, an Origin of the portal itself and no `cross-site`. Login is pro
 other site can log a visitor into a card of its choosing.
 
 A session records how it was opened: `pin`, or `tap` (a genuine wristband touched by a phone,
-GET /t, later). Both can look and block; a payout (phase 2) will also need the PIN from a `tap`
-session.
+GET /t). Both can look and block; a payout (POST /api/portal/payout) also needs the PIN from a
+`tap` session, checked like a login (the same lockout: a tapped phone cannot guess PINs faster
+than a login could).
+
+A payout's request key is derived from the card's state, not sent by the page: `portal:` and the
+newest transaction on the card that is not a payout. Two tabs (two concurrent POSTs, or the
+second after the first) name the same key, so sp_payout_request returns the first request; money
+that reaches the card later (a failed part coming back, a late credit) is a new transaction,
+hence a new key and a new request.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -56,7 +64,9 @@ from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.ratelimit import retry_after_header
 from cloud.api.services import RateLimiter, services_of
 from cloud.api.topups import client_key, is_json, normalise_wristband_number
+from cloud.database import IntegrityError
 from cloud.limits import PIN_LENGTH_MAX
+from cloud.payouts import PayoutInvalid, PayoutRefused, PayoutStore, valid_iban
 from cloud.portal import PortalStore, check_pin, new_session_token
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.limits import CARD_UID_PATTERN
@@ -86,6 +96,9 @@ class PortalContext:
     currency: str
     # A threading semaphore: the app may serve from more than one event loop (tests do).
     pin_checks: threading.BoundedSemaphore
+    payouts: PayoutStore | None = None
+    # FESTIVAL_PAYOUT_FEE_CENTS
+    payout_fee_cents: int = 0
 
     @property
     def secure(self) -> bool:
@@ -108,6 +121,8 @@ def build_context(
     *,
     portal_url: str,
     currency: str,
+    payouts: PayoutStore | None = None,
+    payout_fee_cents: int = 0,
 ) -> PortalContext:
     return PortalContext(
         store=store,
@@ -116,6 +131,8 @@ def build_context(
         portal_url=portal_url,
         currency=currency,
         pin_checks=threading.BoundedSemaphore(PORTAL_PIN_CHECKS_IN_FLIGHT_MAX),
+        payouts=payouts,
+        payout_fee_cents=payout_fee_cents,
     )
 
 
@@ -307,10 +324,16 @@ async def card(request: Request) -> Response:
         "kind": document.pop("session_kind"),
         "expires_at": document.pop("session_expires_at"),
     }
+    payouts: list[dict[str, Any]] = []
+    if portal.payouts is not None:
+        payouts = await services.ledger_call(
+            "portal_payouts", portal.payouts.card_requests, document["card_uid"]
+        )
     body = {
         **document,
-        # Phase 2 fills this with the card's payouts and their results.
-        "payouts": [],
+        "payouts": payouts,
+        # What a payout would keep (FESTIVAL_PAYOUT_FEE_CENTS): the page says so before.
+        "payout_fee_cents": portal.payout_fee_cents,
         "currency": portal.currency,
         "session": session,
     }
@@ -332,6 +355,202 @@ async def block(request: Request) -> Response:
         extra={"context": {"card_uid": card_uid, "reason": PORTAL_BLOCK_REASON}},
     )
     return _no_store(JSONResponse({"card_uid": card_uid, "status": "blocked"}))
+
+
+# --- the payout ----------------------------------------------------------------------------------
+
+PAYOUT_FIELDS: Final = frozenset({"iban", "account_holder", "email", "donate_cents", "pin"})
+# The account holder's name as a SEPA file carries it (pain.001: at most 70 characters).
+ACCOUNT_HOLDER_LENGTH_MAX: Final = 70
+EMAIL_LENGTH_MAX: Final = 254
+_EMAIL_SHAPE: Final = re.compile(r"\A[^@\s]{1,64}@[^@\s]+\.[^@\s.]+\Z")
+DONATION_CENTS_MAX: Final = 10**11
+# Transactions read to find the newest one that is not a payout: a payout needs a balance, which
+# only another transaction brings, so the second newest at the latest is one.
+_KEY_TRANSACTIONS: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutForm:
+    iban: str | None
+    account_holder: str | None
+    email: str | None
+    donate_cents: int
+    pin: str | None
+
+
+def _optional_string(document: dict[str, Any], name: str, length_max: int) -> str | None:
+    value = document.get(name)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _invalid(f"{name} must be a string")
+    if any(unicodedata.category(char).startswith("C") for char in value):
+        raise _invalid(f"{name} has control characters")
+    value = value.strip()
+    if len(value) > length_max:
+        raise _invalid(f"{name} is longer than {length_max} characters")
+    return value or None
+
+
+async def _payout_form(request: Request) -> PayoutForm:
+    """The body, every field checked (400 otherwise, before anything is read or written)."""
+    if not is_json(request.headers.get("content-type")):
+        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
+    try:
+        document = loads_strict(await request.body())
+    except ProtocolError as error:
+        raise _invalid(error.message) from None
+    if type(document) is not dict:
+        raise _invalid("body must be a JSON object")
+    unknown = sorted(set(document) - PAYOUT_FIELDS)
+    if unknown:
+        raise _invalid(f"unknown fields: {', '.join(unknown)}")
+    iban = _optional_string(document, "iban", PORTAL_FIELD_LENGTH_MAX)
+    if iban is not None:
+        compact = valid_iban(iban)
+        if compact is None:
+            raise _invalid("the IBAN is not valid (check its digits)")
+        iban = compact
+    holder = _optional_string(document, "account_holder", ACCOUNT_HOLDER_LENGTH_MAX)
+    email = _optional_string(document, "email", EMAIL_LENGTH_MAX)
+    if email is not None and not _EMAIL_SHAPE.match(email):
+        raise _invalid("the email address is not valid")
+    donate = document.get("donate_cents")
+    if donate is None:
+        donate = 0
+    if type(donate) is not int or not 0 <= donate <= DONATION_CENTS_MAX:
+        raise _invalid("donate_cents must be a whole number of cents, 0 or more")
+    pin = document.get("pin")
+    if pin is not None:
+        if type(pin) is not str or len(pin) > PORTAL_FIELD_LENGTH_MAX:
+            raise _invalid("pin must be a string")
+        pin = pin.strip().upper()[: PIN_LENGTH_MAX + 1]
+    return PayoutForm(iban, holder, email, donate, pin)
+
+
+async def _check_payout_pin(
+    request: Request, portal: PortalContext, card_uid: str, pin: str
+) -> bool:
+    """The PIN of a `tap` session's payout, checked like a login: the same per-card lockout
+    (429 while locked) and per-client limit, the same slow check. A right PIN opens a throwaway
+    `pin` session (what sp_portal_login_finish does), revoked at once: the tap session stays
+    what it was."""
+    services = services_of(request)
+    limits = portal.limits
+    lockout = {
+        "window_s": limits.portal_lockout_window_s,
+        "failures_max": limits.portal_lockout_failures_max,
+    }
+    # The per-client limit of logins too: a PIN check is a login attempt.
+    await _take_login_token(request, portal)
+    start = await services.ledger_call(
+        "portal_login_begin", portal.store.login_begin, card_uid, **lockout
+    )
+    if not start.allowed:
+        raise ApiError(
+            429,
+            RATE_LIMITED,
+            "too many wrong PINs for this wristband, try again later",
+            headers={"Retry-After": str(max(1, start.retry_after_s))},
+        )
+    ok = await _check_pin(portal, pin, start.pin_hash)
+    throwaway = new_session_token()
+    expires_at = await services.ledger_call(
+        "portal_login_finish",
+        portal.store.login_finish,
+        card_uid,
+        ok=ok,
+        token=throwaway,
+        ttl_s=limits.portal_session_ttl_s,
+        **lockout,
+    )
+    if expires_at is not None:
+        await services.ledger_call("portal_logout", portal.store.logout, throwaway)
+        return True
+    return False
+
+
+def _request_key(document: dict[str, Any]) -> str:
+    for transaction in document["transactions"]:
+        if transaction["kind"] != "payout":
+            return f"portal:{transaction['transaction_id']}"
+    return "portal:none"
+
+
+async def payout(request: Request) -> Response:
+    services = services_of(request)
+    portal = portal_of(request)
+    require_same_origin(request, portal)
+    token = session_token(request, portal)
+    form = await _payout_form(request)
+    if portal.payouts is None:
+        raise ApiError(503, SERVICE_UNAVAILABLE, "payouts are not available")
+    document = await services.ledger_call(
+        "portal_card", portal.store.card, token, transactions_max=_KEY_TRANSACTIONS
+    )
+    if document is None:
+        raise ApiError(401, UNAUTHORIZED, "not logged in (or the session expired)")
+    card_uid: str = document["card_uid"]
+    if document["session_kind"] != "pin":
+        if form.pin is None:
+            raise ApiError(403, "PIN_REQUIRED", "enter the PIN printed on the wristband")
+        if not await _check_payout_pin(request, portal, card_uid, form.pin):
+            log.info("portal payout: wrong PIN", extra={"context": {"card_uid": card_uid}})
+            raise ApiError(403, "PIN_REQUIRED", "wrong PIN")
+    try:
+        outcome = await services.ledger_call(
+            "payout_request",
+            portal.payouts.request,
+            card_uid,
+            iban=form.iban,
+            account_holder=form.account_holder,
+            donate_cents=form.donate_cents,
+            fee_cents=portal.payout_fee_cents,
+            request_key=_request_key(document),
+        )
+    except PayoutRefused as refused:
+        raise ApiError(409, "PAYOUT_REFUSED", str(refused)) from None
+    except PayoutInvalid as invalid:
+        raise _invalid(str(invalid)) from None
+    except IntegrityError:
+        # sp_payout_request's check_violation: a bank part is left and the IBAN or the holder
+        # is missing. Its transaction rolled back: nothing changed.
+        raise _invalid(
+            "the rest goes by bank transfer: it needs a valid iban and the account_holder"
+        ) from None
+    status = "pending"
+    if outcome["status"] == "replayed":
+        parts = await services.ledger_call("portal_payouts", portal.payouts.card_requests, card_uid)
+        status = next(
+            (p["state"] for p in parts if p["payout_id"] == str(outcome["payout_id"])), status
+        )
+    log.warning(
+        "payout requested by the holder",
+        extra={
+            "context": {
+                "card_uid": card_uid,
+                "payout_id": str(outcome["payout_id"]),
+                "amount_cents": outcome["amount_cents"],
+                "replayed": outcome["status"] == "replayed",
+            }
+        },
+    )
+    body = {
+        "payout_id": str(outcome["payout_id"]),
+        "status": status,
+        **{
+            name: int(outcome[name])
+            for name in (
+                "amount_cents",
+                "donation_cents",
+                "fee_cents",
+                "stripe_refund_cents",
+                "bank_transfer_cents",
+            )
+        },
+    }
+    return _no_store(JSONResponse(body, status_code=201))
 
 
 def portal_page() -> HTMLResponse:
@@ -413,5 +632,45 @@ def router() -> APIRouter:
         summary="The holder reports the wristband lost: blocked at once",
         response_class=JSONResponse,
         responses={**_SESSION_RESPONSES, **_CSRF_RESPONSES},
+    )
+    routes.add_api_route(
+        "/api/portal/payout",
+        payout,
+        methods=["POST"],
+        summary="Pay the whole balance out: donation, fee, Stripe refunds, bank transfer",
+        response_class=JSONResponse,
+        status_code=201,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "iban": {"type": "string", "maxLength": 64},
+                                "account_holder": {
+                                    "type": "string",
+                                    "maxLength": ACCOUNT_HOLDER_LENGTH_MAX,
+                                },
+                                "email": {"type": "string", "maxLength": EMAIL_LENGTH_MAX},
+                                "donate_cents": {"type": "integer", "minimum": 0},
+                                "pin": {"type": "string", "maxLength": 64},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": {"description": "the payout request (a repeated one: the first)"},
+                "400": {"description": "an invalid field; nothing changed"},
+                "403": {"description": "a tap session without the right PIN, or CSRF"},
+                "409": {"description": "no balance, a debt, an open dispute, an unfinished payout"},
+                "415": {"description": "not JSON"},
+                "429": {"description": "this card is locked out (wrong PINs)"},
+                **{str(code): value for code, value in _SESSION_RESPONSES.items()},
+            },
+        },
     )
     return routes

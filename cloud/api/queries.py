@@ -367,6 +367,82 @@ class DashboardQueries:
         )
         return totals
 
+    def payouts_overview(self) -> dict[str, Any]:
+        """GET /api/monitoring/payouts (issue 16 §2, the operator's view): the payout parts by
+        kind and state with their count and total, the refund queue (Stripe parts still to
+        refund), what the festival keeps (donations, fees), and the newest failed parts with
+        the reason their failure was recorded with."""
+        parts = self._rows(
+            """
+            SELECT kind, state, count(*) AS count, coalesce(sum(amount_cents), 0) AS amount_cents
+              FROM payouts GROUP BY kind, state ORDER BY kind, state
+            """
+        )
+        requests = self._rows("SELECT count(DISTINCT request_id) AS count FROM payouts")[0]
+        failures = self._rows(
+            """
+            SELECT o.payout_id::text AS payout_id, o.request_id::text AS request_id,
+                   o.card_uid, o.kind, o.amount_cents, a.reason, a.at AS failed_at
+              FROM payouts o
+              LEFT JOIN LATERAL (
+                   SELECT u.reason, u.at FROM payout_audit u
+                    WHERE u.payout_id = o.payout_id AND u.to_state = 'failed'
+                    ORDER BY u.audit_id DESC LIMIT 1) a ON true
+             WHERE o.state = 'failed'
+             ORDER BY a.at DESC NULLS LAST, o.payout_id
+             LIMIT :rows
+            """,
+            rows=DASHBOARD_ROWS_MAX,
+        )
+
+        def total(rows: list[dict[str, Any]]) -> dict[str, int]:
+            return {
+                "count": sum(int(row["count"]) for row in rows),
+                "amount_cents": sum(int(row["amount_cents"]) for row in rows),
+            }
+
+        by_state = {
+            state: total([row for row in parts if row["state"] == state])
+            for state in ("pending", "exported", "paid", "failed")
+        }
+        return {
+            "requests": int(requests["count"]),
+            "by_state": by_state,
+            "by_kind_and_state": [
+                {
+                    "kind": str(row["kind"]),
+                    "state": str(row["state"]),
+                    "count": int(row["count"]),
+                    "amount_cents": int(row["amount_cents"]),
+                }
+                for row in parts
+            ],
+            "refund_queue": total(
+                [row for row in parts if row["kind"] == "stripe" and row["state"] == "pending"]
+            ),
+            "bank_transfers_to_export": total(
+                [row for row in parts if row["kind"] == "bank" and row["state"] == "pending"]
+            ),
+            "kept": {
+                "donation_cents": total([row for row in parts if row["kind"] == "donation"])[
+                    "amount_cents"
+                ],
+                "fee_cents": total([row for row in parts if row["kind"] == "fee"])["amount_cents"],
+            },
+            "failures": [
+                {
+                    "payout_id": str(row["payout_id"]),
+                    "request_id": str(row["request_id"]),
+                    "card_uid": str(row["card_uid"]),
+                    "kind": str(row["kind"]),
+                    "amount_cents": int(row["amount_cents"]),
+                    "reason": row["reason"],
+                    "failed_at": _iso(row["failed_at"]),
+                }
+                for row in failures
+            ],
+        }
+
     def offline_overview(self) -> dict[str, Any]:
         """GET /api/monitoring/offline (DESIGN.md): the enabled kiosks offline now with the
         kiosk_max_cents of the newest config published to each (what it can be selling

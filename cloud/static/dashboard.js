@@ -211,6 +211,30 @@
     chart.setAttribute("data-points", String(points.length));
   }
 
+  // (1.1) Payouts after the festival: parts by state, the Stripe refund queue, the failures.
+  function renderPayouts(payouts) {
+    if (!payouts) { return; }
+    var states = payouts.by_state;
+    function tile(id, figures, text) {
+      $(id).textContent = money(figures.amount_cents);
+      $(id + "-sub").textContent = plural(figures.count, "part") + text;
+    }
+    tile("payouts-pending", states.pending, " to pay, of " + plural(payouts.requests, "request"));
+    tile("payouts-refunds", payouts.refund_queue, " to refund through Stripe");
+    tile("payouts-exported", states.exported, " in a SEPA file, not yet paid");
+    tile("payouts-paid", states.paid, "; kept: " + money(payouts.kept.donation_cents) +
+      " donations, " + money(payouts.kept.fee_cents) + " fees");
+    tile("payouts-failed", states.failed, " (money back on the cards)");
+    $("payouts-failed").parentNode.classList.toggle("alert", states.failed.count > 0);
+    fillTable("payout-failures-table", payouts.failures, function (tr, failure) {
+      cell(tr, failure.failed_at ? time(failure.failed_at) : "–");
+      cell(tr, failure.card_uid);
+      cell(tr, failure.kind);
+      cell(tr, money(failure.amount_cents), "num");
+      cell(tr, failure.reason || "");
+    }, "No failed payout", 5);
+  }
+
   // (1.1) Offline sales: what the offline kiosks may be selling (their kiosk_max_cents summed),
   // what came back today, what attendees owe, and the kiosks past the 24-hour bound.
   function renderOffline(offline) {
@@ -263,6 +287,7 @@
     $("error-total").textContent = failed + " of " + total + " declined or rejected";
 
     renderOffline(data.offline);
+    renderPayouts(data.payouts);
     drawChart(points);
     fillTable("kiosks", data.kiosks, function (row, kiosk) {
       cell(row, kiosk.kiosk_id);

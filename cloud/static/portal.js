@@ -140,6 +140,138 @@
       list.appendChild(describe(transaction, card.currency));
     });
     show("history-empty", card.transactions.length === 0);
+    renderPayouts(card);
+  }
+
+  // --- payouts ------------------------------------------------------------------------------
+
+  function payoutUnderWay(card) {
+    return (card.payouts || []).some(function (payout) { return payout.state === "pending"; });
+  }
+
+  function describePart(part, currency) {
+    var line = document.createElement("span");
+    line.className = "part";
+    var what = document.createElement("span");
+    what.textContent = t("part_" + part.kind, { end: part.iban_end || "" }) + " · ";
+    var state = document.createElement("span");
+    state.className = "state-" + part.state;
+    state.textContent = t("state_" + part.state);
+    what.appendChild(state);
+    var amount = document.createElement("span");
+    amount.textContent = money(part.amount_cents, currency, false);
+    line.appendChild(what);
+    line.appendChild(amount);
+    return line;
+  }
+
+  function describePayout(payout, currency) {
+    var item = document.createElement("li");
+    item.className = "payout";
+    var what = document.createElement("span");
+    what.className = "what";
+    what.textContent = t("payout_requested", { amount: money(payout.amount_cents, currency, false) });
+    var state = document.createElement("span");
+    state.className = "amount state-" + payout.state;
+    state.textContent = t("state_" + payout.state);
+    var moment = document.createElement("span");
+    moment.className = "when";
+    moment.textContent = when(payout.requested_at);
+    item.appendChild(what);
+    item.appendChild(state);
+    item.appendChild(moment);
+    payout.parts.forEach(function (part) { item.appendChild(describePart(part, currency)); });
+    return item;
+  }
+
+  function renderPayouts(card) {
+    var payouts = card.payouts || [];
+    var list = $("payouts");
+    while (list.firstChild) { list.removeChild(list.firstChild); }
+    payouts.forEach(function (payout) { list.appendChild(describePayout(payout, card.currency)); });
+    show("payouts-section", payouts.length > 0);
+    var offered = card.balance_cents > 0 && card.debt_cents === 0 && !payoutUnderWay(card);
+    show("payout-section", offered);
+    if (!offered) { show("payout-confirm", false); }
+    var fee = card.payout_fee_cents || 0;
+    $("payout-fee").textContent = fee > 0 ? t("payout_fee", { amount: money(fee, card.currency, false) }) : "";
+    show("payout-fee", fee > 0);
+    show("payout-pin-line", Boolean(card.session && card.session.kind === "tap"));
+  }
+
+  // "2", "2.5", "2,50" -> 250 cents, by string arithmetic (never through a float); null when
+  // it is not an amount.
+  function cents(text) {
+    var value = String(text).trim();
+    if (value === "") { return 0; }
+    var match = /^(\d{1,9})(?:[.,](\d{1,2}))?$/.exec(value);
+    if (!match) { return null; }
+    var fraction = (match[2] || "") + "00";
+    return Number(match[1]) * 100 + Number(fraction.slice(0, 2));
+  }
+
+  function payoutFailed(answer) {
+    var error = String(answer.data.error || "");
+    if (answer.status === 400) {
+      if (/iban/i.test(error) && /not valid/.test(error)) { return t("payout_error_iban"); }
+      if (/bank transfer|account_holder/.test(error)) { return t("payout_error_holder"); }
+      if (/donat/.test(error)) { return t("payout_error_donation"); }
+      if (/email/.test(error)) { return t("payout_error_email"); }
+      return t("payout_error_invalid");
+    }
+    if (answer.status === 409) {
+      return /debt/.test(error) ? t("payout_error_debt") : t("payout_error_refused");
+    }
+    if (answer.status === 403) { return t("payout_error_pin"); }
+    if (answer.status === 429) {
+      var minutes = Math.max(1, Math.ceil(Number(answer.retryAfter || 60) / 60));
+      return t("error_locked", { minutes: minutes });
+    }
+    return t("error_network");
+  }
+
+  function payoutError(message) {
+    $("payout-error").textContent = message || "";
+    show("payout-error", Boolean(message));
+  }
+
+  function payoutBody() {
+    var body = {};
+    var donation = cents($("payout-donation").value);
+    if (donation === null) { return null; }
+    if (donation > 0) { body.donate_cents = donation; }
+    [["iban", "payout-iban"], ["account_holder", "payout-holder"], ["email", "payout-email"],
+      ["pin", "payout-pin"]].forEach(function (pair) {
+      var value = $(pair[1]).value.trim();
+      if (value !== "") { body[pair[0]] = value; }
+    });
+    return body;
+  }
+
+  function onPayoutAsk(event) {
+    event.preventDefault();
+    if (payoutBody() === null) { payoutError(t("payout_error_donation")); return; }
+    payoutError("");
+    var amount = lastCard ? money(lastCard.balance_cents, lastCard.currency, false) : "";
+    $("payout-question").textContent = t("payout_question", { amount: amount });
+    show("payout-confirm", true);
+    $("payout-confirm").scrollIntoView({ block: "center" });
+  }
+
+  function onPayout() {
+    var body = payoutBody();
+    show("payout-confirm", false);
+    if (body === null) { payoutError(t("payout_error_donation")); return; }
+    var button = $("payout-yes");
+    button.disabled = true;
+    request("POST", "/api/portal/payout", body).then(function (answer) {
+      button.disabled = false;
+      if (answer.status === 401) { showLogin(t("error_session")); return; }
+      if (answer.status !== 201) { payoutError(payoutFailed(answer)); return; }
+      payoutError("");
+      $("payout-pin").value = "";
+      loadCard();
+    }, function () { button.disabled = false; payoutError(t("error_network")); });
   }
 
   function showLogin(message) {
@@ -218,6 +350,9 @@
     });
     $("block-no").addEventListener("click", function () { show("block-confirm", false); });
     $("block-yes").addEventListener("click", onBlock);
+    $("payout-form").addEventListener("submit", onPayoutAsk);
+    $("payout-no").addEventListener("click", function () { show("payout-confirm", false); });
+    $("payout-yes").addEventListener("click", onPayout);
     $("logout").addEventListener("click", function () {
       request("POST", "/api/portal/logout").then(function () { showLogin(""); });
     });

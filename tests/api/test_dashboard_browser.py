@@ -149,6 +149,13 @@ def test_dashboard_renders_live_data_in_chromium(
         assert driver.find_element(By.ID, "offline-debt-cards").text == "0 cards owing"
         assert driver.find_element(By.ID, "offline-debts").text.startswith("€")
         assert driver.find_element(By.ID, "offline-bound").text == "ok"
+        # (1.1) the payouts block: none requested during the festival
+        assert driver.find_element(By.ID, "payouts-pending").text == "€0.00"
+        assert (
+            driver.find_element(By.ID, "payouts-pending-sub").text
+            == "0 parts to pay, of 0 requests"
+        )
+        assert "No failed payout" in driver.find_element(By.ID, "payout-failures-table").text
         bars = driver.find_elements(By.CSS_SELECTOR, "#chart-svg rect.bar")
         assert len(bars) == 60
         assert any(float(bar.get_attribute("height") or 0) > 0 for bar in bars)

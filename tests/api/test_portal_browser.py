@@ -97,7 +97,9 @@ def test_the_portal_on_a_phone(
         assert "1 \u00d7 Fries" in rows[0].text and "-€5.00" in rows[0].text
         assert "2 \u00d7 Beer" in rows[1].text and "-€9.00" in rows[1].text
         assert "Top-up" in rows[2].text and "+€30.00" in rows[2].text and "cash" in rows[2].text
-        assert not _visible(driver, "payout-section"), "payouts come in phase 2"
+        assert _visible(driver, "payout-section"), "a balance, no debt: the payout form"
+        assert not _visible(driver, "payouts-section"), "no payout yet"
+        assert not _visible(driver, "payout-pin-line"), "a PIN session gives no PIN again"
         # Nothing wider than the phone: no sideways scrolling in a field.
         assert driver.execute_script(
             "return document.documentElement.scrollWidth <= window.innerWidth"
