@@ -6,7 +6,8 @@ localstripe has no Checkout), so tests, benchmarks and the demo use this fake:
     fake = FakeStripe(port=0)
     base_url = fake.start()          # STRIPE_API_BASE=base_url
     ...                              # the API creates sessions: POST /v1/checkout/sessions
-                                     # and refunds payments: POST /v1/refunds
+                                     # and refunds payments: POST /v1/refunds (then the fake
+                                     # POSTs charge.refunded to webhook_url, if configured)
     session = fake.complete_session(session_id)          # the attendee paid
     event = checkout_session_completed_event(session)    # what Stripe would POST to us
     deliver_event(webhook_url, event, webhook_secret)    # signed exactly like Stripe signs
@@ -449,8 +450,11 @@ class FakeStripe:
 
     State is kept in memory: `sessions` (id -> checkout.session object), `created_with` (id ->
     the decoded parameters), `charges` (session id -> the charge of its payment), `requests`
-    (every API call received: method, path, headers, params). `fail_next(status)` makes the
-    next API call fail as Stripe's servers sometimes do.
+    (every API call received: method, path, headers, params), `refunds` (id -> every refund made
+    through the API), `deliveries` (each charge.refunded it POSTed to `webhook_url` after an API
+    refund, with the answer's status). `fail_next(status, times)` makes the next API calls fail
+    as Stripe's servers sometimes do; `drop_next(times)` closes the connection unanswered, and
+    `lose_answer_next(times)` carries a call out but loses its answer.
     """
 
     def __init__(

@@ -212,15 +212,21 @@ class PayoutRefundRunner:
         self._interval_s = interval_s
         self._retry_min_s = retry_min_s
         self._retry_max_s = retry_max_s
-        self._wake = asyncio.Event()
+        # Made in start(), in the loop that runs the task (an app may be served by several
+        # loops one after another, as tests do).
+        self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Run a pass now (a payout was just requested). Call from the event loop's thread."""
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="payout-refunds")
+        self._wake = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(self._wake), name="payout-refunds"
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -230,12 +236,13 @@ class PayoutRefundRunner:
             except asyncio.CancelledError:
                 pass
             self._task = None
+            self._wake = None
 
-    async def _run(self) -> None:
+    async def _run(self, wake: asyncio.Event) -> None:
         from starlette.concurrency import run_in_threadpool
 
         while True:
-            self._wake.clear()
+            wake.clear()
             try:
                 tally = await run_in_threadpool(
                     refund_due_parts,
@@ -254,7 +261,7 @@ class PayoutRefundRunner:
                 # leased parts come back when their lease ends); the next pass tries again.
                 log.warning("payout refund pass failed", extra={"context": {"reason": str(error)}})
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                await asyncio.wait_for(wake.wait(), timeout=self._interval_s)
             except TimeoutError:
                 pass
 
