@@ -236,3 +236,33 @@ def test_the_cli_refunds_due_parts_through_stripe_once(
         (refund,) = fake.refunds_of(intent)
     assert refund["amount"] == 1800
     assert scalar(service_database_url, "SELECT stripe_refund_id FROM payouts") == refund["id"]
+
+
+def test_a_webhook_without_a_refunds_list_during_an_attempt_takes_nothing(
+    ledger: Ledger, service_database_url: str
+) -> None:
+    """API versions whose charge carries no refunds list: a part under way (or waiting for its
+    retry) counts as ours, so Stripe's charge.refunded of it takes nothing; a dashboard refund of
+    the rest of the payment still does."""
+    intent = _stripe_topup(ledger, 3000)
+    _payout(service_database_url, donate_cents=1000)
+    store = PayoutRefundStore(_engine(service_database_url))
+    (part,) = store.claim(limit=10)
+    assert part.amount_cents == 2000
+    ours = ledger.process_stripe_refund(
+        event_id="evt_1OursNoList", payment_intent_id=intent, amount_refunded_cents=2000
+    )
+    assert ours.transaction_id is None and "Refund of a payout" in ours.message
+    store.finish(part.payout_id, "paid", refund_id="re_3Ours")
+    again = ledger.process_stripe_refund(
+        event_id="evt_1OursNoList", payment_intent_id=intent, amount_refunded_cents=2000
+    )
+    assert again.transaction_id is None
+    assert _balance(service_database_url) == 0
+    # Someone refunds 500 more in the dashboard: cumulative 2500, of which 500 are theirs.
+    theirs = ledger.process_stripe_refund(
+        event_id="evt_1Dashboard", payment_intent_id=intent, amount_refunded_cents=2500
+    )
+    assert theirs.transaction_id is not None and theirs.message.startswith("Refunded 500 cents")
+    assert scalar(service_database_url, "SELECT refunded_cents FROM topups") == 500
+    assert ledger.check() == []
