@@ -266,3 +266,49 @@ def test_a_webhook_without_a_refunds_list_during_an_attempt_takes_nothing(
     assert theirs.transaction_id is not None and theirs.message.startswith("Refunded 500 cents")
     assert scalar(service_database_url, "SELECT refunded_cents FROM topups") == 500
     assert ledger.check() == []
+
+
+def test_two_api_processes_refund_each_part_once(
+    ledger: Ledger, service_database_url: str, api_database_url: str
+) -> None:
+    """Two runners (as in two API processes) passing at the same time: the row locks and leases
+    give each part to one of them; Stripe gets one call per part."""
+    import threading
+
+    import stripe
+
+    from cloud.api.stripe_gateway import PayoutRefundGateway
+
+    amounts = [1000, 1100, 1200, 1300, 1400, 1500]
+    intents = [_stripe_topup(ledger, amount) for amount in amounts]
+    _payout(service_database_url)
+    with FakeStripe(port=0) as fake:
+        for intent, amount in zip(intents, amounts, strict=True):
+            session = checkout_session_object(
+                amount_total=amount, status="complete", payment_status="paid", payment_intent=intent
+            )
+            fake.sessions[session["id"]] = session
+        gateway = PayoutRefundGateway(
+            stripe.StripeClient("sk_test_two_processes", base_addresses={"api": fake.base_url})
+        )
+        start = threading.Barrier(2)
+        tallies: list[dict[str, int]] = []
+
+        def one_process() -> None:
+            store = PayoutRefundStore(_engine(api_database_url))
+            start.wait()
+            tallies.append(refund_due_parts(store, gateway, limit=2).as_dict())
+            tallies.append(refund_due_parts(store, gateway, limit=2).as_dict())
+
+        threads = [threading.Thread(target=one_process) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        calls = [r for r in fake.requests if r["path"] == "/v1/refunds"]
+        refunded = {intent: fake.refunds_of(intent) for intent in intents}
+    assert sum(t["paid"] for t in tallies) == len(amounts)
+    assert len(calls) == len(amounts)
+    assert len({c["headers"]["idempotency-key"] for c in calls}) == len(amounts)
+    assert all(len(refunds) == 1 for refunds in refunded.values())
+    assert scalar(service_database_url, "SELECT count(*) FROM payouts WHERE state = 'paid'") == 6
