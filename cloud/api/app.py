@@ -27,7 +27,7 @@ from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
 from cloud.api.middleware import RequestContextMiddleware
 from cloud.api.pages import STATIC_DIR
-from cloud.api.payout_refunds import PayoutRefundRunner, PayoutRefundStore
+from cloud.api.payout_refunds import PayoutRefundRunner, PayoutRefundStore, RefundTally
 from cloud.api.queries import DashboardQueries
 from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
@@ -171,7 +171,7 @@ def create_app(
     )
     _warn_about_missing_configuration(settings)
     portal_context = _portal_context(settings, ledger.engine, limits)
-    payout_refunds = _payout_refund_runner(stripe_client, ledger.engine, limits)
+    payout_refunds = _payout_refund_runner(stripe_client, ledger.engine, limits, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -254,7 +254,7 @@ def _portal_context(
 
 
 def _payout_refund_runner(
-    stripe_client: StripeClient | None, engine: Any, limits: ApiLimits
+    stripe_client: StripeClient | None, engine: Any, limits: ApiLimits, metrics: ApiMetrics
 ) -> PayoutRefundRunner | None:
     """The background task that refunds pending Stripe payout parts (docs/operations.md
     "Payouts"): in every API process, the database's row locks and leases keeping them apart."""
@@ -266,7 +266,14 @@ def _payout_refund_runner(
         interval_s=limits.payout_refund_interval_s,
         retry_min_s=limits.payout_refund_retry_min_s,
         retry_max_s=limits.payout_refund_retry_max_s,
+        on_tally=lambda tally: _count_payout_refunds(metrics, tally),
     )
+
+
+def _count_payout_refunds(metrics: ApiMetrics, tally: RefundTally) -> None:
+    for result, count in tally.as_dict().items():
+        if count:
+            metrics.payout_refunds.labels(result).inc(count)
 
 
 def _add_security_schemes(app: FastAPI) -> None:

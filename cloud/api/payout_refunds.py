@@ -26,6 +26,7 @@ import asyncio
 import json
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -206,7 +207,9 @@ class PayoutRefundRunner:
         interval_s: float,
         retry_min_s: int = PAYOUT_REFUND_RETRY_MIN_S,
         retry_max_s: int = PAYOUT_REFUND_RETRY_MAX_S,
+        on_tally: Callable[[RefundTally], None] | None = None,
     ) -> None:
+        self._on_tally = on_tally
         self._store = store
         self._gateway = gateway
         self._interval_s = interval_s
@@ -251,6 +254,8 @@ class PayoutRefundRunner:
                     retry_min_s=self._retry_min_s,
                     retry_max_s=self._retry_max_s,
                 )
+                if self._on_tally is not None:
+                    self._on_tally(tally)
                 # A full batch: more may be due at once.
                 if tally.paid + tally.retry + tally.failed >= PAYOUT_REFUND_BATCH_MAX:
                     continue

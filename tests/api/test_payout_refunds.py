@@ -90,6 +90,17 @@ def _card(live: Live) -> dict[str, Any]:
     return document
 
 
+def _metrics(live: Live) -> str:
+    with urllib.request.urlopen(f"{live.base_url}/metrics", timeout=10) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
+def _metrics_with(live: Live, line: str) -> str | None:
+    """The metrics text once it has `line` (counted when the runner's pass ends)."""
+    text_ = _metrics(live)
+    return text_ if line in text_ else None
+
+
 def stripe_topup(live: Live, amount_cents: int) -> dict[str, Any]:
     """An attendee's online top-up, the whole way: checkout, payment, the signed webhook."""
     created = _post_json(
@@ -195,6 +206,9 @@ def test_a_payout_refunds_both_stripe_topups_newest_first_and_the_webhooks_move_
     )
     assert scalar(live.engine, "SELECT sum(refunded_cents) FROM topups") == 0
     assert _check(monkeypatch, service_database_url) == 0
+    # Counted when the runner's pass ends (just after the parts were recorded).
+    paid = 'festival_api_payout_refunds_total{result="paid"} 2.0'
+    wait_until(lambda: paid in _metrics(live), WAIT_S, 0.05, "the refunds counted")
 
 
 def test_stripe_down_for_the_first_tries_is_retried_and_refunds_exactly_once(
@@ -217,6 +231,13 @@ def test_stripe_down_for_the_first_tries_is_retried_and_refunds_exactly_once(
     calls = _refund_requests(live.fake)
     assert len(calls) == 4
     assert {c["headers"]["idempotency-key"] for c in calls} == {f"payout-{parts[0]['payout_id']}"}
+    metrics = wait_until(
+        lambda: _metrics_with(live, 'festival_api_payout_refunds_total{result="paid"} 1.0'),
+        WAIT_S,
+        0.05,
+        "the refund counted",
+    )
+    assert 'festival_api_payout_refunds_total{result="retry"} 1.0' in metrics
     reasons = _audit_reasons(live.engine)
     assert any(reason.startswith("stripe refund attempt 1:") for reason in reasons), reasons
     assert reasons[-1] == f"stripe refund {refunds[0]['id']} (refunds API)"
