@@ -134,7 +134,8 @@ def retry_after_s(
     minimum_s: int = PAYOUT_REFUND_RETRY_MIN_S,
     maximum_s: int = PAYOUT_REFUND_RETRY_MAX_S,
 ) -> int:
-    """Capped exponential backoff after `attempts` failed attempts: min, 2 min, 4 min, ... max."""
+    """Capped exponential backoff after `attempts` failed attempts: min, then doubling, at most
+    max (5 s, 10 s, 20 s, ... 600 s with the defaults)."""
     return int(min(minimum_s * 2 ** max(attempts - 1, 0), maximum_s))
 
 
