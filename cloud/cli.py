@@ -337,6 +337,19 @@ def _add_payout_verbs(verbs: Verbs) -> None:
     )
     fail.add_argument("payout_id")
     fail.add_argument("--reason", required=True)
+    _add_payout_refund_verb(payout)
+
+
+def _add_payout_refund_verb(payout: Verbs) -> None:
+    """`payout refund [--limit N]`: one pass of the Stripe refund runner (every API process runs
+    it every few seconds; this is for a deployment without one, or to retry at once)."""
+    refund = _verb(
+        payout,
+        "refund",
+        "refund the due pending Stripe payout parts through Stripe's API now (one pass)",
+        "cloud.api.payout_refunds:payout_refund",
+    )
+    refund.add_argument("--limit", type=int, default=100, help="parts at most (default 100)")
 
 
 def _add_report_verbs(verbs: Verbs) -> None:

@@ -6,7 +6,8 @@ localstripe has no Checkout), so tests, benchmarks and the demo use this fake:
     fake = FakeStripe(port=0)
     base_url = fake.start()          # STRIPE_API_BASE=base_url
     ...                              # the API creates sessions: POST /v1/checkout/sessions
-                                     # and refunds payments: POST /v1/refunds
+                                     # and refunds payments: POST /v1/refunds (then the fake
+                                     # POSTs charge.refunded to webhook_url, if configured)
     session = fake.complete_session(session_id)          # the attendee paid
     event = checkout_session_completed_event(session)    # what Stripe would POST to us
     deliver_event(webhook_url, event, webhook_secret)    # signed exactly like Stripe signs
@@ -55,6 +56,10 @@ from cloud.limits import (
 API_VERSION = "2026-10-28.endive"
 
 _ID_ALPHABET = string.ascii_letters + string.digits
+# Queued failures: "no answer at all", the connection closed before the request is handled
+# (drop_next); and the request handled, then its answer lost (lose_answer_next).
+DROP_CONNECTION = 0
+LOSE_ANSWER = -1
 
 
 def stripe_id(prefix: str, length: int = 24) -> str:
@@ -445,8 +450,11 @@ class FakeStripe:
 
     State is kept in memory: `sessions` (id -> checkout.session object), `created_with` (id ->
     the decoded parameters), `charges` (session id -> the charge of its payment), `requests`
-    (every API call received: method, path, headers, params). `fail_next(status)` makes the
-    next API call fail as Stripe's servers sometimes do.
+    (every API call received: method, path, headers, params), `refunds` (id -> every refund made
+    through the API), `deliveries` (each charge.refunded it POSTed to `webhook_url` after an API
+    refund, with the answer's status). `fail_next(status, times)` makes the next API calls fail
+    as Stripe's servers sometimes do; `drop_next(times)` closes the connection unanswered, and
+    `lose_answer_next(times)` carries a call out but loses its answer.
     """
 
     def __init__(
@@ -470,6 +478,9 @@ class FakeStripe:
         # part of the session object Stripe returns, so tests check it here).
         self.created_with: dict[str, dict[str, Any]] = {}
         self._idempotent: dict[str, tuple[dict[str, Any], int, dict[str, Any]]] = {}
+        self._in_flight: set[str] = set()
+        # Every charge.refunded the fake sent after an API refund: event id, type, HTTP status.
+        self.deliveries: list[dict[str, Any]] = []
         self._failures: list[int] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -515,10 +526,21 @@ class FakeStripe:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def fail_next(self, status: int = 500) -> None:
-        """The next API call answers `status` with a Stripe `api_error` body."""
+    def fail_next(self, status: int = 500, times: int = 1) -> None:
+        """The next `times` API calls answer `status` with a Stripe `api_error` body."""
         with self._lock:
-            self._failures.append(status)
+            self._failures.extend([status] * times)
+
+    def drop_next(self, times: int = 1) -> None:
+        """The next `times` API calls get no answer: the connection is closed (a network drop)."""
+        with self._lock:
+            self._failures.extend([DROP_CONNECTION] * times)
+
+    def lose_answer_next(self, times: int = 1) -> None:
+        """The next `times` API calls are carried out, but their answers are lost (the
+        connection closes): the caller cannot know that Stripe did it."""
+        with self._lock:
+            self._failures.extend([LOSE_ANSWER] * times)
 
     # --- state changes a test or the demo drives (what the attendee does on Stripe's side) ----
 
@@ -554,20 +576,39 @@ class FakeStripe:
                 )
             return _copy(self.charges[session_id])
 
-    def refund(self, session_id: str, amount: int) -> dict[str, Any]:
-        """Refund `amount` more of a session's payment; returns the charge (cumulative refund)."""
+    def refund(
+        self,
+        session_id: str,
+        amount: int,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        reason: str | None = "requested_by_customer",
+    ) -> dict[str, Any]:
+        """Refund `amount` more (at most what is left) of a session's payment, as someone in the
+        dashboard would; returns the charge: cumulative `amount_refunded` and each refund in
+        `refunds.data`, newest first, with its own metadata."""
         self.charge_for(session_id)
         with self._lock:
-            previous = self.charges[session_id]
-            total = min(previous["amount"], previous["amount_refunded"] + amount)
-            self.charges[session_id] = charge_object(
-                payment_intent=previous["payment_intent"],
-                amount=previous["amount"],
-                amount_refunded=total,
-                currency=previous["currency"],
-                charge_id=previous["id"],
-            )
-            return _copy(self.charges[session_id])
+            charge = self.charges[session_id]
+            take = min(amount, charge["amount"] - charge["amount_refunded"])
+            if take > 0:
+                entry = _template("charge_refund")
+                entry.update(
+                    id=stripe_id("re_3", 24),
+                    amount=take,
+                    balance_transaction=stripe_id("txn_3", 24),
+                    charge=charge["id"],
+                    created=int(time.time()),
+                    currency=charge["currency"],
+                    metadata=dict(metadata or {}),
+                    payment_intent=charge["payment_intent"],
+                    reason=reason,
+                )
+                charge["refunds"]["data"].insert(0, entry)
+                charge["refunds"]["total_count"] = len(charge["refunds"]["data"])
+                charge["amount_refunded"] += take
+                charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+            return _copy(charge)
 
     def dispute(
         self,
@@ -755,7 +796,7 @@ class FakeStripe:
         metadata = params.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise StripeApiError(400, "Invalid metadata.", param="metadata")
-        self.refund(session_id, amount)
+        refunded = self.refund(session_id, amount, metadata=metadata, reason=reason)
         refund = refund_object(
             payment_intent=charge["payment_intent"],
             charge_id=charge["id"],
@@ -763,10 +804,41 @@ class FakeStripe:
             currency=charge["currency"],
             metadata=metadata,
             reason=reason,
+            refund_id=refunded["refunds"]["data"][0]["id"],
         )
         with self._lock:
             self.refunds[refund["id"]] = refund
+        # Stripe then tells the account's webhook endpoint, on its own time (after or before we
+        # answer: the API must handle either order).
+        self._deliver_later(
+            charge_refunded_event(refunded, previous_amount_refunded=charge["amount_refunded"])
+        )
         return refund
+
+    def _deliver_later(self, event: dict[str, Any]) -> None:
+        if not (self.webhook_url and self.webhook_secret):
+            return
+        url, secret = self.webhook_url, self.webhook_secret
+
+        def deliver() -> None:
+            try:
+                status, _ = deliver_event(url, event, secret)
+            except OSError as error:
+                status = 0
+                detail = str(error)
+            else:
+                detail = ""
+            with self._lock:
+                self.deliveries.append(
+                    {
+                        "event_id": event["id"],
+                        "type": event["type"],
+                        "status": status,
+                        "error": detail,
+                    }
+                )
+
+        threading.Thread(target=deliver, name="fake-stripe-webhook", daemon=True).start()
 
     def handle_api(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes
@@ -781,10 +853,20 @@ class FakeStripe:
                 {"method": method, "path": path, "headers": dict(headers), "params": params}
             )
             failure = self._failures.pop(0) if self._failures else None
+        if failure == DROP_CONNECTION:
+            return DROP_CONNECTION, {}
+        if failure == LOSE_ANSWER:
+            self._answer(method, path, headers, params)
+            return DROP_CONNECTION, {}
         if failure is not None:
             return failure, StripeApiError(
                 failure, "An unknown error occurred", error_type="api_error"
             ).body
+        return self._answer(method, path, headers, params)
+
+    def _answer(
+        self, method: str, path: str, headers: Mapping[str, str], params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         authorization = headers.get("authorization", "")
         key = authorization.removeprefix("Bearer ").strip()
         if not authorization.startswith("Bearer ") or not key.startswith(("sk_", "rk_")):
@@ -797,6 +879,17 @@ class FakeStripe:
         if method == "POST" and idempotency_key:
             with self._lock:
                 stored = self._idempotent.get(idempotency_key)
+                busy = stored is None and idempotency_key in self._in_flight
+                if not busy and stored is None:
+                    self._in_flight.add(idempotency_key)
+            if busy:
+                return 409, StripeApiError(
+                    409,
+                    "There is currently another in-progress request using this Stripe-"
+                    "Idempotency-Key. Please try again later.",
+                    error_type="idempotency_error",
+                    code="idempotency_key_in_use",
+                ).body
             if stored is not None:
                 stored_params, status, response = stored
                 if stored_params != params:
@@ -811,9 +904,11 @@ class FakeStripe:
             status, response = self._route(method, path, params)
         except StripeApiError as error:
             status, response = error.status, error.body
-        if method == "POST" and idempotency_key and status < 500:
+        if method == "POST" and idempotency_key:
             with self._lock:
-                self._idempotent[idempotency_key] = (params, status, response)
+                if status < 500:
+                    self._idempotent[idempotency_key] = (params, status, response)
+                self._in_flight.discard(idempotency_key)
         return status, response
 
     def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -907,6 +1002,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
         status, response = self.owner.handle_api(method, path, headers, body)
+        if status == DROP_CONNECTION:
+            self.close_connection = True
+            return
         self._send(status, json.dumps(response, indent=2).encode(), "application/json")
 
     def do_GET(self) -> None:

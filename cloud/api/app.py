@@ -27,10 +27,16 @@ from cloud.api.limits import ApiLimits
 from cloud.api.metrics import ApiMetrics
 from cloud.api.middleware import RequestContextMiddleware
 from cloud.api.pages import STATIC_DIR
+from cloud.api.payout_refunds import PayoutRefundRunner, PayoutRefundStore, RefundTally
 from cloud.api.queries import DashboardQueries
 from cloud.api.ratelimit import SharedRateLimiter
 from cloud.api.services import Services
-from cloud.api.stripe_gateway import CheckoutGateway, StripeClient, build_stripe_client
+from cloud.api.stripe_gateway import (
+    CheckoutGateway,
+    PayoutRefundGateway,
+    StripeClient,
+    build_stripe_client,
+)
 from cloud.database import TransientDatabaseError
 from cloud.ports import Ledger as LedgerPort
 from cloud.pos_devices import PosDevices
@@ -165,10 +171,15 @@ def create_app(
     )
     _warn_about_missing_configuration(settings)
     portal_context = _portal_context(settings, ledger.engine, limits)
+    payout_refunds = _payout_refund_runner(stripe_client, ledger.engine, limits, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if payout_refunds is not None:
+            payout_refunds.start()
         yield
+        if payout_refunds is not None:
+            await payout_refunds.stop()
         if owned_engine is not None:
             # After uvicorn's graceful shutdown: no request holds a connection any more.
             owned_engine.dispose()
@@ -187,6 +198,8 @@ def create_app(
     )
     app.state.services = services
     app.state.portal = portal_context
+    # (issue 16) The Stripe refunds of payout parts; a route that creates some may wake() it.
+    app.state.payout_refunds = payout_refunds
     webhook_paths = set(webhook.WEBHOOK_PATHS)
 
     def body_limit_for(path: str) -> int:
@@ -241,6 +254,29 @@ def _portal_context(
         payouts=PayoutStore(engine),
         payout_fee_cents=settings.festival_payout_fee_cents,
     )
+
+
+def _payout_refund_runner(
+    stripe_client: StripeClient | None, engine: Any, limits: ApiLimits, metrics: ApiMetrics
+) -> PayoutRefundRunner | None:
+    """The background task that refunds pending Stripe payout parts (docs/operations.md
+    "Payouts"): in every API process, the database's row locks and leases keeping them apart."""
+    if stripe_client is None or limits.payout_refund_interval_s <= 0:
+        return None
+    return PayoutRefundRunner(
+        PayoutRefundStore(engine),
+        PayoutRefundGateway(stripe_client),
+        interval_s=limits.payout_refund_interval_s,
+        retry_min_s=limits.payout_refund_retry_min_s,
+        retry_max_s=limits.payout_refund_retry_max_s,
+        on_tally=lambda tally: _count_payout_refunds(metrics, tally),
+    )
+
+
+def _count_payout_refunds(metrics: ApiMetrics, tally: RefundTally) -> None:
+    for result, count in tally.as_dict().items():
+        if count:
+            metrics.payout_refunds.labels(result).inc(count)
 
 
 def _add_security_schemes(app: FastAPI) -> None:

@@ -96,6 +96,24 @@ LATENCY_BUCKETS_S: Final = (
 )
 
 
+# --- Stripe refunds of payouts (cloud/api/payout_refunds.py) -----------------------------------
+# Every API process looks for due pending Stripe parts this often (DESIGN.md: refunded within
+# 30 s of the request; one indexed query per process per interval when there is nothing to do).
+PAYOUT_REFUND_INTERVAL_S: Final = 5.0
+# A lease outlasts one attempt (the client's 10 s timeout, times its 2 retries, plus its pauses):
+# another process takes the part over only after a crash.
+PAYOUT_REFUND_LEASE_S: Final = 60
+# After a transient error: 5 s, 10 s, 20 s, ... at most 10 minutes between attempts.
+PAYOUT_REFUND_RETRY_MIN_S: Final = 5
+PAYOUT_REFUND_RETRY_MAX_S: Final = 600
+PAYOUT_REFUND_BATCH_MAX: Final = 20
+# A charge.refunded event's refunds list is read this far (Stripe embeds at most 10 of them).
+PAYOUT_REFUNDS_LISTED_MAX: Final = 100
+UUID_PATTERN: Final = re.compile(
+    r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z"
+)
+
+
 @dataclass(frozen=True)
 class ApiLimits:
     """The tunable bounds of one app instance."""
@@ -127,6 +145,10 @@ class ApiLimits:
     portal_lockout_window_s: int = 900
     # A session lasts a festival day; logging in again costs the holder a PIN typed.
     portal_session_ttl_s: int = 12 * 3600
+    # The payout refund runner of the lifespan (cloud/api/payout_refunds.py); 0 runs none.
+    payout_refund_interval_s: float = PAYOUT_REFUND_INTERVAL_S
+    payout_refund_retry_min_s: int = PAYOUT_REFUND_RETRY_MIN_S
+    payout_refund_retry_max_s: int = PAYOUT_REFUND_RETRY_MAX_S
 
     def __post_init__(self) -> None:
         assert self.checkout_burst >= 1
@@ -141,6 +163,8 @@ class ApiLimits:
         assert self.portal_login_global_burst >= 1 and self.portal_login_global_refill_per_s > 0
         assert self.portal_lockout_failures_max >= 1 and self.portal_lockout_window_s >= 1
         assert self.portal_session_ttl_s >= 1
+        assert self.payout_refund_interval_s >= 0
+        assert 0 <= self.payout_refund_retry_min_s <= self.payout_refund_retry_max_s
 
 
 # --- the server (cloud/api/__init__.py) ---------------------------------------------------------

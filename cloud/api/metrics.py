@@ -131,6 +131,13 @@ class ApiMetrics:
             ["type", "outcome"],
             registry=registry,
         )
+        self.payout_refunds = Counter(
+            "festival_api_payout_refunds",
+            "Stripe refund attempts of payout parts by this process, by result "
+            "(paid, retry, failed)",
+            ["result"],
+            registry=registry,
+        )
         self.webhook_seconds = Histogram(
             "festival_api_webhook_processing_seconds",
             "Time to verify, record and apply one signed Stripe event",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloud.api.limits import (
+    PAYOUT_REFUNDS_LISTED_MAX,
     STRIPE_DISPUTE_STATUS_LENGTH_MAX,
     STRIPE_EVENT_ID_PATTERN,
     STRIPE_EVENT_TYPE_PATTERN,
@@ -28,6 +29,7 @@ from cloud.api.limits import (
     STRIPE_SIGNATURE_TIMESTAMP_DIGITS_MAX,
     STRIPE_SIGNATURES_PER_HEADER_MAX,
     TOPUP_ID_PATTERN,
+    UUID_PATTERN,
     WEBHOOK_JSON_DEPTH_MAX,
 )
 from protocol.errors import ProtocolError, quote
@@ -207,6 +209,21 @@ class RefundCharge:
     # The charge's own metadata.card_uid, when it carries a valid one: the ledger uses it only
     # when no top-up has this payment intent (the payment intent stays the primary link).
     card_uid: str | None = None
+    # (issue 16) The refunds the charge lists that name a payout part (metadata.payout_id):
+    # our own refunds of payouts, which move no money again.
+    payout_refunds: tuple[PayoutRefundSeen, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PayoutRefundSeen:
+    """A refund in a charge.refunded event whose metadata names one of our payout parts."""
+
+    refund_id: str
+    amount_cents: int
+    payout_id: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"id": self.refund_id, "amount": self.amount_cents, "payout_id": self.payout_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +336,37 @@ def _metadata_card_uid(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _payout_refunds(charge: Mapping[str, Any]) -> tuple[PayoutRefundSeen, ...]:
+    """The charge's listed refunds that name a payout part (never an error: a refund that does
+    not read as ours is simply not ours, and the cumulative amount decides as before).
+
+    Stripe lists them in `refunds.data` on API versions that include the list (the fake does);
+    without a list the ledger still recognises our parts by their attempts (docs/ledger.md).
+    """
+    refunds = charge.get("refunds")
+    data = refunds.get("data") if type(refunds) is dict else None
+    if type(data) is not list:
+        return ()
+    found: list[PayoutRefundSeen] = []
+    for refund in data[:PAYOUT_REFUNDS_LISTED_MAX]:
+        if type(refund) is not dict:
+            continue
+        refund_id, amount = refund.get("id"), refund.get("amount")
+        metadata = refund.get("metadata")
+        payout_id = metadata.get("payout_id") if type(metadata) is dict else None
+        if (
+            type(refund_id) is str
+            and refund_id.startswith("re_")
+            and STRIPE_OBJECT_ID_PATTERN.match(refund_id)
+            and type(amount) is int
+            and 0 < amount < 2**63
+            and type(payout_id) is str
+            and UUID_PATTERN.match(payout_id)
+        ):
+            found.append(PayoutRefundSeen(refund_id, amount, payout_id.lower()))
+    return tuple(found)
+
+
 def classify(event: StripeEvent, *, live_mode: bool = False) -> Action:
     """What `event` asks of the ledger.
 
@@ -389,6 +437,7 @@ def classify(event: StripeEvent, *, live_mode: bool = False) -> Action:
             amount_refunded_cents=amount_refunded_cents,
             currency=charge_currency,
             card_uid=_metadata_card_uid(obj),
+            payout_refunds=_payout_refunds(obj),
         )
 
     assert event_type in ("charge.dispute.created", "charge.dispute.closed")

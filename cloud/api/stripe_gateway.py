@@ -175,3 +175,47 @@ class CheckoutGateway:
         if not refund.id:
             raise PaymentProviderError("Stripe answered a refund without id")
         return RefundResult(refund_id=str(refund.id))
+
+
+class PayoutRefundGateway:
+    """Refunds of payout parts (DESIGN.md "Attendee portal and payouts"): part of one top-up's
+    payment, by its payment intent, under the part's own idempotency key."""
+
+    def __init__(self, client: stripe.StripeClient) -> None:
+        self._client = client
+
+    def refund_part(
+        self, *, payment_intent_id: str, amount_cents: int, payout_id: str, card_uid: str
+    ) -> str:
+        """Refund `amount_cents` of the payment; Stripe's refund id.
+
+        The idempotency key is payout-<payout id>: every attempt for one part (the client's own
+        retries, the runner's after a backoff, another API process's after a lease ran out)
+        sends the same parameters under the same key, so Stripe refunds the part at most once.
+        Raises PaymentProviderError; `retryable` False when Stripe refused the refund itself for
+        good (the charge already refunded, an amount above its unrefunded rest, an unknown
+        payment), True for a connection error, 5xx, 429 or a key Stripe does not accept.
+        """
+        params: RefundCreateParams = {
+            "payment_intent": payment_intent_id,
+            "amount": amount_cents,
+            "reason": "requested_by_customer",
+            "metadata": {"payout_id": payout_id, "card_uid": card_uid},
+        }
+        try:
+            refund = self._client.v1.refunds.create(
+                params=params, options={"idempotency_key": payout_idempotency_key(payout_id)}
+            )
+        except (stripe.AuthenticationError, stripe.PermissionError) as error:
+            # Our key, not the refund, is wrong: the operator fixes it and the part waits
+            # (failing it would hand the money back to the card for nothing).
+            raise PaymentProviderError(_describe(error), retryable=True) from error
+        except stripe.StripeError as error:
+            raise PaymentProviderError(_describe(error), retryable=_retryable(error)) from error
+        if not refund.id:
+            raise PaymentProviderError("Stripe answered a refund without id")
+        return str(refund.id)
+
+
+def payout_idempotency_key(payout_id: str) -> str:
+    return f"payout-{payout_id}"

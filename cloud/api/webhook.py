@@ -31,6 +31,7 @@ from cloud.api.errors import (
 )
 from cloud.api.metrics import event_type_label
 from cloud.api.middleware import annotate_request_log
+from cloud.api.payout_refunds import PayoutRefundStore
 from cloud.api.refunds import settle_refunds
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_events import (
@@ -154,6 +155,13 @@ def apply_event(
             return Applied("declined", result.topup_id if owed else None)
         return Applied(_label(fresh, outcome))
     if isinstance(action, RefundCharge):
+        # (issue 16) Our own refunds of payout parts, named by their metadata: those parts are
+        # paid from now on, and the refund procedure counts them as already off the card.
+        payout_parts = 0
+        if action.payout_refunds:
+            payout_parts = PayoutRefundStore(ledger.engine).seen(
+                action.payment_intent_id, [refund.as_dict() for refund in action.payout_refunds]
+            )
         outcome = ledger.process_stripe_refund(
             event_id=event.event_id,
             payment_intent_id=action.payment_intent_id,
@@ -167,6 +175,7 @@ def apply_event(
             payment_intent_id=action.payment_intent_id,
             amount_refunded_cents=action.amount_refunded_cents,
             metadata_card_uid=action.card_uid,
+            payout_parts=payout_parts,
         )
         return Applied(_label(fresh, outcome))
     if isinstance(action, DisputeCharge):

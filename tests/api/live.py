@@ -15,8 +15,9 @@ START_TIMEOUT_S = 10.0
 
 
 @contextmanager
-def serve(app: object) -> Iterator[str]:
-    """Yield the base URL while uvicorn serves `app`; stop it (and join the thread) after."""
+def serve(app: object, *, lifespan: str = "off") -> Iterator[str]:
+    """Yield the base URL while uvicorn serves `app`; stop it (and join the thread) after.
+    `lifespan="on"` runs the app's lifespan (its background tasks) as production does."""
     port = free_port()
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
@@ -24,7 +25,7 @@ def serve(app: object) -> Iterator[str]:
         port=port,
         log_config=None,
         access_log=False,
-        lifespan="off",
+        lifespan=lifespan,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
