@@ -550,6 +550,9 @@ async def payout(request: Request) -> Response:
             )
         },
     }
+    runner = getattr(request.app.state, "payout_refunds", None)
+    if runner is not None and body["stripe_refund_cents"]:
+        runner.wake()  # its Stripe parts are refunded now, not at the runner's next look
     return _no_store(JSONResponse(body, status_code=201))
 
 
