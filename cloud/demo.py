@@ -73,6 +73,8 @@ DEMO_MENU_ITEMS: tuple[tuple[str, str, int, bool], ...] = (  # sku, name, price,
 DEMO_CUP_CENTS = 200
 # Attendees who ask for their money back at the end (issue 16 §2).
 DEMO_PAYOUTS = 3
+DEMO_PAYOUT_TOPUP_CENTS = 2000  # the portal attendee's online top-up before asking for it back
+DEMO_REFUND_TIMEOUT_S = 30.0  # DESIGN.md: Stripe parts refunded within 30 s
 DEMO_REPRICED_SKU = "beer"
 DEMO_REPRICED_CENTS = 600
 # Without --duration the price changes this long after the traffic started.
@@ -170,6 +172,10 @@ def http_json(
         return status, json.loads(payload) if payload else None
     except ValueError:
         return status, payload.decode(errors="replace")
+
+
+def _all_paid(counts: tuple[int, int, int]) -> bool:
+    return counts[0] == counts[1]
 
 
 def wait_for(
@@ -296,6 +302,7 @@ class Tally:
     debt_paid: bool = False
     payouts: int = 0
     clone_refused: bool = False
+    stripe_refunds: int = 0
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
 
@@ -443,6 +450,7 @@ class Demo:
     cli_env: dict[str, str] = field(default_factory=dict)
     menu_versions: dict[str, int] = field(default_factory=dict)
     card_auth: str = "sun"  # FESTIVAL_CARD_AUTH of the demo's cloud (--card-auth)
+    portal_pin: str = ""  # the PIN `card pin` gave the first attendee's band
     wristbands: DemoWristbands | None = None
 
     def say(self, text: str) -> None:
@@ -635,7 +643,7 @@ class Demo:
         self.say(f"Dashboard    {self.api_url}/dashboard")
         self.say(f"Admin token  {self.admin_token}")
         self.say(f"Top-up page  {self.api_url}/topup")
-        self.say(f"Portal       {self.api_url}/portal  ({self.portal_login(self.cards[0])})")
+        self.say(f"Portal       {self.api_url}/portal  ({self.portal_login(self.portal_attendee)})")
         self.say(f"Logs         {self.root / 'logs'}")
         self.say("")
 
@@ -690,7 +698,8 @@ class Demo:
         )
         if done.returncode != 0:
             raise DemoError(f"card pin failed: {done.stderr.strip() or done.stdout.strip()}")
-        return f"wristband {card_uid}, PIN {done.stdout.strip()}"
+        self.portal_pin = done.stdout.strip()
+        return f"wristband {card_uid}, PIN {self.portal_pin}"
 
     # --- the central menu (1.1) ------------------------------------------------------------------
 
@@ -865,6 +874,13 @@ class Demo:
         return [uid for n, uid in enumerate(self.cards) if n % 25 != 24 and n not in (1, last)]
 
     @property
+    def portal_attendee(self) -> str:
+        """The attendee whose portal login the demo prints, and who asks for a payout there at
+        the end (not the band reported lost: that one is the first)."""
+        known = self.known_cards()
+        return known[1] if len(known) > 1 else self.cards[0]
+
+    @property
     def debtor(self) -> str:
         """The attendee of the debt story (issue 14 §3), outside the random traffic."""
         return self.cards[1]
@@ -927,34 +943,37 @@ class Demo:
             self.stop.wait(max(0.0, next_s - time.monotonic()))
 
     def _online_topups(self) -> None:
-        """Attendees paying on the top-up page: Checkout Session, payment, signed webhook."""
-        from cloud.stripe_fake import checkout_session_completed_event, deliver_event
-
+        """Attendees paying on the top-up page now and then."""
         generator = random.Random()
         while not self.stop.wait(ONLINE_TOPUP_INTERVAL_S):
             card = generator.choice([uid for uid in self.cards if uid != self.debtor])
-            amount_cents = generator.choice(TOPUP_AMOUNTS_CENTS)
             try:
-                status, reply = http_json(
-                    "POST",
-                    f"{self.api_url}/api/topups/checkout",
-                    {"card_uid": card, "amount_cents": amount_cents},
-                )
-                if status != 201 or not isinstance(reply, dict):
-                    raise DemoError(f"checkout answered {status}: {reply}")
-                session = self.stripe.complete_session(reply["session_id"])
-                status, body = deliver_event(
-                    f"{self.api_url}/stripe/webhook",
-                    checkout_session_completed_event(session),
-                    self.webhook_secret,
-                )
-                if status != 200:
-                    raise DemoError(f"webhook answered {status}: {body[:200]!r}")
-                with self.tally.lock:
-                    self.tally.online_topups += 1
-                    self.tally.online_topups_cents += amount_cents
+                self._online_topup(card, generator.choice(TOPUP_AMOUNTS_CENTS))
             except (DemoError, OSError, ValueError, KeyError) as error:
                 self.tally.error(f"online top-up: {error}")
+
+    def _online_topup(self, card: str, amount_cents: int) -> None:
+        """One attendee paying on the top-up page: Checkout Session, payment, signed webhook."""
+        from cloud.stripe_fake import checkout_session_completed_event, deliver_event
+
+        status, reply = http_json(
+            "POST",
+            f"{self.api_url}/api/topups/checkout",
+            {"card_uid": card, "amount_cents": amount_cents},
+        )
+        if status != 201 or not isinstance(reply, dict):
+            raise DemoError(f"checkout answered {status}: {reply}")
+        session = self.stripe.complete_session(reply["session_id"])
+        status, body = deliver_event(
+            f"{self.api_url}/stripe/webhook",
+            checkout_session_completed_event(session),
+            self.webhook_secret,
+        )
+        if status != 200:
+            raise DemoError(f"webhook answered {status}: {body[:200]!r}")
+        with self.tally.lock:
+            self.tally.online_topups += 1
+            self.tally.online_topups_cents += amount_cents
 
     def _block_a_lost_wristband(self) -> None:
         """An attendee reports a lost wristband: its later orders are declined CARD_BLOCKED."""
@@ -1120,16 +1139,26 @@ class Demo:
             time.sleep(0.1)
 
     def request_payouts(self, count: int = DEMO_PAYOUTS) -> None:
-        """After the festival (issue 16 §2): a few attendees ask for what is left on their band,
-        to a bank account; the ledger splits each (Stripe top-ups first, then the bank) and
-        blocks the band. The SEPA file and the Stripe refunds are not built yet."""
+        """After the festival (issue 16 §2): a few attendees ask for what is left on their band.
+        The first, who also topped up online, asks on the portal (login with the band's PIN,
+        `POST /api/portal/payout`), the others through the same procedure directly; the ledger
+        splits each (Stripe top-ups first, then the bank) and blocks the band, and the API's
+        refund runner refunds the Stripe parts through (the fake) Stripe's refunds API."""
         from cloud.database import make_engine
-        from cloud.payouts import demo_payouts
+        from cloud.payouts import DEMO_IBAN, demo_payouts
 
-        candidates = [uid for uid in self.known_cards() if uid != self.debtor]
+        first = self.portal_attendee
+        outcomes: list[dict[str, Any]] = []
+        asked_s = time.monotonic()
+        try:
+            self._online_topup(first, DEMO_PAYOUT_TOPUP_CENTS)
+            outcomes.append(self._portal_payout(first, DEMO_IBAN))
+        except (DemoError, OSError, ValueError, KeyError) as error:
+            self.tally.error(f"payouts: the portal's payout: {error}")
+        candidates = [uid for uid in self.known_cards() if uid not in (self.debtor, first)]
         engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
         try:
-            outcomes = demo_payouts(engine, candidates, limit=count)
+            outcomes += demo_payouts(engine, candidates, limit=count - len(outcomes))
         except Exception as error:  # the demo goes on to its summary and ledger check
             self.tally.error(f"payouts: {error}")
             return
@@ -1144,6 +1173,77 @@ class Demo:
         self.tally.payouts = len(outcomes)
         if not outcomes:
             self.tally.error("payouts: no attendee had a balance to pay out")
+        self._wait_for_the_stripe_refunds(
+            [str(outcome["payout_id"]) for outcome in outcomes], asked_s
+        )
+
+    def _portal_payout(self, card_uid: str, iban: str) -> dict[str, Any]:
+        """What the attendee does on the phone: log in with the band's PIN, ask for the money."""
+        import http.cookiejar
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+        def post(path: str, body: dict[str, Any]) -> tuple[int, Any]:
+            request = urllib.request.Request(  # noqa: S310 (loopback)
+                self.api_url + path,
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json", "X-Festival-Portal": "1"},
+            )
+            try:
+                with opener.open(request, timeout=DEMO_HTTP_TIMEOUT_S) as response:
+                    return int(response.status), json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                return int(error.code), error.read().decode(errors="replace")[:200]
+
+        status, reply = post("/api/portal/login", {"card_uid": card_uid, "pin": self.portal_pin})
+        if status != 200:
+            raise DemoError(f"portal login answered {status}: {reply}")
+        status, reply = post(
+            "/api/portal/payout", {"iban": iban, "account_holder": f"Demo attendee {card_uid}"}
+        )
+        if status != 201 or not isinstance(reply, dict):
+            raise DemoError(f"portal payout answered {status}: {reply}")
+        self.say(
+            f"portal: attendee {card_uid} logged in with the band's PIN and asked for a payout"
+        )
+        return reply
+
+    def _wait_for_the_stripe_refunds(self, payout_ids: list[str], asked_s: float) -> None:
+        """The Stripe parts of these payout requests (their payout_id is the request's id)
+        refunded by the API's runner."""
+        from cloud.database import make_engine
+
+        if not payout_ids:
+            return
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        query = (
+            "SELECT count(*) FILTER (WHERE state = 'paid'), count(*),"
+            " coalesce(sum(amount_cents) FILTER (WHERE state = 'paid'), 0)"
+            " FROM payouts WHERE kind = 'stripe' AND request_id = ANY(CAST(%(ids)s AS uuid[]))"
+        )
+
+        def counts() -> tuple[int, int, int]:
+            with engine.connect() as connection:
+                row = connection.exec_driver_sql(query, {"ids": payout_ids}).one()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        try:
+            wait_for(lambda: _all_paid(counts()), "the Stripe refunds", DEMO_REFUND_TIMEOUT_S)
+            paid, parts, cents = counts()
+        except (DemoError, OSError, ValueError) as error:
+            self.tally.error(f"payouts: Stripe refunds: {error}")
+            return
+        finally:
+            engine.dispose()
+        if parts:
+            self.say(
+                f"payout: {parts} Stripe refunds ({_eur(cents)}) made through Stripe's refunds API"
+                f" within {time.monotonic() - asked_s:.1f} s of the first request"
+            )
+            with self.tally.lock:
+                self.tally.stripe_refunds = paid
 
     def ledger_check(self) -> list[str]:
         from cloud.database import make_engine
@@ -1169,7 +1269,10 @@ class Demo:
             if self.tally.offline_approved
             else "",
             "debt paid by a later top-up" if self.tally.debt_paid else "",
-            f"payouts ({self.tally.payouts} attendees paid back)" if self.tally.payouts else "",
+            f"payouts ({self.tally.payouts} attendees paid back, {self.tally.stripe_refunds}"
+            " Stripe refunds)"
+            if self.tally.payouts
+            else "",
             "genuine wristbands (a copied UID refused)" if self.tally.clone_refused else "",
         ]
         self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))

@@ -19,6 +19,7 @@ start of the demo, which moves each one above what the cloud already accepted fo
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import TextIO
 
@@ -66,4 +67,7 @@ def serve(lines: TextIO, out: TextIO) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C in the demo's terminal reaches the whole process group: the demo stops the box
+    # itself (it closes the box's input) once it no longer reads bands.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     serve(sys.stdin, sys.stdout)

@@ -121,7 +121,20 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
         for p in payouts
     ):
         assert whole > 0 and whole == bank + stripe, output
-    assert f"payouts ({len(payouts)} attendees paid back)" in output, output
+    assert f"payouts ({len(payouts)} attendees paid back, " in output, output
+    # The first asked on the portal with the band's PIN, after an online top-up: its Stripe part
+    # is refunded through (the fake) Stripe's refunds API by the API's runner, within 30 s.
+    assert re.search(r"^portal: attendee \w+ logged in with the band's PIN", output, re.M), output
+    assert int(payouts[0][4]) * 100 + int(payouts[0][5]) > 0, output
+    refunds = re.search(
+        r"^payout: (\d+) Stripe refunds \((\d+)\.(\d\d)\) made through Stripe's refunds API",
+        output,
+        re.M,
+    )
+    assert refunds and int(refunds.group(1)) >= 1, output
+    stripe_total = sum(int(p[4]) * 100 + int(p[5]) for p in payouts)
+    assert int(refunds.group(2)) * 100 + int(refunds.group(3)) == stripe_total, output
+    assert f"{refunds.group(1)} Stripe refunds)" in output, output
     assert "error: payouts" not in output, output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
     assert offline and int(offline.group(1)) >= 1, output
