@@ -27,17 +27,18 @@ from typing import Any, Final, TypeAlias, cast
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
-from protocol.models import ECHO_FIELDS, BarOrder, CheckpointRecharge, Request, echo_fields
+from protocol.models import (
+    ECHO_FIELDS,
+    REQUEST_TYPES,
+    CheckpointRecharge,
+    Request,
+    echo_fields,
+    role_may_send,
+)
 from protocol.sun import SunError, SunFailure, SunVerifier
 
-# Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
-# role").
-TYPES_ALLOWED_BY_ROLE: Final[dict[str, frozenset[str]]] = {
-    "bar": frozenset({BarOrder.type}),
-    "checkpoint": frozenset({CheckpointRecharge.type}),
-    "all": frozenset({BarOrder.type, CheckpointRecharge.type}),
-}
-TYPES_ALL: Final = frozenset({BarOrder.type, CheckpointRecharge.type})
+# The role rule lives with the protocol (protocol.models.REQUEST_TYPES_BY_ROLE).
+TYPES_ALL: Final = frozenset(REQUEST_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ class Reject:
     echo: Echo
     request_id: str
     kiosk_id: str
-    request_type: str | None  # bar_order | checkpoint_recharge when the payload says so
+    request_type: str | None  # one of REQUEST_TYPES when the payload says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +193,11 @@ def _refusal_by_kiosk(document: dict[str, object], kiosk: KioskView) -> Protocol
     if not kiosk.enabled:
         return ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
     request_type = document.get("type")
-    allowed = TYPES_ALLOWED_BY_ROLE.get(kiosk.role, frozenset())
-    if isinstance(request_type, str) and request_type in TYPES_ALL and request_type not in allowed:
+    if (
+        isinstance(request_type, str)
+        and request_type in TYPES_ALL
+        and not role_may_send(kiosk.role, request_type)
+    ):
         return ProtocolError(
             ErrorCode.OPERATION_NOT_ALLOWED, f"a {kiosk.role} kiosk may not send {request_type}"
         )
