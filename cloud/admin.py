@@ -46,6 +46,7 @@ def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
             max_balance_cents=settings.festival_max_balance_cents,
             max_topup_cents=settings.festival_max_topup_cents,
             menu_grace_s=settings.festival_menu_grace_s,
+            void_window_s=settings.festival_void_window_s,
             currency=settings.festival_currency,
         )
     finally:
