@@ -457,3 +457,35 @@ def test_the_downgrade_restores_0015_and_is_refused_once_voids_exist(
     _approved(ledger.apply(void(order)))
     with pytest.raises(Exception, match="cannot be downgraded"):
         database.downgrade(database_url, "0015")
+
+
+# --- festival-cloud card swap (the info desk) ----------------------------------------------------
+
+
+def test_card_swap_on_the_command_line(ledger: Ledger, database_url: str) -> None:
+    import json
+
+    from tests.ledger.test_cli import cli
+
+    _approved(ledger.apply(recharge(CARD, 1_234)))
+    swapped = cli(database_url, "card", "swap", CARD, NEW, "--json")
+    assert swapped.returncode == 0, swapped.stderr
+    answer = json.loads(swapped.stdout)
+    assert answer["status"] == "approved" and answer["error_code"] is None
+    assert (answer["old_card_uid"], answer["card_uid"]) == (CARD, NEW)
+    assert (answer["balance_cents"], answer["debt_cents"]) == (1_234, 0)
+    assert _card(database_url, CARD) == (0, 0, "blocked", f"replaced by {NEW}", NEW)
+    assert execute(database_url, "SELECT presence FROM card_swaps") == [("operator",)]
+
+    again = cli(database_url, "card", "swap", CARD, OTHER)
+    assert again.returncode == 1 and "CARD_BLOCKED" in again.stderr
+    text = cli(database_url, "card", "swap", NEW, OTHER)
+    assert text.returncode == 0 and f"replaced by {OTHER}: balance 12.34" in text.stdout
+    assert cli(database_url, "card", "swap", OTHER, OTHER).returncode == 2
+    assert cli(database_url, "card", "swap", "04a1b2c3", OTHER).returncode == 2
+    unknown = cli(database_url, "card", "swap", "04F0F0F0", "04F0F0F1", "--json")
+    assert unknown.returncode == 1
+    assert json.loads(unknown.stdout)["error_code"] == "CARD_NOT_FOUND"
+    # a replaced card stays blocked: its money is elsewhere
+    assert cli(database_url, "card", "unblock", CARD).returncode != 0
+    assert _card(database_url, CARD)[2] == "blocked"
