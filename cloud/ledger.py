@@ -1059,8 +1059,9 @@ class Ledger:
         return self._select(SEED_TRANSACTION_LOG_SQL)
 
     def sales_report(self) -> dict[str, object]:
-        """Per bar: orders and sales (sales lines only: cup deposits and returns are not sales);
-        per checkpoint: cash and card taken; Stripe totals; the cup deposits held."""
+        """Per bar: orders and sales (sales lines only: cup deposits and returns are not sales;
+        voided orders not at all); per checkpoint: cash and card taken; Stripe totals; the cup
+        deposits held."""
 
         def work(connection: Connection) -> dict[str, object]:
             bars = _rows(
@@ -1073,6 +1074,8 @@ class Ledger:
                        SELECT sum(i.line_total_cents) FILTER (
                                   WHERE NOT i.is_deposit AND NOT i.is_return) AS sales_cents
                          FROM bar_order_items i WHERE i.order_id = o.order_id) l ON true
+                 -- (revision 0016) net of voids: a voided order is no sale
+                 WHERE NOT EXISTS (SELECT 1 FROM voids v WHERE v.order_id = o.order_id)
                  GROUP BY o.kiosk_id ORDER BY o.kiosk_id
                 """,
             )
