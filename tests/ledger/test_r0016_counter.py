@@ -489,3 +489,21 @@ def test_card_swap_on_the_command_line(ledger: Ledger, database_url: str) -> Non
     # a replaced card stays blocked: its money is elsewhere
     assert cli(database_url, "card", "unblock", CARD).returncode != 0
     assert _card(database_url, CARD)[2] == "blocked"
+
+
+def test_only_a_kiosks_mqtt_request_may_be_a_void_or_a_swap(ledger: Ledger) -> None:
+    """sp_handle_request is the API's too (the POS endpoints): a void or a swap from there, not
+    from a kiosk over MQTT, is refused as a caller's bug and nothing is stored."""
+    _approved(ledger.apply(recharge(CARD, 1_000)))
+    order = bar_order(CARD, ("Beer", 1, 400))
+    _approved(ledger.apply(order))
+    for item in (void(order), card_swap(CARD, NEW)):
+        with pytest.raises(sa_exc.DBAPIError, match="malformed void or card swap"):
+            ledger.apply(LedgerRequest(item.request, item.payload_sha256, source="http"))
+    assert _card_balance(ledger, CARD) == 600
+
+
+def _card_balance(ledger: Ledger, card_uid: str) -> int:
+    card = ledger.card(card_uid)
+    assert card is not None
+    return card.balance_cents
