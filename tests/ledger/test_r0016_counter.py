@@ -507,3 +507,34 @@ def _card_balance(ledger: Ledger, card_uid: str) -> int:
     card = ledger.card(card_uid)
     assert card is not None
     return card.balance_cents
+
+
+def _stripe_top_up(ledger: Ledger, card_uid: str, amount_cents: int, name: str) -> str:
+    ledger.create_topup(
+        topup_id=f"tu_{name}", card_uid=card_uid, amount_cents=amount_cents, currency="EUR"
+    )
+    result = ledger.handle_stripe_checkout(
+        event_id=f"evt_{name}",
+        session_id=f"cs_{name}",
+        topup_id=f"tu_{name}",
+        card_uid=card_uid,
+        amount_cents=amount_cents,
+        currency="EUR",
+        payment_intent_id=f"pi_{name}",
+    )
+    assert result.outcome.approved, result.outcome
+    return f"pi_{name}"
+
+
+def test_the_old_cards_stripe_top_ups_follow_the_new_card(
+    ledger: Ledger, database_url: str
+) -> None:
+    intent = _stripe_top_up(ledger, CARD, 2_000, "swap")
+    _approved(ledger.apply(card_swap(CARD, NEW)))
+    assert scalar(database_url, "SELECT card_uid FROM topups WHERE topup_id = 'tu_swap'") == NEW
+    refund = ledger.process_stripe_refund(
+        event_id="evt_swap_refund", payment_intent_id=intent, amount_refunded_cents=500
+    )
+    assert refund.approved and refund.card_uid == NEW
+    assert _card(database_url, NEW)[:3] == (1_500, 0, "active")
+    assert _card(database_url, CARD)[:3] == (0, 0, "blocked")

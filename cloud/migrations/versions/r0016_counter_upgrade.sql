@@ -650,6 +650,14 @@ BEGIN
                (a.decided -> 'swap' ->> 'debt_cents')::bigint, p_at
           FROM approved a WHERE a.type = 'card_swap'
         RETURNING 1
+    ), moved_topups AS (
+        -- 0016: the old card's credited Stripe top-ups follow the new card, so their refunds,
+        -- disputes and a payout's Stripe parts reach the card that holds the money (a top-up
+        -- still pending stays: if it is paid, the blocked old card declines it and it is refunded)
+        UPDATE topups u SET card_uid = a.card_uid, updated_at = p_at
+          FROM approved a
+         WHERE a.type = 'card_swap' AND u.card_uid = a.old_card_uid AND u.status = 'credited'
+        RETURNING 1
     ), offline AS (
         -- 0013: every approved offline sale, with what the card could not pay (the 24-hour
         -- bound, monitoring)
