@@ -538,3 +538,13 @@ def test_the_old_cards_stripe_top_ups_follow_the_new_card(
     assert refund.approved and refund.card_uid == NEW
     assert _card(database_url, NEW)[:3] == (1_500, 0, "active")
     assert _card(database_url, CARD)[:3] == (0, 0, "blocked")
+
+
+def test_check_reports_a_replaced_card_holding_money(ledger: Ledger, database_url: str) -> None:
+    _approved(ledger.apply(recharge(CARD, 500)))
+    _approved(ledger.apply(card_swap(CARD, NEW)))
+    assert ledger.check() == []
+    execute(database_url, "UPDATE cards SET balance_cents = 7 WHERE card_uid = :c", c=CARD)
+    problems = ledger.check()
+    assert f"card {CARD} was replaced by {NEW} but holds a balance of 7 cents" in problems
+    execute(database_url, "UPDATE cards SET balance_cents = 0 WHERE card_uid = :c", c=CARD)
