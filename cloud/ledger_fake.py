@@ -550,6 +550,9 @@ class FakeLedger:
         """One new request, in ledger_process_requests's order of rules."""
         card_uid = request.card_uid
         offline = isinstance(request, BarOrder) and request.offline
+        if offline:  # (0016) a late offline sale on a replaced band follows its replacement
+            while card_uid in self.replaced_by:
+                card_uid = self.replaced_by[card_uid]
         if isinstance(request, BarOrder):
             delta = -request.total_cents
             deposit_delta, returns_cents = _deposit_lines(request)

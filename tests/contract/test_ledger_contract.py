@@ -942,6 +942,29 @@ class LedgerContract:
         lost = ledger.apply(card_swap("DEADBEEF", "AABBCCDD"))  # blocked as lost: no presence
         assert (lost.status, lost.new_balance_cents) == (Status.APPROVED, 10)
 
+    def test_a_late_offline_sale_follows_the_replacement(self, ledger: Any) -> None:
+        version = ledger.issue_kiosk_config("bar-1", offline=POLICY)
+        ledger.mark_config_published("bar-1", version)
+        ledger.apply(recharge(OTHER, 300))
+        ledger.apply(card_swap(OTHER, "11223344"))
+        late = ledger.apply(
+            bar_order(OTHER, ("Beer", 1, 500), config_version=version, offline=True)
+        )
+        assert fields(late) == {
+            "request_id": late.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Paid (offline sale)",
+            "previous_balance_cents": 300,
+            "new_balance_cents": 0,
+            "debt_cents": 200,
+            "replayed": False,
+            "card_uid": "11223344",
+            "has_transaction": True,
+            "has_order": True,
+        }
+        assert ledger.card(OTHER).balance_cents == 0
+
 
 class TestFakeLedger(LedgerContract):
     @pytest.fixture

@@ -548,3 +548,32 @@ def test_check_reports_a_replaced_card_holding_money(ledger: Ledger, database_ur
     problems = ledger.check()
     assert f"card {CARD} was replaced by {NEW} but holds a balance of 7 cents" in problems
     execute(database_url, "UPDATE cards SET balance_cents = 0 WHERE card_uid = :c", c=CARD)
+
+
+def test_a_late_offline_sale_on_a_replaced_band_follows_the_replacement(
+    ledger: Ledger, database_url: str
+) -> None:
+    from protocol.models import OfflinePolicy
+
+    version = ledger.issue_kiosk_config(
+        "bar-1",
+        offline=OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=10_000),
+    )
+    assert version is not None
+    ledger.mark_config_published("bar-1", version)
+    _approved(ledger.apply(recharge(CARD, 1_000)))
+    _approved(ledger.apply(card_swap(CARD, NEW)))
+    late = bar_order(
+        CARD,
+        ("Beer", 1, 400),
+        config_version=version,
+        offline=True,
+        created_at_ms=_now_ms() - MINUTE_MS,
+    )
+    outcome = _approved(ledger.apply(late))
+    assert (outcome.previous_balance_cents, outcome.new_balance_cents) == (1_000, 600)
+    assert _card(database_url, NEW)[:2] == (600, 0)
+    assert _card(database_url, CARD)[:2] == (0, 0)
+    assert ledger.apply(late).replayed
+    # an online order on the replaced band is still refused
+    _declined(ledger.apply(bar_order(CARD, ("Beer", 1, 400))), ErrorCode.CARD_BLOCKED)

@@ -21,6 +21,7 @@ DROP FUNCTION ledger_decide_void(ledger_request, processed_requests, bar_orders,
                                  bigint, timestamptz, integer);
 DROP FUNCTION ledger_decide_card_swap(ledger_request, cards, cards, text, text, bigint);
 DROP FUNCTION ledger_blocked_by_the_system(text);
+DROP FUNCTION ledger_replacement_of(text);
 
 ALTER FUNCTION ledger_process_plain_requests(jsonb, bigint, bigint, bigint, integer)
     RENAME TO ledger_process_requests;

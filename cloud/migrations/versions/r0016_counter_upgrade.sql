@@ -175,6 +175,23 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
            ~* '(replaced by|payment disputed|payout|cashed out|refund shortfall)'
 $$;
 
+-- The card that holds what p_card_uid held: itself, or the last card of its chain of
+-- replacements (read without locks: the procedure that moves money locks that card).
+CREATE FUNCTION ledger_replacement_of(p_card_uid text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_card_uid text := p_card_uid;
+    v_next text;
+BEGIN
+    FOR v_hop IN 1 .. ledger_limit('replacements_followed_max') LOOP
+        SELECT c.replaced_by INTO v_next FROM cards c WHERE c.card_uid = v_card_uid;
+        EXIT WHEN v_next IS NULL;
+        v_card_uid := v_next;
+    END LOOP;
+    RETURN v_card_uid;
+END
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- 4. Decide: pure functions of what the procedure read under its locks
 
@@ -888,6 +905,20 @@ BEGIN
     IF p_void_window_s IS NULL OR p_void_window_s < 0 THEN
         RAISE EXCEPTION 'invalid limits' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- A late offline sale made on a band that has been replaced since follows its replacement
+    -- (PROTOCOL.md `card_swap`): it is applied to the card that holds the money now. (The result
+    -- still echoes the request's card_uid: the consumer answers with the request's fields.)
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x
+                 JOIN cards c ON c.card_uid = x ->> 'card_uid'
+                WHERE x ->> 'type' = 'bar_order' AND x ->> 'offline' = 'true'
+                  AND c.replaced_by IS NOT NULL) THEN
+        SELECT jsonb_agg(CASE WHEN e.x ->> 'type' = 'bar_order' AND e.x ->> 'offline' = 'true'
+                              THEN e.x || jsonb_build_object(
+                                  'card_uid', ledger_replacement_of(e.x ->> 'card_uid'))
+                              ELSE e.x END ORDER BY e.position)
+          INTO p_requests
+          FROM jsonb_array_elements(p_requests) WITH ORDINALITY AS e(x, position);
+    END IF;
     -- A batch without voids and swaps (nearly every one) goes through unchanged.
     IF NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_requests) x
                     WHERE x ->> 'type' IN ('void', 'card_swap')) THEN
@@ -971,6 +1002,7 @@ $$;
 
 REVOKE EXECUTE ON FUNCTION
     ledger_blocked_by_the_system(text),
+    ledger_replacement_of(text),
     ledger_decide_void(ledger_request, processed_requests, bar_orders, bigint, boolean, bigint,
                        timestamptz, integer),
     ledger_decide_card_swap(ledger_request, cards, cards, text, text, bigint),
