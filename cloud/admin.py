@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from cloud.ledger import Ledger
 from cloud.ledger_records import TOPUP_RETENTION_DAYS
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
+from protocol.models import is_valid_card_uid
 
 if TYPE_CHECKING:
     from cloud.broker import BrokerAdmin
@@ -28,6 +30,8 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_VIOLATIONS = 1
 EXIT_UNAVAILABLE = 2
+EXIT_DECLINED = 1
+EXIT_USAGE = 2
 OPERATOR_BLOCK_REASON = "blocked by an operator"
 
 
@@ -46,6 +50,7 @@ def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
             max_balance_cents=settings.festival_max_balance_cents,
             max_topup_cents=settings.festival_max_topup_cents,
             menu_grace_s=settings.festival_menu_grace_s,
+            void_window_s=settings.festival_void_window_s,
             currency=settings.festival_currency,
         )
     finally:
@@ -336,6 +341,53 @@ def card_block(args: argparse.Namespace, settings: CloudSettings) -> int:
 @_unavailable
 def card_unblock(args: argparse.Namespace, settings: CloudSettings) -> int:
     return _set_card_blocked(args.uid, settings, blocked=False)
+
+
+@_unavailable
+def card_swap(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`card swap OLD NEW [--json]`: the info desk's card swap (PROTOCOL.md `card_swap`, through
+    sp_card_swap): OLD's balance and debt onto NEW, OLD blocked `replaced by NEW`. The operator
+    vouches for the old band (an active one too). Exit 0 when swapped, 1 when declined."""
+    for uid in (args.old_uid, args.new_uid):
+        if not is_valid_card_uid(uid):
+            print(
+                f"festival-cloud: invalid card UID {uid!r} (8, 14 or 20 upper-case hex)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+    if args.old_uid == args.new_uid:
+        print("festival-cloud: the old and the new card must differ", file=sys.stderr)
+        return EXIT_USAGE
+    with _ledger(settings) as ledger:
+        # a fresh id per call: run again after a failure, it declines (the old card is replaced)
+        outcome = ledger.swap_card(
+            request_id=f"desk:{uuid.uuid4()}", old_card_uid=args.old_uid, new_card_uid=args.new_uid
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "old_card_uid": args.old_uid,
+                    "card_uid": args.new_uid,
+                    "status": str(outcome.status),
+                    "error_code": None if outcome.error_code is None else str(outcome.error_code),
+                    "message": outcome.message,
+                    "transaction_id": outcome.transaction_id,
+                    "balance_cents": outcome.new_balance_cents,
+                    "debt_cents": outcome.debt_cents,
+                }
+            )
+        )
+    elif outcome.approved:
+        owes = f", debt {_euros(outcome.debt_cents or 0)}" if outcome.debt_cents else ""
+        balance = _euros(outcome.new_balance_cents or 0)
+        print(f"card {args.old_uid} replaced by {args.new_uid}: balance {balance}{owes}")
+    else:
+        print(
+            f"festival-cloud: not swapped ({outcome.error_code}): {outcome.message}",
+            file=sys.stderr,
+        )
+    return EXIT_OK if outcome.approved else EXIT_DECLINED
 
 
 # --- maintenance -------------------------------------------------------------------------------

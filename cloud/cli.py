@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "uid"
     )
     _verb(card, "unblock", "unblock a card", "cloud.admin:card_unblock").add_argument("uid")
+    swap = _verb(
+        card, "swap", "move a lost or broken band's money onto a new one", "cloud.admin:card_swap"
+    )
+    swap.add_argument("old_uid", metavar="OLD_UID")
+    swap.add_argument("new_uid", metavar="NEW_UID")
+    swap.add_argument("--json", action="store_true")
     _add_wristband_verbs(card)
     _add_portal_card_verbs(card)
 

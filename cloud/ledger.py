@@ -66,6 +66,7 @@ from protocol.limits import (
     RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
+    VOID_WINDOW_S_DEFAULT,
 )
 from protocol.models import (
     KioskStatus,
@@ -195,14 +196,17 @@ class Ledger:
         return_cents_max: int = RETURN_CENTS_MAX_DEFAULT,
         currency: str = "EUR",
         menu_grace_s: int = MENU_GRACE_S_DEFAULT,
+        void_window_s: int = VOID_WINDOW_S_DEFAULT,
     ) -> None:
         """The limits are the deployment's settings (FESTIVAL_MAX_BALANCE_CENTS, ...,
-        FESTIVAL_MENU_GRACE_S), passed to every request procedure; each defaults to the
+        FESTIVAL_MENU_GRACE_S, FESTIVAL_VOID_WINDOW_S), passed to every request procedure; each
+        defaults to the
         protocol's default, as the procedures' own parameters do (ledger_limit)."""
         assert max_balance_cents >= 0 and max_topup_cents >= 1
         assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
-        assert menu_grace_s >= 0
+        assert menu_grace_s >= 0 and void_window_s >= 0
         self._engine = engine
+        self.void_window_s = void_window_s
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
         self.return_cents_max = return_cents_max
@@ -242,12 +246,13 @@ class Ledger:
         """Apply one request in its own transaction (sp_handle_request)."""
         document = self._scalar(
             "SELECT sp_handle_request(CAST(:request AS jsonb), :balance_max, :topup_max,"
-            " :return_max, :menu_grace_s)",
+            " :return_max, :menu_grace_s, :void_window_s)",
             request=json.dumps(request_document(item), separators=(",", ":")),
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
             menu_grace_s=self.menu_grace_s,
+            void_window_s=self.void_window_s,
         )
         return outcome_from_document(document)
 
@@ -259,12 +264,13 @@ class Ledger:
         payload = json.dumps([request_document(item) for item in items], separators=(",", ":"))
         documents = self._scalar(
             "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max,"
-            " :return_max, :menu_grace_s)",
+            " :return_max, :menu_grace_s, :void_window_s)",
             requests=payload,
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
             menu_grace_s=self.menu_grace_s,
+            void_window_s=self.void_window_s,
         )
         assert len(documents) == len(items)
         return [outcome_from_document(document) for document in documents]
@@ -694,6 +700,18 @@ class Ledger:
     def unblock_card(self, card_uid: str) -> bool:
         return bool(self._scalar("SELECT sp_unblock_card(:card_uid)", card_uid=card_uid))
 
+    def swap_card(self, *, request_id: str, old_card_uid: str, new_card_uid: str) -> Outcome:
+        """(1.1) The info desk's card swap (sp_card_swap): the card_swap request on the
+        operator's word, idempotent by ``request_id``."""
+        document = self._scalar(
+            "SELECT sp_card_swap(:request_id, :old_card_uid, :new_card_uid, :balance_max)",
+            request_id=request_id,
+            old_card_uid=old_card_uid,
+            new_card_uid=new_card_uid,
+            balance_max=self.max_balance_cents,
+        )
+        return outcome_from_document(document)
+
     # --- Stripe ----------------------------------------------------------------------------------
 
     def record_stripe_event(
@@ -1041,8 +1059,9 @@ class Ledger:
         return self._select(SEED_TRANSACTION_LOG_SQL)
 
     def sales_report(self) -> dict[str, object]:
-        """Per bar: orders and sales (sales lines only: cup deposits and returns are not sales);
-        per checkpoint: cash and card taken; Stripe totals; the cup deposits held."""
+        """Per bar: orders and sales (sales lines only: cup deposits and returns are not sales;
+        voided orders not at all); per checkpoint: cash and card taken; Stripe totals; the cup
+        deposits held."""
 
         def work(connection: Connection) -> dict[str, object]:
             bars = _rows(
@@ -1055,6 +1074,8 @@ class Ledger:
                        SELECT sum(i.line_total_cents) FILTER (
                                   WHERE NOT i.is_deposit AND NOT i.is_return) AS sales_cents
                          FROM bar_order_items i WHERE i.order_id = o.order_id) l ON true
+                 -- (revision 0016) net of voids: a voided order is no sale
+                 WHERE NOT EXISTS (SELECT 1 FROM voids v WHERE v.order_id = o.order_id)
                  GROUP BY o.kiosk_id ORDER BY o.kiosk_id
                 """,
             )

@@ -32,6 +32,7 @@ loads SQLAlchemy, but nothing here opens a connection.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -73,15 +74,18 @@ from protocol.limits import (
     RETURN_CENTS_MAX_DEFAULT,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
+    VOID_WINDOW_S_DEFAULT,
 )
 from protocol.models import (
     BarOrder,
+    CardSwap,
     CheckpointRecharge,
     KioskConfig,
     KioskStatus,
     Menu,
     OfflinePolicy,
     ScanRecord,
+    Void,
     config_to_dict,
 )
 
@@ -152,6 +156,23 @@ OFFLINE_OVER_SALE_MESSAGE: Final = (
 OFFLINE_BOUND_MESSAGE: Final = (
     "Offline sale refused: this kiosk's offline sales created {created} of debts within 24"
     " hours, more than twice its offline limit of {limit}"
+)
+# Revision 0016's texts (ledger_decide_void, ledger_decide_card_swap), word for word.
+VOID_APPROVED_MESSAGE: Final = "Voided"
+VOID_UNKNOWN_MESSAGE: Final = "Not voided: no approved order of this kiosk has that request id"
+VOID_OTHER_CARD_MESSAGE: Final = "Not voided: the order was paid with another wristband"
+VOID_AGAIN_MESSAGE: Final = "Not voided: the order was voided already"
+VOID_TOO_OLD_MESSAGE: Final = "Not voided: the order is older than {minutes} minutes"
+VOID_RETURNS_MESSAGE: Final = "Not voided: an order of returns only cannot be voided"
+VOID_DEPOSITS_MESSAGE: Final = "Not voided: its cup deposits were returned already"
+SWAP_APPROVED_MESSAGE: Final = "Wristband replaced"
+SWAP_UNKNOWN_MESSAGE: Final = "Unknown old wristband: nothing to move"
+SWAP_OLD_BLOCKED_MESSAGE: Final = "Old wristband cannot be replaced: {reason}"
+SWAP_NOT_PRESENTED_MESSAGE: Final = "Old wristband not presented: block it as lost first"
+SWAP_NEW_BLOCKED_MESSAGE: Final = "New wristband blocked: use another one"
+# ledger_blocked_by_the_system: reasons the system gives a card (not swappable).
+SYSTEM_BLOCK_REASON_PATTERN: Final = re.compile(
+    "(replaced by|payment disputed|payout|cashed out|refund shortfall)", re.IGNORECASE
 )
 # The kiosk's bound counts the debts its offline sales created within this window.
 OFFLINE_BOUND_WINDOW_MS: Final = 24 * 3_600_000
@@ -237,6 +258,17 @@ class _Config:
 
 
 @dataclass(frozen=True, slots=True)
+class _Order:
+    """(1.1) An approved bar order, as a void reads it (bar_orders, bar_order_items)."""
+
+    kiosk_id: str
+    card_uid: str
+    total_cents: int
+    deposit_delta: int | None
+    created_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Claim:
     """A processed request id: the hash of its payload and its outcome (a procedure's jsonb)."""
 
@@ -258,6 +290,7 @@ class FakeLedger:
         clock_ms: Callable[[], int] = _wall_ms,
         menu_grace_s: int = MENU_GRACE_S_DEFAULT,
         currency: str = "EUR",
+        void_window_s: int = VOID_WINDOW_S_DEFAULT,
     ) -> None:
         """`balances`: cards that exist already (uid -> cents), as if topped up before;
         `deposits_held_cents`: cup deposits charged before and not yet returned."""
@@ -265,6 +298,7 @@ class FakeLedger:
         assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
         assert deposits_held_cents >= 0 and menu_grace_s >= 0
         self.menu_grace_s = menu_grace_s
+        self.void_window_s = void_window_s
         self.currency = currency.upper()
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
@@ -290,6 +324,11 @@ class FakeLedger:
         # those within SUN_COUNTER_WINDOW below it), and the failures by reason
         self._sun_counters: dict[str, set[int]] = {}
         self.sun_failures: dict[str, int] = {}
+        # (1.1, revision 0016) every approved bar order by request id, the orders voided, and
+        # each replaced card's replacement (cards.replaced_by)
+        self._orders: dict[str, _Order] = {}
+        self._voided: set[str] = set()
+        self.replaced_by: dict[str, str] = {}
 
     # --- requests --------------------------------------------------------------------------------
 
@@ -308,7 +347,13 @@ class FakeLedger:
             for item in items:
                 request = item.request
                 claim = self._claims.get(request.request_id)
-                if claim is None:
+                if claim is None and isinstance(request, CardSwap | Void):
+                    document = self._counter(item, now_ms)
+                    self._claims[request.request_id] = _Claim(item.payload_sha256.lower(), document)
+                    if item.source == "mqtt":
+                        self._saw(request.kiosk_id, request.seq, now_ms)
+                elif claim is None:
+                    assert isinstance(request, BarOrder | CheckpointRecharge)
                     problem = self._price_problem(item)
                     sun_problem = self._sun_problem(item)  # accepts a fresh counter
                     offline_problem = (
@@ -405,6 +450,16 @@ class FakeLedger:
         int(item.payload_sha256, 16)  # ValueError when it is not hex
         if isinstance(request, BarOrder):
             assert request.total_cents == sum(i.signed_cents for i in request.items), "total"
+        elif isinstance(request, CardSwap | Void):
+            if item.source != "mqtt":
+                raise ValueError(f"{request.type} {request.request_id} must come from a kiosk")
+            if item.old_sun_failure is not None and (
+                item.old_sun_failure not in SUN_FAILURES_FROM_CONSUMER
+                or item.old_sun_counter is not None
+            ):
+                raise ValueError(
+                    f"request {request.request_id}: old_sun_failure is not a consumer's"
+                )
         elif not (
             1 <= request.amount_cents <= self.max_topup_cents
             and request.payment_method in ("cash", "card")
@@ -495,6 +550,9 @@ class FakeLedger:
         """One new request, in ledger_process_requests's order of rules."""
         card_uid = request.card_uid
         offline = isinstance(request, BarOrder) and request.offline
+        if offline:  # (0016) a late offline sale on a replaced band follows its replacement
+            while card_uid in self.replaced_by:
+                card_uid = self.replaced_by[card_uid]
         if isinstance(request, BarOrder):
             delta = -request.total_cents
             deposit_delta, returns_cents = _deposit_lines(request)
@@ -549,6 +607,14 @@ class FakeLedger:
                 self._deposits_held_cents += deposit_delta
             transaction_id = _uuid7(now_ms)
             order_id = _uuid7(now_ms) if isinstance(request, BarOrder) else None
+            if isinstance(request, BarOrder):
+                self._orders[request.request_id] = _Order(
+                    request.kiosk_id,
+                    card_uid,
+                    request.total_cents,
+                    deposit_delta,
+                    request.created_at_ms,
+                )
         return {
             "request_id": request.request_id,
             "status": (Status.APPROVED if code is None else Status.DECLINED).value,
@@ -568,6 +634,143 @@ class FakeLedger:
             "order_id": order_id,
             "card_uid": card_uid,
         }
+
+    # --- (1.1) void and card swap, as revision 0016 decides them ------------------------------
+
+    def _counter(self, item: LedgerRequest, now_ms: int) -> dict[str, Any]:
+        request = item.request
+        if isinstance(request, Void):
+            target = request.card_uid
+            while target in self.replaced_by:
+                target = self.replaced_by[target]
+            refusal, text, moved = self._void_rule(request, now_ms)
+            order = self._orders.get(request.original_request_id)
+            if refusal is None:
+                assert order is not None
+                self._voided.add(request.original_request_id)
+                if order.deposit_delta is not None:
+                    self._deposits_held_cents -= order.deposit_delta
+            return self._move(request, target, refusal, text, moved, now_ms)
+        assert isinstance(request, CardSwap)
+        new_problem = item.sun_failure
+        presented = False
+        for card_uid, counter in sorted(
+            ((request.card_uid, item.sun_counter), (request.old_card_uid, item.old_sun_counter))
+        ):
+            if counter is None:
+                continue
+            fresh = self._accept_online(card_uid, counter)
+            if card_uid == request.card_uid and not fresh:
+                new_problem = "stale_counter"
+            if card_uid == request.old_card_uid and fresh:
+                presented = True
+        uid_mode = (item.sun_counter, item.sun_failure, item.old_sun_counter) == (None,) * 3 and (
+            item.old_sun_failure is None
+        )
+        old = request.old_card_uid
+        old_net = None
+        if old in self.balances:
+            old_net = self.balances[old] - self.debts.get(old, 0)
+        new_net = None
+        if request.card_uid in self.balances:
+            new_net = self.balances[request.card_uid] - self.debts.get(request.card_uid, 0)
+        code: ErrorCode | None = None
+        message = SWAP_APPROVED_MESSAGE
+        if new_problem is not None:
+            code, message = ErrorCode.CARD_NOT_GENUINE, SUN_MESSAGES[new_problem]
+        elif old_net is None:
+            code, message = ErrorCode.CARD_NOT_FOUND, SWAP_UNKNOWN_MESSAGE
+        elif old in self._blocked and (
+            old in self.replaced_by or SYSTEM_BLOCK_REASON_PATTERN.search(self._blocked[old])
+        ):
+            reason = self._blocked[old] or "blocked"
+            code = ErrorCode.CARD_BLOCKED
+            message = SWAP_OLD_BLOCKED_MESSAGE.format(reason=reason)[:RESULT_MESSAGE_LENGTH_MAX]
+        elif old not in self._blocked and not (presented or uid_mode):
+            code, message = ErrorCode.CARD_BLOCKED, SWAP_NOT_PRESENTED_MESSAGE
+        elif request.card_uid in self._blocked:
+            code, message = ErrorCode.CARD_BLOCKED, SWAP_NEW_BLOCKED_MESSAGE
+        elif (new_net or 0) + old_net > self.max_balance_cents:
+            code = ErrorCode.BALANCE_LIMIT_EXCEEDED
+            message = DECLINE_MESSAGES[code]
+        delta = 0
+        if code is None:
+            assert old_net is not None
+            delta = old_net
+            self.balances.setdefault(request.card_uid, 0)
+            self.balances[old] = 0
+            self.debts.pop(old, None)
+            self._blocked[old] = f"replaced by {request.card_uid}"
+            self.replaced_by[old] = request.card_uid
+        document = self._move(request, request.card_uid, code, message, delta, now_ms)
+        if code is ErrorCode.CARD_NOT_FOUND:
+            document.update(previous_balance_cents=None, new_balance_cents=None, debt_cents=None)
+        elif document["new_balance_cents"] is None and code is not ErrorCode.CARD_NOT_GENUINE:
+            document.update(previous_balance_cents=0, new_balance_cents=0, debt_cents=0)
+        return document
+
+    def _void_rule(self, request: Void, now_ms: int) -> tuple[ErrorCode | None, str, int]:
+        order = self._orders.get(request.original_request_id)
+        refused = ErrorCode.VOID_NOT_ALLOWED
+        if order is None or order.kiosk_id != request.kiosk_id:
+            return refused, VOID_UNKNOWN_MESSAGE, 0
+        if order.card_uid != request.card_uid:
+            return refused, VOID_OTHER_CARD_MESSAGE, 0
+        if request.original_request_id in self._voided:
+            return refused, VOID_AGAIN_MESSAGE, 0
+        if now_ms - order.created_at_ms > self.void_window_s * 1000:
+            minutes = f"{round(self.void_window_s / 60, 1):.1f}"
+            return refused, VOID_TOO_OLD_MESSAGE.format(minutes=minutes), 0
+        if order.total_cents < 0:
+            return refused, VOID_RETURNS_MESSAGE, 0
+        deposit = order.deposit_delta or 0
+        if deposit > 0 and self._deposits_held_cents - deposit < 0:
+            return refused, VOID_DEPOSITS_MESSAGE, 0
+        return None, VOID_APPROVED_MESSAGE, order.total_cents
+
+    def _move(
+        self,
+        request: CardSwap | Void,
+        card_uid: str,
+        code: ErrorCode | None,
+        message: str,
+        delta: int,
+        now_ms: int,
+    ) -> dict[str, Any]:
+        """The credited card's net position moves by ``delta`` when approved (a debt first)."""
+        balance = self.balances.get(card_uid)
+        new_balance = balance
+        if code is None:
+            assert balance is not None
+            net = balance - self.debts.get(card_uid, 0) + delta
+            new_balance = max(net, 0)
+            self.balances[card_uid] = new_balance
+            if net < 0:
+                self.debts[card_uid] = -net
+            else:
+                self.debts.pop(card_uid, None)
+        return {
+            "request_id": request.request_id,
+            "status": (Status.APPROVED if code is None else Status.DECLINED).value,
+            "error_code": None if code is None else code.value,
+            "message": message,
+            "transaction_id": None if code is not None else _uuid7(now_ms),
+            "previous_balance_cents": balance,
+            "new_balance_cents": new_balance,
+            "debt_cents": None if new_balance is None else self.debts.get(card_uid, 0),
+            "replayed": False,
+            "processed_at_ms": now_ms,
+            "order_id": None,
+            "card_uid": request.card_uid,
+        }
+
+    def _accept_online(self, card_uid: str, counter: int) -> bool:
+        accepted = self._sun_counters.setdefault(card_uid, set())
+        if counter <= max(accepted, default=-1):
+            return False
+        accepted.add(counter)
+        accepted.difference_update({c for c in accepted if c <= counter - SUN_COUNTER_WINDOW})
+        return True
 
     def record_rejection(
         self,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from protocol.errors import ErrorCode, Status
-from protocol.models import BarOrder, CheckpointRecharge, Result, request_to_dict
+from protocol.models import BarOrder, Request, Result, request_to_dict
 
 SOURCES: Final = ("mqtt", "http")
 KIOSK_ROLES: Final = ("bar", "checkpoint", "all")
@@ -94,7 +94,7 @@ class Outcome(Result):
 class LedgerRequest:
     """A validated request and the SHA-256 (hex) of its exact payload bytes."""
 
-    request: BarOrder | CheckpointRecharge
+    request: Request
     payload_sha256: str
     source: str = "mqtt"
     trace_id: str | None = None
@@ -103,6 +103,9 @@ class LedgerRequest:
     # freshness is the ledger's to decide, in the transaction that applies the request).
     sun_counter: int | None = None
     sun_failure: str | None = None
+    # (1.1) sun mode, a card swap: the same verdict on its old_card_sun (the old band presented)
+    old_sun_counter: int | None = None
+    old_sun_failure: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +221,10 @@ def request_document(item: LedgerRequest) -> dict[str, Any]:
         document["sun_counter"] = item.sun_counter
     if item.sun_failure is not None:
         document["sun_failure"] = item.sun_failure
+    if item.old_sun_counter is not None:
+        document["old_sun_counter"] = item.old_sun_counter
+    if item.old_sun_failure is not None:
+        document["old_sun_failure"] = item.old_sun_failure
     return document
 
 

@@ -173,10 +173,10 @@ class SalesWindow:
 # (offline sales need it), this one expression changes and every grouping and from/to follow.
 SOLD_AT_SQL = "o.created_at"
 
-# Every sales line in the window, then the voids subtracted. Voids do not exist yet: when they
-# do (a void table naming the order and its lines), `voided_lines` selects each voided line with
-# the same columns and its quantity and amount negated, and every report is net of it. Offline
-# sales are bar_orders rows like any other (their `offline` mark changes nothing here).
+# Every sales line in the window, then the voids subtracted (revision 0016): `voided_lines`
+# selects each line of a voided order (the voids table names the order) with its quantity and
+# amount negated, reported at the order's own time, so every report is net of it. Offline sales
+# are bar_orders rows like any other (their `offline` mark changes nothing here).
 # VAT: each line keeps the rate of the menu line it was sold from (revision 0011; NULL without
 # a menu, and for the seed POS endpoint's lines).
 NET_SALES_LINES_SQL = f"""
@@ -191,7 +191,7 @@ WITH sales_lines AS (
     SELECT order_id, kiosk_id, sold_at, sku, name, unit_price_cents, vat_rate_bp,
            -quantity AS quantity, -amount_cents AS amount_cents
       FROM sales_lines
-     WHERE false
+     WHERE order_id IN (SELECT v.order_id FROM voids v)
 ), net_lines AS (
     SELECT * FROM sales_lines
     UNION ALL

@@ -23,6 +23,7 @@ from protocol.limits import (
     RETURN_CENTS_MAX_DEFAULT,
     STALE_AFTER_S_DEFAULT,
     TOPUP_CENTS_MAX_DEFAULT,
+    VOID_WINDOW_S_DEFAULT,
 )
 from protocol.models import OfflinePolicy
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
@@ -102,6 +103,8 @@ class CloudSettings(BaseSettings):
     festival_offline_kiosk_max_cents: int = Field(default=50000, ge=1, le=10**11)
     # (1.1) How long after a config is superseded an order priced from it is still accepted.
     festival_menu_grace_s: int = Field(default=MENU_GRACE_S_DEFAULT, ge=0, le=10**6)
+    # (1.1) How long after an order's created_at_ms its kiosk may void it (PROTOCOL.md `void`).
+    festival_void_window_s: int = Field(default=VOID_WINDOW_S_DEFAULT, ge=0, le=10**6)
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)

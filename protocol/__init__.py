@@ -25,16 +25,18 @@ from protocol.keys import (
     private_key_pem,
     public_key_b64,
 )
-from protocol.models import BarItem, BarOrder, CheckpointRecharge
+from protocol.models import BarItem, BarOrder, CardSwap, CheckpointRecharge, Void
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 
 __all__ = [
     "BarItem",
     "BarOrder",
+    "CardSwap",
     "CheckpointRecharge",
     "ErrorCode",
     "ProtocolError",
     "TopicKind",
+    "Void",
     "authenticate",
     "build_result",
     "encode_request",

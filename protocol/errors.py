@@ -37,6 +37,9 @@ class ErrorCode(StrEnum):
     # (1.1) sun mode: no SUN message, or one that does not verify, names another UID, or reuses
     # a counter ("Genuine wristbands").
     CARD_NOT_GENUINE = "CARD_NOT_GENUINE"
+    # (1.1) A void the rules of PROTOCOL.md's ``void`` refuse (unknown original, another kiosk's
+    # or card's, already voided, too old, returns only, deposits that are no longer there).
+    VOID_NOT_ALLOWED = "VOID_NOT_ALLOWED"
 
     @property
     def status(self) -> Status:
@@ -60,6 +63,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.PRICE_MISMATCH: Status.REJECTED,
     ErrorCode.OFFLINE_LIMIT_EXCEEDED: Status.REJECTED,
     ErrorCode.CARD_NOT_GENUINE: Status.DECLINED,
+    ErrorCode.VOID_NOT_ALLOWED: Status.DECLINED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 

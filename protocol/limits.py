@@ -92,6 +92,9 @@ RETURN_CENTS_MAX_DEFAULT: Final = 2000
 # (1.1) How long after a config is superseded an order priced from it is still accepted
 # (FESTIVAL_MENU_GRACE_S, PROTOCOL.md "Menus").
 MENU_GRACE_S_DEFAULT: Final = 600
+# (1.1) How long after an order's created_at_ms its kiosk may void it (FESTIVAL_VOID_WINDOW_S,
+# PROTOCOL.md `void`).
+VOID_WINDOW_S_DEFAULT: Final = 900
 # Balances in results are never negative and must fit a PostgreSQL bigint.
 BALANCE_CENTS_MIN: Final = 0
 BALANCE_CENTS_WIRE_MAX: Final = 2**63 - 1

@@ -245,7 +245,78 @@ class CheckpointRecharge:
         return self.kiosk_id if self.checkpoint_id is None else self.checkpoint_id
 
 
-Request: TypeAlias = BarOrder | CheckpointRecharge
+@dataclass(frozen=True, slots=True)
+class CardSwap:
+    """(1.1) A ``card_swap`` request: move everything a lost or broken wristband holds
+    (``old_card_uid``) onto a new one (``card_uid``), at a checkpoint."""
+
+    type: ClassVar[Literal["card_swap"]] = "card_swap"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    old_card_uid: str
+    staff_id: str
+    # The old band's SUN message, when it was presented and read.
+    old_card_sun: CardSun | None = None
+    config_version: int | None = None
+    # The new band's SUN message, when it is a genuine one.
+    card_sun: CardSun | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
+        _check_card_sun(self.old_card_sun, "old_card_sun")
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _check_card_swap_rest(self.card_uid, self.old_card_uid, self.staff_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Void:
+    """(1.1) A ``void`` request: cancel an approved bar order of the same kiosk
+    (``original_request_id``) on its card (``card_uid``), within the void window."""
+
+    type: ClassVar[Literal["void"]] = "void"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    original_request_id: str
+    staff_id: str
+    config_version: int | None = None
+    card_sun: CardSun | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _check_void_rest(self.request_id, self.original_request_id, self.staff_id)
+
+
+Request: TypeAlias = BarOrder | CheckpointRecharge | CardSwap | Void
+# Every request type the protocol knows, in PROTOCOL.md's order.
+REQUEST_TYPES: Final = (BarOrder.type, CheckpointRecharge.type, CardSwap.type, Void.type)
+# Which request types each kiosk role may send (PROTOCOL.md "Each kiosk is registered with a
+# role"; DESIGN.md, 1.1: a card swap only from a checkpoint, a void only from a bar, the
+# voided order's own kiosk). Anything else is OPERATION_NOT_ALLOWED.
+REQUEST_TYPES_BY_ROLE: Final[Mapping[str, frozenset[str]]] = {
+    "bar": frozenset({BarOrder.type, Void.type}),
+    "checkpoint": frozenset({CheckpointRecharge.type, CardSwap.type}),
+    "all": frozenset(REQUEST_TYPES),
+}
+
+
+def role_may_send(role: str, request_type: str) -> bool:
+    """Whether a kiosk registered with ``role`` may send a request of ``request_type``."""
+    return request_type in REQUEST_TYPES_BY_ROLE.get(role, frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,28 +724,45 @@ def _check_config_version(config_version: object) -> None:
         _int(config_version, "config_version", CONFIG_VERSION_MIN, CONFIG_VERSION_MAX)
 
 
-def _check_card_sun_fields(picc_data: object, cmac: object) -> None:
+def _check_card_sun_fields(picc_data: object, cmac: object, name: str = "card_sun") -> None:
     if type(picc_data) is not str or CARD_SUN_PICC_DATA_PATTERN.match(picc_data) is None:
-        _fail(f"card_sun.picc_data must be 32 upper-case hex digits, got {quote(picc_data)}")
+        _fail(f"{name}.picc_data must be 32 upper-case hex digits, got {quote(picc_data)}")
     if type(cmac) is not str or CARD_SUN_CMAC_PATTERN.match(cmac) is None:
-        _fail(f"card_sun.cmac must be 16 upper-case hex digits, got {quote(cmac)}")
+        _fail(f"{name}.cmac must be 16 upper-case hex digits, got {quote(cmac)}")
 
 
-def _check_card_sun(card_sun: object) -> None:
+def _check_card_sun(card_sun: object, name: str = "card_sun") -> None:
     if card_sun is not None and type(card_sun) is not CardSun:
-        _fail(f"card_sun must be a CardSun, got {type(card_sun).__name__}")
+        _fail(f"{name} must be a CardSun, got {type(card_sun).__name__}")
+
+
+def _check_card_swap_rest(card_uid: object, old_card_uid: object, staff_id: object) -> None:
+    """(1.1) A card swap's fields after the common ones: the old band differs from the new."""
+    _matching(old_card_uid, "old_card_uid", CARD_UID_PATTERN)
+    if old_card_uid == card_uid:
+        _fail("old_card_uid must differ from card_uid")
+    _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+
+
+def _check_void_rest(request_id: object, original_request_id: object, staff_id: object) -> None:
+    """(1.1) A void's fields after the common ones: it names another request than itself."""
+    _matching(original_request_id, "original_request_id", REQUEST_ID_PATTERN)
+    if original_request_id == request_id:
+        _fail("original_request_id must differ from request_id")
+    _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
 
 
 _CARD_SUN_FIELDS: Final = frozenset({"picc_data", "cmac"})
 
 
-def _card_sun(value: object) -> CardSun | None:
-    """(1.1) A request's optional ``card_sun`` (``_ABSENT`` when it has none; null is invalid)."""
+def _card_sun(value: object, name: str = "card_sun") -> CardSun | None:
+    """(1.1) A request's optional ``card_sun`` (``_ABSENT`` when it has none; null is invalid);
+    ``name`` is the field's (``old_card_sun`` of a card swap)."""
     if value is _ABSENT:
         return None
-    document = _object(value, "card_sun")
-    _check_fields(document, _CARD_SUN_FIELDS, frozenset(), "card_sun")
-    _check_card_sun_fields(document["picc_data"], document["cmac"])
+    document = _object(value, name)
+    _check_fields(document, _CARD_SUN_FIELDS, frozenset(), name)
+    _check_card_sun_fields(document["picc_data"], document["cmac"], name)
     return _assemble(CardSun, picc_data=document["picc_data"], cmac=document["cmac"])
 
 
@@ -875,6 +963,10 @@ _COMMON_OPTIONAL: Final = frozenset({"config_version", "card_sun"})
 _BAR_ORDER_OPTIONAL: Final = _COMMON_OPTIONAL | {"staff_id", "offline"}
 _RECHARGE_REQUIRED: Final = _COMMON_REQUIRED | {"amount_cents", "payment_method", "staff_id"}
 _RECHARGE_OPTIONAL: Final = _COMMON_OPTIONAL | {"checkpoint_id"}
+_CARD_SWAP_REQUIRED: Final = _COMMON_REQUIRED | {"old_card_uid", "staff_id"}
+_CARD_SWAP_OPTIONAL: Final = _COMMON_OPTIONAL | {"old_card_sun"}
+_VOID_REQUIRED: Final = _COMMON_REQUIRED | {"original_request_id", "staff_id"}
+_VOID_OPTIONAL: Final = _COMMON_OPTIONAL
 _ITEM_REQUIRED: Final = frozenset({"name", "quantity", "unit_price_cents"})
 _ITEM_OPTIONAL: Final = frozenset({"sku", "is_deposit", "is_return"})
 
@@ -897,6 +989,10 @@ def parse_request(
         _check_fields(document, _BAR_ORDER_REQUIRED, _BAR_ORDER_OPTIONAL, "bar_order")
     elif request_type == CheckpointRecharge.type:
         _check_fields(document, _RECHARGE_REQUIRED, _RECHARGE_OPTIONAL, "checkpoint_recharge")
+    elif request_type == CardSwap.type:
+        _check_fields(document, _CARD_SWAP_REQUIRED, _CARD_SWAP_OPTIONAL, "card_swap")
+    elif request_type == Void.type:
+        _check_fields(document, _VOID_REQUIRED, _VOID_OPTIONAL, "void")
     elif "type" not in document:
         _fail("missing field type in request")
     else:
@@ -938,6 +1034,43 @@ def parse_request(
             config_version=config_version_value,
             card_sun=card_sun,
             offline=offline is True,
+        )
+
+    if request_type == CardSwap.type:
+        old_card_uid = document["old_card_uid"]
+        staff_id = document["staff_id"]
+        _check_card_swap_rest(card_uid, old_card_uid, staff_id)
+        return _assemble(
+            CardSwap,
+            request_id=request_id,
+            kiosk_id=kiosk_id,
+            seq=seq,
+            created_at_ms=created_at_ms,
+            card_uid=card_uid,
+            currency=currency,
+            old_card_uid=old_card_uid,
+            staff_id=staff_id,
+            old_card_sun=_card_sun(document.get("old_card_sun", _ABSENT), "old_card_sun"),
+            config_version=config_version_value,
+            card_sun=card_sun,
+        )
+
+    if request_type == Void.type:
+        original_request_id = document["original_request_id"]
+        staff_id = document["staff_id"]
+        _check_void_rest(request_id, original_request_id, staff_id)
+        return _assemble(
+            Void,
+            request_id=request_id,
+            kiosk_id=kiosk_id,
+            seq=seq,
+            created_at_ms=created_at_ms,
+            card_uid=card_uid,
+            currency=currency,
+            original_request_id=original_request_id,
+            staff_id=staff_id,
+            config_version=config_version_value,
+            card_sun=card_sun,
         )
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
@@ -1016,12 +1149,23 @@ def request_to_dict(request: Request) -> dict[str, object]:
             document["staff_id"] = request.staff_id
         if request.offline:  # PROTOCOL.md: absent means false; false is not written
             document["offline"] = True
-    else:
+    elif isinstance(request, CheckpointRecharge):
         document["amount_cents"] = request.amount_cents
         document["payment_method"] = request.payment_method
         document["staff_id"] = request.staff_id
         if request.checkpoint_id is not None:
             document["checkpoint_id"] = request.checkpoint_id
+    elif isinstance(request, CardSwap):
+        document["old_card_uid"] = request.old_card_uid
+        document["staff_id"] = request.staff_id
+        if request.old_card_sun is not None:
+            document["old_card_sun"] = {
+                "picc_data": request.old_card_sun.picc_data,
+                "cmac": request.old_card_sun.cmac,
+            }
+    else:
+        document["original_request_id"] = request.original_request_id
+        document["staff_id"] = request.staff_id
     return document
 
 
@@ -1130,8 +1274,9 @@ def result_inconsistency(result: Result) -> str | None:
     - ``transaction_id`` is present exactly when approved;
     - approved and declined outcomes echo all of request_id, kiosk_id, seq and card_uid
       (only a valid, authenticated request gets that far);
-    - balances are both null (rejected, CARD_NOT_FOUND; 1.1: CARD_NOT_GENUINE on an unknown
-      card) or both integers (every other outcome), and a decline leaves the balance unchanged;
+    - balances are both null (rejected, CARD_NOT_FOUND; 1.1: CARD_NOT_GENUINE or
+      VOID_NOT_ALLOWED on an unknown card) or both integers (every other outcome), and a
+      decline leaves the balance unchanged;
     - (1.1) ``debt_cents`` is null exactly when the balances are.
     """
     if result.status is not status_for(result.error_code):
@@ -1150,8 +1295,12 @@ def result_inconsistency(result: Result) -> str | None:
         result.error_code is not ErrorCode.CARD_NOT_FOUND
     )
     balances = (result.previous_balance_cents, result.new_balance_cents)
-    if result.error_code is ErrorCode.CARD_NOT_GENUINE and balances == (None, None):
-        balances_expected = False  # (1.1) CARD_NOT_GENUINE on an unknown card: no balances
+    if result.error_code in (
+        ErrorCode.CARD_NOT_GENUINE,
+        ErrorCode.VOID_NOT_ALLOWED,
+    ) and balances == (None, None):
+        # (1.1) CARD_NOT_GENUINE or VOID_NOT_ALLOWED on an unknown card: no balances
+        balances_expected = False
     if balances_expected and None in balances:
         return f"a {result.error_code or result.status} result must carry both balances"
     if not balances_expected and balances != (None, None):

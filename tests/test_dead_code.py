@@ -19,7 +19,6 @@ GONE = [
     ("cloud.demo", "Kiosk"),
     ("cloud.api.refunds", "RefundTally.owed_left"),
     ("device.virtual_card", "VirtualCard.inserted"),
-    ("protocol.models", "REQUEST_TYPES"),
     ("tests.consumer.support", "wait_for_exit"),
     ("tests.ledger.helpers", "uids"),  # renamed DemoKiosk: never confused with device.kiosk.Kiosk
 ]

@@ -65,6 +65,7 @@ def build_ledger(settings: CloudSettings) -> LedgerPort:
         return_cents_max=settings.festival_return_max_cents,
         currency=settings.festival_currency,
         menu_grace_s=settings.festival_menu_grace_s,
+        void_window_s=settings.festival_void_window_s,
     )
 
 

@@ -266,6 +266,8 @@ HTTP_STATUS_BY_CODE: Final[dict[ErrorCode, int]] = {
     ErrorCode.OFFLINE_LIMIT_EXCEEDED: 422,
     # (1.1) sun mode: these endpoints cannot carry a SUN message (PROTOCOL.md)
     ErrorCode.CARD_NOT_GENUINE: 403,
+    # (1.1) a void is a kiosk's request over MQTT only; named so that every code has a status
+    ErrorCode.VOID_NOT_ALLOWED: 422,
 }
 assert set(HTTP_STATUS_BY_CODE) == set(ErrorCode)
 

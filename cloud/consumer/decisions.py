@@ -27,17 +27,21 @@ from typing import Any, Final, TypeAlias, cast
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
-from protocol.models import ECHO_FIELDS, BarOrder, CheckpointRecharge, Request, echo_fields
+from protocol.models import (
+    ECHO_FIELDS,
+    REQUEST_TYPES,
+    CardSun,
+    CardSwap,
+    CheckpointRecharge,
+    Request,
+    Void,
+    echo_fields,
+    role_may_send,
+)
 from protocol.sun import SunError, SunFailure, SunVerifier
 
-# Which request types each kiosk role may send (PROTOCOL.md: "Each kiosk is registered with a
-# role").
-TYPES_ALLOWED_BY_ROLE: Final[dict[str, frozenset[str]]] = {
-    "bar": frozenset({BarOrder.type}),
-    "checkpoint": frozenset({CheckpointRecharge.type}),
-    "all": frozenset({BarOrder.type, CheckpointRecharge.type}),
-}
-TYPES_ALL: Final = frozenset({BarOrder.type, CheckpointRecharge.type})
+# The role rule lives with the protocol (protocol.models.REQUEST_TYPES_BY_ROLE).
+TYPES_ALL: Final = frozenset(REQUEST_TYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +98,9 @@ class Apply:
     # (1.1) sun mode, set by check_sun: the verified SDMReadCtr, or why the message failed
     sun_counter: int | None = None
     sun_failure: SunFailure | None = None
+    # (1.1) sun mode, a card swap: the same for its old_card_sun (the old band presented)
+    old_sun_counter: int | None = None
+    old_sun_failure: SunFailure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +113,7 @@ class Reject:
     echo: Echo
     request_id: str
     kiosk_id: str
-    request_type: str | None  # bar_order | checkpoint_recharge when the payload says so
+    request_type: str | None  # one of REQUEST_TYPES when the payload says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,18 +150,32 @@ def decide_request(
 
 def check_sun(decision: Decision, verifier: SunVerifier) -> Decision:
     """(1.1) sun mode: an Apply with its ``card_sun`` verified for its ``card_uid`` (once per
-    request); any other decision as it is. Never raises: a failure is its reason."""
-    if not isinstance(decision, Apply):
+    request) and, for a card swap, its ``old_card_sun`` for its ``old_card_uid`` (whether the
+    old band is presented); any other decision as it is, and a void (it names an order, no
+    band is read: PROTOCOL.md lists which requests are checked). Never raises: a failure is its
+    reason."""
+    if not isinstance(decision, Apply) or isinstance(decision.request, Void):
         return decision
     request = decision.request
-    card_sun = request.card_sun
+    counter, failure = _verified(verifier, request.card_uid, request.card_sun)
+    decision = replace(decision, sun_counter=counter, sun_failure=failure)
+    if isinstance(request, CardSwap):
+        counter, failure = _verified(verifier, request.old_card_uid, request.old_card_sun)
+        decision = replace(decision, old_sun_counter=counter, old_sun_failure=failure)
+    return decision
+
+
+def _verified(
+    verifier: SunVerifier, card_uid: str, card_sun: CardSun | None
+) -> tuple[int | None, SunFailure | None]:
+    """The verified SDMReadCtr of ``card_sun`` for ``card_uid``, or why it failed."""
     try:
         if card_sun is None:
             raise SunError(SunFailure.MISSING, "no SUN message")
-        verified = verifier.verify(request.card_uid, card_sun.picc_data, card_sun.cmac)
+        verified = verifier.verify(card_uid, card_sun.picc_data, card_sun.cmac)
     except SunError as error:
-        return replace(decision, sun_failure=error.reason)
-    return replace(decision, sun_counter=verified.counter)
+        return None, error.reason
+    return verified.counter, None
 
 
 def _decide_authenticated(
@@ -192,8 +213,11 @@ def _refusal_by_kiosk(document: dict[str, object], kiosk: KioskView) -> Protocol
     if not kiosk.enabled:
         return ProtocolError(ErrorCode.KIOSK_DISABLED, "this kiosk is disabled")
     request_type = document.get("type")
-    allowed = TYPES_ALLOWED_BY_ROLE.get(kiosk.role, frozenset())
-    if isinstance(request_type, str) and request_type in TYPES_ALL and request_type not in allowed:
+    if (
+        isinstance(request_type, str)
+        and request_type in TYPES_ALL
+        and not role_may_send(kiosk.role, request_type)
+    ):
         return ProtocolError(
             ErrorCode.OPERATION_NOT_ALLOWED, f"a {kiosk.role} kiosk may not send {request_type}"
         )

@@ -271,6 +271,8 @@ class Worker:
                     payload_sha256=d.payload_sha256,
                     sun_counter=d.sun_counter,
                     sun_failure=None if d.sun_failure is None else d.sun_failure.value,
+                    old_sun_counter=d.old_sun_counter,
+                    old_sun_failure=None if d.old_sun_failure is None else d.old_sun_failure.value,
                 )
                 for _, d in applies
             ]

@@ -35,7 +35,7 @@ from tests.api.conftest import (
     make_settings,
     pos_headers,
 )
-from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge
+from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, void
 from tests.ledger.test_cli import cli
 
 CARD_A = "04AA0001"
@@ -487,3 +487,20 @@ def test_cli_report_liability_text_json_and_a_broken_balance(
     assert broken.returncode == 1 and "run festival-cloud check" in broken.stderr
     assert json.loads(broken.stdout)["reconciled"] is False
     assert cli(database_url, "check").returncode == 1
+
+
+def test_the_sales_are_net_of_voids(
+    client: TestClient, ledger: Ledger, seeded: dict[str, datetime]
+) -> None:
+    """(1.1, revision 0016) A voided order is no sale: its lines leave every grouping."""
+    order = bar_order(CARD_A, BarItem("Water", 2, 250, sku="water"), kiosk_id="bar-1")
+    apply(ledger, order)
+    assert get_csv(client, group="kiosk")[1] == ["bar-1", "3", "1750", "17.50"]
+    voided = ledger.apply(void(order))
+    assert voided.approved, voided
+    assert get_csv(client, group="kiosk")[1] == ["bar-1", "2", "1250", "12.50"]
+    assert ["water", "Water", "250", "", "1", "250", "", "2.50", ""] in get_csv(
+        client, group="product"
+    )
+    bars = {row["kiosk_id"]: row["sales_cents"] for row in ledger.sales_report()["bars"]}  # type: ignore[index]
+    assert bars["bar-1"] == 1250

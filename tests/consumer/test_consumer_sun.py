@@ -19,10 +19,10 @@ from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
 from protocol.keys import generate_private_key, public_key_b64
-from protocol.models import BarOrder, CardSun, CheckpointRecharge, Result
+from protocol.models import BarOrder, CardSun, CardSwap, CheckpointRecharge, Result, Void
 from protocol.sun import CardKeyDerivation, sun_message
 from tests.consumer.conftest import CloudKey, LedgerDatabase
-from tests.consumer.kiosk_client import KioskClient, uuid7
+from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
 from tests.consumer.support import ConsumerProcess
 from tests.waiting import wait_until
 
@@ -237,3 +237,54 @@ def test_failures_are_counted_by_reason(sun: Sun) -> None:
     wait_until(grew, timeout_s=10, what="the consumers' sun failure counters")
     recent = {row["reason"] for row in sun.ledger.sun_failures(minutes=5)}
     assert {"stale_counter", "missing"} <= recent
+
+
+def test_sun_mode_a_swap_needs_the_new_band_genuine_and_an_active_old_one_presented(
+    sun: Sun,
+) -> None:
+    """(1.1) card_swap in sun mode: the new band's card_sun like any request's; an active old
+    band only with its verified old_card_sun; a void needs no SUN message (no band is read)."""
+    old, new = sun.band(funded_cents=900), sun.band()
+    top = sun.kiosks["sun-top"]
+
+    def swap(card_sun: CardSun | None, old_card_sun: CardSun | None) -> Result:
+        request = CardSwap(
+            request_id=uuid7(),
+            kiosk_id=top.kiosk_id,
+            seq=top.next_seq(),
+            created_at_ms=now_ms(),
+            card_uid=new.uid,
+            currency=top.currency,
+            old_card_uid=old.uid,
+            staff_id="staff-1",
+            old_card_sun=old_card_sun,
+            card_sun=card_sun,
+        )
+        top.send(request)
+        return top.wait_result(request.request_id)
+
+    _not_genuine(swap(None, old.tap()), "no SUN message")
+    absent = swap(new.tap(), None)
+    assert (absent.error_code, absent.message) == (
+        ErrorCode.CARD_BLOCKED,
+        "Old wristband not presented: block it as lost first",
+    )
+    presented = swap(new.tap(), old.tap())
+    assert (presented.status, presented.new_balance_cents) == (Status.APPROVED, 900)
+
+    order = sun.order(new.uid, 400, new.tap())
+    bar = sun.kiosks["sun-bar"]
+    bar.send(order)
+    assert bar.wait_result(order.request_id).approved
+    void = Void(
+        request_id=uuid7(),
+        kiosk_id=bar.kiosk_id,
+        seq=bar.next_seq(),
+        created_at_ms=now_ms(),
+        card_uid=new.uid,
+        currency=bar.currency,
+        original_request_id=order.request_id,
+        staff_id="staff-1",
+    )
+    bar.send(void)
+    assert bar.wait_result(void.request_id).new_balance_cents == 900

@@ -220,3 +220,38 @@ def test_a_top_up_naming_another_checkpoint_is_rejected_for_good(
     assert decision.request_type == "checkpoint_recharge"
     assert decision.echo.request_id == "req-2" and decision.echo.card_uid == "04A1B2C3"
     assert named in decision.message
+
+
+@pytest.mark.parametrize(
+    ("role", "request_type", "allowed"),
+    [
+        ("bar", "void", True),
+        ("bar", "card_swap", False),
+        ("checkpoint", "void", False),
+        ("checkpoint", "card_swap", True),
+    ],
+)
+def test_roles_decide_who_may_void_and_swap(role: str, request_type: str, allowed: bool) -> None:
+    document: dict[str, object] = {
+        "v": 1,
+        "type": request_type,
+        "request_id": "req-10",
+        "kiosk_id": "bar-1",
+        "seq": 10,
+        "created_at_ms": NOW_MS,
+        "card_uid": "04A1B2C3D4E5F6",
+        "currency": "EUR",
+        "staff_id": "anna",
+    }
+    if request_type == "void":
+        document["original_request_id"] = "req-9"
+    else:
+        document["old_card_uid"] = "04A1B2C3"
+    decision = decide(signed_document(document), view(role=role))
+    if allowed:
+        assert isinstance(decision, Apply)
+        assert decision.request.type == request_type
+    else:
+        assert isinstance(decision, Reject)
+        assert decision.code is ErrorCode.OPERATION_NOT_ALLOWED
+        assert decision.request_type == request_type

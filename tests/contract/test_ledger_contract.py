@@ -26,7 +26,14 @@ from cloud.ledger_fake import FakeLedger
 from cloud.ledger_records import DEAD_LETTERS_PER_KIOSK_MINUTE_MAX, LedgerRequest
 from protocol.errors import ErrorCode, Status
 from protocol.models import BarItem, KioskStatus, Menu, MenuItem, OfflinePolicy, ScanRecord
-from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
+from tests.ledger.helpers import (
+    PUBLIC_KEY,
+    bar_order,
+    card_swap,
+    recharge,
+    same_id_other_payload,
+    void,
+)
 
 LIMITS: dict[str, int] = {
     "max_balance_cents": 150_000,
@@ -807,6 +814,156 @@ class LedgerContract:
         used = replace(bar_order(CARD, BEER), sun_counter=7)
         assert ledger.apply(used).error_code is ErrorCode.CARD_NOT_GENUINE
         assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=8)).approved
+
+    # --- (1.1) void and card swap (revision 0016) ----------------------------------------------
+
+    def test_a_void_gives_the_order_back_once(self, ledger: Any) -> None:
+        ledger.apply(recharge(OTHER, 5_000))
+        ledger.apply(bar_order(OTHER, cups(1)))
+        order = bar_order(OTHER, BEER, cups(1))
+        ledger.apply(order)
+        held = ledger.deposit_balance_cents()
+        first = void(order)
+        outcome = ledger.apply(first)
+        assert fields(outcome) == {
+            "request_id": first.request.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Voided",
+            "previous_balance_cents": 3_500,
+            "new_balance_cents": 4_800,
+            "debt_cents": 0,
+            "replayed": False,
+            "card_uid": OTHER,
+            "has_transaction": True,
+            "has_order": False,
+        }
+        assert ledger.deposit_balance_cents() == held - 200
+        assert ledger.apply(first).replayed
+        again = ledger.apply(void(order))
+        assert (again.error_code, again.message) == (
+            ErrorCode.VOID_NOT_ALLOWED,
+            "Not voided: the order was voided already",
+        )
+        assert (again.previous_balance_cents, again.new_balance_cents) == (4_800, 4_800)
+
+    def test_what_a_void_refuses(self, ledger: Any) -> None:
+        ledger.apply(recharge(OTHER, 5_000))
+        ledger.apply(recharge("11223344", 100))
+        order = bar_order(OTHER, BEER)
+        old = bar_order(OTHER, BEER, created_at_ms=int(time.time() * 1000) - 16 * 60_000)
+        ledger.apply(order)
+        ledger.apply(old)
+        answers = [
+            ledger.apply(void(order, kiosk_id="bar-2")),
+            ledger.apply(void(order, card_uid="11223344")),
+            ledger.apply(void(old)),
+            ledger.apply(void(bar_order("DEADBEEF", BEER), card_uid="DEADBEEF")),
+        ]
+        assert [(a.error_code, a.message, a.new_balance_cents) for a in answers] == [
+            (
+                ErrorCode.VOID_NOT_ALLOWED,
+                "Not voided: no approved order of this kiosk has that request id",
+                2_800,
+            ),
+            (
+                ErrorCode.VOID_NOT_ALLOWED,
+                "Not voided: the order was paid with another wristband",
+                100,
+            ),
+            (ErrorCode.VOID_NOT_ALLOWED, "Not voided: the order is older than 15.0 minutes", 2_800),
+            (
+                ErrorCode.VOID_NOT_ALLOWED,
+                "Not voided: no approved order of this kiosk has that request id",
+                None,
+            ),
+        ]
+        assert answers[3].debt_cents is None and ledger.card(OTHER).balance_cents == 2_800
+
+    def test_a_swap_moves_everything_and_blocks_the_old_card(self, ledger: Any) -> None:
+        ledger.apply(recharge(OTHER, 1_200))
+        order = bar_order(OTHER, ("Beer", 1, 200))
+        ledger.apply(order)
+        swap = card_swap(OTHER, "11223344")
+        outcome = ledger.apply(swap)
+        assert fields(outcome) == {
+            "request_id": swap.request.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Wristband replaced",
+            "previous_balance_cents": 0,
+            "new_balance_cents": 1_000,
+            "debt_cents": 0,
+            "replayed": False,
+            "card_uid": "11223344",
+            "has_transaction": True,
+            "has_order": False,
+        }
+        old = ledger.card(OTHER)
+        assert (old.balance_cents, old.status) == (0, "blocked")
+        again = ledger.apply(card_swap(OTHER, "DEADBEEF"))
+        assert (again.error_code, again.message, again.new_balance_cents) == (
+            ErrorCode.CARD_BLOCKED,
+            "Old wristband cannot be replaced: replaced by 11223344",
+            0,
+        )
+        landed = ledger.apply(void(order))  # the void follows the replacement
+        assert (landed.card_uid, landed.new_balance_cents) == (OTHER, 1_200)
+        assert ledger.card("11223344").balance_cents == 1_200
+
+    def test_what_a_swap_refuses(self, ledger: Any) -> None:
+        ledger.apply(recharge(OTHER, 100_000))
+        ledger.apply(recharge("11223344", 60_000))
+        ledger.apply(recharge("DEADBEEF", 10))
+        ledger.block_card("DEADBEEF", "lost")
+        answers = [
+            ledger.apply(card_swap("AABBCCDD", OTHER)),
+            ledger.apply(card_swap(OTHER, "DEADBEEF")),
+            ledger.apply(card_swap(OTHER, "11223344")),
+            ledger.apply(
+                card_swap(CARD, "04A1B2C3D4E5F7", sun_counter=1, old_sun_failure="missing")
+            ),
+        ]
+        assert [(a.error_code, a.message, a.new_balance_cents) for a in answers] == [
+            (ErrorCode.CARD_NOT_FOUND, "Unknown old wristband: nothing to move", None),
+            (ErrorCode.CARD_BLOCKED, "New wristband blocked: use another one", 10),
+            (ErrorCode.BALANCE_LIMIT_EXCEEDED, "Balance limit exceeded", 60_000),
+            (ErrorCode.CARD_NOT_FOUND, "Unknown old wristband: nothing to move", None),
+        ]
+        ledger.apply(recharge(CARD, 500))
+        absent = ledger.apply(
+            card_swap(CARD, "04A1B2C3D4E5F7", sun_counter=2, old_sun_failure="missing")
+        )
+        assert (absent.error_code, absent.message, absent.new_balance_cents) == (
+            ErrorCode.CARD_BLOCKED,
+            "Old wristband not presented: block it as lost first",
+            0,
+        )
+        lost = ledger.apply(card_swap("DEADBEEF", "AABBCCDD"))  # blocked as lost: no presence
+        assert (lost.status, lost.new_balance_cents) == (Status.APPROVED, 10)
+
+    def test_a_late_offline_sale_follows_the_replacement(self, ledger: Any) -> None:
+        version = ledger.issue_kiosk_config("bar-1", offline=POLICY)
+        ledger.mark_config_published("bar-1", version)
+        ledger.apply(recharge(OTHER, 300))
+        ledger.apply(card_swap(OTHER, "11223344"))
+        late = ledger.apply(
+            bar_order(OTHER, ("Beer", 1, 500), config_version=version, offline=True)
+        )
+        assert fields(late) == {
+            "request_id": late.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Paid (offline sale)",
+            "previous_balance_cents": 300,
+            "new_balance_cents": 0,
+            "debt_cents": 200,
+            "replayed": False,
+            "card_uid": "11223344",
+            "has_transaction": True,
+            "has_order": True,
+        }
+        assert ledger.card(OTHER).balance_cents == 0
 
 
 class TestFakeLedger(LedgerContract):

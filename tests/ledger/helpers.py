@@ -10,7 +10,16 @@ from typing import Any
 import sqlalchemy
 
 from cloud.ledger_records import LedgerRequest
-from protocol.models import BarItem, BarOrder, CheckpointRecharge, dumps_canonical, request_to_dict
+from protocol.models import (
+    BarItem,
+    BarOrder,
+    CardSwap,
+    CheckpointRecharge,
+    Request,
+    Void,
+    dumps_canonical,
+    request_to_dict,
+)
 
 CURRENCY = "EUR"
 PUBLIC_KEY = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
@@ -21,7 +30,7 @@ def next_id(prefix: str = "req") -> str:
     return f"{prefix}-{time.time_ns()}-{next(_numbers)}"
 
 
-def sha256_of(request: BarOrder | CheckpointRecharge) -> str:
+def sha256_of(request: Request) -> str:
     return hashlib.sha256(dumps_canonical(request_to_dict(request))).hexdigest()
 
 
@@ -85,6 +94,62 @@ def recharge(
         config_version=config_version,
     )
     return LedgerRequest(request, sha256_of(request), source=source)
+
+
+def card_swap(
+    old_card_uid: str,
+    new_card_uid: str,
+    *,
+    request_id: str | None = None,
+    kiosk_id: str = "checkpoint-1",
+    seq: int = 1,
+    sun_counter: int | None = None,
+    sun_failure: str | None = None,
+    old_sun_counter: int | None = None,
+    old_sun_failure: str | None = None,
+) -> LedgerRequest:
+    """(1.1) A card swap at a checkpoint: ``old_card_uid``'s money onto ``new_card_uid``; the
+    SUN verdicts as the consumer gives them in sun mode (all None: uid mode)."""
+    request = CardSwap(
+        request_id=request_id or next_id("swap"),
+        kiosk_id=kiosk_id,
+        seq=seq,
+        created_at_ms=int(time.time() * 1000),
+        card_uid=new_card_uid,
+        currency=CURRENCY,
+        old_card_uid=old_card_uid,
+        staff_id="staff-1",
+    )
+    return LedgerRequest(
+        request,
+        sha256_of(request),
+        sun_counter=sun_counter,
+        sun_failure=sun_failure,
+        old_sun_counter=old_sun_counter,
+        old_sun_failure=old_sun_failure,
+    )
+
+
+def void(
+    original: LedgerRequest,
+    *,
+    card_uid: str | None = None,
+    request_id: str | None = None,
+    kiosk_id: str | None = None,
+    seq: int = 2,
+) -> LedgerRequest:
+    """(1.1) A void of ``original`` (a bar order), from its kiosk and on its card unless told."""
+    request = Void(
+        request_id=request_id or next_id("void"),
+        kiosk_id=kiosk_id or original.request.kiosk_id,
+        seq=seq,
+        created_at_ms=int(time.time() * 1000),
+        card_uid=card_uid or original.request.card_uid,
+        currency=CURRENCY,
+        original_request_id=original.request.request_id,
+        staff_id="staff-1",
+    )
+    return LedgerRequest(request, sha256_of(request))
 
 
 def same_id_other_payload(item: LedgerRequest) -> LedgerRequest:

@@ -22,6 +22,7 @@ PYTHON_COPIES = {
     "topup_cents_max": protocol_limits.TOPUP_CENTS_MAX_DEFAULT,
     "return_cents_max": protocol_limits.RETURN_CENTS_MAX_DEFAULT,
     "menu_grace_s": protocol_limits.MENU_GRACE_S_DEFAULT,
+    "void_window_s": protocol_limits.VOID_WINDOW_S_DEFAULT,
     "sun_counter_window": cloud.limits.SUN_COUNTER_WINDOW,
     "rejection_message_characters_max": cloud.limits.LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX,
     "stripe_message_characters_max": cloud.limits.LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX,
@@ -45,7 +46,12 @@ TABLE_COPIES = {
 }
 # Only in SQL: how long dead letters are kept (docs/operations.md, festival-cloud cleanup), and
 # how long an outcome stays in the seed's cache (the idempotency_keys.expires_at default).
-SQL_ONLY = {"dead_letter_days_max": 30, "idempotency_cache_s": 24 * 3600}
+# (0016) How many replacements of a card a void follows (a chain of card swaps).
+SQL_ONLY = {
+    "dead_letter_days_max": 30,
+    "idempotency_cache_s": 24 * 3600,
+    "replacements_followed_max": 32,
+}
 
 
 # The limit parameters of the procedures, and the limit each defaults to.

@@ -195,3 +195,37 @@ def result_for_error(
         replayed=replayed,
         processed_at_ms=processed_at_ms,
     )
+
+
+def card_swap_document(**changes: object) -> dict[str, object]:
+    """(1.1) A valid card swap at a checkpoint, with ``changes`` applied."""
+    document: dict[str, object] = {
+        "v": 1,
+        "type": "card_swap",
+        "request_id": "018f3b2a-7c4e-7def-8a12-000000000002",
+        "kiosk_id": CHECKPOINT_KIOSK_ID,
+        "seq": 8,
+        "created_at_ms": CREATED_AT_MS,
+        "card_uid": "04A1B2C3D4E5F6",
+        "currency": CURRENCY,
+        "old_card_uid": "04A1B2C3",
+        "staff_id": "staff-17",
+    }
+    return apply_changes(document, changes)
+
+
+def void_document(**changes: object) -> dict[str, object]:
+    """(1.1) A valid void of ``bar_order_document()``'s order, with ``changes`` applied."""
+    document: dict[str, object] = {
+        "v": 1,
+        "type": "void",
+        "request_id": "018f3b2a-7c4e-7def-8a12-000000000003",
+        "kiosk_id": KIOSK_ID,
+        "seq": 43,
+        "created_at_ms": CREATED_AT_MS,
+        "card_uid": "04A1B2C3D4E5F6",
+        "currency": CURRENCY,
+        "original_request_id": "018f3b2a-7c4e-7def-8a12-3456789abcde",
+        "staff_id": "anna",
+    }
+    return apply_changes(document, changes)

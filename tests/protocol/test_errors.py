@@ -25,6 +25,7 @@ PROTOCOL_TABLE = {
     "PRICE_MISMATCH": "rejected",
     "OFFLINE_LIMIT_EXCEEDED": "rejected",
     "CARD_NOT_GENUINE": "declined",
+    "VOID_NOT_ALLOWED": "declined",
 }
 
 
