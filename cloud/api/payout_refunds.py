@@ -65,7 +65,7 @@ class RefundGateway(Protocol):
 
 
 class PayoutRefundStore:
-    """The database side: the SECURITY DEFINER procedures of revision 0016."""
+    """The database side: the SECURITY DEFINER procedures of revision 0017."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

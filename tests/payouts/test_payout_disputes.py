@@ -1,4 +1,4 @@
-"""Revision 0017: no payout while a Stripe dispute of the card is under way. charge.dispute.created
+"""Revision 0018: no payout while a Stripe dispute of the card is under way. charge.dispute.created
 only blocks the card (the stripe_disputes row comes when the dispute closes), so r0015's check
 alone let a disputed card's money leave: found by the portal payout work (issue 16)."""
 

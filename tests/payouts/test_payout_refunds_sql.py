@@ -1,4 +1,4 @@
-"""Revision 0016 (Stripe refunds of payouts) on a real PostgreSQL: the lease, Stripe's answers,
+"""Revision 0017 (Stripe refunds of payouts) on a real PostgreSQL: the lease, Stripe's answers,
 the webhook's recognition of our refunds, privileges, an exact downgrade, and
 `festival-cloud payout refund` against the fake Stripe over HTTP."""
 
@@ -23,8 +23,8 @@ from tests.api.stripe_helpers import our_paid_session
 from tests.ledger.helpers import execute, scalar
 from tests.ledger.test_r0009_migration import _differences, _schema
 
-REVISION = "0016"  # this revision: one place (the coordinator may renumber it)
-PREVIOUS = "0015"
+REVISION = "0017"  # this revision: one place (the coordinator may renumber it)
+PREVIOUS = "0016"
 UID = "04A1B2C3D4E5F6"
 
 

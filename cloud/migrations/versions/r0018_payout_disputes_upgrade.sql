@@ -1,4 +1,4 @@
--- Revision 0017: a payout is refused while a Stripe dispute of the card is open, also before
+-- Revision 0018: a payout is refused while a Stripe dispute of the card is open, also before
 -- Stripe closes it. charge.dispute.created (r0002/r0009) only blocks the card ('payment
 -- disputed'); the stripe_disputes row that r0015's check reads is written when the dispute
 -- closes. So a card with a dispute under way could be paid out: the festival would send away
@@ -41,7 +41,7 @@ BEGIN
                 WHERE t.card_uid = p_card_uid AND d.status NOT IN ('won', 'lost')) THEN
         RETURN jsonb_build_object('status', 'refused', 'reason', 'an open Stripe dispute');
     END IF;
-    -- (0017) charge.dispute.created writes no stripe_disputes row (that comes when the dispute
+    -- (0018) charge.dispute.created writes no stripe_disputes row (that comes when the dispute
     -- closes): it blocks the card with one of these reasons. Until it closes, nothing leaves.
     IF v_card.status = 'blocked' AND v_card.blocked_reason IN (
            'payment disputed', 'payment disputed (unmatched payment: reconcile)') THEN

@@ -1,4 +1,4 @@
--- Revision 0016: Stripe refunds of payout parts (DESIGN.md "Attendee portal and payouts").
+-- Revision 0017: Stripe refunds of payout parts (DESIGN.md "Attendee portal and payouts").
 --   * payouts gains the refund's bookkeeping: attempts, the lease of the attempt under way, the
 --     backoff, Stripe's refund id and its last error. The state stays pending -> paid | failed.
 --   * sp_payout_refund_claim: leases due pending Stripe parts (FOR UPDATE SKIP LOCKED, a lease of
@@ -234,7 +234,7 @@ BEGIN
         RETURN v_outcome;
     END IF;
 
-    -- (0016) Our payout refunds of this top-up left the card with the payout request.
+    -- (0017) Our payout refunds of this top-up left the card with the payout request.
     SELECT coalesce(sum(o.amount_cents), 0) INTO v_ours FROM payouts o
      WHERE o.topup_id = v_topup.topup_id AND o.kind = 'stripe'
        AND (o.state = 'paid' OR (o.state = 'pending' AND o.refund_attempts > 0));

@@ -4,9 +4,9 @@ answer (sp_payout_refund_finish: paid with the refund id, retried with a backoff
 the money back on the card); the charge.refunded webhook of our own refund moves no money again
 (sp_payout_refunds_seen, and sp_process_stripe_refund counts our parts).
 
-Revision 0016, after 0015."""
+Revision 0017, after 0016 (void and card swap)."""
 
 from cloud.migrations.sql import sql_revision
 
-revision, down_revision, branch_labels, depends_on = "0016", "0015", None, None
+revision, down_revision, branch_labels, depends_on = "0017", "0016", None, None
 upgrade, downgrade = sql_revision(__file__)

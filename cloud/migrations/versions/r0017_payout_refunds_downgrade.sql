@@ -1,4 +1,4 @@
--- Revision 0016 undone: revision 0009's sp_process_stripe_refund (as it was), the refund
+-- Revision 0017 undone: revision 0009's sp_process_stripe_refund (as it was), the refund
 -- procedures gone, the payouts' refund columns gone.
 DROP FUNCTION sp_payout_refunds_seen(text, jsonb);
 DROP FUNCTION sp_payout_refund_finish(uuid, text, text, text, integer);

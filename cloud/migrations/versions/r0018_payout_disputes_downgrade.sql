@@ -1,4 +1,4 @@
--- Revision 0017 undone: r0015's sp_payout_request, as it was.
+-- Revision 0018 undone: r0015's sp_payout_request, as it was.
 CREATE OR REPLACE FUNCTION sp_payout_request(
     p_card_uid text, p_iban text, p_holder text, p_donate_cents bigint, p_fee_cents bigint,
     p_request_key text) RETURNS jsonb
