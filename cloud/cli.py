@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portal_card_verbs(card)
 
     _add_report_verbs(verbs)
+    _add_shift_verbs(verbs)
     _add_payout_verbs(verbs)
     _add_config_verbs(verbs)
 
@@ -350,6 +351,24 @@ def _add_payout_refund_verb(payout: Verbs) -> None:
         "cloud.api.payout_refunds:payout_refund",
     )
     refund.add_argument("--limit", type=int, default=100, help="parts at most (default 100)")
+
+
+def _add_shift_verbs(verbs: Verbs) -> None:
+    """`shift close CHECKPOINT_ID --counted-cents N [--json]` (issue 17 §4)."""
+    shift = _group(verbs, "shift", "the cash drawer at the end of a shift")
+    close = _verb(
+        shift,
+        "close",
+        "count a checkpoint's cash drawer against the cash it took since the last close, book "
+        "the variance and start the next shift",
+        "cloud.shifts:shift_close",
+    )
+    close.add_argument("checkpoint_id")
+    close.add_argument(
+        "--counted-cents", type=int, required=True, help="the cash counted in the drawer, in cents"
+    )
+    close.add_argument("--by", help="who counted (a staff id), recorded with the close")
+    close.add_argument("--json", action="store_true")
 
 
 def _add_report_verbs(verbs: Verbs) -> None:
