@@ -372,7 +372,8 @@ def _add_shift_verbs(verbs: Verbs) -> None:
 
 
 def _add_report_verbs(verbs: Verbs) -> None:
-    """`report sales --group … [--from T --to T]` (CSV) and `report liability [--json]`."""
+    """`report sales --group … [--from T --to T]` (CSV), `report day --date D [--json]` (the
+    Z-report) and `report liability [--json]`."""
     report = _group(verbs, "report", "sales and liability reports (docs/operations.md)")
     sales = _verb(
         report,
@@ -391,6 +392,14 @@ def _add_report_verbs(verbs: Verbs) -> None:
             metavar="TIME",
             help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
         )
+    day = _verb(
+        report,
+        "day",
+        "the Z-report of a day (UTC): sales per bar, top-ups and shift closes per checkpoint",
+        "cloud.reports:report_day",
+    )
+    day.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day, in UTC")
+    day.add_argument("--json", action="store_true")
     liability = _verb(
         report,
         "liability",
