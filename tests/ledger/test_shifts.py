@@ -248,6 +248,8 @@ def test_the_cli_prints_json_and_euros_and_refuses_an_unknown_checkpoint(
     unknown = cli(database_url, "shift", "close", "gate-south", "--counted-cents", "0")
     assert unknown.returncode == 1
     assert "unknown checkpoint gate-south" in unknown.stderr
+    negative = cli(database_url, "shift", "close", "gate-north", "--counted-cents", "-5")
+    assert negative.returncode == 1 and "negative" in negative.stderr
     assert cli(database_url, "check").returncode == 0
 
 
