@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portal_card_verbs(card)
 
     _add_report_verbs(verbs)
+    _add_shift_verbs(verbs)
     _add_payout_verbs(verbs)
     _add_config_verbs(verbs)
 
@@ -358,8 +359,27 @@ def _add_payout_refund_verb(payout: Verbs) -> None:
     refund.add_argument("--limit", type=int, default=100, help="parts at most (default 100)")
 
 
+def _add_shift_verbs(verbs: Verbs) -> None:
+    """`shift close CHECKPOINT_ID --counted-cents N [--json]` (issue 17 §4)."""
+    shift = _group(verbs, "shift", "the cash drawer at the end of a shift")
+    close = _verb(
+        shift,
+        "close",
+        "count a checkpoint's cash drawer against the cash it took since the last close, book "
+        "the variance and start the next shift",
+        "cloud.shifts:shift_close",
+    )
+    close.add_argument("checkpoint_id")
+    close.add_argument(
+        "--counted-cents", type=int, required=True, help="the cash counted in the drawer, in cents"
+    )
+    close.add_argument("--by", help="who counted (a staff id), recorded with the close")
+    close.add_argument("--json", action="store_true")
+
+
 def _add_report_verbs(verbs: Verbs) -> None:
-    """`report sales --group … [--from T --to T]` (CSV) and `report liability [--json]`."""
+    """`report sales --group … [--from T --to T]` (CSV), `report day --date D [--json]` (the
+    Z-report) and `report liability [--json]`."""
     report = _group(verbs, "report", "sales and liability reports (docs/operations.md)")
     sales = _verb(
         report,
@@ -378,6 +398,14 @@ def _add_report_verbs(verbs: Verbs) -> None:
             metavar="TIME",
             help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
         )
+    day = _verb(
+        report,
+        "day",
+        "the Z-report of a day (UTC): sales per bar, top-ups and shift closes per checkpoint",
+        "cloud.reports:report_day",
+    )
+    day.add_argument("--date", required=True, metavar="YYYY-MM-DD", help="the day, in UTC")
+    day.add_argument("--json", action="store_true")
     liability = _verb(
         report,
         "liability",

@@ -5,13 +5,17 @@
   (cup deposits and their returns move money through the deposit account; they are not sales),
   net of voids, offline sales included. CSV with a header row, amounts as integer cents and, in
   an extra last column, as a decimal of the deployment's currency (`12.50`, integer arithmetic).
+- The Z-report of a day (UTC, issue 17 section 4): per bar the orders and sales (the kiosk
+  grouping of the sales report, net of voids), per checkpoint the cash and card top-ups and the
+  shift closes (revision 0019) with their variance.
 - The liability: what the festival owes = card balances + payouts not yet paid + the deposit
   account - debts, with the card balances reconciled against the sum of the cards' postings (the
   invariant `festival-cloud check` verifies).
 
 Read-only SQL through the PostgreSQL adapter (cloud/database.py), one statement per report so
 every figure of a report comes from one snapshot. The HTTP routes are cloud/api/reports.py; the
-CLI verbs (`festival-cloud report sales|liability`) are `report_sales` / `report_liability`.
+CLI verbs (`festival-cloud report sales|day|liability`) are `report_sales` / `report_day` /
+`report_liability`.
 """
 
 from __future__ import annotations
@@ -269,6 +273,39 @@ SELECT (SELECT count(*) FROM cards) AS cards,
 """
 
 
+# (issue 17 section 4) The Z-report's checkpoints: the day's cash and card top-ups (the recharges
+# the checkpoints took; Stripe top-ups belong to no drawer) and the shift closes of the day.
+DAY_TOPUPS_SQL = """
+SELECT checkpoint_id,
+       count(*) FILTER (WHERE payment_method = 'cash') AS cash_topups,
+       coalesce(sum(amount_cents) FILTER (WHERE payment_method = 'cash'), 0) AS cash_cents,
+       count(*) FILTER (WHERE payment_method = 'card') AS card_topups,
+       coalesce(sum(amount_cents) FILTER (WHERE payment_method = 'card'), 0) AS card_cents
+  FROM recharges
+ WHERE payment_method IN ('cash', 'card') AND created_at >= :day_start AND created_at < :day_end
+ GROUP BY checkpoint_id
+ ORDER BY checkpoint_id
+"""
+DAY_CLOSES_SQL = """
+SELECT checkpoint_id, shift_no, opened_at, closed_at, expected_cents, counted_cents,
+       variance_cents, closed_by
+  FROM shift_closes
+ WHERE closed_at >= :day_start AND closed_at < :day_end
+ ORDER BY checkpoint_id, shift_no
+"""
+DAY_PATTERN = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
+
+
+def parse_day(value: str) -> datetime:
+    """`YYYY-MM-DD` as the start of that day in UTC; ReportError when it is not a date."""
+    if not DAY_PATTERN.match(value):
+        raise ReportError(f"not a date YYYY-MM-DD: {value[:40]!r}")
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError as error:
+        raise ReportError(f"not a valid date: {value!r} ({error})") from None
+
+
 def _window_sql(window: SalesWindow) -> tuple[str, dict[str, Any]]:
     conditions, params = [], {}
     if window.start is not None:
@@ -322,6 +359,93 @@ class Reports:
             rows = [dict(row._mapping) for row in connection.execute(text(sql), dict(params))]
             connection.rollback()
             return rows
+
+    def _snapshot_rows(
+        self, statements: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[list[dict[str, Any]]]:
+        """The rows of several statements read from one snapshot (repeatable read, read only)."""
+        with translate_errors(), self._engine.connect() as connection:
+            connection = connection.execution_options(isolation_level="REPEATABLE READ")
+            with connection.begin():
+                connection.execute(text("SET TRANSACTION READ ONLY"))
+                connection.execute(
+                    text(f"SET LOCAL statement_timeout = {REPORT_STATEMENT_TIMEOUT_MS}")
+                )
+                return [
+                    [dict(row._mapping) for row in connection.execute(text(sql), dict(params))]
+                    for sql, params in statements
+                ]
+
+    def day(self, day_start: datetime) -> dict[str, Any]:
+        """The Z-report of the UTC day starting at `day_start`: `bars` (kiosk_id, orders,
+        amount_cents, amount: the kiosk grouping of the sales report, net of voids),
+        `checkpoints` (the cash and card top-ups and the shift closes closed that day, with
+        their variance) and `total`; every figure from one snapshot."""
+        window = SalesWindow(day_start, day_start + timedelta(days=1))
+        condition, params = _window_sql(window)
+        day = {"day_start": window.start, "day_end": window.end}
+        sales, topups, closes = self._snapshot_rows(
+            (
+                (
+                    NET_SALES_LINES_SQL.format(window=condition)
+                    + SALES_SELECT_SQL[SalesGroup.KIOSK],
+                    params,
+                ),
+                (DAY_TOPUPS_SQL, day),
+                (DAY_CLOSES_SQL, day),
+            )
+        )
+        bars = [_sales_row(SalesGroup.KIOSK, row) for row in sales]
+        checkpoints: dict[str, dict[str, Any]] = {}
+
+        def checkpoint(checkpoint_id: str) -> dict[str, Any]:
+            return checkpoints.setdefault(
+                checkpoint_id,
+                {
+                    "checkpoint_id": checkpoint_id,
+                    "cash_topups": 0,
+                    "cash_cents": 0,
+                    "card_topups": 0,
+                    "card_cents": 0,
+                    "shift_closes": [],
+                    "variance_cents": 0,
+                },
+            )
+
+        for row in topups:
+            entry = checkpoint(str(row["checkpoint_id"]))
+            for column in ("cash_topups", "cash_cents", "card_topups", "card_cents"):
+                entry[column] = int(row[column])
+        for row in closes:
+            entry = checkpoint(str(row["checkpoint_id"]))
+            entry["shift_closes"].append(
+                {
+                    "shift_no": int(row["shift_no"]),
+                    "opened_at": None if row["opened_at"] is None else iso_utc(row["opened_at"]),
+                    "closed_at": iso_utc(row["closed_at"]),
+                    "expected_cents": int(row["expected_cents"]),
+                    "counted_cents": int(row["counted_cents"]),
+                    "variance_cents": int(row["variance_cents"]),
+                    "closed_by": row["closed_by"],
+                }
+            )
+            entry["variance_cents"] += int(row["variance_cents"])
+        rows = [checkpoints[name] for name in sorted(checkpoints)]
+        total = {
+            "orders": sum(bar["orders"] for bar in bars),
+            "sales_cents": sum(bar["amount_cents"] for bar in bars),
+            "cash_cents": sum(entry["cash_cents"] for entry in rows),
+            "card_cents": sum(entry["card_cents"] for entry in rows),
+            "variance_cents": sum(entry["variance_cents"] for entry in rows),
+        }
+        return {
+            "date": day_start.date().isoformat(),
+            "currency": self.currency,
+            **window.as_json(),
+            "bars": bars,
+            "checkpoints": rows,
+            "total": total,
+        }
 
     def sales(self, group: SalesGroup, window: SalesWindow) -> list[dict[str, Any]]:
         """The rows of one grouping (SALES_COLUMNS + `amount`), in order; ReportError beyond
@@ -432,6 +556,50 @@ def report_sales(args: argparse.Namespace, settings: CloudSettings) -> int:
     except TransientDatabaseError as error:
         print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def report_day(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`report day --date YYYY-MM-DD [--json]`: the Z-report of that day (UTC)."""
+    try:
+        day_start = parse_day(args.date)
+        with _reports(settings) as reports:
+            report = reports.day(day_start)
+    except ReportError as error:
+        print(f"festival-cloud report day: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientDatabaseError as error:
+        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    print(
+        f"Z-report {report['date']} (UTC, {report['from']} to {report['to']}), {report['currency']}"
+    )
+    print("bars (orders, sales):")
+    for bar in report["bars"]:
+        print(f"  {bar['kiosk_id']:<24} {bar['orders']:>8} {bar['amount']:>14}")
+    print("checkpoints (cash top-ups, card top-ups, shift variance):")
+    for entry in report["checkpoints"]:
+        print(
+            f"  {entry['checkpoint_id']:<24} {decimal_amount(entry['cash_cents']):>14}"
+            f" {decimal_amount(entry['card_cents']):>14}"
+            f" {decimal_amount(entry['variance_cents']):>10}"
+        )
+        for close in entry["shift_closes"]:
+            print(
+                f"    shift {close['shift_no']} closed {close['closed_at']}:"
+                f" expected {decimal_amount(close['expected_cents'])},"
+                f" counted {decimal_amount(close['counted_cents'])},"
+                f" variance {decimal_amount(close['variance_cents'])}"
+            )
+    total = report["total"]
+    print(
+        f"total: {total['orders']} orders, sales {decimal_amount(total['sales_cents'])},"
+        f" cash {decimal_amount(total['cash_cents'])}, card {decimal_amount(total['card_cents'])},"
+        f" variance {decimal_amount(total['variance_cents'])}"
+    )
     return EXIT_OK
 
 
