@@ -301,8 +301,9 @@ def test_a_failed_exported_part_returns_the_money_and_is_not_paid_later(
     out = tmp_path / "payouts.xml"
     assert export_payouts(engine, out, DEBTOR, currency="EUR").count == 3
     zoe_id, zoe_cents = bank_parts["04A1B2C3D4E5F7"]
+    # The bank reports the end-to-end id of a returned transfer: `payout fail` takes it as it is.
     code, _, stderr = _cli(
-        monkeypatch, capsys, url, "payout", "fail", zoe_id, "--reason", "account closed"
+        monkeypatch, capsys, url, "payout", "fail", end_to_end_id(zoe_id), "--reason", "closed"
     )
     assert code == 0, stderr
     balance = scalar(url, "SELECT balance_cents FROM cards WHERE card_uid = '04A1B2C3D4E5F7'")
@@ -443,7 +444,7 @@ def test_revision_0016_downgrades_to_exactly_0015(make_database: Callable[..., s
 
 
 def _schema(url: str) -> list[tuple[str, ...]]:
-    """Every function's definition and ACL, and every constraint of ours."""
+    """Every function's definition and ACL, every constraint and index of ours."""
     functions = execute(
         url,
         "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), coalesce(p.proacl::text, '')"
@@ -455,4 +456,7 @@ def _schema(url: str) -> list[tuple[str, ...]]:
         "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint"
         " WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2",
     )
-    return [tuple(row) for row in functions] + [tuple(row) for row in constraints]
+    indexes = execute(
+        url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+    )
+    return [tuple(row) for row in [*functions, *constraints, *indexes]]

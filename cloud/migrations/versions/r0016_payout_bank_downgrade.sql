@@ -115,6 +115,7 @@ $$;
 
 DROP FUNCTION sp_payout_mark_paid(uuid[], text);
 DROP FUNCTION sp_payout_export(text);
+DROP INDEX payouts_request_idx;
 DELETE FROM accounts WHERE kind = 'bank';
 ALTER TABLE transactions DROP CONSTRAINT transactions_kind_check;
 ALTER TABLE transactions ADD CONSTRAINT transactions_kind_check CHECK (kind IN (
