@@ -331,7 +331,8 @@ def _add_portal_card_verbs(card: Verbs) -> None:
 
 
 def _add_payout_verbs(verbs: Verbs) -> None:
-    """`payout list [--state S] [--json]`, `payout fail ID --reason TEXT` (issue 16 §2)."""
+    """`payout list [--state S] [--json]`, `payout fail ID --reason TEXT`, `payout export --out
+    FILE.xml`, `payout mark-paid --file FILE.xml` (issue 16 §2)."""
     payout = _group(verbs, "payout", "payouts after the festival")
     listing = _verb(payout, "list", "the payout parts", "cloud.payouts:payout_list")
     listing.add_argument("--state", choices=["pending", "exported", "paid", "failed"])
@@ -344,6 +345,25 @@ def _add_payout_verbs(verbs: Verbs) -> None:
     )
     fail.add_argument("payout_id")
     fail.add_argument("--reason", required=True)
+    export = _verb(
+        payout,
+        "export",
+        "write a SEPA credit-transfer file (pain.001.001.03) of every pending bank transfer, "
+        "which become 'exported'; prints count and total",
+        "cloud.payout_export:payout_export",
+    )
+    export.add_argument("--out", required=True, metavar="FILE.xml", help="a new file")
+    export.add_argument(
+        "--no-validate",
+        action="store_true",
+        help="skip the check of the file against the pain.001.001.03 schema (slow for big files)",
+    )
+    _verb(
+        payout,
+        "mark-paid",
+        "the bank executed this SEPA file: its exported transfers become 'paid'",
+        "cloud.payout_export:payout_mark_paid",
+    ).add_argument("--file", required=True, metavar="FILE.xml")
     _add_payout_refund_verb(payout)
 
 

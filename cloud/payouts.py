@@ -44,6 +44,18 @@ def valid_iban(iban: str) -> str | None:
         return None
 
 
+def valid_bic(bic: str) -> str | None:
+    """The BIC in its compact form when its format and country hold, else None (the SEPA
+    file's debtor, `payout export`)."""
+    from schwifty import BIC
+    from schwifty.exceptions import SchwiftyException
+
+    try:
+        return str(BIC(bic).compact)
+    except (SchwiftyException, ValueError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class PayoutPart:
     payout_id: str

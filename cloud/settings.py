@@ -127,6 +127,11 @@ class CloudSettings(BaseSettings):
     festival_portal_url: str = Field(
         default="http://127.0.0.1:8000", pattern=r"^https?://[!-~]{1,180}$"
     )
+    # (1.1) The festival's own bank account, the debtor of `payout export`'s SEPA credit-transfer
+    # file (cloud/payout_export.py checks them when the file is written: name, IBAN, BIC).
+    festival_payout_debtor_name: str | None = None
+    festival_payout_debtor_iban: str | None = None
+    festival_payout_debtor_bic: str | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -22,6 +22,7 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
     cloud.api.metrics                       prometheus_client  (the API's /metrics)
     cloud.api.stripe_gateway                stripe
     cloud.payouts                           schwifty  (IBAN checks of payouts)
+    cloud.payout_export                     sepaxml, text_unidecode  (the SEPA file of payouts)
     cloud.consumer.metrics                  prometheus_client  (the consumer's metrics port)
     cloud.consumer.mqtt_link                paho
     cloud.database                          sqlalchemy, psycopg2, alembic
@@ -114,6 +115,10 @@ ADAPTERS: Final[dict[str, frozenset[str]]] = {
     "stripe": frozenset({"cloud.api.stripe_gateway"}),
     # (1.1) payouts: the IBAN checksum (issue 16)
     "schwifty": frozenset({"cloud.payouts"}),
+    # (1.1) the SEPA credit-transfer file of payouts, and sepaxml's own transliteration (its
+    # dependency) for the names in it (issue 16)
+    "sepaxml": frozenset({"cloud.payout_export"}),
+    "text_unidecode": frozenset({"cloud.payout_export"}),
     # Prometheus: each of the two cloud processes exposes its own registry its own way (the
     # consumer its own port, the API a route); one module each.
     "prometheus_client": frozenset({"cloud.consumer.metrics", "cloud.api.metrics"}),
