@@ -73,6 +73,8 @@ DEMO_MENU_ITEMS: tuple[tuple[str, str, int, bool], ...] = (  # sku, name, price,
 DEMO_CUP_CENTS = 200
 # Attendees who ask for their money back at the end (issue 16 §2).
 DEMO_PAYOUTS = 3
+DEMO_DEBTOR_IBAN, DEMO_DEBTOR_BIC = "DE02120300000000202051", "BYLADEM1001"  # a test IBAN
+DEMO_SHIFT_SHORT_CENTS = 50  # the checkpoint's drawer is counted 0.50 short at the shift close
 DEMO_PAYOUT_TOPUP_CENTS = 2000  # the portal attendee's online top-up before asking for it back
 DEMO_REFUND_TIMEOUT_S = 30.0  # DESIGN.md: Stripe parts refunded within 30 s
 DEMO_REPRICED_SKU = "beer"
@@ -302,6 +304,9 @@ class Tally:
     debt_paid: bool = False
     payouts: int = 0
     clone_refused: bool = False
+    swapped: bool = False
+    sepa_file: str = ""
+    shift_closed: bool = False
     stripe_refunds: int = 0
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
@@ -560,6 +565,10 @@ class Demo:
             **cloud_env,
             "DATABASE_URL": self.owner_url,
             "MQTT_URL": self.broker.url(CLOUD_MQTT_USER),
+            # (1.1) the festival's own bank account: the debtor of `payout export`'s SEPA file
+            "FESTIVAL_PAYOUT_DEBTOR_NAME": "Demo Festival GmbH",
+            "FESTIVAL_PAYOUT_DEBTOR_IBAN": DEMO_DEBTOR_IBAN,
+            "FESTIVAL_PAYOUT_DEBTOR_BIC": DEMO_DEBTOR_BIC,
         }
         self._child(
             "consumer",
@@ -685,17 +694,21 @@ class Demo:
             " FESTIVAL_CARD_AUTH=sun: every tap's SUN message is checked"
         )
 
-    def portal_login(self, card_uid: str) -> str:
-        """`festival-cloud card pin UID`, as the info desk runs it for a band printed on site:
-        the attendee's portal login of one simulated attendee (issue 16)."""
-        done = subprocess.run(
-            [self._python_bin("festival-cloud"), "card", "pin", card_uid],
+    def _operator(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`festival-cloud ARGS…` as the operator runs it (the owner's database URL)."""
+        return subprocess.run(
+            [self._python_bin("festival-cloud"), *args],
             env=self.cli_env,
             capture_output=True,
             text=True,
             timeout=DEMO_READY_TIMEOUT_S,
             check=False,
         )
+
+    def portal_login(self, card_uid: str) -> str:
+        """`festival-cloud card pin UID`, as the info desk runs it for a band printed on site:
+        the attendee's portal login of one simulated attendee (issue 16)."""
+        done = self._operator("card", "pin", card_uid)
         if done.returncode != 0:
             raise DemoError(f"card pin failed: {done.stderr.strip() or done.stdout.strip()}")
         self.portal_pin = done.stdout.strip()
@@ -1138,6 +1151,90 @@ class Demo:
                 return
             time.sleep(0.1)
 
+    # --- at the counter (1.1, issue 17) --------------------------------------------------------
+
+    def at_the_counter(self) -> None:
+        """The info desk replaces the band reported lost (`card swap`: its money follows the new
+        band, which then pays at a bar), and a checkpoint's cashier ends the shift (`shift
+        close`: the drawer counted 0.50 short, the variance booked)."""
+        try:
+            self._swap_the_lost_band()
+            self._close_a_shift()
+        except (DemoError, OSError, ValueError, KeyError) as error:
+            self.tally.error(f"at the counter: {error}")
+
+    def _swap_the_lost_band(self) -> None:
+        old = self.cards[0]  # reported lost during the run (_block_a_lost_wristband)
+        new = card_uids(self.card_count + 1)[-1]  # a spare band from the same box
+        if self._owner_scalar("SELECT replaced_by FROM cards WHERE card_uid = %(u)s", u=old):
+            self.say(f"swap: wristband {old} was replaced in an earlier run")
+            return
+        if self.wristbands is not None:
+            self.wristbands.program([new], self._master_key(), self.api_url)
+        done = self._operator("card", "swap", old, new, "--json")
+        if done.returncode != 0:
+            raise DemoError(f"card swap: {done.stderr.strip() or done.stdout.strip()}")
+        swapped = json.loads(done.stdout)
+        self.say(
+            f"swap: the info desk moved lost wristband {old}'s {_eur(swapped['balance_cents'])}"
+            f" to a new band {new}; the old one stays blocked (replaced by {new})"
+        )
+        bar = next(k for k in self.kiosks if k.role == "bar")
+        entry = {"items": [{"sku": DEMO_DEBT_SKU, "quantity": 1}], "staff_id": "ben"}
+        outcome = bar.transact(entry, new)
+        self.tally.record("bar", outcome, int((outcome or {}).get("amount_cents") or 0))
+        if not outcome or not outcome.get("approved"):
+            raise DemoError(f"the new band did not pay at {bar.kiosk_id}: {outcome}")
+        self.say(f"swap: the new band paid at {bar.kiosk_id}")
+        with self.tally.lock:
+            self.tally.swapped = True
+
+    def _master_key(self) -> bytes:
+        from cloud.keys import load_card_master_key
+
+        return load_card_master_key(self.root / "keys" / "card-master.key")
+
+    def _close_a_shift(self) -> None:
+        checkpoint = next(k for k in self.kiosks if k.role == "checkpoint").kiosk_id
+        expected = self._drawer_expected(checkpoint)
+        counted = max(0, expected - DEMO_SHIFT_SHORT_CENTS)
+        done = self._operator(
+            "shift", "close", checkpoint, f"--counted-cents={counted}", "--by", "anna", "--json"
+        )
+        if done.returncode != 0:
+            raise DemoError(f"shift close: {done.stderr.strip() or done.stdout.strip()}")
+        closed = json.loads(done.stdout)
+        self.say(
+            f"shift: {checkpoint}'s cash drawer counted {_eur(closed['counted_cents'])}, expected"
+            f" {_eur(closed['expected_cents'])}: variance {_eur(closed['variance_cents'])}"
+            " booked to variance:cash"
+        )
+        with self.tally.lock:
+            self.tally.shift_closed = True
+
+    def _drawer_expected(self, checkpoint: str) -> int:
+        """What the cashier's count is compared with (the shift close computes it the same way:
+        the cash account's movement since the last close)."""
+        return int(
+            self._owner_scalar(
+                "SELECT coalesce((SELECT cash_total_after_cents FROM shift_closes"
+                " WHERE checkpoint_id = %(c)s ORDER BY shift_no DESC LIMIT 1), 0)"
+                " - coalesce((SELECT sum(p.amount_cents) FROM postings p"
+                " JOIN accounts a USING (account_id) WHERE a.name = 'cash:' || %(c)s), 0)",
+                c=checkpoint,
+            )
+        )
+
+    def _owner_scalar(self, sql: str, **params: object) -> Any:
+        from cloud.database import make_engine
+
+        engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
+        try:
+            with engine.connect() as connection:
+                return connection.exec_driver_sql(sql, params).scalar()
+        finally:
+            engine.dispose()
+
     def request_payouts(self, count: int = DEMO_PAYOUTS) -> None:
         """After the festival (issue 16 §2): a few attendees ask for what is left on their band.
         The first, who also topped up online, asks on the portal (login with the band's PIN,
@@ -1176,6 +1273,32 @@ class Demo:
         self._wait_for_the_stripe_refunds(
             [str(outcome["payout_id"]) for outcome in outcomes], asked_s
         )
+        self._pay_the_bank_transfers()
+
+    def _pay_the_bank_transfers(self) -> None:
+        """`payout export` writes the SEPA file of the pending bank transfers under the demo's
+        folder (the operator uploads it to the bank); `payout mark-paid` once the bank ran it."""
+        folder = self.root / "payouts"
+        folder.mkdir(exist_ok=True)
+        sepa = folder / f"sepa-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.xml"
+        exported = self._operator("payout", "export", "--out", str(sepa))
+        if exported.returncode != 0:
+            self.tally.error(f"payout export: {exported.stderr.strip() or exported.stdout}")
+            return
+        if not sepa.exists():
+            self.say(f"payout: {exported.stdout.strip()}")
+            return
+        paid = self._operator("payout", "mark-paid", "--file", str(sepa))
+        if paid.returncode != 0:
+            self.tally.error(f"payout mark-paid: {paid.stderr.strip() or paid.stdout}")
+            return
+        count = exported.stdout.split(" bank transfer")[0].split()[-1]
+        self.say(
+            f"payout: SEPA file {sepa} (pain.001.001.03, {count} bank transfers) written by"
+            " `payout export`; `payout mark-paid` once the bank ran it"
+        )
+        with self.tally.lock:
+            self.tally.sepa_file = str(sepa)
 
     def _portal_payout(self, card_uid: str, iban: str) -> dict[str, Any]:
         """What the attendee does on the phone: log in with the band's PIN, ask for the money."""
@@ -1274,6 +1397,9 @@ class Demo:
             if self.tally.payouts
             else "",
             "genuine wristbands (a copied UID refused)" if self.tally.clone_refused else "",
+            "a SEPA file of the bank transfers" if self.tally.sepa_file else "",
+            "a lost band swapped" if self.tally.swapped else "",
+            "a shift closed" if self.tally.shift_closed else "",
         ]
         self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))
         if violations:
@@ -1376,6 +1502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         demo.start()
         demo.run_traffic(args.duration)
         demo.wait_for_quiet()
+        demo.at_the_counter()
         demo.request_payouts()
         violations = demo.ledger_check()
         demo.summary(violations)

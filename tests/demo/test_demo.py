@@ -135,6 +135,30 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     stripe_total = sum(int(p[4]) * 100 + int(p[5]) for p in payouts)
     assert int(refunds.group(2)) * 100 + int(refunds.group(3)) == stripe_total, output
     assert f"{refunds.group(1)} Stripe refunds)" in output, output
+    # Issue 16 §4: the bank parts in a SEPA file under the demo's folder, then marked paid.
+    sepa = re.search(
+        r"^payout: SEPA file (\S+) \(pain\.001\.001\.03, (\d+) bank transfers\)", output, re.M
+    )
+    assert sepa and int(sepa.group(2)) == sum(1 for p in payouts if p[2] != "0" or p[3] != "00")
+    document = Path(sepa.group(1)).read_text(encoding="utf-8")
+    assert "urn:iso:std:iso:20022:tech:xsd:pain.001.001.03" in document
+    assert document.count("<CdtTrfTxInf>") == int(sepa.group(2))
+    # Issue 17 §6: the lost band replaced at the info desk (its money follows, the new band
+    # pays), a checkpoint's shift closed with a small variance booked.
+    assert re.search(
+        r"^swap: the info desk moved lost wristband \w+'s \d+\.\d\d to a new band \w+;",
+        output,
+        re.M,
+    ), output
+    assert "swap: the new band paid at bar-" in output, output
+    assert re.search(
+        r"^shift: checkpoint-1's cash drawer counted \d+\.\d\d, expected \d+\.\d\d:"
+        r" variance -0\.50 booked to variance:cash$",
+        output,
+        re.M,
+    ), output
+    assert "a lost band swapped, a shift closed" in output, output
+    assert "error: at the counter" not in output, output
     assert "error: payouts" not in output, output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
     assert offline and int(offline.group(1)) >= 1, output
