@@ -38,6 +38,7 @@ from cloud.demo_wristbands import DemoWristbands
 from cloud.limits import (
     DEMO_HTTP_TIMEOUT_S,
     DEMO_READY_TIMEOUT_S,
+    DEMO_REFUND_TIMEOUT_S,
     DEMO_RESULT_TIMEOUT_S,
 )
 from cloud.sandbox import MosquittoBroker, PostgresServer, free_port, stop_process
@@ -76,7 +77,6 @@ DEMO_PAYOUTS = 3
 DEMO_DEBTOR_IBAN, DEMO_DEBTOR_BIC = "DE02120300000000202051", "BYLADEM1001"  # a test IBAN
 DEMO_SHIFT_SHORT_CENTS = 50  # the checkpoint's drawer is counted 0.50 short at the shift close
 DEMO_PAYOUT_TOPUP_CENTS = 2000  # the portal attendee's online top-up before asking for it back
-DEMO_REFUND_TIMEOUT_S = 30.0  # DESIGN.md: Stripe parts refunded within 30 s
 DEMO_REPRICED_SKU = "beer"
 DEMO_REPRICED_CENTS = 600
 # Without --duration the price changes this long after the traffic started.

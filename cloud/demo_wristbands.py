@@ -31,13 +31,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from cloud.limits import DEMO_WRISTBAND_BOX_STOP_TIMEOUT_S
 from cloud.wristbands import handle_tag
 from protocol.limits import SUN_COUNTER_MAX
 from protocol.ntag424 import TagCommunicationError, TagReadError, read_ndef_url
 from protocol.sun import sun_from_url
 
 BOX_MODULE = "device.sim_wristbands"
-BOX_STOP_TIMEOUT_S = 5.0
 
 
 class DemoWristbandError(RuntimeError):
@@ -131,7 +131,7 @@ class DemoWristbands:
             if box.stdin is not None:
                 box.stdin.close()  # the box ends at the end of its input
             try:
-                box.wait(timeout=BOX_STOP_TIMEOUT_S)
+                box.wait(timeout=DEMO_WRISTBAND_BOX_STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 box.kill()
                 box.wait()

@@ -60,6 +60,10 @@ LEDGER_FAKE_RECORDS_KEPT_MAX: Final = 10_000
 DEMO_READY_TIMEOUT_S: Final = 60.0
 DEMO_HTTP_TIMEOUT_S: Final = 10.0
 DEMO_RESULT_TIMEOUT_S: Final = 30.0
+# (1.1) the demo waits this long for the payouts' Stripe refunds (DESIGN.md: within 30 s), and
+# for its box of virtual wristbands (cloud/demo_wristbands.py) to end once its input is closed
+DEMO_REFUND_TIMEOUT_S: Final = 30.0
+DEMO_WRISTBAND_BOX_STOP_TIMEOUT_S: Final = 5.0
 
 # --- the local services of tests and the demo (cloud/sandbox.py) --------------------------------
 SANDBOX_START_TIMEOUT_S: Final = 30.0

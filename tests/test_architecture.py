@@ -22,7 +22,7 @@ The census (module -> outside library), as `python -m tests.test_architecture` p
     cloud.api.metrics                       prometheus_client  (the API's /metrics)
     cloud.api.stripe_gateway                stripe
     cloud.payouts                           schwifty  (IBAN checks of payouts)
-    cloud.payout_export                     sepaxml, text_unidecode  (the SEPA file of payouts)
+    cloud.payout_export                     sepaxml, text_unidecode, lxml  (SEPA files of payouts)
     cloud.consumer.metrics                  prometheus_client  (the consumer's metrics port)
     cloud.consumer.mqtt_link                paho
     cloud.database                          sqlalchemy, psycopg2, alembic
@@ -119,6 +119,7 @@ ADAPTERS: Final[dict[str, frozenset[str]]] = {
     # dependency) for the names in it (issue 16)
     "sepaxml": frozenset({"cloud.payout_export"}),
     "text_unidecode": frozenset({"cloud.payout_export"}),
+    "lxml": frozenset({"cloud.payout_export"}),  # the SEPA file's schema check (libxml2)
     # Prometheus: each of the two cloud processes exposes its own registry its own way (the
     # consumer its own port, the API a route); one module each.
     "prometheus_client": frozenset({"cloud.consumer.metrics", "cloud.api.metrics"}),

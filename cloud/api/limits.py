@@ -202,3 +202,8 @@ PORTAL_FIELD_LENGTH_MAX: Final = 64
 # header, and a cross-site script cannot without a CORS preflight, which this API never grants).
 PORTAL_CSRF_HEADER: Final = "x-festival-portal"
 PORTAL_BLOCK_REASON: Final = "reported lost by the holder"
+# (1.1) POST /api/portal/payout: the account holder's name as a SEPA file carries it (pain.001:
+# at most 70 characters), an e-mail address (RFC 5321: 254), a donation (like the fee setting).
+ACCOUNT_HOLDER_LENGTH_MAX: Final = 70
+EMAIL_LENGTH_MAX: Final = 254
+DONATION_CENTS_MAX: Final = 10**11

@@ -52,6 +52,9 @@ from cloud.api.errors import (
     ApiError,
 )
 from cloud.api.limits import (
+    ACCOUNT_HOLDER_LENGTH_MAX,
+    DONATION_CENTS_MAX,
+    EMAIL_LENGTH_MAX,
     PORTAL_BLOCK_REASON,
     PORTAL_CSRF_HEADER,
     PORTAL_FIELD_LENGTH_MAX,
@@ -360,11 +363,7 @@ async def block(request: Request) -> Response:
 # --- the payout ----------------------------------------------------------------------------------
 
 PAYOUT_FIELDS: Final = frozenset({"iban", "account_holder", "email", "donate_cents", "pin"})
-# The account holder's name as a SEPA file carries it (pain.001: at most 70 characters).
-ACCOUNT_HOLDER_LENGTH_MAX: Final = 70
-EMAIL_LENGTH_MAX: Final = 254
 _EMAIL_SHAPE: Final = re.compile(r"\A[^@\s]{1,64}@[^@\s]+\.[^@\s.]+\Z")
-DONATION_CENTS_MAX: Final = 10**11
 # Transactions read to find the newest one that is not a payout: a payout needs a balance, which
 # only another transaction brings, so the second newest at the latest is one.
 _KEY_TRANSACTIONS: Final = 2

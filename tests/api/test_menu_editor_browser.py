@@ -22,7 +22,7 @@ from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import parse_menu
 from tests.api.conftest import ADMIN_TOKEN, scalar
 from tests.api.live import serve
-from tests.browser import headless_chromium, save_screenshot
+from tests.browser import attribute_now, headless_chromium, save_screenshot
 from tests.waiting import wait_until
 
 MENU: dict[str, Any] = {
@@ -222,14 +222,18 @@ def test_kiosk_versions_and_the_menu_editor_in_chromium(
         assert saved["items"][2]["is_deposit"] is True
         assert "saved" in driver.find_element(By.ID, "menu-message").text
         # The kiosks table follows: bar-1's latest is the new version, pending, not yet run.
+        # The table is redrawn on every poll: read it as it is now (a replaced row is "not yet").
+        bar_1_row = '#kiosk-config-table tr[data-kiosk-id="bar-1"]'
         wait_until(
-            lambda: (
-                kiosk_row(driver, "bar-1").get_attribute("data-latest") == str(first["bar-1"] + 1)
-            ),
+            lambda: attribute_now(driver, bar_1_row, "data-latest") == str(first["bar-1"] + 1),
             timeout_s=15,
             what="the new version in the kiosks table",
         )
-        assert "behind" in kiosk_row(driver, "bar-1").text
+        wait_until(
+            lambda: "behind" in (attribute_now(driver, bar_1_row, "textContent") or ""),
+            timeout_s=15,
+            what="bar-1 shown behind its latest config",
+        )
         save_screenshot(driver, "menu-editor-saved")
 
         # Every bar at once: a row added (VAT 7.5 % is 750 bp), another removed.

@@ -240,7 +240,16 @@ def test_stripe_down_for_the_first_tries_is_retried_and_refunds_exactly_once(
     assert 'festival_api_payout_refunds_total{result="retry"} 1.0' in metrics
     reasons = _audit_reasons(live.engine)
     assert any(reason.startswith("stripe refund attempt 1:") for reason in reasons), reasons
-    assert reasons[-1] == f"stripe refund {refunds[0]['id']} (refunds API)"
+    # Paid once, by whichever came first: the runner recording Stripe's answer, or the
+    # charge.refunded webhook the fake sends right after the refund (on a loaded machine it
+    # can overtake the answer); the other finds the part paid and changes nothing.
+    paid = [
+        reason for reason in reasons if reason.startswith(f"stripe refund {refunds[0]['id']} (")
+    ]
+    assert paid in (
+        [f"stripe refund {refunds[0]['id']} (refunds API)"],
+        [f"stripe refund {refunds[0]['id']} (charge.refunded webhook)"],
+    ), reasons
 
     wait_until(lambda: _webhooks_answered(live.fake, 1), WAIT_S, 0.05, "the webhook")
     assert live.fake.deliveries[0]["status"] == 200

@@ -430,9 +430,18 @@ def test_the_liability_subtracts_debts(client: TestClient, ledger: Ledger) -> No
     assert report["liability_cents"] == -1_300
 
 
+@pytest.fixture
+def own_stripe() -> Iterator[FakeStripe]:
+    """A fake Stripe of this test alone: the shared one's request log is read by other tests."""
+    fake = FakeStripe(port=0)
+    fake.start()
+    yield fake
+    fake.stop()
+
+
 def test_the_stripe_parts_of_a_portal_payout_are_refunded_at_once(
     api_database_url: str,
-    fake_stripe: FakeStripe,
+    own_stripe: FakeStripe,
     api_ledger: Ledger,
     engine: Engine,
     post_event: PostEvent,
@@ -441,6 +450,7 @@ def test_the_stripe_parts_of_a_portal_payout_are_refunded_at_once(
     Stripe part is refunded within seconds of the request (DESIGN.md: within 30 s)."""
     from tests.waiting import wait_until
 
+    fake_stripe = own_stripe
     give_pin(engine)
     settings = make_settings(api_database_url, fake_stripe.base_url)
     limits = portal_limits(payout_refund_interval_s=3_600)

@@ -460,3 +460,26 @@ def _schema(url: str) -> list[tuple[str, ...]]:
         url, "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
     )
     return [tuple(row) for row in [*functions, *constraints, *indexes]]
+
+
+def test_the_export_s_own_schema_check_agrees_with_xmlschema() -> None:
+    """`payout export` checks the file with libxml2 (lxml, fast); the tests' reference is the
+    pure-Python xmlschema over the same XSD: a good file passes both, a broken one fails both."""
+    from cloud.payout_export import PayoutExportError, check_schema
+
+    good = build_transfer_file(
+        [ExportedPart(str(uuid.uuid4()), str(uuid.uuid4()), "04A1B2C3D4E5F6", 1_234, IBAN, "Ada")],
+        DEBTOR,
+        execution_date=datetime.date(2026, 8, 4),
+        validate=False,
+    )
+    check_schema(good)
+    SCHEMA.validate(good.decode())
+    broken = good.replace(b"<ChrgBr>SLEV</ChrgBr>", b"<ChrgBr>FREE</ChrgBr>")  # not an enum value
+    assert broken != good
+    with pytest.raises(PayoutExportError, match="does not validate"):
+        check_schema(broken)
+    with pytest.raises(xmlschema.XMLSchemaValidationError):
+        SCHEMA.validate(broken.decode())
+    with pytest.raises(PayoutExportError, match="not XML"):
+        check_schema(b"<Document")
