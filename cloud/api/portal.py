@@ -65,7 +65,7 @@ from cloud.api.limits import (
 )
 from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.ratelimit import retry_after_header
-from cloud.api.services import RateLimiter, services_of
+from cloud.api.services import RateLimiter, Services, services_of
 from cloud.api.topups import client_key, is_json, normalise_wristband_number
 from cloud.database import IntegrityError
 from cloud.limits import PIN_LENGTH_MAX
@@ -251,12 +251,11 @@ async def _check_pin(portal: PortalContext, pin: str, stored: str | None) -> boo
     return await run_in_threadpool(_check_pin_bounded, portal, pin, stored)
 
 
-async def login(request: Request) -> Response:
-    services = services_of(request)
-    portal = portal_of(request)
-    require_same_origin(request, portal)
-    await _take_login_token(request, portal)
-    card_uid, pin = await _credentials(request)
+async def _pin_login(
+    services: Services, portal: PortalContext, card_uid: str, pin: str, token: str
+) -> Any:
+    """The card's PIN checked under the per-card lockout (429 while locked): the session
+    ``token`` opened and its expiry when right, None when wrong (a failure counted)."""
     limits = portal.limits
     lockout = {
         "window_s": limits.portal_lockout_window_s,
@@ -274,8 +273,7 @@ async def login(request: Request) -> Response:
             headers={"Retry-After": str(max(1, start.retry_after_s))},
         )
     ok = await _check_pin(portal, pin, start.pin_hash)
-    token = new_session_token()
-    expires_at = await services.ledger_call(
+    return await services.ledger_call(
         "portal_login_finish",
         portal.store.login_finish,
         card_uid,
@@ -284,6 +282,16 @@ async def login(request: Request) -> Response:
         ttl_s=limits.portal_session_ttl_s,
         **lockout,
     )
+
+
+async def login(request: Request) -> Response:
+    services = services_of(request)
+    portal = portal_of(request)
+    require_same_origin(request, portal)
+    await _take_login_token(request, portal)
+    card_uid, pin = await _credentials(request)
+    token = new_session_token()
+    expires_at = await _pin_login(services, portal, card_uid, pin, token)
     if expires_at is None:
         log.info("portal login failed", extra={"context": {"card_uid": card_uid}})
         raise ApiError(401, UNAUTHORIZED, WRONG_PAIR)
@@ -436,34 +444,10 @@ async def _check_payout_pin(
     `pin` session (what sp_portal_login_finish does), revoked at once: the tap session stays
     what it was."""
     services = services_of(request)
-    limits = portal.limits
-    lockout = {
-        "window_s": limits.portal_lockout_window_s,
-        "failures_max": limits.portal_lockout_failures_max,
-    }
     # The per-client limit of logins too: a PIN check is a login attempt.
     await _take_login_token(request, portal)
-    start = await services.ledger_call(
-        "portal_login_begin", portal.store.login_begin, card_uid, **lockout
-    )
-    if not start.allowed:
-        raise ApiError(
-            429,
-            RATE_LIMITED,
-            "too many wrong PINs for this wristband, try again later",
-            headers={"Retry-After": str(max(1, start.retry_after_s))},
-        )
-    ok = await _check_pin(portal, pin, start.pin_hash)
     throwaway = new_session_token()
-    expires_at = await services.ledger_call(
-        "portal_login_finish",
-        portal.store.login_finish,
-        card_uid,
-        ok=ok,
-        token=throwaway,
-        ttl_s=limits.portal_session_ttl_s,
-        **lockout,
-    )
+    expires_at = await _pin_login(services, portal, card_uid, pin, throwaway)
     if expires_at is not None:
         await services.ledger_call("portal_logout", portal.store.logout, throwaway)
         return True
