@@ -306,6 +306,29 @@ def test_a_loss_sale_on_an_unknown_card_creates_no_card(
     assert ledger.check() == []
 
 
+def test_a_loss_sale_with_cup_deposits_posts_them_as_any_sale(
+    funded: Ledger, service_database_url: str
+) -> None:
+    """The cups handed over are a deposit like any other; the loss account pays the total."""
+    url = service_database_url
+    cup = BarItem("Cup", 2, 200, sku="cup", is_deposit=True)
+    outcome = _apply_offline(url, sun(bar_order(CARD, ("Beer", 1, 500), cup), failure="wrong_uid"))
+    assert outcome["status"] == "approved", outcome
+    assert execute(
+        url,
+        "SELECT a.name, p.amount_cents FROM postings p JOIN accounts a USING (account_id)"
+        " WHERE p.transaction_id = CAST(:t AS uuid) ORDER BY a.name",
+        t=outcome["transaction_id"],
+    ) == [
+        (f"card:{CARD}", 0),
+        ("deposit:cups", 400),
+        ("loss:offline", -900),
+        ("sales:bar-1", 500),
+    ]
+    assert _balance(url) == 10_000
+    assert funded.check() == []
+
+
 def test_the_kiosk_bound_counts_the_losses(ledger: Ledger, service_database_url: str) -> None:
     """More than twice kiosk_max_cents (here 2 x 5.00) of losses within 24 hours: the next
     offline sale of that kiosk is refused, whatever its SUN."""
