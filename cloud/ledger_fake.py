@@ -143,6 +143,10 @@ PRICE_FLAGS_MESSAGE: Final = (
 )
 # Revision 0013's texts (ledger_process_requests, offline sales), word for word.
 OFFLINE_APPROVED_MESSAGE: Final = "Paid (offline sale)"
+# Revision 0021's: an offline sale whose SUN failed, approved and charged to the loss account
+# (followed by the SUN message of its reason).
+OFFLINE_LOSS_MESSAGE: Final = "Paid (offline sale) by the festival's loss account: {sun}"
+VOID_LOSS_MESSAGE: Final = "Not voided: the order was charged to the festival's loss account"
 OFFLINE_NO_VERSION_MESSAGE: Final = "Offline sale refused: it cites no config_version"
 OFFLINE_UNPUBLISHED_MESSAGE: Final = (
     "Offline sale refused: config version {version} was never published to this kiosk"
@@ -266,6 +270,8 @@ class _Order:
     total_cents: int
     deposit_delta: int | None
     created_at_ms: int
+    # (0021) an offline sale charged to the festival's loss account (it cannot be voided)
+    loss: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,9 +313,11 @@ class FakeLedger:
         self.balances: dict[str, int] = dict(balances or {})
         self._blocked: dict[str, str] = {}  # card uid -> reason
         # (0013) what cards owe (only cards with a debt are here; never with a balance > 0),
-        # and every approved offline sale: (kiosk id, applied at, total, shortfall)
+        # and every approved offline sale: (kiosk id, applied at, total, shortfall, loss)
         self.debts: dict[str, int] = {}
-        self.offline_sales: list[tuple[str, int, int, int]] = []
+        self.offline_sales: list[tuple[str, int, int, int, int]] = []
+        # (0021) what the festival's loss account paid for offline sales whose SUN failed
+        self.offline_loss_cents = 0
         self._deposits_held_cents = deposits_held_cents
         self._claims: dict[str, _Claim] = {}
         self._kiosks: dict[str, _Kiosk] = {}
@@ -366,6 +374,13 @@ class FakeLedger:
                             "message": offline_problem,
                             "debt_cents": None,
                         }
+                    elif (
+                        problem is None
+                        and sun_problem is not None
+                        and isinstance(request, BarOrder)
+                        and request.offline
+                    ):
+                        document = self._charged_to_loss(request, sun_problem, now_ms)
                     elif problem is None and sun_problem is not None:
                         document = self._not_genuine(request, sun_problem, now_ms)
                     elif problem is None:
@@ -425,6 +440,44 @@ class FakeLedger:
             "previous_balance_cents": balance,
             "new_balance_cents": balance,
             "debt_cents": None if balance is None else self.debts.get(request.card_uid, 0),
+        }
+
+    def _charged_to_loss(self, request: BarOrder, reason: str, now_ms: int) -> dict[str, Any]:
+        """(0021) An offline sale whose SUN failed: approved, the whole total on the festival's
+        loss account, the card untouched; an unknown card stays unknown (0, 0, debt 0)."""
+        card_uid = request.card_uid
+        while card_uid in self.replaced_by:  # (0016) a late sale follows the replacement
+            card_uid = self.replaced_by[card_uid]
+        balance = self.balances.get(card_uid, 0)
+        debt = self.debts.get(card_uid, 0)
+        deposit_delta, _returns = _deposit_lines(request)
+        if deposit_delta is not None:
+            self._deposits_held_cents += deposit_delta
+        self.offline_sales.append(
+            (request.kiosk_id, now_ms, request.total_cents, 0, request.total_cents)
+        )
+        self.offline_loss_cents += request.total_cents
+        self._orders[request.request_id] = _Order(
+            request.kiosk_id,
+            card_uid,
+            request.total_cents,
+            deposit_delta,
+            request.created_at_ms,
+            loss=True,
+        )
+        return {
+            "request_id": request.request_id,
+            "status": Status.APPROVED.value,
+            "error_code": None,
+            "message": OFFLINE_LOSS_MESSAGE.format(sun=SUN_MESSAGES[reason]),
+            "transaction_id": _uuid7(now_ms),
+            "previous_balance_cents": balance,
+            "new_balance_cents": balance,
+            "debt_cents": debt,
+            "replayed": False,
+            "processed_at_ms": now_ms,
+            "order_id": _uuid7(now_ms),
+            "card_uid": card_uid,
         }
 
     def accept_sun_counter(self, card_uid: str, counter: int) -> bool:
@@ -529,8 +582,8 @@ class FakeLedger:
                 total=_amount_text(order.total_cents), limit=_amount_text(policy.sale_max_cents)
             )
         created = sum(
-            shortfall
-            for kiosk_id, at_ms, _total, shortfall in self.offline_sales
+            shortfall + loss  # (0021) debts and losses
+            for kiosk_id, at_ms, _total, shortfall, loss in self.offline_sales
             if kiosk_id == order.kiosk_id and at_ms > now_ms - OFFLINE_BOUND_WINDOW_MS
         )
         if created > 2 * policy.kiosk_max_cents:
@@ -601,7 +654,7 @@ class FakeLedger:
                 assert isinstance(request, BarOrder)
                 shortfall = max(-new_net, 0) - debt
                 self.offline_sales.append(
-                    (request.kiosk_id, now_ms, request.total_cents, max(shortfall, 0))
+                    (request.kiosk_id, now_ms, request.total_cents, max(shortfall, 0), 0)
                 )
             if deposit_delta is not None:
                 self._deposits_held_cents += deposit_delta
@@ -718,6 +771,8 @@ class FakeLedger:
             return refused, VOID_OTHER_CARD_MESSAGE, 0
         if request.original_request_id in self._voided:
             return refused, VOID_AGAIN_MESSAGE, 0
+        if order.loss:
+            return refused, VOID_LOSS_MESSAGE, 0
         if now_ms - order.created_at_ms > self.void_window_s * 1000:
             minutes = f"{round(self.void_window_s / 60, 1):.1f}"
             return refused, VOID_TOO_OLD_MESSAGE.format(minutes=minutes), 0

@@ -19,7 +19,15 @@ from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
 from protocol.keys import generate_private_key, public_key_b64
-from protocol.models import BarOrder, CardSun, CardSwap, CheckpointRecharge, Result, Void
+from protocol.models import (
+    BarOrder,
+    CardSun,
+    CardSwap,
+    CheckpointRecharge,
+    OfflinePolicy,
+    Result,
+    Void,
+)
 from protocol.sun import CardKeyDerivation, sun_message
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
@@ -220,6 +228,40 @@ def test_two_consumers_never_both_accept_one_counter(sun: Sun) -> None:
         statuses = sorted(str(bar.wait_result(order.request_id).status) for order in pair)
         assert statuses == ["approved", "declined"], statuses
     assert sun.balance(band.uid) == 10_000 - 10 * 10
+
+
+def test_an_offline_sale_with_a_failing_sun_is_approved_on_the_loss_account(sun: Sun) -> None:
+    """(Revision 0021) The kiosk already handed the drink over: the result says approved, with
+    the card's balances untouched (an unknown card: 0, 0, debt 0, and no card is created)."""
+    bar = sun.kiosks["sun-bar"]
+    version = sun.ledger.issue_kiosk_config(
+        "sun-bar",
+        offline=OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=10_000),
+    )
+    assert version is not None
+    sun.ledger.mark_config_published("sun-bar", version)
+    band = sun.band(funded_cents=3_000)
+    captured = band.tap()
+    assert sun.buy(band.uid, 500, captured).status is Status.APPROVED
+    unknown = Band(sun.derivation)
+    for card_uid, card_sun, held in (
+        (band.uid, captured, 2_500),  # a replayed message: stale
+        (band.uid, None, 2_500),  # a UID-only copy
+        (unknown.uid, None, 0),
+    ):
+        order = replace(sun.order(card_uid, 700, card_sun), offline=True, config_version=version)
+        bar.send(order)
+        result = bar.wait_result(order.request_id)
+        assert result.status is Status.APPROVED, result.message
+        assert (result.previous_balance_cents, result.new_balance_cents, result.debt_cents) == (
+            held,
+            held,
+            0,
+        )
+        assert str(result.message).startswith("Paid (offline sale) by the festival's loss account")
+    assert sun.balance(band.uid) == 2_500
+    assert sun.ledger.card(unknown.uid) is None
+    assert sun.ledger.check() == []
 
 
 def test_failures_are_counted_by_reason(sun: Sun) -> None:

@@ -815,6 +815,91 @@ class LedgerContract:
         assert ledger.apply(used).error_code is ErrorCode.CARD_NOT_GENUINE
         assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=8)).approved
 
+    # --- (1.1) an offline sale whose SUN fails: the loss account (revision 0021) -------------
+
+    def test_sun_an_offline_sale_that_fails_is_approved_on_the_loss_account(
+        self, ledger: Any
+    ) -> None:
+        version = self._offline_config(ledger)
+        ledger.apply(recharge(CARD, 5_000))
+        sale = replace(
+            bar_order(CARD, BEER, kiosk_id="bar-2", config_version=version, offline=True),
+            sun_failure="bad_mac",
+        )
+        outcome = ledger.apply(sale)
+        assert fields(outcome) == {
+            "request_id": sale.request.request_id,
+            "status": Status.APPROVED,
+            "error_code": None,
+            "message": "Paid (offline sale) by the festival's loss account: Wristband not"
+            " genuine: see the info desk (SUN message does not verify)",
+            "previous_balance_cents": 5_000,
+            "new_balance_cents": 5_000,
+            "debt_cents": 0,
+            "replayed": False,
+            "card_uid": CARD,
+            "has_transaction": True,
+            "has_order": True,
+        }
+        assert ledger.apply(sale).replayed is True
+        card = ledger.card(CARD)
+        assert (card.balance_cents, card.debt_cents) == (5_000, 0), "the card is not charged"
+        refused = ledger.apply(void(sale))
+        assert (refused.error_code, refused.message) == (
+            ErrorCode.VOID_NOT_ALLOWED,
+            "Not voided: the order was charged to the festival's loss account",
+        )
+        assert ledger.card(CARD).balance_cents == 5_000
+        # a used counter offline is a failure like the others; online it stays a decline
+        assert ledger.apply(replace(bar_order(CARD, BEER), sun_counter=10)).approved
+        stale = ledger.apply(
+            replace(
+                bar_order(CARD, BEER, kiosk_id="bar-2", config_version=version, offline=True),
+                sun_counter=10,
+            )
+        )
+        assert (stale.status, stale.new_balance_cents) == (Status.APPROVED, 3_900)
+        assert ledger.card(CARD).balance_cents == 3_900
+
+    def test_sun_a_loss_sale_on_an_unknown_card_creates_no_card(self, ledger: Any) -> None:
+        version = self._offline_config(ledger)
+        outcome = ledger.apply(
+            replace(
+                bar_order(OTHER, BEER, kiosk_id="bar-2", config_version=version, offline=True),
+                sun_failure="missing",
+            )
+        )
+        assert (
+            outcome.status,
+            outcome.previous_balance_cents,
+            outcome.new_balance_cents,
+            outcome.debt_cents,
+        ) == (Status.APPROVED, 0, 0, 0)
+        assert ledger.card(OTHER) is None
+
+    def test_sun_the_kiosk_bound_counts_the_losses(self, ledger: Any) -> None:
+        version = self._offline_config(ledger)  # kiosk_max_cents 30.00: refused once over 60.00
+        sales = [
+            ledger.apply(
+                replace(
+                    bar_order(
+                        f"0A0B0C{index:02d}",
+                        ("Beer", 2, 1_000),
+                        kiosk_id="bar-2",
+                        config_version=version,
+                        offline=True,
+                    ),
+                    sun_failure="wrong_uid",
+                )
+            )
+            for index in range(5)
+        ]
+        assert [s.status for s in sales] == [Status.APPROVED] * 4 + [Status.REJECTED]
+        assert sales[4].message == (
+            "Offline sale refused: this kiosk's offline sales created 80.00 of debts within 24"
+            " hours, more than twice its offline limit of 30.00"
+        )
+
     # --- (1.1) void and card swap (revision 0016) ----------------------------------------------
 
     def test_a_void_gives_the_order_back_once(self, ledger: Any) -> None:
