@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from cloud.database import Engine, TransientDatabaseError, make_engine, text, translate_errors
 from cloud.limits import REPORT_MOMENT_LENGTH_MAX, REPORT_ROWS_MAX, REPORT_STATEMENT_TIMEOUT_MS
@@ -271,6 +271,30 @@ SELECT (SELECT count(*) FROM cards) AS cards,
        (SELECT coalesce(sum(debt_cents), 0) FROM cards) AS debts_cents,
        now() AS generated_at
 """
+
+
+# (issue 16 section 2) The money cycle by account kind: the postings of each kind of account,
+# summed. Every transaction sums to zero, so what came in (cash, card terminals and Stripe, net of
+# refunds: minus their accounts) equals where it is now: on cards, in payouts (the pending account
+# holds what left cards for a payout and has not reached a bank yet, and what a payout kept as
+# donation or fee, and its refunded Stripe parts), paid out by bank, sold, held as cup deposits,
+# less what cards owe and what the festival lost, plus the rest (refund shortfalls, cash
+# variances).
+MONEY_BY_KIND_SQL = """
+SELECT a.kind, coalesce(sum(p.amount_cents), 0) AS cents
+  FROM accounts a LEFT JOIN postings p ON p.account_id = a.account_id
+ GROUP BY a.kind
+"""
+MONEY_IN_KINDS: Final = ("cash", "terminal", "stripe")
+MONEY_WHERE: Final = (
+    ("card", "on_cards_cents"),
+    ("payout", "payouts_account_cents"),
+    ("bank", "paid_by_bank_cents"),
+    ("sales", "sales_cents"),
+    ("deposit", "deposits_cents"),
+    ("receivable", "owed_by_cards_cents"),
+    ("loss", "losses_cents"),
+)
 
 
 # (issue 17 section 4) The Z-report's checkpoints: the day's cash and card top-ups (the recharges
@@ -516,7 +540,21 @@ class Reports:
             "cards": int(row["cards"]),
             **figures,
             "reconciled": figures["card_balances_cents"] == figures["card_postings_cents"],
+            "money": self.money_cycle(),
         }
+
+    def money_cycle(self) -> dict[str, Any]:
+        """Everything that ever came in, and where it is now, from the postings by account
+        kind (MONEY_BY_KIND_SQL): ``in_cents`` = the sum of the other figures exactly when the
+        postings balance (``balanced``). Owed by cards and losses are negative, as booked."""
+        by_kind = {str(row["kind"]): int(row["cents"]) for row in self._rows(MONEY_BY_KIND_SQL, {})}
+        money: dict[str, Any] = {"in_cents": -sum(by_kind.pop(k, 0) for k in MONEY_IN_KINDS)}
+        for kind, name in MONEY_WHERE:
+            money[name] = by_kind.pop(kind, 0)
+        money["other_cents"] = sum(by_kind.values())  # refund shortfalls, cash variances, …
+        where = sum(value for name, value in money.items() if name != "in_cents")
+        money["balanced"] = money["in_cents"] == where
+        return money
 
 
 def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
@@ -623,6 +661,20 @@ def report_liability(args: argparse.Namespace, settings: CloudSettings) -> int:
             ("debts (subtracted)", "debts_cents"),
         ):
             print(f"  {label:<40} {decimal_amount(report[name]):>14}")
+        money = report["money"]
+        print("money in and where it is now" + ("" if money["balanced"] else " (NOT BALANCED)"))
+        for label, name in (
+            ("came in (cash, terminals, Stripe, net)", "in_cents"),
+            ("on cards", "on_cards_cents"),
+            ("payouts (pending, donations, fees, Stripe)", "payouts_account_cents"),
+            ("paid out by bank transfer", "paid_by_bank_cents"),
+            ("sales", "sales_cents"),
+            ("cup deposits", "deposits_cents"),
+            ("owed by cards (offline debts)", "owed_by_cards_cents"),
+            ("losses (disputes, offline)", "losses_cents"),
+            ("other (refund shortfalls, cash variances)", "other_cents"),
+        ):
+            print(f"  {label:<44} {decimal_amount(money[name]):>14}")
     if not report["reconciled"]:
         print(
             "festival-cloud report liability: card balances "

@@ -332,6 +332,20 @@ def test_liability_is_balances_plus_deposits_and_reconciles_with_check(
     assert report["cards"] == 2 and report["currency"] == "EUR"
     assert report["card_postings_cents"] == card_postings_cents(owner_engine)
     assert report["reconciled"] is True and ledger.check() == []
+    # Everything that came in, and where it is now (issue 16 §2): the two top-ups are on cards,
+    # sold, or held as cup deposits; nothing is paid out, owed or lost yet.
+    assert report["money"] == {
+        "in_cents": 2 * TOPUP_CENTS,
+        "on_cards_cents": 3350 + 3100,
+        "payouts_account_cents": 0,
+        "paid_by_bank_cents": 0,
+        "sales_cents": 1250 + 1500 + 600,
+        "deposits_cents": 3 * 200 - 2 * 200,
+        "owed_by_cards_cents": 0,
+        "losses_cents": 0,
+        "other_cents": 0,
+        "balanced": True,
+    }
 
     # A cached balance that no longer equals its postings: `check` and the report both say so.
     with owner_engine.begin() as connection:

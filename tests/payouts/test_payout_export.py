@@ -483,3 +483,33 @@ def test_the_export_s_own_schema_check_agrees_with_xmlschema() -> None:
         SCHEMA.validate(broken.decode())
     with pytest.raises(PayoutExportError, match="not XML"):
         check_schema(b"<Document")
+
+
+def test_the_money_cycle_follows_the_payouts_to_the_bank(
+    bank_parts: dict[str, tuple[str, int]],
+    service_database_url: str,
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`report liability`'s money cycle (issue 16 §2): what came in equals where it is now —
+    after the requests in the payouts account, after mark-paid paid out by bank, but for the
+    donations and fees the festival kept."""
+    from cloud.reports import Reports
+
+    came_in = sum(topup for _, topup, _, _, _ in ATTENDEES)
+    kept = sum(donation + fee for _, _, donation, fee, _ in ATTENDEES)
+    banked = sum(cents for _, cents in bank_parts.values())
+    reports = Reports(engine, currency="EUR")
+    before = reports.money_cycle()
+    assert (before["in_cents"], before["on_cards_cents"]) == (came_in, 0)
+    assert (before["payouts_account_cents"], before["paid_by_bank_cents"]) == (came_in, 0)
+    assert before["balanced"] is True
+    out = tmp_path / "payouts.xml"
+    url = service_database_url
+    assert _cli(monkeypatch, capsys, url, "payout", "export", "--out", str(out))[0] == 0
+    assert _cli(monkeypatch, capsys, url, "payout", "mark-paid", "--file", str(out))[0] == 0
+    after = reports.money_cycle()
+    assert (after["payouts_account_cents"], after["paid_by_bank_cents"]) == (kept, banked)
+    assert after["in_cents"] == came_in == kept + banked and after["balanced"] is True
