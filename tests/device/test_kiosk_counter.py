@@ -1,0 +1,179 @@
+"""(1.1) At the counter, in the shell with its real outbox and codec and the stand-in ledger:
+"cancel" on one of this kiosk's recent orders (``void``), and "replace a wristband"
+(``card_swap``) at a checkpoint. Driven synchronously (``process_pending``), like
+tests/device/test_kiosk_shell.py."""
+
+from __future__ import annotations
+
+import json
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device.kiosk import Command, CommandEvent, VoidPressed
+from device.machine import DismissPressed, Reply
+from protocol.codec import authenticate
+from tests.device.responder import FakeLedger
+from tests.device.test_kiosk_shell import KIOSK_ID, UID, Rig, keys, make_rig
+
+__all__ = ["keys"]  # the fixture, shared with tests/device/test_kiosk_shell.py
+
+
+def command(rig: Rig, event: CommandEvent) -> Reply:
+    reply: queue.Queue[Reply] = queue.Queue(maxsize=1)
+    rig.kiosk.handle(Command(event, reply))
+    answer = reply.get_nowait()
+    rig.kiosk.process_pending()  # the (fake) link's result, if one came
+    return answer
+
+
+def sell(rig: Rig) -> str:
+    """One approved beer order (2 x 5.50 = 11.00); its request_id."""
+    assert rig.order().ok
+    rig.tap()
+    state = rig.state()
+    assert state["screen"] == "approved", state
+    assert isinstance(state["outcome"], dict)
+    request_id = state["outcome"]["request_id"]
+    assert isinstance(request_id, str)
+    assert command(rig, DismissPressed()).ok
+    return request_id
+
+
+def recent(rig: Rig) -> list[dict[str, Any]]:
+    orders = rig.state()["orders"]
+    assert isinstance(orders, dict)
+    listed = orders["recent"]
+    assert isinstance(listed, list)
+    return listed
+
+
+def wire(rig: Rig, request_id: str) -> dict[str, Any]:
+    """The signed body of a request the kiosk published, as the cloud reads it."""
+    for payload in rig.link.requests():
+        message = authenticate(
+            payload,
+            topic_kiosk_id=KIOSK_ID,
+            public_key_for=rig.ledger.kiosk_keys.get,
+        )
+        body = json.loads(message.payload)
+        if body["request_id"] == request_id:
+            return dict(body)
+    raise AssertionError(f"{request_id} was not published")
+
+
+@pytest.fixture
+def counter_rig(tmp_path: Path, keys: tuple[object, FakeLedger]) -> Iterator[Rig]:
+    kiosk_key, ledger = keys
+    rig = make_rig(tmp_path, ledger, kiosk_key=kiosk_key)
+    rig.link.connect()
+    rig.kiosk.process_pending()
+    yield rig
+    rig.kiosk.close()
+
+
+def test_cancel_a_recent_order_sends_a_void_on_its_card_and_shows_the_money_back(
+    counter_rig: Rig,
+) -> None:
+    rig = counter_rig
+    order_id = sell(rig)
+    assert rig.ledger.balances[UID] == 3_900
+    [listed] = recent(rig)
+    assert listed["request_id"] == order_id
+    assert (listed["amount_cents"], listed["void"], listed["card_uid"]) == (1100, None, "****E5F6")
+    assert listed["cancellable_until_ms"] == listed["created_at_ms"] + 900_000
+
+    reply = command(rig, VoidPressed(order_id, "anna"))
+    assert reply.ok, reply
+    state = rig.state()
+    assert state["screen"] == "approved", state
+    assert state["message"] == "order cancelled, 11.00 back"
+    assert rig.ledger.balances[UID] == 5_000
+    void_id = state["outcome"]["request_id"]  # type: ignore[index]
+    body = wire(rig, void_id)
+    assert body["type"] == "void"
+    assert (body["original_request_id"], body["card_uid"], body["staff_id"]) == (
+        order_id,
+        UID,
+        "anna",
+    )
+    assert "amount_cents" not in body
+    assert rig.kiosk.outbox.history()[0].kind == "void"
+    assert recent(rig)[0]["void"] == "voided"
+    # Once only: the kiosk refuses a second cancel itself, nothing is sent.
+    published = len(rig.link.requests())
+    again = command(rig, VoidPressed(order_id, "anna"))
+    assert (again.ok, again.message) == (False, "this order was already cancelled")
+    assert len(rig.link.requests()) == published
+
+
+def test_a_void_is_never_made_offline(counter_rig: Rig) -> None:
+    rig = counter_rig
+    order_id = sell(rig)
+    published = len(rig.link.requests())
+    rig.link.disconnect()
+    rig.kiosk.process_pending()
+    reply = command(rig, VoidPressed(order_id, "anna"))
+    assert not reply.ok
+    assert reply.message.startswith("offline: an order can only be cancelled online")
+    assert len(rig.kiosk.outbox) == 0
+    assert len(rig.link.requests()) == published
+    assert recent(rig)[0]["void"] is None
+    assert rig.ledger.balances[UID] == 3_900
+
+
+def test_unknown_and_too_old_orders_are_refused_on_the_spot(
+    tmp_path: Path, keys: tuple[object, FakeLedger]
+) -> None:
+    kiosk_key, ledger = keys
+    rig = make_rig(tmp_path, ledger, kiosk_key=kiosk_key, void_window_s=0)
+    try:
+        rig.link.connect()
+        rig.kiosk.process_pending()
+        order_id = sell(rig)
+        unknown = command(rig, VoidPressed("0190f0aa-0000-7000-8000-000000000000", "anna"))
+        assert (unknown.ok, unknown.message) == (False, "not a recent approved order of this kiosk")
+        wait_past = rig.kiosk.clock.wall_ms() + 1
+        while rig.kiosk.clock.wall_ms() < wait_past:  # the window is 0 s: 1 ms is beyond it
+            pass
+        late = command(rig, VoidPressed(order_id, "anna"))
+        assert not late.ok
+        assert late.message.startswith("too late")
+        assert len(rig.kiosk.outbox) == 0
+    finally:
+        rig.kiosk.close()
+
+
+def test_the_clouds_refusal_is_shown_with_its_message(counter_rig: Rig) -> None:
+    rig = counter_rig
+    order_id = sell(rig)
+    rig.ledger.ledger.void_window_s = 0  # the cloud's clock says: too late
+    wait_past = rig.kiosk.clock.wall_ms() + 2
+    while rig.kiosk.clock.wall_ms() < wait_past:
+        pass
+    assert command(rig, VoidPressed(order_id, "anna")).ok
+    state = rig.state()
+    assert state["screen"] == "declined", state
+    outcome = state["outcome"]
+    assert isinstance(outcome, dict)
+    assert outcome["error_code"] == "VOID_NOT_ALLOWED"
+    assert state["message"] == outcome["message"] and outcome["message"]
+    assert rig.ledger.balances[UID] == 3_900
+    assert recent(rig)[0]["void"] is None  # "cancel" is offered again (the cloud decides)
+
+
+def test_the_recent_orders_survive_a_restart(
+    tmp_path: Path, keys: tuple[object, FakeLedger], counter_rig: Rig
+) -> None:
+    rig = counter_rig
+    order_id = sell(rig)
+    rig.kiosk.close()
+    kiosk_key, ledger = keys
+    again = make_rig(tmp_path, ledger, kiosk_key=kiosk_key)
+    try:
+        assert [order["request_id"] for order in recent(again)] == [order_id]
+    finally:
+        again.kiosk.close()
