@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import queue
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from device.kiosk import Command, CommandEvent, VoidPressed
-from device.machine import DismissPressed, Reply
+from device.machine import DismissPressed, Mode, OrderEntered, Reply, SwapDraft
 from protocol.codec import authenticate
+from protocol.models import CardSun
 from tests.device.responder import FakeLedger
-from tests.device.test_kiosk_shell import KIOSK_ID, UID, Rig, keys, make_rig
+from tests.device.test_kiosk_shell import CONFIG, KIOSK_ID, UID, Rig, keys, make_rig
+
+NEW = "04B0B1B2B3B4B5"
 
 __all__ = ["keys"]  # the fixture, shared with tests/device/test_kiosk_shell.py
 
@@ -177,3 +181,36 @@ def test_the_recent_orders_survive_a_restart(
         assert [order["request_id"] for order in recent(again)] == [order_id]
     finally:
         again.kiosk.close()
+
+
+def test_a_swap_carries_the_old_bands_sun_when_it_was_tapped_and_gave_one(
+    tmp_path: Path, keys: tuple[object, FakeLedger]
+) -> None:
+    kiosk_key, ledger = keys
+    rig = make_rig(
+        tmp_path, ledger, kiosk_key=kiosk_key, config=replace(CONFIG, mode=Mode.CHECKPOINT)
+    )
+    try:
+        rig.link.connect()
+        rig.kiosk.process_pending()
+        sun = CardSun(picc_data="0" * 32, cmac="1" * 16)
+        assert command(rig, OrderEntered(SwapDraft(staff_id="info-1"))).ok
+        rig.reader.tap(UID, "ok", sun)
+        rig.kiosk.process_pending()
+        assert len(rig.kiosk.outbox) == 0 and not rig.link.requests()  # the old band only
+        rig.tap(NEW)
+        [payload] = rig.link.requests()
+        body = json.loads(
+            authenticate(
+                payload, topic_kiosk_id=KIOSK_ID, public_key_for=rig.ledger.kiosk_keys.get
+            ).payload
+        )
+        assert body["type"] == "card_swap"
+        assert (body["card_uid"], body["old_card_uid"], body["staff_id"]) == (NEW, UID, "info-1")
+        assert body["old_card_sun"] == {"picc_data": "0" * 32, "cmac": "1" * 16}
+        assert "card_sun" not in body
+        assert rig.kiosk.outbox.history()[0].kind == "card_swap"
+        assert rig.state()["screen"] == "approved"
+        assert rig.ledger.balances[NEW] == 5_000
+    finally:
+        rig.kiosk.close()
