@@ -584,6 +584,9 @@ class Kiosk:
                 new_request_id=lambda: self.ids.new(created_at_ms),
                 sign=sign,
                 offline_config_version=offline_config_version,
+                original_request_id=draft.original_request_id
+                if isinstance(draft, VoidDraft)
+                else None,
             )
         except OutboxFull as error:
             log.warning("outbox full: sale refused", extra={"context": {"detail": str(error)}})
@@ -755,8 +758,8 @@ class Kiosk:
     # --- (1.1) voids: this kiosk's recent orders, "cancel" on one ------------------------------
 
     def _load_recent_orders(self) -> None:
-        """The approved bar orders of the outbox's history (a restart keeps the list; which of
-        them a void already cancelled is not kept: the cloud declines a second void)."""
+        """The approved bar orders of the outbox's history, and what the voids the outbox holds
+        did to them: a restart keeps the list, "cancelled" and "cancelling" included."""
         for done in reversed(self.outbox.history(VOID_RECENT_ORDERS_MAX)):
             if done.kind == "bar_order" and done.status == "approved" and done.amount_cents > 0:
                 self._remember_order(
@@ -769,6 +772,16 @@ class Kiosk:
                         offline=done.offline,
                     )
                 )
+        for record in self.outbox.voids():
+            order = self._recent.get(record.original_request_id)
+            if record.status is None:
+                self._void_of[record.request_id] = record.original_request_id
+                if order is not None:
+                    self._recent[order.request_id] = dataclasses.replace(
+                        order, void=record.request_id
+                    )
+            elif record.status == "approved" and order is not None:
+                self._recent[order.request_id] = dataclasses.replace(order, voided=True)
 
     def _remember_order(self, order: RecentOrder) -> None:
         self._recent[order.request_id] = order

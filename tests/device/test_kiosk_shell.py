@@ -15,7 +15,7 @@ import pytest
 
 from device.ids import UuidV7Generator
 from device.indicators import IndicatorPlayer, RecordingPins
-from device.kiosk import Command, Kiosk, KioskIdentity
+from device.kiosk import Command, Kiosk, KioskIdentity, SystemClock
 from device.link import FakeLink
 from device.machine import (
     BarDraft,
@@ -89,6 +89,7 @@ def make_rig(
     config: MachineConfig = CONFIG,
     answer: bool = True,
     void_window_s: int = 900,
+    clock: SystemClock | None = None,
 ) -> Rig:
     outbox_path = tmp_path / "state" / "outbox.sqlite3"
     link = FakeLink(
@@ -115,6 +116,7 @@ def make_rig(
         result_topic="festival/v1/kiosks/bar-1/result",
         ids=UuidV7Generator(),
         void_window_s=void_window_s,
+        clock=clock,
     )
     kiosk.start()
     kiosk.process_pending()
