@@ -82,7 +82,7 @@ def parse_swap(document: object, *, config_version: int | None = None) -> SwapDr
             raise RechargeError("old_card_uid must be the old band's UID in hex")
         old_card_uid = old_card_uid.strip().replace(" ", "").replace(":", "").upper()
         if not CARD_UID_PATTERN.match(old_card_uid):
-            raise RechargeError("old_card_uid must be the old band's UID in hex (7 bytes)")
+            raise RechargeError("old_card_uid must be the old band's UID in hex (4, 7 or 10 bytes)")
     return SwapDraft(staff_id=staff_id, old_card_uid=old_card_uid, config_version=config_version)
 
 
