@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
+from device.kiosk import CommandEvent, VoidPressed
 from device.limits import (
     COMMAND_REPLY_TIMEOUT_S,
     HTTP_BODY_BYTES_MAX,
@@ -35,14 +36,13 @@ from device.limits import (
 from device.machine import (
     CancelPressed,
     DismissPressed,
-    Event,
     Mode,
     OrderEntered,
     Reply,
 )
 from device.menu import OrderError, SalesMenu, price_order
 from device.reader import SimulatedReader
-from device.recharge import RechargeError, parse_recharge
+from device.recharge import RechargeError, parse_recharge, parse_swap, parse_void
 from protocol.errors import ProtocolError
 from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 from protocol.models import SCAN_STATUSES, CardSun, ScanStatus
@@ -62,7 +62,7 @@ class HttpApi:
     sales_menu: Callable[[], SalesMenu]
     topup_cents_max: int
     snapshot_json: Callable[[], bytes]
-    command: Callable[[Event, float], Reply]
+    command: Callable[[CommandEvent, float], Reply]
     simulated_reader: SimulatedReader | None
     static_dir: Path
     return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
@@ -219,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
                 "/api/cancel": lambda body: self._command(CancelPressed()),
                 "/api/dismiss": lambda body: self._command(DismissPressed()),
                 "/api/tap": self._tap,
+                "/api/void": self._void,
+                "/api/swap": self._swap,
             }
             route = routes.get(path)
             if route is None:
@@ -247,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
             content_type += "; charset=utf-8"
         self._send(HTTPStatus.OK, path.read_bytes(), content_type)
 
-    def _command(self, event: Event) -> None:
+    def _command(self, event: CommandEvent) -> None:
         reply = self.api.command(event, COMMAND_REPLY_TIMEOUT_S)
         status = HTTPStatus.OK if reply.ok else HTTPStatus.CONFLICT
         state = json.loads(self.api.snapshot_json())
@@ -286,6 +288,27 @@ class _Handler(BaseHTTPRequestHandler):
                 topup_cents_max=self.api.topup_cents_max,
                 config_version=self.api.sales_menu().config_version,
             )
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(OrderEntered(draft))
+
+    def _void(self, body: object) -> None:
+        """(1.1) "Cancel" on one of the orders the page lists (``state.orders.recent``)."""
+        if self.api.mode is not Mode.BAR:
+            raise _HttpProblem(HTTPStatus.CONFLICT, "only a bar kiosk cancels its orders")
+        try:
+            request_id, staff_id = parse_void(body)
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(VoidPressed(request_id, staff_id))
+
+    def _swap(self, body: object) -> None:
+        """(1.1) "Replace a wristband": the old band's UID typed (or tapped next), then the new
+        band's tap."""
+        if self.api.mode is not Mode.CHECKPOINT:
+            raise _HttpProblem(HTTPStatus.CONFLICT, "wristbands are replaced at a checkpoint")
+        try:
+            draft = parse_swap(body, config_version=self.api.sales_menu().config_version)
         except RechargeError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))

@@ -44,6 +44,7 @@ from device.indicators import Indicators
 from device.limits import (
     EVENT_QUEUE_MAX,
     LOOP_TICK_S,
+    VOID_RECENT_ORDERS_MAX,
 )
 from device.link import (
     Link,
@@ -65,6 +66,7 @@ from device.machine import (
     LinkUp,
     MachineConfig,
     MenuChanged,
+    Mode,
     OutboxLoaded,
     Outcome,
     PendingRequest,
@@ -75,8 +77,11 @@ from device.machine import (
     RequestRefused,
     RequestStored,
     ResultArrived,
+    SwapDraft,
     Tick,
     Transition,
+    VoidDraft,
+    VoidEntered,
 )
 from device.menu import Menu, SalesMenu, menu_from_config
 from device.outbox import CloudMessage, Outbox, OutboxError, OutboxFull, StoredRequest
@@ -90,10 +95,11 @@ from protocol.codec import (
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import Ed25519PrivateKey, Ed25519PublicKey
-from protocol.limits import MESSAGE_BYTES_MAX
+from protocol.limits import MESSAGE_BYTES_MAX, VOID_WINDOW_S_DEFAULT
 from protocol.models import (
     BarOrder,
     CardSun,
+    CardSwap,
     CheckpointRecharge,
     DenyList,
     KioskConfig,
@@ -101,7 +107,9 @@ from protocol.models import (
     Request,
     Result,
     ScanRecord,
+    Void,
 )
+from protocol.redaction import mask_card_uid
 
 log = logging.getLogger("device.kiosk")
 
@@ -131,10 +139,38 @@ class SystemClock:
 
 
 @dataclass(frozen=True)
+class VoidPressed:
+    """(1.1) From the page: cancel this kiosk's approved order ``request_id``. The shell looks
+    the order up among its completed requests and hands the machine a ``VoidEntered``."""
+
+    request_id: str
+    staff_id: str
+
+
+@dataclass(frozen=True)
+class RecentOrder:
+    """An approved bar order of this kiosk, as the page lists it for "cancel" (``void``: None,
+    or the request_id of the void sent for it; ``voided``: the cloud approved that void)."""
+
+    request_id: str
+    seq: int
+    card_uid: str
+    amount_cents: int
+    created_at_ms: int
+    offline: bool = False
+    void: str | None = None
+    voided: bool = False
+
+
+# What the page may ask of the loop: a machine event, or a command the shell resolves first.
+CommandEvent: TypeAlias = machine.Event | VoidPressed
+
+
+@dataclass(frozen=True)
 class Command:
     """An event from the HTTP interface that wants the machine's reply."""
 
-    event: machine.Event
+    event: CommandEvent
     reply: queue.Queue[Reply]
 
 
@@ -166,11 +202,18 @@ def build_request(
     """The protocol request for an order, once it has an id, a seq and a card.
 
     A draft's fields are its request's body (BarDraft: items, total_cents, staff_id;
-    RechargeDraft: amount_cents, payment_method, staff_id, checkpoint_id): the same names, so
-    the body is copied field by field and the envelope is written once. ``offline`` (1.1): a bar
-    order the kiosk approved itself."""
-    request_type = BarOrder if isinstance(draft, BarDraft) else CheckpointRecharge
-    body = {field.name: getattr(draft, field.name) for field in dataclasses.fields(draft)}
+    RechargeDraft: amount_cents, payment_method, staff_id, checkpoint_id; (1.1) VoidDraft:
+    original_request_id, staff_id; SwapDraft: old_card_uid, old_card_sun, staff_id): the same
+    names, so the body is copied field by field and the envelope is written once; a draft's
+    field its request does not have (a void's ``amount_cents``) stays on the kiosk.
+    ``offline`` (1.1): a bar order the kiosk approved itself."""
+    request_type = _REQUEST_TYPES[type(draft)]
+    names = {field.name for field in dataclasses.fields(request_type)}
+    body = {
+        field.name: getattr(draft, field.name)
+        for field in dataclasses.fields(draft)
+        if field.name in names
+    }
     if offline:
         assert request_type is BarOrder, "only a bar order is ever an offline sale"
         body["offline"] = True
@@ -184,6 +227,21 @@ def build_request(
         card_sun=card_sun,
         **body,
     )
+
+
+_REQUEST_TYPES: Final[dict[type, type[Request]]] = {
+    BarDraft: BarOrder,
+    machine.RechargeDraft: CheckpointRecharge,
+    VoidDraft: Void,
+    SwapDraft: CardSwap,
+}
+# The outbox's ``kind`` of each request (its wire type).
+_REQUEST_KINDS: Final[dict[type, str]] = {
+    BarDraft: "bar_order",
+    machine.RechargeDraft: "checkpoint_recharge",
+    VoidDraft: "void",
+    SwapDraft: "card_swap",
+}
 
 
 def pending_request(stored: StoredRequest) -> PendingRequest:
@@ -235,6 +293,7 @@ class Kiosk:
         fallback_menu: Menu | None = None,
         config_topic: str | None = None,
         denylist_topic: str | None = None,
+        void_window_s: int = VOID_WINDOW_S_DEFAULT,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -248,6 +307,11 @@ class Kiosk:
         self.ids = ids or UuidV7Generator()
         self.clock = clock or SystemClock()
         self.state = KioskState()
+        # (1.1) This kiosk's recent approved bar orders (newest last) that "cancel" may void,
+        # and which original each void in flight cancels.
+        self.void_window_s = void_window_s
+        self._recent: dict[str, RecentOrder] = {}
+        self._void_of: dict[str, str] = {}
         # The local menu file's menu: sold from while no config with a menu was applied.
         self.fallback_menu = fallback_menu
         self._sales_menu = SalesMenu(
@@ -297,7 +361,7 @@ class Kiosk:
                 extra={"context": {"event": type(item).__name__}},
             )
 
-    def command(self, event: machine.Event, timeout_s: float) -> Reply:
+    def command(self, event: CommandEvent, timeout_s: float) -> Reply:
         """From an HTTP thread: hand ``event`` to the loop and wait for the machine's reply."""
         reply: queue.Queue[Reply] = queue.Queue(maxsize=1)
         try:
@@ -343,6 +407,7 @@ class Kiosk:
         """Load the kept config and deny-list and the outbox into the machine, then start the
         link and the reader."""
         self._load_cloud_messages()
+        self._load_recent_orders()
         loaded = tuple(pending_request(stored) for stored in self.outbox.outstanding())
         if loaded:
             log.info(
@@ -392,7 +457,10 @@ class Kiosk:
     def handle(self, item: QueueItem) -> None:
         reply = Reply(False, "the kiosk failed to handle this command")
         try:
-            if isinstance(item, Command):
+            if isinstance(item, Command) and isinstance(item.event, VoidPressed):
+                reply = self._void(item.event)
+            elif isinstance(item, Command):
+                assert not isinstance(item.event, VoidPressed)
                 reply = self._step(item.event).reply or Reply(True)
             else:
                 self._dispatch(item)
@@ -500,6 +568,7 @@ class Kiosk:
                 request, identity.private_key, topup_cents_max=identity.topup_cents_max
             )
 
+        card_uid = effect.card_uid
         amount_cents = machine.draft_amount_cents(draft)
         offline_config_version = None
         if effect.offline:
@@ -508,13 +577,16 @@ class Kiosk:
             offline_config_version = draft.config_version
         try:
             stored = self.outbox.store(
-                kind="bar_order" if isinstance(draft, BarDraft) else "checkpoint_recharge",
+                kind=_REQUEST_KINDS[type(draft)],
                 created_at_ms=created_at_ms,
-                card_uid=effect.card_uid,
+                card_uid=card_uid,
                 amount_cents=amount_cents,
                 new_request_id=lambda: self.ids.new(created_at_ms),
                 sign=sign,
                 offline_config_version=offline_config_version,
+                original_request_id=draft.original_request_id
+                if isinstance(draft, VoidDraft)
+                else None,
             )
         except OutboxFull as error:
             log.warning("outbox full: sale refused", extra={"context": {"detail": str(error)}})
@@ -525,6 +597,8 @@ class Kiosk:
             self._step(RequestRefused(f"cannot send this order: {error.message}"))
             return
         self.counters["requests_stored"] += 1
+        if isinstance(draft, VoidDraft):
+            self._void_sent(draft.original_request_id, stored.request_id)
         pending = pending_request(stored)
         log.info("request stored", extra={"context": request_log_fields(pending)})
         self._step(RequestStored(pending))
@@ -631,7 +705,7 @@ class Kiosk:
     def _accept(self, result: Result, pending: PendingRequest) -> None:
         assert result.request_id is not None
         error_code = None if result.error_code is None else str(result.error_code)
-        self.outbox.complete(
+        stored = self.outbox.complete(
             result.request_id,
             status=str(result.status),
             error_code=error_code,
@@ -640,6 +714,8 @@ class Kiosk:
             debt_cents=result.debt_cents if pending.offline else None,
         )
         self.counters["results_accepted"] += 1
+        if stored is not None:
+            self._recent_order_result(stored, result.approved)
         sent_at_ms = self._sent_at_ms.pop(result.request_id, None)
         latency_ms = None if sent_at_ms is None else self.clock.monotonic_ms() - sent_at_ms
         # The canonical line of one payment.
@@ -678,6 +754,122 @@ class Kiosk:
     def _ignore_result(self, reason: str, detail: object) -> None:
         self.counters["results_ignored"] += 1
         log.warning("result ignored", extra={"context": {"reason": reason, "detail": detail}})
+
+    # --- (1.1) voids: this kiosk's recent orders, "cancel" on one ------------------------------
+
+    def _load_recent_orders(self) -> None:
+        """The approved bar orders of the outbox's history, and what the voids the outbox holds
+        did to them: a restart keeps the list, "cancelled" and "cancelling" included."""
+        for done in reversed(self.outbox.history(VOID_RECENT_ORDERS_MAX)):
+            if done.kind == "bar_order" and done.status == "approved" and done.amount_cents > 0:
+                self._remember_order(
+                    RecentOrder(
+                        done.request_id,
+                        done.seq,
+                        done.card_uid,
+                        done.amount_cents,
+                        done.created_at_ms,
+                        offline=done.offline,
+                    )
+                )
+        for record in self.outbox.voids():
+            order = self._recent.get(record.original_request_id)
+            if record.status is None:
+                self._void_of[record.request_id] = record.original_request_id
+                if order is not None:
+                    self._recent[order.request_id] = dataclasses.replace(
+                        order, void=record.request_id
+                    )
+            elif record.status == "approved" and order is not None:
+                self._recent[order.request_id] = dataclasses.replace(order, voided=True)
+
+    def _remember_order(self, order: RecentOrder) -> None:
+        self._recent[order.request_id] = order
+        while len(self._recent) > VOID_RECENT_ORDERS_MAX:
+            del self._recent[next(iter(self._recent))]
+
+    def _recent_order_result(self, stored: StoredRequest, approved: bool) -> None:
+        """Keep an approved sale for "cancel"; note what the cloud said to a void."""
+        if stored.kind == "bar_order" and approved and stored.amount_cents > 0:
+            self._remember_order(
+                RecentOrder(
+                    stored.request_id,
+                    stored.seq,
+                    stored.card_uid,
+                    stored.amount_cents,
+                    stored.created_at_ms,
+                    offline=stored.offline,
+                )
+            )
+            self._changed()
+        elif stored.kind == "void":
+            original = self._void_of.pop(stored.request_id, None)
+            order = None if original is None else self._recent.get(original)
+            if order is not None:
+                # Declined (too late, already voided, a role): "cancel" is offered again only
+                # while the window lasts; the cloud's message is on the screen.
+                self._recent[order.request_id] = dataclasses.replace(
+                    order, void=None, voided=approved
+                )
+                self._changed()
+
+    def _void_sent(self, original_request_id: str, void_request_id: str) -> None:
+        self._void_of[void_request_id] = original_request_id
+        order = self._recent.get(original_request_id)
+        if order is not None:
+            self._recent[original_request_id] = dataclasses.replace(order, void=void_request_id)
+        log.info(
+            "void stored",
+            extra={"context": {"request_id": void_request_id, "original": original_request_id}},
+        )
+
+    def _void(self, press: VoidPressed) -> Reply:
+        """ "Cancel" on one of the listed orders: checked here against what the kiosk holds (the
+        cloud checks again, with its own clock), then the machine sends the void at once."""
+        if self.config.mode is not Mode.BAR:
+            return Reply(False, "only a bar kiosk cancels its orders")
+        order = self._recent.get(press.request_id)
+        if order is None:
+            return Reply(False, "not a recent approved order of this kiosk")
+        if order.voided:
+            return Reply(False, "this order was already cancelled")
+        if order.void is not None:
+            return Reply(False, "this order is being cancelled")
+        if self.clock.wall_ms() > order.created_at_ms + self.void_window_s * 1000:
+            minutes = self.void_window_s // 60
+            return Reply(False, f"too late: an order can be cancelled within {minutes} minutes")
+        draft = VoidDraft(
+            original_request_id=order.request_id,
+            staff_id=press.staff_id,
+            amount_cents=order.amount_cents,
+            config_version=self._sales_menu.config_version,
+        )
+        return self._step(VoidEntered(draft, order.card_uid)).reply or Reply(True)
+
+    def orders_view(self) -> dict[str, object] | None:
+        """The page's list of recent orders, newest first, with until when each may be voided
+        (wall clock ms; the page hides "cancel" after it, the shell refuses after it)."""
+        if self.config.mode is not Mode.BAR:
+            return None
+        window_ms = self.void_window_s * 1000
+        return {
+            "void_window_s": self.void_window_s,
+            "recent": [
+                {
+                    "request_id": order.request_id,
+                    "seq": order.seq,
+                    "card_uid": mask_card_uid(order.card_uid),
+                    "amount_cents": order.amount_cents,
+                    "created_at_ms": order.created_at_ms,
+                    "cancellable_until_ms": order.created_at_ms + window_ms,
+                    "offline": order.offline,
+                    "void": "voided"
+                    if order.voided
+                    else ("pending" if order.void is not None else None),
+                }
+                for order in reversed(self._recent.values())
+            ],
+        }
 
     # --- the cloud's config and deny-list --------------------------------------------------------
 
@@ -847,6 +1039,7 @@ class Kiosk:
                 alert=self._alert,
                 counters=dict(self.counters),
                 cloud=self._cloud_view(),
+                orders=self.orders_view(),
             ),
         )
         self._snapshot = json.dumps(document, separators=(",", ":")).encode()

@@ -18,6 +18,8 @@ OUTBOX_MAX_MIN: Final = 1
 OUTBOX_MAX_MAX: Final = 100_000
 # Finished requests kept for the screen and for diagnostics (oldest deleted first).
 OUTBOX_HISTORY_MAX: Final = 200
+# (1.1) How many of its latest approved orders a bar kiosk's page lists for "cancel" (void).
+VOID_RECENT_ORDERS_MAX: Final = 20
 OUTBOX_FILE_NAME: Final = "outbox.sqlite3"
 # How long a writer waits for SQLite's lock (only our own process writes; this is a safety net).
 OUTBOX_BUSY_TIMEOUT_MS: Final = 5_000

@@ -87,12 +87,47 @@ class RechargeDraft:
     config_version: int | None = None
 
 
-Draft: TypeAlias = BarDraft | RechargeDraft
+@dataclass(frozen=True, slots=True)
+class VoidDraft:
+    """(1.1) Cancel an approved bar order of this kiosk (a ``void`` request). No tap: the card
+    is the order's (``VoidEntered.card_uid``). ``amount_cents``: what the order charged, i.e.
+    what comes back (kept by the kiosk for its screen, not sent: the cloud knows the order)."""
+
+    original_request_id: str
+    staff_id: str
+    amount_cents: int
+    config_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SwapDraft:
+    """(1.1) "Replace a wristband" at a checkpoint (a ``card_swap`` request): the old band's UID
+    typed, or read by a first tap (``old_card_uid`` None until then, ``old_card_sun`` the SUN it
+    gave); the next tap is the new band, which becomes the request's ``card_uid``."""
+
+    staff_id: str
+    old_card_uid: str | None = None
+    old_card_sun: CardSun | None = None
+    config_version: int | None = None
+
+
+Draft: TypeAlias = BarDraft | RechargeDraft | VoidDraft | SwapDraft
+
+# What the page may enter at each kind of kiosk (a void comes with its card: ``VoidEntered``).
+_DRAFTS_BY_MODE: dict[str, tuple[type, ...]] = {
+    "bar": (BarDraft,),
+    "checkpoint": (RechargeDraft, SwapDraft),
+}
 
 
 def draft_amount_cents(draft: Draft) -> int:
-    """What the card is charged (bar, negative for returns only) or credited (checkpoint)."""
-    return draft.total_cents if isinstance(draft, BarDraft) else draft.amount_cents
+    """What the card is charged (bar, negative for returns only) or credited (checkpoint, and
+    a void: the order's amount back); 0 for a swap (it moves what the old card holds)."""
+    if isinstance(draft, BarDraft):
+        return draft.total_cents
+    if isinstance(draft, SwapDraft):
+        return 0
+    return draft.amount_cents
 
 
 # --- state -----------------------------------------------------------------------------------
@@ -205,6 +240,15 @@ class OrderEntered:
 
 
 @dataclass(frozen=True, slots=True)
+class VoidEntered:
+    """(1.1) Cancel an approved order of this kiosk: the shell found it among its completed
+    requests (approved, within the void window, not yet voided) and gives its card."""
+
+    draft: VoidDraft
+    card_uid: str
+
+
+@dataclass(frozen=True, slots=True)
 class CancelPressed:
     pass
 
@@ -285,6 +329,7 @@ class PolicyChanged:
 
 Event: TypeAlias = (
     OrderEntered
+    | VoidEntered
     | CancelPressed
     | DismissPressed
     | CardTapped
@@ -368,6 +413,8 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
         return _tick(state, config, now_ms)
     if isinstance(event, OrderEntered):
         return _order_entered(state, event.draft, config)
+    if isinstance(event, VoidEntered):
+        return _void_entered(state, event, config, now_ms)
     if isinstance(event, CancelPressed):
         if state.screen is Screen.ORDER_PENDING:
             return Transition(_idle(state), reply=Reply(True, "order cancelled"))
@@ -392,6 +439,9 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
     if isinstance(event, RequestStored):
         return _request_stored(state, event.request, config, now_ms)
     if isinstance(event, RequestRefused):
+        if state.screen is Screen.CARD_READ and isinstance(state.draft, VoidDraft):
+            # A void has no order to go back to (and must never wait for a tap).
+            return Transition(replace(_idle(state), notice=event.reason), (Indicate(Signal.ERROR),))
         if state.screen is Screen.CARD_READ:
             refused = replace(
                 state, screen=Screen.ORDER_PENDING, card_uid=None, notice=event.reason
@@ -445,8 +495,7 @@ def _outbox_full_text(state: KioskState) -> str:
 
 
 def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Transition:
-    expected = BarDraft if config.mode is Mode.BAR else RechargeDraft
-    if not isinstance(draft, expected):
+    if not isinstance(draft, _DRAFTS_BY_MODE[config.mode]):
         return Transition(state, reply=Reply(False, f"this kiosk is a {config.mode} kiosk"))
     if state.screen in _BUSY_SCREENS:
         return Transition(state, reply=Reply(False, "busy: waiting for the current payment"))
@@ -456,16 +505,70 @@ def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Tr
             replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
         )
     pending = replace(_idle(state), screen=Screen.ORDER_PENDING, draft=draft)
+    if isinstance(draft, SwapDraft):
+        return Transition(pending, reply=Reply(True, _swap_prompt(draft)))
     return Transition(pending, reply=Reply(True, "tap your wristband"))
+
+
+VOID_OFFLINE_TEXT = "offline: an order can only be cancelled online (the cloud must confirm it)"
+SWAP_OLD_BAND_AGAIN_TEXT = "that is the old band: tap the NEW band"
+
+
+def _swap_prompt(draft: SwapDraft) -> str:
+    if draft.old_card_uid is None:
+        return "replace a wristband: tap the OLD band (or type its UID)"
+    return f"replace {mask_card_uid(draft.old_card_uid)}: tap the NEW band"
+
+
+def _void_entered(
+    state: KioskState, event: VoidEntered, config: MachineConfig, now_ms: int
+) -> Transition:
+    """A void is sent at once (no tap: its card is the order's), and only online: the kiosk
+    never cancels a sale by itself (PROTOCOL.md 1.1 ``void``)."""
+    if config.mode is not Mode.BAR:
+        return Transition(state, reply=Reply(False, "only a bar kiosk cancels its orders"))
+    if state.screen in _BUSY_SCREENS:
+        return Transition(state, reply=Reply(False, "busy: waiting for the current payment"))
+    if state.screen is Screen.ORDER_PENDING:
+        return Transition(
+            state, reply=Reply(False, "an order waits for a wristband: cancel it first")
+        )
+    if is_offline(state, config, now_ms):
+        return Transition(
+            replace(state, notice=VOID_OFFLINE_TEXT),
+            (Indicate(Signal.ERROR),),
+            Reply(False, VOID_OFFLINE_TEXT),
+        )
+    if outbox_full(state, config):
+        notice = _outbox_full_text(state)
+        return Transition(
+            replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
+        )
+    read = replace(
+        _idle(state), screen=Screen.CARD_READ, draft=event.draft, card_uid=event.card_uid
+    )
+    return Transition(
+        read, (CreateRequest(event.draft, event.card_uid),), Reply(True, "cancelling the order")
+    )
 
 
 def _card_tapped(
     state: KioskState, tap: CardTapped, config: MachineConfig, now_ms: int
 ) -> Transition:
     draft = state.draft
-    if state.screen is not Screen.ORDER_PENDING or draft is None:
+    if state.screen is not Screen.ORDER_PENDING or draft is None or isinstance(draft, VoidDraft):
         # A band tapped with no order (or held again after paying) never makes a request.
         return Transition(state)
+    if isinstance(draft, SwapDraft):
+        if draft.old_card_uid is None:
+            # The first tap of a swap whose old UID was not typed: that is the old band.
+            old = replace(draft, old_card_uid=tap.card_uid, old_card_sun=tap.card_sun)
+            return Transition(
+                replace(state, draft=old, notice=_swap_prompt(old)), (Indicate(Signal.CARD_READ),)
+            )
+        if tap.card_uid == draft.old_card_uid:
+            notice = SWAP_OLD_BAND_AGAIN_TEXT
+            return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
     if outbox_full(state, config):
         notice = _outbox_full_text(state)
         return Transition(replace(state, notice=notice), (Indicate(Signal.ERROR),))
@@ -739,6 +842,22 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
             "staff_id": draft.staff_id,
             "config_version": draft.config_version,
         }
+    if isinstance(draft, VoidDraft):
+        return {
+            "type": "void",
+            "original_request_id": draft.original_request_id,
+            "amount_cents": draft.amount_cents,
+            "staff_id": draft.staff_id,
+            "config_version": draft.config_version,
+        }
+    if isinstance(draft, SwapDraft):
+        return {
+            "type": "card_swap",
+            "old_card_uid": mask_card_uid(draft.old_card_uid),
+            "old_card_read": draft.old_card_sun is not None,
+            "staff_id": draft.staff_id,
+            "config_version": draft.config_version,
+        }
     return {
         "type": "checkpoint_recharge",
         "amount_cents": draft.amount_cents,
@@ -771,6 +890,14 @@ def outcome_to_dict(outcome: Outcome | None) -> dict[str, object] | None:
     }
 
 
+def _money(cents: int | None) -> str:
+    """Cents as the screen shows them (integer arithmetic: 1234 -> "12.34")."""
+    if cents is None:
+        return "?"
+    sign = "-" if cents < 0 else ""
+    return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
 def screen_text(state: KioskState) -> str:
     """One line for the screen (the page may render more from the structured view)."""
     if state.screen is Screen.IDLE:
@@ -780,12 +907,20 @@ def screen_text(state: KioskState) -> str:
             return "Ready (offline: sales are approved offline within the limits)"
         return "Ready (offline: payments are queued)"
     if state.screen is Screen.ORDER_PENDING:
+        if state.notice is None and isinstance(state.draft, SwapDraft):
+            return _swap_prompt(state.draft)
         return state.notice or "Tap your wristband"
     if state.screen is Screen.CARD_READ:
         return "Card read"
     if state.screen is Screen.WAITING:
         return "Processing..."
     if state.screen is Screen.APPROVED and state.outcome is not None:
+        if isinstance(state.draft, VoidDraft):
+            return f"order cancelled, {_money(state.outcome.amount_cents)} back"
+        if isinstance(state.draft, SwapDraft):
+            return (
+                f"wristband replaced: the new band holds {_money(state.outcome.new_balance_cents)}"
+            )
         return state.outcome.message or "Approved"
     if state.screen is Screen.APPROVED_OFFLINE:
         return "Approved offline"
@@ -835,6 +970,8 @@ class ShellView:
     alert: str | None
     counters: dict[str, int]
     cloud: CloudView = CloudView()
+    # (1.1) A bar kiosk's recent orders for "cancel" (void); None at a checkpoint.
+    orders: dict[str, object] | None = None
 
 
 def _offline_view(state: KioskState, config: MachineConfig) -> dict[str, object]:
@@ -923,6 +1060,8 @@ def view(
             "counters": dict(shell.counters),
         }
     )
+    if shell.orders is not None:
+        document["orders"] = shell.orders
     return document
 
 
@@ -961,8 +1100,11 @@ __all__ = [
     "Screen",
     "ShellView",
     "Signal",
+    "SwapDraft",
     "Tick",
     "Transition",
+    "VoidDraft",
+    "VoidEntered",
     "is_offline",
     "offline_refusal",
     "step",

@@ -115,6 +115,7 @@ def _run(settings: KioskSettings, resources: contextlib.ExitStack) -> int:
         fallback_menu=settings.menu,
         config_topic=link.config_topic,
         denylist_topic=link.denylist_topic,
+        void_window_s=settings.void_window_s,
     )
     http = _http_server(settings, kiosk, simulated)
     resources.callback(http.stop)

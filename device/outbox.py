@@ -20,6 +20,10 @@ in ``requests`` (``outstanding``), so they survive a reboot and cannot drift fro
 unanswered. The table is additive like ``cloud_messages``; an older firmware ignores it (it sends
 the stored bytes, which say ``offline: true``, as they are).
 
+(1.1) Voids: a ``void`` request names the order it cancels in ``voids`` (same seq), written in the
+same transaction as the request, so that which of the kiosk's recent orders a void cancelled (or
+is cancelling) survives a reboot; it goes with its last line of history. Additive like the others.
+
 This is the only module that imports sqlite3. One instance is used from one thread (the kiosk's
 main loop).
 """
@@ -71,6 +75,10 @@ CREATE TABLE IF NOT EXISTS offline_sales (
     seq INTEGER PRIMARY KEY CHECK (seq >= 1),
     config_version INTEGER NOT NULL CHECK (config_version >= 1),
     debt_cents INTEGER CHECK (debt_cents >= 0)
+);
+CREATE TABLE IF NOT EXISTS voids (
+    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+    original_request_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS cloud_messages (
     kind TEXT PRIMARY KEY CHECK (kind IN ('config', 'denylist')),
@@ -130,6 +138,16 @@ class Completed(OutboxEntry):
     offline: bool = False
     # (1.1) What the card owed after the result (offline sales only; None otherwise).
     debt_cents: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoidRecord:
+    """(1.1) A void the outbox holds: the order it cancels and its result's status (None while
+    it waits for it)."""
+
+    request_id: str
+    original_request_id: str
+    status: str | None
 
 
 class Outbox:
@@ -223,6 +241,16 @@ class Outbox:
         ).fetchall()
         return [_completed(row) for row in rows]
 
+    def voids(self) -> list[VoidRecord]:
+        """(1.1) The voids still pending or in the history, oldest first."""
+        rows = self._db.execute(
+            "SELECT coalesce(r.request_id, h.request_id), v.original_request_id, h.status"
+            " FROM voids v LEFT JOIN requests r ON r.seq = v.seq"
+            " LEFT JOIN history h ON h.seq = v.seq"
+            " WHERE r.seq IS NOT NULL OR h.seq IS NOT NULL ORDER BY v.seq"
+        ).fetchall()
+        return [VoidRecord(str(row[0]), str(row[1]), row[2]) for row in rows]
+
     # --- changes ---------------------------------------------------------------------------
 
     def store(
@@ -235,12 +263,14 @@ class Outbox:
         new_request_id: Callable[[], str],
         sign: Callable[[str, int], bytes],
         offline_config_version: int | None = None,
+        original_request_id: str | None = None,
     ) -> StoredRequest:
         """Allocate the next seq and a request id, sign, and store, in one durable transaction.
 
         ``sign(request_id, seq)`` returns the exact bytes to publish (now and on every resend).
         ``offline_config_version`` (1.1): the request is an offline sale, allowed by that
-        config's policy; it is marked as one in the same transaction.
+        config's policy; it is marked as one in the same transaction. ``original_request_id``
+        (1.1): the request is a void of that order, noted in the same transaction.
         Raises OutboxFull at capacity; nothing is stored and no seq is consumed then.
         """
         if self.full:
@@ -259,6 +289,11 @@ class Outbox:
                 self._db.execute(
                     "INSERT INTO offline_sales (seq, config_version) VALUES (?, ?)",
                     (seq, offline_config_version),
+                )
+            if original_request_id is not None:
+                self._db.execute(
+                    "INSERT INTO voids (seq, original_request_id) VALUES (?, ?)",
+                    (seq, original_request_id),
                 )
         self._count += 1
         return StoredRequest(
@@ -327,6 +362,10 @@ class Outbox:
             self._db.execute(
                 "DELETE FROM offline_sales WHERE seq < (SELECT min(seq) FROM history)"
                 " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.seq = offline_sales.seq)"
+            )
+            self._db.execute(
+                "DELETE FROM voids WHERE seq < (SELECT min(seq) FROM history)"
+                " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.seq = voids.seq)"
             )
         self._count -= 1
         return stored

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from device.machine import RechargeDraft
+from device.machine import RechargeDraft, SwapDraft
 from protocol.limits import (
+    CARD_UID_PATTERN,
     CHECKPOINT_ID_LENGTH_MAX,
+    REQUEST_ID_PATTERN,
     STAFF_ID_LENGTH_MAX,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MIN,
@@ -50,6 +52,38 @@ def parse_recharge(
         checkpoint_id=checkpoint_id,
         config_version=config_version,
     )
+
+
+def parse_void(document: object) -> tuple[str, str]:
+    """(1.1) ``{"request_id", "staff_id"}`` ("cancel" on a listed order) -> (request_id,
+    staff_id)."""
+    if not isinstance(document, dict) or set(document) - {"request_id", "staff_id"}:
+        raise RechargeError('send {"request_id": "...", "staff_id": "..."}')
+    request_id = document.get("request_id")
+    if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.match(request_id):
+        raise RechargeError("request_id must be the request_id of one of the listed orders")
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError("staff_id is required: who cancels the order?")
+    return request_id, staff_id
+
+
+def parse_swap(document: object, *, config_version: int | None = None) -> SwapDraft:
+    """(1.1) ``{"staff_id", "old_card_uid"?}`` ("replace a wristband") -> SwapDraft; without
+    ``old_card_uid`` the next tap is the old band (upper-cased hex, as a reader gives it)."""
+    if not isinstance(document, dict) or set(document) - {"old_card_uid", "staff_id"}:
+        raise RechargeError('send {"staff_id": "...", "old_card_uid": "04A1B2C3D4E5F6"}')
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError("staff_id is required: who replaces the wristband?")
+    old_card_uid = document.get("old_card_uid")
+    if old_card_uid is not None:
+        if not isinstance(old_card_uid, str):
+            raise RechargeError("old_card_uid must be the old band's UID in hex")
+        old_card_uid = old_card_uid.strip().replace(" ", "").replace(":", "").upper()
+        if not CARD_UID_PATTERN.match(old_card_uid):
+            raise RechargeError("old_card_uid must be the old band's UID in hex (4, 7 or 10 bytes)")
+    return SwapDraft(staff_id=staff_id, old_card_uid=old_card_uid, config_version=config_version)
 
 
 def _text(value: object, name: str, length_max: int) -> str | None:

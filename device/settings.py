@@ -51,6 +51,7 @@ from protocol.limits import (
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MAX_DEFAULT,
     TOPUP_CENTS_MIN,
+    VOID_WINDOW_S_DEFAULT,
 )
 from protocol.mqtt_url import MqttEndpoint, parse_mqtt_url
 from protocol.topics import is_valid_kiosk_id, validate_topic_prefix
@@ -77,6 +78,7 @@ KNOWN_VARIABLES = frozenset(
         "FESTIVAL_CURRENCY",
         "FESTIVAL_MAX_TOPUP_CENTS",
         "FESTIVAL_RETURN_MAX_CENTS",
+        "FESTIVAL_VOID_WINDOW_S",
         "KIOSK_HTTP_PORT",
         "KIOSK_MENU_FILE",
         "KIOSK_RESULT_TIMEOUT_S",
@@ -116,6 +118,8 @@ class KioskSettings:
     currency: str = "EUR"
     topup_cents_max: int = TOPUP_CENTS_MAX_DEFAULT
     return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+    # (1.1) How long "cancel" is offered on an order (the cloud's FESTIVAL_VOID_WINDOW_S decides).
+    void_window_s: int = VOID_WINDOW_S_DEFAULT
     http_port: int = HTTP_PORT_DEFAULT
     menu_file: Path = DEFAULT_MENU_FILE
     menu: Menu | None = None
@@ -273,6 +277,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
     return_cents_max = env.integer(
         "FESTIVAL_RETURN_MAX_CENTS", RETURN_CENTS_MAX_DEFAULT, 0, RETURN_CENTS_MAX_MAX
     )
+    void_window_s = env.integer("FESTIVAL_VOID_WINDOW_S", VOID_WINDOW_S_DEFAULT, 0, 10**6)
 
     http_port = env.integer("KIOSK_HTTP_PORT", HTTP_PORT_DEFAULT, 0, 65535)
     menu_file = env.file("KIOSK_MENU_FILE", required=False) or DEFAULT_MENU_FILE
@@ -331,6 +336,7 @@ def load_settings(environ: Mapping[str, str]) -> KioskSettings:
         currency=currency,
         topup_cents_max=topup_cents_max,
         return_cents_max=return_cents_max,
+        void_window_s=void_window_s,
         http_port=http_port,
         menu_file=menu_file,
         menu=menu,

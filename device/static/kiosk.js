@@ -251,6 +251,92 @@
     await poll();
   }
 
+  // --- (1.1) at the counter: cancel a recent order (void), replace a wristband (card swap) ------
+
+  function cancellable(order, now) {
+    return order.void === null && now < order.cancellable_until_ms;
+  }
+
+  // Rebuilt only when the list or what may be cancelled changed (not on every poll: a button
+  // being pressed must not be replaced under the finger).
+  let recentKey = null;
+
+  function renderRecent(view) {
+    const orders = view.orders;
+    const recent = orders ? orders.recent : [];
+    show("recent", view.mode === "bar" && recent.length > 0);
+    const now = Date.now();
+    const key = JSON.stringify([view.online, recent.map((o) => [o.request_id, o.void, cancellable(o, now)])]);
+    if (key === recentKey) return;
+    recentKey = key;
+    $("recent-hint").textContent = orders
+      ? (view.online ? "Cancel within " + Math.round(orders.void_window_s / 60) + " minutes" : "Offline: orders can be cancelled only online")
+      : "";
+    const list = $("recent-lines");
+    list.replaceChildren();
+    for (const order of recent) {
+      const item = element("li");
+      item.dataset.requestId = order.request_id;
+      // card_uid comes masked (****E5F6).
+      item.append(element("span", "", "#" + order.seq + " " + order.card_uid + (order.offline ? " (offline sale)" : "")),
+        element("span", "money", money(order.amount_cents)));
+      if (order.void === "voided") {
+        item.append(element("span", "void-state", "cancelled"));
+      } else if (order.void === "pending") {
+        item.append(element("span", "void-state", "cancelling\u2026"));
+      } else if (cancellable(order, now)) {
+        const button = element("button", "button button-secondary", "Cancel");
+        button.type = "button";
+        button.dataset.voidId = order.request_id;
+        button.disabled = !view.online;
+        button.addEventListener("click", () => voidOrder(order.request_id));
+        item.append(button);
+      } else {
+        item.append(element("span", "void-state", ""));
+      }
+      list.append(item);
+    }
+  }
+
+  async function voidOrder(requestId) {
+    const error = $("void-error");
+    const staff = $("void-staff").value.trim();
+    if (!staff) { error.textContent = "Enter your staff id to cancel an order"; error.hidden = false; return; }
+    const reply = await api("POST", "/api/void", { request_id: requestId, staff_id: staff });
+    if (reply.ok) {
+      error.hidden = true;
+    } else {
+      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
+      error.hidden = false;
+    }
+    await poll();
+  }
+
+  async function swap() {
+    const error = $("swap-error");
+    const staff = $("staff-id").value.trim();
+    const old = $("old-uid").value.trim();
+    if (!staff) { error.textContent = "Enter your staff id"; error.hidden = false; return; }
+    const body = { staff_id: staff };
+    if (old) body.old_card_uid = old;
+    const reply = await api("POST", "/api/swap", body);
+    if (reply.ok) {
+      error.hidden = true;
+      $("old-uid").value = "";
+    } else {
+      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
+      error.hidden = false;
+    }
+    await poll();
+  }
+
+  function orderAmount(order) {
+    if (!order) return null;
+    if (order.type === "bar_order") return order.total_cents;
+    if (order.type === "card_swap") return null;
+    return order.amount_cents;
+  }
+
   // --- the kiosk's state -----------------------------------------------------------------------
 
   function render(view) {
@@ -297,7 +383,7 @@
     if (waiting) {
       $("tap-title").textContent = view.message;
       const order = view.order;
-      const amount = order ? (order.type === "bar_order" ? order.total_cents : order.amount_cents) : null;
+      const amount = orderAmount(order);
       $("tap-amount").textContent = amount === null ? "" : money(amount);
       const lines = $("tap-lines");
       lines.replaceChildren();
@@ -307,6 +393,14 @@
           item.append(element("span", "", line.quantity + " x " + line.name), element("span", "money", money(line.line_cents)));
           lines.append(item);
         }
+      } else if (order && order.type === "void") {
+        const item = element("li");
+        item.append(element("span", "", "cancel an order - staff " + order.staff_id));
+        lines.append(item);
+      } else if (order && order.type === "card_swap") {
+        const item = element("li");
+        item.append(element("span", "", "old band " + (order.old_card_uid || "(tap it)") + " - staff " + order.staff_id));
+        lines.append(item);
       } else if (order) {
         const item = element("li");
         item.append(element("span", "", order.payment_method + " - staff " + order.staff_id));
@@ -330,9 +424,17 @@
     if (screen === "approved" || screen === "declined") {
       show("balance-row", true);
       const outcome = view.outcome;
-      $("outcome-title").textContent = screen === "approved" ? "Approved" : "Declined";
-      $("outcome-amount").textContent = outcome ? money(outcome.amount_cents) : "";
-      $("outcome-message").textContent = outcome ? outcome.message + (outcome.error_code ? " (" + outcome.error_code + ")" : "") : "";
+      const kind = view.order ? view.order.type : null;
+      const approved = screen === "approved";
+      const titles = {
+        void: approved ? "Order cancelled" : "Not cancelled",
+        card_swap: approved ? "Wristband replaced" : "Not replaced",
+      };
+      $("outcome-title").textContent = titles[kind] || (approved ? "Approved" : "Declined");
+      $("outcome-amount").textContent = outcome && kind !== "card_swap" ? money(outcome.amount_cents) : "";
+      $("outcome-message").textContent = approved && titles[kind]
+        ? view.message  // "order cancelled, 15.00 back", "wristband replaced: the new band holds 23.45"
+        : outcome ? outcome.message + (outcome.error_code ? " (" + outcome.error_code + ")" : "") : "";
       $("new-balance").textContent = outcome && outcome.new_balance_cents !== null ? money(outcome.new_balance_cents) : "-";
     }
 
@@ -351,6 +453,7 @@
       );
       lateLines.append(item);
     }
+    renderRecent(view);
     show("sim", view.reader && view.reader.name === "sim");
   }
 
@@ -383,6 +486,8 @@
         const tag = state.view.config ? state.view.config.menu_tag : null;
         if (state.view.mode === "bar" && (!state.menu || state.menu.tag !== tag)) await loadMenu();
         render(state.view);
+      } else if (state.view) {
+        renderRecent(state.view);  // "Cancel" disappears when its window ends
       }
     } catch (error) {
       $("link").textContent = "kiosk unreachable";
@@ -401,6 +506,7 @@
     });
     $("dismiss").addEventListener("click", async () => { await api("POST", "/api/dismiss", {}); await poll(); });
     $("recharge").addEventListener("click", recharge);
+    $("swap").addEventListener("click", swap);
     $("method-cash").addEventListener("click", () => chooseMethod("cash"));
     $("method-card").addEventListener("click", () => chooseMethod("card"));
     $("sim-tap").addEventListener("click", async () => {

@@ -15,7 +15,7 @@ import pytest
 
 from device.ids import UuidV7Generator
 from device.indicators import IndicatorPlayer, RecordingPins
-from device.kiosk import Command, Kiosk, KioskIdentity
+from device.kiosk import Command, Kiosk, KioskIdentity, SystemClock
 from device.link import FakeLink
 from device.machine import (
     BarDraft,
@@ -88,6 +88,8 @@ def make_rig(
     kiosk_key: object,
     config: MachineConfig = CONFIG,
     answer: bool = True,
+    void_window_s: int = 900,
+    clock: SystemClock | None = None,
 ) -> Rig:
     outbox_path = tmp_path / "state" / "outbox.sqlite3"
     link = FakeLink(
@@ -113,6 +115,8 @@ def make_rig(
         indicators=player,
         result_topic="festival/v1/kiosks/bar-1/result",
         ids=UuidV7Generator(),
+        void_window_s=void_window_s,
+        clock=clock,
     )
     kiosk.start()
     kiosk.process_pending()
@@ -435,6 +439,7 @@ def test_the_page_snapshot_is_built_by_the_view(rig: Rig) -> None:
             alert=None,
             counters=dict(kiosk.counters),
             cloud=CloudView(menu_source="none"),
+            orders=kiosk.orders_view(),
         ),
     )
     assert shown == json.loads(json.dumps(expected))

@@ -176,6 +176,16 @@ def test_the_return_cap_is_a_bounded_setting(environ: dict[str, str]) -> None:
             load_settings(environ)
 
 
+def test_the_void_window_is_a_bounded_setting(environ: dict[str, str]) -> None:
+    assert load_settings(environ).void_window_s == 900
+    environ["FESTIVAL_VOID_WINDOW_S"] = "300"
+    assert load_settings(environ).void_window_s == 300
+    for bad in ("-1", "1.5", "1000001"):
+        environ["FESTIVAL_VOID_WINDOW_S"] = bad
+        with pytest.raises(SettingsError, match="FESTIVAL_VOID_WINDOW_S"):
+            load_settings(environ)
+
+
 def test_offline_after_is_a_bounded_setting_that_reaches_the_machine(
     environ: dict[str, str],
 ) -> None:
