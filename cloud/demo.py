@@ -305,6 +305,7 @@ class Tally:
     payouts: int = 0
     clone_refused: bool = False
     swapped: bool = False
+    voided: bool = False
     sepa_file: str = ""
     shift_closed: bool = False
     stripe_refunds: int = 0
@@ -1158,10 +1159,47 @@ class Demo:
         band, which then pays at a bar), and a checkpoint's cashier ends the shift (`shift
         close`: the drawer counted 0.50 short, the variance booked)."""
         try:
+            self._void_an_order()
             self._swap_the_lost_band()
             self._close_a_shift()
         except (DemoError, OSError, ValueError, KeyError) as error:
             self.tally.error(f"at the counter: {error}")
+
+    def _void_an_order(self) -> None:
+        """A bartender hit the wrong button: "Cancel" on the kiosk page's newest order (POST
+        /api/void); the kiosk signs a `void`, the cloud gives the whole amount back."""
+        bar = next(k for k in self.kiosks if k.role == "bar")
+        with bar.lock:
+            recent = (bar.state().get("orders") or {}).get("recent") or []
+            order = next(
+                (o for o in reversed(recent) if o.get("void") is None and not o.get("offline")),
+                None,
+            )
+            if order is None:
+                raise DemoError(f"{bar.kiosk_id} lists no order to cancel")
+            status, reply = http_json(
+                "POST",
+                f"{bar.base_url}/api/void",
+                {"request_id": order["request_id"], "staff_id": "ben"},
+            )
+            if status != 200:
+                raise DemoError(f"{bar.kiosk_id}/api/void answered {status}: {reply}")
+
+            def voided() -> bool:
+                listed = (bar.state().get("orders") or {}).get("recent") or []
+                return any(
+                    o.get("request_id") == order["request_id"] and o.get("void") == "voided"
+                    for o in listed
+                )
+
+            wait_for(voided, f"{bar.kiosk_id}'s void", DEMO_RESULT_TIMEOUT_S)
+            http_json("POST", f"{bar.base_url}/api/dismiss", {})
+        self.say(
+            f"void: {bar.kiosk_id} cancelled a mistaken order of"
+            f" {_eur(int(order['amount_cents']))} from its page; the money is back on the band"
+        )
+        with self.tally.lock:
+            self.tally.voided = True
 
     def _swap_the_lost_band(self) -> None:
         old = self.cards[0]  # reported lost during the run (_block_a_lost_wristband)
@@ -1398,6 +1436,7 @@ class Demo:
             else "",
             "genuine wristbands (a copied UID refused)" if self.tally.clone_refused else "",
             "a SEPA file of the bank transfers" if self.tally.sepa_file else "",
+            "an order voided" if self.tally.voided else "",
             "a lost band swapped" if self.tally.swapped else "",
             "a shift closed" if self.tally.shift_closed else "",
         ]

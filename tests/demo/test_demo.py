@@ -157,7 +157,10 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
         output,
         re.M,
     ), output
-    assert "a lost band swapped, a shift closed" in output, output
+    assert re.search(
+        r"^void: bar-1 cancelled a mistaken order of \d+\.\d\d from its page;", output, re.M
+    ), output
+    assert "an order voided, a lost band swapped, a shift closed" in output, output
     assert "error: at the counter" not in output, output
     assert "error: payouts" not in output, output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
