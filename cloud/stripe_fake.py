@@ -954,7 +954,8 @@ class FakeStripe:
             deliver_event(
                 self.webhook_url, checkout_session_completed_event(session), self.webhook_secret
             )
-        return str(session.get("success_url") or "/")
+        # As Stripe does: the session's id where the success URL has its template.
+        return str(session.get("success_url") or "/").replace("{CHECKOUT_SESSION_ID}", session_id)
 
 
 class _Handler(BaseHTTPRequestHandler):

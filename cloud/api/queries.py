@@ -246,6 +246,18 @@ class DashboardQueries:
             for row in rows
         }
 
+    def checkout_outcome(self, session_id: str) -> dict[str, Any] | None:
+        """(issue 16 §1) What became of the top-up of this Checkout Session, for the success
+        page Stripe sends the payer to: its status, what was credited and the card's balance
+        now (the session id is the payer's: Stripe puts it in the redirect). None: unknown."""
+        rows = self._rows(
+            "SELECT t.status, t.amount_cents, t.credited_cents, t.currency, c.balance_cents"
+            "  FROM topups t LEFT JOIN cards c ON c.card_uid = t.card_uid"
+            " WHERE t.session_id = :session_id",
+            session_id=session_id,
+        )
+        return rows[0] if rows else None
+
     def kiosk_ids(self, role: str | None = None) -> list[str]:
         """Every registered kiosk (disabled ones too), or those registered with `role`, sorted:
         the targets of `"role"` / `"all"` in PUT /api/admin/menus (DESIGN.md `menu set`)."""

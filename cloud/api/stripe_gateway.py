@@ -100,7 +100,7 @@ class CheckoutGateway:
         self._client = client
         self._clock_s = clock_s
         self._currency = currency.lower()
-        self._success_url = success_url
+        self._success_url = with_session_id(success_url)
         self._cancel_url = cancel_url
 
     def create_session(self, *, topup_id: str, card_uid: str, amount_cents: int) -> CheckoutSession:
@@ -219,3 +219,13 @@ class PayoutRefundGateway:
 
 def payout_idempotency_key(payout_id: str) -> str:
     return f"payout-{payout_id}"
+
+
+def with_session_id(success_url: str) -> str:
+    """TOPUP_SUCCESS_URL with Stripe's ``{CHECKOUT_SESSION_ID}`` template (Stripe puts the
+    session id there when it redirects the payer), so the success page can say "credited X,
+    balance Y" (issue 16 §1). A URL that already has the template is left as it is."""
+    if "{CHECKOUT_SESSION_ID}" in success_url:
+        return success_url
+    separator = "&" if "?" in success_url else "?"
+    return f"{success_url}{separator}session_id={{CHECKOUT_SESSION_ID}}"

@@ -14,7 +14,7 @@ import re
 import uuid
 from decimal import Decimal, InvalidOperation
 from string import Template
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter
@@ -33,6 +33,7 @@ from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.ratelimit import retry_after_header
 from cloud.api.services import Services, services_of
 from cloud.api.stripe_gateway import CheckoutSession, PaymentProviderError
+from cloud.database import TransientDatabaseError
 from cloud.settings import CloudSettings
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.limits import CARD_UID_PATTERN
@@ -282,16 +283,50 @@ def render_page(
     )
 
 
-def topup_page(request: Request) -> Response:
+SUCCESS_MESSAGE: Final = (
+    "Thank you! Your payment went through; the money is on its way. A payment the "
+    "wristband cannot take (blocked, or over its maximum balance) is refunded in full."
+)
+# What Stripe puts where the success URL says {CHECKOUT_SESSION_ID} (a Checkout Session id).
+_SESSION_ID: Final = re.compile(r"\Acs_[A-Za-z0-9_]{1,250}\Z")
+
+
+async def _success_message(services: Services, session_id: str | None) -> str:
+    """The success page's sentence: "credited X, balance Y" once the webhook has credited the
+    session's top-up; "on its way" before; "refunded" when the wristband could not take it."""
+    if session_id is None or not _SESSION_ID.match(session_id):
+        return SUCCESS_MESSAGE
+    try:
+        outcome = await services.ledger_call(
+            "checkout_outcome", services.queries.checkout_outcome, session_id
+        )
+    except TransientDatabaseError:
+        return SUCCESS_MESSAGE  # the database is away: the payment still went through
+    if outcome is None:
+        return SUCCESS_MESSAGE
+    currency = str(outcome["currency"])
+    if outcome["status"] == "credited" and outcome["balance_cents"] is not None:
+        return (
+            f"Thank you! {_cents_text(int(outcome['credited_cents']))} {currency} credited to "
+            f"your wristband; its balance is now {_cents_text(int(outcome['balance_cents']))} "
+            f"{currency}."
+        )
+    if outcome["status"] in ("declined", "anomaly"):
+        return (
+            "Your payment went through, but this wristband cannot take it (blocked, or over its "
+            f"maximum balance): the {_cents_text(int(outcome['amount_cents']))} {currency} are "
+            "refunded in full to your card."
+        )
+    return SUCCESS_MESSAGE + " Reload this page in a few seconds to see it credited."
+
+
+async def topup_page(request: Request) -> Response:
     services = services_of(request)
     status = request.query_params.get("status")
     message, kind = "", "error"
     if status == "success":
-        message, kind = (
-            "Thank you! Your payment went through; the money is on its way. A payment the "
-            "wristband cannot take (blocked, or over its maximum balance) is refunded in full.",
-            "ok",
-        )
+        message = await _success_message(services, request.query_params.get("session_id"))
+        kind = "ok"
     elif status == "cancelled":
         message = "The payment was cancelled; nothing was charged."
     return HTMLResponse(render_page(services, message=message, kind=kind), headers=PAGE_HEADERS)

@@ -48,7 +48,9 @@ def test_checkout_creates_a_stripe_session_and_records_the_pending_topup(
     assert params["client_reference_id"] == CARD
     assert params["metadata"] == {"card_uid": CARD, "topup_id": topup["topup_id"]}
     assert params["payment_intent_data"]["metadata"]["card_uid"] == CARD
-    assert params["success_url"] == "http://festival.test/topup?status=success"
+    assert params["success_url"] == (
+        "http://festival.test/topup?status=success&session_id={CHECKOUT_SESSION_ID}"
+    )
     assert params["cancel_url"] == "http://festival.test/topup?status=cancelled"
     line = params["line_items"][0]
     assert line["quantity"] == "1"

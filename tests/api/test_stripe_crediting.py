@@ -589,3 +589,36 @@ def test_after_a_partial_refund_a_lost_dispute_reverses_only_the_rest(
     post_event(charge_dispute_closed_event(dispute))
     assert balance(ledger) == 0
     assert ledger.check() == []
+
+
+def test_the_success_page_says_what_was_credited_and_the_balance(
+    client: TestClient, post_event: PostEvent, ledger: Ledger, fake_stripe: FakeStripe
+) -> None:
+    """(issue 16 §1) Stripe sends the payer to the success URL with the session's id (its
+    {CHECKOUT_SESSION_ID} template): before the webhook the page says the money is on its way,
+    after it "credited X, balance Y"; a payment the card cannot take says it is refunded."""
+    session = pay(client, fake_stripe, CARD, 2500)
+    page = client.get(f"/topup?status=success&session_id={session['id']}").text
+    assert "on its way" in page and "Reload this page" in page
+    assert post_event(checkout_session_completed_event(session)).json()["outcome"] == "processed"
+    page = client.get(f"/topup?status=success&session_id={session['id']}").text
+    assert "25.00 EUR credited to your wristband; its balance is now 25.00 EUR." in page
+    # Nothing for a session id that is not one, or one the festival never made.
+    for other in ("cs_unknown_session", "not-a-session", "cs_" + "x" * 300):
+        page = client.get(f"/topup?status=success&session_id={other}").text
+        assert "credited" not in page and "on its way" in page
+    # A blocked wristband: paid, not credited, refunded in full.
+    ledger.block_card(CARD, "lost")
+    refused = pay(client, fake_stripe, CARD, 1200)
+    assert post_event(checkout_session_completed_event(refused)).json()["outcome"] == "declined"
+    page = client.get(f"/topup?status=success&session_id={refused['id']}").text
+    assert "cannot take it" in page and "12.00 EUR are refunded in full" in page
+
+
+def test_the_fake_stripe_redirects_to_the_success_url_with_the_session_id(
+    client: TestClient, fake_stripe: FakeStripe
+) -> None:
+    """The fake does what Stripe does with the template (checked against the gateway's URL)."""
+    session_id = open_checkout(client, CARD, 1000)
+    redirect = fake_stripe.pay_from_page(session_id)
+    assert redirect == f"http://festival.test/topup?status=success&session_id={session_id}"
