@@ -533,12 +533,16 @@ class Worker:
         """Run ``call``; on a transient fault retry it with capped backoff until it succeeds.
 
         Logs "database unavailable" once and "database back" once per outage, whichever stage
-        (thread) notices first.
+        (thread) notices first. Only a call that itself failed may declare the database back: a
+        call of another stage that was already in flight when the outage began can still return
+        after the first failure, and must not end an outage that is still under way.
         """
+        failed = False
         while True:
             try:
                 value = call()
             except self._transient as error:
+                failed = True
                 self._metrics.database_retries.inc()
                 with self._state_lock:
                     first = not self._database_down
@@ -550,8 +554,9 @@ class Worker:
                     raise Abandoned from error
                 continue
             with self._state_lock:
-                recovered = self._database_down
-                self._database_down = False
+                recovered = failed and self._database_down
+                if failed:
+                    self._database_down = False
             if recovered:
                 self._metrics.database_available.set(1)
                 log.info("database back", extra={"context": {"retries": backoff.attempts}})

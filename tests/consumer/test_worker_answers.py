@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -162,3 +163,42 @@ def test_an_inconsistent_outcome_goes_unanswered_and_the_rest_are_answered(
     assert [verified(payload).request_id for _, payload in link.published] == [good_id]
     assert link.acked == [broken, good]  # committed: a redelivery would replay the same outcome
     assert any(record.message == "cannot build a result" for record in caplog.records)
+
+
+def test_a_call_in_flight_before_an_outage_does_not_end_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two stages: one fails (outage logged); the other's call, begun before the outage, returns
+    after it. That success must not log "database back", or the failing stage's next retry would
+    log "database unavailable" a second time for the same outage."""
+    w = worker(FakeLedger(), FakeLink())
+    first_failure = threading.Event()
+    attempts: list[int] = []
+
+    def failing_twice() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            first_failure.set()
+            raise ConnectionError("server closed the connection")
+        if len(attempts) == 2:
+            # The in-flight call of the other stage returns now, while this one still retries.
+            other.join(timeout=5)
+            raise ConnectionError("connection refused")
+        return "retried"
+
+    def in_flight() -> str:
+        assert first_failure.wait(timeout=5)
+        return "answered"
+
+    results: list[str] = []
+    other = threading.Thread(
+        target=lambda: results.append(w._database(in_flight, Backoff(0.01, 0.02)))
+    )
+    with caplog.at_level(logging.INFO, logger="cloud.consumer"):
+        other.start()
+        results.append(w._database(failing_twice, Backoff(0.01, 0.02)))
+    events = [record.getMessage() for record in caplog.records]
+    assert sorted(results) == ["answered", "retried"]
+    assert events.count("database unavailable") == 1
+    assert events.count("database back") == 1
+    assert events.index("database unavailable") < events.index("database back")
