@@ -310,7 +310,7 @@ def test_a_replayed_cash_out_pays_once(ledger: Ledger, database_url: str) -> Non
     assert _account(database_url, "cash:checkpoint-1") == 0
     # a second cash-out of the card (another request id): it is blocked now
     second = _declined(ledger.apply(cash_out(CARD)), ErrorCode.CARD_BLOCKED)
-    assert second.message == "Not paid out: wristband blocked (cashed out)"
+    assert second.message == "Not paid out: the wristband was cashed out already"
 
 
 def test_two_cash_outs_of_one_card_at_two_checkpoints_at_once_one_wins(
@@ -352,3 +352,114 @@ def test_the_downgrade_restores_the_previous_revision_exactly(
     assert any("cash_outs" in line for line in _schema(url))
     database.downgrade(url, PREVIOUS)
     assert _schema(url) == before, _differences(before, _schema(url))
+
+
+# --- the Stripe part, refunded by the payout refund runner ---------------------------------------
+
+
+def test_the_stripe_part_of_a_cash_out_is_refunded_through_stripe_once(
+    ledger: Ledger, service_database_url: str, database_url: str
+) -> None:
+    import stripe
+
+    from cloud.api.payout_refunds import PayoutRefundStore, refund_due_parts
+    from cloud.api.stripe_gateway import PayoutRefundGateway
+    from cloud.stripe_fake import FakeStripe, checkout_session_object
+
+    intent = _stripe_topup(ledger, CARD, 1_800)
+    _approved(ledger.apply(recharge(CARD, 700)))
+    _approved(ledger.apply(cash_out(CARD)))
+    with FakeStripe(port=0) as fake:
+        session = checkout_session_object(
+            amount_total=1_800, status="complete", payment_status="paid", payment_intent=intent
+        )
+        fake.sessions[session["id"]] = session
+        gateway = PayoutRefundGateway(
+            stripe.StripeClient("sk_test_cash_out", base_addresses={"api": fake.base_url})
+        )
+        store = PayoutRefundStore(ledger.engine)
+        assert refund_due_parts(store, gateway).as_dict() == {"paid": 1, "retry": 0, "failed": 0}
+        assert refund_due_parts(store, gateway).as_dict() == {"paid": 0, "retry": 0, "failed": 0}
+        (refund,) = fake.refunds_of(intent)
+    assert refund["amount"] == 1_800
+    assert execute(database_url, "SELECT state, stripe_refund_id FROM payouts") == [
+        ("paid", refund["id"])
+    ]
+    # the cash paid was only what the top-up at the counter brought in
+    assert _account(database_url, "cash:checkpoint-1") == 0
+    assert _card(database_url, CARD) == (0, 0, "blocked", "cashed out")
+
+
+# --- festival-cloud card cash-out -----------------------------------------------------------------
+
+
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str, *args: str
+) -> tuple[int, str, str]:
+    import os
+
+    from cloud.cli import main
+
+    for key in list(os.environ):
+        if key.startswith(("FESTIVAL_", "DATABASE_", "STRIPE_", "MQTT_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("DATABASE_URL", url)
+    capsys.readouterr()
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_card_cash_out_on_the_command_line(
+    ledger: Ledger,
+    service_database_url: str,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    _stripe_topup(ledger, CARD, 2_000)
+    _approved(ledger.apply(recharge(CARD, 1_250)))
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", CARD, "--checkpoint", "checkpoint-1", "--staff", "lead-1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() == (
+        f"card {CARD} cashed out at checkpoint-1: hand out 12.50 in cash,"
+        " 20.00 refunded to Stripe, card blocked"
+    )
+    assert _card(database_url, CARD)[2:] == ("blocked", "cashed out")
+    assert execute(database_url, "SELECT kiosk_id, staff_id FROM cash_outs") == [(None, "lead-1")]
+
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", CARD, "--checkpoint", "checkpoint-1", "--staff", "lead-1", "--json",
+    )  # fmt: skip
+    assert code == 1
+    answer = json.loads(out)
+    assert (answer["status"], answer["error_code"]) == ("declined", "CARD_BLOCKED")
+    assert answer["message"] == "Not paid out: the wristband was cashed out already"
+    assert (answer["cash_cents"], answer["stripe_refund_cents"]) == (0, 0)
+
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", UNKNOWN, "--checkpoint", "checkpoint-1", "--staff", "lead-1",
+    )  # fmt: skip
+    assert code == 1 and "CARD_NOT_FOUND" in err and "Unknown wristband" in err
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", NEW, "--checkpoint", "nowhere", "--staff", "lead-1",
+    )  # fmt: skip
+    assert code == 1 and "nowhere" in err
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", "04a1b2c3", "--checkpoint", "checkpoint-1", "--staff", "lead-1",
+    )  # fmt: skip
+    assert code == 2
+    code, out, err = _cli(
+        monkeypatch, capsys, service_database_url,
+        "card", "cash-out", NEW, "--checkpoint", "checkpoint-1", "--staff", "bad\nid",
+    )  # fmt: skip
+    assert code == 2 and "--staff" in err

@@ -256,6 +256,10 @@ BEGIN
     ELSIF v_card.card_uid IS NULL THEN
         v_code := 'CARD_NOT_FOUND';
         v_message := 'Unknown wristband: nothing to pay out';
+    ELSIF v_card.status = 'blocked'
+          AND position('cashed out' IN coalesce(v_card.blocked_reason, '')) > 0 THEN
+        v_code := 'CARD_BLOCKED';
+        v_message := 'Not paid out: the wristband was cashed out already';
     ELSIF EXISTS (SELECT 1 FROM payouts o WHERE o.card_uid = v_card.card_uid
                      AND o.state IN ('pending', 'exported')) THEN
         v_code := 'CARD_BLOCKED';
