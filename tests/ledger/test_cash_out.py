@@ -463,3 +463,33 @@ def test_card_cash_out_on_the_command_line(
         "card", "cash-out", NEW, "--checkpoint", "checkpoint-1", "--staff", "bad\nid",
     )  # fmt: skip
     assert code == 2 and "--staff" in err
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+
+def test_the_z_report_and_the_liability_show_the_cash_paid_out(
+    ledger: Ledger, database_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from cloud.reports import Reports, parse_day
+
+    _stripe_topup(ledger, NEW, 400)
+    _approved(ledger.apply(recharge(CARD, 2_000)))
+    _approved(ledger.apply(recharge(NEW, 600, kiosk_id="checkpoint-2")))
+    _approved(ledger.apply(cash_out(CARD)))
+    _approved(ledger.apply(cash_out(NEW, kiosk_id="checkpoint-2")))
+    reports = Reports(ledger.engine, currency="EUR")
+    today = datetime.now(UTC).date().isoformat()
+    report = reports.day(parse_day(today))
+    assert [
+        (c["checkpoint_id"], c["cash_cents"], c["cash_outs"], c["cash_out_cents"])
+        for c in report["checkpoints"]
+    ] == [("checkpoint-1", 2_000, 1, 2_000), ("checkpoint-2", 600, 1, 600)]
+    assert report["total"]["cash_out_cents"] == 2_600
+    liability = reports.liability()
+    # the Stripe part is still owed until Stripe refunds it; the cash is paid
+    assert liability["card_balances_cents"] == 0
+    assert liability["payouts_pending_cents"] == 400
+    assert liability["money"]["balanced"]
