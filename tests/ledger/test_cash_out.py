@@ -493,3 +493,27 @@ def test_the_z_report_and_the_liability_show_the_cash_paid_out(
     assert liability["card_balances_cents"] == 0
     assert liability["payouts_pending_cents"] == 400
     assert liability["money"]["balanced"]
+
+
+def test_in_sun_mode_a_band_whose_sun_message_fails_is_not_paid_out(ledger: Ledger) -> None:
+    _approved(ledger.apply(recharge(CARD, 500)))
+    item = cash_out(CARD)
+    forged = LedgerRequest(item.request, item.payload_sha256, sun_failure="bad_mac")
+    outcome = _declined(ledger.apply(forged), ErrorCode.CARD_NOT_GENUINE)
+    assert "does not verify" in outcome.message
+    fresh = LedgerRequest(item.request, item.payload_sha256, sun_counter=7)
+    # the same request id was answered for good: replayed, not paid out
+    assert ledger.apply(fresh).replayed
+    genuine = cash_out(CARD)
+    _approved(ledger.apply(LedgerRequest(genuine.request, genuine.payload_sha256, sun_counter=8)))
+    # a SUN message used before (its counter not above the band's highest): refused
+    _approved(ledger.apply(recharge(NEW, 100)))
+    first = cash_out(NEW)
+    second = cash_out(NEW)
+    assert ledger.apply(LedgerRequest(first.request, first.payload_sha256, sun_counter=3)).approved
+    # (NEW is blocked now; a stale counter is checked before the card's state)
+    outcome = _declined(
+        ledger.apply(LedgerRequest(second.request, second.payload_sha256, sun_counter=3)),
+        ErrorCode.CARD_NOT_GENUINE,
+    )
+    assert "already used" in outcome.message
