@@ -517,3 +517,14 @@ def test_in_sun_mode_a_band_whose_sun_message_fails_is_not_paid_out(ledger: Ledg
         ErrorCode.CARD_NOT_GENUINE,
     )
     assert "already used" in outcome.message
+
+
+def test_the_downgrade_is_refused_once_a_card_was_cashed_out(
+    ledger: Ledger, database_url: str
+) -> None:
+    _approved(ledger.apply(recharge(CARD, 500)))
+    _approved(ledger.apply(cash_out(CARD)))
+    with pytest.raises(Exception, match="check constraint"):
+        database.downgrade(database_url, PREVIOUS)
+    assert database.current_revision(database_url) == database.head_revision()
+    assert scalar(database_url, "SELECT count(*) FROM cash_outs") == 1
