@@ -528,3 +528,25 @@ def test_the_downgrade_is_refused_once_a_card_was_cashed_out(
         database.downgrade(database_url, PREVIOUS)
     assert database.current_revision(database_url) == database.head_revision()
     assert scalar(database_url, "SELECT count(*) FROM cash_outs") == 1
+
+
+def test_festival_cloud_check_finds_a_cash_out_that_does_not_add_up(
+    ledger: Ledger, database_url: str
+) -> None:
+    _approved(ledger.apply(recharge(CARD, 900)))
+    item = cash_out(CARD)
+    _approved(ledger.apply(item))
+    assert ledger.check() == []
+    # as the owner, the append-only trigger off: the record claims more cash than was posted
+    execute(
+        database_url,
+        "SET LOCAL session_replication_role = replica;"
+        " UPDATE cash_outs SET cash_cents = 1000, balance_cents = 1000",
+    )
+    (violation,) = ledger.check()
+    assert violation.startswith(f"cash-out {item.request.request_id}: card 900, drawer 900")
+    execute(
+        database_url,
+        "SET LOCAL session_replication_role = replica;"
+        " UPDATE cash_outs SET cash_cents = 900, balance_cents = 900",
+    )

@@ -392,6 +392,112 @@ BEGIN
 END
 $$;
 
+-- festival-cloud check: revision 0016's ledger_check_accounts with one rule added, marked
+-- (cash-out); the downgrade restores 0016's.
+CREATE OR REPLACE FUNCTION ledger_check_accounts(p_limit integer DEFAULT 20) RETURNS SETOF text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT format('%s account %s: its postings sum to %s cents, below zero (the wrong sign)',
+                  a.kind, a.name, s.total)
+      FROM accounts a
+     CROSS JOIN LATERAL (SELECT coalesce(sum(p.amount_cents), 0) AS total
+                           FROM postings p WHERE p.account_id = a.account_id) s
+     WHERE a.kind IN ('sales', 'deposit') AND s.total < 0
+     ORDER BY a.name LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT format('deposit account %s: cached balance %s cents, but its postings sum to %s cents',
+                  a.name, d.balance_cents, s.total)
+      FROM deposit_balances d
+      JOIN accounts a ON a.account_id = d.account_id
+     CROSS JOIN LATERAL (SELECT coalesce(sum(p.amount_cents), 0) AS total
+                           FROM postings p WHERE p.account_id = d.account_id) s
+     WHERE d.balance_cents IS DISTINCT FROM s.total
+     ORDER BY a.name LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT format('deposit account %s has no cached balance', a.name)
+      FROM accounts a
+     WHERE a.kind = 'deposit'
+       AND NOT EXISTS (SELECT 1 FROM deposit_balances d WHERE d.account_id = a.account_id)
+     ORDER BY a.name LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT format('cached deposit balance of account %s, which is not a deposit account',
+                  d.account_id)
+      FROM deposit_balances d
+     WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                        WHERE a.account_id = d.account_id AND a.kind = 'deposit')
+     ORDER BY d.account_id LIMIT p_limit;
+
+    -- 0013: a card's cached debt is minus what its receivable account's postings sum to, a
+    -- card never holds a balance and a debt at once, and no receivable is in credit
+    RETURN QUERY
+    SELECT format('card %s: cached debt %s cents, but its receivable postings sum to %s cents',
+                  c.card_uid, c.debt_cents, s.total)
+      FROM cards c
+      LEFT JOIN accounts a ON a.name = 'receivable:' || c.card_uid
+     CROSS JOIN LATERAL (SELECT coalesce(sum(p.amount_cents), 0) AS total
+                           FROM postings p WHERE p.account_id = a.account_id) s
+     WHERE (c.debt_cents > 0 OR a.account_id IS NOT NULL) AND c.debt_cents <> -s.total
+     ORDER BY c.card_uid LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT format('card %s holds a balance of %s cents and a debt of %s cents at once',
+                  c.card_uid, c.balance_cents, c.debt_cents)
+      FROM cards c WHERE c.balance_cents <> 0 AND c.debt_cents <> 0
+     ORDER BY c.card_uid LIMIT p_limit;
+
+    RETURN QUERY
+    SELECT format('receivable account %s belongs to no card', a.name)
+      FROM accounts a
+     WHERE a.kind = 'receivable'
+       AND NOT EXISTS (SELECT 1 FROM cards c WHERE 'receivable:' || c.card_uid = a.name)
+     ORDER BY a.name LIMIT p_limit;
+
+    -- 0016: a replaced card's money moved to its replacement, and nothing credits it after
+    -- (its top-ups are declined, its voids and Stripe top-ups follow the replacement)
+    RETURN QUERY
+    SELECT format('card %s was replaced by %s but holds a balance of %s cents',
+                  c.card_uid, c.replaced_by, c.balance_cents)
+      FROM cards c WHERE c.replaced_by IS NOT NULL AND c.balance_cents <> 0
+     ORDER BY c.card_uid LIMIT p_limit;
+
+    -- 0016: a void gives back exactly its order's total, once, onto the order's card or one
+    -- that replaced it
+    RETURN QUERY
+    SELECT format('void %s of order %s gives back %s cents, not the order''s %s',
+                  v.request_id, v.original_request_id, v.amount_cents, o.total_cents)
+      FROM voids v JOIN bar_orders o ON o.order_id = v.order_id
+     WHERE o.total_cents <> v.amount_cents OR o.client_request_id <> v.original_request_id
+     ORDER BY v.original_request_id LIMIT p_limit;
+
+    -- (cash-out) a cash-out's transaction took exactly the card's balance off it, put exactly
+    -- its cash into the drawer's account and its Stripe part into payout:pending, and its
+    -- Stripe payout parts add up to that part
+    RETURN QUERY
+    SELECT format('cash-out %s: card %s, drawer %s, payout:pending %s, Stripe parts %s cents; expected %s = %s cash + %s Stripe',
+                  o.request_id, t.card, t.cash, t.pending, s.parts, o.balance_cents,
+                  o.cash_cents, o.stripe_refund_cents)
+      FROM cash_outs o
+     CROSS JOIN LATERAL (
+           SELECT coalesce(-sum(p.amount_cents) FILTER (WHERE a.kind = 'card'), 0) AS card,
+                  coalesce(sum(p.amount_cents)
+                           FILTER (WHERE a.name = 'cash:' || o.checkpoint_id), 0) AS cash,
+                  coalesce(sum(p.amount_cents)
+                           FILTER (WHERE a.name = 'payout:pending'), 0) AS pending
+             FROM postings p JOIN accounts a ON a.account_id = p.account_id
+            WHERE p.transaction_id = o.transaction_id) t
+     CROSS JOIN LATERAL (
+           SELECT coalesce(sum(x.amount_cents), 0) AS parts FROM payouts x
+            WHERE x.request_id = o.payout_request_id AND x.kind = 'stripe') s
+     WHERE t.card <> o.balance_cents OR t.cash <> o.cash_cents
+        OR t.pending <> o.stripe_refund_cents OR s.parts <> o.stripe_refund_cents
+     ORDER BY o.request_id LIMIT p_limit;
+END
+$$;
+
 REVOKE EXECUTE ON FUNCTION
     ledger_euros(bigint),
     ledger_cash_out_message(bigint, bigint),
