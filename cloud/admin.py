@@ -21,6 +21,11 @@ from cloud.ledger import Ledger
 from cloud.ledger_records import TOPUP_RETENTION_DAYS
 from cloud.pos_devices import refuse_pos_device_id
 from cloud.settings import CloudSettings
+from protocol.limits import (
+    CHECKPOINT_ID_LENGTH_MAX,
+    STAFF_ID_LENGTH_MAX,
+    TEXT_FORBIDDEN_PATTERN,
+)
 from protocol.models import is_valid_card_uid
 
 if TYPE_CHECKING:
@@ -385,6 +390,76 @@ def card_swap(args: argparse.Namespace, settings: CloudSettings) -> int:
     else:
         print(
             f"festival-cloud: not swapped ({outcome.error_code}): {outcome.message}",
+            file=sys.stderr,
+        )
+    return EXIT_OK if outcome.approved else EXIT_DECLINED
+
+
+def _usable_text(value: str, length_max: int) -> bool:
+    """A staff or checkpoint id as the protocol takes one: 1..length_max characters, none
+    that break a receipt line."""
+    return 1 <= len(value) <= length_max and TEXT_FORBIDDEN_PATTERN.search(value) is None
+
+
+@_unavailable
+def card_cash_out(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`card cash-out UID --checkpoint ID --staff STAFF_ID [--json]`: the card's balance paid
+    from that checkpoint's drawer (the cash_out request through sp_cash_out) — in cash only the
+    part its Stripe top-ups cannot take back, the rest refunded to them as in a payout — and
+    the card blocked `cashed out`. Exit 0 when paid out, 1 with the reason when refused."""
+    if not is_valid_card_uid(args.uid):
+        print(
+            f"festival-cloud: invalid card UID {args.uid!r} (8, 14 or 20 upper-case hex)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    for name, value, length_max in (
+        ("checkpoint", args.checkpoint, CHECKPOINT_ID_LENGTH_MAX),
+        ("staff", args.staff, STAFF_ID_LENGTH_MAX),
+    ):
+        if not _usable_text(value, length_max):
+            print(f"festival-cloud: invalid --{name} {value!r}", file=sys.stderr)
+            return EXIT_USAGE
+    # a fresh id per call (as `card swap`): run again after a failure, it declines (blocked)
+    request_id = f"desk:{uuid.uuid4()}"
+    with _ledger(settings) as ledger:
+        outcome = ledger.cash_out(
+            request_id=request_id,
+            card_uid=args.uid,
+            checkpoint_id=args.checkpoint,
+            staff_id=args.staff,
+        )
+        parts = ledger.cash_out_parts(request_id) if outcome is not None else None
+    if outcome is None:
+        if args.json:
+            print(json.dumps({"error": "checkpoint not found", "checkpoint_id": args.checkpoint}))
+        return _not_found("checkpoint", args.checkpoint)
+    cash_cents, refund_cents = parts if parts is not None else (0, 0)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "card_uid": args.uid,
+                    "checkpoint_id": args.checkpoint,
+                    "staff_id": args.staff,
+                    "status": str(outcome.status),
+                    "error_code": None if outcome.error_code is None else str(outcome.error_code),
+                    "message": outcome.message,
+                    "transaction_id": outcome.transaction_id,
+                    "previous_balance_cents": outcome.previous_balance_cents,
+                    "cash_cents": cash_cents,
+                    "stripe_refund_cents": refund_cents,
+                }
+            )
+        )
+    elif outcome.approved:
+        print(
+            f"card {args.uid} cashed out at {args.checkpoint}: hand out {_euros(cash_cents)} in"
+            f" cash, {_euros(refund_cents)} refunded to Stripe, card blocked"
+        )
+    else:
+        print(
+            f"festival-cloud: not cashed out ({outcome.error_code}): {outcome.message}",
             file=sys.stderr,
         )
     return EXIT_OK if outcome.approved else EXIT_DECLINED

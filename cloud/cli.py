@@ -193,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     swap.add_argument("old_uid", metavar="OLD_UID")
     swap.add_argument("new_uid", metavar="NEW_UID")
     swap.add_argument("--json", action="store_true")
+    cash_out = _verb(
+        card,
+        "cash-out",
+        "pay a card's balance from a checkpoint's drawer (Stripe part refunded) and block it",
+        "cloud.admin:card_cash_out",
+    )
+    cash_out.add_argument("uid", metavar="UID")
+    cash_out.add_argument("--checkpoint", required=True, help="the checkpoint whose drawer pays")
+    cash_out.add_argument("--staff", required=True, help="the staff member paying (STAFF_ID)")
+    cash_out.add_argument("--json", action="store_true")
     _add_wristband_verbs(card)
     _add_portal_card_verbs(card)
 

@@ -712,6 +712,33 @@ class Ledger:
         )
         return outcome_from_document(document)
 
+    def cash_out(
+        self, *, request_id: str, card_uid: str, checkpoint_id: str, staff_id: str
+    ) -> Outcome | None:
+        """(1.1, our extension) The operator's cash-out (sp_cash_out): the cash_out request of
+        a checkpoint kiosk on the operator's word, paid from ``checkpoint_id``'s drawer and
+        idempotent by ``request_id``. None: no such checkpoint. Approved, the outcome's message
+        says what to hand out; ``cash_out_parts`` reads the amounts."""
+        document = self._scalar(
+            "SELECT sp_cash_out(:request_id, :card_uid, :checkpoint_id, :staff_id)",
+            request_id=request_id,
+            card_uid=card_uid,
+            checkpoint_id=checkpoint_id,
+            staff_id=staff_id,
+        )
+        return None if document is None else outcome_from_document(document)
+
+    def cash_out_parts(self, request_id: str) -> tuple[int, int] | None:
+        """What an approved cash-out paid: (cash from the drawer, refunded to Stripe), in cents;
+        None when ``request_id`` paid nothing out."""
+        rows = self._select(
+            "SELECT cash_cents, stripe_refund_cents FROM cash_outs WHERE request_id = :r",
+            r=request_id,
+        )
+        if not rows:
+            return None
+        return int(rows[0]["cash_cents"]), int(rows[0]["stripe_refund_cents"])  # type: ignore[call-overload]
+
     # --- Stripe ----------------------------------------------------------------------------------
 
     def record_stripe_event(

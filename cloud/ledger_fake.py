@@ -513,6 +513,8 @@ class FakeLedger:
                 raise ValueError(
                     f"request {request.request_id}: old_sun_failure is not a consumer's"
                 )
+        elif not isinstance(request, CheckpointRecharge):
+            raise ValueError(f"{request.type} is not modelled by the fake ledger")
         elif not (
             1 <= request.amount_cents <= self.max_topup_cents
             and request.payment_method in ("cash", "card")

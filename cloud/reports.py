@@ -317,6 +317,16 @@ SELECT checkpoint_id, shift_no, opened_at, closed_at, expected_cents, counted_ce
  WHERE closed_at >= :day_start AND closed_at < :day_end
  ORDER BY checkpoint_id, shift_no
 """
+# (revision 0022) the cash paid out at each checkpoint's counter that day (card cash-outs):
+# what left its drawer, the Stripe parts of those cash-outs not included
+DAY_CASH_OUTS_SQL = """
+SELECT checkpoint_id, count(*) FILTER (WHERE cash_cents > 0) AS cash_outs,
+       coalesce(sum(cash_cents), 0) AS cash_out_cents
+  FROM cash_outs
+ WHERE created_at >= :day_start AND created_at < :day_end
+ GROUP BY checkpoint_id
+ ORDER BY checkpoint_id
+"""
 DAY_PATTERN = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 
 
@@ -403,12 +413,13 @@ class Reports:
     def day(self, day_start: datetime) -> dict[str, Any]:
         """The Z-report of the UTC day starting at `day_start`: `bars` (kiosk_id, orders,
         amount_cents, amount: the kiosk grouping of the sales report, net of voids),
-        `checkpoints` (the cash and card top-ups and the shift closes closed that day, with
-        their variance) and `total`; every figure from one snapshot."""
+        `checkpoints` (the cash and card top-ups, the cash paid out by card cash-outs and the
+        shift closes closed that day, with their variance) and `total`; every figure from one
+        snapshot."""
         window = SalesWindow(day_start, day_start + timedelta(days=1))
         condition, params = _window_sql(window)
         day = {"day_start": window.start, "day_end": window.end}
-        sales, topups, closes = self._snapshot_rows(
+        sales, topups, closes, cash_outs = self._snapshot_rows(
             (
                 (
                     NET_SALES_LINES_SQL.format(window=condition)
@@ -417,6 +428,7 @@ class Reports:
                 ),
                 (DAY_TOPUPS_SQL, day),
                 (DAY_CLOSES_SQL, day),
+                (DAY_CASH_OUTS_SQL, day),
             )
         )
         bars = [_sales_row(SalesGroup.KIOSK, row) for row in sales]
@@ -431,6 +443,8 @@ class Reports:
                     "cash_cents": 0,
                     "card_topups": 0,
                     "card_cents": 0,
+                    "cash_outs": 0,
+                    "cash_out_cents": 0,
                     "shift_closes": [],
                     "variance_cents": 0,
                 },
@@ -440,6 +454,10 @@ class Reports:
             entry = checkpoint(str(row["checkpoint_id"]))
             for column in ("cash_topups", "cash_cents", "card_topups", "card_cents"):
                 entry[column] = int(row[column])
+        for row in cash_outs:
+            entry = checkpoint(str(row["checkpoint_id"]))
+            entry["cash_outs"] = int(row["cash_outs"])
+            entry["cash_out_cents"] = int(row["cash_out_cents"])
         for row in closes:
             entry = checkpoint(str(row["checkpoint_id"]))
             entry["shift_closes"].append(
@@ -460,6 +478,7 @@ class Reports:
             "sales_cents": sum(bar["amount_cents"] for bar in bars),
             "cash_cents": sum(entry["cash_cents"] for entry in rows),
             "card_cents": sum(entry["card_cents"] for entry in rows),
+            "cash_out_cents": sum(entry["cash_out_cents"] for entry in rows),
             "variance_cents": sum(entry["variance_cents"] for entry in rows),
         }
         return {
@@ -625,6 +644,11 @@ def report_day(args: argparse.Namespace, settings: CloudSettings) -> int:
             f" {decimal_amount(entry['card_cents']):>14}"
             f" {decimal_amount(entry['variance_cents']):>10}"
         )
+        if entry["cash_outs"]:
+            print(
+                f"    cash paid out: {decimal_amount(entry['cash_out_cents'])}"
+                f" ({entry['cash_outs']} cash-outs)"
+            )
         for close in entry["shift_closes"]:
             print(
                 f"    shift {close['shift_no']} closed {close['closed_at']}:"
@@ -637,6 +661,11 @@ def report_day(args: argparse.Namespace, settings: CloudSettings) -> int:
         f"total: {total['orders']} orders, sales {decimal_amount(total['sales_cents'])},"
         f" cash {decimal_amount(total['cash_cents'])}, card {decimal_amount(total['card_cents'])},"
         f" variance {decimal_amount(total['variance_cents'])}"
+        + (
+            f", cash paid out {decimal_amount(total['cash_out_cents'])}"
+            if total["cash_out_cents"]
+            else ""
+        )
     )
     return EXIT_OK
 

@@ -25,16 +25,28 @@ from protocol.keys import (
     private_key_pem,
     public_key_b64,
 )
-from protocol.models import BarItem, BarOrder, CardSwap, CheckpointRecharge, Void
+from protocol.models import (
+    BarItem,
+    BarOrder,
+    CardSwap,
+    CashOut,
+    CheckpointRecharge,
+    StaffLogin,
+    StaffLogout,
+    Void,
+)
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 
 __all__ = [
     "BarItem",
     "BarOrder",
     "CardSwap",
+    "CashOut",
     "CheckpointRecharge",
     "ErrorCode",
     "ProtocolError",
+    "StaffLogin",
+    "StaffLogout",
     "TopicKind",
     "Void",
     "authenticate",

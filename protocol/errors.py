@@ -40,6 +40,9 @@ class ErrorCode(StrEnum):
     # (1.1) A void the rules of PROTOCOL.md's ``void`` refuse (unknown original, another kiosk's
     # or card's, already voided, too old, returns only, deposits that are no longer there).
     VOID_NOT_ALLOWED = "VOID_NOT_ALLOWED"
+    # (1.1) FESTIVAL_STAFF_REQUIRED=true: no staff_id, not logged in at this kiosk, disabled, a
+    # role that does not allow the request; a refused staff_login.
+    STAFF_NOT_ALLOWED = "STAFF_NOT_ALLOWED"
 
     @property
     def status(self) -> Status:
@@ -64,6 +67,7 @@ _STATUS_BY_CODE: Final[dict[ErrorCode, Status]] = {
     ErrorCode.OFFLINE_LIMIT_EXCEEDED: Status.REJECTED,
     ErrorCode.CARD_NOT_GENUINE: Status.DECLINED,
     ErrorCode.VOID_NOT_ALLOWED: Status.DECLINED,
+    ErrorCode.STAFF_NOT_ALLOWED: Status.REJECTED,
 }
 assert set(_STATUS_BY_CODE) == set(ErrorCode)
 

@@ -57,6 +57,8 @@ SKU_LENGTH_MIN: Final = 1
 SKU_LENGTH_MAX: Final = 32
 STAFF_ID_LENGTH_MIN: Final = 1
 STAFF_ID_LENGTH_MAX: Final = 64
+# (1.1) A staff_login's PIN: a string of 4-12 ASCII digits.
+STAFF_PIN_PATTERN: Final = re.compile(r"\A[0-9]{4,12}\Z")
 CHECKPOINT_ID_LENGTH_MIN: Final = 1
 CHECKPOINT_ID_LENGTH_MAX: Final = 64
 # The largest |total_cents| a valid bar order can have (50 x 99 x 1000.00).

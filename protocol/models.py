@@ -19,7 +19,7 @@ import functools
 import operator
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal, NoReturn, TypeAlias, TypeVar, cast
 
 from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
@@ -72,6 +72,7 @@ from protocol.limits import (
     SKU_LENGTH_MIN,
     STAFF_ID_LENGTH_MAX,
     STAFF_ID_LENGTH_MIN,
+    STAFF_PIN_PATTERN,
     TEXT_FORBIDDEN_PATTERN,
     TIMESTAMP_MS_MAX,
     TIMESTAMP_MS_MIN,
@@ -301,15 +302,110 @@ class Void:
         _check_void_rest(self.request_id, self.original_request_id, self.staff_id)
 
 
-Request: TypeAlias = BarOrder | CheckpointRecharge | CardSwap | Void
-# Every request type the protocol knows, in PROTOCOL.md's order.
-REQUEST_TYPES: Final = (BarOrder.type, CheckpointRecharge.type, CardSwap.type, Void.type)
+@dataclass(frozen=True, slots=True)
+class StaffLogin:
+    """(1.1) A ``staff_login`` request: the staff member ``staff_id`` starts working at this
+    kiosk, proven by their own band (``card_uid``) and their ``pin``. Moves no money.
+
+    The PIN is a secret: ``repr`` hides it, and the cloud stores only the payload's hash and a
+    redacted copy (docs/protocol.md)."""
+
+    type: ClassVar[Literal["staff_login"]] = "staff_login"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    staff_id: str
+    pin: str = field(repr=False)
+    config_version: int | None = None
+    card_sun: CardSun | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _check_staff_rest(self.staff_id, self.pin)
+
+
+@dataclass(frozen=True, slots=True)
+class StaffLogout:
+    """(1.1) A ``staff_logout`` request: ``staff_id`` stops working at this kiosk."""
+
+    type: ClassVar[Literal["staff_logout"]] = "staff_logout"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    staff_id: str
+    config_version: int | None = None
+    card_sun: CardSun | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _check_staff_rest(self.staff_id, _ABSENT)
+
+
+@dataclass(frozen=True, slots=True)
+class CashOut:
+    """A ``cash_out`` request (our extension of 1.1, docs/protocol.md): at the end of the
+    festival a checkpoint pays the card's balance from its drawer and blocks the card
+    (``cashed out``); the part refundable to the card's Stripe top-ups is refunded there
+    instead of paid in cash. A supervisor's request when staff roles are enforced."""
+
+    type: ClassVar[Literal["cash_out"]] = "cash_out"
+
+    request_id: str
+    kiosk_id: str
+    seq: int
+    created_at_ms: int
+    card_uid: str
+    currency: str
+    staff_id: str
+    config_version: int | None = None
+    card_sun: CardSun | None = None
+
+    def __post_init__(self) -> None:
+        _check_card_sun(self.card_sun)
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _check_staff_rest(self.staff_id, _ABSENT)
+
+
+Request: TypeAlias = (
+    BarOrder | CheckpointRecharge | CardSwap | Void | StaffLogin | StaffLogout | CashOut
+)
+# Every request type the protocol knows, in PROTOCOL.md's order (cash_out, our extension, last).
+REQUEST_TYPES: Final = (
+    BarOrder.type,
+    CheckpointRecharge.type,
+    CardSwap.type,
+    Void.type,
+    StaffLogin.type,
+    StaffLogout.type,
+    CashOut.type,
+)
+# (1.1) The requests that move no money: their approved results carry no transaction_id, no
+# balances and no debt (PROTOCOL.md ``staff_login`` / ``staff_logout``).
+MONEYLESS_REQUEST_TYPES: Final = frozenset({StaffLogin.type, StaffLogout.type})
 # Which request types each kiosk role may send (PROTOCOL.md "Each kiosk is registered with a
 # role"; DESIGN.md, 1.1: a card swap only from a checkpoint, a void only from a bar, the
-# voided order's own kiosk). Anything else is OPERATION_NOT_ALLOWED.
+# voided order's own kiosk; staff log in and out at any kiosk; a cash-out pays from a
+# checkpoint's drawer). Anything else is OPERATION_NOT_ALLOWED.
+_STAFF_TYPES: Final = frozenset({StaffLogin.type, StaffLogout.type})
 REQUEST_TYPES_BY_ROLE: Final[Mapping[str, frozenset[str]]] = {
-    "bar": frozenset({BarOrder.type, Void.type}),
-    "checkpoint": frozenset({CheckpointRecharge.type, CardSwap.type}),
+    "bar": frozenset({BarOrder.type, Void.type}) | _STAFF_TYPES,
+    "checkpoint": frozenset({CheckpointRecharge.type, CardSwap.type, CashOut.type}) | _STAFF_TYPES,
     "all": frozenset(REQUEST_TYPES),
 }
 
@@ -752,6 +848,14 @@ def _check_void_rest(request_id: object, original_request_id: object, staff_id: 
     _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
 
 
+def _check_staff_rest(staff_id: object, pin: object) -> None:
+    """(1.1) A staff login's, logout's or cash-out's fields after the common ones (``pin``:
+    ``_ABSENT`` for all but a login). A PIN that breaks the rule is never quoted back."""
+    _text(staff_id, "staff_id", STAFF_ID_LENGTH_MIN, STAFF_ID_LENGTH_MAX)
+    if pin is not _ABSENT and (type(pin) is not str or STAFF_PIN_PATTERN.match(pin) is None):
+        _fail("pin must be a string of 4..12 digits")
+
+
 _CARD_SUN_FIELDS: Final = frozenset({"picc_data", "cmac"})
 
 
@@ -967,6 +1071,8 @@ _CARD_SWAP_REQUIRED: Final = _COMMON_REQUIRED | {"old_card_uid", "staff_id"}
 _CARD_SWAP_OPTIONAL: Final = _COMMON_OPTIONAL | {"old_card_sun"}
 _VOID_REQUIRED: Final = _COMMON_REQUIRED | {"original_request_id", "staff_id"}
 _VOID_OPTIONAL: Final = _COMMON_OPTIONAL
+_STAFF_LOGIN_REQUIRED: Final = _COMMON_REQUIRED | {"staff_id", "pin"}
+_STAFF_ONLY_REQUIRED: Final = _COMMON_REQUIRED | {"staff_id"}
 _ITEM_REQUIRED: Final = frozenset({"name", "quantity", "unit_price_cents"})
 _ITEM_OPTIONAL: Final = frozenset({"sku", "is_deposit", "is_return"})
 
@@ -993,6 +1099,10 @@ def parse_request(
         _check_fields(document, _CARD_SWAP_REQUIRED, _CARD_SWAP_OPTIONAL, "card_swap")
     elif request_type == Void.type:
         _check_fields(document, _VOID_REQUIRED, _VOID_OPTIONAL, "void")
+    elif request_type == StaffLogin.type:
+        _check_fields(document, _STAFF_LOGIN_REQUIRED, _COMMON_OPTIONAL, "staff_login")
+    elif request_type in (StaffLogout.type, CashOut.type):
+        _check_fields(document, _STAFF_ONLY_REQUIRED, _COMMON_OPTIONAL, str(request_type))
     elif "type" not in document:
         _fail("missing field type in request")
     else:
@@ -1072,6 +1182,27 @@ def parse_request(
             config_version=config_version_value,
             card_sun=card_sun,
         )
+
+    if request_type in (StaffLogin.type, StaffLogout.type, CashOut.type):
+        staff_id = document["staff_id"]
+        pin = document.get("pin", _ABSENT)
+        _check_staff_rest(staff_id, pin)
+        common = {
+            "request_id": request_id,
+            "kiosk_id": kiosk_id,
+            "seq": seq,
+            "created_at_ms": created_at_ms,
+            "card_uid": card_uid,
+            "currency": currency,
+            "staff_id": staff_id,
+            "config_version": config_version_value,
+            "card_sun": card_sun,
+        }
+        if request_type == StaffLogin.type:
+            return _assemble(StaffLogin, pin=pin, **common)
+        if request_type == StaffLogout.type:
+            return _assemble(StaffLogout, **common)
+        return _assemble(CashOut, **common)
 
     amount_cents = _int(document["amount_cents"], "amount_cents", TOPUP_CENTS_MIN, topup_cents_max)
     payment_method = document["payment_method"]
@@ -1163,9 +1294,13 @@ def request_to_dict(request: Request) -> dict[str, object]:
                 "picc_data": request.old_card_sun.picc_data,
                 "cmac": request.old_card_sun.cmac,
             }
-    else:
+    elif isinstance(request, Void):
         document["original_request_id"] = request.original_request_id
         document["staff_id"] = request.staff_id
+    else:
+        document["staff_id"] = request.staff_id
+        if isinstance(request, StaffLogin):
+            document["pin"] = request.pin
     return document
 
 
@@ -1271,7 +1406,8 @@ def result_inconsistency(result: Result) -> str | None:
     """What makes ``result`` self-contradictory per PROTOCOL.md, or None when it is consistent.
 
     - ``status`` is the error code's status (``approved`` exactly when there is no code);
-    - ``transaction_id`` is present exactly when approved;
+    - ``transaction_id`` is present only when approved, and when approved unless the request
+      moved no money (1.1 ``staff_login``/``staff_logout``: no transaction, no balances);
     - approved and declined outcomes echo all of request_id, kiosk_id, seq and card_uid
       (only a valid, authenticated request gets that far);
     - balances are both null (rejected, CARD_NOT_FOUND; 1.1: CARD_NOT_GENUINE or
@@ -1282,7 +1418,11 @@ def result_inconsistency(result: Result) -> str | None:
     if result.status is not status_for(result.error_code):
         return f"status {result.status} contradicts error_code {result.error_code}"
     approved = result.status is Status.APPROVED
-    if approved != (result.transaction_id is not None):
+    # (1.1) An approved staff_login/staff_logout moves no money: no transaction_id, no
+    # balances, no debt. The result does not say what it answers, so that shape is allowed
+    # for any approved result; the kiosk knows what it sent.
+    moneyless = approved and result.transaction_id is None
+    if not approved and result.transaction_id is not None:
         return "transaction_id must be present exactly when approved"
     if result.status is not Status.REJECTED and None in (
         result.request_id,
@@ -1291,8 +1431,10 @@ def result_inconsistency(result: Result) -> str | None:
         result.card_uid,
     ):
         return f"a {result.status} result must echo request_id, kiosk_id, seq and card_uid"
-    balances_expected = result.status is not Status.REJECTED and (
-        result.error_code is not ErrorCode.CARD_NOT_FOUND
+    balances_expected = (
+        result.status is not Status.REJECTED
+        and result.error_code is not ErrorCode.CARD_NOT_FOUND
+        and not moneyless
     )
     balances = (result.previous_balance_cents, result.new_balance_cents)
     if result.error_code in (
@@ -1303,6 +1445,11 @@ def result_inconsistency(result: Result) -> str | None:
         balances_expected = False
     if balances_expected and None in balances:
         return f"a {result.error_code or result.status} result must carry both balances"
+    if moneyless and (balances != (None, None) or result.debt_cents is not None):
+        return (
+            "an approved result without a transaction_id moves no money: "
+            "it must carry no balances and no debt"
+        )
     if not balances_expected and balances != (None, None):
         return f"a {result.error_code or result.status} result must carry no balances"
     if result.status is Status.DECLINED and balances[0] != balances[1]:

@@ -268,6 +268,8 @@ HTTP_STATUS_BY_CODE: Final[dict[ErrorCode, int]] = {
     ErrorCode.CARD_NOT_GENUINE: 403,
     # (1.1) a void is a kiosk's request over MQTT only; named so that every code has a status
     ErrorCode.VOID_NOT_ALLOWED: 422,
+    # (1.1) the POS endpoints are exempt from staff roles (DESIGN.md); named for completeness
+    ErrorCode.STAFF_NOT_ALLOWED: 403,
 }
 assert set(HTTP_STATUS_BY_CODE) == set(ErrorCode)
 

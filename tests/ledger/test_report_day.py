@@ -75,6 +75,8 @@ def test_the_z_report_of_a_day(ledger: Ledger, database_url: str) -> None:
             "cash_cents": 2_000,
             "card_topups": 1,
             "card_cents": 1_500,
+            "cash_outs": 0,
+            "cash_out_cents": 0,
             "shift_closes": [
                 {
                     "shift_no": 1,
@@ -94,6 +96,8 @@ def test_the_z_report_of_a_day(ledger: Ledger, database_url: str) -> None:
             "cash_cents": 700,
             "card_topups": 0,
             "card_cents": 0,
+            "cash_outs": 0,
+            "cash_out_cents": 0,
             "shift_closes": [],
             "variance_cents": 0,
         },
@@ -103,6 +107,7 @@ def test_the_z_report_of_a_day(ledger: Ledger, database_url: str) -> None:
         "sales_cents": 1_700,
         "cash_cents": 2_700,
         "card_cents": 1_500,
+        "cash_out_cents": 0,
         "variance_cents": -10,
     }
 

@@ -189,6 +189,9 @@ def test_every_role_names_only_known_types() -> None:
         "checkpoint_recharge",
         "card_swap",
         "void",
+        "staff_login",
+        "staff_logout",
+        "cash_out",
     }
 
 

@@ -26,6 +26,7 @@ PROTOCOL_TABLE = {
     "OFFLINE_LIMIT_EXCEEDED": "rejected",
     "CARD_NOT_GENUINE": "declined",
     "VOID_NOT_ALLOWED": "declined",
+    "STAFF_NOT_ALLOWED": "rejected",
 }
 
 
