@@ -44,7 +44,7 @@ from device.indicators import Indicators
 from device.limits import (
     EVENT_QUEUE_MAX,
     LOOP_TICK_S,
-    STAFF_LOGIN_S_MAX,
+    STAFF_LOGIN_MAX_S,
     STAFF_SESSIONS_MAX,
     VOID_RECENT_ORDERS_MAX,
 )
@@ -971,7 +971,7 @@ class Kiosk:
         """Drop the logins older than 12 hours (the cloud no longer accepts them either)."""
         now_ms = self.clock.wall_ms()
         for session in list(self._sessions.values()):
-            if now_ms - session.logged_in_at_ms >= STAFF_LOGIN_S_MAX * 1000:
+            if now_ms - session.logged_in_at_ms >= STAFF_LOGIN_MAX_S * 1000:
                 self._end_session(session.staff_id, "expired (12 hours)")
 
     def _end_session(self, staff_id: str, reason: str) -> None:
@@ -1031,10 +1031,10 @@ class Kiosk:
     def staff_view(self) -> dict[str, object]:
         """What the page shows: who is logged in (their band masked), until when, who is
         active."""
-        login_ms = STAFF_LOGIN_S_MAX * 1000
+        login_ms = STAFF_LOGIN_MAX_S * 1000
         return {
             "active": self._active_staff_id,
-            "login_s_max": STAFF_LOGIN_S_MAX,
+            "login_max_s": STAFF_LOGIN_MAX_S,
             "logged_in": [
                 {
                     "staff_id": session.staff_id,

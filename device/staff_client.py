@@ -13,13 +13,14 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Final
+from typing import Any
 
+from device.limits import (
+    STAFF_CLIENT_HTTP_TIMEOUT_S,
+    STAFF_CLIENT_POLL_S,
+    STAFF_CLIENT_RESULT_TIMEOUT_S,
+)
 from protocol.models import CardSun
-
-STAFF_CLIENT_HTTP_TIMEOUT_S: Final = 5.0
-STAFF_CLIENT_RESULT_TIMEOUT_S: Final = 15.0
-STAFF_CLIENT_POLL_S: Final = 0.05
 
 
 class StaffClientError(RuntimeError):

@@ -122,7 +122,7 @@ def test_a_refused_login_says_so_and_holds_nothing(staff_rig: Rig) -> None:
     assert state["outcome"]["error_code"] == "STAFF_NOT_ALLOWED"  # type: ignore[index]
     # Anna's id and PIN on someone else's band: refused too (a typed id proves nothing).
     assert log_in(rig, "anna", ANNA_PIN, BEN_BAND)["screen"] == "declined"
-    assert staff(rig) == {"active": None, "login_s_max": 43_200, "logged_in": []}
+    assert staff(rig) == {"active": None, "login_max_s": 43_200, "logged_in": []}
     assert "staff_id" not in wire(rig, sell(rig))  # a bar order names nobody
 
 
