@@ -6,6 +6,9 @@ wristband at a checkpoint with its receipt line."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -61,6 +64,39 @@ def test_the_demo_logs_a_staff_member_in_and_a_restart_keeps_the_login(
     assert ANNA_PIN.encode() not in b"".join(
         path.read_bytes() for path in kiosk.state_dir.iterdir() if path.is_file()
     )
+
+
+def test_festival_kiosk_staff_login_reads_the_pin_from_stdin(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """What the demo runs for a simulated kiosk (cloud/ never imports device/)."""
+    ledger.add_staff("ben", band=BEN_BAND, pin=BEN_PIN, role="supervisor")
+    kiosk = make_kiosk(kiosk_broker, "checkpoint-1", mode="checkpoint").start()
+    kiosk.wait_for(lambda s: s["online"], "the kiosk to connect")
+    command = [sys.executable, "-m", "device.cli", "staff-login", "--port", str(kiosk.http_port)]
+    command += ["--staff-id", "ben", "--band", BEN_BAND.lower()]
+
+    def run(pin: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command + list(extra), input=pin + "\n", capture_output=True, text=True, timeout=60
+        )
+
+    refused = run("000000")
+    assert refused.returncode == 1
+    assert "login refused" in refused.stderr and "000000" not in refused.stderr
+    approved = run(BEN_PIN)
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["active"] == "ben"
+    assert BEN_PIN not in approved.stdout
+    logout = [sys.executable, "-m", "device.cli", "staff-logout", "--port", str(kiosk.http_port)]
+    done = subprocess.run(
+        [*logout, "--staff-id", "ben"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    kiosk.wait_for(lambda s: s["staff"]["logged_in"] == [], "ben's logout")
 
 
 def test_bar_page_staff_login_refused_then_approved_then_logout(
