@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
-from device.kiosk import CommandEvent, VoidPressed
+from device.kiosk import CommandEvent, StaffActivePressed, StaffLogoutPressed, VoidPressed
 from device.limits import (
     COMMAND_REPLY_TIMEOUT_S,
     HTTP_BODY_BYTES_MAX,
@@ -35,6 +35,7 @@ from device.limits import (
 )
 from device.machine import (
     CancelPressed,
+    ConfirmPressed,
     DismissPressed,
     Mode,
     OrderEntered,
@@ -42,7 +43,15 @@ from device.machine import (
 )
 from device.menu import OrderError, SalesMenu, price_order
 from device.reader import SimulatedReader
-from device.recharge import RechargeError, parse_recharge, parse_swap, parse_void
+from device.recharge import (
+    RechargeError,
+    parse_cash_out,
+    parse_recharge,
+    parse_staff_id,
+    parse_staff_login,
+    parse_swap,
+    parse_void,
+)
 from protocol.errors import ProtocolError
 from protocol.limits import RETURN_CENTS_MAX_DEFAULT
 from protocol.models import SCAN_STATUSES, CardSun, ScanStatus
@@ -52,6 +61,10 @@ log = logging.getLogger(__name__)
 
 STATIC_NAME_PATTERN: Final = re.compile(r"\A[a-z0-9][a-z0-9_.-]{0,63}\Z")
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "[::1]"})
+# (1.1) Routes whose body names a staff member: without one, the one at the till.
+_STAFFED_ROUTES: Final = frozenset(
+    {"/api/order", "/api/recharge", "/api/void", "/api/swap", "/api/cashout"}
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,9 @@ class HttpApi:
     simulated_reader: SimulatedReader | None
     static_dir: Path
     return_cents_max: int = RETURN_CENTS_MAX_DEFAULT
+    # (1.1) The staff member at the till, if one is logged in: a request the page sends
+    # without a staff id names them (the kiosk names them anyway, device/kiosk.py _staffed).
+    active_staff_id: Callable[[], str | None] = lambda: None
 
 
 class LocalHttpServer:
@@ -221,13 +237,28 @@ class _Handler(BaseHTTPRequestHandler):
                 "/api/tap": self._tap,
                 "/api/void": self._void,
                 "/api/swap": self._swap,
+                "/api/staff/login": self._staff_login,
+                "/api/staff/logout": self._staff_logout,
+                "/api/staff/active": self._staff_active,
+                "/api/cashout": self._cash_out,
+                "/api/confirm": lambda body: self._command(ConfirmPressed()),
             }
             route = routes.get(path)
             if route is None:
                 raise _HttpProblem(HTTPStatus.NOT_FOUND, "not found")
-            route(self._body())
+            body = self._body()
+            if path in _STAFFED_ROUTES:
+                body = self._with_active_staff(body)
+            route(body)
         except _HttpProblem as problem:
             self._problem(problem)
+
+    def _with_active_staff(self, body: object) -> object:
+        """A body without a staff id names the staff member at the till, if any."""
+        active = self.api.active_staff_id()
+        if active is None or not isinstance(body, dict) or body.get("staff_id"):
+            return body
+        return {**body, "staff_id": active}
 
     def _reject_other_methods(self) -> None:
         self._send(
@@ -309,6 +340,40 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpProblem(HTTPStatus.CONFLICT, "wristbands are replaced at a checkpoint")
         try:
             draft = parse_swap(body, config_version=self.api.sales_menu().config_version)
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(OrderEntered(draft))
+
+    def _staff_login(self, body: object) -> None:
+        """(1.1) "Staff login": id and PIN typed, then the staff band's tap. The PIN goes only
+        into the signed request; nothing here logs the body."""
+        try:
+            draft = parse_staff_login(body, config_version=self.api.sales_menu().config_version)
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(OrderEntered(draft))
+
+    def _staff_logout(self, body: object) -> None:
+        try:
+            staff_id = parse_staff_id(body, "logs out")
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(StaffLogoutPressed(staff_id))
+
+    def _staff_active(self, body: object) -> None:
+        try:
+            staff_id = parse_staff_id(body, "is at the till")
+        except RechargeError as error:
+            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        self._command(StaffActivePressed(staff_id))
+
+    def _cash_out(self, body: object) -> None:
+        """(ours) "Cash out a wristband": then the band's tap, then Confirm (POST
+        /api/confirm). A supervisor's request when roles are enforced: the cloud decides."""
+        if self.api.mode is not Mode.CHECKPOINT:
+            raise _HttpProblem(HTTPStatus.CONFLICT, "wristbands are cashed out at a checkpoint")
+        try:
+            draft = parse_cash_out(body, config_version=self.api.sales_menu().config_version)
         except RechargeError as error:
             raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         self._command(OrderEntered(draft))

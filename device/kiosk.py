@@ -44,6 +44,8 @@ from device.indicators import Indicators
 from device.limits import (
     EVENT_QUEUE_MAX,
     LOOP_TICK_S,
+    STAFF_LOGIN_MAX_S,
+    STAFF_SESSIONS_MAX,
     VOID_RECENT_ORDERS_MAX,
 )
 from device.link import (
@@ -58,12 +60,14 @@ from device.machine import (
     BarDraft,
     CardFailed,
     CardTapped,
+    CashOutDraft,
     CreateRequest,
     Draft,
     Indicate,
     KioskState,
     LinkDown,
     LinkUp,
+    LogoutEntered,
     MachineConfig,
     MenuChanged,
     Mode,
@@ -77,6 +81,8 @@ from device.machine import (
     RequestRefused,
     RequestStored,
     ResultArrived,
+    StaffLoginDraft,
+    StaffLogoutDraft,
     SwapDraft,
     Tick,
     Transition,
@@ -84,7 +90,14 @@ from device.machine import (
     VoidEntered,
 )
 from device.menu import Menu, SalesMenu, menu_from_config
-from device.outbox import CloudMessage, Outbox, OutboxError, OutboxFull, StoredRequest
+from device.outbox import (
+    CloudMessage,
+    Outbox,
+    OutboxError,
+    OutboxFull,
+    StaffSession,
+    StoredRequest,
+)
 from device.reader import CardReader, CardRemoved, ReaderEvent, ReaderStatus, ScanEvent
 from protocol.codec import (
     encode_request,
@@ -100,6 +113,7 @@ from protocol.models import (
     BarOrder,
     CardSun,
     CardSwap,
+    CashOut,
     CheckpointRecharge,
     DenyList,
     KioskConfig,
@@ -107,6 +121,8 @@ from protocol.models import (
     Request,
     Result,
     ScanRecord,
+    StaffLogin,
+    StaffLogout,
     Void,
 )
 from protocol.redaction import mask_card_uid
@@ -121,10 +137,20 @@ KIOSK_TEXT_BY_CODE: Final[dict[str, str]] = {
 }
 
 
-def kiosk_message(result: Result) -> str:
-    """The text the kiosk shows for a result: its own for the codes above, else the cloud's."""
+# (1.1) A request refused because of who sent it (FESTIVAL_STAFF_REQUIRED=true): the cloud says
+# which rule; the screen says what to do (a refused login has its own text, device/machine.py).
+STAFF_NOT_ALLOWED_TEXT: Final = (
+    "not allowed for this staff member: log in at this kiosk as someone whose role allows it"
+)
+
+
+def kiosk_message(result: Result, kind: str | None = None) -> str:
+    """The text the kiosk shows for a result: its own for the codes above, else the cloud's
+    (``kind``: the request's type)."""
     if result.error_code is None:
         return result.message
+    if result.error_code == ErrorCode.STAFF_NOT_ALLOWED and kind != StaffLogin.type:
+        return f"{STAFF_NOT_ALLOWED_TEXT} ({result.message})"[:200]
     return KIOSK_TEXT_BY_CODE.get(str(result.error_code), result.message)
 
 
@@ -162,8 +188,24 @@ class RecentOrder:
     voided: bool = False
 
 
+@dataclass(frozen=True)
+class StaffLogoutPressed:
+    """(1.1) From the page: ``staff_id`` logs out. The shell ends the login at once (nothing more
+    is signed with that id) and hands the machine a ``LogoutEntered`` with the login's band."""
+
+    staff_id: str
+
+
+@dataclass(frozen=True)
+class StaffActivePressed:
+    """(1.1) From the page: the logged-in ``staff_id`` is the one at the till now; every request
+    the kiosk creates from now on carries that id."""
+
+    staff_id: str
+
+
 # What the page may ask of the loop: a machine event, or a command the shell resolves first.
-CommandEvent: TypeAlias = machine.Event | VoidPressed
+CommandEvent: TypeAlias = machine.Event | VoidPressed | StaffLogoutPressed | StaffActivePressed
 
 
 @dataclass(frozen=True)
@@ -234,6 +276,9 @@ _REQUEST_TYPES: Final[dict[type, type[Request]]] = {
     machine.RechargeDraft: CheckpointRecharge,
     VoidDraft: Void,
     SwapDraft: CardSwap,
+    StaffLoginDraft: StaffLogin,
+    StaffLogoutDraft: StaffLogout,
+    CashOutDraft: CashOut,
 }
 # The outbox's ``kind`` of each request (its wire type).
 _REQUEST_KINDS: Final[dict[type, str]] = {
@@ -241,7 +286,12 @@ _REQUEST_KINDS: Final[dict[type, str]] = {
     machine.RechargeDraft: "checkpoint_recharge",
     VoidDraft: "void",
     SwapDraft: "card_swap",
+    StaffLoginDraft: "staff_login",
+    StaffLogoutDraft: "staff_logout",
+    CashOutDraft: "cash_out",
 }
+# (1.1) The drafts whose staff_id is who they are about, never replaced by the active one.
+_OWN_STAFF_DRAFTS: Final = (StaffLoginDraft, StaffLogoutDraft)
 
 
 def pending_request(stored: StoredRequest) -> PendingRequest:
@@ -312,6 +362,9 @@ class Kiosk:
         self.void_window_s = void_window_s
         self._recent: dict[str, RecentOrder] = {}
         self._void_of: dict[str, str] = {}
+        # (1.1) Who is logged in here (kept in the outbox database) and who is at the till.
+        self._sessions: dict[str, StaffSession] = {}
+        self._active_staff_id: str | None = None
         # The local menu file's menu: sold from while no config with a menu was applied.
         self.fallback_menu = fallback_menu
         self._sales_menu = SalesMenu(
@@ -408,6 +461,7 @@ class Kiosk:
         link and the reader."""
         self._load_cloud_messages()
         self._load_recent_orders()
+        self._load_staff()
         loaded = tuple(pending_request(stored) for stored in self.outbox.outstanding())
         if loaded:
             log.info(
@@ -459,8 +513,17 @@ class Kiosk:
         try:
             if isinstance(item, Command) and isinstance(item.event, VoidPressed):
                 reply = self._void(item.event)
+            elif isinstance(item, Command) and isinstance(item.event, StaffLogoutPressed):
+                reply = self._logout(item.event)
+            elif isinstance(item, Command) and isinstance(item.event, StaffActivePressed):
+                reply = self._choose_active(item.event)
+            elif isinstance(item, Command) and isinstance(item.event, machine.OrderEntered):
+                entered = machine.OrderEntered(self._staffed(item.event.draft))
+                reply = self._step(entered).reply or Reply(True)
             elif isinstance(item, Command):
-                assert not isinstance(item.event, VoidPressed)
+                assert not isinstance(
+                    item.event, VoidPressed | StaffLogoutPressed | StaffActivePressed
+                )
                 reply = self._step(item.event).reply or Reply(True)
             else:
                 self._dispatch(item)
@@ -519,6 +582,7 @@ class Kiosk:
             self._step(item)
             if isinstance(item, Tick):
                 self._refresh_status()
+                self._expire_staff()
 
     def _refresh_status(self) -> None:
         """Republish the retained status when the offline sales held changed while online (at
@@ -587,6 +651,7 @@ class Kiosk:
                 original_request_id=draft.original_request_id
                 if isinstance(draft, VoidDraft)
                 else None,
+                login_staff_id=draft.staff_id if isinstance(draft, StaffLoginDraft) else None,
             )
         except OutboxFull as error:
             log.warning("outbox full: sale refused", extra={"context": {"detail": str(error)}})
@@ -716,6 +781,8 @@ class Kiosk:
         self.counters["results_accepted"] += 1
         if stored is not None:
             self._recent_order_result(stored, result.approved)
+            if stored.login_staff_id is not None and result.approved:
+                self._logged_in(stored)
         sent_at_ms = self._sent_at_ms.pop(result.request_id, None)
         latency_ms = None if sent_at_ms is None else self.clock.monotonic_ms() - sent_at_ms
         # The canonical line of one payment.
@@ -740,7 +807,7 @@ class Kiosk:
             approved=result.approved,
             status=str(result.status),
             error_code=error_code,
-            message=kiosk_message(result),
+            message=kiosk_message(result, None if stored is None else stored.kind),
             amount_cents=pending.amount_cents,
             previous_balance_cents=result.previous_balance_cents,
             new_balance_cents=result.new_balance_cents,
@@ -840,7 +907,7 @@ class Kiosk:
             return Reply(False, f"too late: an order can be cancelled within {minutes} minutes")
         draft = VoidDraft(
             original_request_id=order.request_id,
-            staff_id=press.staff_id,
+            staff_id=self._active_staff_id or press.staff_id,
             amount_cents=order.amount_cents,
             config_version=self._sales_menu.config_version,
         )
@@ -868,6 +935,114 @@ class Kiosk:
                     else ("pending" if order.void is not None else None),
                 }
                 for order in reversed(self._recent.values())
+            ],
+        }
+
+    # --- (1.1) staff logged in at this kiosk ----------------------------------------------------
+
+    @property
+    def active_staff_id(self) -> str | None:
+        """The staff member at the till (None: nobody logged in chose themselves). A str read
+        is atomic: the HTTP threads may call this."""
+        return self._active_staff_id
+
+    def _staffed(self, draft: machine.Draft) -> machine.Draft:
+        """``draft`` naming the active staff member: whoever is logged in and at the till is
+        who every request names, whatever id the page (or a fixed setting) typed. A login or
+        logout names its own staff member."""
+        active = self._active_staff_id
+        if active is None or isinstance(draft, _OWN_STAFF_DRAFTS) or draft.staff_id == active:
+            return draft
+        return dataclasses.replace(draft, staff_id=active)
+
+    def _load_staff(self) -> None:
+        """The logins kept in the outbox database (a reboot keeps them), minus the expired."""
+        self._sessions = {session.staff_id: session for session in self.outbox.staff_sessions()}
+        active = self.outbox.active_staff_id()
+        self._active_staff_id = active if active in self._sessions else None
+        if self._sessions:
+            log.info(
+                "staff logins loaded",
+                extra={"context": {"staff": sorted(self._sessions), "active": active}},
+            )
+        self._expire_staff()
+
+    def _expire_staff(self) -> None:
+        """Drop the logins older than 12 hours (the cloud no longer accepts them either)."""
+        now_ms = self.clock.wall_ms()
+        for session in list(self._sessions.values()):
+            if now_ms - session.logged_in_at_ms >= STAFF_LOGIN_MAX_S * 1000:
+                self._end_session(session.staff_id, "expired (12 hours)")
+
+    def _end_session(self, staff_id: str, reason: str) -> None:
+        self.outbox.drop_staff_session(staff_id)
+        del self._sessions[staff_id]
+        if self._active_staff_id == staff_id:
+            self._active_staff_id = None
+        log.info("staff logged out", extra={"context": {"staff_id": staff_id, "reason": reason}})
+        self._changed()
+
+    def _logged_in(self, stored: StoredRequest) -> None:
+        """The cloud approved a login: keep it (renewed if it was held) and make that staff
+        member the active one (they are the one at the till)."""
+        staff_id = stored.login_staff_id
+        assert staff_id is not None
+        if staff_id not in self._sessions and len(self._sessions) >= STAFF_SESSIONS_MAX:
+            oldest = min(self._sessions.values(), key=lambda session: session.logged_in_at_ms)
+            self._end_session(oldest.staff_id, "too many logins at this kiosk")
+        session = StaffSession(staff_id, stored.card_uid, stored.created_at_ms)
+        self.outbox.keep_staff_session(session)
+        self.outbox.set_active_staff_id(staff_id)
+        self._sessions[staff_id] = session
+        self._active_staff_id = staff_id
+        log.info(
+            "staff logged in",
+            extra={"context": {"staff_id": staff_id, "card_uid": stored.card_uid}},
+        )
+        self._changed()
+
+    def _logout(self, press: StaffLogoutPressed) -> Reply:
+        """ "Log out": the login ends here at once (persisted), then its ``staff_logout`` is sent
+        (queued in the outbox while offline)."""
+        session = self._sessions.get(press.staff_id)
+        if session is None:
+            return Reply(False, f"{press.staff_id} is not logged in at this kiosk")
+        transition = self._step(
+            LogoutEntered(
+                StaffLogoutDraft(
+                    staff_id=session.staff_id, config_version=self._sales_menu.config_version
+                ),
+                session.card_uid,
+            )
+        )
+        reply = transition.reply or Reply(True)
+        if reply.ok:
+            self._end_session(session.staff_id, "logout")
+        return reply
+
+    def _choose_active(self, press: StaffActivePressed) -> Reply:
+        if press.staff_id not in self._sessions:
+            return Reply(False, f"{press.staff_id} is not logged in at this kiosk")
+        self.outbox.set_active_staff_id(press.staff_id)
+        self._active_staff_id = press.staff_id
+        self._changed()
+        return Reply(True, f"{press.staff_id} is at the till")
+
+    def staff_view(self) -> dict[str, object]:
+        """What the page shows: who is logged in (their band masked), until when, who is
+        active."""
+        login_ms = STAFF_LOGIN_MAX_S * 1000
+        return {
+            "active": self._active_staff_id,
+            "login_max_s": STAFF_LOGIN_MAX_S,
+            "logged_in": [
+                {
+                    "staff_id": session.staff_id,
+                    "card_uid": mask_card_uid(session.card_uid),
+                    "logged_in_at_ms": session.logged_in_at_ms,
+                    "expires_at_ms": session.logged_in_at_ms + login_ms,
+                }
+                for session in self._sessions.values()
             ],
         }
 
@@ -1040,6 +1215,7 @@ class Kiosk:
                 counters=dict(self.counters),
                 cloud=self._cloud_view(),
                 orders=self.orders_view(),
+                staff=self.staff_view(),
             ),
         )
         self._snapshot = json.dumps(document, separators=(",", ":")).encode()

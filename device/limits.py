@@ -20,6 +20,15 @@ OUTBOX_MAX_MAX: Final = 100_000
 OUTBOX_HISTORY_MAX: Final = 200
 # (1.1) How many of its latest approved orders a bar kiosk's page lists for "cancel" (void).
 VOID_RECENT_ORDERS_MAX: Final = 20
+# (1.1) A staff login holds for 12 hours after its tap (PROTOCOL.md ``staff_login``), then the
+# kiosk drops it too; at most this many staff are logged in at one kiosk at once.
+STAFF_LOGIN_MAX_S: Final = 12 * 3600
+STAFF_SESSIONS_MAX: Final = 20
+# device/staff_client.py (scripts and the demo driving a kiosk's page): one HTTP call, and the
+# wait for a login's result; how often it looks.
+STAFF_CLIENT_HTTP_TIMEOUT_S: Final = 5.0
+STAFF_CLIENT_RESULT_TIMEOUT_S: Final = 15.0
+STAFF_CLIENT_POLL_S: Final = 0.05
 OUTBOX_FILE_NAME: Final = "outbox.sqlite3"
 # How long a writer waits for SQLite's lock (only our own process writes; this is a safety net).
 OUTBOX_BUSY_TIMEOUT_MS: Final = 5_000

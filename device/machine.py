@@ -24,7 +24,7 @@ Rules that matter for money:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeAlias
 
@@ -111,12 +111,53 @@ class SwapDraft:
     config_version: int | None = None
 
 
-Draft: TypeAlias = BarDraft | RechargeDraft | VoidDraft | SwapDraft
+@dataclass(frozen=True, slots=True)
+class StaffLoginDraft:
+    """(1.1) "Staff login" (a ``staff_login`` request): the staff member types their id and PIN,
+    then taps their own staff band (the request's ``card_uid``). The PIN is a secret: hidden from
+    ``repr`` (log lines of a failed event print the event) and never on the page."""
 
-# What the page may enter at each kind of kiosk (a void comes with its card: ``VoidEntered``).
+    staff_id: str
+    pin: str = field(repr=False)
+    config_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaffLogoutDraft:
+    """(1.1) "Log out" (a ``staff_logout`` request): no tap, the band is the one the login
+    was made with (``LogoutEntered.card_uid``)."""
+
+    staff_id: str
+    config_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CashOutDraft:
+    """(ours) "Cash out a wristband" at a checkpoint (a ``cash_out`` request): the first tap
+    chooses the band (``band_uid``, ``band_sun``), ``ConfirmPressed`` sends it. The cloud pays
+    the band's balance from this checkpoint's drawer (its Stripe part refunded) and blocks it."""
+
+    staff_id: str
+    band_uid: str | None = None
+    band_sun: CardSun | None = None
+    config_version: int | None = None
+
+
+Draft: TypeAlias = (
+    BarDraft
+    | RechargeDraft
+    | VoidDraft
+    | SwapDraft
+    | StaffLoginDraft
+    | StaffLogoutDraft
+    | CashOutDraft
+)
+
+# What the page may enter at each kind of kiosk (a void and a logout come with their card:
+# ``VoidEntered``, ``LogoutEntered``).
 _DRAFTS_BY_MODE: dict[str, tuple[type, ...]] = {
-    "bar": (BarDraft,),
-    "checkpoint": (RechargeDraft, SwapDraft),
+    "bar": (BarDraft, StaffLoginDraft),
+    "checkpoint": (RechargeDraft, SwapDraft, CashOutDraft, StaffLoginDraft),
 }
 
 
@@ -125,8 +166,8 @@ def draft_amount_cents(draft: Draft) -> int:
     a void: the order's amount back); 0 for a swap (it moves what the old card holds)."""
     if isinstance(draft, BarDraft):
         return draft.total_cents
-    if isinstance(draft, SwapDraft):
-        return 0
+    if isinstance(draft, SwapDraft | StaffLoginDraft | StaffLogoutDraft | CashOutDraft):
+        return 0  # a cash-out pays what the card holds: only the cloud knows how much
     return draft.amount_cents
 
 
@@ -249,6 +290,20 @@ class VoidEntered:
 
 
 @dataclass(frozen=True, slots=True)
+class LogoutEntered:
+    """(1.1) A logged-in staff member logs out: the shell dropped the login already and gives
+    the band it was made with."""
+
+    draft: StaffLogoutDraft
+    card_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmPressed:
+    """(ours) The cash-out of the band on screen is confirmed: send it."""
+
+
+@dataclass(frozen=True, slots=True)
 class CancelPressed:
     pass
 
@@ -330,6 +385,8 @@ class PolicyChanged:
 Event: TypeAlias = (
     OrderEntered
     | VoidEntered
+    | LogoutEntered
+    | ConfirmPressed
     | CancelPressed
     | DismissPressed
     | CardTapped
@@ -412,9 +469,13 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
     if isinstance(event, Tick):
         return _tick(state, config, now_ms)
     if isinstance(event, OrderEntered):
-        return _order_entered(state, event.draft, config)
+        return _order_entered(state, event.draft, config, now_ms)
     if isinstance(event, VoidEntered):
         return _void_entered(state, event, config, now_ms)
+    if isinstance(event, LogoutEntered):
+        return _logout_entered(state, event, config)
+    if isinstance(event, ConfirmPressed):
+        return _confirm_pressed(state, config, now_ms)
     if isinstance(event, CancelPressed):
         if state.screen is Screen.ORDER_PENDING:
             return Transition(_idle(state), reply=Reply(True, "order cancelled"))
@@ -439,7 +500,9 @@ def _step(state: KioskState, event: Event, config: MachineConfig, now_ms: int) -
     if isinstance(event, RequestStored):
         return _request_stored(state, event.request, config, now_ms)
     if isinstance(event, RequestRefused):
-        if state.screen is Screen.CARD_READ and isinstance(state.draft, VoidDraft):
+        if state.screen is Screen.CARD_READ and isinstance(
+            state.draft, VoidDraft | StaffLogoutDraft
+        ):
             # A void has no order to go back to (and must never wait for a tap).
             return Transition(replace(_idle(state), notice=event.reason), (Indicate(Signal.ERROR),))
         if state.screen is Screen.CARD_READ:
@@ -494,7 +557,9 @@ def _outbox_full_text(state: KioskState) -> str:
     )
 
 
-def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Transition:
+def _order_entered(
+    state: KioskState, draft: Draft, config: MachineConfig, now_ms: int
+) -> Transition:
     if not isinstance(draft, _DRAFTS_BY_MODE[config.mode]):
         return Transition(state, reply=Reply(False, f"this kiosk is a {config.mode} kiosk"))
     if state.screen in _BUSY_SCREENS:
@@ -504,10 +569,74 @@ def _order_entered(state: KioskState, draft: Draft, config: MachineConfig) -> Tr
         return Transition(
             replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
         )
+    if isinstance(draft, StaffLoginDraft) and is_offline(state, config, now_ms):
+        # The cloud checks band, id and PIN: nothing to verify offline (and no PIN is stored).
+        return Transition(
+            replace(state, notice=LOGIN_OFFLINE_TEXT),
+            (Indicate(Signal.ERROR),),
+            Reply(False, LOGIN_OFFLINE_TEXT),
+        )
     pending = replace(_idle(state), screen=Screen.ORDER_PENDING, draft=draft)
     if isinstance(draft, SwapDraft):
         return Transition(pending, reply=Reply(True, _swap_prompt(draft)))
+    if isinstance(draft, StaffLoginDraft | CashOutDraft):
+        return Transition(pending, reply=Reply(True, _pending_prompt(draft)))
     return Transition(pending, reply=Reply(True, "tap your wristband"))
+
+
+LOGIN_OFFLINE_TEXT = "offline: a staff login needs the network (the cloud checks the PIN)"
+CASH_OUT_CONFIRM_FIRST_TEXT = "cash out: tap the wristband first"
+
+
+def _pending_prompt(draft: StaffLoginDraft | CashOutDraft) -> str:
+    if isinstance(draft, StaffLoginDraft):
+        return f"staff login {draft.staff_id}: tap YOUR staff band"
+    if draft.band_uid is None:
+        return "cash out: tap the wristband"
+    return f"cash out {mask_card_uid(draft.band_uid)}: press Confirm to pay out its balance"
+
+
+def _logout_entered(state: KioskState, event: LogoutEntered, config: MachineConfig) -> Transition:
+    """A logout is sent at once (its band is the login's), online or not: it only ends a
+    login, so it may wait in the outbox."""
+    if state.screen in _BUSY_SCREENS:
+        return Transition(state, reply=Reply(False, "busy: waiting for the current payment"))
+    if state.screen is Screen.ORDER_PENDING:
+        return Transition(
+            state, reply=Reply(False, "an order waits for a wristband: cancel it first")
+        )
+    if outbox_full(state, config):
+        notice = _outbox_full_text(state)
+        return Transition(
+            replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
+        )
+    read = replace(
+        _idle(state), screen=Screen.CARD_READ, draft=event.draft, card_uid=event.card_uid
+    )
+    return Transition(
+        read,
+        (CreateRequest(event.draft, event.card_uid),),
+        Reply(True, f"{event.draft.staff_id} logged out"),
+    )
+
+
+def _confirm_pressed(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
+    draft = state.draft
+    if state.screen is not Screen.ORDER_PENDING or not isinstance(draft, CashOutDraft):
+        return Transition(state, reply=Reply(False, "nothing to confirm"))
+    if draft.band_uid is None:
+        return Transition(state, reply=Reply(False, CASH_OUT_CONFIRM_FIRST_TEXT))
+    if outbox_full(state, config):
+        notice = _outbox_full_text(state)
+        return Transition(
+            replace(state, notice=notice), (Indicate(Signal.ERROR),), Reply(False, notice)
+        )
+    read = replace(state, screen=Screen.CARD_READ, card_uid=draft.band_uid, notice=None)
+    return Transition(
+        read,
+        (Indicate(Signal.CARD_READ), CreateRequest(draft, draft.band_uid, draft.band_sun)),
+        Reply(True, "cashing out"),
+    )
 
 
 VOID_OFFLINE_TEXT = "offline: an order can only be cancelled online (the cloud must confirm it)"
@@ -559,6 +688,15 @@ def _card_tapped(
     if state.screen is not Screen.ORDER_PENDING or draft is None or isinstance(draft, VoidDraft):
         # A band tapped with no order (or held again after paying) never makes a request.
         return Transition(state)
+    if isinstance(draft, CashOutDraft):
+        # The tap chooses the band (another tap chooses another); Confirm sends it.
+        chosen = replace(draft, band_uid=tap.card_uid, band_sun=tap.card_sun)
+        return Transition(
+            replace(state, draft=chosen, card_uid=tap.card_uid, notice=_pending_prompt(chosen)),
+            (Indicate(Signal.CARD_READ),),
+        )
+    if isinstance(draft, StaffLoginDraft) and is_offline(state, config, now_ms):
+        return Transition(replace(state, notice=LOGIN_OFFLINE_TEXT), (Indicate(Signal.ERROR),))
     if isinstance(draft, SwapDraft):
         if draft.old_card_uid is None:
             # The first tap of a swap whose old UID was not typed: that is the old band.
@@ -850,6 +988,18 @@ def draft_to_dict(draft: Draft | None) -> dict[str, object] | None:
             "staff_id": draft.staff_id,
             "config_version": draft.config_version,
         }
+    if isinstance(draft, StaffLoginDraft):
+        # Never the PIN: the page and anyone reading /api/state see only who logs in.
+        return {"type": "staff_login", "staff_id": draft.staff_id}
+    if isinstance(draft, StaffLogoutDraft):
+        return {"type": "staff_logout", "staff_id": draft.staff_id}
+    if isinstance(draft, CashOutDraft):
+        return {
+            "type": "cash_out",
+            "card_uid": mask_card_uid(draft.band_uid),
+            "staff_id": draft.staff_id,
+            "config_version": draft.config_version,
+        }
     if isinstance(draft, SwapDraft):
         return {
             "type": "card_swap",
@@ -898,6 +1048,12 @@ def _money(cents: int | None) -> str:
     return f"{sign}{abs(cents) // 100}.{abs(cents) % 100:02d}"
 
 
+LOGIN_REFUSED_TEXT = (
+    "login refused: staff id, PIN and staff band do not match an enabled staff member"
+    " (after 5 wrong PINs: wait 15 minutes)"
+)
+
+
 def screen_text(state: KioskState) -> str:
     """One line for the screen (the page may render more from the structured view)."""
     if state.screen is Screen.IDLE:
@@ -909,6 +1065,8 @@ def screen_text(state: KioskState) -> str:
     if state.screen is Screen.ORDER_PENDING:
         if state.notice is None and isinstance(state.draft, SwapDraft):
             return _swap_prompt(state.draft)
+        if state.notice is None and isinstance(state.draft, StaffLoginDraft | CashOutDraft):
+            return _pending_prompt(state.draft)
         return state.notice or "Tap your wristband"
     if state.screen is Screen.CARD_READ:
         return "Card read"
@@ -921,10 +1079,18 @@ def screen_text(state: KioskState) -> str:
             return (
                 f"wristband replaced: the new band holds {_money(state.outcome.new_balance_cents)}"
             )
+        if isinstance(state.draft, StaffLoginDraft):
+            return f"{state.draft.staff_id} logged in"
+        if isinstance(state.draft, StaffLogoutDraft):
+            return f"{state.draft.staff_id} logged out"
         return state.outcome.message or "Approved"
     if state.screen is Screen.APPROVED_OFFLINE:
         return "Approved offline"
     if state.screen is Screen.DECLINED and state.outcome is not None:
+        if isinstance(state.draft, StaffLoginDraft) and state.outcome.error_code == (
+            "STAFF_NOT_ALLOWED"
+        ):
+            return LOGIN_REFUSED_TEXT
         return state.outcome.message or "Declined"
     if state.screen is Screen.TIMED_OUT:
         return "No answer yet: the payment is queued and will be applied once. Do not charge again."
@@ -972,6 +1138,8 @@ class ShellView:
     cloud: CloudView = CloudView()
     # (1.1) A bar kiosk's recent orders for "cancel" (void); None at a checkpoint.
     orders: dict[str, object] | None = None
+    # (1.1) Who is logged in at this kiosk and who is at the till (device/kiosk.py staff_view).
+    staff: dict[str, object] | None = None
 
 
 def _offline_view(state: KioskState, config: MachineConfig) -> dict[str, object]:
@@ -1062,6 +1230,8 @@ def view(
     )
     if shell.orders is not None:
         document["orders"] = shell.orders
+    if shell.staff is not None:
+        document["staff"] = shell.staff
     return document
 
 
@@ -1071,7 +1241,9 @@ __all__ = [
     "CancelPressed",
     "CardFailed",
     "CardTapped",
+    "CashOutDraft",
     "CloudView",
+    "ConfirmPressed",
     "CreateRequest",
     "DismissPressed",
     "Draft",
@@ -1081,6 +1253,7 @@ __all__ = [
     "KioskState",
     "LinkDown",
     "LinkUp",
+    "LogoutEntered",
     "MachineConfig",
     "MenuChanged",
     "Mode",
@@ -1100,6 +1273,8 @@ __all__ = [
     "Screen",
     "ShellView",
     "Signal",
+    "StaffLoginDraft",
+    "StaffLogoutDraft",
     "SwapDraft",
     "Tick",
     "Transition",

@@ -200,6 +200,7 @@ def _http_server(
         simulated_reader=simulated,
         static_dir=STATIC_DIR,
         return_cents_max=settings.return_cents_max,
+        active_staff_id=lambda: kiosk.active_staff_id,
     )
     try:
         return LocalHttpServer(api, settings.http_port)

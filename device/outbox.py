@@ -24,6 +24,14 @@ the stored bytes, which say ``offline: true``, as they are).
 same transaction as the request, so that which of the kiosk's recent orders a void cancelled (or
 is cancelling) survives a reboot; it goes with its last line of history. Additive like the others.
 
+(1.1) Staff at the kiosk: who is logged in (``staff_sessions``: the staff id, the band the login
+was made with, when; and which one is at the till, ``meta`` ``active_staff_id``), so a reboot
+keeps the logins; and which staff member a ``staff_login`` still waiting for its result logs in
+(``staff_logins``, same seq, written with the request). A ``staff_login`` carries the PIN in its
+signed bytes: those live in ``requests`` until the result arrives and are then deleted with
+``secure_delete`` on and the WAL checkpointed and truncated, so no copy of the PIN stays in the
+database files (docs/kiosk.md "Staff login"). Additive like the others.
+
 This is the only module that imports sqlite3. One instance is used from one thread (the kiosk's
 main loop).
 """
@@ -80,6 +88,15 @@ CREATE TABLE IF NOT EXISTS voids (
     seq INTEGER PRIMARY KEY CHECK (seq >= 1),
     original_request_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS staff_logins (
+    seq INTEGER PRIMARY KEY CHECK (seq >= 1),
+    staff_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS staff_sessions (
+    staff_id TEXT PRIMARY KEY,
+    card_uid TEXT NOT NULL,
+    logged_in_at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cloud_messages (
     kind TEXT PRIMARY KEY CHECK (kind IN ('config', 'denylist')),
     version INTEGER NOT NULL CHECK (version >= 1),
@@ -117,6 +134,18 @@ class StoredRequest(OutboxEntry):
     payload: bytes
     # (1.1) The kiosk approved it itself (signed with ``offline: true``).
     offline: bool = False
+    # (1.1) A ``staff_login``: the staff member it logs in.
+    login_staff_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StaffSession:
+    """(1.1) A staff member logged in at this kiosk: the band the login was made with, and the
+    kiosk's wall clock at the login's tap (the 12 hours count from there)."""
+
+    staff_id: str
+    card_uid: str
+    logged_in_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +206,9 @@ class Outbox:
             raise OutboxError(f"the outbox needs WAL mode, SQLite gave {mode!r}")
         # FULL: the WAL is synced at every commit, so a stored request survives a power cut.
         self._db.execute("PRAGMA synchronous=FULL")
+        # Deleted rows are overwritten, not left in free pages: a staff login's PIN goes with
+        # its request (see ``complete``).
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute(f"PRAGMA busy_timeout={OUTBOX_BUSY_TIMEOUT_MS}")
 
     def _migrate(self, kiosk_id: str) -> None:
@@ -219,8 +251,7 @@ class Outbox:
     def outstanding(self) -> list[StoredRequest]:
         """Every request still waiting for its result, oldest (lowest seq) first."""
         rows = self._db.execute(
-            f"SELECT {_STORED_COLUMNS} FROM requests r"
-            " LEFT JOIN offline_sales o ON o.seq = r.seq ORDER BY r.seq"
+            f"SELECT {_STORED_COLUMNS} FROM requests r {_STORED_JOINS} ORDER BY r.seq"
         ).fetchall()
         return [_stored(row) for row in rows]
 
@@ -264,6 +295,7 @@ class Outbox:
         sign: Callable[[str, int], bytes],
         offline_config_version: int | None = None,
         original_request_id: str | None = None,
+        login_staff_id: str | None = None,
     ) -> StoredRequest:
         """Allocate the next seq and a request id, sign, and store, in one durable transaction.
 
@@ -295,6 +327,11 @@ class Outbox:
                     "INSERT INTO voids (seq, original_request_id) VALUES (?, ?)",
                     (seq, original_request_id),
                 )
+            if login_staff_id is not None:
+                self._db.execute(
+                    "INSERT INTO staff_logins (seq, staff_id) VALUES (?, ?)",
+                    (seq, login_staff_id),
+                )
         self._count += 1
         return StoredRequest(
             request_id,
@@ -305,6 +342,7 @@ class Outbox:
             amount_cents,
             payload,
             offline_config_version is not None,
+            login_staff_id,
         )
 
     def complete(
@@ -324,8 +362,7 @@ class Outbox:
         """
         with self._transaction():
             row = self._db.execute(
-                f"SELECT {_STORED_COLUMNS} FROM requests r"
-                " LEFT JOIN offline_sales o ON o.seq = r.seq WHERE r.request_id = ?",
+                f"SELECT {_STORED_COLUMNS} FROM requests r {_STORED_JOINS} WHERE r.request_id = ?",
                 (request_id,),
             ).fetchone()
             if row is None:
@@ -367,8 +404,55 @@ class Outbox:
                 "DELETE FROM voids WHERE seq < (SELECT min(seq) FROM history)"
                 " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.seq = voids.seq)"
             )
+            self._db.execute("DELETE FROM staff_logins WHERE seq = ?", (stored.seq,))
         self._count -= 1
+        if stored.login_staff_id is not None:
+            # The PIN was in the deleted payload: overwritten in the WAL's newest page versions
+            # (secure_delete); copy them into the main file and empty the WAL, so no older
+            # frame holding it remains either.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return stored
+
+    # --- (1.1) staff logged in at this kiosk ---------------------------------------------------
+
+    def staff_sessions(self) -> list[StaffSession]:
+        """Who is logged in, oldest login first."""
+        rows = self._db.execute(
+            "SELECT staff_id, card_uid, logged_in_at_ms FROM staff_sessions"
+            " ORDER BY logged_in_at_ms, staff_id"
+        ).fetchall()
+        return [StaffSession(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
+    def keep_staff_session(self, session: StaffSession) -> None:
+        """Record (or renew) a login the cloud approved, durably."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO staff_sessions (staff_id, card_uid, logged_in_at_ms)"
+                " VALUES (?, ?, ?)",
+                (session.staff_id, session.card_uid, session.logged_in_at_ms),
+            )
+
+    def drop_staff_session(self, staff_id: str) -> None:
+        """End a login (logout, 12 hours); the active staff member too when it was that one."""
+        with self._transaction():
+            self._db.execute("DELETE FROM staff_sessions WHERE staff_id = ?", (staff_id,))
+            self._db.execute(
+                "DELETE FROM meta WHERE key = 'active_staff_id' AND value = ?", (staff_id,)
+            )
+
+    def active_staff_id(self) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'active_staff_id'").fetchone()
+        return None if row is None else str(row[0])
+
+    def set_active_staff_id(self, staff_id: str | None) -> None:
+        with self._transaction():
+            if staff_id is None:
+                self._db.execute("DELETE FROM meta WHERE key = 'active_staff_id'")
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('active_staff_id', ?)",
+                    (staff_id,),
+                )
 
     # --- the cloud's config and deny-list ------------------------------------------------------
 
@@ -404,7 +488,10 @@ class Outbox:
 
 _STORED_COLUMNS: Final = (
     "r.request_id, r.seq, r.kind, r.created_at_ms, r.card_uid, r.amount_cents, r.payload,"
-    " o.seq IS NOT NULL"
+    " o.seq IS NOT NULL, s.staff_id"
+)
+_STORED_JOINS: Final = (
+    "LEFT JOIN offline_sales o ON o.seq = r.seq LEFT JOIN staff_logins s ON s.seq = r.seq"
 )
 
 
@@ -428,9 +515,17 @@ def _completed(row: tuple[Any, ...]) -> Completed:
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRequest:
-    request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload, offline = row
+    request_id, seq, kind, created_at_ms, card_uid, amount_cents, payload, offline, staff = row
     return StoredRequest(
-        request_id, seq, kind, created_at_ms, card_uid, amount_cents, bytes(payload), bool(offline)
+        request_id,
+        seq,
+        kind,
+        created_at_ms,
+        card_uid,
+        amount_cents,
+        bytes(payload),
+        bool(offline),
+        None if staff is None else str(staff),
     )
 
 

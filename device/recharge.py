@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from device.machine import RechargeDraft, SwapDraft
+from device.machine import CashOutDraft, RechargeDraft, StaffLoginDraft, SwapDraft
 from protocol.limits import (
     CARD_UID_PATTERN,
     CHECKPOINT_ID_LENGTH_MAX,
     REQUEST_ID_PATTERN,
     STAFF_ID_LENGTH_MAX,
+    STAFF_PIN_PATTERN,
     TEXT_FORBIDDEN_PATTERN,
     TOPUP_CENTS_MIN,
 )
@@ -84,6 +85,41 @@ def parse_swap(document: object, *, config_version: int | None = None) -> SwapDr
         if not CARD_UID_PATTERN.match(old_card_uid):
             raise RechargeError("old_card_uid must be the old band's UID in hex (4, 7 or 10 bytes)")
     return SwapDraft(staff_id=staff_id, old_card_uid=old_card_uid, config_version=config_version)
+
+
+def parse_staff_login(document: object, *, config_version: int | None = None) -> StaffLoginDraft:
+    """(1.1) ``{"staff_id", "pin"}`` ("staff login"; the staff band's tap follows) ->
+    StaffLoginDraft. The error never repeats the PIN."""
+    if not isinstance(document, dict) or set(document) != {"staff_id", "pin"}:
+        raise RechargeError('send {"staff_id": "...", "pin": "4 to 12 digits"}')
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError("staff_id is required: who logs in?")
+    pin = document.get("pin")
+    if not isinstance(pin, str) or not STAFF_PIN_PATTERN.match(pin):
+        raise RechargeError("the PIN is 4 to 12 digits")
+    return StaffLoginDraft(staff_id=staff_id, pin=pin, config_version=config_version)
+
+
+def parse_staff_id(document: object, action: str) -> str:
+    """(1.1) ``{"staff_id"}`` (log out, be the one at the till) -> staff_id."""
+    if not isinstance(document, dict) or set(document) != {"staff_id"}:
+        raise RechargeError('send {"staff_id": "..."}')
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError(f"staff_id is required: who {action}?")
+    return staff_id
+
+
+def parse_cash_out(document: object, *, config_version: int | None = None) -> CashOutDraft:
+    """(ours) ``{"staff_id"}`` ("cash out a wristband"; the band's tap and Confirm follow) ->
+    CashOutDraft."""
+    if not isinstance(document, dict) or set(document) - {"staff_id"}:
+        raise RechargeError('send {"staff_id": "..."}')
+    staff_id = _text(document.get("staff_id"), "staff_id", STAFF_ID_LENGTH_MAX)
+    if staff_id is None:
+        raise RechargeError("staff_id is required: who pays out the cash?")
+    return CashOutDraft(staff_id=staff_id, config_version=config_version)
 
 
 def _text(value: object, name: str, length_max: int) -> str | None:

@@ -237,7 +237,7 @@
   async function recharge() {
     const error = $("recharge-error");
     const amount = parseCents($("amount").value);
-    const staff = $("staff-id").value.trim();
+    const staff = $("staff-id").value.trim() || activeStaff();
     if (amount === null || amount < 1) { error.textContent = "Enter an amount such as 20 or 12.50"; error.hidden = false; return; }
     if (!staff) { error.textContent = "Enter your staff id"; error.hidden = false; return; }
     const reply = await api("POST", "/api/recharge", { amount_cents: amount, payment_method: state.method, staff_id: staff });
@@ -300,7 +300,7 @@
 
   async function voidOrder(requestId) {
     const error = $("void-error");
-    const staff = $("void-staff").value.trim();
+    const staff = $("void-staff").value.trim() || activeStaff();
     if (!staff) { error.textContent = "Enter your staff id to cancel an order"; error.hidden = false; return; }
     const reply = await api("POST", "/api/void", { request_id: requestId, staff_id: staff });
     if (reply.ok) {
@@ -314,7 +314,7 @@
 
   async function swap() {
     const error = $("swap-error");
-    const staff = $("staff-id").value.trim();
+    const staff = $("staff-id").value.trim() || activeStaff();
     const old = $("old-uid").value.trim();
     if (!staff) { error.textContent = "Enter your staff id"; error.hidden = false; return; }
     const body = { staff_id: staff };
@@ -330,11 +330,91 @@
     await poll();
   }
 
+  // --- (1.1) staff: log in with id, PIN and the staff band; who is at the till; log out ------
+
+  function activeStaff() {
+    const staff = state.view && state.view.staff;
+    return (staff && staff.active) || "";
+  }
+
+  function showError(id, reply) {
+    const error = $(id);
+    if (reply.ok) { error.hidden = true; return; }
+    error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
+    error.hidden = false;
+  }
+
+  async function staffLogin() {
+    const error = $("staff-error");
+    const staffId = $("login-staff").value.trim();
+    const pin = $("login-pin").value.trim();
+    if (!staffId || !/^[0-9]{4,12}$/.test(pin)) {
+      error.textContent = "Enter your staff id and your PIN (4 to 12 digits)";
+      error.hidden = false;
+      return;
+    }
+    const reply = await api("POST", "/api/staff/login", { staff_id: staffId, pin });
+    $("login-pin").value = "";  // the PIN never stays on the page
+    showError("staff-error", reply);
+    if (reply.ok) { $("login-staff").value = ""; show("staff-login-form", false); }
+    await poll();
+  }
+
+  async function staffCommand(path, staffId) {
+    showError("staff-error", await api("POST", path, { staff_id: staffId }));
+    await poll();
+  }
+
+  let staffKey = null;
+
+  function renderStaff(view) {
+    const staff = view.staff || { active: null, logged_in: [] };
+    show("staff", view.screen === "idle");
+    const active = staff.active;
+    $("staff-active").textContent = active
+      ? "At the till: " + active
+      : staff.logged_in.length ? "Tap your name: who is at the till?" : "Nobody logged in";
+    $("staff-hint").textContent = view.online
+      ? "then tap YOUR staff band"
+      : "Offline: a staff login cannot be verified (the cloud checks the PIN)";
+    $("staff-login").disabled = !view.online;
+    for (const id of ["staff-id", "void-staff"]) $(id).placeholder = active || "";
+    const key = JSON.stringify([active, staff.logged_in.map((s) => s.staff_id)]);
+    if (key === staffKey) return;
+    staffKey = key;
+    const list = $("staff-list");
+    list.replaceChildren();
+    for (const session of staff.logged_in) {
+      const item = element("li", session.staff_id === active ? "is-active" : "");
+      const pick = element("button", "button button-toggle" + (session.staff_id === active ? " is-selected" : ""), session.staff_id);
+      pick.type = "button";
+      pick.dataset.staffId = session.staff_id;
+      pick.title = "logged in with " + session.card_uid + " until " + new Date(session.expires_at_ms).toLocaleTimeString();
+      pick.addEventListener("click", () => staffCommand("/api/staff/active", session.staff_id));
+      const logout = element("button", "button button-secondary", "Log out");
+      logout.type = "button";
+      logout.dataset.logoutId = session.staff_id;
+      logout.addEventListener("click", () => staffCommand("/api/staff/logout", session.staff_id));
+      item.append(pick, logout);
+      list.append(item);
+    }
+  }
+
+  // --- (ours) cash out a wristband at a checkpoint: tap it, then Confirm -------------------------
+
+  async function cashOut() {
+    const error = $("cashout-error");
+    const staff = $("staff-id").value.trim() || activeStaff();
+    if (!staff) { error.textContent = "Log in (or enter your staff id) to cash out"; error.hidden = false; return; }
+    showError("cashout-error", await api("POST", "/api/cashout", { staff_id: staff }));
+    await poll();
+  }
+
   function orderAmount(order) {
     if (!order) return null;
     if (order.type === "bar_order") return order.total_cents;
-    if (order.type === "card_swap") return null;
-    return order.amount_cents;
+    if (order.type === "checkpoint_recharge" || order.type === "void") return order.amount_cents;
+    return null;  // a swap, a login or logout, a cash-out (only the cloud knows the balance)
   }
 
   // --- the kiosk's state -----------------------------------------------------------------------
@@ -397,6 +477,14 @@
         const item = element("li");
         item.append(element("span", "", "cancel an order - staff " + order.staff_id));
         lines.append(item);
+      } else if (order && (order.type === "staff_login" || order.type === "staff_logout")) {
+        const item = element("li");
+        item.append(element("span", "", order.type.replace("_", " ") + " - " + order.staff_id));
+        lines.append(item);
+      } else if (order && order.type === "cash_out") {
+        const item = element("li");
+        item.append(element("span", "", "cash out " + (order.card_uid || "(tap the band)") + " - staff " + order.staff_id));
+        lines.append(item);
       } else if (order && order.type === "card_swap") {
         const item = element("li");
         item.append(element("span", "", "old band " + (order.old_card_uid || "(tap it)") + " - staff " + order.staff_id));
@@ -407,6 +495,7 @@
         lines.append(item);
       }
       show("cancel", screen === "order_pending");
+      show("confirm", screen === "order_pending" && order && order.type === "cash_out" && Boolean(order.card_uid));
       $("cancel").textContent = "Cancel";
       if (screen === "timed_out" || screen === "offline") {
         show("cancel", true);
@@ -429,12 +518,28 @@
       const titles = {
         void: approved ? "Order cancelled" : "Not cancelled",
         card_swap: approved ? "Wristband replaced" : "Not replaced",
+        staff_login: approved ? "Logged in" : "Login refused",
+        staff_logout: approved ? "Logged out" : "Logout refused",
+        cash_out: approved ? "Cashed out" : "Not cashed out",
       };
+      const moneyless = kind === "staff_login" || kind === "staff_logout";
       $("outcome-title").textContent = titles[kind] || (approved ? "Approved" : "Declined");
-      $("outcome-amount").textContent = outcome && kind !== "card_swap" ? money(outcome.amount_cents) : "";
-      $("outcome-message").textContent = approved && titles[kind]
-        ? view.message  // "order cancelled, 15.00 back", "wristband replaced: the new band holds 23.45"
+      let amount = "";
+      if (outcome && kind === "cash_out") {
+        amount = approved && outcome.previous_balance_cents !== null ? money(outcome.previous_balance_cents) : "";
+      } else if (outcome && kind !== "card_swap" && !moneyless) {
+        amount = money(outcome.amount_cents);
+      }
+      $("outcome-amount").textContent = amount;
+      $("outcome-message").textContent = (approved && titles[kind]) || kind === "staff_login"
+        ? view.message  // "order cancelled, 15.00 back", "anna logged in", the cash to hand out
         : outcome ? outcome.message + (outcome.error_code ? " (" + outcome.error_code + ")" : "") : "";
+      // A cash-out's receipt line: the band, who paid out, and the cloud's text (the cash).
+      show("receipt", approved && kind === "cash_out" && Boolean(outcome));
+      $("receipt").textContent = approved && kind === "cash_out" && outcome
+        ? "Receipt: cash-out of " + outcome.card_uid + " by " + view.order.staff_id + ": " + outcome.message
+        : "";
+      show("balance-row", !moneyless);
       $("new-balance").textContent = outcome && outcome.new_balance_cents !== null ? money(outcome.new_balance_cents) : "-";
     }
 
@@ -454,6 +559,7 @@
       lateLines.append(item);
     }
     renderRecent(view);
+    renderStaff(view);
     show("sim", view.reader && view.reader.name === "sim");
   }
 
@@ -507,6 +613,10 @@
     $("dismiss").addEventListener("click", async () => { await api("POST", "/api/dismiss", {}); await poll(); });
     $("recharge").addEventListener("click", recharge);
     $("swap").addEventListener("click", swap);
+    $("cashout").addEventListener("click", cashOut);
+    $("confirm").addEventListener("click", async () => { await api("POST", "/api/confirm", {}); await poll(); });
+    $("staff-login-open").addEventListener("click", () => show("staff-login-form", $("staff-login-form").hidden));
+    $("staff-login").addEventListener("click", staffLogin);
     $("method-cash").addEventListener("click", () => chooseMethod("cash"));
     $("method-card").addEventListener("click", () => chooseMethod("card"));
     $("sim-tap").addEventListener("click", async () => {

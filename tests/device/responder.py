@@ -9,6 +9,11 @@ unknown card, balances never below zero, the balance cap, the cup-return rules. 
 sale (``offline: true``) is answered here, not by the in-memory ledger (the cloud's real rules for
 them come in a later revision): approved once, whatever the balance, the card paying what it
 holds and the rest becoming its debt (``debts``), replayed like any other outcome.
+(1.1) Staff (``add_staff``): ``staff_login``/``staff_logout`` are answered here too, like the
+cloud (band, id and PIN must match; a login holds for that kiosk), and with ``staff_required``
+every other request must name a staff member logged in at the sending kiosk whose role allows it
+(DESIGN.md), else ``STAFF_NOT_ALLOWED``. Our ``cash_out`` extension is answered here until the
+cloud's side lands: the card's whole balance paid out (``cash_outs``), the card blocked.
 ``MqttResponder`` puts it on the broker as the "cloud-consumer" user, subscribed to the shared
 subscription every consumer uses, answering on each kiosk's result topic.
 """
@@ -35,7 +40,17 @@ from cloud.sandbox import MosquittoBroker
 from protocol.codec import authenticate, build_result, encode_result, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import public_key_b64
-from protocol.models import BarOrder, Request, Result
+from protocol.models import (
+    BarOrder,
+    CardSwap,
+    CashOut,
+    CheckpointRecharge,
+    Request,
+    Result,
+    StaffLogin,
+    StaffLogout,
+    Void,
+)
 from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
 from tests.waiting import wait_until
 
@@ -72,7 +87,19 @@ class FakeLedger:
         # given to offline sales (payload SHA-256, result) for their replays.
         self.debts: dict[str, int] = {}
         self._offline_answers: dict[str, tuple[str, Result]] = {}
+        # (1.1) staff_id -> (their band, PIN, role); who is logged in at which kiosk; whether
+        # roles are enforced (FESTIVAL_STAFF_REQUIRED); the cash paid out per card.
+        self.staff: dict[str, tuple[str, str, str]] = {}
+        self.logged_in: dict[str, set[str]] = {}
+        self.staff_required = False
+        self.cash_outs: dict[str, int] = {}
+        self.blocked: set[str] = set()
+        self._staff_answers: dict[str, tuple[str, Result]] = {}
         self.lock = threading.Lock()
+
+    def add_staff(self, staff_id: str, *, band: str, pin: str, role: str) -> None:
+        """``staff add STAFF_ID --card BAND --role ROLE`` with the PIN it printed."""
+        self.staff[staff_id] = (band, pin, role)
 
     @property
     def balances(self) -> dict[str, int]:
@@ -92,6 +119,9 @@ class FakeLedger:
             self.received.append((request.request_id, raw))
             self.requests.setdefault(request.request_id, request)
             self._know_the_cited_config(request)
+            staffed = self._staff_answer(request, message.payload_sha256, now_ms)
+            if staffed is not None:
+                return encode_result(staffed, self.cloud_key)
             if isinstance(request, BarOrder) and request.offline:
                 result = self._offline_sale(request, message.payload_sha256, now_ms)
                 return encode_result(result, self.cloud_key)
@@ -113,6 +143,106 @@ class FakeLedger:
                 processed_at_ms=outcome.processed_at_ms,
             )
             return encode_result(result, self.cloud_key)
+
+    def _staff_answer(self, request: Request, payload_sha256: str, now_ms: int) -> Result | None:
+        """A staff login or logout, a cash-out, or a request refused for its staff member: the
+        outcome (stored, replayed like every outcome); None: the in-memory ledger decides."""
+        answered = self._staff_answers.get(request.request_id)
+        if answered is not None:
+            sha256, result = answered
+            if sha256 == payload_sha256:
+                return replace(result, replayed=True)
+            return self._answer_for(request, ErrorCode.IDEMPOTENCY_CONFLICT, "reused", now_ms)
+        result = self._staff_outcome(request, now_ms)
+        if result is not None:
+            self._staff_answers[request.request_id] = (payload_sha256, result)
+        return result
+
+    def _staff_outcome(self, request: Request, now_ms: int) -> Result | None:
+        kiosk = self.logged_in.setdefault(request.kiosk_id, set())
+        if isinstance(request, StaffLogin):
+            known = self.staff.get(request.staff_id)
+            if known is None or known[:2] != (request.card_uid, request.pin):
+                return self._answer_for(
+                    request, ErrorCode.STAFF_NOT_ALLOWED, "login refused", now_ms
+                )
+            kiosk.add(request.staff_id)
+            self.applied[request.request_id] += 1
+            return self._answer_for(request, None, f"{request.staff_id} logged in", now_ms)
+        if isinstance(request, StaffLogout):
+            kiosk.discard(request.staff_id)
+            self.applied[request.request_id] += 1
+            return self._answer_for(request, None, f"{request.staff_id} logged out", now_ms)
+        if self.staff_required:
+            staff_id = getattr(request, "staff_id", None)
+            known = None if staff_id is None else self.staff.get(staff_id)
+            allowed = {
+                "bartender": (BarOrder,),
+                "cashier": (CheckpointRecharge,),
+                "supervisor": (BarOrder, CheckpointRecharge, Void, CardSwap, CashOut),
+            }
+            if (
+                known is None
+                or staff_id not in kiosk
+                or not isinstance(request, allowed.get(known[2], ()))
+            ):
+                return self._answer_for(
+                    request, ErrorCode.STAFF_NOT_ALLOWED, f"staff {staff_id} not allowed", now_ms
+                )
+        if isinstance(request, CashOut):
+            return self._cash_out(request, now_ms)
+        return None
+
+    def _cash_out(self, request: CashOut, now_ms: int) -> Result:
+        balances = self.ledger.balances
+        if request.card_uid not in balances:
+            return self._answer_for(request, ErrorCode.CARD_NOT_FOUND, "unknown card", now_ms)
+        balance = balances[request.card_uid]
+        if request.card_uid in self.blocked:
+            return replace(
+                self._answer_for(request, ErrorCode.CARD_BLOCKED, "card blocked", now_ms),
+                previous_balance_cents=balance,
+                new_balance_cents=balance,
+                debt_cents=0,
+            )
+        balances[request.card_uid] = 0
+        self.blocked.add(request.card_uid)
+        self.cash_outs[request.card_uid] = balance
+        self.applied[request.request_id] += 1
+        euros, cents = divmod(balance, 100)
+        return build_result(
+            request_id=request.request_id,
+            kiosk_id=request.kiosk_id,
+            seq=request.seq,
+            card_uid=request.card_uid,
+            error_code=None,
+            message=f"pay out {euros}.{cents:02d} EUR in cash; the wristband is blocked",
+            transaction_id=f"cash-out-{len(self.cash_outs)}",
+            previous_balance_cents=balance,
+            new_balance_cents=0,
+            debt_cents=0,
+            replayed=False,
+            processed_at_ms=now_ms,
+        )
+
+    def _answer_for(
+        self, request: Request, code: ErrorCode | None, message: str, now_ms: int
+    ) -> Result:
+        """An outcome that moves no money (balances, debt and transaction null)."""
+        return build_result(
+            request_id=request.request_id,
+            kiosk_id=request.kiosk_id,
+            seq=request.seq,
+            card_uid=request.card_uid,
+            error_code=code,
+            message=message,
+            transaction_id=None,
+            previous_balance_cents=None,
+            new_balance_cents=None,
+            debt_cents=None,
+            replayed=False,
+            processed_at_ms=now_ms,
+        )
 
     def _know_the_cited_config(self, request: Request) -> None:
         """The kiosk tests publish their own configs (tests/device/cloud_messages.py), not

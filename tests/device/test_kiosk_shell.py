@@ -440,6 +440,7 @@ def test_the_page_snapshot_is_built_by_the_view(rig: Rig) -> None:
             counters=dict(kiosk.counters),
             cloud=CloudView(menu_source="none"),
             orders=kiosk.orders_view(),
+            staff=kiosk.staff_view(),
         ),
     )
     assert shown == json.loads(json.dumps(expected))
