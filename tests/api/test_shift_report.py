@@ -325,38 +325,68 @@ def test_the_routes_need_the_admin_token(client: TestClient, ledger: Ledger) -> 
 
 
 @pytest.mark.parametrize(
-    ("body", "field", "message"),
+    ("body", "status", "field", "message"),
     [
         (
             {"checkpoint_id": "gate-404", "counted_cents": 100},
+            404,
             "checkpoint_id",
             "unknown checkpoint gate-404",
         ),
+        # a bar has no drawer
         (
             {"checkpoint_id": "bar-1", "counted_cents": 100},
+            404,
             "checkpoint_id",
             "unknown checkpoint bar-1",
         ),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": -1}, "counted_cents", "integer"),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": 49.9}, "counted_cents", "integer"),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": "4990"}, "counted_cents", "integer"),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": True}, "counted_cents", "integer"),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": 10**12}, "counted_cents", "integer"),
-        ({"checkpoint_id": "checkpoint-1"}, "counted_cents", "integer"),
-        ({"counted_cents": 0}, "checkpoint_id", "checkpoint_id must be"),
-        ({"checkpoint_id": "", "counted_cents": 0}, "checkpoint_id", "checkpoint_id must be"),
-        ({"checkpoint_id": "c\n1", "counted_cents": 0}, "checkpoint_id", "checkpoint_id must be"),
-        ({"checkpoint_id": "checkpoint-1", "counted_cents": 0, "by": "x"}, "by", "unknown"),
-        ([1], None, "JSON object"),
+        ({"checkpoint_id": "checkpoint-1", "counted_cents": -1}, 400, "counted_cents", "integer"),
+        ({"checkpoint_id": "checkpoint-1", "counted_cents": 49.9}, 400, "counted_cents", "integer"),
+        (
+            {"checkpoint_id": "checkpoint-1", "counted_cents": 4990.0},
+            400,
+            "counted_cents",
+            "integer",
+        ),
+        (
+            {"checkpoint_id": "checkpoint-1", "counted_cents": "4990"},
+            400,
+            "counted_cents",
+            "integer",
+        ),
+        ({"checkpoint_id": "checkpoint-1", "counted_cents": True}, 400, "counted_cents", "integer"),
+        (
+            {"checkpoint_id": "checkpoint-1", "counted_cents": 10**12},
+            400,
+            "counted_cents",
+            "integer",
+        ),
+        ({"checkpoint_id": "checkpoint-1"}, 400, "counted_cents", "integer"),
+        ({"counted_cents": 0}, 400, "checkpoint_id", "checkpoint_id must be"),
+        ({"checkpoint_id": "", "counted_cents": 0}, 400, "checkpoint_id", "checkpoint_id must be"),
+        (
+            {"checkpoint_id": "c\n1", "counted_cents": 0},
+            400,
+            "checkpoint_id",
+            "checkpoint_id must be",
+        ),
+        (
+            {"checkpoint_id": "c" * 65, "counted_cents": 0},
+            400,
+            "checkpoint_id",
+            "checkpoint_id must be",
+        ),
+        ({"checkpoint_id": "checkpoint-1", "counted_cents": 0, "by": "x"}, 400, "by", "unknown"),
+        ([1], 400, None, "JSON object"),
     ],
 )
-def test_a_bad_close_is_a_400_naming_the_field_and_books_nothing(
-    client: TestClient, ledger: Ledger, body: Any, field: str | None, message: str
+def test_a_refused_close_names_the_field_and_books_nothing(
+    client: TestClient, ledger: Ledger, body: Any, status: int, field: str | None, message: str
 ) -> None:
     ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint")
     ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
     response = close(client, body)
-    assert response.status_code == 400, response.text
+    assert response.status_code == status, response.text
     error = response.json()
     assert message in error["error"] and error.get("field") == field, error
     assert ShiftStore(ledger.engine).closes() == []
