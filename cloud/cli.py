@@ -390,7 +390,8 @@ def _add_payout_refund_verb(payout: Verbs) -> None:
 
 
 def _add_shift_verbs(verbs: Verbs) -> None:
-    """`shift close CHECKPOINT_ID --counted-cents N [--json]` (issue 17 §4)."""
+    """`shift close CHECKPOINT_ID --counted-cents N [--json]` and `shift report [--checkpoint
+    ID] [--from T --to T]` (issue 17 §4)."""
     shift = _group(verbs, "shift", "the cash drawer at the end of a shift")
     close = _verb(
         shift,
@@ -405,6 +406,24 @@ def _add_shift_verbs(verbs: Verbs) -> None:
     )
     close.add_argument("--by", help="who counted (a staff id), recorded with the close")
     close.add_argument("--json", action="store_true")
+    report = _verb(
+        shift,
+        "report",
+        "the shift report as CSV: per checkpoint and shift, a row per staff member's top-ups "
+        "and the shift's total (cash paid out, expected, counted, variance)",
+        "cloud.reports:report_shifts",
+    )
+    report.add_argument("--checkpoint", metavar="ID", help="only this checkpoint's shifts")
+    for option, destination, meaning in (
+        ("--from", "start", "shifts closed at or after"),
+        ("--to", "end", "shifts closed before (and no open shift)"),
+    ):
+        report.add_argument(
+            option,
+            dest=destination,
+            metavar="TIME",
+            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
+        )
 
 
 def _add_report_verbs(verbs: Verbs) -> None:

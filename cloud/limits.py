@@ -81,6 +81,9 @@ REPORT_ROWS_MAX: Final = 10_000
 REPORT_STATEMENT_TIMEOUT_MS: Final = 20_000
 # A `from` / `to` bound as written (RFC 3339, microseconds at most): 32 characters.
 REPORT_MOMENT_LENGTH_MAX: Final = 40
+# (issue 17 section 4) The largest drawer count POST /api/shifts/close takes, in cents (ten
+# million of the currency's units: a typo, not a drawer, beyond it).
+SHIFT_COUNTED_CENTS_MAX: Final = 1_000_000_000
 
 # --- logs (cloud/logs.py) ---------------------------------------------------------------------
 # A longer traceback keeps its end (where it failed): a deep recursion must not flood the journal.

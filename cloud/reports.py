@@ -713,3 +713,222 @@ def report_liability(args: argparse.Namespace, settings: CloudSettings) -> int:
         )
         return EXIT_NOT_RECONCILED
     return EXIT_OK
+
+
+# --- the shift report (issue 17 section 4): per checkpoint, per shift, per staff member ----------
+
+# The shifts: every close (revision 0019) and, per drawer (a checkpoint kiosk registered, a cash
+# or card top-up taken, or a close), the open shift since its last close with the cash expected so
+# far (the close's own formula: the last close's cumulative total minus the drawer account's sum).
+# A closed shift is in the window when it closed in [from, to); the open one when `to` is absent.
+SHIFTS_CTE = """
+WITH closed AS (
+    SELECT close_id, checkpoint_id, shift_no, opened_at, closed_at, expected_cents,
+           counted_cents, variance_cents
+      FROM shift_closes
+     WHERE (CAST(:checkpoint AS text) IS NULL OR checkpoint_id = :checkpoint)
+       AND (CAST(:start AS timestamptz) IS NULL OR closed_at >= :start)
+       AND (CAST(:end AS timestamptz) IS NULL OR closed_at < :end)
+), drawers AS (
+    SELECT checkpoint_id FROM shift_closes
+    UNION
+    SELECT checkpoint_id FROM recharges
+     WHERE payment_method IN ('cash', 'card') AND checkpoint_id IS NOT NULL
+    UNION
+    SELECT checkpoint_id FROM kiosks
+     WHERE role IN ('checkpoint', 'all') AND checkpoint_id IS NOT NULL
+), open_shifts AS (
+    SELECT NULL::uuid AS close_id, d.checkpoint_id, coalesce(l.shift_no, 0) + 1 AS shift_no,
+           l.closed_at AS opened_at, NULL::timestamptz AS closed_at,
+           coalesce(l.cash_total_after_cents, 0) - coalesce(
+               (SELECT sum(p.amount_cents) FROM postings p
+                  JOIN accounts a ON a.account_id = p.account_id
+                 WHERE a.name = 'cash:' || d.checkpoint_id), 0) AS expected_cents,
+           NULL::bigint AS counted_cents, NULL::bigint AS variance_cents
+      FROM drawers d
+      LEFT JOIN LATERAL (SELECT s.shift_no, s.closed_at, s.cash_total_after_cents
+                           FROM shift_closes s WHERE s.checkpoint_id = d.checkpoint_id
+                          ORDER BY s.shift_no DESC LIMIT 1) l ON true
+     WHERE CAST(:include_open AS boolean)
+       AND (CAST(:checkpoint AS text) IS NULL OR d.checkpoint_id = :checkpoint)
+), shifts AS (
+    SELECT * FROM closed
+    UNION ALL
+    SELECT * FROM open_shifts
+)
+"""
+# What a shift's drawer paid out: the positive postings of its account 'cash:<checkpoint>' (cash
+# in is negative there) other than its variance bookings, by the time of their transaction.
+SHIFT_TOTALS_SQL = (
+    SHIFTS_CTE
+    + """
+SELECT s.*,
+       (SELECT coalesce(sum(p.amount_cents), 0) FROM postings p
+          JOIN accounts a ON a.account_id = p.account_id
+          JOIN transactions t ON t.transaction_id = p.transaction_id
+         WHERE a.name = 'cash:' || s.checkpoint_id AND p.amount_cents > 0
+           AND t.kind <> 'cash_variance'
+           AND (s.opened_at IS NULL OR t.created_at >= s.opened_at)
+           AND (s.closed_at IS NULL OR t.created_at < s.closed_at)) AS cash_paid_out_cents
+  FROM shifts s
+ ORDER BY s.checkpoint_id, s.shift_no
+ LIMIT :rows_limit
+"""
+)
+# The top-ups a checkpoint took in a shift (by their time), per staff member.
+SHIFT_STAFF_SQL = (
+    SHIFTS_CTE
+    + """
+SELECT s.checkpoint_id, s.shift_no, r.staff_id,
+       count(*) FILTER (WHERE r.payment_method = 'cash') AS cash_topups,
+       coalesce(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'cash'), 0)
+           AS cash_topups_cents,
+       count(*) FILTER (WHERE r.payment_method = 'card') AS card_topups,
+       coalesce(sum(r.amount_cents) FILTER (WHERE r.payment_method = 'card'), 0)
+           AS card_topups_cents
+  FROM shifts s
+  JOIN recharges r ON r.checkpoint_id = s.checkpoint_id AND r.payment_method IN ('cash', 'card')
+                  AND (s.opened_at IS NULL OR r.created_at >= s.opened_at)
+                  AND (s.closed_at IS NULL OR r.created_at < s.closed_at)
+ GROUP BY s.checkpoint_id, s.shift_no, r.staff_id
+ ORDER BY s.checkpoint_id, s.shift_no, r.staff_id NULLS LAST
+ LIMIT :rows_limit
+"""
+)
+SHIFT_COLUMNS: Final = (
+    "checkpoint_id",
+    "shift_no",
+    "close_id",
+    "opened_at",
+    "closed_at",
+    "row",
+    "staff_id",
+    "cash_topups",
+    "cash_topups_cents",
+    "card_topups",
+    "card_topups_cents",
+    "cash_paid_out_cents",
+    "expected_cents",
+    "counted_cents",
+    "variance_cents",
+)
+# The decimal twins of the cents columns, after them (like the sales CSV's `amount`).
+SHIFT_DECIMAL_COLUMNS: Final = {
+    "cash_topups_amount": "cash_topups_cents",
+    "card_topups_amount": "card_topups_cents",
+    "cash_paid_out": "cash_paid_out_cents",
+    "expected": "expected_cents",
+    "counted": "counted_cents",
+    "variance": "variance_cents",
+}
+TOPUP_FIGURES: Final = ("cash_topups", "cash_topups_cents", "card_topups", "card_topups_cents")
+
+
+def _optional_cents(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _with_decimals(row: dict[str, Any]) -> dict[str, Any]:
+    for decimal_column, cents_column in SHIFT_DECIMAL_COLUMNS.items():
+        cents = row[cents_column]
+        row[decimal_column] = None if cents is None else decimal_amount(cents)
+    return row
+
+
+def shift_report_rows(
+    reports: Reports,
+    *,
+    checkpoint_id: str | None = None,
+    window: SalesWindow = SalesWindow(),
+) -> list[dict[str, Any]]:
+    """The shift report's rows: per shift (closed in the window, and each open one when the
+    window has no end), one `staff` row per staff member who took top-ups in it (their counts
+    and cents; the drawer's figures empty: a drawer is counted, not a person) and then its
+    `total` row (the sums, the cash paid out, expected, counted and variance; counted and
+    variance empty for the open shift, expected so far). ReportError beyond REPORT_ROWS_MAX."""
+    params = {
+        "checkpoint": checkpoint_id,
+        "start": window.start,
+        "end": window.end,
+        "include_open": window.end is None,
+        "rows_limit": REPORT_ROWS_MAX + 1,
+    }
+    shifts, staff = reports._snapshot_rows(((SHIFT_TOTALS_SQL, params), (SHIFT_STAFF_SQL, params)))
+    if len(shifts) + len(staff) > REPORT_ROWS_MAX:
+        raise ReportError(
+            f"the report has more than {REPORT_ROWS_MAX} rows: narrow it with from/to"
+        )
+    by_shift: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in staff:
+        by_shift.setdefault((str(row["checkpoint_id"]), int(row["shift_no"])), []).append(row)
+    rows: list[dict[str, Any]] = []
+    for shift in shifts:
+        key = (str(shift["checkpoint_id"]), int(shift["shift_no"]))
+        head = {
+            "checkpoint_id": key[0],
+            "shift_no": key[1],
+            "close_id": None if shift["close_id"] is None else str(shift["close_id"]),
+            "opened_at": None if shift["opened_at"] is None else iso_utc(shift["opened_at"]),
+            "closed_at": None if shift["closed_at"] is None else iso_utc(shift["closed_at"]),
+        }
+        total: dict[str, Any] = dict.fromkeys(TOPUP_FIGURES, 0)
+        for member in by_shift.get(key, []):
+            figures = {name: int(member[name]) for name in TOPUP_FIGURES}
+            for name, value in figures.items():
+                total[name] += value
+            rows.append(
+                _with_decimals(
+                    {
+                        **head,
+                        "row": "staff",
+                        "staff_id": member["staff_id"],
+                        **figures,
+                        "cash_paid_out_cents": None,
+                        "expected_cents": None,
+                        "counted_cents": None,
+                        "variance_cents": None,
+                    }
+                )
+            )
+        rows.append(
+            _with_decimals(
+                {
+                    **head,
+                    "row": "total",
+                    "staff_id": None,
+                    **total,
+                    "cash_paid_out_cents": int(shift["cash_paid_out_cents"]),
+                    "expected_cents": int(shift["expected_cents"]),
+                    "counted_cents": _optional_cents(shift["counted_cents"]),
+                    "variance_cents": _optional_cents(shift["variance_cents"]),
+                }
+            )
+        )
+    return rows
+
+
+def shift_report_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The shift report's CSV: the header row, then the rows (empty cells for None)."""
+    columns = (*SHIFT_COLUMNS, *SHIFT_DECIMAL_COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if row[column] is None else row[column] for column in columns])
+    return buffer.getvalue()
+
+
+def report_shifts(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`shift report [--checkpoint ID] [--from T] [--to T]`: the shift report's CSV on stdout."""
+    try:
+        window = SalesWindow.parse(args.start, args.end)
+        with _reports(settings) as reports:
+            rows = shift_report_rows(reports, checkpoint_id=args.checkpoint, window=window)
+    except ReportError as error:
+        print(f"festival-cloud shift report: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientDatabaseError as error:
+        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    sys.stdout.write(shift_report_csv(rows))
+    return EXIT_OK

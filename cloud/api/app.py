@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cloud.api import menus, monitoring, portal, pos, reports, sun_tap, topups, webhook
+from cloud.api import menus, monitoring, portal, pos, reports, shifts, sun_tap, topups, webhook
 from cloud.api.errors import (
     CODE_BY_STATUS,
     INVALID_REQUEST,
@@ -42,6 +42,7 @@ from cloud.ports import Ledger as LedgerPort
 from cloud.pos_devices import PosDevices
 from cloud.reports import Reports
 from cloud.settings import CloudSettings
+from cloud.shifts import ShiftStore
 
 log = logging.getLogger("cloud.api")
 
@@ -224,6 +225,7 @@ def create_app(
     # (1.1) GET /t: the card master key in sun mode (SettingsError without a 0600 key file)
     app.include_router(sun_tap.router(settings.card_master_key()))
     app.include_router(reports.router(Reports(ledger.engine, currency=settings.festival_currency)))
+    app.include_router(shifts.router(ShiftStore(ledger.engine)))
     app.include_router(portal.router())
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_security_schemes(app)

@@ -12,7 +12,15 @@ from starlette.responses import JSONResponse, Response
 from cloud.api.errors import INVALID_REQUEST, ApiError
 from cloud.api.monitoring import json_response, require_admin
 from cloud.limits import REPORT_MOMENT_LENGTH_MAX
-from cloud.reports import ReportError, Reports, SalesGroup, SalesWindow
+from cloud.reports import (
+    ReportError,
+    Reports,
+    SalesGroup,
+    SalesWindow,
+    shift_report_csv,
+    shift_report_rows,
+)
+from protocol.limits import CHECKPOINT_ID_LENGTH_MAX, CHECKPOINT_ID_LENGTH_MIN
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
 
@@ -29,6 +37,15 @@ def _moment(alias: str) -> Any:
         max_length=REPORT_MOMENT_LENGTH_MAX,
         description=_MOMENT_DESCRIPTION,
         json_schema_extra={"format": "date-time"},
+    )
+
+
+def _checkpoint() -> Any:
+    return Query(
+        None,
+        min_length=CHECKPOINT_ID_LENGTH_MIN,
+        max_length=CHECKPOINT_ID_LENGTH_MAX,
+        description="only this checkpoint's shifts",
     )
 
 
@@ -71,6 +88,37 @@ def router(reports: Reports) -> APIRouter:
         except ReportError as error:
             raise ApiError(400, INVALID_REQUEST, str(error)) from None
 
+    def shift_rows(checkpoint: str | None, start: str | None, end: str | None) -> list[Any]:
+        window = _window(start, end)
+        try:
+            return shift_report_rows(reports, checkpoint_id=checkpoint, window=window)
+        except ReportError as error:
+            raise ApiError(400, INVALID_REQUEST, str(error)) from None
+
+    def shifts_csv(
+        checkpoint: str | None = _checkpoint(),
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> Response:
+        body = shift_report_csv(shift_rows(checkpoint, start, end))
+        filename = f"shifts-{reports.currency}.csv"
+        return Response(
+            body,
+            media_type=CSV_MEDIA_TYPE,
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    def shifts(
+        checkpoint: str | None = _checkpoint(),
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> JSONResponse:
+        rows = shift_rows(checkpoint, start, end)
+        return json_response({"currency": reports.currency, "rows": rows})
+
     def liability() -> JSONResponse:
         return json_response(reports.liability())
 
@@ -93,6 +141,26 @@ def router(reports: Reports) -> APIRouter:
         methods=["GET"],
         summary="The sales report's rows and total as JSON (the dashboard's tables and chart)",
         responses=refusals,
+    )
+    shift_refusals: dict[int | str, dict[str, Any]] = {
+        400: {"description": "bad checkpoint, from or to; or more rows than a report may have"},
+        401: refusals[401],
+    }
+    routes.add_api_route(
+        "/api/reports/shifts.csv",
+        shifts_csv,
+        methods=["GET"],
+        summary="The shift report as CSV: per checkpoint and shift, a row per staff member "
+        "and the shift's total (cash paid out, expected, counted, variance)",
+        response_class=Response,
+        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **shift_refusals},
+    )
+    routes.add_api_route(
+        "/api/reports/shifts",
+        shifts,
+        methods=["GET"],
+        summary="The shift report's rows as JSON (the dashboard's open shifts and closes)",
+        responses=shift_refusals,
     )
     routes.add_api_route(
         "/api/reports/liability",

@@ -482,6 +482,7 @@
       if (withLedger) { lastLedgerCheck = now; renderLedger(results[next]); next += 1; }
       if (withReports) {
         lastReports = now;
+        loadShifts();
         renderReports(results[next], results[next + 1], results[next + 2], now);
       }
       setStatus("updated " + new Date().toLocaleTimeString("en-GB", { hour12: false }), false);
@@ -903,6 +904,100 @@
       .catch(cardFailed);
   }
 
+  // --- cash drawers: the open shifts and the shift close (issue 17 section 4) ----------------
+  // GET /api/reports/shifts (its total rows without closed_at: the open shifts, expected so
+  // far) and POST /api/shifts/close {checkpoint_id, counted_cents}, the CLI's own close.
+
+  // A counted amount in the currency's units, "49.90" or "49,9" or "50": cents by integer
+  // arithmetic (parseHundredths), never a float times 100.
+  var COUNTED_AMOUNT = /^(\d{1,10})(?:[.,](\d{1,2}))?$/;
+
+  function shiftMessage(text, kind) {
+    var message = $("shift-message");
+    message.textContent = text || "";
+    message.className = "message " + (kind || "error") + (text ? "" : " hidden");
+  }
+
+  function renderShifts(report) {
+    var open = report.rows.filter(function (row) {
+      return row.row === "total" && row.closed_at === null;
+    });
+    fillTable("open-shifts", open, function (row, shift) {
+      row.setAttribute("data-checkpoint-id", shift.checkpoint_id);
+      cell(row, shift.checkpoint_id);
+      cell(row, shift.shift_no, "num");
+      cell(row, shift.opened_at ? new Date(shift.opened_at).toLocaleString(LOCALE, { hour12: false }) :
+        "the first top-up");
+      cell(row, plural(shift.cash_topups, "top-up") + ", " + money(shift.cash_topups_cents), "num");
+      cell(row, plural(shift.card_topups, "top-up") + ", " + money(shift.card_topups_cents), "num");
+      cell(row, money(shift.cash_paid_out_cents), "num");
+      cell(row, money(shift.expected_cents), "num expected");
+    }, "no checkpoint has a drawer yet", 7);
+    var list = $("shift-checkpoints");
+    list.textContent = "";
+    open.forEach(function (shift) {
+      var option = document.createElement("option");
+      option.value = shift.checkpoint_id;
+      list.appendChild(option);
+    });
+  }
+
+  function shiftsFailed(error) {
+    if (error.unauthorized) {
+      window.sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("That token was refused.");
+      return;
+    }
+    shiftMessage("could not load the shifts (" + error.message + ")");
+  }
+
+  function loadShifts() {
+    return api("/api/reports/shifts").then(renderShifts).catch(shiftsFailed);
+  }
+
+  function renderClose(closed) {
+    $("shift-result").classList.remove("hidden");
+    $("shift-result-shift").textContent = closed.checkpoint_id + ", shift " + closed.shift_no;
+    $("shift-result-expected").textContent = money(closed.expected_cents);
+    $("shift-result-counted").textContent = money(closed.counted_cents);
+    var variance = closed.variance_cents;
+    $("shift-result-variance").textContent = money(variance) + " (" +
+      (variance === 0 ? "exact" : (variance > 0 ? "over" : "short")) + ")";
+    $("shift-result").setAttribute("data-variance-cents", String(variance));
+  }
+
+  function closeShift() {
+    shiftMessage("");
+    $("shift-result").classList.add("hidden");
+    var checkpoint = $("shift-checkpoint").value.trim();
+    var counted = parseHundredths($("shift-counted").value.trim(), COUNTED_AMOUNT);
+    if (!checkpoint) { shiftMessage("name the checkpoint whose drawer was counted"); return; }
+    if (counted === null) {
+      shiftMessage("the counted amount is a number of " + (currency || "units") +
+        " like 49.90 (two decimals at most)");
+      return;
+    }
+    $("shift-close").disabled = true;
+    apiCall("/api/shifts/close", "POST", { checkpoint_id: checkpoint, counted_cents: counted })
+      .then(function (answer) {
+        $("shift-close").disabled = false;
+        if (answer.status !== 200) {
+          var body = answer.body || {};
+          shiftMessage(body.error || ("the close failed (" + answer.status + ")"));
+          return;
+        }
+        renderClose(answer.body);
+        shiftMessage("shift " + answer.body.shift_no + " of " + answer.body.checkpoint_id +
+          " closed; shift " + (answer.body.shift_no + 1) + " started", "ok");
+        $("shift-counted").value = "";
+        return loadShifts();
+      })
+      .catch(function (error) {
+        $("shift-close").disabled = false;
+        shiftsFailed(error);
+      });
+  }
+
   function start() {
     $("card-form").addEventListener("submit", function (event) {
       event.preventDefault();
@@ -922,6 +1017,10 @@
     $("menu-clear").addEventListener("click", function () { saveMenu(true); });
     $("card-block").addEventListener("click", function () { changeCard("block"); });
     $("card-unblock").addEventListener("click", function () { changeCard("unblock"); });
+    $("shift-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      closeShift();
+    });
     $("login-form").addEventListener("submit", function (event) {
       event.preventDefault();
       var value = $("token").value.trim();

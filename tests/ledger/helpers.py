@@ -79,6 +79,7 @@ def recharge(
     seq: int = 1,
     source: str = "mqtt",
     config_version: int | None = None,
+    staff_id: str = "staff-1",
 ) -> LedgerRequest:
     request = CheckpointRecharge(
         request_id=request_id or next_id("topup"),
@@ -89,7 +90,7 @@ def recharge(
         currency=CURRENCY,
         amount_cents=amount_cents,
         payment_method=method,  # type: ignore[arg-type]
-        staff_id="staff-1",
+        staff_id=staff_id,
         checkpoint_id=checkpoint_id,
         config_version=config_version,
     )
