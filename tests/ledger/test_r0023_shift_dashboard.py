@@ -1,5 +1,5 @@
-"""Revision 0022 (the dashboard closes a shift): the API's role may call sp_shift_close, and the
-downgrade gives back exactly what 0021 had. The route itself: tests/api/test_shift_report.py."""
+"""Revision 0023 (the dashboard closes a shift): the API's role may call sp_shift_close, and the
+downgrade gives back exactly what 0022 had. The route itself: tests/api/test_shift_report.py."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ CAN_CLOSE_SQL = (
 )
 
 
-def test_downgrade_of_0022_restores_revision_0021_exactly(
+def test_downgrade_of_0023_restores_revision_0022_exactly(
     make_database: Callable[..., str],
 ) -> None:
     url = make_database()
-    database.upgrade(url, "0021")
-    at_0021 = _schema(url)
-    assert scalar(url, CAN_CLOSE_SQL) is False
     database.upgrade(url, "0022")
-    assert scalar(url, CAN_CLOSE_SQL) is True
-    database.downgrade(url, "0021")
+    at_0022 = _schema(url)
     assert scalar(url, CAN_CLOSE_SQL) is False
-    assert _schema(url) == at_0021, _differences(at_0021, _schema(url))
+    database.upgrade(url, "0023")
+    assert scalar(url, CAN_CLOSE_SQL) is True
+    database.downgrade(url, "0022")
+    assert scalar(url, CAN_CLOSE_SQL) is False
+    assert _schema(url) == at_0022, _differences(at_0022, _schema(url))
