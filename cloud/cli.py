@@ -208,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_report_verbs(verbs)
     _add_shift_verbs(verbs)
+    _add_staff_verbs(verbs)
     _add_payout_verbs(verbs)
     _add_config_verbs(verbs)
 
@@ -387,6 +388,40 @@ def _add_payout_refund_verb(payout: Verbs) -> None:
         "cloud.api.payout_refunds:payout_refund",
     )
     refund.add_argument("--limit", type=int, default=100, help="parts at most (default 100)")
+
+
+def _add_staff_verbs(verbs: Verbs) -> None:
+    """`staff add STAFF_ID --name --role --card UID [--json]`, `staff pin STAFF_ID [--json]`,
+    `staff disable STAFF_ID`, `staff list [--json]` (DESIGN.md 1.1; issue 17 section 3)."""
+    staff = _group(verbs, "staff", "staff members, their PINs and roles")
+    add = _verb(
+        staff,
+        "add",
+        "register a staff member with their own band; prints a fresh 6-digit PIN once",
+        "cloud.staff_admin:staff_add",
+    )
+    add.add_argument("staff_id", metavar="STAFF_ID")
+    add.add_argument("--name", required=True)
+    add.add_argument("--role", required=True, choices=["bartender", "cashier", "supervisor"])
+    add.add_argument("--card", required=True, metavar="UID", help="the staff member's own band")
+    add.add_argument("--json", action="store_true")
+    pin = _verb(
+        staff,
+        "pin",
+        "a new PIN (printed once; the old one stops working, open logins end)",
+        "cloud.staff_admin:staff_pin",
+    )
+    pin.add_argument("staff_id", metavar="STAFF_ID")
+    pin.add_argument("--json", action="store_true")
+    _verb(
+        staff, "disable", "no more logins; open logins end", "cloud.staff_admin:staff_disable"
+    ).add_argument("staff_id", metavar="STAFF_ID")
+    _verb(
+        staff,
+        "list",
+        "every staff member, their role and band, and where they are logged in",
+        "cloud.staff_admin:staff_list",
+    ).add_argument("--json", action="store_true")
 
 
 def _add_shift_verbs(verbs: Verbs) -> None:

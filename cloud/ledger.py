@@ -197,16 +197,19 @@ class Ledger:
         currency: str = "EUR",
         menu_grace_s: int = MENU_GRACE_S_DEFAULT,
         void_window_s: int = VOID_WINDOW_S_DEFAULT,
+        staff_required: bool = False,
     ) -> None:
         """The limits are the deployment's settings (FESTIVAL_MAX_BALANCE_CENTS, ...,
         FESTIVAL_MENU_GRACE_S, FESTIVAL_VOID_WINDOW_S), passed to every request procedure; each
-        defaults to the
-        protocol's default, as the procedures' own parameters do (ledger_limit)."""
+        defaults to the protocol's default, as the procedures' own parameters do (ledger_limit).
+        ``staff_required`` (FESTIVAL_STAFF_REQUIRED, revision 0024): every kiosk request must
+        name a staff member logged in at that kiosk whose role allows it."""
         assert max_balance_cents >= 0 and max_topup_cents >= 1
         assert 0 <= return_cents_max <= ORDER_TOTAL_CENTS_MAX
         assert menu_grace_s >= 0 and void_window_s >= 0
         self._engine = engine
         self.void_window_s = void_window_s
+        self.staff_required = staff_required
         self.max_balance_cents = max_balance_cents
         self.max_topup_cents = max_topup_cents
         self.return_cents_max = return_cents_max
@@ -246,13 +249,14 @@ class Ledger:
         """Apply one request in its own transaction (sp_handle_request)."""
         document = self._scalar(
             "SELECT sp_handle_request(CAST(:request AS jsonb), :balance_max, :topup_max,"
-            " :return_max, :menu_grace_s, :void_window_s)",
+            " :return_max, :menu_grace_s, :void_window_s, :staff_required)",
             request=json.dumps(request_document(item), separators=(",", ":")),
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
             menu_grace_s=self.menu_grace_s,
             void_window_s=self.void_window_s,
+            staff_required=self.staff_required,
         )
         return outcome_from_document(document)
 
@@ -264,13 +268,14 @@ class Ledger:
         payload = json.dumps([request_document(item) for item in items], separators=(",", ":"))
         documents = self._scalar(
             "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max,"
-            " :return_max, :menu_grace_s, :void_window_s)",
+            " :return_max, :menu_grace_s, :void_window_s, :staff_required)",
             requests=payload,
             balance_max=self.max_balance_cents,
             topup_max=self.max_topup_cents,
             return_max=self.return_cents_max,
             menu_grace_s=self.menu_grace_s,
             void_window_s=self.void_window_s,
+            staff_required=self.staff_required,
         )
         assert len(documents) == len(items)
         return [outcome_from_document(document) for document in documents]
@@ -727,6 +732,51 @@ class Ledger:
             staff_id=staff_id,
         )
         return None if document is None else outcome_from_document(document)
+
+    # --- staff (revision 0024) -----------------------------------------------------------------
+
+    def add_staff(
+        self, *, staff_id: str, name: str, role: str, card_uid: str, pin_hash: str
+    ) -> str:
+        """`staff add`: 'added', or why not ('exists', 'card in use'). ``pin_hash``: the
+        PIN's cloud.staff.hash_pin (the database never sees a PIN)."""
+        return str(
+            self._scalar(
+                "SELECT sp_staff_add(:staff_id, :name, :role, :card_uid, :pin_hash)",
+                staff_id=staff_id,
+                name=name,
+                role=role,
+                card_uid=card_uid,
+                pin_hash=pin_hash,
+            )
+        )
+
+    def set_staff_pin(self, staff_id: str, pin_hash: str) -> bool:
+        """`staff pin`: a new PIN's hash (the lock goes, open logins end); False: no such id."""
+        return bool(
+            self._scalar(
+                "SELECT sp_staff_set_pin(:staff_id, :pin_hash)",
+                staff_id=staff_id,
+                pin_hash=pin_hash,
+            )
+        )
+
+    def staff_pin_hashes(self, staff_ids: Iterable[str]) -> dict[str, str]:
+        """The PIN hashes of these staff members (unknown ids are absent), for the consumer to
+        check staff_login PINs against."""
+        rows = self._select(
+            "SELECT staff_id, pin_hash FROM sp_staff_pin_hashes(CAST(:ids AS text[]))",
+            ids=sorted(set(staff_ids)),
+        )
+        return {str(row["staff_id"]): str(row["pin_hash"]) for row in rows}
+
+    def disable_staff(self, staff_id: str) -> bool:
+        """`staff disable`: no more logins, open logins end; False: no such staff id."""
+        return bool(self._scalar("SELECT sp_staff_disable(:staff_id)", staff_id=staff_id))
+
+    def staff_members(self) -> list[dict[str, Any]]:
+        """`staff list`: every staff member (no PIN hash) and the kiosks they are logged in at."""
+        return list(self._scalar("SELECT sp_staff_list()"))
 
     def cash_out_parts(self, request_id: str) -> tuple[int, int] | None:
         """What an approved cash-out paid: (cash from the drawer, refunded to Stripe), in cents;

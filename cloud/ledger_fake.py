@@ -402,6 +402,10 @@ class FakeLedger:
                 documents.append(document)
             return [outcome_from_document(document) for document in documents]
 
+    def staff_pin_hashes(self, staff_ids: Iterable[str]) -> dict[str, str]:
+        """No staff members in memory (staff logins are the real ledger's: revision 0024)."""
+        return {}
+
     def _sun_problem(self, item: LedgerRequest) -> str | None:
         """(1.1) As revision 0013: the consumer's failure, or the counter rule (online: above
         every accepted counter; offline: not accepted before, within the window). A fresh

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from protocol.errors import ErrorCode, Status
-from protocol.models import BarOrder, Request, Result, request_to_dict
+from protocol.models import BarOrder, Request, Result, StaffLogin, request_to_dict
 
 SOURCES: Final = ("mqtt", "http")
 KIOSK_ROLES: Final = ("bar", "checkpoint", "all")
@@ -106,6 +106,11 @@ class LedgerRequest:
     # (1.1) sun mode, a card swap: the same verdict on its old_card_sun (the old band presented)
     old_sun_counter: int | None = None
     old_sun_failure: str | None = None
+    # (1.1) a staff_login only: the consumer's verdict on its PIN (cloud.staff.verify_pin) and
+    # the stored hash it checked it against (None: the staff id is unknown). The PIN itself is
+    # never sent to the database (request_document leaves it out).
+    pin_verified: bool | None = None
+    pin_hash_checked: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +230,12 @@ def request_document(item: LedgerRequest) -> dict[str, Any]:
         document["old_sun_counter"] = item.old_sun_counter
     if item.old_sun_failure is not None:
         document["old_sun_failure"] = item.old_sun_failure
+    if isinstance(request, StaffLogin):
+        # (1.1) the PIN stays in the consumer: the ledger gets the verdict (revision 0024)
+        assert item.pin_verified is not None, "a staff_login needs the consumer's PIN verdict"
+        del document["pin"]
+        document["pin_verified"] = item.pin_verified
+        document["pin_hash_checked"] = item.pin_hash_checked
     return document
 
 

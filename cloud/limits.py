@@ -123,3 +123,14 @@ PIN_IMPORT_LINE_CHARACTERS_MAX: Final = 200
 PIN_IMPORT_PARALLEL_MIN: Final = 64
 # The session cookie's secret: 32 random bytes, base64url (43 characters).
 PORTAL_TOKEN_BYTES: Final = 32
+
+# --- staff PINs (cloud/staff.py; revision 0024) ----------------------------------------------
+# scrypt's cost: 2^14 x 8 x 1 takes 16 MiB and about 50 ms per check on a kiosk-class core (a
+# login is rare; a stolen hash costs that much per guess of a PIN's 10^6..10^12).
+STAFF_PIN_SCRYPT_N: Final = 2**14
+STAFF_PIN_SCRYPT_R: Final = 8
+STAFF_PIN_SCRYPT_P: Final = 1
+STAFF_PIN_SALT_BYTES: Final = 16
+STAFF_PIN_HASH_BYTES: Final = 32
+# `staff add` / `staff pin` make a PIN of this many digits (PROTOCOL.md: 4-12)
+STAFF_PIN_DIGITS: Final = 6

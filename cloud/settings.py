@@ -105,6 +105,9 @@ class CloudSettings(BaseSettings):
     festival_menu_grace_s: int = Field(default=MENU_GRACE_S_DEFAULT, ge=0, le=10**6)
     # (1.1) How long after an order's created_at_ms its kiosk may void it (PROTOCOL.md `void`).
     festival_void_window_s: int = Field(default=VOID_WINDOW_S_DEFAULT, ge=0, le=10**6)
+    # (1.1) Staff roles enforced (DESIGN.md `staff`): every kiosk request must name a staff
+    # member logged in at that kiosk whose role allows it, else STAFF_NOT_ALLOWED.
+    festival_staff_required: bool = False
     festival_stale_after_s: int = Field(default=STALE_AFTER_S_DEFAULT, ge=1, le=10**9)
     festival_future_skew_s: int = Field(default=FUTURE_SKEW_S_DEFAULT, ge=0, le=10**6)
     consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)

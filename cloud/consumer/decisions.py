@@ -16,14 +16,20 @@ PROTOCOL.md's rules, in the order they are checked:
    failure's reason: the counter rule needs the accepted counters, so the ledger decides it in
    the transaction that applies the request (revision 0013), where CARD_NOT_GENUINE falls in
    PROTOCOL.md's order of checks (after PRICE_MISMATCH, before CARD_NOT_FOUND).
+5. (1.1) ``check_pins`` checks a staff_login's PIN against the staff member's stored hash (read
+   for the batch); the ledger gets the verdict, never the PIN, and decides the login (band,
+   lock, enabled) and, with FESTIVAL_STAFF_REQUIRED, STAFF_NOT_ALLOWED for every other request
+   (revision 0024). STALE_REQUEST is decided here, before the ledger, so a request both stale
+   and not allowed to its staff member is STALE_REQUEST (docs/protocol.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias, cast
 
+from cloud.staff import verify_pin
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
@@ -34,6 +40,8 @@ from protocol.models import (
     CardSwap,
     CheckpointRecharge,
     Request,
+    StaffLogin,
+    StaffLogout,
     Void,
     echo_fields,
     role_may_send,
@@ -101,6 +109,10 @@ class Apply:
     # (1.1) sun mode, a card swap: the same for its old_card_sun (the old band presented)
     old_sun_counter: int | None = None
     old_sun_failure: SunFailure | None = None
+    # (1.1) a staff_login, set by check_pins: whether its PIN matches the staff member's stored
+    # hash, and that hash (None: no such staff member). The ledger gets these, never the PIN.
+    pin_verified: bool | None = None
+    pin_hash_checked: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +163,13 @@ def decide_request(
 def check_sun(decision: Decision, verifier: SunVerifier) -> Decision:
     """(1.1) sun mode: an Apply with its ``card_sun`` verified for its ``card_uid`` (once per
     request) and, for a card swap, its ``old_card_sun`` for its ``old_card_uid`` (whether the
-    old band is presented); any other decision as it is, and a void (it names an order, no
-    band is read: PROTOCOL.md lists which requests are checked). Never raises: a failure is its
+    old band is presented); any other decision as it is, a void (it names an order, no band
+    is read) and a staff login or logout (their band's proof is the PIN): PROTOCOL.md lists
+    which requests are checked. Never raises: a failure is its
     reason."""
-    if not isinstance(decision, Apply) or isinstance(decision.request, Void):
+    if not isinstance(decision, Apply) or isinstance(
+        decision.request, Void | StaffLogin | StaffLogout
+    ):
         return decision
     request = decision.request
     counter, failure = _verified(verifier, request.card_uid, request.card_sun)
@@ -163,6 +178,27 @@ def check_sun(decision: Decision, verifier: SunVerifier) -> Decision:
         counter, failure = _verified(verifier, request.old_card_uid, request.old_card_sun)
         decision = replace(decision, old_sun_counter=counter, old_sun_failure=failure)
     return decision
+
+
+def staff_ids_to_check(decisions: Sequence[Decision]) -> set[str]:
+    """The staff ids of the staff_login requests among ``decisions`` (their PINs to check)."""
+    return {
+        d.request.staff_id
+        for d in decisions
+        if isinstance(d, Apply) and isinstance(d.request, StaffLogin)
+    }
+
+
+def check_pins(decision: Decision, pin_hashes: Mapping[str, str]) -> Decision:
+    """(1.1) A staff_login's PIN checked against its staff member's stored hash (cloud.staff:
+    scrypt, CPU only); any other decision as it is. The ledger decides the rest (band, lock,
+    enabled) in the transaction that records the login."""
+    if not isinstance(decision, Apply) or not isinstance(decision.request, StaffLogin):
+        return decision
+    stored = pin_hashes.get(decision.request.staff_id)
+    return replace(
+        decision, pin_verified=verify_pin(decision.request.pin, stored), pin_hash_checked=stored
+    )
 
 
 def _verified(

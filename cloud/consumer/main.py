@@ -50,6 +50,7 @@ def run(settings: CloudSettings) -> int:
         return_cents_max=settings.festival_return_max_cents,
         menu_grace_s=settings.festival_menu_grace_s,
         void_window_s=settings.festival_void_window_s,
+        staff_required=settings.festival_staff_required,
         currency=settings.festival_currency,
     )
     # PROTOCOL.md 1.1: no kiosk's credentials may use a cloud process's client id. The broker binds

@@ -44,14 +44,17 @@ from cloud.consumer.decisions import (
     KioskView,
     Reject,
     RequestPolicy,
+    check_pins,
     check_sun,
     decide_request,
+    staff_ids_to_check,
 )
 from cloud.consumer.directory import KioskDirectory
 from cloud.consumer.inbox import InboundMessage
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.limits import RESULT_TOPICS_CACHED_MAX
 from cloud.consumer.metrics import ConsumerMetrics
+from cloud.staff import redact_pin
 from protocol.codec import (
     build_result,
     decode_scan,
@@ -116,7 +119,8 @@ class DeadLetterEntry:
         reason: str,
         kind: str,
     ) -> DeadLetterEntry:
-        return cls(message.topic, message.payload, code, reason, kiosk_id, kind)
+        # (1.1) a staff_login's PIN is never kept, not even in a dead letter
+        return cls(message.topic, redact_pin(message.payload), code, reason, kiosk_id, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +216,12 @@ class Worker:
         if self._sun_master_key is not None:
             verifier = self._sun_verifier()
             batch.decisions = [check_sun(decision, verifier) for decision in batch.decisions]
+        staff_ids = staff_ids_to_check(batch.decisions)
+        if staff_ids:
+            hashes = self._database(
+                lambda: self._ledger.staff_pin_hashes(staff_ids), self._prepare_backoff
+            )
+            batch.decisions = [check_pins(decision, hashes) for decision in batch.decisions]
         batch.scan_records = [_decode_scan(m, t, views.get(t.kiosk_id)) for m, t in batch.scans]
         batch.status_records = [_decode_status(m, t) for m, t in batch.statuses]
         return batch
@@ -273,6 +283,8 @@ class Worker:
                     sun_failure=None if d.sun_failure is None else d.sun_failure.value,
                     old_sun_counter=d.old_sun_counter,
                     old_sun_failure=None if d.old_sun_failure is None else d.old_sun_failure.value,
+                    pin_verified=d.pin_verified,
+                    pin_hash_checked=d.pin_hash_checked,
                 )
                 for _, d in applies
             ]

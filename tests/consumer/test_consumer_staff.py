@@ -1,0 +1,215 @@
+"""Staff logins and roles through the real `festival-cloud consumer` with
+FESTIVAL_STAFF_REQUIRED=true (revision 0024; PROTOCOL.md 1.1 `staff_login`/`staff_logout`,
+STAFF_NOT_ALLOWED): kiosks sign over Mosquitto, the consumer checks the PIN against the stored
+scrypt hash and PostgreSQL decides the login; every later request is judged by the login of
+the staff member it names; a PIN is kept nowhere - not in the database, not in a dead letter,
+not in the consumer's log."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from cloud.database import make_engine
+from cloud.ledger import Ledger
+from cloud.sandbox import MosquittoBroker
+from cloud.staff import hash_pin
+from protocol.errors import ErrorCode, Status
+from protocol.keys import generate_private_key, public_key_b64
+from protocol.models import StaffLogin, StaffLogout
+from tests.consumer.conftest import CloudKey, LedgerDatabase
+from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
+from tests.consumer.support import ConsumerProcess
+from tests.ledger.helpers import execute
+
+ROLES = {"staff-bar": "bar", "staff-gate": "checkpoint"}
+PIN = "482916"
+BAND = "04E5E5E5E5E5E5"
+CASHIER_PIN = "135790"
+CASHIER_BAND = "04E6E6E6E6E6E6"
+
+
+@dataclass
+class Site:
+    ledger: Ledger
+    owner_url: str
+    bar: KioskClient
+    gate: KioskClient
+    consumer: ConsumerProcess
+    stranger: KioskClient  # signs as staff-bar with a key the cloud does not know
+
+
+def _login(kiosk: KioskClient, staff_id: str, pin: str, band: str) -> StaffLogin:
+    return StaffLogin(
+        request_id=uuid7(),
+        kiosk_id=kiosk.kiosk_id,
+        seq=kiosk.next_seq(),
+        created_at_ms=now_ms(),
+        card_uid=band,
+        currency=kiosk.currency,
+        staff_id=staff_id,
+        pin=pin,
+    )
+
+
+def _logout(kiosk: KioskClient, staff_id: str, band: str) -> StaffLogout:
+    return StaffLogout(
+        request_id=uuid7(),
+        kiosk_id=kiosk.kiosk_id,
+        seq=kiosk.next_seq(),
+        created_at_ms=now_ms(),
+        card_uid=band,
+        currency=kiosk.currency,
+        staff_id=staff_id,
+    )
+
+
+@pytest.fixture(scope="module")
+def site(
+    ledger_database: LedgerDatabase,
+    cloud_key: CloudKey,
+    mosquitto_broker: MosquittoBroker,
+    service_dirs: Callable[[str], Path],
+) -> Iterator[Site]:
+    for kiosk_id in ROLES:
+        if kiosk_id not in mosquitto_broker.users:
+            mosquitto_broker.add_user(kiosk_id)
+    engine = make_engine(ledger_database.owner_url, pool_size=2)
+    ledger = Ledger(engine)
+    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
+    for kiosk_id, role in ROLES.items():
+        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
+    assert (
+        ledger.add_staff(
+            staff_id="mia", name="Mia", role="bartender", card_uid=BAND, pin_hash=hash_pin(PIN)
+        )
+        == "added"
+    )
+    assert (
+        ledger.add_staff(
+            staff_id="cas",
+            name="Cas",
+            role="cashier",
+            card_uid=CASHIER_BAND,
+            pin_hash=hash_pin(CASHIER_PIN),
+        )
+        == "added"
+    )
+    consumer = ConsumerProcess(
+        database_url=ledger_database.service_url,
+        mqtt_url=mosquitto_broker.url("cloud-consumer"),
+        signing_key_file=cloud_key.path,
+        consumer_id=f"consumer-staff-{uuid7()[-8:]}",
+        workdir=service_dirs("consumer-staff"),
+        extra_env={"FESTIVAL_STAFF_REQUIRED": "true"},
+    )
+    kiosks: dict[str, KioskClient] = {}
+    try:
+        consumer.start()
+        for kiosk_id, key in keys.items():
+            kiosks[kiosk_id] = KioskClient(
+                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
+            ).connect()
+        yield Site(
+            ledger,
+            ledger_database.owner_url,
+            kiosks["staff-bar"],
+            kiosks["staff-gate"],
+            consumer,
+            KioskClient(
+                mosquitto_broker.url("staff-bar"),
+                "staff-bar",
+                generate_private_key(),
+                cloud_key.private_key.public_key(),
+            ),
+        )
+    finally:
+        for client in kiosks.values():
+            client.close()
+        consumer.close()
+        engine.dispose()
+
+
+def test_a_bartender_logs_in_sells_and_logs_out_and_roles_hold(site: Site) -> None:
+    card = "04F1F1F1"
+    # the cashier logs in at the checkpoint and tops the card up under her own id
+    login = _login(site.gate, "cas", CASHIER_PIN, CASHIER_BAND)
+    site.gate.send(login)
+    result = site.gate.wait_result(login.request_id)
+    assert (result.status, result.message) == (Status.APPROVED, "Logged in: Cas (cashier)")
+    assert result.transaction_id is None and result.new_balance_cents is None
+    top_up = replace(site.gate.recharge(card, 2_000), staff_id="cas")
+    site.gate.send(top_up)
+    assert site.gate.wait_result(top_up.request_id).approved
+
+    # before Mia logs in, her sale is refused; a wrong PIN is refused without saying why
+    sale = replace(site.bar.bar_order(card, 500), staff_id="mia")
+    site.bar.send(sale)
+    refused = site.bar.wait_result(sale.request_id)
+    assert (refused.status, refused.error_code) == (Status.REJECTED, ErrorCode.STAFF_NOT_ALLOWED)
+    wrong = _login(site.bar, "mia", "000000", BAND)
+    site.bar.send(wrong)
+    assert site.bar.wait_result(wrong.request_id).error_code is ErrorCode.STAFF_NOT_ALLOWED
+
+    login = _login(site.bar, "mia", PIN, BAND)
+    site.bar.send(login)
+    assert site.bar.wait_result(login.request_id).message == "Logged in: Mia (bartender)"
+    sale = replace(site.bar.bar_order(card, 500), staff_id="mia")
+    site.bar.send(sale)
+    sold = site.bar.wait_result(sale.request_id)
+    assert sold.approved and sold.new_balance_cents == 1_500
+    # the cashier, not logged in at the bar, cannot sell there; a bartender cannot top up
+    other = replace(site.bar.bar_order(card, 500), staff_id="cas")
+    site.bar.send(other)
+    assert site.bar.wait_result(other.request_id).error_code is ErrorCode.STAFF_NOT_ALLOWED
+
+    logout = _logout(site.bar, "mia", BAND)
+    site.bar.send(logout)
+    assert site.bar.wait_result(logout.request_id).message == "Logged out: Mia"
+    after = replace(site.bar.bar_order(card, 500), staff_id="mia")
+    site.bar.send(after)
+    assert site.bar.wait_result(after.request_id).error_code is ErrorCode.STAFF_NOT_ALLOWED
+    assert site.ledger.card(card).balance_cents == 1_500  # type: ignore[union-attr]
+    assert site.ledger.check() == []
+
+
+def test_a_pin_is_kept_nowhere_not_even_in_a_dead_letter(site: Site) -> None:
+    secret = "97531864"
+    forged = _login(site.bar, "mia", secret, BAND)
+    site.stranger.connect()
+    try:
+        site.stranger.send(forged)  # a signature the cloud cannot verify: a dead letter
+        site.stranger.wait_anonymous_results(1)
+    finally:
+        site.stranger.close()
+    letters = execute(
+        site.owner_url,
+        "SELECT payload FROM dead_letters WHERE kiosk_id = 'staff-bar' ORDER BY 1",
+    )
+    assert letters, "the forged login was kept as a dead letter"
+    documents = [_jws_payload(bytes(row[0])) for row in letters]
+    assert any(d.get("request_id") == forged.request_id for d in documents)
+    for document in documents:
+        assert document.get("pin") in (None, "[redacted]"), document
+    for table in ("processed_requests", "app_transaction_log", "idempotency_keys", "dead_letters"):
+        rows = execute(
+            site.owner_url,
+            f"SELECT count(*) FROM {table} t WHERE t::text LIKE :pattern",
+            pattern=f"%{secret}%",
+        )
+        assert rows == [(0,)], table
+    for pin in (PIN, CASHIER_PIN, secret):
+        assert pin not in site.consumer.log_text(), "a PIN in the consumer's log"
+
+
+def _jws_payload(raw: bytes) -> dict[str, object]:
+    """The JSON payload of a compact JWS, unverified."""
+    part = raw.split(b".")[1]
+    document = json.loads(base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4)))
+    assert isinstance(document, dict)
+    return document
