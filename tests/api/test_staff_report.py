@@ -265,3 +265,19 @@ def test_nothing_today_is_an_empty_report(client: TestClient, engine: Engine) ->
     assert body["rows"] == [] and body["total"]["net_cents"] == 0
     assert parse_csv(get(client, "/api/reports/staff.csv").text) == [HEADER]
     assert scalar(engine, "SELECT count(*) FROM bar_orders") == 0
+
+
+def test_the_routes_are_in_the_openapi_document(client: TestClient) -> None:
+    """Schemathesis (tests/api/test_schemathesis.py) reads them from there."""
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, content_type in (
+        ("/api/reports/staff", "application/json"),
+        ("/api/reports/staff.csv", "text/csv"),
+    ):
+        operation = paths[path]["get"]
+        assert [(p["name"], p["in"]) for p in operation["parameters"]] == [
+            ("from", "query"),
+            ("to", "query"),
+        ]
+        assert {"200", "400", "401"} <= set(operation["responses"]), path
+        assert content_type in operation["responses"]["200"]["content"], path
