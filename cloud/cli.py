@@ -463,7 +463,8 @@ def _add_shift_verbs(verbs: Verbs) -> None:
 
 def _add_report_verbs(verbs: Verbs) -> None:
     """`report sales --group … [--from T --to T]` (CSV), `report day --date D [--json]` (the
-    Z-report) and `report liability [--json]`."""
+    Z-report), `report liability [--json]` and `report staff [--date D | --from T --to T]
+    [--json]` (issue 17 §3)."""
     report = _group(verbs, "report", "sales and liability reports (docs/operations.md)")
     sales = _verb(
         report,
@@ -498,6 +499,24 @@ def _add_report_verbs(verbs: Verbs) -> None:
         "cloud.reports:report_liability",
     )
     liability.add_argument("--json", action="store_true")
+    staff = _verb(
+        report,
+        "staff",
+        "sales and top-ups per staff member as CSV (today in UTC unless --date or --from/--to)",
+        "cloud.reports:report_staff",
+    )
+    staff.add_argument("--date", metavar="YYYY-MM-DD", help="that day, in UTC")
+    for option, destination, meaning in (
+        ("--from", "start", "at or after"),
+        ("--to", "end", "before"),
+    ):
+        staff.add_argument(
+            option,
+            dest=destination,
+            metavar="TIME",
+            help=f"only what happened {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
+        )
+    staff.add_argument("--json", action="store_true", help="the JSON of GET /api/reports/staff")
 
 
 def _missing_extra(verb: str, error: ModuleNotFoundError) -> int:

@@ -8,14 +8,17 @@
 - The Z-report of a day (UTC, issue 17 section 4): per bar the orders and sales (the kiosk
   grouping of the sales report, net of voids), per checkpoint the cash and card top-ups and the
   shift closes (revision 0019) with their variance.
+- The staff report (issue 17 section 3): per staff member in a window (default today, UTC), bar
+  orders with the voided ones of them and the net, the voids they made, cash and card top-ups,
+  cash-outs paid and the kiosks they worked at; the events without a staff id as one row.
 - The liability: what the festival owes = card balances + payouts not yet paid + the deposit
   account - debts, with the card balances reconciled against the sum of the cards' postings (the
   invariant `festival-cloud check` verifies).
 
 Read-only SQL through the PostgreSQL adapter (cloud/database.py), one statement per report so
 every figure of a report comes from one snapshot. The HTTP routes are cloud/api/reports.py; the
-CLI verbs (`festival-cloud report sales|day|liability`) are `report_sales` / `report_day` /
-`report_liability`.
+CLI verbs (`festival-cloud report sales|day|liability|staff`) are `report_sales` / `report_day` /
+`report_liability` / `report_staff`.
 """
 
 from __future__ import annotations
@@ -160,6 +163,17 @@ class SalesWindow:
             None if start is None else parse_moment(start),
             None if end is None else parse_moment(end),
         )
+
+    @classmethod
+    def day(cls, day_start: datetime) -> SalesWindow:
+        """The day (24 hours) starting at `day_start` (parse_day's midnight UTC)."""
+        return cls(day_start, day_start + timedelta(days=1))
+
+    @classmethod
+    def today(cls, now: datetime | None = None) -> SalesWindow:
+        """The UTC day `now` (default: the clock's now) falls in, as `report day` reads a day."""
+        moment = (now or datetime.now(UTC)).astimezone(UTC)
+        return cls.day(parse_day(moment.date().isoformat()))
 
     def as_json(self) -> dict[str, str | None]:
         return {
@@ -416,7 +430,7 @@ class Reports:
         `checkpoints` (the cash and card top-ups, the cash paid out by card cash-outs and the
         shift closes closed that day, with their variance) and `total`; every figure from one
         snapshot."""
-        window = SalesWindow(day_start, day_start + timedelta(days=1))
+        window = SalesWindow.day(day_start)
         condition, params = _window_sql(window)
         day = {"day_start": window.start, "day_end": window.end}
         sales, topups, closes, cash_outs = self._snapshot_rows(
@@ -931,4 +945,184 @@ def report_shifts(args: argparse.Namespace, settings: CloudSettings) -> int:
         print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     sys.stdout.write(shift_report_csv(rows))
+    return EXIT_OK
+
+
+# --- the staff report (issue 17 section 3): sales and top-ups per staff member ------------------
+
+# Every event a staff member's id is recorded with (the kiosk sends `staff_id` in every request),
+# in the window, as one row of figures each: a bar order (at its time, SOLD_AT_SQL, with its total
+# as charged to the card, cup deposits and returns included; voided = a void names it, counted
+# under the order's staff member at the order's time, so orders - voided = net in every window), a
+# void made (under the staff member who voided, at the void's time), a cash or card top-up (Stripe
+# top-ups are nobody's), a cash-out (the cash paid from the drawer; a Stripe part is refunded, not
+# handed out). `per_staff` sums them per staff id (NULL: the seed POS endpoints, old data); the
+# name of revision 0024's staff_members is one `LEFT JOIN staff_members m USING (staff_id)` on it.
+STAFF_SQL = f"""
+WITH events AS (
+    SELECT o.staff_id, o.kiosk_id,
+           1 AS orders, o.total_cents AS orders_cents,
+           (v.order_id IS NOT NULL)::int AS voided_orders,
+           CASE WHEN v.order_id IS NULL THEN 0 ELSE o.total_cents END AS voided_cents,
+           0 AS voids_made, 0::bigint AS voids_made_cents,
+           0 AS cash_topups, 0::bigint AS cash_topups_cents,
+           0 AS card_topups, 0::bigint AS card_topups_cents,
+           0 AS cash_outs, 0::bigint AS cash_out_cents
+      FROM bar_orders o
+      LEFT JOIN voids v ON v.order_id = o.order_id
+     WHERE (CAST(:start AS timestamptz) IS NULL OR {SOLD_AT_SQL} >= :start)
+       AND (CAST(:end AS timestamptz) IS NULL OR {SOLD_AT_SQL} < :end)
+    UNION ALL
+    SELECT v.staff_id, v.kiosk_id, 0, 0, 0, 0, 1, v.amount_cents, 0, 0, 0, 0, 0, 0
+      FROM voids v
+     WHERE (CAST(:start AS timestamptz) IS NULL OR v.created_at >= :start)
+       AND (CAST(:end AS timestamptz) IS NULL OR v.created_at < :end)
+    UNION ALL
+    SELECT r.staff_id, r.kiosk_id, 0, 0, 0, 0, 0, 0,
+           (r.payment_method = 'cash')::int,
+           CASE WHEN r.payment_method = 'cash' THEN r.amount_cents ELSE 0 END,
+           (r.payment_method = 'card')::int,
+           CASE WHEN r.payment_method = 'card' THEN r.amount_cents ELSE 0 END,
+           0, 0
+      FROM recharges r
+     WHERE r.payment_method IN ('cash', 'card')
+       AND (CAST(:start AS timestamptz) IS NULL OR r.created_at >= :start)
+       AND (CAST(:end AS timestamptz) IS NULL OR r.created_at < :end)
+    UNION ALL
+    SELECT c.staff_id, c.kiosk_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, c.cash_cents
+      FROM cash_outs c
+     WHERE (CAST(:start AS timestamptz) IS NULL OR c.created_at >= :start)
+       AND (CAST(:end AS timestamptz) IS NULL OR c.created_at < :end)
+), per_staff AS (
+    SELECT staff_id,
+           sum(orders) AS orders, sum(orders_cents) AS orders_cents,
+           sum(voided_orders) AS voided_orders, sum(voided_cents) AS voided_cents,
+           sum(voids_made) AS voids_made, sum(voids_made_cents) AS voids_made_cents,
+           sum(cash_topups) AS cash_topups, sum(cash_topups_cents) AS cash_topups_cents,
+           sum(card_topups) AS card_topups, sum(card_topups_cents) AS card_topups_cents,
+           sum(cash_outs) AS cash_outs, sum(cash_out_cents) AS cash_out_cents,
+           coalesce(array_agg(DISTINCT kiosk_id ORDER BY kiosk_id)
+                        FILTER (WHERE kiosk_id IS NOT NULL), '{{}}') AS kiosks
+      FROM events
+     GROUP BY staff_id
+)
+SELECT s.*
+  FROM per_staff s
+ ORDER BY s.staff_id NULLS LAST
+ LIMIT :rows_limit
+"""
+# A row's figures (counts and cents), in the CSV's and the JSON's order; net = orders - voided.
+STAFF_FIGURES: Final = (
+    "orders",
+    "orders_cents",
+    "voided_orders",
+    "voided_cents",
+    "net_orders",
+    "net_cents",
+    "voids_made",
+    "voids_made_cents",
+    "cash_topups",
+    "cash_topups_cents",
+    "card_topups",
+    "card_topups_cents",
+    "topups_cents",
+    "cash_outs",
+    "cash_out_cents",
+)
+# What the CSV and the dashboard show for the events recorded without a staff id (JSON: null).
+NO_STAFF_LABEL: Final = "(none)"
+STAFF_COLUMNS: Final = ("staff_id", *STAFF_FIGURES, "kiosks")
+# The decimal twins of the cents columns, after them (like the shift report's).
+STAFF_DECIMAL_COLUMNS: Final = {
+    name.removesuffix("_cents") + "_amount": name
+    for name in STAFF_FIGURES
+    if name.endswith("_cents")
+}
+
+
+def _staff_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    figures = {
+        name: int(row[name])
+        for name in STAFF_FIGURES
+        if name not in ("net_orders", "net_cents", "topups_cents")
+    }
+    figures["net_orders"] = figures["orders"] - figures["voided_orders"]
+    figures["net_cents"] = figures["orders_cents"] - figures["voided_cents"]
+    figures["topups_cents"] = figures["cash_topups_cents"] + figures["card_topups_cents"]
+    out: dict[str, Any] = {"staff_id": row["staff_id"]}
+    out.update((name, figures[name]) for name in STAFF_FIGURES)
+    out["kiosks"] = [str(kiosk) for kiosk in row["kiosks"]]
+    out.update((twin, decimal_amount(out[cents])) for twin, cents in STAFF_DECIMAL_COLUMNS.items())
+    return out
+
+
+def staff_report(reports: Reports, window: SalesWindow) -> dict[str, Any]:
+    """Per staff member in the window: bar orders (count and total as charged, the voided ones
+    of them, the net), the voids they made, cash and card top-ups, cash-outs paid and the kiosks
+    they worked at; one row (staff_id None) for the events without a staff id; `total` sums each
+    figure. One statement, so one snapshot. ReportError beyond REPORT_ROWS_MAX rows."""
+    if window.start is not None and window.end is not None and window.start >= window.end:
+        found: list[dict[str, Any]] = []  # an empty window
+    else:
+        params = {"start": window.start, "end": window.end, "rows_limit": REPORT_ROWS_MAX + 1}
+        found = reports._rows(STAFF_SQL, params)
+    if len(found) > REPORT_ROWS_MAX:
+        raise ReportError(
+            f"the report has more than {REPORT_ROWS_MAX} rows: narrow it with from/to"
+        )
+    rows = [_staff_row(row) for row in found]
+    total: dict[str, Any] = {name: sum(row[name] for row in rows) for name in STAFF_FIGURES}
+    total.update(
+        (twin, decimal_amount(total[cents])) for twin, cents in STAFF_DECIMAL_COLUMNS.items()
+    )
+    return {"currency": reports.currency, **window.as_json(), "rows": rows, "total": total}
+
+
+def staff_report_csv(report: Mapping[str, Any]) -> str:
+    """The staff report's CSV: the header row, then a row per staff member (`(none)` for the
+    events without a staff id, the kiosks separated by spaces)."""
+    columns = (*STAFF_COLUMNS, *STAFF_DECIMAL_COLUMNS)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    for row in report["rows"]:
+        cells = {
+            **row,
+            "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
+            "kiosks": " ".join(row["kiosks"]),
+        }
+        writer.writerow([cells[column] for column in columns])
+    return buffer.getvalue()
+
+
+def staff_window(
+    start: str | None, end: str | None, day: str | None = None, *, now: datetime | None = None
+) -> SalesWindow:
+    """The staff report's window: `day` (YYYY-MM-DD, UTC), else from/to, else today (UTC)."""
+    if day is not None:
+        if start is not None or end is not None:
+            raise ReportError("give either a date or from/to, not both")
+        return SalesWindow.day(parse_day(day))
+    if start is None and end is None:
+        return SalesWindow.today(now)
+    return SalesWindow.parse(start, end)
+
+
+def report_staff(args: argparse.Namespace, settings: CloudSettings) -> int:
+    """`report staff [--date D | --from T --to T] [--json]`: the staff report's CSV (or JSON) on
+    stdout; today (UTC) without a window."""
+    try:
+        window = staff_window(args.start, args.end, args.date)
+        with _reports(settings) as reports:
+            report = staff_report(reports, window)
+    except ReportError as error:
+        print(f"festival-cloud report staff: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except TransientDatabaseError as error:
+        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        print(json.dumps(report))
+    else:
+        sys.stdout.write(staff_report_csv(report))
     return EXIT_OK

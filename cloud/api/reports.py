@@ -1,5 +1,6 @@
 """The report routes (admin bearer ADMIN_TOKEN): the sales CSV an accountant downloads, the same
-rows as JSON for the dashboard's tables and chart, and the liability. The SQL and the CSV are
+rows as JSON for the dashboard's tables and chart, the shift and staff reports (CSV and JSON), and
+the liability. The SQL and the CSV are
 cloud/reports.py's; this module only turns HTTP parameters into its calls."""
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from cloud.reports import (
     SalesWindow,
     shift_report_csv,
     shift_report_rows,
+    staff_report,
+    staff_report_csv,
+    staff_window,
 )
 from protocol.limits import CHECKPOINT_ID_LENGTH_MAX, CHECKPOINT_ID_LENGTH_MIN
 
@@ -119,6 +123,33 @@ def router(reports: Reports) -> APIRouter:
         rows = shift_rows(checkpoint, start, end)
         return json_response({"currency": reports.currency, "rows": rows})
 
+    def staff_figures(start: str | None, end: str | None) -> dict[str, Any]:
+        try:
+            return staff_report(reports, staff_window(start, end))
+        except ReportError as error:
+            raise ApiError(400, INVALID_REQUEST, str(error)) from None
+
+    def staff_csv(
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> Response:
+        body = staff_report_csv(staff_figures(start, end))
+        filename = f"staff-{reports.currency}.csv"
+        return Response(
+            body,
+            media_type=CSV_MEDIA_TYPE,
+            headers={
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    def staff(
+        start: str | None = _moment("from"),
+        end: str | None = _moment("to"),
+    ) -> JSONResponse:
+        return json_response(staff_figures(start, end))
+
     def liability() -> JSONResponse:
         return json_response(reports.liability())
 
@@ -161,6 +192,26 @@ def router(reports: Reports) -> APIRouter:
         methods=["GET"],
         summary="The shift report's rows as JSON (the dashboard's open shifts and closes)",
         responses=shift_refusals,
+    )
+    staff_refusals: dict[int | str, dict[str, Any]] = {
+        400: {"description": "bad from or to; or more rows than a report may have"},
+        401: refusals[401],
+    }
+    routes.add_api_route(
+        "/api/reports/staff.csv",
+        staff_csv,
+        methods=["GET"],
+        summary="Sales and top-ups per staff member as CSV (today, UTC, without from/to): "
+        "orders, voided, net, voids made, cash and card top-ups, cash-outs, kiosks",
+        response_class=Response,
+        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **staff_refusals},
+    )
+    routes.add_api_route(
+        "/api/reports/staff",
+        staff,
+        methods=["GET"],
+        summary="The staff report's rows and total as JSON (the dashboard's Staff table)",
+        responses=staff_refusals,
     )
     routes.add_api_route(
         "/api/reports/liability",

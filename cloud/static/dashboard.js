@@ -483,6 +483,7 @@
       if (withReports) {
         lastReports = now;
         loadShifts();
+        loadStaff();
         renderReports(results[next], results[next + 1], results[next + 2], now);
       }
       setStatus("updated " + new Date().toLocaleTimeString("en-GB", { hour12: false }), false);
@@ -902,6 +903,72 @@
         });
       })
       .catch(cardFailed);
+  }
+
+  // --- who sold what: sales and top-ups per staff member (issue 17 section 3) ----------------
+  // GET /api/reports/staff without from/to: today in UTC, as the Z-report reads a day. Loaded
+  // with the other reports (every REPORTS_REFRESH_MS). A row without a staff id is "(none)".
+
+  var NO_STAFF = "(none)";
+
+  function countAndMoney(count, noun, cents) {
+    return count === 0 ? "–" : plural(count, noun) + ", " + money(cents);
+  }
+
+  function staffCells(row, figures) {
+    cell(row, figures.orders, "num");
+    cell(row, money(figures.orders_cents), "num");
+    cell(row, countAndMoney(figures.voided_orders, "order", figures.voided_cents), "num");
+    cell(row, money(figures.net_cents), "num net");
+    cell(row, countAndMoney(figures.voids_made, "void", figures.voids_made_cents), "num");
+    cell(row, countAndMoney(figures.cash_topups, "top-up", figures.cash_topups_cents), "num");
+    cell(row, countAndMoney(figures.card_topups, "top-up", figures.card_topups_cents), "num");
+    cell(row, countAndMoney(figures.cash_outs, "cash-out", figures.cash_out_cents), "num");
+  }
+
+  function renderStaff(report) {
+    setCurrency(report.currency);
+    staffMessage("");
+    fillTable("staff-table", report.rows, function (row, member) {
+      if (member.staff_id === null) {
+        row.className = "no-staff";
+        cell(row, NO_STAFF, "empty");
+      } else {
+        row.setAttribute("data-staff-id", member.staff_id);
+        cell(row, member.staff_id);
+      }
+      staffCells(row, member);
+      cell(row, member.kiosks.join(", "), "kiosks");
+    }, "nothing sold or topped up today", 10);
+    var total = report.total;
+    $("staff-total-orders").textContent = String(total.orders);
+    $("staff-total-sales").textContent = money(total.orders_cents);
+    $("staff-total-voided").textContent = money(total.voided_cents);
+    $("staff-total-net").textContent = money(total.net_cents);
+    $("staff-total-voids-made").textContent = money(total.voids_made_cents);
+    $("staff-total-cash").textContent = money(total.cash_topups_cents);
+    $("staff-total-card").textContent = money(total.card_topups_cents);
+    $("staff-total-cash-outs").textContent = money(total.cash_out_cents);
+    $("staff").setAttribute("data-loaded", "true");
+  }
+
+  function staffMessage(text) {
+    var message = $("staff-message");
+    message.textContent = text || "";
+    message.className = "message error" + (text ? "" : " hidden");
+  }
+
+  function staffFailed(error) {
+    if (error.unauthorized) {
+      window.sessionStorage.removeItem(TOKEN_KEY);
+      showLogin("That token was refused.");
+      return;
+    }
+    staffMessage("could not load the staff report (" + error.message + ")");
+  }
+
+  function loadStaff() {
+    return api("/api/reports/staff").then(renderStaff).catch(staffFailed);
   }
 
   // --- cash drawers: the open shifts and the shift close (issue 17 section 4) ----------------

@@ -45,10 +45,11 @@ def bar_order(
     config_version: int | None = None,
     created_at_ms: int | None = None,
     offline: bool = False,
+    staff_id: str | None = "staff-1",
 ) -> LedgerRequest:
     """A bar order of (name, quantity, unit_price_cents) lines (or BarItems), made now unless
     `created_at_ms` says when, citing `config_version` (the config whose menu priced it);
-    `offline`: an offline sale (PROTOCOL.md 1.1)."""
+    `offline`: an offline sale (PROTOCOL.md 1.1); `staff_id` None: sent without one."""
     items = tuple(line if isinstance(line, BarItem) else BarItem(*line) for line in lines) or (
         BarItem("Beer", 1, 500),
     )
@@ -61,7 +62,7 @@ def bar_order(
         currency=CURRENCY,
         items=items,
         total_cents=sum(item.signed_cents for item in items),
-        staff_id="staff-1",
+        staff_id=staff_id,
         config_version=config_version,
         offline=offline,
     )
@@ -138,6 +139,7 @@ def void(
     request_id: str | None = None,
     kiosk_id: str | None = None,
     seq: int = 2,
+    staff_id: str = "staff-1",
 ) -> LedgerRequest:
     """(1.1) A void of ``original`` (a bar order), from its kiosk and on its card unless told."""
     request = Void(
@@ -148,7 +150,7 @@ def void(
         card_uid=card_uid or original.request.card_uid,
         currency=CURRENCY,
         original_request_id=original.request.request_id,
-        staff_id="staff-1",
+        staff_id=staff_id,
     )
     return LedgerRequest(request, sha256_of(request))
 
