@@ -1006,8 +1006,10 @@ WITH events AS (
       FROM events
      GROUP BY staff_id
 )
-SELECT s.*
+-- (revision 0024) the staff member's name and role, when registered with `staff add`
+SELECT s.*, m.name, m.role
   FROM per_staff s
+  LEFT JOIN staff_members m ON m.staff_id = s.staff_id
  ORDER BY s.staff_id NULLS LAST
  LIMIT :rows_limit
 """
@@ -1031,7 +1033,7 @@ STAFF_FIGURES: Final = (
 )
 # What the CSV and the dashboard show for the events recorded without a staff id (JSON: null).
 NO_STAFF_LABEL: Final = "(none)"
-STAFF_COLUMNS: Final = ("staff_id", *STAFF_FIGURES, "kiosks")
+STAFF_COLUMNS: Final = ("staff_id", "name", "role", *STAFF_FIGURES, "kiosks")
 # The decimal twins of the cents columns, after them (like the shift report's).
 STAFF_DECIMAL_COLUMNS: Final = {
     name.removesuffix("_cents") + "_amount": name
@@ -1049,7 +1051,7 @@ def _staff_row(row: Mapping[str, Any]) -> dict[str, Any]:
     figures["net_orders"] = figures["orders"] - figures["voided_orders"]
     figures["net_cents"] = figures["orders_cents"] - figures["voided_cents"]
     figures["topups_cents"] = figures["cash_topups_cents"] + figures["card_topups_cents"]
-    out: dict[str, Any] = {"staff_id": row["staff_id"]}
+    out: dict[str, Any] = {"staff_id": row["staff_id"], "name": row["name"], "role": row["role"]}
     out.update((name, figures[name]) for name in STAFF_FIGURES)
     out["kiosks"] = [str(kiosk) for kiosk in row["kiosks"]]
     out.update((twin, decimal_amount(out[cents])) for twin, cents in STAFF_DECIMAL_COLUMNS.items())

@@ -935,7 +935,9 @@
         cell(row, NO_STAFF, "empty");
       } else {
         row.setAttribute("data-staff-id", member.staff_id);
-        cell(row, member.staff_id);
+        // the name and role of a staff member registered with `staff add`
+        cell(row, member.name ? member.staff_id + " \u2014 " + member.name + " (" + member.role + ")"
+                              : member.staff_id);
       }
       staffCells(row, member);
       cell(row, member.kiosks.join(", "), "kiosks");

@@ -21,6 +21,7 @@ from cloud.database import Engine
 from cloud.ledger import Ledger
 from cloud.ledger_records import LedgerRequest
 from cloud.reports import ReportError, Reports, SalesWindow, iso_utc, staff_report, staff_window
+from cloud.staff import hash_pin
 from protocol.models import BarItem
 from tests.api.conftest import admin_headers, scalar
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, void
@@ -29,6 +30,8 @@ from tests.ledger.test_cli import cli
 
 HEADER = [
     "staff_id",
+    "name",
+    "role",
     "orders",
     "orders_cents",
     "voided_orders",
@@ -54,7 +57,7 @@ HEADER = [
     "topups_amount",
     "cash_out_amount",
 ]
-ZERO: dict[str, int] = {name: 0 for name in HEADER[1:16]}
+ZERO: dict[str, int] = {name: 0 for name in HEADER[3:18]}
 
 
 def apply(ledger: Ledger, item: LedgerRequest) -> None:
@@ -73,11 +76,13 @@ def get(client: TestClient, path: str = "/api/reports/staff", **params: str) -> 
 
 
 def line(staff: str, figures: dict[str, int], kiosks: str, *amounts: str) -> list[str]:
-    """A CSV row: the staff id, the figures, the kiosks, the decimals (the amounts given, then
-    the top-ups' total and the cash-outs' from the figures)."""
+    """A CSV row: the staff id, name and role (anna is registered), the figures, the kiosks,
+    the decimals (the amounts given, then the top-ups' total and the cash-outs' from the
+    figures)."""
     totals = (figures["topups_cents"], figures["cash_out_cents"])
     return [
         staff,
+        *(("Anna K", "cashier") if staff == "anna" else ("", "")),
         *map(str, figures.values()),
         kiosks,
         *amounts,
@@ -97,6 +102,14 @@ def staff_day(ledger: Ledger) -> None:
     staff id (the "(none)" row)."""
     for kiosk_id, role in (("bar-1", "bar"), ("bar-2", "bar"), ("checkpoint-1", "checkpoint")):
         ledger.add_kiosk(kiosk_id, PUBLIC_KEY, role)
+    # (revision 0024) anna is a registered staff member: the report names her
+    ledger.add_staff(
+        staff_id="anna",
+        name="Anna K",
+        role="cashier",
+        card_uid="04AA00FF",
+        pin_hash=hash_pin("1234"),
+    )
     apply(ledger, recharge("04AA0001", 2_000, staff_id="anna"))
     apply(ledger, recharge("04AA0002", 3_000, method="card", staff_id="anna"))
     apply(ledger, recharge("04AA0003", 900, staff_id="anna"))
