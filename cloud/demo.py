@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cloud.admin import _euros as _eur
 from cloud.demo_wristbands import DemoWristbands
@@ -76,6 +76,11 @@ DEMO_CUP_CENTS = 200
 DEMO_PAYOUTS = 3
 DEMO_DEBTOR_IBAN, DEMO_DEBTOR_BIC = "DE02120300000000202051", "BYLADEM1001"  # a test IBAN
 DEMO_SHIFT_SHORT_CENTS = 50  # the checkpoint's drawer is counted 0.50 short at the shift close
+# (revision 0024) the demo's registered staff: id -> (name, role, their own staff band)
+DEMO_STAFF: Final = {
+    "anna": ("Anna", "supervisor", "04D5A0000000A1"),
+    "ben": ("Ben", "bartender", "04D5A0000000B2"),
+}
 DEMO_PAYOUT_TOPUP_CENTS = 2000  # the portal attendee's online top-up before asking for it back
 DEMO_REPRICED_SKU = "beer"
 DEMO_REPRICED_CENTS = 600
@@ -308,6 +313,8 @@ class Tally:
     voided: bool = False
     sepa_file: str = ""
     shift_closed: bool = False
+    staff_logged_in: list[str] = field(default_factory=list)
+    cashed_out: str = ""
     stripe_refunds: int = 0
     errors: list[str] = field(default_factory=list)
     started_s: float = field(default_factory=time.monotonic)
@@ -1159,11 +1166,90 @@ class Demo:
         band, which then pays at a bar), and a checkpoint's cashier ends the shift (`shift
         close`: the drawer counted 0.50 short, the variance booked)."""
         try:
+            self._log_the_staff_in()
             self._void_an_order()
             self._swap_the_lost_band()
+            self._cash_out_a_band()
             self._close_a_shift()
         except (DemoError, OSError, ValueError, KeyError) as error:
             self.tally.error(f"at the counter: {error}")
+
+    def _log_the_staff_in(self) -> None:
+        """(revision 0024) The festival registers its staff (`staff add`: a band and a fresh PIN
+        each; a second run gives them a new PIN with `staff pin`); Anna, a supervisor, logs in
+        at the first checkpoint and Ben, a bartender, at the first bar with their band and PIN
+        (`festival-kiosk staff-login`, the PIN on stdin): the cloud checks both, the kiosk page
+        shows who is at the till and names them in every request."""
+        places = {
+            "anna": next(k for k in self.kiosks if k.role == "checkpoint"),
+            "ben": next(k for k in self.kiosks if k.role == "bar"),
+        }
+        for staff_id, (name, role, band) in DEMO_STAFF.items():
+            done = self._operator(
+                "staff", "add", staff_id, "--name", name, "--role", role, "--card", band, "--json"
+            )
+            if done.returncode == 1 and "exists already" in done.stderr:
+                done = self._operator("staff", "pin", staff_id, "--json")
+            if done.returncode != 0:
+                raise DemoError(f"staff add {staff_id}: {done.stderr.strip()}")
+            pin = json.loads(done.stdout)["pin"]
+            kiosk = places[staff_id]
+            login = subprocess.run(
+                [
+                    self._python_bin("festival-kiosk"),
+                    "staff-login",
+                    "--port",
+                    str(kiosk.http_port),
+                    "--staff-id",
+                    staff_id,
+                    "--band",
+                    band,
+                ],
+                input=pin + "\n",
+                capture_output=True,
+                text=True,
+                timeout=DEMO_READY_TIMEOUT_S,
+                check=False,
+            )
+            if login.returncode != 0:
+                raise DemoError(f"staff login {staff_id}: {login.stderr.strip()}")
+            self.say(f"staff: {name} ({role}) logged in at {kiosk.kiosk_id} with band and PIN")
+            with self.tally.lock:
+                self.tally.staff_logged_in.append(f"{staff_id} at {kiosk.kiosk_id}")
+
+    def _cash_out_a_band(self) -> None:
+        """An attendee leaving early asks for their money in cash at the checkpoint (`card
+        cash-out`): the part their online top-ups can take back is refunded there, the rest
+        paid from the drawer, and the band blocked."""
+        checkpoint = next(k for k in self.kiosks if k.role == "checkpoint").kiosk_id
+        taken = {self.debtor, self.portal_attendee, self.cards[0]}
+        candidates = [uid for uid in reversed(self.known_cards()) if uid not in taken]
+        uid = next(
+            (
+                uid
+                for uid in candidates[:50]
+                if self._owner_scalar(
+                    "SELECT count(*) FROM cards WHERE card_uid = %(u)s AND status = 'active'"
+                    " AND balance_cents > 0 AND debt_cents = 0",
+                    u=uid,
+                )
+            ),
+            None,
+        )
+        if uid is None:
+            raise DemoError("cash-out: no band with money left to cash out")
+        done = self._operator(
+            "card", "cash-out", uid, "--checkpoint", checkpoint, "--staff", "anna", "--json"
+        )
+        if done.returncode != 0:
+            raise DemoError(f"cash-out: {done.stderr.strip() or done.stdout.strip()}")
+        paid = json.loads(done.stdout)
+        self.say(
+            f"cash-out: {uid} cashed out at {checkpoint} by anna: {paid['message']}"
+            f" ({_eur(paid['cash_cents'])} from the drawer)"
+        )
+        with self.tally.lock:
+            self.tally.cashed_out = uid
 
     def _void_an_order(self) -> None:
         """A bartender hit the wrong button: "Cancel" on the kiosk page's newest order (POST
@@ -1290,7 +1376,11 @@ class Demo:
             outcomes.append(self._portal_payout(first, DEMO_IBAN))
         except (DemoError, OSError, ValueError, KeyError) as error:
             self.tally.error(f"payouts: the portal's payout: {error}")
-        candidates = [uid for uid in self.known_cards() if uid not in (self.debtor, first)]
+        candidates = [
+            uid
+            for uid in self.known_cards()
+            if uid not in (self.debtor, first, self.tally.cashed_out)
+        ]
         engine = make_engine(self.owner_url, pool_size=1, application_name="festival-demo")
         try:
             outcomes += demo_payouts(engine, candidates, limit=count - len(outcomes))
@@ -1438,7 +1528,11 @@ class Demo:
             "a SEPA file of the bank transfers" if self.tally.sepa_file else "",
             "an order voided" if self.tally.voided else "",
             "a lost band swapped" if self.tally.swapped else "",
+            "a band cashed out" if self.tally.cashed_out else "",
             "a shift closed" if self.tally.shift_closed else "",
+            "staff logged in (" + ", ".join(self.tally.staff_logged_in) + ")"
+            if self.tally.staff_logged_in
+            else "",
         ]
         self.say("  shown: " + (", ".join(text for text in shown if text) or "none"))
         if violations:

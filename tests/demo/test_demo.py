@@ -160,7 +160,19 @@ def test_demo_runs_for_a_duration_and_passes_the_ledger_check(tmp_path: Path) ->
     assert re.search(
         r"^void: bar-1 cancelled a mistaken order of \d+\.\d\d from its page;", output, re.M
     ), output
-    assert "an order voided, a lost band swapped, a shift closed" in output, output
+    assert "an order voided, a lost band swapped, a band cashed out, a shift closed" in output
+    # Issue 17 §3/§5: staff registered and logged in with band and PIN; a band cashed out
+    for line in (
+        "staff: Anna (supervisor) logged in at checkpoint-1 with band and PIN",
+        "staff: Ben (bartender) logged in at bar-1 with band and PIN",
+    ):
+        assert line in output, output
+    assert "staff logged in (anna at checkpoint-1, ben at bar-1)" in output, output
+    assert re.search(
+        r"^cash-out: \w+ cashed out at checkpoint-1 by anna: .*Wristband blocked \(\d+\.\d\d from",
+        output,
+        re.M,
+    ), output
     assert "error: at the counter" not in output, output
     assert "error: payouts" not in output, output
     offline = re.search(r"; (\d+) offline", output.split("Summary")[1])
