@@ -132,5 +132,7 @@ STAFF_PIN_SCRYPT_R: Final = 8
 STAFF_PIN_SCRYPT_P: Final = 1
 STAFF_PIN_SALT_BYTES: Final = 16
 STAFF_PIN_HASH_BYTES: Final = 32
+# a staff member's name (staff_members_name_check, revision 0024)
+STAFF_NAME_LENGTH_MAX: Final = 200
 # `staff add` / `staff pin` make a PIN of this many digits (PROTOCOL.md: 4-12)
 STAFF_PIN_DIGITS: Final = 6

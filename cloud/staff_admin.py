@@ -16,13 +16,12 @@ import sys
 from datetime import UTC, datetime
 
 from cloud.admin import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, _ledger, _unavailable, _usable_text
+from cloud.limits import STAFF_NAME_LENGTH_MAX
 from cloud.settings import CloudSettings
 from cloud.staff import hash_pin, new_pin
 from protocol.limits import STAFF_ID_LENGTH_MAX
 from protocol.models import is_valid_card_uid
 
-STAFF_ROLES = ("bartender", "cashier", "supervisor")
-STAFF_NAME_LENGTH_MAX = 200
 EXIT_EXISTS = 1
 
 
