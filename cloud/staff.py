@@ -29,6 +29,19 @@ _SCHEME = "scrypt"
 _MAXMEM = 64 * 1024 * 1024
 
 
+def payload_hash_key(secret: bytes) -> bytes:
+    """The key of ``keyed_payload_hash``, derived from a secret every consumer shares (the
+    cloud signing key, as PEM): the same on every consumer and after a restart."""
+    return hmac.new(secret, b"festival staff_login payload hash v1", hashlib.sha256).digest()
+
+
+def keyed_payload_hash(key: bytes, payload_sha256: str) -> str:
+    """What identifies a staff_login's payload in the ledger instead of its plain SHA-256: an
+    HMAC of it under ``key`` (hex). The same bytes give the same value (the replay rule holds),
+    but someone who reads the database cannot test guessed PINs against it without the key."""
+    return hmac.new(key, bytes.fromhex(payload_sha256), hashlib.sha256).hexdigest()
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

@@ -8,7 +8,14 @@ import json
 
 import pytest
 
-from cloud.staff import hash_pin, new_pin, redact_pin, verify_pin
+from cloud.staff import (
+    hash_pin,
+    keyed_payload_hash,
+    new_pin,
+    payload_hash_key,
+    redact_pin,
+    verify_pin,
+)
 
 
 def test_a_hash_verifies_its_pin_only_and_is_salted() -> None:
@@ -57,3 +64,13 @@ def test_redaction_leaves_messages_without_a_pin_as_they_are() -> None:
         assert redact_pin(raw) == raw
     assert redact_pin(b'{"pin": "1234"}') == b'{"pin":"[redacted]"}'
     assert b"1234" not in redact_pin(b'{"pin": "1234", oops')
+
+
+def test_the_keyed_payload_hash_is_stable_and_needs_the_key() -> None:
+    plain = "ab" * 32
+    key = payload_hash_key(b"the cloud key's PEM")
+    keyed = keyed_payload_hash(key, plain)
+    assert keyed == keyed_payload_hash(payload_hash_key(b"the cloud key's PEM"), plain)
+    assert len(keyed) == 64 and keyed != plain
+    assert keyed != keyed_payload_hash(payload_hash_key(b"another key"), plain)
+    assert keyed != keyed_payload_hash(key, "cd" * 32)

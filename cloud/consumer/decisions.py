@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, TypeAlias, cast
 
-from cloud.staff import verify_pin
+from cloud.staff import keyed_payload_hash, verify_pin
 from protocol.codec import AuthenticatedMessage, authenticate, parse_authenticated
 from protocol.errors import ErrorCode, ProtocolError, quote
 from protocol.keys import Ed25519PublicKey
@@ -199,6 +199,17 @@ def check_pins(decision: Decision, pin_hashes: Mapping[str, str]) -> Decision:
     return replace(
         decision, pin_verified=verify_pin(decision.request.pin, stored), pin_hash_checked=stored
     )
+
+
+def key_staff_login(decision: Decision, key: bytes) -> Decision:
+    """(1.1) A staff_login's payload identity keyed (cloud.staff.keyed_payload_hash): its
+    payload bytes contain the PIN, so their plain SHA-256 is not stored. An Apply or a Reject of
+    a staff_login gets the keyed value; any other decision as it is."""
+    if isinstance(decision, Apply) and isinstance(decision.request, StaffLogin):
+        return replace(decision, payload_sha256=keyed_payload_hash(key, decision.payload_sha256))
+    if isinstance(decision, Reject) and decision.request_type == StaffLogin.type:
+        return replace(decision, payload_sha256=keyed_payload_hash(key, decision.payload_sha256))
+    return decision
 
 
 def _verified(

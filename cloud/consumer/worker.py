@@ -47,6 +47,7 @@ from cloud.consumer.decisions import (
     check_pins,
     check_sun,
     decide_request,
+    key_staff_login,
     staff_ids_to_check,
 )
 from cloud.consumer.directory import KioskDirectory
@@ -54,7 +55,7 @@ from cloud.consumer.inbox import InboundMessage
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.limits import RESULT_TOPICS_CACHED_MAX
 from cloud.consumer.metrics import ConsumerMetrics
-from cloud.staff import redact_pin
+from cloud.staff import payload_hash_key, redact_pin
 from protocol.codec import (
     build_result,
     decode_scan,
@@ -63,7 +64,7 @@ from protocol.codec import (
     result_message_text,
 )
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.keys import Ed25519PrivateKey
+from protocol.keys import Ed25519PrivateKey, private_key_pem
 from protocol.models import KioskStatus, Result, ScanRecord
 from protocol.sun import SunFailure, SunVerifier
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
@@ -161,6 +162,8 @@ class Worker:
         self._transient = transient_errors
         self._link = link
         self._signing_key = signing_key
+        # (1.1) a staff_login's payload identity is keyed under a secret every consumer shares
+        self._staff_hash_key = payload_hash_key(private_key_pem(signing_key))
         self._policy = policy
         self._prefix = prefix
         self._metrics = metrics
@@ -216,6 +219,7 @@ class Worker:
         if self._sun_master_key is not None:
             verifier = self._sun_verifier()
             batch.decisions = [check_sun(decision, verifier) for decision in batch.decisions]
+        batch.decisions = [key_staff_login(d, self._staff_hash_key) for d in batch.decisions]
         staff_ids = staff_ids_to_check(batch.decisions)
         if staff_ids:
             hashes = self._database(

@@ -8,6 +8,7 @@ not in the consumer's log."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
 from tests.consumer.support import ConsumerProcess
 from tests.ledger.helpers import execute
+from tests.waiting import wait_until
 
 ROLES = {"staff-bar": "bar", "staff-gate": "checkpoint"}
 PIN = "482916"
@@ -157,8 +159,24 @@ def test_a_bartender_logs_in_sells_and_logs_out_and_roles_hold(site: Site) -> No
     assert site.bar.wait_result(wrong.request_id).error_code is ErrorCode.STAFF_NOT_ALLOWED
 
     login = _login(site.bar, "mia", PIN, BAND)
-    site.bar.send(login)
+    raw = site.bar.send(login)
     assert site.bar.wait_result(login.request_id).message == "Logged in: Mia (bartender)"
+    # the payload's identity is keyed, not its plain SHA-256 (the bytes hold the PIN) ...
+    stored = execute(
+        site.owner_url,
+        "SELECT encode(payload_sha256, 'hex') FROM processed_requests WHERE request_id = :r",
+        r=login.request_id,
+    )
+    plain = hashlib.sha256(_jws_payload_bytes(raw)).hexdigest()
+    assert len(stored) == 1 and stored[0][0] != plain
+    # ... and the same bytes again are still a replay
+    site.bar.send(raw)
+    replayed = wait_until(
+        lambda: [r for r in site.bar.results_for(login.request_id) if r.replayed],
+        timeout_s=15,
+        what="the replayed login",
+    )[0]
+    assert replayed.status is Status.APPROVED
     sale = replace(site.bar.bar_order(card, 500), staff_id="mia")
     site.bar.send(sale)
     sold = site.bar.wait_result(sale.request_id)
@@ -207,9 +225,13 @@ def test_a_pin_is_kept_nowhere_not_even_in_a_dead_letter(site: Site) -> None:
         assert pin not in site.consumer.log_text(), "a PIN in the consumer's log"
 
 
+def _jws_payload_bytes(raw: bytes) -> bytes:
+    part = raw.split(b".")[1]
+    return base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4))
+
+
 def _jws_payload(raw: bytes) -> dict[str, object]:
     """The JSON payload of a compact JWS, unverified."""
-    part = raw.split(b".")[1]
-    document = json.loads(base64.urlsafe_b64decode(part + b"=" * (-len(part) % 4)))
+    document = json.loads(_jws_payload_bytes(raw))
     assert isinstance(document, dict)
     return document
