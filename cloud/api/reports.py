@@ -5,6 +5,7 @@ cloud/reports.py's; this module only turns HTTP parameters into its calls."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query
@@ -60,6 +61,41 @@ def _window(start: str | None, end: str | None) -> SalesWindow:
         raise ApiError(400, INVALID_REQUEST, str(error)) from None
 
 
+def _csv_attachment(body: str, filename: str) -> Response:
+    """A report's CSV as a download, never cached (it holds the day's money)."""
+    return Response(
+        body,
+        media_type=CSV_MEDIA_TYPE,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+def _add_report_routes(
+    routes: APIRouter,
+    path: str,
+    csv_route: tuple[Callable[..., Response], str],
+    json_route: tuple[Callable[..., JSONResponse], str],
+    refusals: dict[int | str, dict[str, Any]],
+) -> None:
+    """A report's two routes: ``path``.csv (the CSV download) and ``path`` (its JSON)."""
+    csv_handler, csv_summary = csv_route
+    routes.add_api_route(
+        f"{path}.csv",
+        csv_handler,
+        methods=["GET"],
+        summary=csv_summary,
+        response_class=Response,
+        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **refusals},
+    )
+    json_handler, json_summary = json_route
+    routes.add_api_route(
+        path, json_handler, methods=["GET"], summary=json_summary, responses=refusals
+    )
+
+
 def router(reports: Reports) -> APIRouter:
     def sales_csv(
         group: SalesGroup = Query(..., description="product, kiosk, hour, vat (or quarter_hour)"),
@@ -71,15 +107,7 @@ def router(reports: Reports) -> APIRouter:
             body = reports.sales_csv(group, window)
         except ReportError as error:
             raise ApiError(400, INVALID_REQUEST, str(error)) from None
-        filename = f"sales-{group.value}-{reports.currency}.csv"
-        return Response(
-            body,
-            media_type=CSV_MEDIA_TYPE,
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "Cache-Control": "no-store",
-            },
-        )
+        return _csv_attachment(body, f"sales-{group.value}-{reports.currency}.csv")
 
     def sales(
         group: SalesGroup = Query(..., description="product, kiosk, hour, vat or quarter_hour"),
@@ -105,15 +133,7 @@ def router(reports: Reports) -> APIRouter:
         end: str | None = _moment("to"),
     ) -> Response:
         body = shift_report_csv(shift_rows(checkpoint, start, end))
-        filename = f"shifts-{reports.currency}.csv"
-        return Response(
-            body,
-            media_type=CSV_MEDIA_TYPE,
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "Cache-Control": "no-store",
-            },
-        )
+        return _csv_attachment(body, f"shifts-{reports.currency}.csv")
 
     def shifts(
         checkpoint: str | None = _checkpoint(),
@@ -134,15 +154,7 @@ def router(reports: Reports) -> APIRouter:
         end: str | None = _moment("to"),
     ) -> Response:
         body = staff_report_csv(staff_figures(start, end))
-        filename = f"staff-{reports.currency}.csv"
-        return Response(
-            body,
-            media_type=CSV_MEDIA_TYPE,
-            headers={
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                "Cache-Control": "no-store",
-            },
-        )
+        return _csv_attachment(body, f"staff-{reports.currency}.csv")
 
     def staff(
         start: str | None = _moment("from"),
@@ -158,60 +170,42 @@ def router(reports: Reports) -> APIRouter:
         401: {"description": "missing or wrong admin token"},
     }
     routes = APIRouter(tags=["reports"], dependencies=[Depends(require_admin)])
-    routes.add_api_route(
-        "/api/reports/sales.csv",
-        sales_csv,
-        methods=["GET"],
-        summary="Sales per product, kiosk or hour as CSV (sales lines only, net of voids)",
-        response_class=Response,
-        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **refusals},
-    )
-    routes.add_api_route(
+    _add_report_routes(
+        routes,
         "/api/reports/sales",
-        sales,
-        methods=["GET"],
-        summary="The sales report's rows and total as JSON (the dashboard's tables and chart)",
-        responses=refusals,
+        (sales_csv, "Sales per product, kiosk or hour as CSV (sales lines only, net of voids)"),
+        (sales, "The sales report's rows and total as JSON (the dashboard's tables and chart)"),
+        refusals,
     )
     shift_refusals: dict[int | str, dict[str, Any]] = {
         400: {"description": "bad checkpoint, from or to; or more rows than a report may have"},
         401: refusals[401],
     }
-    routes.add_api_route(
-        "/api/reports/shifts.csv",
-        shifts_csv,
-        methods=["GET"],
-        summary="The shift report as CSV: per checkpoint and shift, a row per staff member "
-        "and the shift's total (cash paid out, expected, counted, variance)",
-        response_class=Response,
-        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **shift_refusals},
-    )
-    routes.add_api_route(
+    _add_report_routes(
+        routes,
         "/api/reports/shifts",
-        shifts,
-        methods=["GET"],
-        summary="The shift report's rows as JSON (the dashboard's open shifts and closes)",
-        responses=shift_refusals,
+        (
+            shifts_csv,
+            "The shift report as CSV: per checkpoint and shift, a row per staff member "
+            "and the shift's total (cash paid out, expected, counted, variance)",
+        ),
+        (shifts, "The shift report's rows as JSON (the dashboard's open shifts and closes)"),
+        shift_refusals,
     )
     staff_refusals: dict[int | str, dict[str, Any]] = {
         400: {"description": "bad from or to; or more rows than a report may have"},
         401: refusals[401],
     }
-    routes.add_api_route(
-        "/api/reports/staff.csv",
-        staff_csv,
-        methods=["GET"],
-        summary="Sales and top-ups per staff member as CSV (today, UTC, without from/to): "
-        "orders, voided, net, voids made, cash and card top-ups, cash-outs, kiosks",
-        response_class=Response,
-        responses={200: {"content": {CSV_MEDIA_TYPE.split(";")[0]: {}}}, **staff_refusals},
-    )
-    routes.add_api_route(
+    _add_report_routes(
+        routes,
         "/api/reports/staff",
-        staff,
-        methods=["GET"],
-        summary="The staff report's rows and total as JSON (the dashboard's Staff table)",
-        responses=staff_refusals,
+        (
+            staff_csv,
+            "Sales and top-ups per staff member as CSV (today, UTC, without from/to): "
+            "orders, voided, net, voids made, cash and card top-ups, cash-outs, kiosks",
+        ),
+        (staff, "The staff report's rows and total as JSON (the dashboard's Staff table)"),
+        staff_refusals,
     )
     routes.add_api_route(
         "/api/reports/liability",
