@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
-from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import CashOut
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
-from tests.consumer.support import ConsumerProcess
+from tests.consumer.site import consumer_site
 from tests.waiting import wait_until
 
 ROLES = {"cash-bar": "bar", "cash-gate": "checkpoint"}
@@ -50,34 +48,15 @@ def desk(
     mosquitto_broker: MosquittoBroker,
     service_dirs: Callable[[str], Path],
 ) -> Iterator[Desk]:
-    for kiosk_id in ROLES:
-        if kiosk_id not in mosquitto_broker.users:
-            mosquitto_broker.add_user(kiosk_id)
-    engine = make_engine(ledger_database.owner_url, pool_size=2)
-    ledger = Ledger(engine)
-    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
-    for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
-    consumer = ConsumerProcess(
-        database_url=ledger_database.service_url,
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
-        signing_key_file=cloud_key.path,
-        consumer_id=f"consumer-cash-out-{uuid7()[-8:]}",
-        workdir=service_dirs("consumer-cash-out"),
-    )
-    kiosks: dict[str, KioskClient] = {}
-    try:
-        consumer.start()
-        for kiosk_id, key in keys.items():
-            kiosks[kiosk_id] = KioskClient(
-                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
-            ).connect()
-        yield Desk(ledger, kiosks["cash-bar"], kiosks["cash-gate"])
-    finally:
-        for client in kiosks.values():
-            client.close()
-        consumer.close()
-        engine.dispose()
+    with consumer_site(
+        "cash-out",
+        ROLES,
+        ledger_database=ledger_database,
+        cloud_key=cloud_key,
+        broker=mosquitto_broker,
+        service_dirs=service_dirs,
+    ) as site:
+        yield Desk(site.ledger, site.kiosks["cash-bar"], site.kiosks["cash-gate"])
 
 
 def test_a_checkpoint_cashes_a_card_out_once_and_the_retry_replays(desk: Desk) -> None:

@@ -10,15 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
-from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import CardSwap, Void
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
-from tests.consumer.support import ConsumerProcess
+from tests.consumer.site import consumer_site
 from tests.waiting import wait_until
 
 ROLES = {"counter-bar": "bar", "counter-gate": "checkpoint"}
@@ -62,34 +60,15 @@ def counter(
     mosquitto_broker: MosquittoBroker,
     service_dirs: Callable[[str], Path],
 ) -> Iterator[Counter]:
-    for kiosk_id in ROLES:
-        if kiosk_id not in mosquitto_broker.users:
-            mosquitto_broker.add_user(kiosk_id)
-    engine = make_engine(ledger_database.owner_url, pool_size=2)
-    ledger = Ledger(engine)
-    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
-    for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
-    consumer = ConsumerProcess(
-        database_url=ledger_database.service_url,
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
-        signing_key_file=cloud_key.path,
-        consumer_id=f"consumer-counter-{uuid7()[-8:]}",
-        workdir=service_dirs("consumer-counter"),
-    )
-    kiosks: dict[str, KioskClient] = {}
-    try:
-        consumer.start()
-        for kiosk_id, key in keys.items():
-            kiosks[kiosk_id] = KioskClient(
-                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
-            ).connect()
-        yield Counter(ledger, kiosks["counter-bar"], kiosks["counter-gate"])
-    finally:
-        for client in kiosks.values():
-            client.close()
-        consumer.close()
-        engine.dispose()
+    with consumer_site(
+        "counter",
+        ROLES,
+        ledger_database=ledger_database,
+        cloud_key=cloud_key,
+        broker=mosquitto_broker,
+        service_dirs=service_dirs,
+    ) as site:
+        yield Counter(site.ledger, site.kiosks["counter-bar"], site.kiosks["counter-gate"])
 
 
 def test_a_bar_voids_its_order_and_the_void_replays(counter: Counter) -> None:

@@ -15,15 +15,13 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
-from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import BarItem, BarOrder, OfflinePolicy
 from tests.consumer.conftest import CloudKey, LedgerDatabase
-from tests.consumer.kiosk_client import KioskClient, uuid7
-from tests.consumer.support import ConsumerProcess
+from tests.consumer.kiosk_client import KioskClient
+from tests.consumer.site import consumer_site
 from tests.waiting import wait_until
 
 ROLES = {"bar-off-1": "bar", "bar-off-2": "bar", "bar-off-9": "bar", "top-off": "checkpoint"}
@@ -76,40 +74,26 @@ def offline(
     mosquitto_broker: MosquittoBroker,
     service_dirs: Callable[[str], Path],
 ) -> Iterator[Offline]:
-    for kiosk_id in ROLES:
-        if kiosk_id not in mosquitto_broker.users:
-            mosquitto_broker.add_user(kiosk_id)
-    engine = make_engine(ledger_database.owner_url, pool_size=2)
-    ledger = Ledger(engine)
-    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
     versions: dict[str, int] = {}
-    for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
-        if role == "bar":
-            version = ledger.issue_kiosk_config(kiosk_id, offline=POLICY)
-            assert version is not None
-            ledger.mark_config_published(kiosk_id, version)
-            versions[kiosk_id] = version
-    consumer = ConsumerProcess(
-        database_url=ledger_database.service_url,
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
-        signing_key_file=cloud_key.path,
-        consumer_id=f"consumer-offline-{uuid7()[-8:]}",
-        workdir=service_dirs("consumer-offline"),
-    )
-    kiosks: dict[str, KioskClient] = {}
-    try:
-        consumer.start()
-        for kiosk_id, key in keys.items():
-            kiosks[kiosk_id] = KioskClient(
-                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
-            ).connect()
-        yield Offline(ledger, engine, kiosks, versions)
-    finally:
-        for client in kiosks.values():
-            client.close()
-        consumer.close()
-        engine.dispose()
+
+    def offline_policies(ledger: Ledger) -> None:
+        for kiosk_id, role in ROLES.items():
+            if role == "bar":
+                version = ledger.issue_kiosk_config(kiosk_id, offline=POLICY)
+                assert version is not None
+                ledger.mark_config_published(kiosk_id, version)
+                versions[kiosk_id] = version
+
+    with consumer_site(
+        "offline",
+        ROLES,
+        ledger_database=ledger_database,
+        cloud_key=cloud_key,
+        broker=mosquitto_broker,
+        service_dirs=service_dirs,
+        prepare=offline_policies,
+    ) as site:
+        yield Offline(site.ledger, site.ledger.engine, site.kiosks, versions)
 
 
 def test_a_returning_backlog_is_applied_once_with_exact_balances_and_debts(

@@ -13,15 +13,13 @@ from typing import Any
 import pytest
 import sqlalchemy
 
-from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from protocol.errors import ErrorCode, Status
-from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import BarItem, BarOrder, Menu, MenuItem, Result
 from tests.consumer.conftest import CloudKey, LedgerDatabase
-from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
-from tests.consumer.support import ConsumerProcess
+from tests.consumer.kiosk_client import KioskClient, now_ms
+from tests.consumer.site import consumer_site
 from tests.waiting import wait_until
 
 ROLES = {"bar-menu": "bar", "bar-plain": "bar", "top-1": "checkpoint"}
@@ -75,35 +73,19 @@ def prices(
     mosquitto_broker: MosquittoBroker,
     service_dirs: Callable[[str], Path],
 ) -> Iterator[Prices]:
-    for kiosk_id in ROLES:
-        if kiosk_id not in mosquitto_broker.users:
-            mosquitto_broker.add_user(kiosk_id)
-    engine = make_engine(ledger_database.owner_url, pool_size=2)
-    ledger = Ledger(engine)
-    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
-    for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
-    assert ledger.issue_kiosk_config("bar-menu", menu=MENU) == 1
-    consumer = ConsumerProcess(
-        database_url=ledger_database.service_url,
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
-        signing_key_file=cloud_key.path,
-        consumer_id=f"consumer-prices-{uuid7()[-8:]}",
-        workdir=service_dirs("consumer-prices"),
-    )
-    kiosks: dict[str, KioskClient] = {}
-    try:
-        consumer.start()
-        for kiosk_id, key in keys.items():
-            kiosks[kiosk_id] = KioskClient(
-                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
-            ).connect()
-        yield Prices(ledger, engine, kiosks)
-    finally:
-        for client in kiosks.values():
-            client.close()
-        consumer.close()
-        engine.dispose()
+    def menu(ledger: Ledger) -> None:
+        assert ledger.issue_kiosk_config("bar-menu", menu=MENU) == 1
+
+    with consumer_site(
+        "prices",
+        ROLES,
+        ledger_database=ledger_database,
+        cloud_key=cloud_key,
+        broker=mosquitto_broker,
+        service_dirs=service_dirs,
+        prepare=menu,
+    ) as site:
+        yield Prices(site.ledger, site.ledger.engine, site.kiosks)
 
 
 def test_the_menu_price_is_approved_and_the_lines_keep_vat_and_category(prices: Prices) -> None:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from cloud.database import make_engine
 from cloud.ledger import Ledger
 from cloud.sandbox import MosquittoBroker
 from cloud.staff import hash_pin
 from protocol.errors import ErrorCode, Status
-from protocol.keys import generate_private_key, public_key_b64
+from protocol.keys import generate_private_key
 from protocol.models import StaffLogin, StaffLogout
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
+from tests.consumer.site import consumer_site
 from tests.consumer.support import ConsumerProcess
 from tests.ledger.helpers import execute
 from tests.waiting import wait_until
@@ -78,51 +78,32 @@ def site(
     mosquitto_broker: MosquittoBroker,
     service_dirs: Callable[[str], Path],
 ) -> Iterator[Site]:
-    for kiosk_id in ROLES:
-        if kiosk_id not in mosquitto_broker.users:
-            mosquitto_broker.add_user(kiosk_id)
-    engine = make_engine(ledger_database.owner_url, pool_size=2)
-    ledger = Ledger(engine)
-    keys = {kiosk_id: generate_private_key() for kiosk_id in ROLES}
-    for kiosk_id, role in ROLES.items():
-        ledger.add_kiosk(kiosk_id, public_key_b64(keys[kiosk_id]), role)
-    assert (
-        ledger.add_staff(
-            staff_id="mia", name="Mia", role="bartender", card_uid=BAND, pin_hash=hash_pin(PIN)
-        )
-        == "added"
-    )
-    assert (
-        ledger.add_staff(
-            staff_id="cas",
-            name="Cas",
-            role="cashier",
-            card_uid=CASHIER_BAND,
-            pin_hash=hash_pin(CASHIER_PIN),
-        )
-        == "added"
-    )
-    consumer = ConsumerProcess(
-        database_url=ledger_database.service_url,
-        mqtt_url=mosquitto_broker.url("cloud-consumer"),
-        signing_key_file=cloud_key.path,
-        consumer_id=f"consumer-staff-{uuid7()[-8:]}",
-        workdir=service_dirs("consumer-staff"),
+    def register_staff(ledger: Ledger) -> None:
+        for staff_id, name, role, band, pin in (
+            ("mia", "Mia", "bartender", BAND, PIN),
+            ("cas", "Cas", "cashier", CASHIER_BAND, CASHIER_PIN),
+        ):
+            added = ledger.add_staff(
+                staff_id=staff_id, name=name, role=role, card_uid=band, pin_hash=hash_pin(pin)
+            )
+            assert added == "added"
+
+    with consumer_site(
+        "staff",
+        ROLES,
+        ledger_database=ledger_database,
+        cloud_key=cloud_key,
+        broker=mosquitto_broker,
+        service_dirs=service_dirs,
+        prepare=register_staff,
         extra_env={"FESTIVAL_STAFF_REQUIRED": "true"},
-    )
-    kiosks: dict[str, KioskClient] = {}
-    try:
-        consumer.start()
-        for kiosk_id, key in keys.items():
-            kiosks[kiosk_id] = KioskClient(
-                mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
-            ).connect()
+    ) as site:
         yield Site(
-            ledger,
+            site.ledger,
             ledger_database.owner_url,
-            kiosks["staff-bar"],
-            kiosks["staff-gate"],
-            consumer,
+            site.kiosks["staff-bar"],
+            site.kiosks["staff-gate"],
+            site.consumer,
             KioskClient(
                 mosquitto_broker.url("staff-bar"),
                 "staff-bar",
@@ -130,11 +111,6 @@ def site(
                 cloud_key.private_key.public_key(),
             ),
         )
-    finally:
-        for client in kiosks.values():
-            client.close()
-        consumer.close()
-        engine.dispose()
 
 
 def test_a_bartender_logs_in_sells_and_logs_out_and_roles_hold(site: Site) -> None:
