@@ -993,6 +993,13 @@ WITH events AS (
       FROM cash_outs c
      WHERE (CAST(:start AS timestamptz) IS NULL OR c.created_at >= :start)
        AND (CAST(:end AS timestamptz) IS NULL OR c.created_at < :end)
+    UNION ALL
+    -- (revision 0024) who is logged in now, when the window reaches now: listed even before
+    -- their first sale
+    SELECT l.staff_id, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+      FROM staff_logins l
+     WHERE l.ended_at IS NULL AND l.expires_at > now()
+       AND (CAST(:end AS timestamptz) IS NULL OR :end > now())
 ), per_staff AS (
     SELECT staff_id,
            sum(orders) AS orders, sum(orders_cents) AS orders_cents,
@@ -1007,7 +1014,11 @@ WITH events AS (
      GROUP BY staff_id
 )
 -- (revision 0024) the staff member's name and role, when registered with `staff add`
-SELECT s.*, m.name, m.role
+SELECT s.*, m.name, m.role,
+       -- the kiosks they are logged in at now
+       coalesce((SELECT array_agg(l.kiosk_id ORDER BY l.kiosk_id) FROM staff_logins l
+                  WHERE l.staff_id = s.staff_id AND l.ended_at IS NULL
+                    AND l.expires_at > now()), '{{}}') AS logged_in_at
   FROM per_staff s
   LEFT JOIN staff_members m ON m.staff_id = s.staff_id
  ORDER BY s.staff_id NULLS LAST
@@ -1033,7 +1044,7 @@ STAFF_FIGURES: Final = (
 )
 # What the CSV and the dashboard show for the events recorded without a staff id (JSON: null).
 NO_STAFF_LABEL: Final = "(none)"
-STAFF_COLUMNS: Final = ("staff_id", "name", "role", *STAFF_FIGURES, "kiosks")
+STAFF_COLUMNS: Final = ("staff_id", "name", "role", *STAFF_FIGURES, "kiosks", "logged_in_at")
 # The decimal twins of the cents columns, after them (like the shift report's).
 STAFF_DECIMAL_COLUMNS: Final = {
     name.removesuffix("_cents") + "_amount": name
@@ -1054,6 +1065,7 @@ def _staff_row(row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"staff_id": row["staff_id"], "name": row["name"], "role": row["role"]}
     out.update((name, figures[name]) for name in STAFF_FIGURES)
     out["kiosks"] = [str(kiosk) for kiosk in row["kiosks"]]
+    out["logged_in_at"] = [str(kiosk) for kiosk in row["logged_in_at"]]
     out.update((twin, decimal_amount(out[cents])) for twin, cents in STAFF_DECIMAL_COLUMNS.items())
     return out
 
@@ -1092,6 +1104,7 @@ def staff_report_csv(report: Mapping[str, Any]) -> str:
             **row,
             "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
             "kiosks": " ".join(row["kiosks"]),
+            "logged_in_at": " ".join(row["logged_in_at"]),
         }
         writer.writerow([cells[column] for column in columns])
     return buffer.getvalue()

@@ -936,8 +936,13 @@
       } else {
         row.setAttribute("data-staff-id", member.staff_id);
         // the name and role of a staff member registered with `staff add`
-        cell(row, member.name ? member.staff_id + " \u2014 " + member.name + " (" + member.role + ")"
-                              : member.staff_id);
+        var who = member.name ? member.staff_id + " \u2014 " + member.name + " (" + member.role + ")"
+                              : member.staff_id;
+        // where they are logged in now (revision 0024)
+        if (member.logged_in_at && member.logged_in_at.length) {
+          who += " \u00b7 at " + member.logged_in_at.join(", ");
+        }
+        cell(row, who);
       }
       staffCells(row, member);
       cell(row, member.kiosks.join(", "), "kiosks");

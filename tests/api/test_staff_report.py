@@ -8,8 +8,10 @@ limit."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +23,8 @@ from cloud.database import Engine
 from cloud.ledger import Ledger
 from cloud.ledger_records import LedgerRequest
 from cloud.reports import ReportError, Reports, SalesWindow, iso_utc, staff_report, staff_window
-from cloud.staff import hash_pin
-from protocol.models import BarItem
+from cloud.staff import hash_pin, verify_pin
+from protocol.models import BarItem, StaffLogin
 from tests.api.conftest import admin_headers, scalar
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, void
 from tests.ledger.test_cash_out import cash_out
@@ -48,6 +50,7 @@ HEADER = [
     "cash_outs",
     "cash_out_cents",
     "kiosks",
+    "logged_in_at",
     "orders_amount",
     "voided_amount",
     "net_amount",
@@ -85,6 +88,7 @@ def line(staff: str, figures: dict[str, int], kiosks: str, *amounts: str) -> lis
         *(("Anna K", "cashier") if staff == "anna" else ("", "")),
         *map(str, figures.values()),
         kiosks,
+        "",  # logged in nowhere now
         *amounts,
         *(reports_module.decimal_amount(cents) for cents in totals),
     ]
@@ -294,3 +298,52 @@ def test_the_routes_are_in_the_openapi_document(client: TestClient) -> None:
         ]
         assert {"200", "400", "401"} <= set(operation["responses"]), path
         assert content_type in operation["responses"]["200"]["content"], path
+
+
+def test_who_is_logged_in_now_is_shown_even_before_a_sale(
+    client: TestClient, staff_day: None, ledger: Ledger, database_url: str
+) -> None:
+    """(revision 0024) anna logs in at checkpoint-1, sue (registered, nothing sold yet) at bar-2:
+    today's report lists where each is logged in, sue with zeros; a past day does not list sue."""
+    ledger.add_staff(
+        staff_id="sue",
+        name="Sue",
+        role="supervisor",
+        card_uid="04AA00FE",
+        pin_hash=hash_pin("5678"),
+    )
+    for staff_id, kiosk_id, band, pin in (
+        ("anna", "checkpoint-1", "04AA00FF", "1234"),
+        ("sue", "bar-2", "04AA00FE", "5678"),
+    ):
+        request = StaffLogin(
+            request_id=f"login-{staff_id}",
+            kiosk_id=kiosk_id,
+            seq=90,
+            created_at_ms=int(time.time() * 1000),
+            card_uid=band,
+            currency="EUR",
+            staff_id=staff_id,
+            pin=pin,
+        )
+        stored = ledger.staff_pin_hashes([staff_id])[staff_id]
+        item = LedgerRequest(
+            request,
+            hashlib.sha256(request.request_id.encode()).hexdigest(),
+            pin_verified=verify_pin(pin, stored),
+            pin_hash_checked=stored,
+        )
+        assert ledger.apply(item).approved
+    rows = {row["staff_id"]: row for row in get(client).json()["rows"]}
+    assert rows["anna"]["logged_in_at"] == ["checkpoint-1"]
+    assert rows["sue"]["logged_in_at"] == ["bar-2"] and rows["sue"]["name"] == "Sue"
+    assert {name: rows["sue"][name] for name in ZERO} == ZERO
+    assert rows["ben"]["logged_in_at"] == [] and rows["ben"]["name"] is None
+    csv_rows = parse_csv(get(client, "/api/reports/staff.csv").text)
+    at = HEADER.index("logged_in_at")
+    assert {row[0]: row[at] for row in csv_rows[1:]}["sue"] == "bar-2"
+    past = client.get(
+        "/api/reports/staff?from=2026-07-04T00:00:00Z&to=2026-07-05T00:00:00Z",
+        headers=admin_headers(),
+    )
+    assert "sue" not in [row["staff_id"] for row in past.json()["rows"]]

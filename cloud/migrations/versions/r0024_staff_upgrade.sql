@@ -989,3 +989,5 @@ GRANT EXECUTE ON FUNCTION
 TO festival_service;
 -- names and roles for the dashboard's staff table and the reports (no PIN hash)
 GRANT SELECT (staff_id, name, role, enabled) ON staff_members TO festival_service, festival_api;
+-- who is logged in where, for the staff report
+GRANT SELECT (staff_id, kiosk_id, expires_at, ended_at) ON staff_logins TO festival_service, festival_api;
