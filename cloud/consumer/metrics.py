@@ -34,6 +34,7 @@ class ConsumerMetrics:
     cloud_messages_unencodable: Counter
     cloud_messages_unpublished_age_seconds: Gauge
     sun_failures: Counter
+    staff_logins: Counter
 
     @classmethod
     def create(cls) -> ConsumerMetrics:
@@ -133,6 +134,14 @@ class ConsumerMetrics:
                 " malformed, not_ours, wrong_uid, bad_mac, stale_counter). A rising"
                 " stale_counter is a cloning alarm.",
                 ["reason"],
+                registry=registry,
+            ),
+            staff_logins=Counter(
+                f"{prefix}_staff_logins",
+                "(1.1) staff_login requests answered, by outcome (approved, refused); replays"
+                " not counted. A burst of refused is someone guessing PINs: five per staff"
+                " member in 15 minutes lock them.",
+                ["outcome"],
                 registry=registry,
             ),
         )

@@ -65,7 +65,7 @@ from protocol.codec import (
 )
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.keys import Ed25519PrivateKey, private_key_pem
-from protocol.models import KioskStatus, Result, ScanRecord
+from protocol.models import KioskStatus, Result, ScanRecord, StaffLogin
 from protocol.sun import SunFailure, SunVerifier
 from protocol.topics import Topic, TopicKind, parse_topic, topic_for
 
@@ -405,6 +405,9 @@ class Worker:
             result = answer.result
             if isinstance(decision, Apply) and answer.outcome != "replayed":
                 self._count_sun(decision, answer.code)
+                if isinstance(decision.request, StaffLogin):
+                    outcome = "approved" if answer.outcome == "approved" else "refused"
+                    self._metrics.staff_logins.labels(outcome=outcome).inc()
             echo = decision.echo
             info(
                 "request processed",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -170,6 +171,12 @@ def test_a_bartender_logs_in_sells_and_logs_out_and_roles_hold(site: Site) -> No
     assert site.bar.wait_result(after.request_id).error_code is ErrorCode.STAFF_NOT_ALLOWED
     assert site.ledger.card(card).balance_cents == 1_500  # type: ignore[union-attr]
     assert site.ledger.check() == []
+    # the logins are counted for the engineer on call: 2 approved, 1 refused (the replay is not)
+    assert wait_until(
+        lambda: _staff_logins(site.consumer) == {"approved": 2.0, "refused": 1.0},
+        timeout_s=10,
+        what="the staff login counter",
+    )
 
 
 def test_a_pin_is_kept_nowhere_not_even_in_a_dead_letter(site: Site) -> None:
@@ -199,6 +206,18 @@ def test_a_pin_is_kept_nowhere_not_even_in_a_dead_letter(site: Site) -> None:
         assert rows == [(0,)], table
     for pin in (PIN, CASHIER_PIN, secret):
         assert pin not in site.consumer.log_text(), "a PIN in the consumer's log"
+
+
+def _staff_logins(consumer: ConsumerProcess) -> dict[str, float]:
+    """festival_consumer_staff_logins_total by outcome, from the consumer's /metrics."""
+    url = f"http://127.0.0.1:{consumer.metrics_port}/metrics"
+    counts: dict[str, float] = {}
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("festival_consumer_staff_logins_total{"):
+                outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+                counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def _jws_payload_bytes(raw: bytes) -> bytes:
