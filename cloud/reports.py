@@ -959,7 +959,11 @@ def report_shifts(args: argparse.Namespace, settings: CloudSettings) -> int:
 # handed out). `per_staff` sums them per staff id (NULL: the seed POS endpoints, old data); the
 # name of revision 0024's staff_members is one `LEFT JOIN staff_members m USING (staff_id)` on it.
 STAFF_SQL = f"""
-WITH events AS (
+-- (revision 0024) who is logged in where now
+WITH logins_now AS (
+    SELECT l.staff_id, l.kiosk_id FROM staff_logins l
+     WHERE l.ended_at IS NULL AND l.expires_at > now()
+), events AS (
     SELECT o.staff_id, o.kiosk_id,
            1 AS orders, o.total_cents AS orders_cents,
            (v.order_id IS NOT NULL)::int AS voided_orders,
@@ -997,9 +1001,8 @@ WITH events AS (
     -- (revision 0024) who is logged in now, when the window reaches now: listed even before
     -- their first sale
     SELECT l.staff_id, NULL, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-      FROM staff_logins l
-     WHERE l.ended_at IS NULL AND l.expires_at > now()
-       AND (CAST(:end AS timestamptz) IS NULL OR :end > now())
+      FROM logins_now l
+     WHERE CAST(:end AS timestamptz) IS NULL OR :end > now()
 ), per_staff AS (
     SELECT staff_id,
            sum(orders) AS orders, sum(orders_cents) AS orders_cents,
@@ -1016,9 +1019,8 @@ WITH events AS (
 -- (revision 0024) the staff member's name and role, when registered with `staff add`
 SELECT s.*, m.name, m.role,
        -- the kiosks they are logged in at now
-       coalesce((SELECT array_agg(l.kiosk_id ORDER BY l.kiosk_id) FROM staff_logins l
-                  WHERE l.staff_id = s.staff_id AND l.ended_at IS NULL
-                    AND l.expires_at > now()), '{{}}') AS logged_in_at
+       coalesce((SELECT array_agg(l.kiosk_id ORDER BY l.kiosk_id) FROM logins_now l
+                  WHERE l.staff_id = s.staff_id), '{{}}') AS logged_in_at
   FROM per_staff s
   LEFT JOIN staff_members m ON m.staff_id = s.staff_id
  ORDER BY s.staff_id NULLS LAST

@@ -205,11 +205,13 @@ def key_staff_login(decision: Decision, key: bytes) -> Decision:
     """(1.1) A staff_login's payload identity keyed (cloud.staff.keyed_payload_hash): its
     payload bytes contain the PIN, so their plain SHA-256 is not stored. An Apply or a Reject of
     a staff_login gets the keyed value; any other decision as it is."""
-    if isinstance(decision, Apply) and isinstance(decision.request, StaffLogin):
-        return replace(decision, payload_sha256=keyed_payload_hash(key, decision.payload_sha256))
-    if isinstance(decision, Reject) and decision.request_type == StaffLogin.type:
-        return replace(decision, payload_sha256=keyed_payload_hash(key, decision.payload_sha256))
-    return decision
+    login = (isinstance(decision, Apply) and isinstance(decision.request, StaffLogin)) or (
+        isinstance(decision, Reject) and decision.request_type == StaffLogin.type
+    )
+    if not login:
+        return decision
+    assert isinstance(decision, Apply | Reject)
+    return replace(decision, payload_sha256=keyed_payload_hash(key, decision.payload_sha256))
 
 
 def _verified(
