@@ -10,14 +10,17 @@ the callbacks only put what they received here; the worker decides. Bounds:
 - Connection events are few; the oldest is dropped if they pile up (only the latest matters).
 
 Fairness between kiosks (1.1, offline sales): messages wait in one queue per kiosk (the topic
-up to `…/kiosks/{id}`), and a batch takes from them in turn. While several kiosks have messages
-waiting, a batch takes at most `source_share_max` from each, so a kiosk draining thousands of
-offline sales at once cannot put every other kiosk's order behind its backlog (measured before:
-online p99 480 ms during a 2,000-sale drain, bench/bench_offline_drain.py); a kiosk alone still
-fills whole batches. Each kiosk's own messages keep their arrival order; the order *between*
-kiosks is not a protocol property (PROTOCOL.md: each request stands alone, `seq` only reveals
-gaps). Acknowledgements then reach the broker out of arrival order across kiosks, which
-Mosquitto matches by packet id.
+up to `…/kiosks/{id}`), and a batch takes from them in turn, at most `source_share_max` of one
+kiosk per batch (`taken` counts what the batch being built holds already), so a kiosk draining
+thousands of offline sales at once cannot put every other kiosk's order behind its backlog: the
+others' orders are in the next batch, and that batch's commit is short because it holds at most
+one share of the backlog (measured before: online p99 480 ms during a 2,000-sale drain with no
+shares, 60-180 ms with a share only while other kiosks had messages waiting, so that a kiosk
+alone filled whole batches and an order arriving during one waited for its commit;
+bench/bench_offline_drain.py). A kiosk alone is still served batch after batch. Each kiosk's own
+messages keep their arrival order; the order *between* kiosks is not a protocol property
+(PROTOCOL.md: each request stands alone, `seq` only reveals gaps). Acknowledgements then reach
+the broker out of arrival order across kiosks, which Mosquitto matches by packet id.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
@@ -82,6 +86,7 @@ class Inbox:
         self.dropped_scans = 0
         self.refused_messages = 0
         self._closed = False
+        self._woken = False
 
     def put_message(self, message: InboundMessage) -> bool:
         """Called on paho's thread; never blocks. False when the message was not taken."""
@@ -111,32 +116,55 @@ class Inbox:
             self._events.append(event)
             self._condition.notify()
 
+    def wake(self) -> None:
+        """End the current (or the next) `take` now, with whatever is waiting: the committer
+        calls it when it is free for the batch the worker is still adding to."""
+        with self._condition:
+            self._woken = True
+            self._condition.notify()
+
     def take(
-        self, batch_max: int, timeout_s: float, linger_s: float = 0.0
+        self,
+        batch_max: int,
+        timeout_s: float,
+        linger_s: float = 0.0,
+        taken: Mapping[str, int] | None = None,
     ) -> tuple[list[LinkEvent], list[InboundMessage]]:
-        """Wait up to ``timeout_s`` for anything; return pending events and up to ``batch_max``
-        messages, taken from the kiosks in turn (each kiosk's in arrival order; at most
-        ``source_share_max`` of one kiosk while others wait too). With fewer than ``batch_max``
+        """Wait up to ``timeout_s`` for anything (or until `wake`); return pending events and up
+        to ``batch_max`` messages, taken from the kiosks in turn (each kiosk's in arrival order;
+        at most ``source_share_max`` of one kiosk per batch). ``taken``: what the batch being
+        built holds already, per source (see `source_of`). With fewer than ``batch_max``
         waiting, wait ``linger_s`` more once for stragglers (only when messages are in hand)."""
         deadline = time.monotonic() + timeout_s
+        taken = taken or {}
         with self._condition:
-            while not self._count and not self._events:
+            while not self._events and not self._woken and not self._takeable(taken):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return [], []
                 self._condition.wait(remaining)
             if linger_s > 0 and 0 < self._count < batch_max and not self._events:
                 self._condition.wait(linger_s)
+            self._woken = False
             events = list(self._events)
             self._events.clear()
-            return events, self._take_in_turn(batch_max)
+            return events, self._take_in_turn(batch_max, taken)
 
-    def _take_in_turn(self, batch_max: int) -> list[InboundMessage]:
-        share = self._source_share_max if len(self._sources) > 1 else batch_max
+    def _takeable(self, taken: Mapping[str, int]) -> bool:
+        """Something waits that the batch may still take."""
+        if not self._count:
+            return False
+        share_max = self._source_share_max
+        return any(taken.get(source, 0) < share_max for source in self._sources)
+
+    def _take_in_turn(self, batch_max: int, taken: Mapping[str, int]) -> list[InboundMessage]:
         messages: list[InboundMessage] = []
         for source in list(self._sources):
             if len(messages) >= batch_max:
                 break
+            share = self._source_share_max - taken.get(source, 0)
+            if share <= 0:
+                continue  # this kiosk had its share of the batch; it stays in its turn
             waiting = self._sources.pop(source)
             for _ in range(min(share, len(waiting), batch_max - len(messages))):
                 message = waiting.popleft()
@@ -165,6 +193,11 @@ class Inbox:
             self._count = 0
             self._scan_count = 0
             return messages
+
+
+def source_of(message: InboundMessage) -> str:
+    """The source (kiosk) a message is queued and shared under."""
+    return _source(message.topic)
 
 
 def _source(topic: str) -> str:

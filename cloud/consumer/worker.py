@@ -98,6 +98,22 @@ class PreparedBatch:
     status_records: list[KioskStatus | ProtocolError] = field(default_factory=list)
     strays: list[InboundMessage] = field(default_factory=list)
 
+    @property
+    def size(self) -> int:
+        """How many messages the batch holds."""
+        return len(self.requests) + len(self.scans) + len(self.statuses) + len(self.strays)
+
+    def absorb(self, later: PreparedBatch) -> None:
+        """Append a batch prepared after this one (its messages arrived later): committed as one,
+        each kind still in arrival order."""
+        self.requests += later.requests
+        self.decisions += later.decisions
+        self.scans += later.scans
+        self.scan_records += later.scan_records
+        self.statuses += later.statuses
+        self.status_records += later.status_records
+        self.strays += later.strays
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterEntry:

@@ -6,7 +6,7 @@ import threading
 import time
 
 from cloud.consumer.backoff import Backoff
-from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState
+from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState, source_of
 
 
 def message(mid: int, qos: int = 1, kiosk: str = "bar-1") -> InboundMessage:
@@ -43,16 +43,48 @@ def test_a_kiosk_draining_a_backlog_shares_each_batch_with_the_other_kiosks() ->
     _, first = inbox.take(64, timeout_s=0.1)
     # The other kiosks' orders are in the first batch, not behind 200 offline sales.
     assert [m.mid for m in first] == [*range(1, 17), 1001, 1002, 2001]
-    # bar-1 alone again: whole batches, in its own order.
+    # bar-1 alone again: still one share per batch (a short commit for whoever comes next).
     _, second = inbox.take(64, timeout_s=0.1)
-    assert [m.mid for m in second] == list(range(17, 81))
-    assert inbox.depth() == 200 - 80
-    # A newcomer is served before bar-1's next share.
+    assert [m.mid for m in second] == list(range(17, 33))
+    assert inbox.depth() == 200 - 32
+    # A newcomer is served in the next batch, beside bar-1's next share.
     assert inbox.put_message(message(3001, kiosk="bar-4"))
     _, third = inbox.take(64, timeout_s=0.1)
-    assert [m.mid for m in third] == [*range(81, 97), 3001]
-    assert [m.mid for m in inbox.drain()] == list(range(97, 201))
+    assert [m.mid for m in third] == [*range(33, 49), 3001]
+    assert [m.mid for m in inbox.drain()] == list(range(49, 201))
     assert inbox.depth() == 0
+
+
+def test_a_batch_being_built_counts_what_each_kiosk_has_in_it_already() -> None:
+    inbox = Inbox(messages_max=1000, scans_max=5, events_max=4, source_share_max=4)
+    for mid in range(1, 11):
+        assert inbox.put_message(message(mid, kiosk="bar-1"))
+    _, first = inbox.take(64, timeout_s=0.1)
+    taken = {source_of(first[0]): len(first)}
+    assert [m.mid for m in first] == [1, 2, 3, 4]
+    # bar-1 has its share of this batch: a take for it waits (no busy loop) ...
+    started = time.monotonic()
+    assert inbox.take(64, timeout_s=0.05, taken=taken) == ([], [])
+    assert time.monotonic() - started >= 0.05
+    # ... but another kiosk's order joins it at once, and bar-1 stays next in line.
+    assert inbox.put_message(message(101, kiosk="bar-2"))
+    _, joined = inbox.take(60, timeout_s=5, taken=taken)
+    assert [m.mid for m in joined] == [101]
+    _, next_batch = inbox.take(64, timeout_s=0.1)
+    assert [m.mid for m in next_batch] == [5, 6, 7, 8]
+
+
+def test_wake_ends_a_waiting_take_at_once_and_only_once() -> None:
+    inbox = Inbox(messages_max=10, scans_max=5, events_max=4)
+    timer = threading.Timer(0.05, inbox.wake)
+    timer.start()
+    started = time.monotonic()
+    assert inbox.take(10, timeout_s=5) == ([], [])
+    timer.join()
+    assert time.monotonic() - started < 4
+    started = time.monotonic()
+    assert inbox.take(10, timeout_s=0.05) == ([], [])  # the wake was used up
+    assert time.monotonic() - started >= 0.05
 
 
 def test_qos1_messages_beyond_the_cap_are_refused_and_counted() -> None:
