@@ -61,9 +61,15 @@ class TransientDatabaseError(Exception):
 
 
 def make_engine(
-    url: str, *, pool_size: int = 5, application_name: str = "festival"
+    url: str, *, pool_size: int = 5, application_name: str = "festival", pre_ping: bool = True
 ) -> sqlalchemy.Engine:
-    """An engine for the ledger: bounded pool, liveness checks, and timeouts on everything."""
+    """An engine for the ledger: bounded pool, liveness checks, and timeouts on everything.
+
+    ``pre_ping``: check each pooled connection with a round trip when it is checked out. The
+    consumer turns it off: its every transaction is retried on a transient fault anyway (a
+    connection found dead is `classify`'d transient, nothing having been committed on it), so
+    the ping would only cost a round trip per transaction on the hot path (about 6 % of the
+    consumer's CPU, profiled under load)."""
     options = " ".join(
         [
             f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
@@ -77,7 +83,7 @@ def make_engine(
         max_overflow=0,
         pool_timeout=POOL_TIMEOUT_S,
         pool_recycle=POOL_RECYCLE_S,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args={
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": application_name[:63],

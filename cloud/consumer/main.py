@@ -42,6 +42,7 @@ def run(settings: CloudSettings) -> int:
         settings.database_url,
         pool_size=2,
         application_name=f"festival-consumer {settings.consumer_id}"[:63],
+        pre_ping=False,  # every transaction of the worker is retried on a dead connection
     )
     ledger = Ledger(
         engine,
