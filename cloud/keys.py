@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Final
 
 from protocol.keys import (
+    PRIVATE_KEY_FILE_MODE,
     PRIVATE_KEY_PEM_BYTES_MAX,
     Ed25519PrivateKey,
+    key_file_mode_problem,
     private_key_from_pem,
     private_key_pem,
 )
 from protocol.sun import AES_KEY_BYTES, parse_master_key
 
-PRIVATE_KEY_FILE_MODE: Final = 0o600
 # 32 hex digits, a newline, maybe a CR: anything much longer is not a master key file.
 MASTER_KEY_FILE_BYTES_MAX: Final = 64
 
@@ -79,13 +80,7 @@ def _fsync_directory(directory: Path) -> None:
 def mode_problem(path: str | os.PathLike[str]) -> str | None:
     """Why a private key file must not be used (anyone but its owner may read or write it), or
     None when its mode is 0600 or stricter; OSError when it cannot be looked at."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if not mode & 0o077:
-        return None
-    name = os.fspath(path)
-    return (
-        f"{name} has mode {mode:04o}: it must be 0600, only its owner reads it (chmod 600 {name})"
-    )
+    return key_file_mode_problem(os.fspath(path), stat.S_IMODE(os.stat(path).st_mode))
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:

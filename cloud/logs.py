@@ -5,7 +5,9 @@ context fields. Context travels as ``extra={"context": {...}}`` or, for a block 
 ``bind()`` (structlog's context variables: this thread or task only). A record with ``exc_info``
 (``log.exception``) carries ``error`` (``Type: message``) and ``exc``, the full traceback, chained
 causes included. Every line passes ``protocol.redaction.redact``: a URL's password never reaches
-the journal, not even inside an exception message.
+the journal, not even inside an exception message. What a line looks like (the JSON, the fields
+a context may not replace, the cut of a long traceback, the priority prefix) is
+``protocol/log_lines.py``'s, pure and the same for both sides.
 
 Under systemd (stdout is the journal: ``JOURNAL_STREAM`` names our stdout) each line starts with
 a syslog priority prefix — ``<3>`` error and above, ``<4>`` warning, ``<6>`` info, ``<7>`` debug —
@@ -35,21 +37,9 @@ import structlog
 from structlog.contextvars import bound_contextvars, merge_contextvars
 
 from cloud.limits import LOG_TRACEBACK_CHARACTERS_MAX
-from protocol.redaction import redact
+from protocol.log_lines import add_context, add_exception, journal_line, render
 
-RESERVED: Final = frozenset({"ts", "level", "logger", "event", "exc"})
 QUIET_LIBRARIES: Final = ("uvicorn.access", "paho", "alembic.runtime.migration")
-
-
-def journal_priority(levelno: int) -> int:
-    """The syslog priority journald stores for a record of this level."""
-    if levelno >= logging.ERROR:
-        return 3
-    if levelno >= logging.WARNING:
-        return 4
-    if levelno >= logging.INFO:
-        return 6
-    return 7
 
 
 def stream_is_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
@@ -82,10 +72,7 @@ def _base_fields(logger: object, method: str, event: EventDict) -> EventDict:
 
 
 def _context_fields(logger: object, method: str, event: EventDict) -> EventDict:
-    record: logging.LogRecord = event["_record"]
-    for key, value in (getattr(record, "context", None) or {}).items():
-        if key not in RESERVED:
-            event[key] = value
+    add_context(event, getattr(event["_record"], "context", None))
     return event
 
 
@@ -93,11 +80,8 @@ def _exception_fields(logger: object, method: str, event: EventDict) -> EventDic
     exc_info = event.pop("exc_info", None)
     if exc_info and exc_info[0] is not None:
         kind, error, trace = exc_info
-        event["error"] = f"{kind.__name__}: {error}"
-        text = "".join(traceback.format_exception(kind, error, trace)).rstrip("\n")
-        if len(text) > LOG_TRACEBACK_CHARACTERS_MAX:
-            text = "...(cut)...\n" + text[-LOG_TRACEBACK_CHARACTERS_MAX:]
-        event["exc"] = text
+        text = "".join(traceback.format_exception(kind, error, trace))
+        add_exception(event, f"{kind.__name__}: {error}", text, LOG_TRACEBACK_CHARACTERS_MAX)
     stack_info = event.pop("stack_info", None)
     if stack_info:
         event["stack"] = stack_info
@@ -110,9 +94,8 @@ def _drop_meta(logger: object, method: str, event: EventDict) -> EventDict:
     return event
 
 
-_RENDERER: Final = structlog.processors.JSONRenderer(
-    ensure_ascii=False, separators=(",", ":"), default=str
-)
+def _line(logger: object, method: str, event: EventDict) -> str:
+    return render(event)
 
 
 class JsonFormatter(structlog.stdlib.ProcessorFormatter):
@@ -121,21 +104,14 @@ class JsonFormatter(structlog.stdlib.ProcessorFormatter):
     def __init__(self, *, journal: bool = False) -> None:
         super().__init__(
             foreign_pre_chain=[_base_fields, merge_contextvars, _context_fields],
-            processors=[_exception_fields, _drop_meta, _RENDERER],
+            processors=[_exception_fields, _drop_meta, _line],
             use_get_message=True,
         )
         self.journal = journal
 
     def format(self, record: logging.LogRecord) -> str:
-        line = redact(super().format(record))
-        if self.journal:
-            return f"<{journal_priority(record.levelno)}>{line}"
-        return line
-
-
-def render(record: logging.LogRecord) -> str:
-    """The plain JSON line of ``record`` (no journal prefix)."""
-    return JsonFormatter().format(record)
+        line = super().format(record)
+        return journal_line(line, record.levelno) if self.journal else line
 
 
 def configure_logging(

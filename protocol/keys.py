@@ -2,7 +2,8 @@
 
 Pure: bytes in, key objects out, and back. Reading and writing key *files* is I/O and belongs to
 each side's adapter (device/keys.py for the kiosk, cloud/keys.py for the cloud); both hand the
-file's bytes to ``private_key_from_pem`` and write what ``private_key_pem`` returns.
+file's bytes to ``private_key_from_pem``, write what ``private_key_pem`` returns, and judge a
+file's mode by ``key_file_mode_problem``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ PUBLIC_KEY_B64_LENGTH: Final = 43
 # A PEM Ed25519 private key is about 120 bytes; refuse anything absurd (key file readers read at
 # most one byte more than this).
 PRIVATE_KEY_PEM_BYTES_MAX: Final = 16 * 1024
+# A private key file is its owner's alone (both sides create theirs so and refuse any other).
+PRIVATE_KEY_FILE_MODE: Final = 0o600
 
 _ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 _VALUE_OF: Final = {char: index for index, char in enumerate(_ALPHABET)}
@@ -97,6 +100,16 @@ def private_key_from_pem(data: bytes, *, source: str = "key") -> Ed25519PrivateK
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{source}: expected an Ed25519 private key, found {_key_kind(key)}")
     return key
+
+
+def key_file_mode_problem(name: str, mode: int) -> str | None:
+    """Why the private key file ``name``, of permission bits ``mode``, must not be used (anyone
+    but its owner may read or write it), or None when its mode is 0600 or stricter."""
+    if not mode & 0o077:
+        return None
+    return (
+        f"{name} has mode {mode:04o}: it must be 0600, only its owner reads it (chmod 600 {name})"
+    )
 
 
 def _key_kind(key: object) -> str:

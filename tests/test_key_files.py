@@ -93,3 +93,22 @@ def test_oversized_key_file_is_refused(tmp_path: Path, keys: ModuleType) -> None
     path.write_bytes(b"x" * 100_000)
     with pytest.raises(ValueError, match="too large"):
         keys.load_private_key(path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "refused"), [(0o600, False), (0o400, False), (0o640, True), (0o604, True)]
+)
+def test_a_key_file_others_may_read_or_write_is_refused(
+    tmp_path: Path, keys: ModuleType, mode: int, refused: bool
+) -> None:
+    path = tmp_path / "kiosk.pem"
+    keys.save_private_key(generate_private_key(), path)
+    path.chmod(mode)
+    problem = keys.mode_problem(path)
+    if refused:
+        assert problem == (
+            f"{path} has mode {mode:04o}: it must be 0600, only its owner reads it"
+            f" (chmod 600 {path})"
+        )
+    else:
+        assert problem is None

@@ -21,6 +21,7 @@ import cloud.limits
 import cloud.logs
 import device.limits
 import device.logs
+from protocol.log_lines import journal_priority
 
 
 @pytest.fixture(params=[device.logs, cloud.logs], ids=["device", "cloud"])
@@ -135,7 +136,7 @@ def test_journal_lines_start_with_their_syslog_priority(
     line = logs_module.JsonFormatter(journal=True).format(record)
     assert line.startswith(prefix)
     assert json.loads(line.removeprefix(prefix))["event"] == "event"
-    assert logs_module.journal_priority(level) == int(prefix[1])
+    assert journal_priority(level) == int(prefix[1])
     assert not logs_module.JsonFormatter().format(record).startswith("<")
 
 
@@ -204,14 +205,14 @@ def test_a_process_under_systemd_writes_priorities_journalctl_filters_on(
 
 
 def test_cloud_and_kiosk_write_the_same_line() -> None:
-    """The two formatters are separate code; the same record gives the same line on both."""
+    """The two formatters are separate code around protocol/log_lines.py; the same record gives
+    the same line on both."""
     record = logging.LogRecord("tests.logs", logging.WARNING, __file__, 1, "x %s", ("y",), None)
     record.context = {"request_id": "r-1", "ts": "not a field"}
     lines = {logs.JsonFormatter(journal=True).format(record) for logs in (device.logs, cloud.logs)}
     assert len(lines) == 1
     [line] = lines
     assert line.startswith("<4>") and json.loads(line[3:])["request_id"] == "r-1"
-    assert device.logs.RESERVED == cloud.logs.RESERVED
     assert device.limits.LOG_TRACEBACK_CHARACTERS_MAX == cloud.limits.LOG_TRACEBACK_CHARACTERS_MAX
 
 

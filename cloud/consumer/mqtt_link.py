@@ -80,19 +80,10 @@ class MqttLink:
         self._connected = False
         self._pending_subscribe: dict[int, int] = {}  # SUBSCRIBE mid -> generation
         self._refused = _Refusals()
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
+        client = _client(endpoint, client_id, tls, manual_ack=True)
         # Belt and braces: our callbacks catch everything, but a bug must never end the
         # network thread (paho re-raises callback exceptions unless told otherwise).
         client.suppress_exceptions = True
-        if endpoint.username is not None:
-            client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.tls:
-            _use_tls(client, tls)
         # Both must be set before connect(); paho's queue is unbounded by default.
         client.max_inflight_messages_set(inflight_max)
         client.max_queued_messages_set(queued_max)
@@ -393,16 +384,7 @@ class RetainedPublisherSession:
         self._refused = _Refusals()
         self._connected = threading.Event()
         self._connect_refused: str | None = None
-        client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        if endpoint.username is not None:
-            client.username_pw_set(endpoint.username, endpoint.password)
-        if endpoint.tls:
-            _use_tls(client, tls)
+        client = _client(endpoint, client_id, tls, reconnect_on_failure=False)
         client.connect_timeout = min(limits.CONNECT_TIMEOUT_S, timeout_s)
         client.on_connect = self._on_connect
         client.on_publish = self._refused.on_publish
@@ -416,16 +398,7 @@ class RetainedPublisherSession:
         self._connected.set()
 
     def __enter__(self) -> RetainedPublisherSession:
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = 0
-        self._client.connect(
-            self._endpoint.host,
-            self._endpoint.port,
-            keepalive=30,
-            clean_start=True,
-            properties=properties,
-        )
-        self._client.loop_start()
+        _connect_short_session(self._client, self._endpoint)
         try:
             if not self._connected.wait(self._timeout_s):
                 raise OSError(f"no CONNACK within {self._timeout_s} s")
@@ -457,6 +430,41 @@ def _release_sockets(client: mqtt.Client) -> None:
         client._reset_sockets()  # paho's own close of all three; no public equivalent
     except OSError:
         pass
+
+
+def _client(
+    endpoint: MqttEndpoint,
+    client_id: str,
+    tls: TlsFiles | None,
+    *,
+    manual_ack: bool = False,
+    reconnect_on_failure: bool = True,
+) -> mqtt.Client:
+    """A paho MQTT 5 client (callback API 2) under ``client_id``, with the endpoint's user and
+    password, over TLS when the endpoint says so; not connected yet."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        reconnect_on_failure=reconnect_on_failure,
+        manual_ack=manual_ack,
+    )
+    if endpoint.username is not None:
+        client.username_pw_set(endpoint.username, endpoint.password)
+    if endpoint.tls:
+        _use_tls(client, tls)
+    return client
+
+
+def _connect_short_session(client: mqtt.Client, endpoint: MqttEndpoint) -> None:
+    """Connect (blocking; OSError when the broker cannot be reached) with a clean session that
+    expires at once, then start paho's network thread, which reads the CONNACK."""
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = 0
+    client.connect(
+        endpoint.host, endpoint.port, keepalive=30, clean_start=True, properties=properties
+    )
+    client.loop_start()
 
 
 def _use_tls(client: mqtt.Client, tls: TlsFiles | None) -> None:
@@ -502,15 +510,7 @@ def short_session(
     was refused, at the connect refusal. Raises OSError when the broker cannot be reached."""
     seen = ShortSession()
     done = threading.Event()
-    client = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        protocol=mqtt.MQTTv5,
-    )
-    if endpoint.username is not None:
-        client.username_pw_set(endpoint.username, endpoint.password)
-    if endpoint.tls:
-        _use_tls(client, tls)
+    client = _client(endpoint, client_id, tls)
 
     def on_connect(c: mqtt.Client, u: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         if reason.is_failure:
@@ -539,12 +539,7 @@ def short_session(
     client.on_subscribe = on_subscribe
     client.on_message = on_received
     client.connect_timeout = limits.CONNECT_TIMEOUT_S  # every MQTT connect is bounded
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = 0
-    client.connect(
-        endpoint.host, endpoint.port, keepalive=30, clean_start=True, properties=properties
-    )
-    client.loop_start()
+    _connect_short_session(client, endpoint)
     try:
         seen.finished = done.wait(timeout_s)
     finally:
