@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloud.api.auth import presented_token
+from cloud.api.bodies import is_json, json_request_body
 from cloud.api.errors import (
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
@@ -37,7 +38,6 @@ from cloud.api.seed_requests import (
     render_json,
 )
 from cloud.api.services import services_of
-from cloud.api.topups import is_json
 from cloud.database import TransientDatabaseError
 from cloud.logs import bind
 from cloud.pos_devices import AuthenticatedDevice, claimed_device_id
@@ -74,10 +74,7 @@ _ANSWER = {"content": {"application/json": {"schema": _ANSWER_SCHEMA}}}
 def _openapi(body_schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "security": [{"PosToken": []}],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": body_schema}},
-        },
+        "requestBody": json_request_body(body_schema),
         "responses": {
             "200": {"description": "approved (or a replay of an approval)", **_ANSWER},
             "400": {"description": "INVALID_REQUEST", **_ANSWER},
