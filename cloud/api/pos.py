@@ -190,6 +190,15 @@ async def _process(request: Request, kind: str) -> Response:
             **extra,
         )
 
+    def database_unavailable() -> Response:
+        log.warning("pos request: database unavailable")
+        return refuse(
+            503,
+            SERVICE_UNAVAILABLE,
+            "database unavailable, retry with the same client_request_id",
+            headers={"Retry-After": "1"},
+        )
+
     try:
         # Every request asks the database, whatever its token: a database that is away is 503
         # for everyone (never a 401 a device would take as final), and a disable committed
@@ -198,13 +207,7 @@ async def _process(request: Request, kind: str) -> Response:
             "pos_authenticate", services.pos_devices.authenticate, presented_token(request)
         )
     except TransientDatabaseError:
-        log.warning("pos request: database unavailable")
-        return refuse(
-            503,
-            SERVICE_UNAVAILABLE,
-            "database unavailable, retry with the same client_request_id",
-            headers={"Retry-After": "1"},
-        )
+        return database_unavailable()
     if device is None:
         # The id the token claims is no secret; the token itself is never logged.
         log.warning(
@@ -238,13 +241,7 @@ async def _process(request: Request, kind: str) -> Response:
             try:
                 outcome = await _decide(services, request, kind, device, parsed)
             except TransientDatabaseError:
-                log.warning("pos request: database unavailable")
-                return refuse(
-                    503,
-                    SERVICE_UNAVAILABLE,
-                    "database unavailable, retry with the same client_request_id",
-                    headers={"Retry-After": "1"},
-                )
+                return database_unavailable()
             return _outcome_answer(request, started_s, kind, outcome, metrics)
 
 
