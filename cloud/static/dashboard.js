@@ -88,7 +88,9 @@
     $("dashboard").classList.remove("hidden");
   }
 
-  function api(path, method, body) {
+  // The request with the admin token (and `body` as JSON, if given); resolves with the
+  // response, rejects on a 401 with an error marked `unauthorized` (the token was refused).
+  function send(path, method, body) {
     var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
     var options = { method: method || "GET", headers: headers, cache: "no-store" };
     if (body !== undefined) {
@@ -101,6 +103,12 @@
         refused.unauthorized = true;
         throw refused;
       }
+      return response;
+    });
+  }
+
+  function api(path, method, body) {
+    return send(path, method, body).then(function (response) {
       if (!response.ok) {
         var failed = new Error(path + " answered " + response.status);
         failed.status = response.status;
@@ -113,18 +121,7 @@
   // Like api(), but every answer but 401 resolves as {status, body}: the editor shows the
   // API's error (and the field it names) itself.
   function apiCall(path, method, body) {
-    var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
-    var options = { method: method || "GET", headers: headers, cache: "no-store" };
-    if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    return window.fetch(path, options).then(function (response) {
-      if (response.status === 401) {
-        var refused = new Error("token refused");
-        refused.unauthorized = true;
-        throw refused;
-      }
+    return send(path, method, body).then(function (response) {
       return response.json().catch(function () { return null; }).then(function (parsed) {
         return { status: response.status, body: parsed };
       });
