@@ -30,7 +30,7 @@ import io
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -591,15 +591,20 @@ class Reports:
         return money
 
 
-def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
-    columns = (*SALES_COLUMNS[group], *_decimal_columns(group))
+def _csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """A report's CSV (csv module, \\r\\n): the header row, then each row's cells in the
+    columns' order (an empty cell for None)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
         writer.writerow(["" if row[column] is None else row[column] for column in columns])
     return buffer.getvalue()
+
+
+def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
+    return _csv((*SALES_COLUMNS[group], *_decimal_columns(group)), rows)
 
 
 # --- `festival-cloud report …` -------------------------------------------------------------------
@@ -934,13 +939,7 @@ def shift_report_rows(
 
 def shift_report_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The shift report's CSV: the header row, then the rows (empty cells for None)."""
-    columns = (*SHIFT_COLUMNS, *SHIFT_DECIMAL_COLUMNS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row[column] is None else row[column] for column in columns])
-    return buffer.getvalue()
+    return _csv((*SHIFT_COLUMNS, *SHIFT_DECIMAL_COLUMNS), rows)
 
 
 @_report_verb("shift report")
@@ -1102,19 +1101,18 @@ def staff_report(reports: Reports, window: SalesWindow) -> dict[str, Any]:
 def staff_report_csv(report: Mapping[str, Any]) -> str:
     """The staff report's CSV: the header row, then a row per staff member (`(none)` for the
     events without a staff id, the kiosks separated by spaces)."""
-    columns = (*STAFF_COLUMNS, *STAFF_DECIMAL_COLUMNS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row in report["rows"]:
-        cells = {
-            **row,
-            "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
-            "kiosks": " ".join(row["kiosks"]),
-            "logged_in_at": " ".join(row["logged_in_at"]),
-        }
-        writer.writerow([cells[column] for column in columns])
-    return buffer.getvalue()
+    return _csv(
+        (*STAFF_COLUMNS, *STAFF_DECIMAL_COLUMNS),
+        (
+            {
+                **row,
+                "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
+                "kiosks": " ".join(row["kiosks"]),
+                "logged_in_at": " ".join(row["logged_in_at"]),
+            }
+            for row in report["rows"]
+        ),
+    )
 
 
 def staff_window(
