@@ -83,6 +83,15 @@
     $("token").focus();
   }
 
+  // A failed API call whose token was refused: forget the token, show the login (true).
+  // Any other failure is the caller's to show (false).
+  function tokenRefused(error) {
+    if (!error.unauthorized) { return false; }
+    window.sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("That token was refused.");
+    return true;
+  }
+
   function showDashboard() {
     $("login").classList.add("hidden");
     $("dashboard").classList.remove("hidden");
@@ -487,11 +496,7 @@
       document.body.setAttribute("data-loaded", "true");
       refreshTimer = window.setTimeout(refresh, REFRESH_MS);
     }).catch(function (error) {
-      if (error.unauthorized) {
-        window.sessionStorage.removeItem(TOKEN_KEY);
-        showLogin("That token was refused.");
-        return;
-      }
+      if (tokenRefused(error)) { return; }
       setStatus("update failed (" + error.message + "), retrying", true);
       refreshTimer = window.setTimeout(refresh, REFRESH_MS);
     });
@@ -781,11 +786,7 @@
   }
 
   function editorFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     menuMessage(error.message);
   }
 
@@ -868,11 +869,7 @@
   }
 
   function cardFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     cardMessage(error.status === 404 ? "unknown card" :
       (error.status === 400 ? "not a card UID" : "lookup failed (" + error.message + ")"));
   }
@@ -963,11 +960,7 @@
   }
 
   function staffFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     staffMessage("could not load the staff report (" + error.message + ")");
   }
 
@@ -1014,11 +1007,7 @@
   }
 
   function shiftsFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     shiftMessage("could not load the shifts (" + error.message + ")");
   }
 
