@@ -86,6 +86,18 @@ def _verb(verbs: Verbs, name: str, help: str, handler: str) -> argparse.Argument
     return parser
 
 
+def _time_window(verb: argparse.ArgumentParser, after: str, before: str) -> None:
+    """`--from TIME` and `--to TIME` (args.start, args.end): "only <after> this RFC 3339 time",
+    "only <before> this RFC 3339 time"."""
+    for option, destination, meaning in (("--from", "start", after), ("--to", "end", before)):
+        verb.add_argument(
+            option,
+            dest=destination,
+            metavar="TIME",
+            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="festival-cloud", description="Festival cashless payments: cloud side."
@@ -449,16 +461,7 @@ def _add_shift_verbs(verbs: Verbs) -> None:
         "cloud.reports:report_shifts",
     )
     report.add_argument("--checkpoint", metavar="ID", help="only this checkpoint's shifts")
-    for option, destination, meaning in (
-        ("--from", "start", "shifts closed at or after"),
-        ("--to", "end", "shifts closed before (and no open shift)"),
-    ):
-        report.add_argument(
-            option,
-            dest=destination,
-            metavar="TIME",
-            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
-        )
+    _time_window(report, "shifts closed at or after", "shifts closed before (and no open shift)")
 
 
 def _add_report_verbs(verbs: Verbs) -> None:
@@ -473,16 +476,7 @@ def _add_report_verbs(verbs: Verbs) -> None:
         "cloud.reports:report_sales",
     )
     sales.add_argument("--group", required=True, choices=["product", "kiosk", "hour", "vat"])
-    for option, destination, meaning in (
-        ("--from", "start", "sales at or after"),
-        ("--to", "end", "sales before"),
-    ):
-        sales.add_argument(
-            option,
-            dest=destination,
-            metavar="TIME",
-            help=f"only {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
-        )
+    _time_window(sales, "sales at or after", "sales before")
     day = _verb(
         report,
         "day",
@@ -506,16 +500,7 @@ def _add_report_verbs(verbs: Verbs) -> None:
         "cloud.reports:report_staff",
     )
     staff.add_argument("--date", metavar="YYYY-MM-DD", help="that day, in UTC")
-    for option, destination, meaning in (
-        ("--from", "start", "at or after"),
-        ("--to", "end", "before"),
-    ):
-        staff.add_argument(
-            option,
-            dest=destination,
-            metavar="TIME",
-            help=f"only what happened {meaning} this RFC 3339 time, e.g. 2026-07-04T18:00:00Z",
-        )
+    _time_window(staff, "what happened at or after", "what happened before")
     staff.add_argument("--json", action="store_true", help="the JSON of GET /api/reports/staff")
 
 

@@ -131,20 +131,12 @@ class Publisher:
                 self._failed(report, "config", key, refused)
                 continue
             self._ledger.mark_config_published(issued.kiosk_id, issued.version)
-            self._failing.discard(key)
-            seen.discard(key)
             report.configs_published.append(key)
-            if self._metrics is not None:
-                self._metrics.cloud_messages_published.labels(kind="config").inc()
-            log.info(
-                "config published",
-                extra={
-                    "context": {
-                        "kiosk_id": issued.kiosk_id,
-                        "version": issued.version,
-                        "bytes": len(payload),
-                    }
-                },
+            self._published(
+                "config",
+                key,
+                seen,
+                {"kiosk_id": issued.kiosk_id, "version": issued.version, "bytes": len(payload)},
             )
         self._track(("config",), seen)
 
@@ -182,19 +174,15 @@ class Publisher:
                         self._failed(report, "denylist", key, refused)
                     else:
                         self._ledger.mark_denylist_published(issued.version)
-                        self._failing.discard(key)
-                        seen.discard(key)
                         report.denylist_published = issued.version
-                        if self._metrics is not None:
-                            self._metrics.cloud_messages_published.labels(kind="denylist").inc()
-                        log.info(
-                            "denylist published",
-                            extra={
-                                "context": {
-                                    "version": issued.version,
-                                    "cards": len(issued.card_uids),
-                                    "bytes": len(payload),
-                                }
+                        self._published(
+                            "denylist",
+                            key,
+                            seen,
+                            {
+                                "version": issued.version,
+                                "cards": len(issued.card_uids),
+                                "bytes": len(payload),
                             },
                         )
         self._track(("denylist",), seen)
@@ -221,6 +209,21 @@ class Publisher:
                 }
             },
         )
+
+    def _published(
+        self,
+        kind: str,
+        key: tuple[str, int],
+        pending: set[tuple[str, int]],
+        context: dict[str, int | str],
+    ) -> None:
+        """A version the broker took (and the ledger marked published): no longer failing nor
+        pending; counted and logged."""
+        self._failing.discard(key)
+        pending.discard(key)
+        if self._metrics is not None:
+            self._metrics.cloud_messages_published.labels(kind=kind).inc()
+        log.info(f"{kind} published", extra={"context": context})
 
     def _failed(self, report: FlushReport, kind: str, key: tuple[str, int], reason: str) -> None:
         report.failures += 1

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -590,15 +591,20 @@ class Reports:
         return money
 
 
-def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
-    """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
-    columns = (*SALES_COLUMNS[group], *_decimal_columns(group))
+def _csv(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    """A report's CSV (csv module, \\r\\n): the header row, then each row's cells in the
+    columns' order (an empty cell for None)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
     for row in rows:
         writer.writerow(["" if row[column] is None else row[column] for column in columns])
     return buffer.getvalue()
+
+
+def sales_csv(group: SalesGroup, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The CSV of a sales report: the header row, then one line per row (csv module, \\r\\n)."""
+    return _csv((*SALES_COLUMNS[group], *_decimal_columns(group)), rows)
 
 
 # --- `festival-cloud report …` -------------------------------------------------------------------
@@ -615,33 +621,46 @@ def _reports(settings: CloudSettings) -> Iterator[Reports]:
         engine.dispose()
 
 
+_Verb = Callable[[argparse.Namespace, CloudSettings], int]
+
+
+def _report_verb(command: str) -> Callable[[_Verb], _Verb]:
+    """A report verb whose refusals are one line on stderr: a bad argument or too many rows
+    (ReportError) names `festival-cloud <command>` and exits EXIT_USAGE, a database that cannot
+    be reached exits EXIT_UNAVAILABLE."""
+
+    def wrap(verb: _Verb) -> _Verb:
+        @functools.wraps(verb)
+        def run(args: argparse.Namespace, settings: CloudSettings) -> int:
+            try:
+                return verb(args, settings)
+            except ReportError as error:
+                print(f"festival-cloud {command}: {error}", file=sys.stderr)
+                return EXIT_USAGE
+            except TransientDatabaseError as error:
+                print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+
+        return run
+
+    return wrap
+
+
+@_report_verb("report sales")
 def report_sales(args: argparse.Namespace, settings: CloudSettings) -> int:
     """`report sales --group product|kiosk|hour|vat [--from T] [--to T]`: the CSV on stdout."""
-    try:
-        window = SalesWindow.parse(args.start, args.end)
-        with _reports(settings) as reports:
-            sys.stdout.write(reports.sales_csv(SalesGroup(args.group), window))
-    except ReportError as error:
-        print(f"festival-cloud report sales: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TransientDatabaseError as error:
-        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    window = SalesWindow.parse(args.start, args.end)
+    with _reports(settings) as reports:
+        sys.stdout.write(reports.sales_csv(SalesGroup(args.group), window))
     return EXIT_OK
 
 
+@_report_verb("report day")
 def report_day(args: argparse.Namespace, settings: CloudSettings) -> int:
     """`report day --date YYYY-MM-DD [--json]`: the Z-report of that day (UTC)."""
-    try:
-        day_start = parse_day(args.date)
-        with _reports(settings) as reports:
-            report = reports.day(day_start)
-    except ReportError as error:
-        print(f"festival-cloud report day: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TransientDatabaseError as error:
-        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    day_start = parse_day(args.date)
+    with _reports(settings) as reports:
+        report = reports.day(day_start)
     if args.json:
         print(json.dumps(report))
         return EXIT_OK
@@ -684,14 +703,11 @@ def report_day(args: argparse.Namespace, settings: CloudSettings) -> int:
     return EXIT_OK
 
 
+@_report_verb("report liability")
 def report_liability(args: argparse.Namespace, settings: CloudSettings) -> int:
     """`report liability [--json]`; exit 1 when the card balances do not reconcile."""
-    try:
-        with _reports(settings) as reports:
-            report = reports.liability()
-    except TransientDatabaseError as error:
-        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    with _reports(settings) as reports:
+        report = reports.liability()
     if args.json:
         print(json.dumps(report))
     else:
@@ -923,27 +939,15 @@ def shift_report_rows(
 
 def shift_report_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The shift report's CSV: the header row, then the rows (empty cells for None)."""
-    columns = (*SHIFT_COLUMNS, *SHIFT_DECIMAL_COLUMNS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if row[column] is None else row[column] for column in columns])
-    return buffer.getvalue()
+    return _csv((*SHIFT_COLUMNS, *SHIFT_DECIMAL_COLUMNS), rows)
 
 
+@_report_verb("shift report")
 def report_shifts(args: argparse.Namespace, settings: CloudSettings) -> int:
     """`shift report [--checkpoint ID] [--from T] [--to T]`: the shift report's CSV on stdout."""
-    try:
-        window = SalesWindow.parse(args.start, args.end)
-        with _reports(settings) as reports:
-            rows = shift_report_rows(reports, checkpoint_id=args.checkpoint, window=window)
-    except ReportError as error:
-        print(f"festival-cloud shift report: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TransientDatabaseError as error:
-        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    window = SalesWindow.parse(args.start, args.end)
+    with _reports(settings) as reports:
+        rows = shift_report_rows(reports, checkpoint_id=args.checkpoint, window=window)
     sys.stdout.write(shift_report_csv(rows))
     return EXIT_OK
 
@@ -1097,19 +1101,18 @@ def staff_report(reports: Reports, window: SalesWindow) -> dict[str, Any]:
 def staff_report_csv(report: Mapping[str, Any]) -> str:
     """The staff report's CSV: the header row, then a row per staff member (`(none)` for the
     events without a staff id, the kiosks separated by spaces)."""
-    columns = (*STAFF_COLUMNS, *STAFF_DECIMAL_COLUMNS)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(columns)
-    for row in report["rows"]:
-        cells = {
-            **row,
-            "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
-            "kiosks": " ".join(row["kiosks"]),
-            "logged_in_at": " ".join(row["logged_in_at"]),
-        }
-        writer.writerow([cells[column] for column in columns])
-    return buffer.getvalue()
+    return _csv(
+        (*STAFF_COLUMNS, *STAFF_DECIMAL_COLUMNS),
+        (
+            {
+                **row,
+                "staff_id": NO_STAFF_LABEL if row["staff_id"] is None else row["staff_id"],
+                "kiosks": " ".join(row["kiosks"]),
+                "logged_in_at": " ".join(row["logged_in_at"]),
+            }
+            for row in report["rows"]
+        ),
+    )
 
 
 def staff_window(
@@ -1125,19 +1128,13 @@ def staff_window(
     return SalesWindow.parse(start, end)
 
 
+@_report_verb("report staff")
 def report_staff(args: argparse.Namespace, settings: CloudSettings) -> int:
     """`report staff [--date D | --from T --to T] [--json]`: the staff report's CSV (or JSON) on
     stdout; today (UTC) without a window."""
-    try:
-        window = staff_window(args.start, args.end, args.date)
-        with _reports(settings) as reports:
-            report = staff_report(reports, window)
-    except ReportError as error:
-        print(f"festival-cloud report staff: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except TransientDatabaseError as error:
-        print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    window = staff_window(args.start, args.end, args.date)
+    with _reports(settings) as reports:
+        report = staff_report(reports, window)
     if args.json:
         print(json.dumps(report))
     else:

@@ -21,11 +21,11 @@ from fastapi import APIRouter, Depends, Path
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cloud.api.errors import UNSUPPORTED_MEDIA_TYPE, ApiError
+from cloud.api.bodies import json_body, json_request_body
+from cloud.api.errors import ApiError
 from cloud.api.limits import MENU_TARGET_KIOSKS_MAX
 from cloud.api.monitoring import json_response, require_admin
 from cloud.api.services import Services, services_of
-from cloud.api.topups import is_json
 from cloud.ledger_records import KIOSK_ROLES
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.limits import (
@@ -47,7 +47,6 @@ from protocol.limits import (
     VAT_RATE_BP_MIN,
 )
 from protocol.models import Menu, menu_to_dict, parse_menu
-from protocol.strict_json import loads_strict
 
 log = logging.getLogger("cloud.api.menus")
 
@@ -87,15 +86,6 @@ def _invalid(message: str, field: str | None) -> ApiError:
 
 def _unknown_kiosk(message: str) -> ApiError:
     return ApiError(404, ErrorCode.UNKNOWN_KIOSK.value, message)
-
-
-async def _json_body(request: Request) -> object:
-    if not is_json(request.headers.get("content-type")):
-        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
-    try:
-        return loads_strict(await request.body())
-    except ProtocolError as error:
-        raise _invalid(error.message, None) from None
 
 
 def _targets(document: dict[str, Any], services: Services) -> list[str]:
@@ -169,7 +159,7 @@ async def _issue(
 async def put_menus(request: Request) -> JSONResponse:
     """Assign a menu (or none: `"menu": null`) to the kiosks named; issue a config to each."""
     services = services_of(request)
-    document = await _json_body(request)
+    document = await json_body(request)
     if type(document) is not dict:
         raise _invalid(f"body must be a JSON object, got {json_type_name(document)}", None)
     unknown = sorted(set(document) - {"menu", *TARGET_FIELDS})
@@ -268,32 +258,27 @@ _ISSUED_SCHEMA: dict[str, Any] = {
 
 def put_menus_openapi() -> dict[str, Any]:
     return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["menu"],
-                        "minProperties": 2,
-                        "maxProperties": 2,
-                        "properties": {
-                            "menu": {"oneOf": [{"type": "null"}, _menu_schema()]},
-                            "kiosks": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": MENU_TARGET_KIOSKS_MAX,
-                                "uniqueItems": True,
-                                "items": {"type": "string", "pattern": KIOSK_ID_REGEX},
-                            },
-                            "role": {"type": "string", "enum": list(KIOSK_ROLES)},
-                            "all": {"type": "boolean", "enum": [True]},
-                        },
-                    }
-                }
-            },
-        },
+        "requestBody": json_request_body(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["menu"],
+                "minProperties": 2,
+                "maxProperties": 2,
+                "properties": {
+                    "menu": {"oneOf": [{"type": "null"}, _menu_schema()]},
+                    "kiosks": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MENU_TARGET_KIOSKS_MAX,
+                        "uniqueItems": True,
+                        "items": {"type": "string", "pattern": KIOSK_ID_REGEX},
+                    },
+                    "role": {"type": "string", "enum": list(KIOSK_ROLES)},
+                    "all": {"type": "boolean", "enum": [True]},
+                },
+            }
+        ),
         "responses": {
             "200": {
                 "description": "a config issued to every kiosk named, with its version",

@@ -44,11 +44,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from cloud.api.bodies import json_body, json_request_body
 from cloud.api.errors import (
     RATE_LIMITED,
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
-    UNSUPPORTED_MEDIA_TYPE,
     ApiError,
 )
 from cloud.api.limits import (
@@ -66,14 +66,13 @@ from cloud.api.limits import (
 from cloud.api.pages import STATIC_DIR, page_headers
 from cloud.api.ratelimit import retry_after_header
 from cloud.api.services import RateLimiter, Services, services_of
-from cloud.api.topups import client_key, is_json, normalise_wristband_number
+from cloud.api.topups import client_key, normalise_wristband_number
 from cloud.database import IntegrityError
 from cloud.limits import PIN_LENGTH_MAX
 from cloud.payouts import PayoutInvalid, PayoutRefused, PayoutStore, valid_iban
 from cloud.portal import PortalStore, check_pin, new_session_token
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ErrorCode
 from protocol.limits import CARD_UID_PATTERN
-from protocol.strict_json import loads_strict
 
 log = logging.getLogger("cloud.api.portal")
 
@@ -205,12 +204,7 @@ def _invalid(message: str) -> ApiError:
 
 
 async def _credentials(request: Request) -> tuple[str, str]:
-    if not is_json(request.headers.get("content-type")):
-        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
-    try:
-        document = loads_strict(await request.body())
-    except ProtocolError as error:
-        raise _invalid(error.message) from None
+    document = await json_body(request)
     if type(document) is not dict or set(document) != {"card_uid", "pin"}:
         raise _invalid('body must be {"card_uid": "...", "pin": "..."}')
     card_uid, pin = document["card_uid"], document["pin"]
@@ -402,12 +396,7 @@ def _optional_string(document: dict[str, Any], name: str, length_max: int) -> st
 
 async def _payout_form(request: Request) -> PayoutForm:
     """The body, every field checked (400 otherwise, before anything is read or written)."""
-    if not is_json(request.headers.get("content-type")):
-        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
-    try:
-        document = loads_strict(await request.body())
-    except ProtocolError as error:
-        raise _invalid(error.message) from None
+    document = await json_body(request)
     if type(document) is not dict:
         raise _invalid("body must be a JSON object")
     unknown = sorted(set(document) - PAYOUT_FIELDS)
@@ -570,22 +559,17 @@ def router() -> APIRouter:
         summary="Log in with the wristband's number and PIN (sets the session cookie)",
         response_class=JSONResponse,
         openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["card_uid", "pin"],
-                            "properties": {
-                                "card_uid": {"type": "string", "maxLength": 64},
-                                "pin": {"type": "string", "maxLength": 64},
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": json_request_body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["card_uid", "pin"],
+                    "properties": {
+                        "card_uid": {"type": "string", "maxLength": 64},
+                        "pin": {"type": "string", "maxLength": 64},
+                    },
+                }
+            ),
             "responses": {
                 "400": {"description": "malformed body or wristband number"},
                 "401": {"description": "wrong wristband number or PIN (the same for both)"},
@@ -627,27 +611,22 @@ def router() -> APIRouter:
         response_class=JSONResponse,
         status_code=201,
         openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "iban": {"type": "string", "maxLength": 64},
-                                "account_holder": {
-                                    "type": "string",
-                                    "maxLength": ACCOUNT_HOLDER_LENGTH_MAX,
-                                },
-                                "email": {"type": "string", "maxLength": EMAIL_LENGTH_MAX},
-                                "donate_cents": {"type": "integer", "minimum": 0},
-                                "pin": {"type": "string", "maxLength": 64},
-                            },
-                        }
-                    }
-                },
-            },
+            "requestBody": json_request_body(
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "iban": {"type": "string", "maxLength": 64},
+                        "account_holder": {
+                            "type": "string",
+                            "maxLength": ACCOUNT_HOLDER_LENGTH_MAX,
+                        },
+                        "email": {"type": "string", "maxLength": EMAIL_LENGTH_MAX},
+                        "donate_cents": {"type": "integer", "minimum": 0},
+                        "pin": {"type": "string", "maxLength": 64},
+                    },
+                }
+            ),
             "responses": {
                 "201": {"description": "the payout request (a repeated one: the first)"},
                 "400": {"description": "an invalid field; nothing changed"},

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cloud.api.auth import presented_token
+from cloud.api.bodies import is_json, json_request_body
 from cloud.api.errors import (
     SERVICE_UNAVAILABLE,
     UNAUTHORIZED,
@@ -37,7 +38,6 @@ from cloud.api.seed_requests import (
     render_json,
 )
 from cloud.api.services import services_of
-from cloud.api.topups import is_json
 from cloud.database import TransientDatabaseError
 from cloud.logs import bind
 from cloud.pos_devices import AuthenticatedDevice, claimed_device_id
@@ -74,10 +74,7 @@ _ANSWER = {"content": {"application/json": {"schema": _ANSWER_SCHEMA}}}
 def _openapi(body_schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "security": [{"PosToken": []}],
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": body_schema}},
-        },
+        "requestBody": json_request_body(body_schema),
         "responses": {
             "200": {"description": "approved (or a replay of an approval)", **_ANSWER},
             "400": {"description": "INVALID_REQUEST", **_ANSWER},
@@ -193,6 +190,15 @@ async def _process(request: Request, kind: str) -> Response:
             **extra,
         )
 
+    def database_unavailable() -> Response:
+        log.warning("pos request: database unavailable")
+        return refuse(
+            503,
+            SERVICE_UNAVAILABLE,
+            "database unavailable, retry with the same client_request_id",
+            headers={"Retry-After": "1"},
+        )
+
     try:
         # Every request asks the database, whatever its token: a database that is away is 503
         # for everyone (never a 401 a device would take as final), and a disable committed
@@ -201,13 +207,7 @@ async def _process(request: Request, kind: str) -> Response:
             "pos_authenticate", services.pos_devices.authenticate, presented_token(request)
         )
     except TransientDatabaseError:
-        log.warning("pos request: database unavailable")
-        return refuse(
-            503,
-            SERVICE_UNAVAILABLE,
-            "database unavailable, retry with the same client_request_id",
-            headers={"Retry-After": "1"},
-        )
+        return database_unavailable()
     if device is None:
         # The id the token claims is no secret; the token itself is never logged.
         log.warning(
@@ -241,13 +241,7 @@ async def _process(request: Request, kind: str) -> Response:
             try:
                 outcome = await _decide(services, request, kind, device, parsed)
             except TransientDatabaseError:
-                log.warning("pos request: database unavailable")
-                return refuse(
-                    503,
-                    SERVICE_UNAVAILABLE,
-                    "database unavailable, retry with the same client_request_id",
-                    headers={"Retry-After": "1"},
-                )
+                return database_unavailable()
             return _outcome_answer(request, started_s, kind, outcome, metrics)
 
 

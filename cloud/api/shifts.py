@@ -15,14 +15,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from cloud.api.errors import INVALID_REQUEST, NOT_FOUND, UNSUPPORTED_MEDIA_TYPE, ApiError
+from cloud.api.bodies import json_body, json_request_body
+from cloud.api.errors import INVALID_REQUEST, NOT_FOUND, ApiError
 from cloud.api.monitoring import json_response, require_admin
-from cloud.api.topups import is_json
 from cloud.limits import SHIFT_COUNTED_CENTS_MAX
 from cloud.shifts import ShiftRefused, ShiftStore
-from protocol.errors import ProtocolError, json_type_name, quote
+from protocol.errors import json_type_name, quote
 from protocol.limits import CHECKPOINT_ID_LENGTH_MAX, CHECKPOINT_ID_LENGTH_MIN
-from protocol.strict_json import loads_strict
 
 SHIFT_CLOSE_PATH = "/api/shifts/close"
 SHIFT_CLOSE_FIELDS = ("checkpoint_id", "counted_cents")
@@ -67,43 +66,33 @@ def close_request(document: object) -> tuple[str, int]:
 def close_openapi() -> dict[str, Any]:
     """The body's schema (the handler reads the raw body: strict JSON, its own 400s)."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": list(SHIFT_CLOSE_FIELDS),
-                        "properties": {
-                            "checkpoint_id": {
-                                "type": "string",
-                                "minLength": CHECKPOINT_ID_LENGTH_MIN,
-                                "maxLength": CHECKPOINT_ID_LENGTH_MAX,
-                                "pattern": CHECKPOINT_ID_PATTERN,
-                            },
-                            "counted_cents": {
-                                "type": "integer",
-                                "minimum": 0,
-                                "maximum": SHIFT_COUNTED_CENTS_MAX,
-                                "description": "the cash counted in the drawer, in cents",
-                            },
-                        },
-                    }
-                }
-            },
-        }
+        "requestBody": json_request_body(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": list(SHIFT_CLOSE_FIELDS),
+                "properties": {
+                    "checkpoint_id": {
+                        "type": "string",
+                        "minLength": CHECKPOINT_ID_LENGTH_MIN,
+                        "maxLength": CHECKPOINT_ID_LENGTH_MAX,
+                        "pattern": CHECKPOINT_ID_PATTERN,
+                    },
+                    "counted_cents": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": SHIFT_COUNTED_CENTS_MAX,
+                        "description": "the cash counted in the drawer, in cents",
+                    },
+                },
+            }
+        )
     }
 
 
 def router(store: ShiftStore) -> APIRouter:
     async def close(request: Request) -> JSONResponse:
-        if not is_json(request.headers.get("content-type")):
-            raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
-        try:
-            document = loads_strict(await request.body())
-        except ProtocolError as error:
-            raise _invalid(error.message, None) from None
+        document = await json_body(request)
         checkpoint_id, counted_cents = close_request(document)
         try:
             closed = await run_in_threadpool(store.close, checkpoint_id, counted_cents, "dashboard")

@@ -21,6 +21,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from cloud.api.bodies import json_request_body, parsed_body, require_json
 from cloud.api.errors import (
     NOT_CONFIGURED,
     PAYMENT_PROVIDER_ERROR,
@@ -35,9 +36,8 @@ from cloud.api.services import Services, services_of
 from cloud.api.stripe_gateway import CheckoutSession, PaymentProviderError
 from cloud.database import TransientDatabaseError
 from cloud.settings import CloudSettings
-from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
+from protocol.errors import ErrorCode, json_type_name, quote
 from protocol.limits import CARD_UID_PATTERN
-from protocol.strict_json import loads_strict
 
 log = logging.getLogger("cloud.api.topups")
 
@@ -52,29 +52,24 @@ _SEPARATORS = re.compile(r"[\s:.-]+")
 def checkout_openapi(amount_cents_max: int) -> dict[str, Any]:
     """The OpenAPI description of POST /api/topups/checkout, with this deployment's limit."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["card_uid", "amount_cents"],
-                        "properties": {
-                            "card_uid": {
-                                "type": "string",
-                                "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$",
-                            },
-                            "amount_cents": {
-                                "type": "integer",
-                                "minimum": CHECKOUT_AMOUNT_CENTS_MIN,
-                                "maximum": amount_cents_max,
-                            },
-                        },
-                    }
-                }
-            },
-        },
+        "requestBody": json_request_body(
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["card_uid", "amount_cents"],
+                "properties": {
+                    "card_uid": {
+                        "type": "string",
+                        "pattern": "^([0-9A-F]{8}|[0-9A-F]{14}|[0-9A-F]{20})$",
+                    },
+                    "amount_cents": {
+                        "type": "integer",
+                        "minimum": CHECKOUT_AMOUNT_CENTS_MIN,
+                        "maximum": amount_cents_max,
+                    },
+                },
+            }
+        ),
         "responses": {
             "201": {
                 "description": "Checkout Session created",
@@ -213,21 +208,11 @@ def _rate_limit(request: Request, services: Services, route: str) -> None:
         )
 
 
-def is_json(content_type: str | None) -> bool:
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    return media_type == "application/json"
-
-
 async def create_checkout(request: Request) -> Response:
     services = services_of(request)
-    if not is_json(request.headers.get("content-type")):
-        raise ApiError(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
+    require_json(request)
     _rate_limit(request, services, "/api/topups/checkout")
-    body = await request.body()
-    try:
-        document = loads_strict(body)
-    except ProtocolError as error:
-        raise _invalid(error.message) from None
+    document = await parsed_body(request)
     card_uid, amount_cents = validate_checkout(
         document, amount_cents_max=services.settings.festival_max_topup_cents
     )

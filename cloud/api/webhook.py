@@ -22,6 +22,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from cloud.api.bodies import json_request_body
 from cloud.api.errors import (
     INVALID_REQUEST,
     INVALID_SIGNATURE,
@@ -73,24 +74,19 @@ WEBHOOK_OPENAPI: dict[str, Any] = {
             "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<raw body>'>",
         }
     ],
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["id", "object", "type", "created", "data"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "object": {"type": "string", "enum": ["event"]},
-                        "type": {"type": "string"},
-                        "created": {"type": "integer"},
-                        "data": {"type": "object"},
-                    },
-                }
-            }
-        },
-    },
+    "requestBody": json_request_body(
+        {
+            "type": "object",
+            "required": ["id", "object", "type", "created", "data"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string", "enum": ["event"]},
+                "type": {"type": "string"},
+                "created": {"type": "integer"},
+                "data": {"type": "object"},
+            },
+        }
+    ),
     "responses": {
         "200": {"description": "processed, duplicate, ignored or recorded as an anomaly"},
         "400": {"description": "bad signature, timestamp outside 300 s, or not an event"},

@@ -83,12 +83,23 @@
     $("token").focus();
   }
 
+  // A failed API call whose token was refused: forget the token, show the login (true).
+  // Any other failure is the caller's to show (false).
+  function tokenRefused(error) {
+    if (!error.unauthorized) { return false; }
+    window.sessionStorage.removeItem(TOKEN_KEY);
+    showLogin("That token was refused.");
+    return true;
+  }
+
   function showDashboard() {
     $("login").classList.add("hidden");
     $("dashboard").classList.remove("hidden");
   }
 
-  function api(path, method, body) {
+  // The request with the admin token (and `body` as JSON, if given); resolves with the
+  // response, rejects on a 401 with an error marked `unauthorized` (the token was refused).
+  function send(path, method, body) {
     var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
     var options = { method: method || "GET", headers: headers, cache: "no-store" };
     if (body !== undefined) {
@@ -101,6 +112,12 @@
         refused.unauthorized = true;
         throw refused;
       }
+      return response;
+    });
+  }
+
+  function api(path, method, body) {
+    return send(path, method, body).then(function (response) {
       if (!response.ok) {
         var failed = new Error(path + " answered " + response.status);
         failed.status = response.status;
@@ -113,18 +130,7 @@
   // Like api(), but every answer but 401 resolves as {status, body}: the editor shows the
   // API's error (and the field it names) itself.
   function apiCall(path, method, body) {
-    var headers = { "Authorization": "Bearer " + token(), "Accept": "application/json" };
-    var options = { method: method || "GET", headers: headers, cache: "no-store" };
-    if (body !== undefined) {
-      headers["Content-Type"] = "application/json";
-      options.body = JSON.stringify(body);
-    }
-    return window.fetch(path, options).then(function (response) {
-      if (response.status === 401) {
-        var refused = new Error("token refused");
-        refused.unauthorized = true;
-        throw refused;
-      }
+    return send(path, method, body).then(function (response) {
       return response.json().catch(function () { return null; }).then(function (parsed) {
         return { status: response.status, body: parsed };
       });
@@ -490,11 +496,7 @@
       document.body.setAttribute("data-loaded", "true");
       refreshTimer = window.setTimeout(refresh, REFRESH_MS);
     }).catch(function (error) {
-      if (error.unauthorized) {
-        window.sessionStorage.removeItem(TOKEN_KEY);
-        showLogin("That token was refused.");
-        return;
-      }
+      if (tokenRefused(error)) { return; }
       setStatus("update failed (" + error.message + "), retrying", true);
       refreshTimer = window.setTimeout(refresh, REFRESH_MS);
     });
@@ -784,11 +786,7 @@
   }
 
   function editorFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     menuMessage(error.message);
   }
 
@@ -871,11 +869,7 @@
   }
 
   function cardFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     cardMessage(error.status === 404 ? "unknown card" :
       (error.status === 400 ? "not a card UID" : "lookup failed (" + error.message + ")"));
   }
@@ -966,11 +960,7 @@
   }
 
   function staffFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     staffMessage("could not load the staff report (" + error.message + ")");
   }
 
@@ -1017,11 +1007,7 @@
   }
 
   function shiftsFailed(error) {
-    if (error.unauthorized) {
-      window.sessionStorage.removeItem(TOKEN_KEY);
-      showLogin("That token was refused.");
-      return;
-    }
+    if (tokenRefused(error)) { return; }
     shiftMessage("could not load the shifts (" + error.message + ")");
   }
 

@@ -90,34 +90,39 @@
     });
   }
 
-  function describe(transaction, currency) {
+  // A <span> showing `text`, of class `className` (none when it is empty).
+  function span(className, text) {
+    var element = document.createElement("span");
+    if (className) { element.className = className; }
+    element.textContent = text;
+    return element;
+  }
+
+  // A line of a history list: what happened, its amount (or state), when.
+  function historyItem(className, what, amount, at) {
     var item = document.createElement("li");
-    item.className = "transaction";
-    var what = document.createElement("span");
-    what.className = "what";
+    item.className = className;
+    item.appendChild(what);
+    item.appendChild(amount);
+    item.appendChild(span("when", when(at)));
+    return item;
+  }
+
+  function describe(transaction, currency) {
     var key = "kind_" + transaction.kind;
-    what.textContent = t(key) === key ? t("kind_other") : t(key);
+    var what = span("what", t(key) === key ? t("kind_other") : t(key));
     var place = transaction.where === "online" ? t("online") : transaction.where;
     if (place) { what.textContent += " " + t("at_place", { place: place }); }
     if (transaction.payment_method) {
       what.textContent += " (" + t("method_" + transaction.payment_method) + ")";
     }
-    var amount = document.createElement("span");
-    amount.className = "amount" + (transaction.amount_cents > 0 ? " credit" : "");
-    amount.textContent = money(transaction.amount_cents, currency, true);
-    var moment = document.createElement("span");
-    moment.className = "when";
-    moment.textContent = when(transaction.at);
-    item.appendChild(what);
-    item.appendChild(amount);
-    item.appendChild(moment);
+    var amount = span("amount" + (transaction.amount_cents > 0 ? " credit" : ""),
+      money(transaction.amount_cents, currency, true));
+    var item = historyItem("transaction", what, amount, transaction.at);
     if (transaction.items && transaction.items.length) {
-      var items = document.createElement("span");
-      items.className = "items";
-      items.textContent = transaction.items.map(function (line) {
+      item.appendChild(span("items", transaction.items.map(function (line) {
         return line.quantity + " × " + line.name;
-      }).join(", ");
-      item.appendChild(items);
+      }).join(", ")));
     }
     return item;
   }
@@ -152,34 +157,17 @@
   function describePart(part, currency) {
     var line = document.createElement("span");
     line.className = "part";
-    var what = document.createElement("span");
-    what.textContent = t("part_" + part.kind, { end: part.iban_end || "" }) + " · ";
-    var state = document.createElement("span");
-    state.className = "state-" + part.state;
-    state.textContent = t("state_" + part.state);
-    what.appendChild(state);
-    var amount = document.createElement("span");
-    amount.textContent = money(part.amount_cents, currency, false);
+    var what = span("", t("part_" + part.kind, { end: part.iban_end || "" }) + " · ");
+    what.appendChild(span("state-" + part.state, t("state_" + part.state)));
     line.appendChild(what);
-    line.appendChild(amount);
+    line.appendChild(span("", money(part.amount_cents, currency, false)));
     return line;
   }
 
   function describePayout(payout, currency) {
-    var item = document.createElement("li");
-    item.className = "payout";
-    var what = document.createElement("span");
-    what.className = "what";
-    what.textContent = t("payout_requested", { amount: money(payout.amount_cents, currency, false) });
-    var state = document.createElement("span");
-    state.className = "amount state-" + payout.state;
-    state.textContent = t("state_" + payout.state);
-    var moment = document.createElement("span");
-    moment.className = "when";
-    moment.textContent = when(payout.requested_at);
-    item.appendChild(what);
-    item.appendChild(state);
-    item.appendChild(moment);
+    var what = span("what", t("payout_requested", { amount: money(payout.amount_cents, currency, false) }));
+    var state = span("amount state-" + payout.state, t("state_" + payout.state));
+    var item = historyItem("payout", what, state, payout.requested_at);
     payout.parts.forEach(function (part) { item.appendChild(describePart(part, currency)); });
     return item;
   }
