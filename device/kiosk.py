@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from device import machine
 from device.ids import UuidV7Generator
@@ -217,6 +217,8 @@ class Command:
 
 
 QueueItem: TypeAlias = machine.Event | Command | ReaderEvent | LinkEvent
+# A verified cloud message the kiosk keeps and applies: a config or a deny-list.
+_CloudDocument = TypeVar("_CloudDocument", KioskConfig, DenyList)
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,10 @@ def _config_log_fields(config: KioskConfig) -> dict[str, object]:
         "menu_items": 0 if menu is None else len(menu.items),
         "offline": config.offline is not None,
     }
+
+
+def _denylist_log_fields(denylist: DenyList) -> dict[str, object]:
+    return {"version": denylist.version, "cards": len(denylist.card_uids)}
 
 
 def request_log_fields(pending: PendingRequest) -> dict[str, object]:
@@ -1092,10 +1098,7 @@ class Kiosk:
         )
         self._apply_denylist(denylist, raw)
         self.counters["cloud_messages_applied"] += 1
-        log.info(
-            "deny-list applied",
-            extra={"context": {"version": denylist.version, "cards": len(denylist.card_uids)}},
-        )
+        log.info("deny-list applied", extra={"context": _denylist_log_fields(denylist)})
 
     def _is_stale(
         self, kind: str, version: int, held: int | None, raw: bytes, held_payload: bytes | None
@@ -1146,36 +1149,37 @@ class Kiosk:
     def _load_cloud_messages(self) -> None:
         """The config and deny-list kept in the outbox database, verified again (the pinned cloud
         key may have changed since): what the kiosk runs until the broker hands over newer."""
-        config_kept = self.outbox.cloud_message("config")
-        if config_kept is not None:
-            try:
-                config = self._verified_config(config_kept.payload)
-            except ProtocolError as error:
-                self._drop_kept("config", error, config_kept.version)
-            else:
-                self._apply_config(config, config_kept.payload)
-                log.info("config loaded", extra={"context": _config_log_fields(config)})
-        denylist_kept = self.outbox.cloud_message("denylist")
-        if denylist_kept is not None:
-            try:
-                denylist = self._verified_denylist(denylist_kept.payload)
-            except ProtocolError as error:
-                self._drop_kept("denylist", error, denylist_kept.version)
-            else:
-                self._apply_denylist(denylist, denylist_kept.payload)
-                log.info(
-                    "deny-list loaded",
-                    extra={
-                        "context": {"version": denylist.version, "cards": len(denylist.card_uids)}
-                    },
-                )
+        config = self._load_kept("config", self._verified_config, self._apply_config)
+        if config is not None:
+            log.info("config loaded", extra={"context": _config_log_fields(config)})
+        denylist = self._load_kept("denylist", self._verified_denylist, self._apply_denylist)
+        if denylist is not None:
+            log.info("deny-list loaded", extra={"context": _denylist_log_fields(denylist)})
 
-    def _drop_kept(self, kind: str, error: ProtocolError, version: int) -> None:
-        self.outbox.forget_cloud_message(kind)
-        log.warning(
-            f"kept {kind} no longer verifies: dropped",
-            extra={"context": {"version": version, "reason": f"{error.code}: {error.message}"}},
-        )
+    def _load_kept(
+        self,
+        kind: str,
+        verified: Callable[[bytes], _CloudDocument],
+        apply: Callable[[_CloudDocument, bytes], None],
+    ) -> _CloudDocument | None:
+        """The kept message of ``kind``, verified and applied; None when none is kept, or when
+        it no longer verifies (then it is dropped)."""
+        kept = self.outbox.cloud_message(kind)
+        if kept is None:
+            return None
+        try:
+            document = verified(kept.payload)
+        except ProtocolError as error:
+            self.outbox.forget_cloud_message(kind)
+            log.warning(
+                f"kept {kind} no longer verifies: dropped",
+                extra={
+                    "context": {"version": kept.version, "reason": f"{error.code}: {error.message}"}
+                },
+            )
+            return None
+        apply(document, kept.payload)
+        return document
 
     # --- what the page sees ------------------------------------------------------------------
 
