@@ -1070,35 +1070,53 @@ class Kiosk:
         return verify_denylist(raw, cloud_public_key=self.identity.cloud_public_key)
 
     def _config_arrived(self, raw: bytes) -> None:
-        try:
-            config = self._verified_config(raw)
-        except ProtocolError as error:  # forged, wrong kid, another kiosk's, oversize, malformed
-            self._ignore_cloud_message("config", f"{error.code}: {error.message}", None)
-            return
-        if self._is_stale("config", config.version, self.config_version, raw, self._config_payload):
-            return
-        self.outbox.keep_cloud_message(
-            CloudMessage("config", config.version, raw, self.clock.wall_ms())
+        config = self._arrived(
+            "config",
+            raw,
+            self._verified_config,
+            self._apply_config,
+            self.config_version,
+            self._config_payload,
         )
-        self._apply_config(config, raw)
-        self.counters["cloud_messages_applied"] += 1
-        log.info("config applied", extra={"context": _config_log_fields(config)})
+        if config is not None:
+            log.info("config applied", extra={"context": _config_log_fields(config)})
 
     def _denylist_arrived(self, raw: bytes) -> None:
-        try:
-            denylist = self._verified_denylist(raw)
-        except ProtocolError as error:
-            self._ignore_cloud_message("denylist", f"{error.code}: {error.message}", None)
-            return
-        held = self.denylist_version
-        if self._is_stale("denylist", denylist.version, held, raw, self._denylist_payload):
-            return
-        self.outbox.keep_cloud_message(
-            CloudMessage("denylist", denylist.version, raw, self.clock.wall_ms())
+        denylist = self._arrived(
+            "denylist",
+            raw,
+            self._verified_denylist,
+            self._apply_denylist,
+            self.denylist_version,
+            self._denylist_payload,
         )
-        self._apply_denylist(denylist, raw)
+        if denylist is not None:
+            log.info("deny-list applied", extra={"context": _denylist_log_fields(denylist)})
+
+    def _arrived(
+        self,
+        kind: str,
+        raw: bytes,
+        verified: Callable[[bytes], _CloudDocument],
+        apply: Callable[[_CloudDocument, bytes], None],
+        held: int | None,
+        held_payload: bytes | None,
+    ) -> _CloudDocument | None:
+        """A message of ``kind`` from the broker, verified, kept in the outbox database and
+        applied when its version is above the ``held`` one; None when it was ignored."""
+        try:
+            document = verified(raw)
+        except ProtocolError as error:  # forged, wrong kid, another kiosk's, oversize, malformed
+            self._ignore_cloud_message(kind, f"{error.code}: {error.message}", None)
+            return None
+        if self._is_stale(kind, document.version, held, raw, held_payload):
+            return None
+        self.outbox.keep_cloud_message(
+            CloudMessage(kind, document.version, raw, self.clock.wall_ms())
+        )
+        apply(document, raw)
         self.counters["cloud_messages_applied"] += 1
-        log.info("deny-list applied", extra={"context": _denylist_log_fields(denylist)})
+        return document
 
     def _is_stale(
         self, kind: str, version: int, held: int | None, raw: bytes, held_payload: bytes | None
