@@ -249,7 +249,10 @@ class _Handler(BaseHTTPRequestHandler):
             body = self._body()
             if path in _STAFFED_ROUTES:
                 body = self._with_active_staff(body)
-            route(body)
+            try:
+                route(body)
+            except (OrderError, RechargeError) as error:  # the route's parser refused the body
+                raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
         except _HttpProblem as problem:
             self._problem(problem)
 
@@ -299,38 +302,29 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _HttpProblem(
                     HTTPStatus.CONFLICT, "the menu changed: check the order and charge again"
                 )
-        try:
-            draft = price_order(
-                sales.menu,
-                body,
-                return_cents_max=self.api.return_cents_max,
-                config_version=sales.config_version,
-            )
-        except OrderError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        draft = price_order(
+            sales.menu,
+            body,
+            return_cents_max=self.api.return_cents_max,
+            config_version=sales.config_version,
+        )
         self._command(OrderEntered(draft))
 
     def _recharge(self, body: object) -> None:
         if self.api.mode is not Mode.CHECKPOINT:
             raise _HttpProblem(HTTPStatus.CONFLICT, "this is a bar kiosk: use /api/order")
-        try:
-            draft = parse_recharge(
-                body,
-                topup_cents_max=self.api.topup_cents_max,
-                config_version=self.api.sales_menu().config_version,
-            )
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        draft = parse_recharge(
+            body,
+            topup_cents_max=self.api.topup_cents_max,
+            config_version=self.api.sales_menu().config_version,
+        )
         self._command(OrderEntered(draft))
 
     def _void(self, body: object) -> None:
         """(1.1) "Cancel" on one of the orders the page lists (``state.orders.recent``)."""
         if self.api.mode is not Mode.BAR:
             raise _HttpProblem(HTTPStatus.CONFLICT, "only a bar kiosk cancels its orders")
-        try:
-            request_id, staff_id = parse_void(body)
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        request_id, staff_id = parse_void(body)
         self._command(VoidPressed(request_id, staff_id))
 
     def _swap(self, body: object) -> None:
@@ -338,33 +332,21 @@ class _Handler(BaseHTTPRequestHandler):
         band's tap."""
         if self.api.mode is not Mode.CHECKPOINT:
             raise _HttpProblem(HTTPStatus.CONFLICT, "wristbands are replaced at a checkpoint")
-        try:
-            draft = parse_swap(body, config_version=self.api.sales_menu().config_version)
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        draft = parse_swap(body, config_version=self.api.sales_menu().config_version)
         self._command(OrderEntered(draft))
 
     def _staff_login(self, body: object) -> None:
         """(1.1) "Staff login": id and PIN typed, then the staff band's tap. The PIN goes only
         into the signed request; nothing here logs the body."""
-        try:
-            draft = parse_staff_login(body, config_version=self.api.sales_menu().config_version)
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        draft = parse_staff_login(body, config_version=self.api.sales_menu().config_version)
         self._command(OrderEntered(draft))
 
     def _staff_logout(self, body: object) -> None:
-        try:
-            staff_id = parse_staff_id(body, "logs out")
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        staff_id = parse_staff_id(body, "logs out")
         self._command(StaffLogoutPressed(staff_id))
 
     def _staff_active(self, body: object) -> None:
-        try:
-            staff_id = parse_staff_id(body, "is at the till")
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        staff_id = parse_staff_id(body, "is at the till")
         self._command(StaffActivePressed(staff_id))
 
     def _cash_out(self, body: object) -> None:
@@ -372,10 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
         /api/confirm). A supervisor's request when roles are enforced: the cloud decides."""
         if self.api.mode is not Mode.CHECKPOINT:
             raise _HttpProblem(HTTPStatus.CONFLICT, "wristbands are cashed out at a checkpoint")
-        try:
-            draft = parse_cash_out(body, config_version=self.api.sales_menu().config_version)
-        except RechargeError as error:
-            raise _HttpProblem(HTTPStatus.BAD_REQUEST, str(error)) from None
+        draft = parse_cash_out(body, config_version=self.api.sales_menu().config_version)
         self._command(OrderEntered(draft))
 
     def _tap(self, body: object) -> None:

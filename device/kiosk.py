@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from device import machine
 from device.ids import UuidV7Generator
@@ -217,6 +217,8 @@ class Command:
 
 
 QueueItem: TypeAlias = machine.Event | Command | ReaderEvent | LinkEvent
+# A verified cloud message the kiosk keeps and applies: a config or a deny-list.
+_CloudDocument = TypeVar("_CloudDocument", KioskConfig, DenyList)
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,10 @@ def _config_log_fields(config: KioskConfig) -> dict[str, object]:
         "menu_items": 0 if menu is None else len(menu.items),
         "offline": config.offline is not None,
     }
+
+
+def _denylist_log_fields(denylist: DenyList) -> dict[str, object]:
+    return {"version": denylist.version, "cards": len(denylist.card_uids)}
 
 
 def request_log_fields(pending: PendingRequest) -> dict[str, object]:
@@ -1064,38 +1070,53 @@ class Kiosk:
         return verify_denylist(raw, cloud_public_key=self.identity.cloud_public_key)
 
     def _config_arrived(self, raw: bytes) -> None:
-        try:
-            config = self._verified_config(raw)
-        except ProtocolError as error:  # forged, wrong kid, another kiosk's, oversize, malformed
-            self._ignore_cloud_message("config", f"{error.code}: {error.message}", None)
-            return
-        if self._is_stale("config", config.version, self.config_version, raw, self._config_payload):
-            return
-        self.outbox.keep_cloud_message(
-            CloudMessage("config", config.version, raw, self.clock.wall_ms())
+        config = self._arrived(
+            "config",
+            raw,
+            self._verified_config,
+            self._apply_config,
+            self.config_version,
+            self._config_payload,
         )
-        self._apply_config(config, raw)
-        self.counters["cloud_messages_applied"] += 1
-        log.info("config applied", extra={"context": _config_log_fields(config)})
+        if config is not None:
+            log.info("config applied", extra={"context": _config_log_fields(config)})
 
     def _denylist_arrived(self, raw: bytes) -> None:
+        denylist = self._arrived(
+            "denylist",
+            raw,
+            self._verified_denylist,
+            self._apply_denylist,
+            self.denylist_version,
+            self._denylist_payload,
+        )
+        if denylist is not None:
+            log.info("deny-list applied", extra={"context": _denylist_log_fields(denylist)})
+
+    def _arrived(
+        self,
+        kind: str,
+        raw: bytes,
+        verified: Callable[[bytes], _CloudDocument],
+        apply: Callable[[_CloudDocument, bytes], None],
+        held: int | None,
+        held_payload: bytes | None,
+    ) -> _CloudDocument | None:
+        """A message of ``kind`` from the broker, verified, kept in the outbox database and
+        applied when its version is above the ``held`` one; None when it was ignored."""
         try:
-            denylist = self._verified_denylist(raw)
-        except ProtocolError as error:
-            self._ignore_cloud_message("denylist", f"{error.code}: {error.message}", None)
-            return
-        held = self.denylist_version
-        if self._is_stale("denylist", denylist.version, held, raw, self._denylist_payload):
-            return
+            document = verified(raw)
+        except ProtocolError as error:  # forged, wrong kid, another kiosk's, oversize, malformed
+            self._ignore_cloud_message(kind, f"{error.code}: {error.message}", None)
+            return None
+        if self._is_stale(kind, document.version, held, raw, held_payload):
+            return None
         self.outbox.keep_cloud_message(
-            CloudMessage("denylist", denylist.version, raw, self.clock.wall_ms())
+            CloudMessage(kind, document.version, raw, self.clock.wall_ms())
         )
-        self._apply_denylist(denylist, raw)
+        apply(document, raw)
         self.counters["cloud_messages_applied"] += 1
-        log.info(
-            "deny-list applied",
-            extra={"context": {"version": denylist.version, "cards": len(denylist.card_uids)}},
-        )
+        return document
 
     def _is_stale(
         self, kind: str, version: int, held: int | None, raw: bytes, held_payload: bytes | None
@@ -1146,36 +1167,37 @@ class Kiosk:
     def _load_cloud_messages(self) -> None:
         """The config and deny-list kept in the outbox database, verified again (the pinned cloud
         key may have changed since): what the kiosk runs until the broker hands over newer."""
-        config_kept = self.outbox.cloud_message("config")
-        if config_kept is not None:
-            try:
-                config = self._verified_config(config_kept.payload)
-            except ProtocolError as error:
-                self._drop_kept("config", error, config_kept.version)
-            else:
-                self._apply_config(config, config_kept.payload)
-                log.info("config loaded", extra={"context": _config_log_fields(config)})
-        denylist_kept = self.outbox.cloud_message("denylist")
-        if denylist_kept is not None:
-            try:
-                denylist = self._verified_denylist(denylist_kept.payload)
-            except ProtocolError as error:
-                self._drop_kept("denylist", error, denylist_kept.version)
-            else:
-                self._apply_denylist(denylist, denylist_kept.payload)
-                log.info(
-                    "deny-list loaded",
-                    extra={
-                        "context": {"version": denylist.version, "cards": len(denylist.card_uids)}
-                    },
-                )
+        config = self._load_kept("config", self._verified_config, self._apply_config)
+        if config is not None:
+            log.info("config loaded", extra={"context": _config_log_fields(config)})
+        denylist = self._load_kept("denylist", self._verified_denylist, self._apply_denylist)
+        if denylist is not None:
+            log.info("deny-list loaded", extra={"context": _denylist_log_fields(denylist)})
 
-    def _drop_kept(self, kind: str, error: ProtocolError, version: int) -> None:
-        self.outbox.forget_cloud_message(kind)
-        log.warning(
-            f"kept {kind} no longer verifies: dropped",
-            extra={"context": {"version": version, "reason": f"{error.code}: {error.message}"}},
-        )
+    def _load_kept(
+        self,
+        kind: str,
+        verified: Callable[[bytes], _CloudDocument],
+        apply: Callable[[_CloudDocument, bytes], None],
+    ) -> _CloudDocument | None:
+        """The kept message of ``kind``, verified and applied; None when none is kept, or when
+        it no longer verifies (then it is dropped)."""
+        kept = self.outbox.cloud_message(kind)
+        if kept is None:
+            return None
+        try:
+            document = verified(kept.payload)
+        except ProtocolError as error:
+            self.outbox.forget_cloud_message(kind)
+            log.warning(
+                f"kept {kind} no longer verifies: dropped",
+                extra={
+                    "context": {"version": kept.version, "reason": f"{error.code}: {error.message}"}
+                },
+            )
+            return None
+        apply(document, kept.payload)
+        return document
 
     # --- what the page sees ------------------------------------------------------------------
 

@@ -282,19 +282,18 @@ class VirtualNtag424:
             return NTAG424_HARDWARE_VERSION + SW_ADDITIONAL_FRAME
         if not self.app_selected:
             raise _Refused(SW_PERMISSION_DENIED)
-        if ins == Ins.AUTHENTICATE_EV2_FIRST:
-            return self._authenticate_first(data)
-        if ins == Ins.GET_CARD_UID:
-            return self._get_card_uid(data)
-        if ins == Ins.GET_FILE_SETTINGS:
-            return self._get_file_settings(data)
-        if ins == Ins.CHANGE_FILE_SETTINGS:
-            return self._change_file_settings(data)
-        if ins == Ins.CHANGE_KEY:
-            return self._change_key(data)
-        if ins == Ins.WRITE_DATA:
-            return self._write_data(data)
-        raise _Refused(SW_ILLEGAL_COMMAND)
+        commands: dict[int, Callable[[bytes], bytes]] = {
+            Ins.AUTHENTICATE_EV2_FIRST: self._authenticate_first,
+            Ins.GET_CARD_UID: self._get_card_uid,
+            Ins.GET_FILE_SETTINGS: self._get_file_settings,
+            Ins.CHANGE_FILE_SETTINGS: self._change_file_settings,
+            Ins.CHANGE_KEY: self._change_key,
+            Ins.WRITE_DATA: self._write_data,
+        }
+        command = commands.get(ins)
+        if command is None:
+            raise _Refused(SW_ILLEGAL_COMMAND)
+        return command(data)
 
     def _additional_frame(self, data: bytes) -> bytes:
         if self.version_frame == 1 and not data:

@@ -47,6 +47,14 @@
 
   function show(id, visible) { $(id).hidden = !visible; }
 
+  // The error line ``id`` after an API call: hidden when it succeeded, else the kiosk's reason.
+  function showError(id, reply) {
+    const error = $(id);
+    if (reply.ok) { error.hidden = true; return; }
+    error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
+    error.hidden = false;
+  }
+
   // --- bar: the cart -------------------------------------------------------------------------
 
   function cartLines() {
@@ -168,17 +176,14 @@
       menu_tag: state.menu ? state.menu.tag : null,
     };
     const reply = await api("POST", "/api/order", body);
-    const error = $("order-error");
+    showError("order-error", reply);
     if (reply.ok) {
       state.cart.clear();
       state.returns.clear();
       renderCart();
-      error.hidden = true;
       show("menu-changed", false);
-    } else {
-      error.textContent = (reply.document && reply.document.error) || (reply.document && reply.document.message) || "refused";
-      error.hidden = false;
-      if (reply.status === 409) await loadMenu();  // "the menu changed": show the new one
+    } else if (reply.status === 409) {
+      await loadMenu();  // "the menu changed": show the new one
     }
     await poll();
   }
@@ -241,13 +246,8 @@
     if (amount === null || amount < 1) { error.textContent = "Enter an amount such as 20 or 12.50"; error.hidden = false; return; }
     if (!staff) { error.textContent = "Enter your staff id"; error.hidden = false; return; }
     const reply = await api("POST", "/api/recharge", { amount_cents: amount, payment_method: state.method, staff_id: staff });
-    if (reply.ok) {
-      error.hidden = true;
-      $("amount").value = "";
-    } else {
-      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
-      error.hidden = false;
-    }
+    showError("recharge-error", reply);
+    if (reply.ok) $("amount").value = "";
     await poll();
   }
 
@@ -302,13 +302,7 @@
     const error = $("void-error");
     const staff = $("void-staff").value.trim() || activeStaff();
     if (!staff) { error.textContent = "Enter your staff id to cancel an order"; error.hidden = false; return; }
-    const reply = await api("POST", "/api/void", { request_id: requestId, staff_id: staff });
-    if (reply.ok) {
-      error.hidden = true;
-    } else {
-      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
-      error.hidden = false;
-    }
+    showError("void-error", await api("POST", "/api/void", { request_id: requestId, staff_id: staff }));
     await poll();
   }
 
@@ -320,13 +314,8 @@
     const body = { staff_id: staff };
     if (old) body.old_card_uid = old;
     const reply = await api("POST", "/api/swap", body);
-    if (reply.ok) {
-      error.hidden = true;
-      $("old-uid").value = "";
-    } else {
-      error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
-      error.hidden = false;
-    }
+    showError("swap-error", reply);
+    if (reply.ok) $("old-uid").value = "";
     await poll();
   }
 
@@ -335,13 +324,6 @@
   function activeStaff() {
     const staff = state.view && state.view.staff;
     return (staff && staff.active) || "";
-  }
-
-  function showError(id, reply) {
-    const error = $(id);
-    if (reply.ok) { error.hidden = true; return; }
-    error.textContent = (reply.document && (reply.document.error || reply.document.message)) || "refused";
-    error.hidden = false;
   }
 
   async function staffLogin() {
