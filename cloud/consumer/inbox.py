@@ -15,7 +15,7 @@ kiosk per batch (`taken` counts what the batch being built holds already), so a 
 thousands of offline sales at once cannot put every other kiosk's order behind its backlog: the
 others' orders are in the next batch, and that batch's commit is short because it holds at most
 one share of the backlog (measured before: online p99 480 ms during a 2,000-sale drain with no
-shares, 60-180 ms with a share only while other kiosks had messages waiting, so that a kiosk
+shares, 60-150 ms with a share only while other kiosks had messages waiting, so that a kiosk
 alone filled whole batches and an order arriving during one waited for its commit;
 bench/bench_offline_drain.py). A kiosk alone is still served batch after batch. Each kiosk's own
 messages keep their arrival order; the order *between* kiosks is not a protocol property
