@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -932,6 +932,11 @@ class FakeLedger:
     def kiosks(self) -> list[KioskRecord]:
         with self._lock:
             return [self._kiosks[kiosk_id].record() for kiosk_id in sorted(self._kiosks)]
+
+    def kiosks_named(self, kiosk_ids: Collection[str]) -> list[KioskRecord]:
+        with self._lock:
+            found = sorted(set(kiosk_ids) & self._kiosks.keys())
+            return [self._kiosks[kiosk_id].record() for kiosk_id in found]
 
     def add_kiosk(
         self, kiosk_id: str, public_key_b64: str, role: str, checkpoint_id: str | None = None

@@ -21,7 +21,7 @@ named for the type checker only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -89,6 +89,10 @@ class RequestLedger(Protocol):
     def kiosk(self, kiosk_id: str) -> KioskRecord | None: ...
 
     def kiosks(self) -> list[KioskRecord]: ...
+
+    def kiosks_named(self, kiosk_ids: Collection[str]) -> list[KioskRecord]:
+        """The registered kiosks among ``kiosk_ids``, in kiosk id order (unknown ids absent)."""
+        ...
 
 
 class CardLedger(Protocol):

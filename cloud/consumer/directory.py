@@ -1,8 +1,10 @@
 """Kiosk records for one batch, with parsed public keys cached.
 
-The record (enabled, role, key, checkpoint) is read from the database for every batch, after the
-batch's messages arrived, so `festival-cloud kiosk disable` is effective for every request
-received after it returned (PROTOCOL.md) and a re-registered key or checkpoint is used at once.
+The records (enabled, role, key, checkpoint) of the kiosks a batch names are read from the
+database, in one query however many it names, for every batch (and every part of one the worker
+prepares), after its messages arrived, so `festival-cloud kiosk disable` is effective for every
+request received after it returned (PROTOCOL.md) and a re-registered key or checkpoint is used at
+once.
 Only the parsing of the base64url key into a key object is cached, keyed by the key text itself,
 so the cache can never answer with a stale key.
 """
@@ -13,7 +15,7 @@ from collections.abc import Collection
 from typing import Protocol
 
 from cloud.consumer.decisions import KioskView
-from cloud.consumer.limits import LOOKUPS_ONE_BY_ONE_MAX, PARSED_KEYS_MAX
+from cloud.consumer.limits import PARSED_KEYS_MAX
 from protocol.keys import Ed25519PublicKey, load_public_key_b64
 
 
@@ -31,8 +33,7 @@ class KioskRecordLike(Protocol):
 
 
 class KioskSource(Protocol):
-    def kiosk(self, kiosk_id: str) -> KioskRecordLike | None: ...
-    def kiosks(self) -> Collection[KioskRecordLike]: ...
+    def kiosks_named(self, kiosk_ids: Collection[str]) -> Collection[KioskRecordLike]: ...
 
 
 class KioskDirectory:
@@ -44,15 +45,8 @@ class KioskDirectory:
         """The registered kiosks among ``kiosk_ids`` (read now from the database)."""
         if not kiosk_ids:
             return {}
-        if len(kiosk_ids) <= LOOKUPS_ONE_BY_ONE_MAX:
-            records = [self._source.kiosk(kiosk_id) for kiosk_id in kiosk_ids]
-        else:
-            wanted = set(kiosk_ids)
-            records = [r for r in self._source.kiosks() if r.kiosk_id in wanted]
         views: dict[str, KioskView] = {}
-        for record in records:
-            if record is None:
-                continue
+        for record in self._source.kiosks_named(kiosk_ids):
             key = self._key(record.public_key_b64)
             if key is not None:
                 views[record.kiosk_id] = KioskView(

@@ -69,10 +69,6 @@ BATCH_LINGER_S: Final = 0.0005
 # than a festival has (the caches are cleared when full).
 RESULT_TOPICS_CACHED_MAX: Final = 10_000
 PARSED_KEYS_MAX: Final = 10_000
-# A batch naming one kiosk reads that row; a batch naming more reads all kiosks in one query
-# (a festival has hundreds of kiosks, not millions): every transaction costs a pool checkout, a
-# liveness ping and a commit, which measured more than the extra rows (profiled under load).
-LOOKUPS_ONE_BY_ONE_MAX: Final = 1
 # Prepared batches waiting for the committer thread.
 PIPELINE_DEPTH: Final = 1
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from cloud.consumer.inbox import InboundMessage, Inbox
 from cloud.consumer.lifecycle import Lifecycle
@@ -66,9 +67,10 @@ def message(mid: int, kiosk: str) -> InboundMessage:
     )
 
 
-def start_service(
-    worker: RecordingWorker, inbox: Inbox, batch_max: int = 64
-) -> tuple[Lifecycle, threading.Thread, Callable[[], int]]:
+@contextmanager
+def running(worker: RecordingWorker, inbox: Inbox, batch_max: int = 64) -> Iterator[Lifecycle]:
+    """The service's loop on a thread of its own; stopped (exit code 0) at the end, whatever
+    the test held."""
     lifecycle = Lifecycle(grace_s=5.0, notifier=lambda _: True, watchdog_s=None)
     service = ConsumerService(
         inbox=inbox,
@@ -82,21 +84,20 @@ def start_service(
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(service.run()), daemon=True)
     thread.start()
-    return lifecycle, thread, lambda: codes[0]
-
-
-def stop(lifecycle: Lifecycle, thread: threading.Thread, code: Callable[[], int]) -> None:
-    lifecycle.request_stop()
-    thread.join(10)
-    assert not thread.is_alive()
-    assert code() == 0
+    try:
+        yield lifecycle
+    finally:
+        worker.hold.set()
+        lifecycle.request_stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert codes == [0]
 
 
 def test_what_arrives_during_a_commit_is_in_the_next_batch_handed_over_when_it_ends() -> None:
     inbox = Inbox(messages_max=1000, scans_max=10, events_max=8, source_share_max=16)
     worker = RecordingWorker()
-    lifecycle, thread, code = start_service(worker, inbox)
-    try:
+    with running(worker, inbox):
         worker.hold.clear()
         assert inbox.put_message(message(1, "bar-1"))
         assert worker.committing.wait(5)  # batch [1] is committing (held)
@@ -108,29 +109,22 @@ def test_what_arrives_during_a_commit_is_in_the_next_batch_handed_over_when_it_e
         worker.hold.set()
         wait_until(lambda: len(worker.committed) == 2, timeout_s=5, what="two batches")
         assert worker.committed == [[1], [2, 3, 4]]
-    finally:
-        worker.hold.set()
-        stop(lifecycle, thread, code)
 
 
 def test_at_low_load_each_request_is_committed_at_once() -> None:
     inbox = Inbox(messages_max=1000, scans_max=10, events_max=8)
     worker = RecordingWorker()
-    lifecycle, thread, code = start_service(worker, inbox)
-    try:
+    with running(worker, inbox):
         for count, mid in enumerate((1, 2, 3), start=1):
             assert inbox.put_message(message(mid, "bar-1"))
             wait_until(lambda n=count: len(worker.committed) == n, timeout_s=5, what=f"batch {mid}")
         assert worker.committed == [[1], [2], [3]]
-    finally:
-        stop(lifecycle, thread, code)
 
 
 def test_a_backlog_keeps_to_its_share_of_the_batch_being_built() -> None:
     inbox = Inbox(messages_max=1000, scans_max=10, events_max=8, source_share_max=4)
     worker = RecordingWorker()
-    lifecycle, thread, code = start_service(worker, inbox, batch_max=64)
-    try:
+    with running(worker, inbox, batch_max=64):
         worker.hold.clear()
         assert inbox.put_message(message(1, "bar-online"))
         assert worker.committing.wait(5)
@@ -148,16 +142,12 @@ def test_a_backlog_keeps_to_its_share_of_the_batch_being_built() -> None:
             [104, 105, 106, 107],
             [108, 109, 110, 111],
         ]
-    finally:
-        worker.hold.set()
-        stop(lifecycle, thread, code)
 
 
 def test_a_stop_request_commits_the_batch_being_built() -> None:
     inbox = Inbox(messages_max=1000, scans_max=10, events_max=8)
     worker = RecordingWorker()
-    lifecycle, thread, code = start_service(worker, inbox)
-    try:
+    with running(worker, inbox) as lifecycle:
         worker.hold.clear()
         assert inbox.put_message(message(1, "bar-1"))
         assert worker.committing.wait(5)
@@ -165,8 +155,5 @@ def test_a_stop_request_commits_the_batch_being_built() -> None:
         wait_until(lambda: inbox.depth() == 0, timeout_s=5, what="the loop took it")
         lifecycle.request_stop()
         worker.hold.set()
-        thread.join(10)
+        wait_until(lambda: len(worker.committed) == 2, timeout_s=5, what="both batches")
         assert worker.committed == [[1], [2]]
-    finally:
-        worker.hold.set()
-        stop(lifecycle, thread, code)

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pytest
@@ -36,8 +36,8 @@ class FakeLedger:
         self.record = KioskRecord("bar-1", public_key_b64(KIOSK_KEY), "bar", enabled)
         self.broken: set[str] = set()  # request ids answered with an inconsistent outcome
 
-    def kiosk(self, kiosk_id: str) -> KioskRecord | None:
-        return self.record if kiosk_id == "bar-1" else None
+    def kiosks_named(self, kiosk_ids: Collection[str]) -> list[KioskRecord]:
+        return [self.record] if "bar-1" in kiosk_ids else []
 
     def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
         return [

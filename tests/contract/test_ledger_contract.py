@@ -440,6 +440,10 @@ class LedgerContract:
 
     def test_the_kiosk_directory(self, ledger: Any) -> None:
         assert [k.kiosk_id for k in ledger.kiosks()] == sorted(KIOSKS)
+        named = ledger.kiosks_named({"bar-1", "bar-9", *sorted(KIOSKS)[-1:]})
+        assert [k.kiosk_id for k in named] == sorted({"bar-1", sorted(KIOSKS)[-1]})
+        assert named[0] == ledger.kiosk("bar-1")
+        assert ledger.kiosks_named(["bar-9"]) == []
         record = ledger.kiosk("bar-1")
         assert (record.role, record.enabled, record.checkpoint_id) == ("bar", True, "bar-1")
         assert ledger.kiosk("bar-9") is None
