@@ -11,9 +11,10 @@ funds the cards, runs one real `festival-cloud consumer` (bench/bench_consumer.p
 and then:
 
 1. the online kiosks send `--online-rate` signed orders/s (open loop) for `--duration-s`;
-2. after `--backlog-after-s`, the returning kiosk publishes its whole backlog of `--backlog`
-   signed offline sales (`"offline": true`, citing its config) at once, as a kiosk does when its
-   link comes back (every stored request is resent in seq order);
+2. after `--backlog-after-s`, the returning kiosk - a process of its own, as it is another Pi
+   on a festival site - publishes its whole backlog of `--backlog` signed offline sales
+   (`"offline": true`, citing its config) at once, as a kiosk does when its link comes back
+   (every stored request is resent in seq order);
 3. drain rate = backlog / (last offline result received - first offline sale published); the
    online orders' latency (publish to verified result) is measured over the whole run, so the
    drain falls inside it.
