@@ -12,9 +12,10 @@ and then:
 
 1. the online kiosks send `--online-rate` signed orders/s (open loop) for `--duration-s`;
 2. after `--backlog-after-s`, the returning kiosk - a process of its own, as it is another Pi
-   on a festival site - publishes its whole backlog of `--backlog` signed offline sales
-   (`"offline": true`, citing its config) at once, as a kiosk does when its link comes back
-   (every stored request is resent in seq order);
+   on a festival site - sends its backlog of `--backlog` signed offline sales (`"offline":
+   true`, citing its config) as the kiosk firmware does when its link comes back: in seq order,
+   at most `--window` awaiting their result, the next one as each result arrives
+   (device/machine.py; `--window 0`: all at once);
 3. drain rate = backlog / (last offline result received - first offline sale published); the
    online orders' latency (publish to verified result) is measured over the whole run, so the
    drain falls inside it.
@@ -50,6 +51,7 @@ from cloud.database import make_engine  # noqa: E402
 from cloud.keys import save_private_key  # noqa: E402
 from cloud.ledger import Ledger  # noqa: E402
 from cloud.sandbox import MosquittoBroker, PostgresServer  # noqa: E402
+from device.limits import RESULTS_AWAITED_MAX  # noqa: E402
 from protocol.keys import (  # noqa: E402
     generate_private_key,
     load_public_key_b64,
@@ -78,6 +80,7 @@ def returning_kiosk(
     cards: list[str],
     count: int,
     config_version: int,
+    window: int,
 ) -> None:
     """The returning kiosk, in a process of its own as on its own Pi: its paho thread (2,000
     publishes, acknowledgements and results in about a second) does not compete for the online
@@ -102,7 +105,25 @@ def returning_kiosk(
         first_sent = time.monotonic()
         for sent in backlog:
             sent.started_at = first_sent
-            kiosk.client.publish(kiosk.tx_topic, sent.raw, qos=1)
+        if window <= 0:
+            for sent in backlog:
+                kiosk.client.publish(kiosk.tx_topic, sent.raw, qos=1)
+        else:
+            # As the kiosk's firmware resends: at most `window` awaiting their result, the next
+            # one sent as each result arrives (in seq order).
+            waiting = list(reversed(backlog))
+            lock = threading.Lock()
+
+            def send_next(_: object = None) -> None:
+                with lock:
+                    if not waiting:
+                        return
+                    sent = waiting.pop()
+                kiosk.client.publish(kiosk.tx_topic, sent.raw, qos=1)
+
+            kiosk.on_result = send_next
+            for _ in range(window):
+                send_next()
         published = time.monotonic()
         deadline = first_sent + 60.0
         while len(kiosk.results) < len(backlog) and time.monotonic() < deadline:
@@ -134,6 +155,13 @@ def main() -> int:
     parser.add_argument("--batch-max", type=int, default=64, help="CONSUMER_BATCH_MAX")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the logs and data directory")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=RESULTS_AWAITED_MAX,
+        help="the returning kiosk keeps at most this many awaiting their result, as the kiosk"
+        " firmware does (RESULTS_AWAITED_MAX); 0: all at once, as before revision 1.1's window",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="festival-bench-offline-"))
@@ -201,6 +229,7 @@ def main() -> int:
                 backlog_cards,
                 args.backlog,
                 version,
+                args.window,
             ),
             name="returning-kiosk",
         )
@@ -249,6 +278,7 @@ def main() -> int:
         report: dict[str, Any] = {
             "benchmark": "offline backlog drain with online load",
             "command": "python bench/bench_offline_drain.py " + " ".join(sys.argv[1:]),
+            "window": args.window,
             "backlog": args.backlog,
             "backlog_answered": drain["answered"],
             "backlog_approved": drain["approved"],

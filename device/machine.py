@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TypeAlias
 
-from device.limits import LATE_RESULTS_MAX, OFFLINE_AFTER_S_DEFAULT
+from device.limits import LATE_RESULTS_MAX, OFFLINE_AFTER_S_DEFAULT, RESULTS_AWAITED_MAX
 from protocol.models import BarItem, OfflinePolicy, PaymentMethod
 from protocol.models import CardSun as CardSun  # (1.1) genuine wristbands
 from protocol.redaction import mask_card_uid
@@ -185,6 +185,9 @@ class MachineConfig:
     # (1.1) A publish the broker has not acknowledged for this long means the link is dead
     # even if TCP has not noticed yet: new bar orders are then judged as offline sales.
     offline_after_ms: int = int(OFFLINE_AFTER_S_DEFAULT * 1000)
+    # (1.1) At most this many requests handed to MQTT await their result; the rest wait their
+    # turn in seq order (a backlog drains in a window: device/limits.py).
+    results_awaited_max: int = RESULTS_AWAITED_MAX
 
 
 @dataclass(frozen=True, slots=True)
@@ -784,11 +787,10 @@ def _request_stored(
     state: KioskState, request: PendingRequest, config: MachineConfig, now_ms: int
 ) -> Transition:
     assert state.pending_request(request.request_id) is None, "request stored twice"
-    effects: list[Effect] = []
-    if state.online:
-        request = _sent(request, config, now_ms)
-        effects.append(Publish(request.request_id))
-    new_state = replace(state, pending=(*state.pending, request))
+    # Sent now unless older ones still wait their turn in the window (seq order).
+    sent = _send_unsent(replace(state, pending=(*state.pending, request)), config, now_ms)
+    new_state = sent.state
+    effects: list[Effect] = list(sent.effects)
     if request.offline and state.screen is Screen.CARD_READ:
         # Stored (durably, by the shell, before this event): now, and only now, amber.
         approved = replace(
@@ -826,15 +828,21 @@ def _sent(request: PendingRequest, config: MachineConfig, now_ms: int) -> Pendin
 
 
 def _send_unsent(state: KioskState, config: MachineConfig, now_ms: int) -> Transition:
-    """Publish, in seq order, every pending request this process never handed to MQTT."""
+    """Publish, in seq order, the pending requests this process never handed to MQTT, while
+    fewer than ``results_awaited_max`` handed to it await their result (a backlog back online
+    goes out in that window, the next one as each result arrives)."""
     if not state.online:
+        return Transition(state)
+    awaited = sum(1 for request in state.pending if request.sends > 0)
+    if awaited >= config.results_awaited_max:
         return Transition(state)
     effects: list[Effect] = []
     pending: list[PendingRequest] = []
     for request in state.pending:
-        if request.sends == 0:
+        if request.sends == 0 and awaited < config.results_awaited_max:
             request = _sent(request, config, now_ms)
             effects.append(Publish(request.request_id))
+            awaited += 1
         pending.append(request)
     return Transition(replace(state, pending=tuple(pending)), tuple(effects))
 
@@ -893,7 +901,8 @@ def _result_arrived(
     if state.pending_request(outcome.request_id) is None:
         return Transition(state)  # a duplicate (replayed) result: the first one was shown
     pending = tuple(p for p in state.pending if p.request_id != outcome.request_id)
-    state = replace(state, pending=pending)
+    topped_up = _send_unsent(replace(state, pending=pending), config, now_ms)
+    state, sent = topped_up.state, topped_up.effects
     if state.current_request_id == outcome.request_id and state.screen in _AWAITING_SCREENS:
         screen = Screen.APPROVED if outcome.approved else Screen.DECLINED
         shown = replace(
@@ -904,9 +913,9 @@ def _result_arrived(
             notice=None,
         )
         signal = Signal.APPROVED if outcome.approved else Signal.DECLINED
-        return Transition(shown, (Indicate(signal),))
+        return Transition(shown, (*sent, Indicate(signal)))
     late = (*state.late_results, outcome)[-LATE_RESULTS_MAX:]
-    return Transition(replace(state, late_results=late))
+    return Transition(replace(state, late_results=late), sent)
 
 
 MENU_CHANGED_NOTICE = "The menu changed: this order keeps the prices shown. Tap your wristband"

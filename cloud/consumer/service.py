@@ -12,9 +12,12 @@ While the committer waits for PostgreSQL (the GIL is released), the main thread 
 next batch, and keeps adding to it what arrives until the committer is free for it (or it is
 full): a request that arrives while a batch commits is in the very next one, so under load it
 waits for the rest of one commit and its own, not for a batch prepared before it arrived (1.1:
-measured during a 2,000-sale offline drain, bench/bench_offline_drain.py). There is never more
-than one prepared batch, and it is handed over the moment the committer is idle: at low load a
-batch is one request, committed at once; under load batches grow with it. A database outage
+measured during a 2,000-sale offline drain, bench/bench_offline_drain.py). The first part of the
+batch being built is prepared at once (it overlaps the commit in hand); later arrivals are
+prepared in parts of `PREPARE_PART_MIN`, or all at once when the committer is free (each prepare
+reads the kiosks of its part). There is never more than one batch being built, and it is handed
+over the moment the committer is idle: at low load a batch is one request, committed at once;
+under load batches grow with it. A database outage
 stalls both stages; nothing unbounded piles up.
 """
 
@@ -28,7 +31,7 @@ from collections.abc import Callable
 from typing import Final, Protocol
 
 from cloud.consumer import limits
-from cloud.consumer.inbox import Inbox, LinkEvent, LinkState, source_of
+from cloud.consumer.inbox import InboundMessage, Inbox, LinkEvent, LinkState, source_of
 from cloud.consumer.lifecycle import Lifecycle
 from cloud.consumer.metrics import ConsumerMetrics
 from cloud.consumer.worker import Abandoned, PreparedBatch, Worker
@@ -171,30 +174,45 @@ class ConsumerService:
         committer = self._committer
         code = 0
         batch_max = self._batch_max
-        # The batch being built while the committer is busy, and how many of it each kiosk sent.
+        # The batch being built while the committer is busy: its prepared part, the messages
+        # taken for it and not yet prepared, and how many of it each kiosk sent.
         pending: PreparedBatch | None = None
+        unprepared: list[InboundMessage] = []
         taken: dict[str, int] = {}
         try:
             while not lifecycle.stop_requested:
                 lifecycle.heartbeat()
+                size = (pending.size if pending is not None else 0) + len(unprepared)
                 events, messages = inbox.take(
-                    batch_max - (pending.size if pending is not None else 0),
+                    batch_max - size,
                     limits.WORKER_POLL_INTERVAL_S,
-                    self._linger_s if pending is None else 0.0,
+                    self._linger_s if not size else 0.0,
                     taken,
                 )
                 for event in events:
                     self._on_event(event)
-                if messages:
-                    prepared = self._worker.prepare(messages)
+                for message in messages:
+                    source = source_of(message)
+                    taken[source] = taken.get(source, 0) + 1
+                unprepared += messages
+                size += len(messages)
+                free = committer.idle
+                # Prepare the first part at once (it overlaps the commit in hand); later parts
+                # when the committer is free for the batch, when it is full, or once they are
+                # worth a kiosk read of their own (each prepare reads the kiosks of its part).
+                if unprepared and (
+                    pending is None
+                    or free
+                    or size >= batch_max
+                    or len(unprepared) >= limits.PREPARE_PART_MIN
+                ):
+                    prepared = self._worker.prepare(unprepared)
+                    unprepared = []
                     if pending is None:
                         pending = prepared
                     else:
                         pending.absorb(prepared)
-                    for message in messages:
-                        source = source_of(message)
-                        taken[source] = taken.get(source, 0) + 1
-                if pending is not None and (committer.idle or pending.size >= batch_max):
+                if pending is not None and not unprepared and (free or size >= batch_max):
                     if not committer.put(pending):
                         pending = None  # the committer is gone: unacknowledged, redelivered
                         break
@@ -207,19 +225,19 @@ class ConsumerService:
             code = 1
         except Abandoned:
             pass  # prepare() gave up at the shutdown deadline; the rest is redelivered
-        self._shutdown(pending)
+        self._shutdown(pending, unprepared)
         if committer.error is not None:
             raise CommitterFailed("the committer thread failed") from committer.error
         return code
 
-    def _shutdown(self, pending: PreparedBatch | None) -> None:
+    def _shutdown(self, pending: PreparedBatch | None, unprepared: list[InboundMessage]) -> None:
         """Stop taking messages, finish the batch being built and those already received,
         disconnect."""
         lifecycle = self._lifecycle
         committer = self._committer
         lifecycle.begin_shutdown()
         self._inbox.close()
-        remaining = self._inbox.drain()
+        remaining = unprepared + self._inbox.drain()
         log.info(
             "stopping",
             extra={"context": {"in_hand": len(remaining) + (pending.size if pending else 0)}},

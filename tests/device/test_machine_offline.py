@@ -273,6 +273,66 @@ def test_offline_sales_are_sent_in_seq_order_when_the_link_is_back() -> None:
     assert kiosk.state.screen is Screen.IDLE
 
 
+def result_for(request: PendingRequest) -> Outcome:
+    return Outcome(
+        request_id=request.request_id,
+        seq=request.seq,
+        card_uid=request.card_uid,
+        approved=True,
+        status="approved",
+        error_code=None,
+        message="Offline sale applied",
+        amount_cents=request.amount_cents,
+        previous_balance_cents=1_000,
+        new_balance_cents=500,
+        replayed=False,
+        at_ms=0,
+        debt_cents=0,
+        offline=request.offline,
+    )
+
+
+def test_a_backlog_goes_out_in_a_window_the_next_one_as_each_result_arrives() -> None:
+    kiosk = Driver(config=replace(CONFIG, results_awaited_max=2))
+    sales = [kiosk.sell_offline(beer(), f"04A1B2C3D4E5{index:02X}") for index in range(4)]
+    up = kiosk.send(LinkUp())
+    # Two awaiting their result at most, in seq order; the others wait their turn.
+    assert up.effects == (Publish(sales[0].request_id), Publish(sales[1].request_id))
+    assert [p.sends for p in kiosk.state.pending] == [1, 1, 0, 0]
+    # A result makes room for the next one in seq order (an acknowledgement does not).
+    acked = kiosk.send(PublishAcked(sales[0].request_id))
+    assert acked.effects == ()
+    answered = kiosk.send(ResultArrived(result_for(sales[0])))
+    assert answered.effects == (Publish(sales[2].request_id),)
+    # A new sale made while the backlog drains waits behind it (requests go out in seq order).
+    tapped = kiosk.tap(beer(), OTHER)
+    [create] = [e for e in tapped.effects if isinstance(e, CreateRequest)]
+    assert not create.offline
+    stored = kiosk.store(create)
+    fresh = kiosk.state.pending[-1]
+    assert not any(isinstance(e, Publish) for e in stored.effects)
+    assert kiosk.state.screen is Screen.WAITING
+    assert kiosk.send(ResultArrived(result_for(sales[1]))).effects == (
+        Publish(sales[3].request_id),
+    )
+    assert kiosk.send(ResultArrived(result_for(sales[2]))).effects == (Publish(fresh.request_id),)
+    # Its result is shown as usual once it comes.
+    shown = kiosk.send(ResultArrived(result_for(fresh)))
+    assert shown.effects == (Indicate(Signal.APPROVED),)
+    assert kiosk.state.screen is Screen.APPROVED
+
+
+def test_the_window_holds_requests_awaiting_a_result_after_a_reconnect_too() -> None:
+    kiosk = Driver(config=replace(CONFIG, results_awaited_max=2))
+    sales = [kiosk.sell_offline(beer(), f"04A1B2C3D4E5{index:02X}") for index in range(3)]
+    kiosk.send(LinkUp())
+    kiosk.send(LinkDown(), advance_ms=10)
+    # Back again: the two handed to MQTT are resent by the client itself; none is added.
+    again = kiosk.send(LinkUp(), advance_ms=10)
+    assert again.effects == ()
+    assert kiosk.state.pending_request(sales[2].request_id).sends == 0  # type: ignore[union-attr]
+
+
 def test_a_request_published_online_that_times_out_stays_online() -> None:
     kiosk = Driver(online=True)
     tapped = kiosk.tap(beer())
