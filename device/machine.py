@@ -833,16 +833,16 @@ def _send_unsent(state: KioskState, config: MachineConfig, now_ms: int) -> Trans
     goes out in that window, the next one as each result arrives)."""
     if not state.online:
         return Transition(state)
-    awaited = sum(1 for request in state.pending if request.sends > 0)
-    if awaited >= config.results_awaited_max:
+    unsent = sum(1 for request in state.pending if request.sends == 0)
+    room = config.results_awaited_max - (len(state.pending) - unsent)
+    if not unsent or room <= 0:
         return Transition(state)
     effects: list[Effect] = []
     pending: list[PendingRequest] = []
     for request in state.pending:
-        if request.sends == 0 and awaited < config.results_awaited_max:
+        if request.sends == 0 and len(effects) < room:
             request = _sent(request, config, now_ms)
             effects.append(Publish(request.request_id))
-            awaited += 1
         pending.append(request)
     return Transition(replace(state, pending=tuple(pending)), tuple(effects))
 

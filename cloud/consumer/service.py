@@ -17,8 +17,8 @@ batch being built is prepared at once (it overlaps the commit in hand); later ar
 prepared in parts of `PREPARE_PART_MIN`, or all at once when the committer is free (each prepare
 reads the kiosks of its part). There is never more than one batch being built, and it is handed
 over the moment the committer is idle: at low load a batch is one request, committed at once;
-under load batches grow with it. A database outage
-stalls both stages; nothing unbounded piles up.
+under load batches grow with it. A database outage stalls both stages; nothing unbounded piles
+up.
 """
 
 from __future__ import annotations
