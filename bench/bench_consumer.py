@@ -76,7 +76,7 @@ from protocol.sun import CardKeyDerivation, sun_message  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "consumer.json"
 SUN_RESULTS = REPO / "bench" / "results" / "consumer_sun.json"
-SUN_ROUNDS = 2
+SUN_ROUNDS = 3
 MENUS_RESULTS = REPO / "bench" / "results" / "consumer_menus.json"
 # --menus: the orders' lines (distinct SKUs of a 20-item menu), the same with menus off and on.
 MENU = Menu(
@@ -288,6 +288,27 @@ def menus_comparison(
     return rows
 
 
+def side_by_side(
+    rows: list[dict[str, Any]], key: str, base: str, other: str
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The mean rate of each mode, and other / base: of the means and of each adjacent pair of
+    rounds (base, other), which ran minutes apart on the same machine, so the pairs show how
+    much of a difference is drift."""
+    rates = {
+        mode: [float(row["approved_per_s"]) for row in rows if row[key] == mode]
+        for mode in (base, other)
+    }
+    means = {mode: round(statistics.mean(values), 1) for mode, values in rates.items()}
+    ratio = {
+        "of_means": round(means[other] / means[base], 3),
+        "per_round": [
+            round(second / first, 3)
+            for first, second in zip(rates[base], rates[other], strict=True)
+        ],
+    }
+    return means, ratio
+
+
 def sun_comparison(
     generator: LoadGenerator,
     consumers: Consumers,
@@ -439,38 +460,27 @@ def main() -> int:
                 cards,
                 args,
             )
-            report["sun_approved_per_s_mean"] = {
-                mode: round(
-                    statistics.mean(
-                        float(row["approved_per_s"])
-                        for row in report["sun"]
-                        if row["card_auth"] == mode
-                    ),
-                    1,
-                )
-                for mode in ("uid", "sun")
-            }
-            print(f"  uid vs sun (mean): {report['sun_approved_per_s_mean']}", flush=True)
+            report["sun_approved_per_s_mean"], report["sun_to_uid_ratio"] = side_by_side(
+                report["sun"], "card_auth", "uid", "sun"
+            )
+            print(
+                f"  uid vs sun (mean): {report['sun_approved_per_s_mean']};"
+                f" sun / uid: {report['sun_to_uid_ratio']}",
+                flush=True,
+            )
             report["sustained"] = [{"consumers": 1, **row} for row in report["sun"]]
         if args.menus:
             rates = []  # the menus comparison replaces phases 1 and 2
             report["menus"] = menus_comparison(generator, consumers, ledger, kiosk_ids, cards, args)
-            report["menus_approved_per_s_mean"] = {
-                mode: round(
-                    statistics.mean(
-                        float(row["approved_per_s"])
-                        for row in report["menus"]
-                        if row["menus"] == mode
-                    ),
-                    1,
-                )
-                for mode in ("off", "on")
-            }
-            print(f"  menus off vs on (mean): {report['menus_approved_per_s_mean']}", flush=True)
-            report["sustained"] = [
-                {"consumers": 1, **row}
-                for row in report["menus"]  # type: ignore[dict-item]
-            ]
+            report["menus_approved_per_s_mean"], report["menus_on_to_off_ratio"] = side_by_side(
+                report["menus"], "menus", "off", "on"
+            )
+            print(
+                f"  menus off vs on (mean): {report['menus_approved_per_s_mean']};"
+                f" on / off: {report['menus_on_to_off_ratio']}",
+                flush=True,
+            )
+            report["sustained"] = [{"consumers": 1, **row} for row in report["menus"]]
         # Warm-up: connections, caches, the first batches.
         generator.run_open_loop(generator.presign(200, cards, PRICE_CENTS), 200)
         for rate in rates:
