@@ -27,6 +27,7 @@ from protocol.limits import (
     TEXT_FORBIDDEN_PATTERN,
 )
 from protocol.models import is_valid_card_uid
+from protocol.redaction import redact
 
 if TYPE_CHECKING:
     from cloud.broker import BrokerAdmin
@@ -72,7 +73,7 @@ def _unavailable(
             with database.translate_errors():
                 return handler(args, settings)
         except TransientDatabaseError as error:
-            print(f"festival-cloud: database unavailable: {error}", file=sys.stderr)
+            print(f"festival-cloud: database unavailable: {redact(str(error))}", file=sys.stderr)
             return EXIT_UNAVAILABLE
 
     run.__name__ = handler.__name__

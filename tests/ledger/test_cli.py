@@ -161,10 +161,13 @@ def test_cleanup_prints_the_count_and_never_reopens_a_request(database_url: str)
 def test_unreachable_database_is_one_clear_line() -> None:
     from cloud.sandbox import free_port
 
-    result = cli(f"postgresql://nobody@127.0.0.1:{free_port()}/none", "card", "show", "04ABCDEF")
+    result = cli(
+        f"postgresql://nobody:s3cret-pw@127.0.0.1:{free_port()}/none", "card", "show", "04ABCDEF"
+    )
     assert result.returncode == 2
     assert "database unavailable" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("verb", [("check",), ("kiosk", "list")])
