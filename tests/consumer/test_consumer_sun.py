@@ -1,6 +1,6 @@
 """(1.1) Genuine wristbands through the real `festival-cloud consumer` in sun mode
 (FESTIVAL_CARD_AUTH=sun): signed requests carrying SUN messages over Mosquitto, verified by the
-consumer, counters decided in PostgreSQL (revision 0013), signed results (PROTOCOL.md "Genuine
+consumer, counters decided in PostgreSQL (revision 0014), signed results (PROTOCOL.md "Genuine
 wristbands"). Two consumers on one shared subscription never both accept one counter."""
 
 from __future__ import annotations
