@@ -19,6 +19,8 @@ from cloud.keys import generate_card_master_key, save_card_master_key
 from cloud.ledger import Ledger
 from cloud.ledger_fake import OFFLINE_LOSS_MESSAGE, SUN_MESSAGES
 from cloud.sandbox import MosquittoBroker
+from cloud.wristbands import program_wristband
+from device.virtual_ntag424 import VirtualNtag424
 from protocol.errors import ErrorCode, Status
 from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import (
@@ -30,7 +32,8 @@ from protocol.models import (
     Result,
     Void,
 )
-from protocol.sun import CardKeyDerivation, sun_message
+from protocol.ntag424 import read_ndef_url
+from protocol.sun import CardKeyDerivation, sun_from_url, sun_message
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
 from tests.consumer.support import ConsumerProcess
@@ -390,3 +393,36 @@ def test_sun_mode_a_swap_needs_the_new_band_genuine_and_an_active_old_one_presen
     )
     bar.send(void)
     assert bar.wait_result(void.request_id).new_balance_cents == 900
+
+
+def test_a_virtual_tag_s_captured_message_pays_once_offline_then_the_loss_account(
+    sun: Sun,
+) -> None:
+    """Issue 15 §6 "accepted once offline", with a real tag's message: a virtual NTAG 424 DNA
+    programmed as `card program` does, tapped like a kiosk reads it; one captured SUN message
+    sold offline twice (the offline rule: not accepted before). The first sale is paid by the
+    card, the second by the festival's loss account; the card pays once."""
+    tag = VirtualNtag424(bytes.fromhex("04F0E1D2C3B4A5"))
+    done = program_wristband(tag.answer, sun.master_key, "https://pay.festival.example")
+    uid = done.uid
+
+    def tap() -> CardSun:
+        tag.reset()  # a new tap: the band enters the field again
+        message = sun_from_url(read_ndef_url(tag.answer))
+        assert message is not None
+        return CardSun(message.picc_data, message.cmac)
+
+    version = sun.offline_version()
+    assert sun.top_up(uid, 1_000, tap()).status is Status.APPROVED
+    captured = tap()
+    first = sun.sell_offline(uid, 300, captured, version)
+    assert (first.status, first.message) == (Status.APPROVED, "Paid (offline sale)")
+    assert (first.previous_balance_cents, first.new_balance_cents) == (1_000, 700)
+    second = sun.sell_offline(uid, 300, captured, version)
+    assert second.status is Status.APPROVED, second.message
+    assert second.message == OFFLINE_LOSS_MESSAGE.format(sun=SUN_MESSAGES["stale_counter"])
+    assert (second.previous_balance_cents, second.new_balance_cents) == (700, 700)
+    _not_genuine(sun.buy(uid, 300, captured), "SUN message already used")  # online: never
+    assert sun.buy(uid, 300, tap()).status is Status.APPROVED, "the band itself still pays"
+    assert sun.balance(uid) == 400
+    assert sun.ledger.check() == []
