@@ -4,7 +4,7 @@ The wristband's URL carries no UID: it is inside ``picc_data``. The route decryp
 the message for that UID exactly as the consumer does (protocol/sun.py), and in one transaction
 accepts its counter by the online rule (a portal login uses up the counter like a tap at a
 kiosk, PROTOCOL.md) and opens a ``tap`` session of the attendee portal
-(``sp_portal_tap_login``, revision 0013): 303 to /portal with the session cookie. A genuine band
+(``sp_portal_tap_login``, revision 0014): 303 to /portal with the session cookie. A genuine band
 that has no card yet (never topped up) has nothing to log in to: a page saying so, 200.
 Anything else — uid mode, a malformed, foreign, forged or used message — 403 with a page that
 says only "not accepted" (which check failed is for the logs and metrics, not for whoever holds

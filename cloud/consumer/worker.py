@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from cloud.consumer.backoff import Backoff
 from cloud.consumer.decisions import (
@@ -75,6 +75,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cloud.consumer")
 T = TypeVar("T")
+# (revision 0021) The message of an offline sale approved on the festival's loss account because
+# its SUN failed: this prefix, then the SUN failure's own text (ledger_sun_message).
+LOSS_APPROVED_PREFIX: Final = "Paid (offline sale) by the festival's loss account: "
 
 
 class Abandoned(Exception):
@@ -420,7 +423,7 @@ class Worker:
             self._count("tx", answer.outcome, answer.code)
             result = answer.result
             if isinstance(decision, Apply) and answer.outcome != "replayed":
-                self._count_sun(decision, answer.code)
+                self._count_sun(decision, answer)
                 if isinstance(decision.request, StaffLogin):
                     outcome = "approved" if answer.outcome == "approved" else "refused"
                     self._metrics.staff_logins.labels(outcome=outcome).inc()
@@ -556,12 +559,22 @@ class Worker:
             self._counters[key] = counter
         counter.inc()
 
-    def _count_sun(self, decision: Apply, code: str) -> None:
+    def _count_sun(self, decision: Apply, answer: Answer) -> None:
         """(1.1) SUN failures by reason: the consumer's own, or stale_counter when the ledger
-        refused a verified message (a rising count is the cloning alarm)."""
+        refused a verified message (a rising count is the cloning alarm) — declined
+        CARD_NOT_GENUINE, or, an offline sale, approved on the festival's loss account (revision
+        0021: its outcome's message says so, and a verified message can only fail there by its
+        counter), so that this count agrees with the ledger's sun_failure_minutes."""
         if decision.sun_failure is not None:
             self._metrics.sun_failures.labels(reason=decision.sun_failure.value).inc()
-        elif decision.sun_counter is not None and code == ErrorCode.CARD_NOT_GENUINE.value:
+        elif decision.sun_counter is not None and (
+            answer.code == ErrorCode.CARD_NOT_GENUINE.value
+            or (
+                answer.outcome == "approved"
+                and answer.result is not None
+                and answer.result.message.startswith(LOSS_APPROVED_PREFIX)
+            )
+        ):
             self._metrics.sun_failures.labels(reason=SunFailure.STALE_COUNTER.value).inc()
 
     def _database(self, call: Callable[[], T], backoff: Backoff) -> T:

@@ -1,22 +1,26 @@
 """(1.1) Genuine wristbands through the real `festival-cloud consumer` in sun mode
 (FESTIVAL_CARD_AUTH=sun): signed requests carrying SUN messages over Mosquitto, verified by the
-consumer, counters decided in PostgreSQL (revision 0013), signed results (PROTOCOL.md "Genuine
+consumer, counters decided in PostgreSQL (revision 0014), signed results (PROTOCOL.md "Genuine
 wristbands"). Two consumers on one shared subscription never both accept one counter."""
 
 from __future__ import annotations
 
 import itertools
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
+from cloud.consumer.worker import LOSS_APPROVED_PREFIX
 from cloud.database import make_engine
 from cloud.keys import generate_card_master_key, save_card_master_key
 from cloud.ledger import Ledger
+from cloud.ledger_fake import OFFLINE_LOSS_MESSAGE, SUN_MESSAGES
 from cloud.sandbox import MosquittoBroker
+from cloud.wristbands import program_wristband
+from device.virtual_ntag424 import VirtualNtag424
 from protocol.errors import ErrorCode, Status
 from protocol.keys import generate_private_key, public_key_b64
 from protocol.models import (
@@ -28,7 +32,8 @@ from protocol.models import (
     Result,
     Void,
 )
-from protocol.sun import CardKeyDerivation, sun_message
+from protocol.ntag424 import read_ndef_url
+from protocol.sun import CardKeyDerivation, sun_from_url, sun_message
 from tests.consumer.conftest import CloudKey, LedgerDatabase
 from tests.consumer.kiosk_client import KioskClient, now_ms, uuid7
 from tests.consumer.support import ConsumerProcess
@@ -67,6 +72,7 @@ class Sun:
     kiosks: dict[str, KioskClient]
     consumers: list[ConsumerProcess]
     derivation: CardKeyDerivation
+    master_key: bytes
 
     def band(self, funded_cents: int = 0) -> Band:
         band = Band(self.derivation)
@@ -89,6 +95,28 @@ class Sun:
     def buy(self, card_uid: str, total_cents: int, card_sun: CardSun | None) -> Result:
         bar = self.kiosks["sun-bar"]
         order = self.order(card_uid, total_cents, card_sun)
+        bar.send(order)
+        return bar.wait_result(order.request_id)
+
+    def offline_version(self) -> int:
+        """A config of sun-bar that allows offline sales, issued and published; its version."""
+        version = self.ledger.issue_kiosk_config(
+            "sun-bar",
+            offline=OfflinePolicy(
+                sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=10_000
+            ),
+        )
+        assert version is not None
+        self.ledger.mark_config_published("sun-bar", version)
+        return version
+
+    def sell_offline(
+        self, card_uid: str, total_cents: int, card_sun: CardSun | None, version: int
+    ) -> Result:
+        bar = self.kiosks["sun-bar"]
+        order = replace(
+            self.order(card_uid, total_cents, card_sun), offline=True, config_version=version
+        )
         bar.send(order)
         return bar.wait_result(order.request_id)
 
@@ -148,7 +176,7 @@ def sun(
             kiosks[kiosk_id] = KioskClient(
                 mosquitto_broker.url(kiosk_id), kiosk_id, key, cloud_key.private_key.public_key()
             ).connect()
-        yield Sun(ledger, kiosks, consumers, CardKeyDerivation(master_key))
+        yield Sun(ledger, kiosks, consumers, CardKeyDerivation(master_key), master_key)
     finally:
         for client in kiosks.values():
             client.close()
@@ -281,6 +309,41 @@ def test_failures_are_counted_by_reason(sun: Sun) -> None:
     assert {"stale_counter", "missing"} <= recent
 
 
+def _ledger_failures(sun: Sun) -> dict[str, int]:
+    """sun_failure_minutes of the last few minutes, summed by reason."""
+    counts: dict[str, int] = {}
+    for row in sun.ledger.sun_failures(minutes=5):
+        reason = str(row["reason"])
+        counts[reason] = counts.get(reason, 0) + int(row["failures"])  # type: ignore[call-overload]
+    return counts
+
+
+def test_an_offline_sale_on_the_loss_account_is_counted_by_its_reason(sun: Sun) -> None:
+    """(Revision 0021) An offline sale whose verified message was accepted before is approved
+    on the loss account, not declined: the consumer's metric counts it as stale_counter all the
+    same, as the ledger's sun_failure_minutes does (so is one without a message, as missing)."""
+    version = sun.offline_version()
+    band = sun.band(funded_cents=1_000)
+    captured = band.tap()
+    assert sun.buy(band.uid, 100, captured).status is Status.APPROVED
+    metric_before, ledger_before = sun.sun_failures(), _ledger_failures(sun)
+    stale = sun.sell_offline(band.uid, 100, captured, version)
+    assert stale.status is Status.APPROVED, stale.message
+    assert stale.message == OFFLINE_LOSS_MESSAGE.format(sun=SUN_MESSAGES["stale_counter"])
+    assert stale.message.startswith(LOSS_APPROVED_PREFIX)
+    missing = sun.sell_offline(band.uid, 100, None, version)
+    assert missing.message == OFFLINE_LOSS_MESSAGE.format(sun=SUN_MESSAGES["missing"])
+    assert sun.balance(band.uid) == 900  # the loss account paid both
+
+    def grew(before: Mapping[str, float], now: Mapping[str, float]) -> bool:
+        return all(now.get(r, 0) >= before.get(r, 0) + 1 for r in ("stale_counter", "missing"))
+
+    wait_until(
+        lambda: grew(metric_before, sun.sun_failures()), timeout_s=10, what="the consumers' counts"
+    )
+    assert grew(ledger_before, _ledger_failures(sun))  # written with the outcomes
+
+
 def test_sun_mode_a_swap_needs_the_new_band_genuine_and_an_active_old_one_presented(
     sun: Sun,
 ) -> None:
@@ -330,3 +393,36 @@ def test_sun_mode_a_swap_needs_the_new_band_genuine_and_an_active_old_one_presen
     )
     bar.send(void)
     assert bar.wait_result(void.request_id).new_balance_cents == 900
+
+
+def test_a_virtual_tag_s_captured_message_pays_once_offline_then_the_loss_account(
+    sun: Sun,
+) -> None:
+    """Issue 15 §6 "accepted once offline", with a real tag's message: a virtual NTAG 424 DNA
+    programmed as `card program` does, tapped like a kiosk reads it; one captured SUN message
+    sold offline twice (the offline rule: not accepted before). The first sale is paid by the
+    card, the second by the festival's loss account; the card pays once."""
+    tag = VirtualNtag424(bytes.fromhex("04F0E1D2C3B4A5"))
+    done = program_wristband(tag.answer, sun.master_key, "https://pay.festival.example")
+    uid = done.uid
+
+    def tap() -> CardSun:
+        tag.reset()  # a new tap: the band enters the field again
+        message = sun_from_url(read_ndef_url(tag.answer))
+        assert message is not None
+        return CardSun(message.picc_data, message.cmac)
+
+    version = sun.offline_version()
+    assert sun.top_up(uid, 1_000, tap()).status is Status.APPROVED
+    captured = tap()
+    first = sun.sell_offline(uid, 300, captured, version)
+    assert (first.status, first.message) == (Status.APPROVED, "Paid (offline sale)")
+    assert (first.previous_balance_cents, first.new_balance_cents) == (1_000, 700)
+    second = sun.sell_offline(uid, 300, captured, version)
+    assert second.status is Status.APPROVED, second.message
+    assert second.message == OFFLINE_LOSS_MESSAGE.format(sun=SUN_MESSAGES["stale_counter"])
+    assert (second.previous_balance_cents, second.new_balance_cents) == (700, 700)
+    _not_genuine(sun.buy(uid, 300, captured), "SUN message already used")  # online: never
+    assert sun.buy(uid, 300, tap()).status is Status.APPROVED, "the band itself still pays"
+    assert sun.balance(uid) == 400
+    assert sun.ledger.check() == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,10 +28,11 @@ from device.virtual_card import VirtualCard
 from device.virtual_ntag424 import VirtualNtag424
 from protocol.errors import ErrorCode, Status
 from protocol.models import CardSun
-from protocol.sun import SunVerifier
+from protocol.sun import CardKeyDerivation, SunVerifier
 from tests.device.pcsc import wait_until_readers_empty
 from tests.device.test_reader_pcsc import PORT_0, READER_0, Recorder, start_reader
 from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge
+from tests.waiting import wait_until
 
 MASTER = bytes.fromhex("00112233445566778899AABBCCDDEEFF")
 UID = "04A1B2C3D4E5F6"
@@ -156,6 +158,71 @@ def test_card_program_reports_a_card_that_is_not_an_ntag424(
     assert done.returncode == 1
     assert "not an NTAG 424 DNA" in done.stderr
     assert done.stdout == ""
+
+
+def test_card_program_reports_a_bad_tag_and_handles_the_next(
+    pcscd: PcscdService, master_key_file: Path
+) -> None:
+    """`card program --count 2`: a UID-only card first (a clear message, nothing on stdout for
+    it), then a blank NTAG 424 DNA, programmed (its UID on stdout); the exit status is 1, as the
+    CLI documents for a run in which one tag failed."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud.cli",
+            "card",
+            "program",
+            "--reader",
+            "00 00",
+            "--count",
+            "2",
+        ],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CARD_MASTER_KEY_FILE": str(master_key_file),
+            "FESTIVAL_PORTAL_URL": "https://pay.festival.example",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    errors: list[str] = []
+
+    def collect() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            errors.append(line)
+
+    collector = threading.Thread(target=collect, daemon=True)
+    collector.start()
+
+    def said(text: str) -> bool:
+        return any(text in line for line in errors)
+
+    blank = VirtualNtag424(bytes.fromhex(UID))
+    try:
+        with VirtualCard("04C0FFEE123456", port=PORT_0):
+            wait_until(
+                lambda: said("remove the tag"), PROGRAM_TIMEOUT_S, what="the first tag handled"
+            )
+        wait_until(
+            lambda: said("present the next wristband"),
+            PROGRAM_TIMEOUT_S,
+            what="the removal noticed",
+        )
+        with VirtualCard(tag=blank, port=PORT_0):
+            stdout, _ = process.communicate(timeout=PROGRAM_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    collector.join(timeout=10)
+    stderr = "".join(errors)
+    assert process.returncode == 1, stderr
+    assert "tag not programmed: not an NTAG 424 DNA" in stderr
+    assert stdout == f"{UID}\tprogrammed\n"
+    assert blank.keys[0] == CardKeyDerivation(MASTER).app_key(UID)  # really programmed
 
 
 def test_card_program_without_the_reader_says_so(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -24,13 +25,14 @@ from protocol.ntag424 import (
     crc32_nxp,
     native_apdu,
     ndef_template,
+    parse_change_file_settings,
     read_binary_apdu,
     read_ndef_url,
     select_application_apdu,
     select_file_apdu,
     u24,
 )
-from protocol.sun import CardKeyDerivation, SunVerifier, sun_from_url
+from protocol.sun import CardKeyDerivation, SunVerifier, aes_cbc_decrypt, sun_from_url
 
 h = bytes.fromhex
 UID = "04A1B2C3D4E5F6"
@@ -133,6 +135,144 @@ def test_a_replayed_command_does_not_verify(tag: VirtualNtag424) -> None:
     apdu = channel.wrap(Ins.GET_CARD_UID, CommMode.FULL)
     channel.unwrap(tag.answer(apdu), CommMode.FULL)
     assert tag.answer(apdu) == h("911E")
+
+
+# --- NXP's worked examples (AN12196), the reader (cloud.wristbands) against the virtual tag ---
+# Both ends get the AN's random numbers (the reader RndA, the tag RndB and TI); every command
+# and every answer must then be the AN's, byte for byte. The RndB is the one the AN's first
+# answer encrypts under the all-zero key.
+
+
+def _recording(tag: VirtualNtag424) -> tuple[list[tuple[str, str]], Callable[[bytes], bytes]]:
+    exchanged: list[tuple[str, str]] = []
+
+    def transmit(apdu: bytes) -> bytes:
+        response = tag.answer(apdu)
+        exchanged.append((apdu.hex().upper(), response.hex().upper()))
+        return response
+
+    return exchanged, transmit
+
+
+def _feeding(*chunks: str) -> Callable[[int], bytes]:
+    queue = [h(chunk) for chunk in chunks]
+
+    def random_bytes(n: int) -> bytes:
+        chunk = queue.pop(0)
+        assert len(chunk) == n
+        return chunk
+
+    return random_bytes
+
+
+def test_an12196_key_0_session_replayed_byte_for_byte() -> None:
+    """§6.6 AuthenticateEV2First with key 00 (RndA 13C5DB8A…, RndB B9E2FC78…, TI 9D00C4DF),
+    then in that session §5.4's WriteData of 128 bytes to the NDEF file (CommMode.FULL, CmdCtr 0)
+    and the ChangeFileSettings example (CmdCtr 1, MACt D799B7C1A0EF7A04)."""
+    tag = VirtualNtag424(
+        h("04958CAA5C5E80"), random_bytes=_feeding("B9E2FC789B64BF237CCCAA20EC7E6E48", "9D00C4DF")
+    )
+    # The AN's NDEF file is written in CommMode.FULL with key 0 (the factory file is free).
+    tag.files[2].settings = FileSettings(CommMode.FULL, AccessRights(ACCESS_FREE, 0, 0, 0))
+    exchanged, transmit = _recording(tag)
+    selected(tag)
+    channel = authenticate(transmit, 0, bytes(16), _feeding("13C5DB8A5930439FC3DEF9A4C675360F"))
+    assert channel is not None
+    assert (channel.enc_key, channel.mac_key) == (
+        h("1309C877509E5A215007FF0ED19CA564"),
+        h("4C6626F5E72EA694202139295C7A7FC7"),
+    )
+    ndef = h(
+        "0051D1014D550463686F6F73652E75726C2E636F6D2F6E7461673432343F653D"
+        "3030303030303030303030303030303030303030303030303030303030303030"
+        "26633D3030303030303030303030303030303000"
+    )
+    ndef += bytes(128 - len(ndef))
+    channel.unwrap(
+        transmit(channel.wrap(Ins.WRITE_DATA, CommMode.FULL, h("02000000800000"), ndef)),
+        CommMode.MAC,
+    )
+    cfs = h("4000E0C1F121200000430000430000")
+    channel.unwrap(
+        transmit(channel.wrap(Ins.CHANGE_FILE_SETTINGS, CommMode.FULL, h("02"), cfs)),
+        CommMode.MAC,
+    )
+    assert exchanged == [
+        ("9071000002000000", "A04C124213C186F22399D33AC2A3021591AF"),
+        (
+            "90AF00002035C3E05A752E0144BAC0DE51C1F22C56B34408A23D8AEA266CAB947EA8E0118D00",
+            "3FA64DB5446D1F34CD6EA311167F5E4985B89690C04A05F17FA7AB2F081206639100",
+        ),
+        (
+            "908D00009F02000000800000421C73A27D827658AF481FDFF20A5025B559D0E3"
+            "AA21E58D347F343CFFC768BFE596C706BC00F2176781D4B0242642A0FF5A42C4"
+            "61AAF894D9A1284B8C76BCFA658ACD40555D362E08DB15CF421B51283F9064BC"
+            "BE20E96CAE545B407C9D651A3315B27373772E5DA2367D2064AE054AF996C6F1"
+            "F669170FA88CE8C4E3A4A7BBBEF0FD971FF532C3A802AF745660F2B4D1D9A849"
+            "9661EBF300",
+            "FC222E5F7A5424529100",
+        ),
+        (
+            "905F0000190261B6D97903566E84C3AE5274467E89EAD799B7C1A0EF7A0400",
+            "57BFF87B1241E93D9100",
+        ),
+    ]
+    assert bytes(tag.files[2].data[:128]) == ndef
+    assert tag.files[2].settings == parse_change_file_settings(cfs, 256)
+
+
+def test_an12196_key_3_session_replayed_byte_for_byte() -> None:
+    """§6.10 AuthenticateEV2First with key 03 (TI 7614281A), then §6.12's WriteData of 01…0A to
+    the proprietary file 03 (CommMode.FULL, write key 3) and its MACed answer."""
+    rnd_b = aes_cbc_decrypt(bytes(16), bytes(16), h("B875CEB0E66A6C5CD00898DC371F92D1"))
+    tag = VirtualNtag424(h(UID), random_bytes=_feeding(rnd_b.hex(), "7614281A"))
+    exchanged, transmit = _recording(tag)
+    selected(tag)
+    channel = authenticate(transmit, 3, bytes(16), _feeding("B98F4C50CF1C2E084FD150E33992B048"))
+    assert channel is not None
+    data = bytes(range(1, 11))
+    channel.unwrap(
+        transmit(channel.wrap(Ins.WRITE_DATA, CommMode.FULL, h("03000000" + "0A0000"), data)),
+        CommMode.MAC,
+    )
+    assert exchanged == [
+        ("9071000002030000", "B875CEB0E66A6C5CD00898DC371F92D191AF"),
+        (
+            "90AF000020FF0306E47DFBC50087C4D8A78E88E62DE1E8BE457AA477C707E2F0874916A8B100",
+            "0CC9A8094A8EEA683ECAAC5C7BF20584206D0608D477110FC6B3D5D3F65C3A6A9100",
+        ),
+        (
+            "908D00001F030000000A00006B5E6804909962FC4E3FF5522CF0F8436C0C53315B9C73AA00",
+            "C26D236E4A7C046D9100",
+        ),
+    ]
+    assert bytes(tag.files[3].data[:10]) == data
+
+
+def test_an12196_change_key_examples_on_the_tag(tag: VirtualNtag424) -> None:
+    """The tag side of ChangeKey Case 1 (§5.16.1: key 2 at CmdCtr 2, answer MACed
+    203BB55D1089D587) and Case 2 (§5.16.2: key 0 at CmdCtr 3, answer 91 00 and the session
+    ends), fed the AN's command APDUs in the AN's session (its keys given, TI 7614281A)."""
+    selected(tag)
+    tag.session = SecureChannel(
+        h("4CF3CB41A22583A61E89B158D252FC53"),
+        h("5529860B2FC5FB6154B7F28361D30BF9"),
+        h("7614281A"),
+        counter=2,
+    )
+    case_1 = h(
+        "90C4000029022CF362B7BF4311FF3BE1DAA295E8C68DE09050560D19B9E16C2393AE9CD1FAC7"
+        "5D0CE20BCD1D06E600"
+    )
+    assert tag.answer(case_1) == h("203BB55D1089D587" + "9100")
+    assert (tag.keys[2], tag.key_versions[2]) == (h("F3847D627727ED3BC9C4CC050489B966"), 1)
+    case_2 = h(
+        "90C400002900C0EB4DEEFEDDF0B513A03A95A75491818580503190D4D05053FF75668A01D6FD"
+        "A6610234BDED643200"
+    )
+    assert tag.answer(case_2) == h("9100")
+    assert (tag.keys[0], tag.key_versions[0]) == (h("5004BF991F408672B1EF00F08F9E8647"), 1)
+    assert tag.session is None
 
 
 def _sdm_settings(portal: str = "https://pay.example") -> tuple[bytes, FileSettings]:

@@ -125,6 +125,65 @@ def test_full_mode_get_card_uid_example() -> None:
     assert channel.unwrap(response, CommMode.FULL) == h("04958CAA5C5E80")
 
 
+# The ChangeFileSettings and ChangeKey examples (the table numbers differ between the AN's
+# revisions: ChangeFileSettings is Table 18 or 19; ChangeKey Case 1 §5.16.1 Table 25, Case 2
+# §5.16.2 Table 26). The hex is the AN's own: command APDU, response APDU, the CRC32 of the new
+# key.
+def test_change_file_settings_example() -> None:
+    """ChangeFileSettings of file 02 in CommMode.FULL at CmdCtr 1 of the §6.6 session (TI
+    9D00C4DF): the settings, the APDU with MACt D799B7C1A0EF7A04, the MACed answer."""
+    channel = SecureChannel(
+        h("1309C877509E5A215007FF0ED19CA564"),
+        h("4C6626F5E72EA694202139295C7A7FC7"),
+        h("9D00C4DF"),
+        counter=1,
+    )
+    settings = h("4000E0C1F121200000430000430000")
+    apdu = channel.wrap(0x5F, CommMode.FULL, h("02"), settings)
+    assert apdu == h("905F0000190261B6D97903566E84C3AE5274467E89EAD799B7C1A0EF7A0400")
+    assert channel.unwrap(h("57BFF87B1241E93D" + "9100"), CommMode.MAC) == b""
+    assert channel.counter == 2
+    parsed = parse_change_file_settings(settings, 256)
+    assert parsed.comm_mode is CommMode.PLAIN and parsed.sdm is not None
+    assert (parsed.sdm.picc_data_offset, parsed.sdm.mac_offset) == (0x20, 0x43)
+
+
+def _change_key_session(counter: int) -> SecureChannel:
+    return SecureChannel(
+        h("4CF3CB41A22583A61E89B158D252FC53"),
+        h("5529860B2FC5FB6154B7F28361D30BF9"),
+        h("7614281A"),
+        counter=counter,
+    )
+
+
+def test_change_key_of_another_key_example() -> None:
+    """ChangeKey Case 1: key 2 (old key all zero) to F3847D62…, version 01, at CmdCtr 2: the new
+    key XOR the old, the version, CRC32NK 789DFADC, encrypted; MACt 5D0CE20BCD1D06E6."""
+    new_key = h("F3847D627727ED3BC9C4CC050489B966")
+    assert crc32_nxp(new_key) == h("789DFADC")
+    xored = bytes(a ^ b for a, b in zip(new_key, ZERO, strict=True))
+    channel = _change_key_session(2)
+    apdu = channel.wrap(0xC4, CommMode.FULL, h("02"), xored + h("01") + crc32_nxp(new_key))
+    assert apdu == h(
+        "90C4000029022CF362B7BF4311FF3BE1DAA295E8C68DE09050560D19B9E16C2393AE9CD1FAC7"
+        "5D0CE20BCD1D06E600"
+    )
+    assert channel.unwrap(h("203BB55D1089D587" + "9100"), CommMode.MAC) == b""
+    assert channel.counter == 3
+
+
+def test_change_key_of_the_session_key_example() -> None:
+    """ChangeKey Case 2: key 0, the session's own, to 5004BF99…, version 01, at CmdCtr 3: the
+    new key and its version only; the tag answers 91 00 without a MAC (the session ends)."""
+    channel = _change_key_session(3)
+    apdu = channel.wrap(0xC4, CommMode.FULL, h("00"), h("5004BF991F408672B1EF00F08F9E8647" + "01"))
+    assert apdu == h(
+        "90C400002900C0EB4DEEFEDDF0B513A03A95A75491818580503190D4D05053FF75668A01D6FD"
+        "A6610234BDED643200"
+    )
+
+
 def test_a_response_with_a_flipped_mac_or_an_error_status_is_refused() -> None:
     def channel() -> SecureChannel:
         return SecureChannel(
