@@ -109,8 +109,16 @@ class Harness:
         """Mend the cable and announce the kiosk again, as Kiosk does on every LinkConnected;
         the index of the LinkConnected."""
         back = self.mend_and_wait()
-        self.link.publish_online()
+        self.announce()
         return back
+
+    def announce(self) -> None:
+        """`publish_online()`, and wait for its status at the cloud: the kiosk subscribes before
+        it publishes the status, on one connection, so the broker has the subscriptions then
+        (a `settle()` after this cannot overtake them)."""
+        seen = len(self.cloud_statuses())
+        self.link.publish_online()
+        wait_until(lambda: len(self.cloud_statuses()) > seen, TIMEOUT_S, what="online again")
 
     def messages_on(self, topic: str, after: int = 0) -> list[bytes]:
         """The payloads received on `topic`, from event `after` on, in order."""
@@ -494,7 +502,7 @@ class LinkContract:
         harness.wait_messages_on(CONFIG_TOPIC, [b"config v1", b"config v2"], after=back)
         harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"], after=back)
         mark = len(harness.events())
-        harness.link.publish_online()  # the new subscription: the newest retained, once more
+        harness.announce()  # the new subscription: the newest retained, once more
         harness.wait_messages_on(CONFIG_TOPIC, [b"config v2"], after=mark)
         harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"], after=mark)
 
