@@ -81,8 +81,14 @@ class FakeLink:
 
     ``connect()`` / ``disconnect()`` drive the link state; ``deliver(payload)`` hands the kiosk a
     result (``topic`` another of its topics); ``retain(topic, payload)`` is the cloud publishing a
-    retained message (config, deny-list): delivered now when the kiosk is subscribed, and again
-    after every ``publish_online`` (the subscription a connect makes), like the broker; with
+    retained QoS 1 message (config, deny-list). Like Mosquitto (the contract's retained cases):
+    only the kiosk's own config topic and the deny-list topic reach it (the topics its
+    ``publish_online`` subscribes to, derived from ``result_topic``); the newest retained message
+    of a topic replaces the older and is handed over on every ``publish_online`` (the
+    subscription a connect makes); once subscribed, the durable session keeps the subscription
+    across disconnects, so a message published while connected arrives at once and one published
+    while away arrives on the next connect, before the kiosk subscribes anew; an empty payload
+    clears the topic and reaches a subscribed kiosk as an empty message. With
     ``auto_ack`` every request publish is acknowledged as it reaches the broker;
     ``responder`` (if set) is called with each request's bytes as it reaches the broker and may
     return result bytes to deliver. Like the real link (tests/contract/test_link_contract.py):
@@ -112,8 +118,10 @@ class FakeLink:
         self._queued_requests: list[tuple[int, bytes]] = []  # published while disconnected
         self._queued_results: list[tuple[str, bytes]] = []  # delivered while disconnected
         self.retained: dict[str, bytes] = {}
+        self._retained_topics = _retained_topics(result_topic)
         # (offline_pending, offline_pending_cents) of every online status published.
         self.statuses: list[tuple[int, int]] = []
+        # The durable session holds the subscriptions from the first publish_online on.
         self._subscribed = False
 
     def start(self, sink: LinkSink) -> None:
@@ -135,7 +143,6 @@ class FakeLink:
 
     def disconnect(self, reason: str = "test") -> None:
         self.connected = False
-        self._subscribed = False
         self._emit(LinkDisconnected(reason))
 
     def deliver(self, payload: bytes, topic: str | None = None) -> None:
@@ -147,12 +154,14 @@ class FakeLink:
 
     def retain(self, topic: str, payload: bytes) -> None:
         """The cloud publishes a retained message (an empty payload clears it, as in MQTT)."""
+        if self._retained_topics is None:
+            raise ValueError(f"FakeLink: result topic {self.result_topic!r} names no kiosk")
         if payload:
             self.retained[topic] = payload
         else:
             self.retained.pop(topic, None)
-        if payload and self.connected and self._subscribed:
-            self._emit(MessageReceived(topic, payload))
+        if self._subscribed and topic in self._retained_topics:
+            self.deliver(payload, topic)  # now, or queued in the session until the next connect
 
     def _record(self, kind: str, payload: bytes) -> int:
         with self._lock:
@@ -188,7 +197,8 @@ class FakeLink:
         self.statuses.append((offline_pending, offline_pending_cents))
         self._subscribed = True
         for topic, payload in list(self.retained.items()):
-            self._emit(MessageReceived(topic, payload))
+            if self._retained_topics is not None and topic in self._retained_topics:
+                self._emit(MessageReceived(topic, payload))
 
     def publish_status(self, *, offline_pending: int, offline_pending_cents: int) -> None:
         if self.connected:
@@ -198,7 +208,18 @@ class FakeLink:
     def stop(self) -> None:
         self._record("status", b"offline")
         self.connected = False
-        self._subscribed = False
 
     def requests(self) -> list[bytes]:
         return [p.payload for p in self.published if p.kind == "request"]
+
+
+def _retained_topics(result_topic: str) -> frozenset[str] | None:
+    """The retained topics a kiosk with this result topic subscribes to (its config and the
+    deny-list, PROTOCOL.md "Topics"), or None when ``result_topic`` is not
+    ``{prefix}/v1/kiosks/{id}/result``. Plain string work: a port imports nothing at run time
+    (tests/test_architecture.py); the contract checks the topics against the real link's."""
+    head, marker, rest = result_topic.partition("/v1/kiosks/")
+    kiosk_id, slash, kind = rest.partition("/")
+    if not (head and marker and kiosk_id and slash and kind == "result"):
+        return None
+    return frozenset({f"{head}{marker}{kiosk_id}/config", f"{head}/v1/denylist"})

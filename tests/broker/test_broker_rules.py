@@ -272,3 +272,57 @@ def test_retained_configs_reach_their_own_kiosk_only_and_only_the_cloud_publishe
         own.close()
         other.close()
         consumer.close()
+
+
+def _publish_retained_as_kiosk(session: Session, topic: str, payload: bytes) -> str:
+    """A retained QoS 1 publish with the kiosk's credentials; the PUBACK's reason."""
+    info = session.client.publish(topic, payload, qos=1, retain=True)
+    wait_until(lambda: info.mid in session.pubacks, timeout_s=10, what="PUBACK")
+    return session.pubacks[info.mid]
+
+
+def test_a_kiosk_cannot_publish_or_clear_a_retained_config_or_the_denylist(
+    broker: MosquittoBroker,
+) -> None:
+    """(1.1) "Only the cloud publishes config and deny-list messages": a kiosk's retained
+    publish to its own config, another kiosk's config or the deny-list — forged bytes, or the
+    empty payload that would clear the cloud's copy — is refused (PUBACK "Not authorized") and
+    the broker's retained copies stay the cloud's: a kiosk subscribing afterwards gets exactly
+    those, and nothing is retained where the cloud published nothing."""
+    consumer = Consumer(broker, "consumer-retained-forgery-test").start()
+    config_1 = "festival/v1/kiosks/bar-1/config"
+    config_2 = "festival/v1/kiosks/bar-2/config"
+    denylist = "festival/v1/denylist"
+    try:
+        assert consumer.link.publish_retained(config_1, b"cloud config of bar-1", 5.0) is None
+        assert consumer.link.publish_retained(denylist, b"cloud denylist", 5.0) is None
+        for kiosk_id in ("bar-1", "bar-2"):
+            attacker = kiosk(broker, kiosk_id)
+            try:
+                assert attacker.connect() == "Success"
+                for topic in (config_1, config_2, denylist):
+                    for payload in (b"forged", b""):
+                        answer = _publish_retained_as_kiosk(attacker, topic, payload)
+                        assert answer == NOT_AUTHORIZED, (kiosk_id, topic, payload)
+            finally:
+                attacker.close()
+
+        reader_1, reader_2 = kiosk(broker, "bar-1"), kiosk(broker, "bar-2")
+        try:
+            assert reader_1.connect() == "Success" and reader_2.connect() == "Success"
+            assert reader_1.subscribe(config_1, denylist) == ["Granted QoS 1"] * 2
+            wait_until(lambda: len(reader_1.payloads()) >= 2, timeout_s=10, what="bar-1's copies")
+            # bar-2's config first: the broker sends a subscription's retained messages in the
+            # order of its filters, so once the deny-list is in, a bar-2 config would be too.
+            assert reader_2.subscribe(config_2, denylist) == ["Granted QoS 1"] * 2
+            wait_until(reader_2.payloads, timeout_s=10, what="the deny-list at bar-2")
+            assert sorted(reader_1.messages) == [
+                (denylist, b"cloud denylist"),
+                (config_1, b"cloud config of bar-1"),
+            ]
+            assert reader_2.messages == [(denylist, b"cloud denylist")]
+        finally:
+            reader_1.close()
+            reader_2.close()
+    finally:
+        consumer.close()

@@ -8,7 +8,14 @@ announces the kiosk; a request is acknowledged by `PublishDone(message_id)` with
 connection is down goes out, and is acknowledged, after it is back (the machine never publishes
 it again: `_link_up`); a full queue refuses at once; results arrive on the kiosk's result topic,
 those sent while it was away after it is back (its durable session); scans go out only while
-connected; `stop()` says offline.
+connected; `stop()` says offline. (1.1) The cloud's retained config and deny-list (QoS 1): a
+kiosk subscribing gets the newest one of each at once, on first connect and again after every
+reconnect (the kiosk calls `publish_online()` on every `LinkConnected`); one published while it is
+connected and subscribed arrives at once; one published while it is away waits in its durable
+session (the subscription survives the disconnect) and arrives after the return, followed by the
+newest retained again when the kiosk subscribes anew; a newer retained message replaces the older
+(never handed over again); an empty retained payload clears the topic (live subscribers receive
+the empty message; later subscribers nothing).
 
 Each `Harness` plays the broker and the cloud for one link: the fake's drives `FakeLink`
 directly; the real one puts a pullable TCP cable (tests/contract/cable.py) between the link and
@@ -34,7 +41,14 @@ from device.link import FakeLink, LinkConnected, LinkDisconnected, MessageReceiv
 from device.mqtt_link import MqttLink
 from protocol.codec import decode_status
 from protocol.mqtt_url import MqttEndpoint
-from protocol.topics import TopicKind, parse_topic, shared_subscription, topic_for
+from protocol.topics import (
+    TopicKind,
+    config_topic,
+    denylist_topic,
+    parse_topic,
+    shared_subscription,
+    topic_for,
+)
 from tests.contract.cable import Cable
 from tests.waiting import wait_until
 
@@ -42,6 +56,8 @@ PREFIX: Final = "festival"
 KIOSK_ID: Final = "bar-1"
 CLOUD_USER: Final = "cloud-consumer"
 RESULT_TOPIC: Final = topic_for(PREFIX, KIOSK_ID, TopicKind.RESULT)
+CONFIG_TOPIC: Final = config_topic(PREFIX, KIOSK_ID)
+DENYLIST_TOPIC: Final = denylist_topic(PREFIX)
 TIMEOUT_S: Final = 30.0  # paho's reconnect delay doubles while the cable is out (up to 30 s)
 QUEUED_MAX: Final = 100
 
@@ -89,6 +105,40 @@ class Harness:
         self.mend()
         return self.wait_event(lambda e: isinstance(e, LinkConnected), "reconnect", mark)
 
+    def come_back(self) -> int:
+        """Mend the cable and announce the kiosk again, as Kiosk does on every LinkConnected;
+        the index of the LinkConnected."""
+        back = self.mend_and_wait()
+        self.announce()
+        return back
+
+    def announce(self) -> None:
+        """`publish_online()`, and wait for its status at the cloud: the kiosk subscribes before
+        it publishes the status, on one connection, so the broker has the subscriptions then
+        (a `settle()` after this cannot overtake them)."""
+        seen = len(self.cloud_statuses())
+        self.link.publish_online()
+        wait_until(lambda: len(self.cloud_statuses()) > seen, TIMEOUT_S, what="online again")
+
+    def messages_on(self, topic: str, after: int = 0) -> list[bytes]:
+        """The payloads received on `topic`, from event `after` on, in order."""
+        return [
+            e.payload
+            for e in self.events()[after:]
+            if isinstance(e, MessageReceived) and e.topic == topic
+        ]
+
+    def wait_messages_on(self, topic: str, expected: list[bytes], after: int = 0) -> None:
+        """Wait until the payloads on `topic` from `after` on are `expected`, then that no
+        more arrive: a retained message sent twice is a failure, not a race won."""
+        wait_until(
+            lambda: len(self.messages_on(topic, after)) >= len(expected),
+            TIMEOUT_S,
+            what=f"{len(expected)} message(s) on {topic}",
+        )
+        self.settle()
+        assert self.messages_on(topic, after) == expected
+
     # --- what each harness provides ----------------------------------------------------------
 
     def start(self) -> None:
@@ -102,6 +152,14 @@ class Harness:
 
     def send_result(self, payload: bytes) -> None:
         raise NotImplementedError
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """The cloud publishes a retained QoS 1 message (config, deny-list) and has its PUBACK."""
+        raise NotImplementedError
+
+    def settle(self) -> None:
+        """Return once everything the broker had for the kiosk at the call has been handed
+        over (the fake: at once)."""
 
     def cloud_requests(self) -> list[bytes]:
         raise NotImplementedError
@@ -139,6 +197,9 @@ class FakeHarness(Harness):
 
     def send_result(self, payload: bytes) -> None:
         self.link.deliver(payload)
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        self.link.retain(topic, payload)
 
     def cloud_requests(self) -> list[bytes]:
         return list(self._requests)
@@ -189,6 +250,13 @@ class CloudSide:
     def publish_result(self, payload: bytes) -> None:
         self.client.publish(RESULT_TOPIC, payload, qos=1).wait_for_publish(TIMEOUT_S)
 
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        """With the cloud's credentials, as cloud/publisher.py does (the ACL lets only the
+        cloud publish configs and the deny-list)."""
+        info = self.client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(TIMEOUT_S)
+        assert info.is_published()
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -234,6 +302,17 @@ class RealHarness(Harness):
 
     def send_result(self, payload: bytes) -> None:
         self.cloud.publish_result(payload)
+
+    def publish_retained(self, topic: str, payload: bytes) -> None:
+        self.cloud.publish_retained(topic, payload)
+
+    def settle(self) -> None:
+        # A marker result published after everything else: the broker hands a session's
+        # messages over in order, so once it is in, nothing published before it is on the way.
+        marker = f"settle-{time.monotonic_ns()}".encode()
+        mark = len(self.events())
+        self.cloud.publish_result(marker)
+        self.wait_event(received(marker), "the settle marker", mark)
 
     def cloud_requests(self) -> list[bytes]:
         return self.cloud.received(TopicKind.TX)
@@ -358,6 +437,86 @@ class LinkContract:
         wait_until(
             lambda: harness.cloud_statuses()[-1] == "offline", TIMEOUT_S, what="offline status"
         )
+
+    # --- (1.1) the retained config and deny-list, cloud -> kiosk ---------------------------
+
+    def test_the_retained_config_and_denylist_arrive_on_connect(self, harness: Harness) -> None:
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v1")
+        harness.go_online()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1"])
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"])
+
+    def test_nothing_retained_for_another_kiosk_arrives(self, harness: Harness) -> None:
+        other = config_topic(PREFIX, "bar-2")
+        harness.publish_retained(other, b"config of bar-2")
+        harness.go_online()
+        harness.settle()
+        assert harness.messages_on(other) == []
+        assert harness.messages_on(CONFIG_TOPIC) == harness.messages_on(DENYLIST_TOPIC) == []
+
+    def test_a_retained_message_published_while_online_arrives_at_once(
+        self, harness: Harness
+    ) -> None:
+        harness.go_online()
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v1")
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1"])
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"])
+
+    def test_the_retained_messages_arrive_again_after_a_reconnect(self, harness: Harness) -> None:
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v1")
+        harness.go_online()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1"])
+        harness.cut_and_wait()
+        back = harness.come_back()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1"], after=back)
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"], after=back)
+
+    def test_the_newest_retained_message_replaces_the_older(self, harness: Harness) -> None:
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.publish_retained(CONFIG_TOPIC, b"config v2")
+        harness.go_online()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v2"])  # v1 is gone from the broker
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v1")
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v2")
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1", b"denylist v2"])  # live: both
+        harness.cut_and_wait()
+        back = harness.come_back()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v2"], after=back)
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v2"], after=back)
+
+    def test_retained_messages_published_while_away_arrive_after_the_return(
+        self, harness: Harness
+    ) -> None:
+        harness.go_online()
+        harness.cut_and_wait()
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.publish_retained(CONFIG_TOPIC, b"config v2")
+        harness.publish_retained(DENYLIST_TOPIC, b"denylist v1")
+        assert harness.messages_on(CONFIG_TOPIC) == []
+        back = harness.mend_and_wait()
+        # The durable session kept the subscriptions: both QoS 1 publishes were queued for the
+        # kiosk, in order, and come on the reconnect itself, before the kiosk subscribes anew.
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1", b"config v2"], after=back)
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"], after=back)
+        mark = len(harness.events())
+        harness.announce()  # the new subscription: the newest retained, once more
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v2"], after=mark)
+        harness.wait_messages_on(DENYLIST_TOPIC, [b"denylist v1"], after=mark)
+
+    def test_an_empty_retained_payload_clears_the_topic(self, harness: Harness) -> None:
+        harness.publish_retained(CONFIG_TOPIC, b"config v1")
+        harness.go_online()
+        harness.wait_messages_on(CONFIG_TOPIC, [b"config v1"])
+        mark = len(harness.events())
+        harness.publish_retained(CONFIG_TOPIC, b"")
+        harness.wait_messages_on(CONFIG_TOPIC, [b""], after=mark)  # live subscribers get it
+        harness.cut_and_wait()
+        back = harness.come_back()
+        harness.settle()
+        assert harness.messages_on(CONFIG_TOPIC, after=back) == []
 
 
 class TestFakeLink(LinkContract):

@@ -464,3 +464,97 @@ def test_online_a_card_on_the_denylist_still_goes_to_the_cloud(rig: Rig) -> None
     request = rig.sell({"items": [{"sku": "water", "quantity": 1}]})
     assert request["card_uid"] == UID
     assert rig.state()["screen"] == "approved"  # this stand-in cloud does not block it
+
+
+# --- replays and rollbacks (docs/security.md "The config and deny-list channel") --------------
+
+
+def _offline_tap(rig: Rig, card_uid: str) -> dict[str, Any]:
+    """A beer entered and paid with ``card_uid`` while the link is down: the state after."""
+    sales = rig.kiosk.sales_menu()
+    assert sales.menu is not None
+    draft = price_order(
+        sales.menu, {"items": [{"sku": "beer", "quantity": 1}]}, config_version=sales.config_version
+    )
+    rig._enter(draft)
+    rig.reader.tap(card_uid)
+    rig.kiosk.process_pending()
+    return rig.state()
+
+
+def test_a_denylist_rollback_never_unblocks_a_card(
+    tmp_path: Path, ledger: FakeLedger, kiosk_key: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A genuine, cloud-signed deny-list from before the card was blocked, replayed live, left
+    as the broker's retained copy while the kiosk is away (handed over twice on the return: the
+    durable session's copy and the new subscription's), and found there after a reboot: each
+    ignored as older, and the card is still refused offline."""
+    key = ledger.cloud_key
+    rig = make_rig(tmp_path, ledger, kiosk_key, connect=True)
+    rig.retain(CONFIG_TOPIC, config_message(key, version=2))  # with an offline policy
+    before_the_block = denylist_message(key, 4, [])
+    rig.retain(DENYLIST_TOPIC, before_the_block)
+    rig.retain(DENYLIST_TOPIC, denylist_message(key, 5, [BLOCKED]))
+    assert rig.kiosk.is_denied(BLOCKED)
+    with caplog.at_level(logging.INFO, logger="device.kiosk"):
+        rig.link.deliver(before_the_block, DENYLIST_TOPIC)
+        rig.kiosk.process_pending()
+        rig.link.disconnect()
+        rig.kiosk.process_pending()
+        rig.retain(DENYLIST_TOPIC, before_the_block)
+        rig.link.connect()
+        rig.kiosk.process_pending()
+    assert ignored_reasons(caplog) == ["version 4 is older than 5"] * 3
+    assert rig.kiosk.is_denied(BLOCKED) and rig.kiosk.denylist_version == 5
+    kept = rig.kiosk.outbox.cloud_message("denylist")
+    assert kept is not None and kept.version == 5
+    rig.link.disconnect()
+    rig.kiosk.process_pending()
+    state = _offline_tap(rig, BLOCKED)
+    assert (state["screen"], state["notice"]) == ("order_pending", "card blocked")
+    assert rig.kiosk.outbox.outstanding() == []
+    rig.kiosk.close()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="device.kiosk"):
+        again = make_rig(tmp_path, ledger, kiosk_key, connect=False)  # a reboot
+        again.link.retain(DENYLIST_TOPIC, before_the_block)  # what the broker holds
+        again.link.connect()
+        again.kiosk.process_pending()
+    try:
+        assert ignored_reasons(caplog) == ["version 4 is older than 5"]
+        assert again.kiosk.is_denied(BLOCKED) and again.state()["denylist"]["version"] == 5
+    finally:
+        again.kiosk.close()
+
+
+def test_an_older_config_replayed_after_a_reconnect_changes_no_price(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's retained config rolled back while the kiosk was away (a restored broker, or
+    an old signed message republished): both copies the return hands over are ignored."""
+    old = config_message(rig.ledger.cloud_key, version=3, items=repriced(300))
+    rig.retain(CONFIG_TOPIC, old)
+    rig.retain(CONFIG_TOPIC, config_message(rig.ledger.cloud_key, version=4, items=repriced(700)))
+    with caplog.at_level(logging.INFO, logger="device.kiosk"):
+        rig.link.disconnect()
+        rig.kiosk.process_pending()
+        rig.retain(CONFIG_TOPIC, old)
+        rig.link.connect()
+        rig.kiosk.process_pending()
+    assert ignored_reasons(caplog) == ["version 3 is older than 4"] * 2
+    assert rig.kiosk.config_version == 4
+    assert rig.sell({"items": [{"sku": "beer", "quantity": 1}]})["total_cents"] == 700
+
+
+def test_an_oversize_denylist_is_ignored_and_logged(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.retain(DENYLIST_TOPIC, denylist_message(rig.ledger.cloud_key, 2, [BLOCKED]))
+    with caplog.at_level(logging.INFO, logger="device.kiosk"):
+        rig.link.deliver(b"x" * (CONFIG_BYTES_MAX + 1), DENYLIST_TOPIC)
+        rig.kiosk.process_pending()
+    assert ignored_reasons(caplog) == [
+        f"INVALID_REQUEST: message larger than {CONFIG_BYTES_MAX} bytes"
+    ]
+    assert rig.kiosk.is_denied(BLOCKED) and rig.kiosk.denylist_version == 2

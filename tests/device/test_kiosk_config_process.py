@@ -201,3 +201,48 @@ def test_an_order_priced_from_a_menu_the_kiosk_no_longer_sells_from_is_refused(
     kiosk.wait_for(lambda s: s["screen"] == "approved", "the sale")
     wait_until(lambda: ledger.received_ids(), timeout_s=10, what="the request")
     assert ledger.requests[ledger.received_ids()[0]].config_version == 1
+
+
+def test_old_retained_messages_replayed_while_the_kiosk_was_away_are_ignored(
+    kiosk_broker: MosquittoBroker,
+    responder: MqttResponder,
+    ledger: FakeLedger,
+    make_kiosk: Callable[..., KioskProcess],
+) -> None:
+    """Genuine, cloud-signed but older messages put back as the retained copies while the kiosk
+    was down (a broker restored from an old backup, or a replay with the cloud's credentials):
+    the restarted kiosk gets each twice (its durable session's copy and its new subscription's),
+    ignores all four and logs why; the deny-list rollback, which would un-block a card, with
+    them."""
+    key = ledger.cloud_key
+    old_config = config_message(key, version=1, items=repriced(300))
+    old_denylist = denylist_message(key, 3, [])  # from before the card was blocked
+    publish_retained(kiosk_broker, CONFIG_TOPIC, old_config)
+    publish_retained(kiosk_broker, DENYLIST_TOPIC, old_denylist)
+    publish_retained(kiosk_broker, CONFIG_TOPIC, config_message(key, version=2))
+    publish_retained(kiosk_broker, DENYLIST_TOPIC, denylist_message(key, 4, [BLOCKED]))
+    kiosk = make_kiosk(kiosk_broker).start()
+    kiosk.wait_for(
+        lambda s: s["online"] and s["config"]["version"] == 2 and s["denylist"]["version"] == 4,
+        "the current config and deny-list",
+    )
+    assert kiosk.state()["counters"]["cloud_messages_ignored"] == 0
+    assert kiosk.stop() == 0
+
+    publish_retained(kiosk_broker, CONFIG_TOPIC, old_config)
+    publish_retained(kiosk_broker, DENYLIST_TOPIC, old_denylist)
+    kiosk.start()
+    state = kiosk.wait_for(
+        lambda s: s["online"] and s["counters"]["cloud_messages_ignored"] == 4,
+        "the four replayed copies to be ignored",
+    )
+    assert state["config"]["version"] == 2
+    assert state["denylist"] == {"version": 4, "cards": 1}
+    assert [line["reason"] for line in log_lines(kiosk, "config ignored")][-2:] == [
+        "version 1 is older than 2"
+    ] * 2
+    assert [line["reason"] for line in log_lines(kiosk, "denylist ignored")][-2:] == [
+        "version 3 is older than 4"
+    ] * 2
+    _, menu = kiosk.get("/api/menu")
+    assert {p["sku"]: p["unit_price_cents"] for p in menu["products"]}["beer"] == 600
