@@ -92,6 +92,9 @@ def seed_sales(
     | C     | bar-2       | 21:05  | 2 beer, then 1 more beer            | 1500  |
     | D     | bar-2       | 21:20  | 1 cup back only (not a sale)        | 0     |
     | E     | pos-till-1  | 22:30  | 1 "Nachos" at 6.00 (seed POS, no SKU)| 600  |
+
+    Each is made and applied at its time (created_at_ms and created_at), except B, stored as
+    before revision 0016 without created_at_ms: reported at its applied time.
     """
     for kiosk_id, role in (("bar-1", "bar"), ("bar-2", "bar"), ("checkpoint-1", "checkpoint")):
         ledger.add_kiosk(kiosk_id, PUBLIC_KEY, role)
@@ -116,15 +119,20 @@ def seed_sales(
     assert response.status_code == 200, response.text
     minutes["pos-nachos-1"] = 150
     moments = {request_id: evening + timedelta(minutes=m) for request_id, m in minutes.items()}
+    without_created_at_ms = next(request_id for request_id, m in minutes.items() if m == 50)
     with owner_engine.begin() as connection:
         for request_id, moment in moments.items():
-            # made and applied at that moment, as an online sale is
+            made_ms = None if request_id == without_created_at_ms else moment.timestamp() * 1000
             moved = connection.execute(
                 text(
                     "UPDATE bar_orders SET created_at = :at, created_at_ms = :at_ms"
                     " WHERE client_request_id = :id"
                 ),
-                {"at": moment, "at_ms": int(moment.timestamp() * 1000), "id": request_id},
+                {
+                    "at": moment,
+                    "at_ms": None if made_ms is None else int(made_ms),
+                    "id": request_id,
+                },
             )
             assert moved.rowcount == 1
     return moments
