@@ -280,9 +280,11 @@ def _targets(parser: argparse.ArgumentParser, *, roles: bool = True) -> None:
         group.add_argument(
             "--role",
             choices=["bar", "checkpoint", "all"],
-            help="every enabled kiosk registered with this role",
+            help="every kiosk registered with this role (disabled ones too)",
         )
-    group.add_argument("--all", action="store_true", help="every enabled kiosk")
+    group.add_argument(
+        "--all", action="store_true", help="every registered kiosk (disabled ones too)"
+    )
 
 
 def _add_config_verbs(verbs: Verbs) -> None:

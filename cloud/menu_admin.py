@@ -31,7 +31,7 @@ from cloud.ledger import Ledger
 from cloud.ledger_records import UNCHANGED, KioskRecord, Unchanged
 from cloud.limits import MENU_FILE_BYTES_MAX, PUBLISH_SESSION_TIMEOUT_S
 from cloud.settings import CloudSettings
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, quote
 from protocol.models import Menu, OfflinePolicy, parse_menu
 
 EXIT_INVALID = 1
@@ -199,25 +199,46 @@ def read_menu_file(path: Path) -> Menu:
 
 
 class TargetError(ValueError):
-    pass
+    """The targets name no kiosk, or kiosks that are not registered (``unknown``, sorted)."""
+
+    def __init__(self, message: str, unknown: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.unknown = sorted(unknown)
+
+
+def named_kiosks(
+    kiosks: Iterable[KioskRecord],
+    *,
+    kiosk_ids: Sequence[str] | None = None,
+    role: str | None = None,
+) -> list[str]:
+    """The kiosks a target names, sorted and unique: the one rule of `menu set|clear`,
+    `offline set|disable` and PUT /api/admin/menus (DESIGN.md `menu set`).
+
+    ``kiosk_ids`` (``--kiosk ID …``, `"kiosks"`): those, each registered; otherwise ``role``
+    (``--role R``, `"role"`): the kiosks registered with role R; neither (``--all``,
+    `"all": true`): every registered kiosk. Disabled kiosks are named too, in every form
+    (DESIGN.md: "registered", "every kiosk"); their configs are stored and published like any
+    other, though a disabled kiosk has no broker credentials to read them with. TargetError
+    when an id is not registered or nothing is named; the caller issues nothing then."""
+    registered = {kiosk.kiosk_id: kiosk for kiosk in kiosks}
+    if kiosk_ids is not None:
+        unknown = sorted(set(kiosk_ids) - registered.keys())
+        if unknown:
+            raise TargetError(f"no kiosk {', '.join(repr(k) for k in unknown)}", unknown)
+        return sorted(set(kiosk_ids))
+    chosen = sorted(k.kiosk_id for k in registered.values() if role is None or k.role == role)
+    if not chosen:
+        raise TargetError(
+            "no kiosk is registered" + ("" if role is None else f" with role {quote(role)}")
+        )
+    return chosen
 
 
 def resolve_targets(args: argparse.Namespace, kiosks: Sequence[KioskRecord]) -> list[str]:
-    """The kiosk ids named by ``--kiosk ID …`` (every one must be registered), ``--role R``
-    or ``--all`` (the enabled kiosks of that role / every enabled kiosk)."""
-    known = {kiosk.kiosk_id: kiosk for kiosk in kiosks}
-    if getattr(args, "kiosk", None):
-        unknown = [kiosk_id for kiosk_id in args.kiosk if kiosk_id not in known]
-        if unknown:
-            raise TargetError(f"no kiosk {', '.join(repr(k) for k in unknown)}")
-        return list(dict.fromkeys(args.kiosk))
-    role = getattr(args, "role", None)
-    chosen = [
-        kiosk.kiosk_id for kiosk in kiosks if kiosk.enabled and (role is None or kiosk.role == role)
-    ]
-    if not chosen:
-        raise TargetError(f"no enabled kiosk{f' with role {role}' if role else ''}")
-    return sorted(chosen)
+    """The kiosk ids named by ``--kiosk ID …``, ``--role R`` or ``--all`` (named_kiosks)."""
+    kiosk_ids = getattr(args, "kiosk", None)
+    return named_kiosks(kiosks, kiosk_ids=kiosk_ids or None, role=getattr(args, "role", None))
 
 
 # --- issuing and publishing -----------------------------------------------------------------

@@ -71,18 +71,21 @@ class SalesGroup(StrEnum):
     VAT = "vat"
 
 
-# The CSV columns of each grouping (DESIGN.md), then the decimal columns: `amount` (and `vat`),
-# amount_cents (vat_cents) as a decimal. A product is one row per SKU, name, unit price and VAT
-# rate: a price changed during the festival shows both prices. vat_cents is the VAT included in
-# the row's gross amount (empty where the menu carried no rate).
+# The CSV columns of each grouping: DESIGN.md's first, in its order (`sku,name,quantity,
+# amount_cents` / `kiosk_id,orders,amount_cents` / `hour,orders,amount_cents`), then this
+# project's extra columns, then the decimal columns: `amount` (and `vat`), amount_cents
+# (vat_cents) as a decimal. A product is one row per SKU, name, unit price and VAT rate (the
+# extras `unit_price_cents`, `vat_rate_bp`): a price changed during the festival shows both
+# prices. vat_cents is the VAT included in the row's gross amount (empty where the menu carried
+# no rate).
 SALES_COLUMNS: Mapping[SalesGroup, tuple[str, ...]] = {
     SalesGroup.PRODUCT: (
         "sku",
         "name",
-        "unit_price_cents",
-        "vat_rate_bp",
         "quantity",
         "amount_cents",
+        "unit_price_cents",
+        "vat_rate_bp",
         "vat_cents",
     ),
     SalesGroup.KIOSK: ("kiosk_id", "orders", "amount_cents"),
@@ -185,12 +188,30 @@ class SalesWindow:
 
 # --- the SQL -----------------------------------------------------------------------------------
 
-# The time a sale is reported under. DESIGN.md says the sale's `created_at_ms` (the kiosk's
-# clock when it made the request); the schema does not keep that field yet, so this is the
-# time the ledger applied the sale (bar_orders.created_at) - the same moment for an online sale,
-# later for one that waited in a kiosk's outbox. When bar_orders stores the request's time
-# (offline sales need it), this one expression changes and every grouping and from/to follow.
-SOLD_AT_SQL = "o.created_at"
+# The time a sale is reported under (DESIGN.md): the sale's `created_at_ms`, the kiosk's clock
+# when it made the request (bar_orders.created_at_ms, revision 0016; the server's clock for the
+# seed POS endpoint's orders), exactly, to the millisecond. Orders applied before revision 0016
+# have none: those fall back to the time the ledger applied them (bar_orders.created_at), the
+# same moment for an online sale. An offline sale drained hours later is reported when it was
+# made. Every grouping, from/to, the Z-report's bars and the staff report's orders follow it.
+SOLD_AT_SQL = (
+    "coalesce(timestamptz 'epoch' + o.created_at_ms * interval '1 millisecond', o.created_at)"
+)
+
+
+def _future_skew_s_max() -> int:
+    """The largest FESTIVAL_FUTURE_SKEW_S a deployment can set (cloud/settings.py's bound)."""
+    field = CloudSettings.model_fields["festival_future_skew_s"]
+    return max(int(bound.le) for bound in field.metadata if hasattr(bound, "le"))
+
+
+# How far a sale's time can be ahead of the time the ledger applied it: the consumer refuses a
+# request whose created_at_ms is more than FESTIVAL_FUTURE_SKEW_S ahead of its clock when it
+# receives it (STALE_REQUEST), and applies it after that, so created_at_ms <= created_at + the
+# skew; an hour more for the consumer's clock against the database's. The largest skew any
+# deployment may configure, so the bound holds whatever this one set (or set last year).
+_SOLD_AHEAD_OF_APPLIED = timedelta(seconds=_future_skew_s_max() + 3600)
+_SOLD_AHEAD_S = int(_SOLD_AHEAD_OF_APPLIED.total_seconds())
 
 # Every sales line in the window, then the voids subtracted (revision 0016): `voided_lines`
 # selects each line of a voided order (the voids table names the order) with its quantity and
@@ -356,10 +377,17 @@ def parse_day(value: str) -> datetime:
 
 
 def _window_sql(window: SalesWindow) -> tuple[str, dict[str, Any]]:
+    """The window on the sale's time (SOLD_AT_SQL). That expression is no index's: `from` also
+    bounds the applied time, `o.created_at >= from - _SOLD_AHEAD_OF_APPLIED`, which the BRIN
+    index on bar_orders.created_at (revision 0005) can answer, and which drops no sale of the
+    window (a sale is applied after it was made, give or take the future skew). `to` cannot bound
+    the applied time: an offline sale made before `to` may be drained any time after it."""
     conditions, params = [], {}
     if window.start is not None:
         conditions.append(f"AND {SOLD_AT_SQL} >= :window_start")
+        conditions.append("AND o.created_at >= :applied_from")
         params["window_start"] = window.start
+        params["applied_from"] = window.start - _SOLD_AHEAD_OF_APPLIED
     if window.end is not None:
         conditions.append(f"AND {SOLD_AT_SQL} < :window_end")
         params["window_end"] = window.end
@@ -370,8 +398,9 @@ def _sales_row(group: SalesGroup, row: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column in SALES_COLUMNS[group]:
         if column == "vat_cents":
-            rate = out["vat_rate_bp"]
-            out[column] = None if rate is None else vat_included_cents(out["amount_cents"], rate)
+            rate = row["vat_rate_bp"]
+            gross = int(row["amount_cents"])
+            out[column] = None if rate is None else vat_included_cents(gross, rate)
             continue
         value = row[column]
         if column in ("hour", "quarter_hour"):
@@ -980,6 +1009,9 @@ WITH logins_now AS (
       LEFT JOIN voids v ON v.order_id = o.order_id
      WHERE (CAST(:start AS timestamptz) IS NULL OR {SOLD_AT_SQL} >= :start)
        AND (CAST(:end AS timestamptz) IS NULL OR {SOLD_AT_SQL} < :end)
+       -- the applied time's bound of _window_sql, for the BRIN index on created_at
+       AND (CAST(:start AS timestamptz) IS NULL
+            OR o.created_at >= CAST(:start AS timestamptz) - interval '{_SOLD_AHEAD_S} seconds')
     UNION ALL
     SELECT v.staff_id, v.kiosk_id, 0, 0, 0, 0, 1, v.amount_cents, 0, 0, 0, 0, 0, 0
       FROM voids v

@@ -112,3 +112,68 @@ def test_the_payout_fee_is_read_and_bounded(monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.setenv("FESTIVAL_PAYOUT_FEE_CENTS", bad)
         with pytest.raises(ValueError, match="festival_payout_fee_cents"):
             CloudSettings()
+
+
+def test_festival_menu_grace_s_is_read_and_reaches_the_consumers_ledger(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """(1.1, DESIGN.md) FESTIVAL_MENU_GRACE_S from the environment is the grace period the
+    consumer's ledger checks prices with (cloud/consumer/main.py builds its Ledger with it)."""
+    import cloud.ledger
+    from cloud.consumer import main as consumer_main
+    from device.keys import save_private_key
+    from protocol.keys import generate_private_key
+    from protocol.limits import MENU_GRACE_S_DEFAULT
+
+    key_file = tmp_path / "cloud.pem"
+    save_private_key(generate_private_key(), key_file)  # mode 0600
+    monkeypatch.setenv("DATABASE_URL", "postgresql://festival@127.0.0.1:1/festival")
+    monkeypatch.setenv("MQTT_URL", "mqtt://cloud:pw@127.0.0.1:1")
+    monkeypatch.setenv("CLOUD_SIGNING_KEY_FILE", str(key_file))
+    monkeypatch.delenv("FESTIVAL_CARD_AUTH", raising=False)
+    monkeypatch.delenv("FESTIVAL_MENU_GRACE_S", raising=False)
+    assert load_settings().festival_menu_grace_s == MENU_GRACE_S_DEFAULT
+
+    class Built(Exception):
+        """Raised by the recording Ledger: the consumer stops before any connection."""
+
+    seen: dict[str, object] = {}
+
+    class RecordingLedger(cloud.ledger.Ledger):
+        def __init__(self, engine: object, **options: object) -> None:
+            seen.update(options)
+            raise Built
+
+    monkeypatch.setattr(cloud.ledger, "Ledger", RecordingLedger)
+    monkeypatch.setattr(consumer_main, "configure_logging", lambda: None)
+    for value, grace_s in (("45", 45), ("0", 0), ("1000000", 1_000_000)):
+        monkeypatch.setenv("FESTIVAL_MENU_GRACE_S", value)
+        settings = load_settings()
+        assert settings.festival_menu_grace_s == grace_s
+        seen.clear()
+        with pytest.raises(Built):
+            consumer_main.run(settings)
+        assert seen["menu_grace_s"] == grace_s
+    for bad in ("-1", "1000001", "2.5", "ten minutes", ""):
+        monkeypatch.setenv("FESTIVAL_MENU_GRACE_S", bad)
+        with pytest.raises(SettingsError, match="festival_menu_grace_s"):
+            load_settings()
+
+
+def test_the_consumer_refuses_a_bad_festival_menu_grace_s_in_one_line(tmp_path: Path) -> None:
+    """What an operator sees when `festival-cloud consumer` gets a bad grace period: exit 2, the
+    variable named, no traceback, before anything is connected."""
+    for bad, reason in (("-1", "greater than or equal to 0"), ("soon", "valid integer")):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FESTIVAL_MENU_GRACE_S": bad}
+        result = subprocess.run(
+            [sys.executable, "-m", "cloud.cli", "consumer"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("festival-cloud: configuration error"), result.stderr
+        assert "festival_menu_grace_s" in result.stderr and reason in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""

@@ -27,6 +27,7 @@ from cloud.api.limits import MENU_TARGET_KIOSKS_MAX
 from cloud.api.monitoring import json_response, require_admin
 from cloud.api.services import Services, services_of
 from cloud.ledger_records import KIOSK_ROLES
+from cloud.menu_admin import TargetError, named_kiosks
 from protocol.errors import ErrorCode, ProtocolError, json_type_name, quote
 from protocol.limits import (
     ITEM_NAME_LENGTH_MAX,
@@ -89,46 +90,47 @@ def _unknown_kiosk(message: str) -> ApiError:
 
 
 def _targets(document: dict[str, Any], services: Services) -> list[str]:
-    """The kiosks a request names, each registered (else 404), sorted and unique."""
+    """The kiosks a request names (cloud.menu_admin.named_kiosks, the rule `menu set` follows
+    too: disabled kiosks included), each registered (else 404), sorted and unique."""
     named = [field for field in TARGET_FIELDS if field in document]
     if len(named) != 1:
         raise _invalid('name the kiosks with exactly one of "kiosks", "role" or "all"', None)
     field = named[0]
     value = document[field]
+    kiosk_ids: list[str] | None = None
+    role: str | None = None
     if field == "all":
         if value is not True:
             raise _invalid(f"all must be true, got {quote(value)}", "all")
-        kiosks = services.queries.kiosk_ids()
-        if not kiosks:
-            raise _unknown_kiosk("no kiosk is registered")
-        return list(kiosks)
-    if field == "role":
+    elif field == "role":
         if type(value) is not str or value not in KIOSK_ROLES:
             raise _invalid(
                 f"role must be one of {', '.join(KIOSK_ROLES)}, got {quote(value)}", "role"
             )
-        kiosks = services.queries.kiosk_ids(value)
-        if not kiosks:
-            raise _unknown_kiosk(f"no kiosk is registered with role {quote(value)}")
-        return list(kiosks)
-    if type(value) is not list or not 1 <= len(value) <= MENU_TARGET_KIOSKS_MAX:
-        raise _invalid(
-            f"kiosks must be an array of 1..{MENU_TARGET_KIOSKS_MAX} kiosk ids, "
-            f"got {json_type_name(value) if type(value) is not list else len(value)}",
-            "kiosks",
-        )
-    for index, kiosk_id in enumerate(value):
-        if type(kiosk_id) is not str or not KIOSK_ID_PATTERN.match(kiosk_id):
+        role = value
+    else:
+        if type(value) is not list or not 1 <= len(value) <= MENU_TARGET_KIOSKS_MAX:
             raise _invalid(
-                f"kiosks[{index}] is not a kiosk id: {quote(kiosk_id)}", f"kiosks[{index}]"
+                f"kiosks must be an array of 1..{MENU_TARGET_KIOSKS_MAX} kiosk ids, "
+                f"got {json_type_name(value) if type(value) is not list else len(value)}",
+                "kiosks",
             )
-    if len(set(value)) != len(value):
-        raise _invalid("kiosks names a kiosk twice", "kiosks")
-    registered = set(services.queries.kiosk_ids())
-    unknown = sorted(set(value) - registered)
-    if unknown:
-        raise _unknown_kiosk(f"unknown kiosk {quote(unknown[0])}: nothing was issued")
-    return sorted(value)
+        for index, kiosk_id in enumerate(value):
+            if type(kiosk_id) is not str or not KIOSK_ID_PATTERN.match(kiosk_id):
+                raise _invalid(
+                    f"kiosks[{index}] is not a kiosk id: {quote(kiosk_id)}", f"kiosks[{index}]"
+                )
+        if len(set(value)) != len(value):
+            raise _invalid("kiosks names a kiosk twice", "kiosks")
+        kiosk_ids = value
+    try:
+        return named_kiosks(services.ledger.kiosks(), kiosk_ids=kiosk_ids, role=role)
+    except TargetError as error:
+        if error.unknown:
+            raise _unknown_kiosk(
+                f"unknown kiosk {quote(error.unknown[0])}: nothing was issued"
+            ) from None
+        raise _unknown_kiosk(str(error)) from None
 
 
 def _menu(value: object) -> Menu | None:

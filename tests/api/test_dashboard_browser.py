@@ -1,8 +1,9 @@
 """The live dashboard in headless Chromium (Debian's chromium + chromium-driver), with data:
 sales from several bars, top-ups, kiosks online and offline, declines; and (issue 13) the
 deployment's currency, sales per bar and per product, the uPlot sales-per-15-minutes chart, a card
-looked up, blocked and unblocked. Saves var/screenshots/dashboard.png, dashboard-reports.png,
-dashboard-card.png, dashboard-card-blocked.png (and topup.png) for a human to look at."""
+looked up, blocked and unblocked, a card's debt. Saves var/screenshots/dashboard.png,
+dashboard-reports.png, dashboard-card.png, dashboard-card-blocked.png, dashboard-card-debt.png
+(and topup.png) for a human to look at."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from cloud.api import create_app
 from cloud.ledger import Ledger
 from cloud.stripe_fake import FakeStripe, checkout_session_completed_event
 from protocol.keys import generate_private_key, public_key_b64
-from protocol.models import KioskStatus
+from protocol.models import KioskStatus, OfflinePolicy
 from tests.api.conftest import (
     ADMIN_TOKEN,
     LOOPBACK_PEER,
@@ -36,9 +37,11 @@ from tests.api.live import serve
 from tests.api.stripe_helpers import our_paid_session
 from tests.api.test_reports import CARD_A, seed_sales
 from tests.browser import headless_chromium, save_screenshot
+from tests.ledger.helpers import bar_order, recharge
 from tests.waiting import wait_until
 
 CARDS = ["04A1B2C3", "04B1B2C3", "04C1B2C3", "04D1B2C3D4E5F6"]
+DEBTOR = "04CC0003"  # owes what an offline sale did not find on it
 
 
 def seed_festival(client: TestClient, ledger: Ledger, post_event: PostEvent) -> None:
@@ -335,3 +338,26 @@ def test_dashboard_reports_chart_and_card_lookup_in_chromium(
         card = ledger.card(CARD_A)
         assert card is not None and card.status == "active"
         assert driver.find_element(By.ID, "card-balance").text == "CHF 33.50"
+
+        # (1.1) A card an offline sale left owing: the lookup shows its debt (and no balance).
+        policy = OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=10_000)
+        version = ledger.issue_kiosk_config("bar-1", offline=policy)
+        assert version is not None
+        ledger.mark_config_published("bar-1", version)
+        assert ledger.apply(recharge(DEBTOR, 300)).approved
+        sold = ledger.apply(
+            bar_order(DEBTOR, ("Beer", 2, 500), config_version=version, offline=True)
+        )
+        assert sold.approved and sold.debt_cents == 700, sold
+        uid_input.clear()
+        uid_input.send_keys(DEBTOR)
+        driver.find_element(By.CSS_SELECTOR, "#card-form button").click()
+        wait_until(
+            lambda: driver.find_element(By.ID, "card-result-uid").text == DEBTOR,
+            timeout_s=15,
+            what="the indebted card looked up",
+        )
+        assert driver.find_element(By.ID, "card-debt-row").is_displayed()
+        assert driver.find_element(By.ID, "card-debt").text == "CHF 7.00"
+        assert driver.find_element(By.ID, "card-balance").text == "CHF 0.00"
+        save_screenshot(driver, "dashboard-card-debt")

@@ -3,8 +3,9 @@ applied through the ledger: sales per product, kiosk and hour as CSV (parsed bac
 module), deposits and returns excluded, from/to, the decimal column; the liability, reconciled
 with `festival-cloud check`; the same from `festival-cloud report`.
 
-The ledger stamps an order with the time it applied it; the orders are then moved to a July
-evening (as the owner) so the hours are known."""
+The ledger stamps an order with the time it applied it (created_at) and the request's
+created_at_ms, the time a sale is reported at; the orders are then moved to a July evening (both
+times, as the owner) so the hours are known."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from cloud.ledger_records import LedgerRequest
 from cloud.reports import ReportError, decimal_amount, parse_moment, vat_included_cents
 from cloud.settings import CloudSettings
 from cloud.stripe_fake import FakeStripe
-from protocol.models import BarItem, Menu, MenuItem
+from protocol.models import BarItem, Menu, MenuItem, OfflinePolicy
 from tests.api.conftest import (
     LOOPBACK_PEER,
     POS_DEVICE_ID,
@@ -45,13 +46,14 @@ BEER = BarItem("Beer", 2, 500, sku="beer")
 WATER = BarItem("Water", 1, 250, sku="water")
 
 
+# DESIGN.md's `sku,name,quantity,amount_cents` first, in its order; this project's extras after.
 PRODUCT_HEADER = [
     "sku",
     "name",
-    "unit_price_cents",
-    "vat_rate_bp",
     "quantity",
     "amount_cents",
+    "unit_price_cents",
+    "vat_rate_bp",
     "vat_cents",
     "amount",
     "vat",
@@ -90,6 +92,9 @@ def seed_sales(
     | C     | bar-2       | 21:05  | 2 beer, then 1 more beer            | 1500  |
     | D     | bar-2       | 21:20  | 1 cup back only (not a sale)        | 0     |
     | E     | pos-till-1  | 22:30  | 1 "Nachos" at 6.00 (seed POS, no SKU)| 600  |
+
+    Each is made and applied at its time (created_at_ms and created_at), except B, stored as
+    before revision 0016 without created_at_ms: reported at its applied time.
     """
     for kiosk_id, role in (("bar-1", "bar"), ("bar-2", "bar"), ("checkpoint-1", "checkpoint")):
         ledger.add_kiosk(kiosk_id, PUBLIC_KEY, role)
@@ -114,11 +119,20 @@ def seed_sales(
     assert response.status_code == 200, response.text
     minutes["pos-nachos-1"] = 150
     moments = {request_id: evening + timedelta(minutes=m) for request_id, m in minutes.items()}
+    without_created_at_ms = next(request_id for request_id, m in minutes.items() if m == 50)
     with owner_engine.begin() as connection:
         for request_id, moment in moments.items():
+            made_ms = None if request_id == without_created_at_ms else moment.timestamp() * 1000
             moved = connection.execute(
-                text("UPDATE bar_orders SET created_at = :at WHERE client_request_id = :id"),
-                {"at": moment, "id": request_id},
+                text(
+                    "UPDATE bar_orders SET created_at = :at, created_at_ms = :at_ms"
+                    " WHERE client_request_id = :id"
+                ),
+                {
+                    "at": moment,
+                    "at_ms": None if made_ms is None else int(made_ms),
+                    "id": request_id,
+                },
             )
             assert moved.rowcount == 1
     return moments
@@ -143,10 +157,10 @@ def seeded(client: TestClient, ledger: Ledger, owner_engine: Engine) -> dict[str
 def test_sales_per_product_are_sales_lines_only(client: TestClient, seeded: object) -> None:
     assert get_csv(client, group="product") == [
         PRODUCT_HEADER,
-        ["beer", "Beer", "500", "", "5", "2500", "", "25.00", ""],
-        ["water", "Water", "250", "", "1", "250", "", "2.50", ""],
+        ["beer", "Beer", "5", "2500", "500", "", "", "25.00", ""],
+        ["water", "Water", "1", "250", "250", "", "", "2.50", ""],
         # the seed POS endpoint's lines carry no SKU
-        ["", "Nachos", "600", "", "1", "600", "", "6.00", ""],
+        ["", "Nachos", "1", "600", "600", "", "", "6.00", ""],
     ]
     response = client.get("/api/reports/sales.csv?group=product", headers=admin_headers())
     assert response.headers["content-disposition"] == (
@@ -207,6 +221,86 @@ def test_from_is_inclusive_to_exclusive_and_offsets_are_honoured(
         client, group="hour", **{"from": "2026-07-05T00:00:00Z", "to": "2026-07-04T00:00:00Z"}
     )
     assert empty == [["hour", "orders", "amount_cents", "amount"]]
+
+
+def test_every_grouping_begins_with_the_columns_of_design_md(
+    client: TestClient, seeded: object
+) -> None:
+    """DESIGN.md's header of each grouping, in its order; this project's extras after them."""
+    design = {
+        "product": ["sku", "name", "quantity", "amount_cents"],
+        "kiosk": ["kiosk_id", "orders", "amount_cents"],
+        "hour": ["hour", "orders", "amount_cents"],
+    }
+    for group, columns in design.items():
+        header = get_csv(client, group=group)[0]
+        assert header[: len(columns)] == columns, (group, header)
+
+
+def hour_of(moment: datetime) -> str:
+    return moment.replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:00:00Z")
+
+
+def test_an_offline_sale_is_reported_at_the_hour_it_was_made_not_when_it_was_drained(
+    client: TestClient, ledger: Ledger, owner_engine: Engine
+) -> None:
+    """DESIGN.md: the hour "of the sale's created_at_ms". An offline sale made two hours ago and
+    applied (drained) now is in its own hour, in every grouping by time and in from/to."""
+    ledger.add_kiosk("bar-1", PUBLIC_KEY, "bar")
+    ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint")
+    policy = OfflinePolicy(sale_max_cents=2_000, card_max_cents=5_000, kiosk_max_cents=10_000)
+    version = ledger.issue_kiosk_config("bar-1", offline=policy)
+    assert version is not None
+    ledger.mark_config_published("bar-1", version)
+    apply(ledger, recharge(CARD_A, TOPUP_CENTS))
+    now = datetime.now(UTC)
+    made = now - timedelta(hours=2)
+    offline_sale = bar_order(
+        CARD_A,
+        BEER,
+        kiosk_id="bar-1",
+        config_version=version,
+        offline=True,
+        created_at_ms=int(made.timestamp() * 1000),
+    )
+    drained_id = apply(ledger, offline_sale)
+    online_id = apply(
+        ledger,
+        bar_order(
+            CARD_A,
+            WATER,
+            kiosk_id="bar-1",
+            config_version=version,
+            created_at_ms=int(now.timestamp() * 1000),
+        ),
+    )
+    with owner_engine.connect() as connection:
+        applied_at = connection.execute(
+            text("SELECT created_at FROM bar_orders WHERE client_request_id = :id"),
+            {"id": drained_id},
+        ).scalar_one()
+    made_hour = made.replace(minute=0, second=0, microsecond=0)
+    assert applied_at >= made_hour + timedelta(hours=1)  # drained in a later hour
+    assert get_csv(client, group="hour")[1:] == [
+        [hour_of(made), "1", "1000", "10.00"],
+        [hour_of(now), "1", "250", "2.50"],
+    ]
+    quarters = client.get(
+        "/api/reports/sales", params={"group": "quarter_hour"}, headers=admin_headers()
+    ).json()["rows"]
+    assert [row["amount_cents"] for row in quarters] == [1000, 250]
+    assert quarters[0]["quarter_hour"] <= made.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # from/to are on the sale's time too.
+    boundary = (made_hour + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert get_csv(client, group="kiosk", to=boundary)[1:] == [["bar-1", "1", "1000", "10.00"]]
+    assert get_csv(client, group="kiosk", **{"from": boundary})[1:] == [
+        ["bar-1", "1", "250", "2.50"]
+    ]
+    staff = client.get(
+        "/api/reports/staff", params={"to": boundary}, headers=admin_headers()
+    ).json()
+    assert sum(row["orders"] for row in staff["rows"]) == 1, staff
+    assert online_id != drained_id
 
 
 def test_the_json_rows_and_total_for_the_dashboard(client: TestClient, seeded: object) -> None:
@@ -401,10 +495,10 @@ def test_a_price_change_shows_both_prices_with_their_vat_and_a_vat_summary(
     assert get_csv(client, group="product") == [
         PRODUCT_HEADER,
         # 1000 at 20 %: 166.67 -> 167; 617 at 20 %: 102.83 -> 103 (half away from zero)
-        ["beer", "Beer", "500", "2000", "2", "1000", "167", "10.00", "1.67"],
-        ["beer", "Beer", "617", "2000", "1", "617", "103", "6.17", "1.03"],
-        ["chips", "Chips", "300", "", "1", "300", "", "3.00", ""],
-        ["water", "Water", "250", "700", "1", "250", "16", "2.50", "0.16"],  # 16.36 -> 16
+        ["beer", "Beer", "2", "1000", "500", "2000", "167", "10.00", "1.67"],
+        ["beer", "Beer", "1", "617", "617", "2000", "103", "6.17", "1.03"],
+        ["chips", "Chips", "1", "300", "300", "", "", "3.00", ""],
+        ["water", "Water", "1", "250", "250", "700", "16", "2.50", "0.16"],  # 16.36 -> 16
     ]
     assert get_csv(client, group="vat") == [
         ["vat_rate_bp", "quantity", "amount_cents", "vat_cents", "amount", "vat"],
@@ -457,7 +551,7 @@ def test_cli_report_sales_prints_the_csv(
     assert products.returncode == 0, products.stderr
     assert parse_csv(products.stdout)[:2] == [
         PRODUCT_HEADER,
-        ["beer", "Beer", "500", "", "5", "2500", "", "25.00", ""],
+        ["beer", "Beer", "5", "2500", "500", "", "", "25.00", ""],
     ]
     hours = cli(
         database_url,
@@ -513,7 +607,7 @@ def test_the_sales_are_net_of_voids(
     voided = ledger.apply(void(order))
     assert voided.approved, voided
     assert get_csv(client, group="kiosk")[1] == ["bar-1", "2", "1250", "12.50"]
-    assert ["water", "Water", "250", "", "1", "250", "", "2.50", ""] in get_csv(
+    assert ["water", "Water", "1", "250", "250", "", "", "2.50", ""] in get_csv(
         client, group="product"
     )
     bars = {row["kiosk_id"]: row["sales_cents"] for row in ledger.sales_report()["bars"]}  # type: ignore[index]

@@ -258,6 +258,48 @@ def test_a_bad_menu_file_or_an_unknown_kiosk_issues_nothing(festival: Festival) 
     assert festival.cli("menu", "show", "bar-9", check=False).returncode == 1
 
 
+def test_role_and_all_name_every_registered_kiosk_disabled_ones_too(festival: Festival) -> None:
+    """DESIGN.md `menu set`: `--role R` is the kiosks registered with role R, `--all` every
+    kiosk; like PUT /api/admin/menus (tests/api/test_menus.py), disabled ones included."""
+    for kiosk_id, role in (("bar-1", "bar"), ("bar-2", "bar"), ("gate-b", "all")):
+        festival.add_kiosk(kiosk_id, role)
+    festival.add_kiosk("checkpoint-1", "checkpoint")
+    festival.cli("kiosk", "disable", "bar-2")
+    festival.cli("kiosk", "disable", "checkpoint-1")
+    menu_file = write_menu(festival.folder, MENU)
+
+    bars = festival.cli("menu", "set", str(menu_file), "--role", "bar")
+    assert bars.stdout.splitlines() == [
+        "config v2 published to bar-1",
+        "config v2 published to bar-2",
+    ], bars.stdout + bars.stderr
+    # The only kiosk of a role disabled: still named (not "no kiosk"), and only it.
+    checkpoints = festival.cli("menu", "set", str(menu_file), "--role", "checkpoint")
+    assert checkpoints.stdout.splitlines() == ["config v2 published to checkpoint-1"]
+    gates = festival.cli("menu", "clear", "--role", "all")  # role `all`, not every kiosk
+    assert gates.stdout.splitlines() == ["config v2 published to gate-b"]
+    everyone = festival.cli("offline", "disable", "--all")
+    assert everyone.stdout.splitlines() == [
+        "config v3 published to bar-1",
+        "config v3 published to bar-2",
+        "config v3 published to checkpoint-1",
+        "config v3 published to gate-b",
+    ], everyone.stdout + everyone.stderr
+    cleared = festival.cli("menu", "clear", "--all")
+    assert [line.split()[-1] for line in cleared.stdout.splitlines()] == [
+        "bar-1", "bar-2", "checkpoint-1", "gate-b",
+    ]  # fmt: skip
+    assert configs(festival, "bar-2") == [(version, True) for version in range(1, 5)]
+    assert configs(festival, "gate-b") == [(1, True), (2, True), (3, True), (4, True)]
+    ledger = festival.ledger()
+    try:
+        latest = ledger.latest_config("bar-2")
+        assert latest is not None
+        assert latest.document["menu"] is None and latest.document["offline"] is None
+    finally:
+        ledger.engine.dispose()
+
+
 def test_a_config_stored_while_the_broker_is_down_is_sent_by_the_consumer_versions_go_on(
     festival: Festival,
 ) -> None:

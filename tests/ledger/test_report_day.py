@@ -1,7 +1,8 @@
 """`festival-cloud report day --date D` (issue 17 section 4): the Z-report of a UTC day, per bar
 the orders and sales, per checkpoint the cash and card top-ups and the shift closes with their
-variance, against real PostgreSQL. The ledger stamps everything with the time it applied it; the
-rows are then moved (as the owner) to a July day and the evening before, so the day is known."""
+variance, against real PostgreSQL. The ledger stamps everything with the time it applied it (and
+a bar order with its request's created_at_ms, its sale's time); the rows are then moved (as the
+owner) to a July day and the evening before, so the day is known."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ DAY_START = datetime(2026, 7, 4, tzinfo=UTC)
 
 
 def _move(url: str, table: str, request_ids: list[str], moment: str) -> None:
+    # A bar order's sale time is its created_at_ms (cloud/reports.py SOLD_AT_SQL): moved too,
+    # as made and applied at that moment.
+    made = (
+        ", created_at_ms = (extract(epoch FROM CAST(:moment AS timestamptz)) * 1000)::bigint"
+        if table == "bar_orders"
+        else ""
+    )
     execute(
         url,
-        f"UPDATE {table} SET created_at = CAST(:moment AS timestamptz)"
+        f"UPDATE {table} SET created_at = CAST(:moment AS timestamptz){made}"
         " WHERE client_request_id = ANY(:ids)",
         moment=moment,
         ids=request_ids,
