@@ -6,8 +6,11 @@ add`; revision 1.1 - the shared POS_API_TOKEN grants nothing). The device is tre
 kiosk: the body becomes the protocol request a kiosk would sign, under the device's id and with
 the device's next seq; its role applies (OPERATION_NOT_ALLOWED, 403); its top-ups go to its own
 drawer (a `checkpoint_id` naming another one is INVALID_REQUEST, 400); both refusals are stored
-like a kiosk's rejections. It goes through the same ledger call, with the same limits and the
-same global idempotency: `client_request_id` is the protocol's `request_id`. Answers carry the
+like a kiosk's rejections. The database decides all of it (revision 0025): the request goes to
+sp_pos_handle_request with the bearer token as presented, which authenticates the device again
+and applies only the device's own request, through the same ledger handler as a kiosk's, with
+the same limits and the same global idempotency: `client_request_id` is the protocol's
+`request_id`. The API's database role cannot apply a request any other way. Answers carry the
 seed's fields; amounts are JSON numbers in euros with two decimals.
 """
 
