@@ -18,6 +18,8 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
+from sqlalchemy.exc import StatementError
+
 from cloud.database import (
     Connection,
     Engine,
@@ -55,6 +57,7 @@ from cloud.ledger_records import (
     outcome_from_document,
     request_document,
 )
+from cloud.pos_devices import claimed_device_id
 from protocol.errors import ErrorCode
 from protocol.limits import (
     BALANCE_CENTS_MAX_DEFAULT,
@@ -127,6 +130,15 @@ def _dead_letter_document(
 def _rows(connection: Connection, sql: str, **params: object) -> list[dict[str, object]]:
     result = connection.execute(text(sql), params)
     return [{key: _jsonable(value) for key, value in row.items()} for row in result.mappings()]
+
+
+def _hide_parameters(error: BaseException | None) -> None:
+    """Leave a statement's parameters out of this error's message and its causes' (SQLAlchemy
+    prints them otherwise)."""
+    while error is not None:
+        if isinstance(error, StatementError):
+            error.hide_parameters = True
+        error = error.__cause__
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -259,6 +271,32 @@ class Ledger:
             staff_required=self.staff_required,
         )
         return outcome_from_document(document)
+
+    def apply_pos(self, token: str | None, item: LedgerRequest) -> Outcome | None:
+        """Apply one request of a registered POS device in its own transaction
+        (sp_pos_handle_request, revision 0025: the API's role has no other way to the ledger's
+        requests). ``token`` is the device's bearer token as presented; the database hashes it
+        and finds the enabled device it belongs to, or answers None (the API's 401). The
+        request must be that device's own (its id, source http, a seq sp_pos_authenticate
+        gave it); a request type its role does not allow and a top-up into another drawer
+        come back as stored rejections, decided by the database."""
+        device_id = claimed_device_id(token)
+        try:
+            document = self._scalar(
+                "SELECT sp_pos_handle_request(:device_id, :token, CAST(:request AS jsonb),"
+                " :balance_max, :topup_max, :return_max, :menu_grace_s)",
+                device_id=device_id,
+                token=token if device_id is not None else None,
+                request=json.dumps(request_document(item), separators=(",", ":")),
+                balance_max=self.max_balance_cents,
+                topup_max=self.max_topup_cents,
+                return_max=self.return_cents_max,
+                menu_grace_s=self.menu_grace_s,
+            )
+        except Exception as error:
+            _hide_parameters(error)  # the token is a parameter: never in a logged traceback
+            raise
+        return None if document is None else outcome_from_document(document)
 
     def apply_batch(self, items: Sequence[LedgerRequest]) -> list[Outcome]:
         """Apply many requests in one transaction and one round trip; outcomes in input order."""

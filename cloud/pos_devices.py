@@ -8,8 +8,11 @@ is the right one (nobody can search 2^256 tokens, and a slow hash would cost eve
 key derivation); the device id in it lets the database find the one row to compare with, and the
 comparison reads every byte of the digests (ledger_digests_equal).
 
-`PosDevices(engine)` is the database adapter (the API authenticates with it, the CLI registers);
-the `pos_*` functions are the `festival-cloud pos` verbs.
+`PosDevices(engine)` is the database adapter (the API authenticates and applies its requests with
+it, the CLI registers); the `pos_*` functions are the `festival-cloud pos` verbs. The API's role
+(festival_api) reaches the ledger's requests only through sp_pos_handle_request (revision 0025),
+which takes the bearer token itself, hashes it as token_sha256 does and checks the device, its
+role and its drawer: without a device's token that role applies nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cloud.database import (
     Engine,
@@ -33,6 +36,9 @@ from cloud.database import (
 )
 from cloud.limits import POS_TOKEN_LENGTH_MAX
 from protocol.limits import KIOSK_ID_PATTERN, KIOSK_IDS_RESERVED
+
+if TYPE_CHECKING:
+    from cloud.ledger_records import LedgerRequest, Outcome
 
 POS_ROLES: Final = ("bar", "checkpoint", "all")
 # Ids the ledger used before 1.1 for the shared-token point of sale: never a device's.
@@ -107,6 +113,32 @@ class PosDevices:
             role=str(document["role"]),
             seq=int(document["seq"]),
         )
+
+    def apply(
+        self,
+        token: str | None,
+        item: LedgerRequest,
+        *,
+        balance_cents_max: int,
+        topup_cents_max: int,
+        return_cents_max: int,
+        menu_grace_s: int,
+    ) -> Outcome | None:
+        """Apply one request of the device this bearer token belongs to (sp_pos_handle_request,
+        revision 0025): None when the token is not an enabled device's (any more), else the
+        outcome - a stored OPERATION_NOT_ALLOWED or INVALID_REQUEST rejection when the device's
+        role or drawer does not allow the request, which the database decides itself. The
+        request must be the device's (its id, source http, its seq from authenticate)."""
+        from cloud.ledger import Ledger
+
+        ledger = Ledger(
+            self._engine,
+            max_balance_cents=balance_cents_max,
+            max_topup_cents=topup_cents_max,
+            return_cents_max=return_cents_max,
+            menu_grace_s=menu_grace_s,
+        )
+        return ledger.apply_pos(token, item)
 
     def add(self, device_id: str, role: str) -> tuple[dict[str, Any], str]:
         """Register (or re-register with a fresh token) a device; returns its row and token."""

@@ -6,8 +6,11 @@ add`; revision 1.1 - the shared POS_API_TOKEN grants nothing). The device is tre
 kiosk: the body becomes the protocol request a kiosk would sign, under the device's id and with
 the device's next seq; its role applies (OPERATION_NOT_ALLOWED, 403); its top-ups go to its own
 drawer (a `checkpoint_id` naming another one is INVALID_REQUEST, 400); both refusals are stored
-like a kiosk's rejections. It goes through the same ledger call, with the same limits and the
-same global idempotency: `client_request_id` is the protocol's `request_id`. Answers carry the
+like a kiosk's rejections. The database decides all of it (revision 0025): the request goes to
+sp_pos_handle_request with the bearer token as presented, which authenticates the device again
+and applies only the device's own request, through the same ledger handler as a kiosk's, with
+the same limits and the same global idempotency: `client_request_id` is the protocol's
+`request_id`. The API's database role cannot apply a request any other way. Answers carry the
 seed's fields; amounts are JSON numbers in euros with two decimals.
 """
 
@@ -40,9 +43,8 @@ from cloud.api.seed_requests import (
 from cloud.api.services import services_of
 from cloud.database import TransientDatabaseError
 from cloud.logs import bind
-from cloud.pos_devices import AuthenticatedDevice, claimed_device_id
-from protocol.errors import ErrorCode, ProtocolError
-from protocol.models import CheckpointRecharge
+from cloud.pos_devices import claimed_device_id
+from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
     from cloud.ledger_records import Outcome
@@ -199,16 +201,7 @@ async def _process(request: Request, kind: str) -> Response:
             headers={"Retry-After": "1"},
         )
 
-    try:
-        # Every request asks the database, whatever its token: a database that is away is 503
-        # for everyone (never a 401 a device would take as final), and a disable committed
-        # before this runs refuses this very request.
-        device = await services.ledger_call(
-            "pos_authenticate", services.pos_devices.authenticate, presented_token(request)
-        )
-    except TransientDatabaseError:
-        return database_unavailable()
-    if device is None:
+    def unauthorized() -> Response:
         # The id the token claims is no secret; the token itself is never logged.
         log.warning(
             "pos request refused: missing, unknown or disabled device token",
@@ -220,6 +213,18 @@ async def _process(request: Request, kind: str) -> Response:
             "missing, unknown or disabled POS device token",
             headers={"WWW-Authenticate": 'Bearer realm="festival-pos"'},
         )
+
+    try:
+        # Every request asks the database, whatever its token: a database that is away is 503
+        # for everyone (never a 401 a device would take as final), and a disable committed
+        # before this runs refuses this very request.
+        device = await services.ledger_call(
+            "pos_authenticate", services.pos_devices.authenticate, presented_token(request)
+        )
+    except TransientDatabaseError:
+        return database_unavailable()
+    if device is None:
+        return unauthorized()
     if not is_json(request.headers.get("content-type")):
         return refuse(415, UNSUPPORTED_MEDIA_TYPE, "send application/json")
     body = await request.body()
@@ -239,54 +244,26 @@ async def _process(request: Request, kind: str) -> Response:
             return refuse(400, error.code.value, error.message)
         with bind(card_uid=parsed.request.card_uid, client_request_id=parsed.request.request_id):
             try:
-                outcome = await _decide(services, request, kind, device, parsed)
+                outcome = await _decide(services, request, kind, parsed)
             except TransientDatabaseError:
                 return database_unavailable()
+            if outcome is None:
+                return unauthorized()
             return _outcome_answer(request, started_s, kind, outcome, metrics)
 
 
-def _refusal(device: AuthenticatedDevice, request: Any) -> tuple[ErrorCode, str] | None:
-    """Why this device may not send this request (like a kiosk's role and checkpoint), if so."""
-    if not device.may_send(request.type):
-        return (
-            ErrorCode.OPERATION_NOT_ALLOWED,
-            f"POS device {device.device_id} has role {device.role}: no {request.type}",
-        )
-    if isinstance(request, CheckpointRecharge) and (
-        request.effective_checkpoint_id != device.device_id
-    ):
-        return (
-            ErrorCode.INVALID_REQUEST,
-            f"checkpoint_id must be this device's own drawer {device.device_id!r}",
-        )
-    return None
+async def _decide(services: Any, request: Request, kind: str, parsed: Any) -> Outcome | None:
+    """The ledger's outcome of this device's request, or None when its token no longer
+    authenticates (disabled meanwhile: 401).
 
-
-async def _decide(
-    services: Any, request: Request, kind: str, device: AuthenticatedDevice, parsed: Any
-) -> Outcome:
+    The database decides (sp_pos_handle_request, revision 0025): it checks the token again,
+    that the request is the device's own, the device's role (OPERATION_NOT_ALLOWED, 403) and
+    its drawer (a top-up naming another checkpoint is INVALID_REQUEST, 400) - both stored under
+    the request id like a kiosk's rejections - and applies the rest with the same limits and
+    the same global idempotency as a kiosk's request. The API's role cannot apply a request
+    any other way."""
     from cloud.ledger_records import LedgerRequest
 
-    refusal = _refusal(device, parsed.request)
-    if refusal is not None:
-        code, message = refusal
-        log.info("pos request refused", extra={"context": {"error_code": code.value}})
-        # Stored forever under its request id, like a kiosk's rejected request.
-        rejection: Outcome = await services.ledger_call(
-            "record_rejection",
-            services.ledger.record_rejection,
-            request_id=parsed.request.request_id,
-            kiosk_id=device.device_id,
-            seq=device.seq,
-            card_uid=parsed.request.card_uid,
-            payload_sha256=parsed.payload_sha256,
-            error_code=code,
-            message=message,
-            source="http",
-            kind=kind,
-            trace_id=request_id_of(request),
-        )
-        return rejection
     item = LedgerRequest(
         request=parsed.request,
         payload_sha256=parsed.payload_sha256,
@@ -296,7 +273,17 @@ async def _decide(
         # them CARD_NOT_GENUINE (HTTP 403), stored under the request id like any decline
         sun_failure="missing" if services.settings.sun_mode else None,
     )
-    outcome: Outcome = await services.ledger_call(kind, services.ledger.apply, item)
+    settings = services.settings
+    outcome: Outcome | None = await services.ledger_call(
+        kind,
+        services.pos_devices.apply,
+        presented_token(request),
+        item,
+        balance_cents_max=settings.festival_max_balance_cents,
+        topup_cents_max=settings.festival_max_topup_cents,
+        return_cents_max=settings.festival_return_max_cents,
+        menu_grace_s=settings.festival_menu_grace_s,
+    )
     return outcome
 
 

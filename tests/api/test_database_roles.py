@@ -1,6 +1,9 @@
 """Least privilege per process (issue 11 item 11): one database role served both the
 internet-facing API and the consumer, so a compromised API process could apply kiosk requests
-in bulk or register kiosks. The API now connects as festival_api, which cannot."""
+in bulk or register kiosks. The API now connects as festival_api, which cannot - neither in bulk
+nor one by one (revision 0025: no sp_handle_request, no seed procedures, no rejections of its
+own); its POS endpoints reach the ledger only through sp_pos_handle_request, which needs a
+registered, enabled device's token and keeps the request to that device's role and drawer."""
 
 from __future__ import annotations
 
@@ -10,32 +13,39 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from cloud.api.app import warn_about_database_privileges
 from cloud.ledger import Ledger
 from protocol.keys import generate_private_key, public_key_b64
-from tests.api.conftest import admin_headers, pos_headers, scalar
+from tests.api.conftest import (
+    POS_DEVICE_ID,
+    POS_TOKEN,
+    add_pos_device,
+    admin_headers,
+    pos_headers,
+    scalar,
+)
 
 INSUFFICIENT_PRIVILEGE = "42501"
+INVALID_PARAMETER_VALUE = "22023"
 KEY = public_key_b64(generate_private_key())
-BATCH = json.dumps(
-    [
-        {
-            "type": "checkpoint_recharge",
-            "request_id": "bulk-1",
-            "payload_sha256": "00" * 32,
-            "kiosk_id": "checkpoint-1",
-            "seq": 1,
-            "card_uid": "04A1B2C3",
-            "source": "mqtt",
-            "amount_cents": 100_000,
-            "payment_method": "cash",
-            "staff_id": "mallory",
-            "checkpoint_id": "checkpoint-1",
-        }
-    ]
-)
+TOPUP = {
+    "type": "checkpoint_recharge",
+    "request_id": "bulk-1",
+    "payload_sha256": "00" * 32,
+    "kiosk_id": "checkpoint-1",
+    "seq": 1,
+    "card_uid": "04A1B2C3",
+    "source": "mqtt",
+    "amount_cents": 100_000,
+    "payment_method": "cash",
+    "staff_id": "mallory",
+    "checkpoint_id": "checkpoint-1",
+}
+BATCH = json.dumps([TOPUP])
+ONE_TOPUP = json.dumps({**TOPUP, "request_id": "single-1", "amount_cents": 50_000})
+ITEMS = json.dumps([{"name": "Beer", "quantity": -99, "unit_price_cents": 200}])
 # What a compromised API process would try; every one must be refused by the database.
 FORBIDDEN = [
     ("SELECT sp_process_batch(CAST(:batch AS jsonb), 150000, 100000)", {"batch": BATCH}),
@@ -60,6 +70,25 @@ FORBIDDEN = [
     ("SELECT payload FROM stripe_events", {}),
     ("SELECT password_hash FROM kiosk_mqtt_credentials", {}),
     ("SELECT sp_set_kiosk_mqtt_password('bar-1', '{}'::jsonb)", {}),
+    # (revision 0025) one by one: the wire form, the seed's procedures, a rejection of its own
+    ("SELECT sp_handle_request(CAST(:request AS jsonb))", {"request": ONE_TOPUP}),
+    (
+        "SELECT sp_process_checkpoint_recharge(p_request_id => 'seed-1', p_card_uid => '04A1B2C3',"
+        " p_amount_cents => 50000, p_payment_method => 'cash', p_staff_id => 'mallory',"
+        " p_payload_sha256 => :sha, p_kiosk_id => 'checkpoint-1', p_seq => 1,"
+        " p_checkpoint_id => 'checkpoint-2', p_source => 'mqtt')",
+        {"sha": "00" * 32},
+    ),
+    (
+        "SELECT sp_process_bar_order(p_request_id => 'seed-2', p_card_uid => '04A1B2C3',"
+        " p_items => CAST(:items AS jsonb), p_total_cents => -19800, p_payload_sha256 => :sha,"
+        " p_kiosk_id => 'bar-1', p_seq => 1, p_staff_id => 'mallory', p_source => 'mqtt')",
+        {"items": ITEMS, "sha": "00" * 32},
+    ),
+    (
+        "SELECT sp_record_rejection('r-1', 'bar-1', 1000000, NULL, :sha, 'INVALID_REQUEST', 'x')",
+        {"sha": "00" * 32},
+    ),
 ]
 
 
@@ -139,3 +168,128 @@ def test_an_api_connected_with_too_much_power_says_so(
         warn_about_database_privileges(engine)
     assert "festival_service" in caplog.text and "sp_process_batch" in caplog.text
     assert "connect it as festival_api" in caplog.text
+
+
+# --- revision 0025: sp_pos_handle_request, the API's only way to the ledger's requests ---------
+
+POS_CALL = (
+    "SELECT sp_pos_handle_request(:device_id, :token, CAST(:request AS jsonb), 150000, 100000)"
+)
+
+
+def _pos_topup(device_id: str, given_seq: int, **fields: object) -> str:
+    return json.dumps(
+        {
+            **TOPUP,
+            "request_id": f"pos-{device_id}-{given_seq}-{len(fields)}",
+            "kiosk_id": device_id,
+            "seq": given_seq,
+            "source": "http",
+            "amount_cents": 2_000,
+            "checkpoint_id": device_id,
+            **fields,
+        }
+    )
+
+
+def _pos(api_engine: Engine, device_id: str, token: str, request: str) -> dict[str, object] | None:
+    with api_engine.begin() as connection:
+        answer: dict[str, object] | None = connection.execute(
+            text(POS_CALL), {"device_id": device_id, "token": token, "request": request}
+        ).scalar_one()
+    return answer
+
+
+def _seq(api_engine: Engine, token: str) -> int:
+    """The device's next seq, as the API gets it (sp_pos_authenticate)."""
+    from cloud.pos_devices import PosDevices
+
+    device = PosDevices(api_engine).authenticate(token)
+    assert device is not None
+    return device.seq
+
+
+def test_the_new_entry_point_applies_a_registered_devices_own_request(
+    api_engine: Engine, owner_engine: Engine
+) -> None:
+    seq = _seq(api_engine, POS_TOKEN)
+    outcome = _pos(api_engine, POS_DEVICE_ID, POS_TOKEN, _pos_topup(POS_DEVICE_ID, seq))
+    assert outcome is not None and outcome["status"] == "approved", outcome
+    assert scalar(owner_engine, "SELECT balance_cents FROM cards") == 2_000
+    assert scalar(owner_engine, "SELECT checkpoint_id FROM recharges") == POS_DEVICE_ID
+
+
+def test_the_new_entry_point_needs_an_enabled_devices_own_token(
+    api_engine: Engine, owner_engine: Engine
+) -> None:
+    other_token = add_pos_device(owner_engine, "pos-till-2", "all")
+    seq = _seq(api_engine, POS_TOKEN)
+    request = _pos_topup(POS_DEVICE_ID, seq)
+    wrong = POS_TOKEN[:-1] + ("x" if POS_TOKEN[-1] != "x" else "y")
+    # a wrong token, no token, another device's token for this device's id: nothing applied
+    assert _pos(api_engine, POS_DEVICE_ID, wrong, request) is None
+    assert _pos(api_engine, POS_DEVICE_ID, "", request) is None
+    assert _pos(api_engine, POS_DEVICE_ID, other_token, request) is None
+    assert _pos(api_engine, "pos-till-2", POS_TOKEN, request) is None
+    # the stored digest is no credential: the database hashes what it is given
+    with owner_engine.connect() as connection:
+        digest = connection.execute(
+            text("SELECT encode(token_sha256, 'hex') FROM pos_devices WHERE device_id = :d"),
+            {"d": POS_DEVICE_ID},
+        ).scalar_one()
+    assert _pos(api_engine, POS_DEVICE_ID, digest, request) is None
+    # a disabled device's token
+    with owner_engine.begin() as connection:
+        connection.execute(text("SELECT sp_disable_pos_device(:d)"), {"d": POS_DEVICE_ID})
+    assert _pos(api_engine, POS_DEVICE_ID, POS_TOKEN, request) is None
+    assert scalar(owner_engine, "SELECT count(*) FROM processed_requests") == 0
+    assert scalar(owner_engine, "SELECT count(*) FROM cards") == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"kiosk_id": "checkpoint-1"},  # as a kiosk
+        {"kiosk_id": "pos-till-2"},  # as another device
+        {"source": "mqtt"},
+        {"seq": 10_000},  # a seq the device was never given
+        {"seq": None},
+        {"offline": True},
+        {"sun_counter": 7},
+        {"sun_failure": None, "sun_counter": 1},
+        {"type": "card_swap", "old_card_uid": "04A1B2C4"},
+    ],
+    ids=repr,
+)
+def test_the_new_entry_point_refuses_what_is_not_the_devices_own_request(
+    api_engine: Engine, owner_engine: Engine, fields: dict[str, object]
+) -> None:
+    add_pos_device(owner_engine, "pos-till-2", "all")
+    seq = _seq(api_engine, POS_TOKEN)
+    with pytest.raises(DBAPIError) as refused:
+        _pos(api_engine, POS_DEVICE_ID, POS_TOKEN, _pos_topup(POS_DEVICE_ID, seq, **fields))
+    assert refused.value.orig is not None
+    assert refused.value.orig.pgcode == INVALID_PARAMETER_VALUE, refused.value  # type: ignore[attr-defined]
+    assert scalar(owner_engine, "SELECT count(*) FROM processed_requests") == 0
+
+
+def test_the_new_entry_point_keeps_a_device_to_its_role_and_its_drawer(
+    api_engine: Engine, owner_engine: Engine
+) -> None:
+    bar_token = add_pos_device(owner_engine, "pos-bar-1", "bar")
+    seq = _seq(api_engine, POS_TOKEN)
+    foreign = _pos(
+        api_engine, POS_DEVICE_ID, POS_TOKEN, _pos_topup(POS_DEVICE_ID, seq, checkpoint_id="x")
+    )
+    assert foreign is not None
+    assert (foreign["status"], foreign["error_code"]) == ("rejected", "INVALID_REQUEST")
+    assert foreign["message"] == "checkpoint_id must be this device's own drawer 'pos-till-1'"
+    bar_seq = _seq(api_engine, bar_token)
+    topup = _pos(api_engine, "pos-bar-1", bar_token, _pos_topup("pos-bar-1", bar_seq))
+    assert topup is not None
+    assert (topup["status"], topup["error_code"]) == ("rejected", "OPERATION_NOT_ALLOWED")
+    assert topup["message"] == "POS device pos-bar-1 has role bar: no checkpoint_recharge"
+    # stored like a kiosk's rejections, nothing booked
+    assert scalar(owner_engine, "SELECT count(*) FROM processed_requests") == 2
+    assert scalar(owner_engine, "SELECT count(*) FROM recharges") == 0
+    assert scalar(owner_engine, "SELECT count(*) FROM cards") == 0

@@ -7,7 +7,7 @@ import pytest
 from cloud.ledger import Ledger
 from protocol.errors import ErrorCode, Status
 from protocol.models import BarItem
-from tests.ledger.helpers import bar_order, recharge, same_id_other_payload
+from tests.ledger.helpers import PUBLIC_KEY, bar_order, recharge, same_id_other_payload
 
 CARD = "04A1B2C3"
 
@@ -154,6 +154,8 @@ def test_request_ids_are_one_namespace_across_types_and_sources(ledger: Ledger) 
 def test_cash_and_card_topups_post_to_their_checkpoint_accounts(ledger: Ledger) -> None:
     ledger.apply(recharge(CARD, 1_000, method="cash", kiosk_id="checkpoint-1"))
     ledger.apply(recharge(CARD, 2_000, method="card", kiosk_id="checkpoint-1"))
+    # (revision 0025) a kiosk books into the drawer of the checkpoint it is registered for
+    ledger.add_kiosk("checkpoint-2", PUBLIC_KEY, "checkpoint", checkpoint_id="gate-a")
     ledger.apply(
         recharge(CARD, 4_000, method="cash", kiosk_id="checkpoint-2", checkpoint_id="gate-a")
     )

@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 import cloud.limits
 from cloud import ledger as cloud_ledger
 from cloud.ledger_records import request_document
+from cloud.pos_devices import token_sha256
 from protocol import limits as protocol_limits
 from protocol.errors import ErrorCode
 from tests.ledger.helpers import execute, recharge, scalar
@@ -109,6 +110,7 @@ def test_every_limit_parameter_defaults_to_ledger_limit(database_url: str) -> No
     assert {name for name, _, _ in defaults} >= {
         "sp_process_batch",
         "sp_handle_request",
+        "sp_pos_handle_request",
         "sp_process_bar_order",
         "sp_process_checkpoint_recharge",
         "sp_process_stripe_recharge",
@@ -128,38 +130,51 @@ def test_every_limit_parameter_defaults_to_ledger_limit(database_url: str) -> No
     )
     assert graces == [
         ("sp_handle_request", "ledger_limit('menu_grace_s'::text)"),
+        ("sp_pos_handle_request", "ledger_limit('menu_grace_s'::text)"),
         ("sp_process_batch", "ledger_limit('menu_grace_s'::text)"),
     ]
 
 
 @pytest.mark.parametrize("role", ["service", "api"])
 def test_the_defaults_work_for_the_services_and_are_the_protocol_defaults(
-    role: str, service_database_url: str, api_database_url: str
+    role: str, database_url: str, service_database_url: str, api_database_url: str
 ) -> None:
-    """The defaults are evaluated in the caller's name: both services may call ledger_limit."""
+    """The defaults are evaluated in the caller's name: both services may call ledger_limit.
+    (Revision 0025: the API's role reaches the ledger as a registered POS device only.)"""
     url = service_database_url if role == "service" else api_database_url
     top = protocol_limits.TOPUP_CENTS_MAX_DEFAULT
     full = protocol_limits.BALANCE_CENTS_MAX_DEFAULT
     card = "04D5D5D5"
+    device, token = "pos-limits-1", "pos-limits-1.a-token-for-this-test-only-0123456789abcd"
+    scalar(
+        database_url,
+        "SELECT sp_add_pos_device(:device, 'checkpoint', :digest)",
+        device=device,
+        digest=token_sha256(token),
+    )
     outcomes = []
     for amount in (top, full - top, 1):
-        document = request_document(recharge(card, amount))
         if role == "service":
+            document = request_document(recharge(card, amount))
             sql = "SELECT sp_process_batch(CAST(:requests AS jsonb)) -> 0"
             outcomes.append(scalar(url, sql, requests=json.dumps([document])))
         else:
+            seq = scalar(
+                url,
+                "SELECT (sp_pos_authenticate(:device, :digest) ->> 'seq')::bigint",
+                device=device,
+                digest=token_sha256(token),
+            )
+            document = request_document(
+                recharge(card, amount, kiosk_id=device, seq=seq, source="http")
+            )
             outcomes.append(
                 scalar(
                     url,
-                    "SELECT sp_process_checkpoint_recharge(p_request_id => :request_id,"
-                    " p_card_uid => :card_uid, p_amount_cents => :amount_cents,"
-                    " p_payment_method => :payment_method, p_staff_id => :staff_id,"
-                    " p_payload_sha256 => :payload_sha256, p_kiosk_id => :kiosk_id)",
-                    **{key: document[key] for key in ("request_id", "card_uid", "amount_cents")},
-                    payment_method=document["payment_method"],
-                    staff_id=document["staff_id"],
-                    payload_sha256=document["payload_sha256"],
-                    kiosk_id=document["kiosk_id"],
+                    "SELECT sp_pos_handle_request(:device, :token, CAST(:request AS jsonb))",
+                    device=device,
+                    token=token,
+                    request=json.dumps(document),
                 )
             )
     assert [o["status"] for o in outcomes] == ["approved", "approved", "declined"]

@@ -13,7 +13,7 @@ from sqlalchemy import exc as sa_exc
 from cloud.ledger import Ledger
 from cloud.ledger_records import LedgerRequest, request_document
 from protocol.models import BarItem, request_to_dict
-from tests.ledger.helpers import bar_order, execute, recharge, scalar
+from tests.ledger.helpers import PUBLIC_KEY, bar_order, execute, recharge, scalar
 
 OUTCOME_KEYS = {
     "debt_cents",  # (revision 0013) what the card owes after the request
@@ -117,6 +117,8 @@ def test_the_sql_takes_the_protocol_form_of_a_request(ledger: Ledger) -> None:
         "quantity": 1,
         "unit_price_cents": 500,
     }
+    # (revision 0025) a kiosk books into the drawer of the checkpoint it is registered for
+    ledger.add_kiosk("checkpoint-1", PUBLIC_KEY, "checkpoint", checkpoint_id="gate-a")
     assert ledger.apply(topup).approved
     assert ledger.apply(order).new_balance_cents == 4_300
     assert ledger.deposit_balance_cents() == 200
@@ -167,7 +169,8 @@ def test_the_helpers_are_the_owners_and_sp_handle_request_the_services(
         " AND (p.proname LIKE 'ledger\\_%' OR p.proname = 'sp_handle_request')",
     )
     privileges = {name: (service, api, public) for name, service, api, public in rows}
-    assert privileges["sp_handle_request"] == (True, True, False)
+    # (revision 0025) the API's role applies no request itself: sp_pos_handle_request only
+    assert privileges["sp_handle_request"] == (True, False, False)
     assert privileges["ledger_limit"] == (True, True, False)
     for name, (service, api, public) in privileges.items():
         assert public is False, name
