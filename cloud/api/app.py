@@ -88,8 +88,18 @@ def _warn_about_missing_configuration(settings: CloudSettings) -> None:
         )
 
 
-# Entry points the API must NOT be able to call (DESIGN.md "least privilege per process").
-FORBIDDEN_TO_THE_API = ("sp_process_batch", "sp_add_kiosk", "sp_disable_kiosk")
+# Entry points the API must NOT be able to call (DESIGN.md "least privilege per process"):
+# applying kiosk requests in bulk or one by one (revision 0025: POS requests go through
+# sp_pos_handle_request, which checks the device's token itself), and registering kiosks.
+FORBIDDEN_TO_THE_API = (
+    "sp_process_batch",
+    "sp_handle_request",
+    "sp_process_bar_order",
+    "sp_process_checkpoint_recharge",
+    "sp_record_rejection",
+    "sp_add_kiosk",
+    "sp_disable_kiosk",
+)
 
 
 def warn_about_database_privileges(engine: Any) -> None:

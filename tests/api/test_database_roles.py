@@ -167,6 +167,8 @@ def test_an_api_connected_with_too_much_power_says_so(
         assert not caplog.records
         warn_about_database_privileges(engine)
     assert "festival_service" in caplog.text and "sp_process_batch" in caplog.text
+    # (revision 0025) one by one too: the single-request entry points are named as well
+    assert "sp_handle_request" in caplog.text and "sp_process_checkpoint_recharge" in caplog.text
     assert "connect it as festival_api" in caplog.text
 
 
