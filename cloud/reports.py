@@ -194,24 +194,10 @@ class SalesWindow:
 # have none: those fall back to the time the ledger applied them (bar_orders.created_at), the
 # same moment for an online sale. An offline sale drained hours later is reported when it was
 # made. Every grouping, from/to, the Z-report's bars and the staff report's orders follow it.
-SOLD_AT_SQL = (
-    "coalesce(timestamptz 'epoch' + o.created_at_ms * interval '1 millisecond', o.created_at)"
-)
-
-
-def _future_skew_s_max() -> int:
-    """The largest FESTIVAL_FUTURE_SKEW_S a deployment can set (cloud/settings.py's bound)."""
-    field = CloudSettings.model_fields["festival_future_skew_s"]
-    return max(int(bound.le) for bound in field.metadata if hasattr(bound, "le"))
-
-
-# How far a sale's time can be ahead of the time the ledger applied it: the consumer refuses a
-# request whose created_at_ms is more than FESTIVAL_FUTURE_SKEW_S ahead of its clock when it
-# receives it (STALE_REQUEST), and applies it after that, so created_at_ms <= created_at + the
-# skew; an hour more for the consumer's clock against the database's. The largest skew any
-# deployment may configure, so the bound holds whatever this one set (or set last year).
-_SOLD_AHEAD_OF_APPLIED = timedelta(seconds=_future_skew_s_max() + 3600)
-_SOLD_AHEAD_S = int(_SOLD_AHEAD_OF_APPLIED.total_seconds())
+SOLD_AT_SQL = "coalesce(to_timestamp(o.created_at_ms / 1000.0), o.created_at)"
+# Revision 0026 indexes exactly this expression (BRIN, bar_orders_sold_at_brin): a window
+# "from X" reads only the block ranges holding sales from X on. Keep the two to the letter alike
+# (tests/ledger/test_r0026_sale_time_index.py checks the planner uses the index).
 
 # Every sales line in the window, then the voids subtracted (revision 0016): `voided_lines`
 # selects each line of a voided order (the voids table names the order) with its quantity and
@@ -377,17 +363,11 @@ def parse_day(value: str) -> datetime:
 
 
 def _window_sql(window: SalesWindow) -> tuple[str, dict[str, Any]]:
-    """The window on the sale's time (SOLD_AT_SQL). That expression is no index's: `from` also
-    bounds the applied time, `o.created_at >= from - _SOLD_AHEAD_OF_APPLIED`, which the BRIN
-    index on bar_orders.created_at (revision 0005) can answer, and which drops no sale of the
-    window (a sale is applied after it was made, give or take the future skew). `to` cannot bound
-    the applied time: an offline sale made before `to` may be drained any time after it."""
+    """The window on the sale's time (SOLD_AT_SQL, indexed by revision 0026)."""
     conditions, params = [], {}
     if window.start is not None:
         conditions.append(f"AND {SOLD_AT_SQL} >= :window_start")
-        conditions.append("AND o.created_at >= :applied_from")
         params["window_start"] = window.start
-        params["applied_from"] = window.start - _SOLD_AHEAD_OF_APPLIED
     if window.end is not None:
         conditions.append(f"AND {SOLD_AT_SQL} < :window_end")
         params["window_end"] = window.end
@@ -1009,9 +989,6 @@ WITH logins_now AS (
       LEFT JOIN voids v ON v.order_id = o.order_id
      WHERE (CAST(:start AS timestamptz) IS NULL OR {SOLD_AT_SQL} >= :start)
        AND (CAST(:end AS timestamptz) IS NULL OR {SOLD_AT_SQL} < :end)
-       -- the applied time's bound of _window_sql, for the BRIN index on created_at
-       AND (CAST(:start AS timestamptz) IS NULL
-            OR o.created_at >= CAST(:start AS timestamptz) - interval '{_SOLD_AHEAD_S} seconds')
     UNION ALL
     SELECT v.staff_id, v.kiosk_id, 0, 0, 0, 0, 1, v.amount_cents, 0, 0, 0, 0, 0, 0
       FROM voids v
