@@ -73,21 +73,25 @@ def test_settings_errors_name_a_malformed_url_without_its_password(
     assert ":***" in message
 
 
+def _cloud_cli(home: Path, verb: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`festival-cloud VERB` as an operator runs it, with only ``env`` set besides PATH and HOME."""
+    return subprocess.run(
+        [sys.executable, "-m", "cloud.cli", verb],
+        env={"PATH": os.environ["PATH"], "HOME": str(home), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_the_cli_prints_a_malformed_url_redacted(tmp_path: Path) -> None:
     """What an operator sees: one clear line, no traceback, no password."""
     for variable, url in (
         ("MQTT_URL", "mqtt://cloud:s3cret-password@broker:12x"),
         ("DATABASE_URL", "postgresql://festival:s3cret-password@db:12x/festival"),
     ):
-        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), variable: url}
-        result = subprocess.run(
-            [sys.executable, "-m", "cloud.cli", "check"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _cloud_cli(tmp_path, "check", **{variable: url})
         assert result.returncode == 2, result.stderr
         assert "configuration error" in result.stderr and variable in result.stderr
         assert "Traceback" not in result.stderr
@@ -164,15 +168,7 @@ def test_the_consumer_refuses_a_bad_festival_menu_grace_s_in_one_line(tmp_path: 
     """What an operator sees when `festival-cloud consumer` gets a bad grace period: exit 2, the
     variable named, no traceback, before anything is connected."""
     for bad, reason in (("-1", "greater than or equal to 0"), ("soon", "valid integer")):
-        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "FESTIVAL_MENU_GRACE_S": bad}
-        result = subprocess.run(
-            [sys.executable, "-m", "cloud.cli", "consumer"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = _cloud_cli(tmp_path, "consumer", FESTIVAL_MENU_GRACE_S=bad)
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("festival-cloud: configuration error"), result.stderr
         assert "festival_menu_grace_s" in result.stderr and reason in result.stderr
