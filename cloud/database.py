@@ -138,6 +138,15 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
+def hide_parameters(error: BaseException | None) -> None:
+    """Leave a statement's parameters out of this error's message and its causes' (SQLAlchemy
+    prints them otherwise): for a statement that carries a secret (a POS device's token)."""
+    while error is not None:
+        if isinstance(error, sa_exc.StatementError):
+            error.hide_parameters = True
+        error = error.__cause__
+
+
 def _describe(error: BaseException) -> str:
     original = error.orig if isinstance(error, sa_exc.DBAPIError) and error.orig else error
     code = _sqlstate(original)

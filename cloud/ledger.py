@@ -18,12 +18,11 @@ from decimal import Decimal
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
-from sqlalchemy.exc import StatementError
-
 from cloud.database import (
     Connection,
     Engine,
     TransientDatabaseError,
+    hide_parameters,
     text,
     translate_errors,
 )
@@ -130,15 +129,6 @@ def _dead_letter_document(
 def _rows(connection: Connection, sql: str, **params: object) -> list[dict[str, object]]:
     result = connection.execute(text(sql), params)
     return [{key: _jsonable(value) for key, value in row.items()} for row in result.mappings()]
-
-
-def _hide_parameters(error: BaseException | None) -> None:
-    """Leave a statement's parameters out of this error's message and its causes' (SQLAlchemy
-    prints them otherwise)."""
-    while error is not None:
-        if isinstance(error, StatementError):
-            error.hide_parameters = True
-        error = error.__cause__
 
 
 def _sqlstate(error: BaseException) -> str | None:
@@ -294,7 +284,7 @@ class Ledger:
                 menu_grace_s=self.menu_grace_s,
             )
         except Exception as error:
-            _hide_parameters(error)  # the token is a parameter: never in a logged traceback
+            hide_parameters(error)  # the token is a parameter: never in a logged traceback
             raise
         return None if document is None else outcome_from_document(document)
 

@@ -295,3 +295,41 @@ def test_the_new_entry_point_keeps_a_device_to_its_role_and_its_drawer(
     assert scalar(owner_engine, "SELECT count(*) FROM processed_requests") == 2
     assert scalar(owner_engine, "SELECT count(*) FROM recharges") == 0
     assert scalar(owner_engine, "SELECT count(*) FROM cards") == 0
+
+
+def test_a_refused_pos_request_never_carries_the_token_in_its_error(
+    api_engine: Engine, owner_engine: Engine
+) -> None:
+    """The token is a statement parameter of sp_pos_handle_request: an error the database
+    raises (here a seq the device was never given) must not print it where a traceback is
+    logged (cloud.database.hide_parameters)."""
+    from cloud.ledger_records import LedgerRequest
+    from cloud.pos_devices import PosDevices
+    from protocol.models import CheckpointRecharge
+
+    given = _seq(api_engine, POS_TOKEN)
+    never_given = CheckpointRecharge(
+        request_id="pos-never-given-1",
+        kiosk_id=POS_DEVICE_ID,
+        seq=given + 1000,
+        created_at_ms=1_780_000_000_000,
+        card_uid="04A1B2C3",
+        currency="EUR",
+        amount_cents=2_000,
+        payment_method="cash",
+        staff_id="till",
+        checkpoint_id=POS_DEVICE_ID,
+    )
+    with pytest.raises(DBAPIError) as refused:
+        PosDevices(api_engine).apply(
+            POS_TOKEN,
+            LedgerRequest(never_given, "00" * 32, source="http"),
+            balance_cents_max=150_000,
+            topup_cents_max=100_000,
+            return_cents_max=2_000,
+            menu_grace_s=600,
+        )
+    assert refused.value.orig.pgcode == INVALID_PARAMETER_VALUE  # type: ignore[union-attr]
+    assert POS_TOKEN not in str(refused.value)
+    assert POS_TOKEN not in repr(refused.value)
+    assert scalar(owner_engine, "SELECT count(*) FROM processed_requests") == 0
