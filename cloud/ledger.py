@@ -672,7 +672,7 @@ class Ledger:
 
     # --- cards -----------------------------------------------------------------------------------
 
-    # --- genuine wristbands (1.1, revision 0013) ----------------------------------------------
+    # --- genuine wristbands (1.1, revision 0014) ----------------------------------------------
 
     def accept_sun_counter(self, card_uid: str, counter: int) -> bool:
         """A portal login by GET /t: accept a verified SUN message's counter by the online rule

@@ -95,7 +95,7 @@ LOG_TRACEBACK_CHARACTERS_MAX: Final = 32 * 1024
 LEDGER_REJECTION_MESSAGE_CHARACTERS_MAX: Final = 200  # sp_record_rejection's message
 LEDGER_STRIPE_MESSAGE_CHARACTERS_MAX: Final = 300  # a Stripe anomaly's or ignored event's reason
 LEDGER_REFUND_ERROR_CHARACTERS_MAX: Final = 500  # an owed refund's last error
-# (1.1, revision 0013) How many accepted SUN counters below a wristband's highest the ledger
+# (1.1, revision 0014) How many accepted SUN counters below a wristband's highest the ledger
 # keeps for the offline rule ("not accepted before"): an offline sale read more than this many
 # taps before the band's latest accepted one is refused as stale (docs/protocol.md).
 SUN_COUNTER_WINDOW: Final = 1024

@@ -102,7 +102,7 @@ class CardLedger(Protocol):
 
     def unblock_card(self, card_uid: str) -> bool: ...
 
-    # (1.1) A portal login by GET /t: the SUN counter by the online rule (revision 0013).
+    # (1.1) A portal login by GET /t: the SUN counter by the online rule (revision 0014).
     def accept_sun_counter(self, card_uid: str, counter: int) -> bool: ...
 
 

@@ -14,7 +14,7 @@ PROTOCOL.md's rules, in the order they are checked:
 4. (1.1) In sun mode (FESTIVAL_CARD_AUTH=sun) ``check_sun`` verifies the request's ``card_sun``
    (decrypt, UID, MAC: CPU only, no database) and the ledger gets the verified counter or the
    failure's reason: the counter rule needs the accepted counters, so the ledger decides it in
-   the transaction that applies the request (revision 0013), where CARD_NOT_GENUINE falls in
+   the transaction that applies the request (revision 0014), where CARD_NOT_GENUINE falls in
    PROTOCOL.md's order of checks (after PRICE_MISMATCH, before CARD_NOT_FOUND).
 5. (1.1) ``check_pins`` checks a staff_login's PIN against the staff member's stored hash (read
    for the batch); the ledger gets the verdict, never the PIN, and decides the login (band,

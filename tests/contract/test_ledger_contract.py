@@ -766,7 +766,7 @@ class LedgerContract:
         )
         assert [(o.new_balance_cents, o.debt_cents) for o in outcomes] == [(200, 0), (0, 700)]
 
-    # --- (1.1) genuine wristbands: the SUN counter rule (revision 0013) ---------------------
+    # --- (1.1) genuine wristbands: the SUN counter rule (revision 0014) ---------------------
 
     def test_sun_a_fresh_counter_pays_and_a_used_one_is_not_genuine(self, ledger: Any) -> None:
         ledger.apply(recharge(CARD, 5_000))
