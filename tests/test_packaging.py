@@ -96,3 +96,22 @@ def test_the_setup_stamp_covers_the_lock() -> None:
     run = (REPO / "run").read_text()
     assert 'cat pyproject.toml "$LOCK" | sha256sum' in run
     assert '--require-hashes -r "$LOCK"' in run and "--no-deps -e ." in run
+
+
+def test_the_kiosk_extra_installs_the_gpio_library_only_on_a_raspberry_pi() -> None:
+    """(issue 11 item 16) `pip install .[kiosk]` gives rpi-lgpio - the RPi.GPIO API on every Pi,
+    the Pi 5 included - on 64- and 32-bit Raspberry Pi OS, nothing on a PC, and never the
+    original RPi.GPIO next to it (both install the RPi package; RPi.GPIO cannot run on a Pi 5)."""
+    kiosk = [Requirement(text) for text in PROJECT["optional-dependencies"]["kiosk"]]
+    names = {canonicalize_name(requirement.name) for requirement in kiosk}
+    assert "rpi-gpio" not in names
+    (gpio,) = [r for r in kiosk if canonicalize_name(r.name) == "rpi-lgpio"]
+    assert gpio.marker is not None
+
+    def installs_on(sys_platform: str, machine: str) -> bool:
+        return gpio.marker.evaluate({"sys_platform": sys_platform, "platform_machine": machine})  # type: ignore[union-attr]
+
+    assert installs_on("linux", "aarch64")  # Pi 3, 4, 5, Zero 2 on 64-bit Raspberry Pi OS
+    assert installs_on("linux", "armv7l")  # the same boards on 32-bit Raspberry Pi OS
+    assert not installs_on("linux", "x86_64")  # a laptop, CI, the cloud
+    assert not installs_on("darwin", "arm64")  # a Mac: no gpiochip
