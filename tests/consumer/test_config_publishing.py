@@ -326,6 +326,7 @@ def test_a_config_stored_while_the_broker_is_down_is_sent_by_the_consumer_versio
         timeout_s=10,
         what="v2 marked published",
     )
+    wait_until(lambda: consumer.events("config published"), timeout_s=10, what="its log line")
     assert [line["version"] for line in consumer.events("config published")] == [2]
 
     # Another process issues (as the admin API does: the database only); the consumer sends it.
@@ -341,7 +342,12 @@ def test_a_config_stored_while_the_broker_is_down_is_sent_by_the_consumer_versio
         assert prices(kiosk) == {"beer": 600}
     finally:
         ledger.engine.dispose()
-    assert configs(festival, "bar-1") == [(1, True), (2, True), (3, True)]
+    # marked published after the broker's PUBACK, which may come after the kiosk has it
+    wait_until(
+        lambda: configs(festival, "bar-1") == [(1, True), (2, True), (3, True)],
+        timeout_s=10,
+        what="v3 marked published",
+    )
 
 
 def test_the_denylist_reaches_the_kiosk_within_5_s_of_card_block_and_unblock(
