@@ -258,14 +258,10 @@ class DashboardQueries:
         )
         return rows[0] if rows else None
 
-    def kiosk_ids(self, role: str | None = None) -> list[str]:
-        """Every registered kiosk (disabled ones too), or those registered with `role`, sorted:
-        the targets of `"role"` / `"all"` in PUT /api/admin/menus (DESIGN.md `menu set`)."""
-        rows = self._rows(
-            "SELECT kiosk_id FROM kiosks WHERE CAST(:role AS text) IS NULL OR role = :role"
-            " ORDER BY kiosk_id",
-            role=role,
-        )
+    def kiosk_ids(self) -> list[str]:
+        """Every registered kiosk (disabled ones too), sorted: whether the one-kiosk menu routes
+        (GET and DELETE) name one; PUT's targets are cloud.menu_admin.named_kiosks'."""
+        rows = self._rows("SELECT kiosk_id FROM kiosks ORDER BY kiosk_id")
         return [str(row["kiosk_id"]) for row in rows]
 
     def ledger_totals(self) -> dict[str, tuple[str, float]]:
