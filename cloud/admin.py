@@ -51,14 +51,8 @@ def _url(settings: CloudSettings) -> str:
 def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
     engine = make_engine(_url(settings), pool_size=1, application_name="festival-cloud")
     try:
-        yield Ledger(
-            engine,
-            max_balance_cents=settings.festival_max_balance_cents,
-            max_topup_cents=settings.festival_max_topup_cents,
-            menu_grace_s=settings.festival_menu_grace_s,
-            void_window_s=settings.festival_void_window_s,
-            currency=settings.festival_currency,
-        )
+        # The operator's verbs are exempt from FESTIVAL_STAFF_REQUIRED (docs/protocol.md).
+        yield Ledger.from_settings(engine, settings, staff_required=False)
     finally:
         engine.dispose()
 

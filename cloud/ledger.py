@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
 
 from cloud.database import (
@@ -78,6 +78,9 @@ from protocol.models import (
     menu_to_dict,
     offline_policy_to_dict,
 )
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 T = TypeVar("T")
 
@@ -217,6 +220,25 @@ class Ledger:
         self.return_cents_max = return_cents_max
         self.menu_grace_s = menu_grace_s
         self.currency = currency.upper()
+
+    @classmethod
+    def from_settings(
+        cls, engine: Engine, settings: CloudSettings, *, staff_required: bool
+    ) -> Ledger:
+        """The ledger of a composition root (the consumer, the API, the operator's CLI): every
+        limit from the deployment's settings. ``staff_required`` is the root's to say: only the
+        consumer passes FESTIVAL_STAFF_REQUIRED; the POS endpoints and the CLI verbs are exempt
+        (docs/protocol.md, staff)."""
+        return cls(
+            engine,
+            max_balance_cents=settings.festival_max_balance_cents,
+            max_topup_cents=settings.festival_max_topup_cents,
+            return_cents_max=settings.festival_return_max_cents,
+            currency=settings.festival_currency,
+            menu_grace_s=settings.festival_menu_grace_s,
+            void_window_s=settings.festival_void_window_s,
+            staff_required=staff_required,
+        )
 
     @property
     def engine(self) -> Engine:
