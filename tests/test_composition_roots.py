@@ -6,6 +6,7 @@ verbs are exempt, docs/protocol.md)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
 from pydantic import SecretStr
@@ -15,52 +16,41 @@ from cloud.settings import CloudSettings
 
 UNREACHABLE_DATABASE = "postgresql://festival@127.0.0.1:1/festival"  # never connected to
 
+# Each limit: its setting, the Ledger's attribute, and a value other than its default (so a root
+# that dropped the setting would show the default).
+LIMITS: Final[tuple[tuple[str, str, Any], ...]] = (
+    ("festival_max_balance_cents", "max_balance_cents", 123_456),
+    ("festival_max_topup_cents", "max_topup_cents", 23_456),
+    ("festival_return_max_cents", "return_cents_max", 1_234),
+    ("festival_menu_grace_s", "menu_grace_s", 77),
+    ("festival_void_window_s", "void_window_s", 88),
+    ("festival_currency", "currency", "CHF"),
+)
+
 
 def _settings(tmp_path: Path, *, staff_required: bool) -> CloudSettings:
-    """Every limit the ledger takes away from its default, so a root that dropped one shows."""
     from device.keys import save_private_key
     from protocol.keys import generate_private_key
 
     key_file = tmp_path / "cloud.pem"
-    if not key_file.exists():
-        save_private_key(generate_private_key(), key_file)  # mode 0600
+    save_private_key(generate_private_key(), key_file)  # mode 0600
     return CloudSettings(
         database_url=UNREACHABLE_DATABASE,
         mqtt_url=SecretStr("mqtt://cloud:pw@127.0.0.1:1"),
         cloud_signing_key_file=key_file,
         festival_card_auth="uid",
-        festival_max_balance_cents=123_456,
-        festival_max_topup_cents=23_456,
-        festival_return_max_cents=1_234,
-        festival_menu_grace_s=77,
-        festival_void_window_s=88,
-        festival_currency="CHF",
         festival_staff_required=staff_required,
+        **{setting: value for setting, _, value in LIMITS},
     )
 
 
 def _limits(ledger: cloud.ledger.Ledger) -> dict[str, object]:
-    return {
-        "max_balance_cents": ledger.max_balance_cents,
-        "max_topup_cents": ledger.max_topup_cents,
-        "return_cents_max": ledger.return_cents_max,
-        "menu_grace_s": ledger.menu_grace_s,
-        "void_window_s": ledger.void_window_s,
-        "currency": ledger.currency,
-        "staff_required": ledger.staff_required,
-    }
+    names = [attribute for _, attribute, _ in LIMITS] + ["staff_required"]
+    return {name: getattr(ledger, name) for name in names}
 
 
 def _expected(*, staff_required: bool) -> dict[str, object]:
-    return {
-        "max_balance_cents": 123_456,
-        "max_topup_cents": 23_456,
-        "return_cents_max": 1_234,
-        "menu_grace_s": 77,
-        "void_window_s": 88,
-        "currency": "CHF",
-        "staff_required": staff_required,
-    }
+    return {attribute: value for _, attribute, value in LIMITS} | {"staff_required": staff_required}
 
 
 def test_the_operators_cli_gets_every_limit_and_no_staff_rule(tmp_path: Path) -> None:
