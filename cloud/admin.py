@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -51,14 +51,8 @@ def _url(settings: CloudSettings) -> str:
 def _ledger(settings: CloudSettings) -> Iterator[Ledger]:
     engine = make_engine(_url(settings), pool_size=1, application_name="festival-cloud")
     try:
-        yield Ledger(
-            engine,
-            max_balance_cents=settings.festival_max_balance_cents,
-            max_topup_cents=settings.festival_max_topup_cents,
-            menu_grace_s=settings.festival_menu_grace_s,
-            void_window_s=settings.festival_void_window_s,
-            currency=settings.festival_currency,
-        )
+        # The operator's verbs are exempt from FESTIVAL_STAFF_REQUIRED (docs/protocol.md).
+        yield Ledger.from_settings(engine, settings, staff_required=False)
     finally:
         engine.dispose()
 
@@ -84,6 +78,18 @@ def _unavailable(
 def _not_found(kind: str, name: str) -> int:
     print(f"festival-cloud: no {kind} {name!r}", file=sys.stderr)
     return EXIT_NOT_FOUND
+
+
+def _listing_said_all(rows: Sequence[object], as_json: bool, nothing: str) -> bool:
+    """The start of a `... list [--json]` verb: the rows as JSON, or ``nothing`` when there are
+    none. True when that was the whole answer; False: the caller prints its table."""
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return True
+    if not rows:
+        print(nothing)
+        return True
+    return False
 
 
 def _euros(cents: int) -> str:
@@ -271,11 +277,7 @@ def kiosk_list(args: argparse.Namespace, settings: CloudSettings) -> int:
         overview = ledger.kiosk_overview()
     for row in overview:
         row["public_key_b64"] = keys.get(str(row["kiosk_id"]))
-    if args.json:
-        print(json.dumps(overview, indent=2))
-        return EXIT_OK
-    if not overview:
-        print("no kiosks registered")
+    if _listing_said_all(overview, args.json, "no kiosks registered"):
         return EXIT_OK
     header = (
         f"{'KIOSK':<24} {'ROLE':<10} {'CHECKPOINT':<24} {'ENABLED':<7} {'STATE':<7}"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from uuid import UUID
 
 from cloud.database import (
@@ -78,6 +78,9 @@ from protocol.models import (
     menu_to_dict,
     offline_policy_to_dict,
 )
+
+if TYPE_CHECKING:
+    from cloud.settings import CloudSettings
 
 T = TypeVar("T")
 
@@ -218,6 +221,25 @@ class Ledger:
         self.menu_grace_s = menu_grace_s
         self.currency = currency.upper()
 
+    @classmethod
+    def from_settings(
+        cls, engine: Engine, settings: CloudSettings, *, staff_required: bool
+    ) -> Ledger:
+        """The ledger of a composition root (the consumer, the API, the operator's CLI): every
+        limit from the deployment's settings. ``staff_required`` is the root's to say: only the
+        consumer passes FESTIVAL_STAFF_REQUIRED; the POS endpoints and the CLI verbs are exempt
+        (docs/protocol.md, staff)."""
+        return cls(
+            engine,
+            max_balance_cents=settings.festival_max_balance_cents,
+            max_topup_cents=settings.festival_max_topup_cents,
+            return_cents_max=settings.festival_return_max_cents,
+            currency=settings.festival_currency,
+            menu_grace_s=settings.festival_menu_grace_s,
+            void_window_s=settings.festival_void_window_s,
+            staff_required=staff_required,
+        )
+
     @property
     def engine(self) -> Engine:
         return self._engine
@@ -245,7 +267,23 @@ class Ledger:
     def _select(self, sql: str, **params: object) -> list[dict[str, object]]:
         return self._transaction(lambda c: _rows(c, sql, **params))
 
+    def _select_one(self, make: Callable[..., T], sql: str, **params: object) -> T | None:
+        """``make(**row)`` of the one row ``sql`` selects (by its key, or LIMIT 1); None: none."""
+        rows = self._select(sql, **params)
+        return make(**rows[0]) if rows else None
+
     # --- requests --------------------------------------------------------------------------------
+
+    def _request_limits(self) -> dict[str, object]:
+        """The limits sp_handle_request and sp_process_batch take after the request(s)."""
+        return {
+            "balance_max": self.max_balance_cents,
+            "topup_max": self.max_topup_cents,
+            "return_max": self.return_cents_max,
+            "menu_grace_s": self.menu_grace_s,
+            "void_window_s": self.void_window_s,
+            "staff_required": self.staff_required,
+        }
 
     def apply(self, item: LedgerRequest) -> Outcome:
         """Apply one request in its own transaction (sp_handle_request)."""
@@ -253,12 +291,7 @@ class Ledger:
             "SELECT sp_handle_request(CAST(:request AS jsonb), :balance_max, :topup_max,"
             " :return_max, :menu_grace_s, :void_window_s, :staff_required)",
             request=json.dumps(request_document(item), separators=(",", ":")),
-            balance_max=self.max_balance_cents,
-            topup_max=self.max_topup_cents,
-            return_max=self.return_cents_max,
-            menu_grace_s=self.menu_grace_s,
-            void_window_s=self.void_window_s,
-            staff_required=self.staff_required,
+            **self._request_limits(),
         )
         return outcome_from_document(document)
 
@@ -298,12 +331,7 @@ class Ledger:
             "SELECT sp_process_batch(CAST(:requests AS jsonb), :balance_max, :topup_max,"
             " :return_max, :menu_grace_s, :void_window_s, :staff_required)",
             requests=payload,
-            balance_max=self.max_balance_cents,
-            topup_max=self.max_topup_cents,
-            return_max=self.return_cents_max,
-            menu_grace_s=self.menu_grace_s,
-            void_window_s=self.void_window_s,
-            staff_required=self.staff_required,
+            **self._request_limits(),
         )
         assert len(documents) == len(items)
         return [outcome_from_document(document) for document in documents]
@@ -395,12 +423,12 @@ class Ledger:
     # --- kiosks ----------------------------------------------------------------------------------
 
     def kiosk(self, kiosk_id: str) -> KioskRecord | None:
-        rows = self._select(
+        return self._select_one(
+            KioskRecord,
             "SELECT kiosk_id, public_key_b64, role, enabled, checkpoint_id FROM kiosks"
             " WHERE kiosk_id = :kiosk_id",
             kiosk_id=kiosk_id,
         )
-        return KioskRecord(**rows[0]) if rows else None  # type: ignore[arg-type]
 
     def kiosks(self) -> list[KioskRecord]:
         rows = self._select(
@@ -575,12 +603,12 @@ class Ledger:
         )
 
     def latest_config(self, kiosk_id: str) -> IssuedConfig | None:
-        rows = self._select(
+        return self._select_one(
+            IssuedConfig,
             "SELECT kiosk_id, version, document, published_at IS NOT NULL AS published"
             " FROM kiosk_configs WHERE kiosk_id = :kiosk_id ORDER BY version DESC LIMIT 1",
             kiosk_id=kiosk_id,
         )
-        return IssuedConfig(**rows[0]) if rows else None  # type: ignore[arg-type]
 
     def denylist_stale(self) -> bool:
         return bool(
@@ -708,12 +736,12 @@ class Ledger:
         )
 
     def card(self, card_uid: str) -> CardRecord | None:
-        rows = self._select(
+        return self._select_one(
+            CardRecord,
             "SELECT card_uid, balance_cents, status, debt_cents FROM cards"
             " WHERE card_uid = :card_uid",
             card_uid=card_uid,
         )
-        return CardRecord(**rows[0]) if rows else None  # type: ignore[arg-type]
 
     def card_transactions(self, card_uid: str, limit: int = 20) -> list[dict[str, object]]:
         """The card's recent ledger movements, newest first; amounts signed from the card's view."""
@@ -1108,12 +1136,12 @@ class Ledger:
 
     def topup_refund(self, topup_id: str) -> dict[str, object] | None:
         """The refund row of a top-up (status, attempts, refund_id, last_error), if any."""
-        rows = self._select(
+        return self._select_one(
+            dict,
             "SELECT topup_id, session_id, payment_intent_id, amount_cents, status, attempts, "
             "refund_id, last_error, idempotency_key FROM topup_refunds WHERE topup_id = :t",
             t=topup_id,
         )
-        return rows[0] if rows else None
 
     def cleanup_topups(self, *, retention_days: int = TOPUP_RETENTION_DAYS) -> dict[str, int]:
         """Expire unpaid top-ups past expires_at; delete old expired/failed ones (no money)."""

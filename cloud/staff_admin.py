@@ -15,7 +15,15 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from cloud.admin import EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, _ledger, _unavailable, _usable_text
+from cloud.admin import (
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+    _ledger,
+    _listing_said_all,
+    _unavailable,
+    _usable_text,
+)
 from cloud.limits import STAFF_NAME_LENGTH_MAX
 from cloud.settings import CloudSettings
 from cloud.staff import hash_pin, new_pin
@@ -108,11 +116,7 @@ def _time(ms: int | None) -> str:
 def staff_list(args: argparse.Namespace, settings: CloudSettings) -> int:
     with _ledger(settings) as ledger:
         members = ledger.staff_members()
-    if args.json:
-        print(json.dumps(members, indent=2))
-        return EXIT_OK
-    if not members:
-        print("no staff members registered")
+    if _listing_said_all(members, args.json, "no staff members registered"):
         return EXIT_OK
     print(f"{'STAFF':<20} {'ROLE':<10} {'BAND':<20} {'ENABLED':<7}  NAME / LOGGED IN AT")
     for member in members:

@@ -59,15 +59,8 @@ def build_ledger(settings: CloudSettings) -> LedgerPort:
     engine = make_engine(
         settings.database_url, pool_size=API_POOL_SIZE, application_name=API_APPLICATION_NAME
     )
-    return Ledger(
-        engine,
-        max_balance_cents=settings.festival_max_balance_cents,
-        max_topup_cents=settings.festival_max_topup_cents,
-        return_cents_max=settings.festival_return_max_cents,
-        currency=settings.festival_currency,
-        menu_grace_s=settings.festival_menu_grace_s,
-        void_window_s=settings.festival_void_window_s,
-    )
+    # The POS endpoints (source http) are exempt from FESTIVAL_STAFF_REQUIRED (docs/protocol.md).
+    return Ledger.from_settings(engine, settings, staff_required=False)
 
 
 def _warn_about_missing_configuration(settings: CloudSettings) -> None:

@@ -44,16 +44,8 @@ def run(settings: CloudSettings) -> int:
         application_name=f"festival-consumer {settings.consumer_id}"[:63],
         pre_ping=False,  # every transaction of the worker is retried on a dead connection
     )
-    ledger = Ledger(
-        engine,
-        max_balance_cents=settings.festival_max_balance_cents,
-        max_topup_cents=settings.festival_max_topup_cents,
-        return_cents_max=settings.festival_return_max_cents,
-        menu_grace_s=settings.festival_menu_grace_s,
-        void_window_s=settings.festival_void_window_s,
-        staff_required=settings.festival_staff_required,
-        currency=settings.festival_currency,
-    )
+    # The one root whose requests FESTIVAL_STAFF_REQUIRED applies to: the kiosks'.
+    ledger = Ledger.from_settings(engine, settings, staff_required=settings.festival_staff_required)
     # PROTOCOL.md 1.1: no kiosk's credentials may use a cloud process's client id. The broker binds
     # each kiosk to the client id = its kiosk id, and `kiosk add` refuses the cloud's prefixes;
     # a CONSUMER_ID that is nevertheless a registered kiosk's id would let that kiosk take over
