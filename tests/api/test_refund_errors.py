@@ -7,6 +7,7 @@ and logged, by which logger and in which words, is pinned here for each kind."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,46 +32,26 @@ class _Raises:
         raise self._error
 
 
-class _OwedLedger:
-    def __init__(self, owed: OwedRefund) -> None:
-        self._owed = owed
+class _Books:
+    """Both ports' claim and finish (the owed refunds' ledger, the payout parts' store): leases
+    `claimed`, and keeps each finish as the procedure would get it."""
+
+    def __init__(self, claimed: list[Any]) -> None:
+        self._claimed = claimed
         self.finished: list[dict[str, object]] = []
 
-    def claim_topup_refunds(self, **_: object) -> list[OwedRefund]:
-        return [self._owed]
+    def claim_topup_refunds(self, **_: object) -> list[Any]:
+        return self._claimed
+
+    def claim(self, **_: object) -> list[Any]:
+        return self._claimed
 
     def finish_topup_refund(self, **kwargs: object) -> bool:
         self.finished.append(kwargs)
         return True
 
-
-class _PartStore:
-    def __init__(self, part: ClaimedPart) -> None:
-        self._part = part
-        self.finished: list[dict[str, object]] = []
-
-    def claim(self, **_: object) -> list[ClaimedPart]:
-        return [self._part]
-
-    def finish(
-        self,
-        payout_id: str,
-        result: str,
-        *,
-        refund_id: str | None = None,
-        error: str | None = None,
-        retry_after_s: int = 0,
-    ) -> None:
-        """PayoutRefundStore.finish's signature; what the procedure would get."""
-        self.finished.append(
-            {
-                "id": payout_id,
-                "result": result,
-                "refund_id": refund_id,
-                "error": error,
-                "retry": retry_after_s,
-            }
-        )
+    def finish(self, payout_id: str, result: str, **kwargs: object) -> None:
+        self.finished.append({"payout_id": payout_id, "result": result, **kwargs})
 
 
 _OWED = OwedRefund(
@@ -106,14 +87,6 @@ _PART_CONTEXT = {
 }
 
 
-def _lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int, str, object]]:
-    return [
-        (record.name, record.levelno, record.getMessage(), getattr(record, "context", None))
-        for record in caplog.records
-        if record.name.startswith("cloud.api")
-    ]
-
-
 def test_the_backoff_doubles_from_its_minimum_up_to_its_maximum() -> None:
     assert [retry_after_s(n) for n in (0, 1, 2, 3, 13, 40)] == [1, 1, 2, 4, 3600, 3600]
     assert [retry_after_s(n, minimum_s=5, maximum_s=600) for n in (1, 2, 8, 9)] == [
@@ -124,94 +97,82 @@ def test_the_backoff_doubles_from_its_minimum_up_to_its_maximum() -> None:
     ]
 
 
-def test_an_owed_refund_stripe_could_not_make_is_retried_after_its_backoff(
+def _settle(books: _Books, gateway: _Raises) -> dict[str, int]:
+    return settle_refunds(books, gateway).as_dict()  # type: ignore[arg-type]
+
+
+def _refund_parts(books: _Books, gateway: _Raises) -> dict[str, int]:
+    tally = refund_due_parts(books, gateway, retry_min_s=7, retry_max_s=100)  # type: ignore[arg-type]
+    return tally.as_dict()
+
+
+# Each kind: how it runs, what it leases, the id its finish names, its log context, logger, the
+# tally's word for done, its backoff after this attempt, and its two log lines' words.
+_KINDS = {
+    "owed refund": (
+        _settle,
+        _OWED,
+        {"topup_id": "tu-1"},
+        _OWED_CONTEXT,
+        "cloud.api.refunds",
+        "succeeded",
+        4,  # the 3rd attempt: 1 s, 2 s, 4 s
+        "stripe refund owed, will retry",
+        "stripe refused the refund: refund it by hand",
+    ),
+    "payout part": (
+        _refund_parts,
+        _PART,
+        {"payout_id": "0190-part"},
+        _PART_CONTEXT,
+        "cloud.api.payout_refunds",
+        "paid",
+        14,  # the 2nd attempt: 7 s, 14 s
+        "stripe refund of a payout part failed, will retry",
+        "stripe refused the refund of a payout part: its money is back on the card",
+    ),
+}
+
+
+@pytest.mark.parametrize("error", [_TRANSIENT, _REFUSED], ids=["transient", "refused"])
+@pytest.mark.parametrize(
+    ("run", "claimed", "named", "context", "logger", "done", "wait_s", "will_retry", "refused"),
+    _KINDS.values(),
+    ids=_KINDS.keys(),
+)
+def test_a_refund_stripe_did_not_make_is_recorded_counted_and_logged(
+    run: Callable[[_Books, _Raises], dict[str, int]],
+    claimed: object,
+    named: dict[str, str],
+    context: dict[str, object],
+    logger: str,
+    done: str,
+    wait_s: int,
+    will_retry: str,
+    refused: str,
+    error: PaymentProviderError,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    ledger = _OwedLedger(_OWED)
+    """Transient: `retry` with the backoff, a warning. Refused: `failed` with no wait passed (the
+    procedure's own default), an error."""
+    books = _Books([claimed])
     with caplog.at_level(logging.INFO):
-        tally = settle_refunds(ledger, _Raises(_TRANSIENT))  # type: ignore[arg-type]
-    assert tally.as_dict() == {"succeeded": 0, "retry": 1, "failed": 0}
-    assert ledger.finished == [
-        {"topup_id": "tu-1", "result": "retry", "error": str(_TRANSIENT), "retry_after_s": 4}
+        tally = run(books, _Raises(error))
+    retry = error.retryable
+    wait = {"retry_after_s": wait_s} if retry else {}
+    assert tally == {done: 0, "retry": int(retry), "failed": int(not retry)}
+    assert books.finished == [
+        {**named, "result": "retry" if retry else "failed", "error": str(error), **wait}
     ]
-    assert _lines(caplog) == [
+    assert [
+        (record.name, record.levelno, record.getMessage(), getattr(record, "context", None))
+        for record in caplog.records
+        if record.name.startswith("cloud.api")
+    ] == [
         (
-            "cloud.api.refunds",
-            logging.WARNING,
-            "stripe refund owed, will retry",
-            {**_OWED_CONTEXT, "reason": str(_TRANSIENT), "retry_after_s": 4},
-        )
-    ]
-
-
-def test_an_owed_refund_stripe_refuses_fails_for_a_human(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ledger = _OwedLedger(_OWED)
-    with caplog.at_level(logging.INFO):
-        tally = settle_refunds(ledger, _Raises(_REFUSED))  # type: ignore[arg-type]
-    assert tally.as_dict() == {"succeeded": 0, "retry": 0, "failed": 1}
-    assert ledger.finished == [{"topup_id": "tu-1", "result": "failed", "error": str(_REFUSED)}]
-    assert _lines(caplog) == [
-        (
-            "cloud.api.refunds",
-            logging.ERROR,
-            "stripe refused the refund: refund it by hand",
-            {**_OWED_CONTEXT, "reason": str(_REFUSED)},
-        )
-    ]
-
-
-def test_a_payout_part_stripe_could_not_refund_is_retried_after_the_runner_s_backoff(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    store = _PartStore(_PART)
-    with caplog.at_level(logging.INFO):
-        tally = refund_due_parts(
-            store,  # type: ignore[arg-type]
-            _Raises(_TRANSIENT),
-            retry_min_s=7,
-            retry_max_s=100,
-        )
-    assert tally.as_dict() == {"paid": 0, "retry": 1, "failed": 0}
-    assert store.finished == [
-        {
-            "id": "0190-part",
-            "result": "retry",
-            "refund_id": None,
-            "error": str(_TRANSIENT),
-            "retry": 14,
-        }
-    ]
-    assert _lines(caplog) == [
-        (
-            "cloud.api.payout_refunds",
-            logging.WARNING,
-            "stripe refund of a payout part failed, will retry",
-            {**_PART_CONTEXT, "reason": str(_TRANSIENT), "retry_after_s": 14},
-        )
-    ]
-
-
-def test_a_payout_part_stripe_refuses_fails(caplog: pytest.LogCaptureFixture) -> None:
-    store = _PartStore(_PART)
-    with caplog.at_level(logging.INFO):
-        tally = refund_due_parts(store, _Raises(_REFUSED))  # type: ignore[arg-type]
-    assert tally.as_dict() == {"paid": 0, "retry": 0, "failed": 1}
-    assert store.finished == [
-        {
-            "id": "0190-part",
-            "result": "failed",
-            "refund_id": None,
-            "error": str(_REFUSED),
-            "retry": 0,
-        }
-    ]
-    assert _lines(caplog) == [
-        (
-            "cloud.api.payout_refunds",
-            logging.ERROR,
-            "stripe refused the refund of a payout part: its money is back on the card",
-            {**_PART_CONTEXT, "reason": str(_REFUSED)},
+            logger,
+            logging.WARNING if retry else logging.ERROR,
+            will_retry if retry else refused,
+            {**context, "reason": str(error), **wait},
         )
     ]
