@@ -100,13 +100,9 @@ def _value(text: str, index: int) -> tuple[Any, _Node, int]:
             value, node, index = _value(text, index + 1)
             document[key] = value
             members[key] = _Node(key_at, node.members, node.elements)
-            index = _skip(text, index)
-            char = text[index : index + 1]
-            if char == "}":
-                return document, _Node(start, members=members), index + 1
-            if char != ",":
-                raise MenuFileError(_line_of(text, index), "expected ',' or '}'")
-            index += 1
+            closed, index = _after_item(text, index, "}")
+            if closed:
+                return document, _Node(start, members=members), index
     if char == "[":
         elements: list[_Node] = []
         array: list[Any] = []
@@ -117,15 +113,21 @@ def _value(text: str, index: int) -> tuple[Any, _Node, int]:
             value, node, index = _value(text, index)
             array.append(value)
             elements.append(node)
-            index = _skip(text, index)
-            char = text[index : index + 1]
-            if char == "]":
-                return array, _Node(start, elements=elements), index + 1
-            if char != ",":
-                raise MenuFileError(_line_of(text, index), "expected ',' or ']'")
-            index += 1
+            closed, index = _after_item(text, index, "]")
+            if closed:
+                return array, _Node(start, elements=elements), index
     value, end = _scalar(text, index)
     return value, _Node(start), end
+
+
+def _after_item(text: str, index: int, close: str) -> tuple[bool, int]:
+    """After a member or an element (whitespace skipped): past its ',' with (False, index), or
+    past the ``close`` that ends its object or array with (True, index)."""
+    index = _skip(text, index)
+    char = text[index : index + 1]
+    if char != close and char != ",":
+        raise MenuFileError(_line_of(text, index), f"expected ',' or '{close}'")
+    return char == close, index + 1
 
 
 def _scalar(text: str, index: int) -> tuple[Any, int]:

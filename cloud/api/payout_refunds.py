@@ -28,6 +28,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud.api.limits import (
@@ -36,6 +37,7 @@ from cloud.api.limits import (
     PAYOUT_REFUND_RETRY_MAX_S,
     PAYOUT_REFUND_RETRY_MIN_S,
 )
+from cloud.api.refunds import RefundErrors, retry_after_s
 from cloud.api.stripe_gateway import PaymentProviderError
 from cloud.database import Engine, text, translate_errors
 
@@ -45,6 +47,11 @@ if TYPE_CHECKING:
     from cloud.settings import CloudSettings
 
 log = logging.getLogger("cloud.api.payout_refunds")
+_ERRORS = RefundErrors(
+    log,
+    will_retry="stripe refund of a payout part failed, will retry",
+    refused="stripe refused the refund of a payout part: its money is back on the card",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,17 +135,6 @@ def _document(value: object) -> dict[str, Any] | None:
     return value
 
 
-def retry_after_s(
-    attempts: int,
-    *,
-    minimum_s: int = PAYOUT_REFUND_RETRY_MIN_S,
-    maximum_s: int = PAYOUT_REFUND_RETRY_MAX_S,
-) -> int:
-    """Capped exponential backoff after `attempts` failed attempts: min, then doubling, at most
-    max (5 s, 10 s, 20 s, ... 600 s with the defaults)."""
-    return int(min(minimum_s * 2 ** max(attempts - 1, 0), maximum_s))
-
-
 @dataclass
 class RefundTally:
     paid: int = 0
@@ -175,21 +171,13 @@ def refund_due_parts(
                 card_uid=part.card_uid,
             )
         except PaymentProviderError as error:
-            if error.retryable:
-                wait_s = retry_after_s(part.attempts, minimum_s=retry_min_s, maximum_s=retry_max_s)
-                store.finish(part.payout_id, "retry", error=str(error), retry_after_s=wait_s)
-                tally.retry += 1
-                log.warning(
-                    "stripe refund of a payout part failed, will retry",
-                    extra={"context": {**context, "reason": str(error), "retry_after_s": wait_s}},
-                )
-            else:
-                store.finish(part.payout_id, "failed", error=str(error))
-                tally.failed += 1
-                log.error(
-                    "stripe refused the refund of a payout part: its money is back on the card",
-                    extra={"context": {**context, "reason": str(error)}},
-                )
+            _ERRORS.record(
+                error,
+                finish=partial(store.finish, part.payout_id),
+                wait_s=retry_after_s(part.attempts, minimum_s=retry_min_s, maximum_s=retry_max_s),
+                tally=tally,
+                context=context,
+            )
             continue
         store.finish(part.payout_id, "paid", refund_id=refund_id)
         tally.paid += 1

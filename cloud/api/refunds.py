@@ -15,7 +15,10 @@ human: that is the one case that is not retried.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
 
 from cloud.api.limits import REFUND_RETRY_DELAY_MAX_S, REFUND_RETRY_DELAY_MIN_S, SWEEP_REFUNDS_MAX
 from cloud.api.stripe_gateway import CheckoutGateway, PaymentProviderError
@@ -34,8 +37,66 @@ class RefundTally:
         return {"succeeded": self.succeeded, "retry": self.retry, "failed": self.failed}
 
 
-def retry_after_s(attempts: int) -> int:
-    return int(min(REFUND_RETRY_DELAY_MIN_S * 2 ** max(attempts - 1, 0), REFUND_RETRY_DELAY_MAX_S))
+def retry_after_s(
+    attempts: int,
+    *,
+    minimum_s: int = REFUND_RETRY_DELAY_MIN_S,
+    maximum_s: int = REFUND_RETRY_DELAY_MAX_S,
+) -> int:
+    """Capped exponential backoff after `attempts` failed attempts: min, then doubling, at most
+    max (1 s, 2 s, 4 s, ... 1 h for an owed refund; the payout refund runner passes its own)."""
+    return int(min(minimum_s * 2 ** max(attempts - 1, 0), maximum_s))
+
+
+class FinishRefund(Protocol):
+    """Records how one refund attempt ended (its ledger procedure, the refund named already)."""
+
+    def __call__(self, *, result: str, error: str, retry_after_s: int = ...) -> object: ...
+
+
+class ErrorCounts(Protocol):
+    retry: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class RefundErrors:
+    """How a kind of refund records a Stripe call that did not refund: the rule is the same for
+    owed refunds and payout parts (retry a transient error after a backoff, fail a refusal for
+    good); the logger and the words of its two log lines are the kind's own."""
+
+    log: logging.Logger
+    will_retry: str
+    refused: str
+
+    def record(
+        self,
+        error: PaymentProviderError,
+        *,
+        finish: FinishRefund,
+        wait_s: int,
+        tally: ErrorCounts,
+        context: Mapping[str, object],
+    ) -> None:
+        """A transient error: `retry` after `wait_s`, a warning; a refusal: `failed`, an error."""
+        if error.retryable:
+            finish(result="retry", error=str(error), retry_after_s=wait_s)
+            tally.retry += 1
+            self.log.warning(
+                self.will_retry,
+                extra={"context": {**context, "reason": str(error), "retry_after_s": wait_s}},
+            )
+        else:
+            finish(result="failed", error=str(error))
+            tally.failed += 1
+            self.log.error(self.refused, extra={"context": {**context, "reason": str(error)}})
+
+
+_ERRORS = RefundErrors(
+    log,
+    will_retry="stripe refund owed, will retry",
+    refused="stripe refused the refund: refund it by hand",
+)
 
 
 def settle_refunds(
@@ -71,25 +132,13 @@ def settle_refunds(
                 card_uid=owed.card_uid,
             )
         except PaymentProviderError as error:
-            if error.retryable:
-                wait_s = retry_after_s(owed.attempts)
-                ledger.finish_topup_refund(
-                    topup_id=owed.topup_id, result="retry", error=str(error), retry_after_s=wait_s
-                )
-                tally.retry += 1
-                log.warning(
-                    "stripe refund owed, will retry",
-                    extra={"context": {**context, "reason": str(error), "retry_after_s": wait_s}},
-                )
-            else:
-                ledger.finish_topup_refund(
-                    topup_id=owed.topup_id, result="failed", error=str(error)
-                )
-                tally.failed += 1
-                log.error(
-                    "stripe refused the refund: refund it by hand",
-                    extra={"context": {**context, "reason": str(error)}},
-                )
+            _ERRORS.record(
+                error,
+                finish=partial(ledger.finish_topup_refund, topup_id=owed.topup_id),
+                wait_s=retry_after_s(owed.attempts),
+                tally=tally,
+                context=context,
+            )
             continue
         ledger.finish_topup_refund(
             topup_id=owed.topup_id,

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import exc as sa_exc
 
 from cloud import database
-from cloud.api.payout_refunds import PayoutRefundStore, refund_due_parts, retry_after_s
+from cloud.api.payout_refunds import PayoutRefundStore, refund_due_parts
+from cloud.api.refunds import retry_after_s
 from cloud.api.stripe_gateway import PaymentProviderError
 from cloud.cli import main
 from cloud.database import Engine, make_engine

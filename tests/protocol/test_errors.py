@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import enum
 import pickle
 
 import pytest
 
-from protocol.errors import ErrorCode, ProtocolError, Status, quote, status_for
+from protocol.errors import ErrorCode, ProtocolError, Status, json_type_name, quote, status_for
 
 # PROTOCOL.md's table, copied by hand: a change to either side must be deliberate.
 PROTOCOL_TABLE = {
@@ -72,6 +74,33 @@ def test_quote_never_echoes_attacker_input_at_length() -> None:
     assert quote(None) == "None"
     assert quote({"a": 1}) == "a JSON object"
     assert quote("\u202e") == "'\\u202e'"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        (None, "null"),
+        (True, "boolean"),
+        (False, "boolean"),
+        (0, "integer"),
+        (_Level.HIGH, "integer"),
+        (2**70, "integer"),
+        (1.5, "non-integer number"),
+        (1.0, "non-integer number"),
+        ("", "string"),
+        ([], "array"),
+        ({}, "object"),
+        (collections.OrderedDict(a=1), "object"),
+        ((1, 2), "tuple"),
+        (b"x", "bytes"),
+    ],
+)
+def test_json_type_name_names_the_decoded_value_s_json_type(value: object, name: str) -> None:
+    assert json_type_name(value) == name
 
 
 def test_protocol_error_pickles_with_its_echo() -> None:
