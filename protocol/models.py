@@ -161,10 +161,15 @@ class CardSun:
 
 
 @dataclass(frozen=True, slots=True)
-class BarOrder:
-    """A ``bar_order`` request: charge (or, for returns only, credit) a card."""
+class _RequestHeader:
+    """The fields every request starts with, in PROTOCOL.md's order, and the two optional ones
+    every request may carry (keyword-only, so each request's own fields follow the header
+    positionally), checked once for all seven request types.
 
-    type: ClassVar[Literal["bar_order"]] = "bar_order"
+    ``config_version`` (1.1): the version of the config the kiosk ran when it created the
+    request — for a bar order, the config whose menu priced it (PROTOCOL.md "Menus"), and for an
+    offline sale the config whose offline policy allowed it. ``card_sun`` (1.1): the
+    wristband's SUN message when it is a genuine one (for a card swap, the new band's)."""
 
     request_id: str
     kiosk_id: str
@@ -172,24 +177,34 @@ class BarOrder:
     created_at_ms: int
     card_uid: str
     currency: str
+    config_version: int | None = field(default=None, kw_only=True)
+    card_sun: CardSun | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        # Called by name from each request's own __post_init__: a slots dataclass is rebuilt as
+        # a new class, so argument-less super() does not reach it (CPython gh-90562).
+        _check_card_sun(self.card_sun)
+        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
+        _matching(self.currency, "currency", CURRENCY_PATTERN)
+        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+
+
+@dataclass(frozen=True, slots=True)
+class BarOrder(_RequestHeader):
+    """A ``bar_order`` request: charge (or, for returns only, credit) a card."""
+
+    type: ClassVar[Literal["bar_order"]] = "bar_order"
+
     items: tuple[BarItem, ...]
     total_cents: int
     staff_id: str | None = None
-    # (1.1) The version of the config whose menu priced this order (PROTOCOL.md "Menus"); for
-    # an offline sale, the config whose offline policy allowed it.
-    config_version: int | None = None
-    # (1.1) The wristband's SUN message, when it is a genuine one.
-    card_sun: CardSun | None = None
     # (1.1) The kiosk approved this sale itself, without a connection ("Offline sales"): no
     # return lines then. Whether its config allowed it is the cloud's to judge
     # (OFFLINE_LIMIT_EXCEEDED), so an offline order citing no config can still be built.
     offline: bool = False
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         items = self.items
         if type(items) is not tuple:
             _fail(f"items must be a tuple of BarItem, got {type(items).__name__}")
@@ -206,31 +221,18 @@ class BarOrder:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckpointRecharge:
+class CheckpointRecharge(_RequestHeader):
     """A ``checkpoint_recharge`` request: staff took cash or a card payment and top up a card."""
 
     type: ClassVar[Literal["checkpoint_recharge"]] = "checkpoint_recharge"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     amount_cents: int
     payment_method: PaymentMethod
     staff_id: str
     checkpoint_id: str | None = None
-    # (1.1) The version of the config the kiosk ran when it created this top-up.
-    config_version: int | None = None
-    # (1.1) The wristband's SUN message, when it is a genuine one.
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         # Here only what fits the wire (a bigint of cents, like a balance): the deployment's own
         # limit is checked where it is known, by encode_request and parse_request.
         _int(self.amount_cents, "amount_cents", TOPUP_CENTS_MIN, BALANCE_CENTS_WIRE_MAX)
@@ -247,63 +249,40 @@ class CheckpointRecharge:
 
 
 @dataclass(frozen=True, slots=True)
-class CardSwap:
+class CardSwap(_RequestHeader):
     """(1.1) A ``card_swap`` request: move everything a lost or broken wristband holds
     (``old_card_uid``) onto a new one (``card_uid``), at a checkpoint."""
 
     type: ClassVar[Literal["card_swap"]] = "card_swap"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     old_card_uid: str
     staff_id: str
     # The old band's SUN message, when it was presented and read.
     old_card_sun: CardSun | None = None
-    config_version: int | None = None
-    # The new band's SUN message, when it is a genuine one.
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
+        _RequestHeader.__post_init__(self)
         _check_card_sun(self.old_card_sun, "old_card_sun")
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
         _check_card_swap_rest(self.card_uid, self.old_card_uid, self.staff_id)
 
 
 @dataclass(frozen=True, slots=True)
-class Void:
+class Void(_RequestHeader):
     """(1.1) A ``void`` request: cancel an approved bar order of the same kiosk
     (``original_request_id``) on its card (``card_uid``), within the void window."""
 
     type: ClassVar[Literal["void"]] = "void"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     original_request_id: str
     staff_id: str
-    config_version: int | None = None
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         _check_void_rest(self.request_id, self.original_request_id, self.staff_id)
 
 
 @dataclass(frozen=True, slots=True)
-class StaffLogin:
+class StaffLogin(_RequestHeader):
     """(1.1) A ``staff_login`` request: the staff member ``staff_id`` starts working at this
     kiosk, proven by their own band (``card_uid``) and their ``pin``. Moves no money.
 
@@ -312,51 +291,29 @@ class StaffLogin:
 
     type: ClassVar[Literal["staff_login"]] = "staff_login"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     staff_id: str
     pin: str = field(repr=False)
-    config_version: int | None = None
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         _check_staff_rest(self.staff_id, self.pin)
 
 
 @dataclass(frozen=True, slots=True)
-class StaffLogout:
+class StaffLogout(_RequestHeader):
     """(1.1) A ``staff_logout`` request: ``staff_id`` stops working at this kiosk."""
 
     type: ClassVar[Literal["staff_logout"]] = "staff_logout"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     staff_id: str
-    config_version: int | None = None
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         _check_staff_rest(self.staff_id, _ABSENT)
 
 
 @dataclass(frozen=True, slots=True)
-class CashOut:
+class CashOut(_RequestHeader):
     """A ``cash_out`` request (our extension of 1.1, docs/protocol.md): at the end of the
     festival a checkpoint pays the card's balance from its drawer and blocks the card
     (``cashed out``); the part refundable to the card's Stripe top-ups is refunded there
@@ -364,21 +321,10 @@ class CashOut:
 
     type: ClassVar[Literal["cash_out"]] = "cash_out"
 
-    request_id: str
-    kiosk_id: str
-    seq: int
-    created_at_ms: int
-    card_uid: str
-    currency: str
     staff_id: str
-    config_version: int | None = None
-    card_sun: CardSun | None = None
 
     def __post_init__(self) -> None:
-        _check_card_sun(self.card_sun)
-        _check_header(self.request_id, self.kiosk_id, self.seq, self.created_at_ms, self.card_uid)
-        _matching(self.currency, "currency", CURRENCY_PATTERN)
-        _check_config_version(_ABSENT if self.config_version is None else self.config_version)
+        _RequestHeader.__post_init__(self)
         _check_staff_rest(self.staff_id, _ABSENT)
 
 

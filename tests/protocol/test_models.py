@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -102,7 +103,8 @@ def test_to_dict_round_trips(document: dict[str, object]) -> None:
     request = parse_request(document, currency=CURRENCY)
     assert request_to_dict(request) == document
     # The parsed model is the one its constructor builds (which checks every field itself).
-    assert type(request)(**{name: getattr(request, name) for name in request.__slots__}) == request
+    names = [field.name for field in dataclasses.fields(request)]
+    assert type(request)(**{name: getattr(request, name) for name in names}) == request
 
 
 def test_to_dict_omits_absent_optionals() -> None:
