@@ -449,6 +449,9 @@ class Demo:
     rate_per_s: float
     out: Any = sys.stdout
     stop: threading.Event = field(default_factory=threading.Event)
+    # Set once the part-way price change is over (applied, failed or stopped): the bar cut off
+    # later waits for it, so every bar runs the new menu first.
+    repriced: threading.Event = field(default_factory=threading.Event)
     children: list[ChildProcess] = field(default_factory=list)
     kiosks: list[DemoKiosk] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
@@ -772,15 +775,17 @@ class Demo:
 
     def _change_a_price(self, after_s: float) -> None:
         """Part-way through, the operator changes one price at every bar."""
-        if self.stop.wait(after_s):
-            return
         try:
+            if self.stop.wait(after_s):
+                return
             took_s = self.assign_menu(
                 demo_menu({DEMO_REPRICED_SKU: DEMO_REPRICED_CENTS}), "demo-menu-repriced.json"
             )
         except (DemoError, OSError, subprocess.SubprocessError) as error:
             self.tally.error(f"price change: {error}")
             return
+        finally:
+            self.repriced.set()
         bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
         price = _eur(DEMO_REPRICED_CENTS)
         self.say(
@@ -794,6 +799,13 @@ class Demo:
         login is accepted again its backlog drains, each sale applied once."""
         if self.stop.wait(after_s):
             return
+        # After the price change, however long `menu set` takes: with --duration 14 the two are
+        # 0.9 s apart, and that CLI process (database, broker) can take longer on a loaded
+        # machine; a bar cut off before its new config arrived would take it only once back
+        # (CI saw "applied it 6.35 s after").
+        while not self.repriced.wait(0.1):
+            if self.stop.is_set():
+                return
         bar = next(k for k in self.kiosks if k.role == "bar")
         assert self.broker is not None
         debt_sale = False

@@ -40,9 +40,6 @@ def portal_limits(**changes: Any) -> ApiLimits:
         "portal_login_refill_per_s": 1000.0,
         "portal_login_global_burst": 10_000,
         "portal_login_global_refill_per_s": 10_000.0,
-        # The shared 2-core machine may be busy with other suites: a slow limiter query is
-        # not what these tests are about (tests/api/test_ratelimit.py covers its timeout).
-        "rate_limit_timeout_s": 5.0,
     }
     fields.update(changes)
     return ApiLimits(**fields)

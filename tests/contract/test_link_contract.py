@@ -15,7 +15,7 @@ connected and subscribed arrives at once; one published while it is away waits i
 session (the subscription survives the disconnect) and arrives after the return, followed by the
 newest retained again when the kiosk subscribes anew; a newer retained message replaces the older
 (never handed over again); an empty retained payload clears the topic (live subscribers receive
-the empty message; later subscribers nothing).
+the empty message; later subscribers nothing retained, at most the clear once more).
 
 Each `Harness` plays the broker and the cloud for one link: the fake's drives `FakeLink`
 directly; the real one puts a pullable TCP cable (tests/contract/cable.py) between the link and
@@ -516,7 +516,10 @@ class LinkContract:
         harness.cut_and_wait()
         back = harness.come_back()
         harness.settle()
-        assert harness.messages_on(CONFIG_TOPIC, after=back) == []
+        # Nothing retained comes back. The clear itself may come once more: QoS 1 is at least
+        # once, and its PUBACK can be lost with the cable (seen in CI: the broker then hands it
+        # over again on the return), which a kiosk applies as the same clear.
+        assert set(harness.messages_on(CONFIG_TOPIC, after=back)) <= {b""}
 
 
 class TestFakeLink(LinkContract):
