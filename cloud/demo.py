@@ -778,20 +778,21 @@ class Demo:
         try:
             if self.stop.wait(after_s):
                 return
-            took_s = self.assign_menu(
-                demo_menu({DEMO_REPRICED_SKU: DEMO_REPRICED_CENTS}), "demo-menu-repriced.json"
+            try:
+                took_s = self.assign_menu(
+                    demo_menu({DEMO_REPRICED_SKU: DEMO_REPRICED_CENTS}), "demo-menu-repriced.json"
+                )
+            except (DemoError, OSError, subprocess.SubprocessError) as error:
+                self.tally.error(f"price change: {error}")
+                return
+            bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
+            price = _eur(DEMO_REPRICED_CENTS)
+            self.say(
+                f"menu: {DEMO_REPRICED_SKU} now {price} at {bars} ({self._versions_text()});"
+                f" the kiosks applied it {took_s:.2f} s after menu set returned"
             )
-        except (DemoError, OSError, subprocess.SubprocessError) as error:
-            self.tally.error(f"price change: {error}")
-            return
         finally:
-            self.repriced.set()
-        bars = ", ".join(k.kiosk_id for k in self.kiosks if k.role == "bar")
-        price = _eur(DEMO_REPRICED_CENTS)
-        self.say(
-            f"menu: {DEMO_REPRICED_SKU} now {price} at {bars} ({self._versions_text()});"
-            f" the kiosks applied it {took_s:.2f} s after menu set returned"
-        )
+            self.repriced.set()  # its line printed first, then the bar's cut-off
 
     def _cut_a_bar_off(self, after_s: float, for_s: float) -> None:
         """(1.1) The Wi-Fi of one bar fails: the broker refuses its login and kicks its session
